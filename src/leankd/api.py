@@ -1,0 +1,174 @@
+"""The Python face of leankd. The CLI calls only these functions.
+
+    import leankd
+    result = leankd.distill(teacher, student, (x_train, y_train), (x_val, y_val),
+                            loss=leankd.losses.KD(temperature=4) + 0.1 * leankd.losses.CE(), precision="bf16")
+    print(result.report)
+
+    result = leankd.run("recipe.yaml")          # the whole pipeline of a recipe
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from rich.console import Console
+from torch import Tensor, nn
+
+from .distill.losses import CE, KD, Loss
+from .distill.teacher import LiveTeacher
+from .errors import DataError, RecipeError
+from .io import write_text_atomic
+from .pipeline import Pipeline, check_num_classes, finish_report, model_entry, resolve_device, training_entry
+from .recipe import MeasureConfig, Recipe, TrainConfig, load_recipe, parse_recipe
+from .report import render_markdown
+from .tasks.base import Task, TensorTask
+from .train.checkpoint import save_weights
+from .train.loop import fit
+from .train.progress import RichProgress
+
+
+class Report(dict):
+    """report.json as a dict; printing it shows the markdown report."""
+
+    @property
+    def markdown(self) -> str:
+        return render_markdown(self)
+
+    def __str__(self) -> str:
+        return self.markdown
+
+
+@dataclass
+class RunResult:
+    report: Report
+    run_dir: Path
+
+
+@dataclass
+class DistillResult:
+    student: nn.Module
+    baseline: Optional[nn.Module]
+    report: Report
+    run_dir: Optional[Path]
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def run(recipe: Union[str, Path, dict, Recipe], *, run_dir: Optional[Union[str, Path]] = None, force: bool = False,
+        resume: bool = False, quiet: bool = False, console: Optional[Console] = None,
+        stop_after_epoch: Optional[int] = None) -> RunResult:
+    """Run a recipe (path, dict or `Recipe`): teacher -> baseline -> KD student -> measure -> report."""
+    if isinstance(recipe, (str, Path)):
+        recipe = load_recipe(recipe)
+    elif isinstance(recipe, dict):
+        recipe = parse_recipe(recipe)
+    elif not isinstance(recipe, Recipe):
+        raise RecipeError(f"run() takes a recipe path, dict or Recipe, got {type(recipe).__name__}")
+    run_dir = Path(run_dir) if run_dir else Path(recipe.output_dir) / recipe.name
+    pipeline = Pipeline(recipe, run_dir, force=force, resume=resume, quiet=quiet, console=console,
+                        stop_after_epoch=stop_after_epoch)
+    return RunResult(Report(pipeline.run()), run_dir)
+
+
+# ---------------------------------------------------------------------------------------------------- distill
+DataLike = Union[Task, tuple, torch.utils.data.TensorDataset]
+
+
+def _as_tensors(data: Any, what: str) -> tuple[Tensor, Tensor]:
+    if isinstance(data, torch.utils.data.TensorDataset):
+        data = data.tensors
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        return data[0], data[1]
+    raise DataError(
+        f"{what}: expected (inputs, targets) tensors or a TensorDataset, got {type(data).__name__}; "
+        "for other data build a leankd.tasks.Task (see tasks/base.py)"
+    )
+
+
+def _as_task(train_data: DataLike, val_data: Optional[DataLike], test_data: Optional[DataLike],
+             num_classes: Optional[int], device: torch.device) -> Task:
+    if isinstance(train_data, Task):
+        return train_data
+    splits = {"train": _as_tensors(train_data, "train_data")}
+    if val_data is not None:
+        splits["val"] = _as_tensors(val_data, "val_data")
+    if test_data is not None:
+        splits["test"] = _as_tensors(test_data, "test_data")
+    if num_classes is None:
+        num_classes = int(max(int(y.max()) for _, y in splits.values())) + 1
+    return TensorTask(splits, num_classes=num_classes, device=device)
+
+
+def distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    train_data: DataLike,
+    val_data: Optional[DataLike] = None,
+    *,
+    test_data: Optional[DataLike] = None,
+    loss: Optional[Loss] = None,
+    precision: str = "fp32",
+    teacher_precision: str = "fp32",
+    epochs: int = 10,
+    batch_size: int = 128,
+    optimizer: str = "sgd",
+    lr: Optional[float] = None,
+    schedule: str = "cosine",
+    weight_decay: float = 5e-4,
+    baseline: bool = True,
+    num_classes: Optional[int] = None,
+    device: str = "auto",
+    seed: int = 0,
+    run_dir: Optional[Union[str, Path]] = None,
+    measure: Optional[dict] = None,
+    quiet: bool = True,
+    console: Optional[Console] = None,
+) -> DistillResult:
+    """Distill a (trained) `teacher` into `student` and report quality and cost side by side.
+
+    The baseline is a copy of the student's *initial* weights trained alone with the same budget, so the KD
+    gain is measured, not assumed. Data are `(inputs, targets)` tensors (or a `Task`); the report is measured
+    on `test_data`, else `val_data`. The default loss is 0.9·KD(T=4) + 0.1·CE."""
+    dev = resolve_device(device)
+    task = _as_task(train_data, val_data, test_data, num_classes, dev)
+    check_num_classes(teacher, task.num_classes, "teacher")
+    check_num_classes(student, task.num_classes, "student")
+    loss = loss if loss is not None else 0.9 * KD(4.0) + 0.1 * CE()
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                      lr=lr if lr is not None else (0.1 if optimizer == "sgd" else 1e-3),
+                      schedule=schedule, weight_decay=weight_decay, precision=precision)
+    measure_cfg = MeasureConfig(**(measure or {}))
+    console = console or Console()
+    run_dir = Path(run_dir) if run_dir else None
+    torch.manual_seed(seed)
+    initial = copy.deepcopy(student).cpu()
+    models: dict[str, dict] = {}
+    trained: dict[str, nn.Module] = {}
+
+    def train(role: str, model: nn.Module, stage_loss: Loss, live_teacher=None) -> dict:
+        sdir = run_dir / role if run_dir else None
+        result = fit(model, task, cfg, loss=stage_loss, teacher=live_teacher, seed=seed,
+                     metrics_path=sdir / "metrics.jsonl" if sdir else None,
+                     progress=RichProgress(role, console, quiet=quiet))
+        if sdir:
+            save_weights(sdir / "model.safetensors", model)
+        trained[role] = model
+        return training_entry(result, stage_loss, cfg, dev)
+
+    baseline_training = train("baseline", copy.deepcopy(initial), CE()) if baseline else None
+    student_training = train("student", student, loss, LiveTeacher(copy.deepcopy(teacher), task, teacher_precision))
+
+    def entry(role, model, training):
+        history = f"{role}/metrics.jsonl" if run_dir and training else None
+        return model_entry(role, type(model).__name__, "given" if training is None else "trained here",
+                           copy.deepcopy(model), task, measure_cfg, training, history)
+
+    models["teacher"] = entry("teacher", teacher, None)
+    if baseline:
+        models["baseline"] = entry("baseline", trained["baseline"], baseline_training)
+    models["student"] = entry("student", trained["student"], student_training)
+    report = Report(finish_report("distill", run_dir, seed, task, models, dev))
+    return DistillResult(student=trained["student"], baseline=trained.get("baseline"), report=report, run_dir=run_dir)

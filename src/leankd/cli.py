@@ -1,0 +1,127 @@
+"""`leankd` command line: a thin layer over `leankd.api`. User mistakes exit with code 2 and one clear message."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import LeanKDError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="leankd: distill a teacher into a small student and report what the compression bought.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly_errors(fn):
+    """Turn LeanKDError into 'error: ...' + exit code 2 (no traceback); Ctrl-C says how to resume."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LeanKDError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err_console.print("interrupted: the last finished epoch is checkpointed; rerun with --resume to continue")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+@app.command()
+@friendly_errors
+def run(
+    recipe: Path = typer.Argument(..., help="recipe YAML"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="default: <output_dir>/<name> from the recipe"),
+    force: bool = typer.Option(False, "--force", help="redo every stage even if its artifacts exist"),
+    resume: bool = typer.Option(False, "--resume", help="continue a stage that was interrupted"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars (CI, logs)"),
+):
+    """Run a recipe: teacher -> baseline student -> distilled student -> measure -> report."""
+    from .api import run as run_recipe
+    from .report.markdown import render_console
+
+    result = run_recipe(recipe, run_dir=run_dir, force=force, resume=resume, quiet=quiet, console=console)
+    console.print(render_console(result.report))
+    gain = result.report.get("ratios", {}).get("kd_gain_points")
+    if gain is not None:
+        console.print(f"KD gain over the baseline: {gain:+.2f} points", highlight=False)
+    console.print(f"report: {result.run_dir / 'report.md'}  (json: {result.run_dir / 'report.json'})", highlight=False)
+
+
+@app.command()
+@friendly_errors
+def validate(recipe: Path = typer.Argument(..., help="recipe YAML")):
+    """Check a recipe without running it and print its resolved form (every default filled in)."""
+    from .models import create_model  # noqa: F401  (registers models so names can be checked)
+    from .recipe import dump_recipe, load_recipe
+
+    r = load_recipe(recipe)
+    _check_model_names(r)
+    console.print(dump_recipe(r), highlight=False, markup=False)
+    console.print(f"{recipe}: valid", style="green")
+
+
+def _check_model_names(r) -> None:
+    from .models import list_models
+
+    for role, cfg in (("teacher", r.teacher), ("student", r.student)):
+        name = cfg.model
+        if ":" not in name and name not in list_models():
+            import difflib
+
+            close = difflib.get_close_matches(name, list_models(), n=3)
+            hint = f" did you mean {', '.join(close)}?" if close else ""
+            raise LeanKDError(f"{role}.model = {name!r} is not a registered model;{hint} "
+                              "(see `leankd models`, or use torchvision:NAME, timm:NAME, python:module:callable)")
+
+
+@app.command()
+@friendly_errors
+def report(run_dir: Path = typer.Argument(..., help="a run directory holding report.json")):
+    """Re-render report.md and the plots of a finished run from its report.json."""
+    from .io import write_text_atomic
+    from .report import load_report, render_markdown, write_plots
+    from .report.markdown import render_console
+
+    rep = load_report(run_dir)
+    write_plots(rep, run_dir)
+    write_text_atomic(run_dir / "report.md", render_markdown(rep))
+    console.print(render_console(rep))
+    console.print(f"report: {run_dir / 'report.md'}", highlight=False)
+
+
+@app.command()
+@friendly_errors
+def compare(run_dirs: List[Path] = typer.Argument(..., help="run directories"),
+            output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the table here")):
+    """Put several runs side by side in one markdown table."""
+    from .io import write_text_atomic
+    from .report import compare_runs
+
+    table = compare_runs(list(run_dirs))
+    console.print(table, markup=False, highlight=False)
+    if output:
+        write_text_atomic(output, table)
+
+
+@app.command()
+def models():
+    """List the registered model names (torchvision:NAME, timm:NAME and python:module:callable work too)."""
+    from .models import list_models
+
+    console.print(" ".join(list_models()), highlight=False)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

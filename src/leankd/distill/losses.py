@@ -1,0 +1,201 @@
+"""Distillation losses: one small class each, composable with `+` and `*`, always computed in fp32.
+
+Every loss takes a `LossInputs` (student logits, teacher logits, targets, and later named features) and
+returns a scalar. `KD(temperature=4) * 0.9 + CE() * 0.1` builds a `WeightedSum`, whose `terms()` gives the
+value of each named part for logging, so the training loop just sums and never asks which method runs.
+
+Why fp32 always: under fp16, `softmax(z / T)` of large logits and tiny epsilons underflow; one of our reference
+reports lost its score to exactly this. We upcast logits first and use `log_softmax` on both sides with
+`kl_div(..., log_target=True)`, which needs no epsilon at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class LossInputs:
+    """What a loss may look at. Feature dicts are filled only when a loss asks for taps (layer distillation)."""
+
+    student: Tensor
+    targets: Tensor
+    teacher: Optional[Tensor] = None
+    student_features: dict = field(default_factory=dict)
+    teacher_features: dict = field(default_factory=dict)
+
+
+class Loss(nn.Module):
+    """Base class. Subclasses implement `compute(inputs) -> Tensor` and set `needs_teacher`."""
+
+    needs_teacher: bool = False
+
+    def compute(self, inputs: LossInputs) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        return self.compute(inputs)
+
+    def terms(self, inputs: LossInputs) -> dict[str, Tensor]:
+        """Named, already weighted parts whose sum is the loss; a leaf loss is one part."""
+        return {self.describe(): self.compute(inputs)}
+
+    def describe(self) -> str:
+        return type(self).__name__.lower()
+
+    # composition -----------------------------------------------------------------------------------------
+    def __add__(self, other: "Loss") -> "WeightedSum":
+        if not isinstance(other, Loss):
+            return NotImplemented
+        return WeightedSum(_parts(self) + _parts(other))
+
+    def __mul__(self, weight: float) -> "WeightedSum":
+        if not isinstance(weight, (int, float)):
+            return NotImplemented
+        return WeightedSum([(w * float(weight), loss) for w, loss in _parts(self)])
+
+    __rmul__ = __mul__
+
+
+def _parts(loss: Loss) -> list[tuple[float, Loss]]:
+    return list(loss.parts) if isinstance(loss, WeightedSum) else [(1.0, loss)]
+
+
+class WeightedSum(Loss):
+    """Σ wᵢ·lossᵢ. Built by `+` and `*`; flat (no nesting), so `describe()` reads like the formula."""
+
+    def __init__(self, parts: list[tuple[float, Loss]]):
+        super().__init__()
+        self.weights = [float(w) for w, _ in parts]
+        self.losses = nn.ModuleList([loss for _, loss in parts])
+
+    @property
+    def parts(self) -> list[tuple[float, Loss]]:
+        return list(zip(self.weights, self.losses))
+
+    @property
+    def needs_teacher(self) -> bool:  # type: ignore[override]
+        return any(loss.needs_teacher for loss in self.losses)
+
+    def terms(self, inputs: LossInputs) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for w, loss in self.parts:
+            if w == 0.0:
+                continue
+            name = loss.describe()
+            while name in out:
+                name += "'"
+            out[name] = w * loss.compute(inputs)
+        return out
+
+    def compute(self, inputs: LossInputs) -> Tensor:
+        terms = self.terms(inputs)
+        if not terms:
+            return inputs.student.new_zeros((), dtype=torch.float32)
+        return torch.stack(list(terms.values())).sum()
+
+    def describe(self) -> str:
+        return " + ".join(f"{_fmt(w)}*{loss.describe()}" if w != 1.0 else loss.describe() for w, loss in self.parts)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _teacher(inputs: LossInputs, who: str) -> Tensor:
+    if inputs.teacher is None:
+        raise ValueError(f"{who} needs teacher logits, but none were given (is the teacher configured?)")
+    if inputs.teacher.shape != inputs.student.shape:
+        raise ValueError(
+            f"{who}: teacher logits {tuple(inputs.teacher.shape)} and student logits {tuple(inputs.student.shape)} "
+            "differ in shape; teacher and student must predict the same classes"
+        )
+    return inputs.teacher.float()
+
+
+class CE(Loss):
+    """Cross-entropy with the ground-truth labels (optional label smoothing)."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = float(label_smoothing)
+
+    def compute(self, inputs: LossInputs) -> Tensor:
+        return F.cross_entropy(inputs.student.float(), inputs.targets, label_smoothing=self.label_smoothing)
+
+    def describe(self) -> str:
+        return f"ce(ls={_fmt(self.label_smoothing)})" if self.label_smoothing else "ce"
+
+
+class KD(Loss):
+    """Hinton KD: KL(softmax(t/T) ‖ softmax(s/T)) · T², averaged over the batch.
+
+    The T² keeps gradient magnitudes comparable across temperatures (Hinton et al. 2015)."""
+
+    needs_teacher = True
+
+    def __init__(self, temperature: float = 4.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"KD temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def compute(self, inputs: LossInputs) -> Tensor:
+        t = self.temperature
+        teacher = _teacher(inputs, "KD")
+        student_logp = F.log_softmax(inputs.student.float() / t, dim=-1)
+        teacher_logp = F.log_softmax(teacher / t, dim=-1)
+        return F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean") * (t * t)
+
+    def describe(self) -> str:
+        return f"kd(T={_fmt(self.temperature)})"
+
+
+class SoftCE(Loss):
+    """Soft-target cross-entropy: −Σ softmax(t/T)·log softmax(s/T) · T².
+
+    Equals KD plus the teacher's entropy (a constant for the student), so gradients match KD; some papers and
+    tools report this form."""
+
+    needs_teacher = True
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"SoftCE temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def compute(self, inputs: LossInputs) -> Tensor:
+        t = self.temperature
+        teacher_p = F.softmax(_teacher(inputs, "SoftCE") / t, dim=-1)
+        student_logp = F.log_softmax(inputs.student.float() / t, dim=-1)
+        return -(teacher_p * student_logp).sum(dim=-1).mean() * (t * t)
+
+    def describe(self) -> str:
+        return f"soft_ce(T={_fmt(self.temperature)})"
+
+
+class MSE(Loss):
+    """Mean squared error between student and teacher logits (Ba & Caruana 2014)."""
+
+    needs_teacher = True
+
+    def compute(self, inputs: LossInputs) -> Tensor:
+        return F.mse_loss(inputs.student.float(), _teacher(inputs, "MSE"))
+
+    def describe(self) -> str:
+        return "mse_logits"
+
+
+def mix(alpha: float = 0.9, temperature: float = 4.0, label_smoothing: float = 0.0) -> WeightedSum:
+    """The classic α-mix: α·KD(T) + (1−α)·CE."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return alpha * KD(temperature) + (1.0 - alpha) * CE(label_smoothing)
+
+
+LOSSES: dict[str, type[Loss]] = {"ce": CE, "kd": KD, "soft_ce": SoftCE, "mse": MSE}

@@ -1,0 +1,42 @@
+"""The teacher as a function from a batch to logits. The student's loop cannot tell a live teacher from a cached
+one (issue: cheap distillation), so anything that maps `Batch -> Tensor` can stand here."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..tasks.base import Batch, Task
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Teacher(Protocol):
+    def __call__(self, batch: Batch) -> Tensor: ...
+
+
+class LiveTeacher:
+    """Runs a frozen model in eval mode under no_grad, optionally held in half precision to save memory/time.
+
+    Frozen here, in one place (the mdistiller lesson): eval mode so BatchNorm/dropout never change, and
+    requires_grad off so no autograd graph is built for it."""
+
+    def __init__(self, model: nn.Module, task: Task, precision: str = "fp32"):
+        self.dtype = DTYPES[precision]
+        self.model = model.to(device=task.device, dtype=self.dtype).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.task = task
+
+    def _cast(self, x):
+        if isinstance(x, Tensor):
+            return x.to(self.dtype) if x.is_floating_point() else x
+        if isinstance(x, dict):
+            return {k: self._cast(v) for k, v in x.items()}
+        return x
+
+    @torch.no_grad()
+    def __call__(self, batch: Batch) -> Tensor:
+        self.model.eval()  # guard against anyone having flipped it back to train mode
+        return self.task.forward(self.model, self._cast(batch.inputs)).float()

@@ -1,0 +1,83 @@
+"""One cost profile per model (parameters, size, MACs, latency, memory), produced by the same code for the
+teacher, the baseline student and the distilled student so the ratios in the report compare like with like."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .cost import count_flops, count_parameters, serialized_size_bytes
+from .devices import cpu_fp32_copy, model_device, to_device
+from .latency import measure_latency
+from .memory import inference_peak_memory
+from .runner import Forward
+
+_LATENCY_KEYS = ("median_ms", "p90_ms", "mean_ms", "min_ms", "runs")
+
+
+def _is_cpu_fp32(model: nn.Module) -> bool:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return all(t.device.type == "cpu" and (not t.is_floating_point() or t.dtype == torch.float32) for t in tensors)
+
+
+def _latency_by_batch(model: nn.Module, inputs_for: Callable[[int], Any], batch_sizes: Sequence[int],
+                      forward: Forward | None, runs: int, warmup: int) -> dict:
+    out = {}
+    for bs in batch_sizes:
+        result = measure_latency(model, inputs_for(bs), forward=forward, runs=runs, warmup=warmup)
+        out[f"batch_{bs}"] = {k: result[k] for k in _LATENCY_KEYS}
+    return out
+
+
+def profile_model(
+    model: nn.Module,
+    make_inputs: Callable[[int], Any],
+    *,
+    forward: Forward | None = None,
+    batch_sizes: Sequence[int] = (1, 64),
+    runs: int = 30,
+    warmup: int = 5,
+    cpu_latency: bool = True,
+) -> dict:
+    """Cost profile of `model`; `make_inputs(bs)` returns a batch of `bs` inputs on the model's device.
+
+    Returns::
+
+        {"cost": {"params", "trainable_params", "size_mb", "size_bytes", "macs", "flops"},   # MACs/FLOPs per sample
+         "latency": {"cpu":  {"threads": int, "batch_<bs>": {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs"}},
+                     "cuda": {"device_name": str, "batch_<bs>": {...}}},   # "cuda" only for a CUDA model,
+                                                                           # "cpu" only when cpu_latency=True
+         "memory": {"inference_peak_mb", "inference_delta_mb", "kind", "batch_size"}}
+
+    CPU latency always runs on an fp32 CPU copy of the model (inputs moved to CPU, floating tensors cast to
+    fp32), so CPU numbers are comparable whatever device or dtype the model was trained in. Memory is measured on
+    the model's own device at the largest batch size. MACs/FLOPs come from one forward on `make_inputs(1)`.
+    """
+    batch_sizes = tuple(int(bs) for bs in batch_sizes)
+    if not batch_sizes or any(bs < 1 for bs in batch_sizes):
+        raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes}")
+    one = make_inputs(1)
+    device = model_device(model, one)
+
+    params = count_parameters(model)
+    size_bytes = serialized_size_bytes(model)
+    flops = count_flops(model, one, forward=forward)
+    cost = {**params, "size_mb": size_bytes / 1e6, "size_bytes": size_bytes, **flops}
+
+    latency: dict[str, Any] = {}
+    if cpu_latency:
+        cpu_model = model if _is_cpu_fp32(model) else cpu_fp32_copy(model)
+        cpu_inputs = lambda bs: to_device(make_inputs(bs), "cpu", torch.float32)  # noqa: E731
+        latency["cpu"] = {"threads": torch.get_num_threads(),
+                          **_latency_by_batch(cpu_model, cpu_inputs, batch_sizes, forward, runs, warmup)}
+        del cpu_model
+    if device.type == "cuda":
+        latency["cuda"] = {"device_name": torch.cuda.get_device_name(device),
+                           **_latency_by_batch(model, make_inputs, batch_sizes, forward, runs, warmup)}
+
+    mem_bs = max(batch_sizes)
+    mem = inference_peak_memory(model, make_inputs(mem_bs), forward=forward)
+    memory = {"inference_peak_mb": mem["peak_mb"], "inference_delta_mb": mem["delta_mb"], "kind": mem["kind"],
+              "batch_size": mem_bs}
+    return {"cost": cost, "latency": latency, "memory": memory}

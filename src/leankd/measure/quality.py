@@ -1,0 +1,47 @@
+"""Classification quality from logits. Everything is computed in fp32 on CPU so a bf16 teacher on a GPU and an
+fp32 student on a CPU are scored by exactly the same arithmetic."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+
+def classification_metrics(logits: Tensor, targets: Tensor, class_names: list[str] | None = None) -> dict:
+    """Accuracy, macro-F1, per-class accuracy and mean cross-entropy of `logits` [N, C] against `targets` [N].
+
+    Returns `{"accuracy": float, "macro_f1": float, "per_class_accuracy": {name: float}, "loss": float,
+    "num_samples": int}`; accuracies are fractions in 0..1. Macro-F1 follows torchmetrics: a class that appears
+    in neither targets nor predictions is left out of the average. A class with no targets gets per-class
+    accuracy 0.0 (torchmetrics' convention), so read it together with the class counts.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [N, C], got shape {tuple(logits.shape)}")
+    if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
+        raise ValueError(f"targets must be [N] with N={logits.shape[0]}, got shape {tuple(targets.shape)}")
+    n, num_classes = logits.shape
+    if n == 0:
+        raise ValueError("cannot compute metrics on zero samples")
+    if num_classes < 2:
+        raise ValueError(f"need at least 2 classes, got {num_classes}")
+    if class_names is None:
+        class_names = [str(i) for i in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} logit columns")
+
+    logits = logits.detach().to(device="cpu", dtype=torch.float32)
+    targets = targets.detach().to(device="cpu", dtype=torch.long)
+    if int(targets.min()) < 0 or int(targets.max()) >= num_classes:
+        raise ValueError(f"targets must lie in 0..{num_classes - 1}, got {int(targets.min())}..{int(targets.max())}")
+
+    preds = logits.argmax(dim=1)
+    per_class = multiclass_accuracy(preds, targets, num_classes=num_classes, average=None)
+    macro_f1 = multiclass_f1_score(preds, targets, num_classes=num_classes, average="macro")
+    return {
+        "accuracy": float((preds == targets).float().mean()),
+        "macro_f1": float(macro_f1),
+        "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class.tolist())},
+        "loss": float(F.cross_entropy(logits, targets)),
+        "num_samples": int(n),
+    }

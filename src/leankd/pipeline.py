@@ -1,0 +1,333 @@
+"""The run pipeline: teacher -> baseline student -> distilled student -> measure -> report.
+
+Each training stage lives in `<run_dir>/<stage>/` and is keyed by a fingerprint of everything that shapes its
+result (model, training settings, data, seed, loss, and the upstream teacher). A finished stage whose
+fingerprint matches is reused (a teacher is trained once); `force` redoes it; an interrupted stage refuses to
+silently start over and asks for `resume` (continue) or `force` (restart).
+
+Every model is measured by the same code (`measure_model`), from the weights saved on disk, so the ratios in
+the report compare like with like and describe the artifact a user would ship.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from . import __version__
+from .distill.losses import CE, KD, MSE, Loss, SoftCE
+from .distill.teacher import LiveTeacher
+from .errors import LeanKDError, ModelError
+from .io import write_json_atomic, write_text_atomic
+from .measure.profile import profile_model
+from .models import create_model, infer_num_classes, load_weights
+from .recipe import DistillConfig, MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
+from .report import build_report, render_markdown, write_plots, write_report
+from .tasks.base import Task
+from .train.checkpoint import save_weights
+from .train.loop import FitResult, evaluate, fit
+from .train.progress import RichProgress
+
+FINGERPRINT_VERSION = 1
+ROLE_LABELS = {"teacher": "Teacher", "baseline": "Baseline student", "student": "KD student"}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LeanKDError(f"device {name!r} was requested but CUDA is not available here: use device: auto or cpu")
+    return device
+
+
+def fingerprint(obj) -> str:
+    blob = json.dumps({"v": FINGERPRINT_VERSION, **obj}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_loss(cfg: DistillConfig, label_smoothing: float = 0.0) -> Loss:
+    if cfg.loss is None:
+        return cfg.alpha * KD(cfg.temperature) + (1 - cfg.alpha) * CE(label_smoothing)
+    total = None
+    for term in cfg.loss:
+        if term.kind == "ce":
+            part = CE(term.label_smoothing if term.label_smoothing is not None else label_smoothing)
+        elif term.kind == "kd":
+            part = KD(term.temperature or cfg.temperature)
+        elif term.kind == "soft_ce":
+            part = SoftCE(term.temperature or cfg.temperature)
+        else:
+            part = MSE()
+        part = term.weight * part
+        total = part if total is None else total + part
+    return total
+
+
+def build_model(cfg: ModelConfig, num_classes: int, role: str) -> nn.Module:
+    model = create_model(cfg.model, num_classes=num_classes, **cfg.kwargs)
+    if cfg.checkpoint:
+        load_weights(model, cfg.checkpoint)
+    check_num_classes(model, num_classes, f"{role} ({cfg.model})")
+    return model
+
+
+def check_num_classes(model: nn.Module, num_classes: int, who: str) -> None:
+    found = infer_num_classes(model)
+    if found is not None and found != num_classes:
+        raise ModelError(
+            f"{who} predicts {found} classes but the data has {num_classes}: build it with num_classes={num_classes} "
+            "(leankd passes num_classes to registry, torchvision, timm and python: models that accept it)"
+        )
+
+
+def environment(device: torch.device) -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "device": str(device),
+        "torch": torch.__version__.split("+")[0],
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "platform": platform.platform(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def measure_model(model: nn.Module, task: Task, split: str, *, batch_sizes=(1, 64), runs=30, warmup=5,
+                  threads: Optional[int] = None) -> dict:
+    """Quality on `split` + cost/latency/memory — the one way every model in a report is measured."""
+    model = model.to(task.device).float().eval()
+    quality = {"split": split, **evaluate(model, task, split)}
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        profile = profile_model(model, task.example_inputs, forward=task.forward, batch_sizes=tuple(batch_sizes),
+                                runs=runs, warmup=warmup)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return {"quality": quality, **profile}
+
+
+def model_entry(role: str, architecture: str, origin: str, model: nn.Module, task: Task, measure: MeasureConfig,
+                training: Optional[dict], history: Optional[str]) -> dict:
+    """One model's block of report.json."""
+    measured = measure_model(model, task, task.eval_split, batch_sizes=measure.latency_batch_sizes,
+                             runs=measure.latency_runs, warmup=measure.latency_warmup, threads=measure.threads)
+    return {"role": role, "label": ROLE_LABELS.get(role, role), "architecture": architecture, "origin": origin,
+            **measured, "training": training, "history": history}
+
+
+def training_entry(result: FitResult, loss: Loss, cfg: TrainConfig, device: torch.device) -> dict:
+    return {
+        "epochs": result.epochs,
+        "wall_time_s": round(result.wall_time_s, 3),
+        "samples_per_s": round(result.samples_per_s, 2),
+        "peak_memory_mb": result.peak_memory.get("peak_mb"),
+        "memory_kind": result.peak_memory.get("kind"),
+        "energy_j": result.energy.get("joules"),
+        "energy_source": result.energy.get("source", "not measured"),
+        "loss": loss.describe(),
+        "precision": cfg.precision,
+        "device": str(device),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- stages
+@dataclass
+class StageResult:
+    model: nn.Module
+    origin: str
+    training: Optional[dict]  # None when the weights were loaded, not trained here
+    reused: bool
+
+
+class Pipeline:
+    """Runs one recipe in one run directory."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, *, force: bool = False, resume: bool = False,
+                 quiet: bool = False, console: Optional[Console] = None, stop_after_epoch: Optional[int] = None):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.force, self.resume, self.quiet = force, resume, quiet
+        self.console = console or Console(quiet=False)
+        self.stop_after_epoch = stop_after_epoch
+        self.device = resolve_device(recipe.device)
+
+    def log(self, msg: str) -> None:
+        self.console.print(msg, highlight=False)
+
+    # ---------------------------------------------------------------------------------------------------
+    def build_task(self) -> Task:
+        from .tasks import build_task
+
+        channels_last = self.recipe.train.channels_last or self.recipe.stage_train("teacher").channels_last
+        return build_task(self.recipe.data, self.device, self.recipe.seed, channels_last=channels_last)
+
+    def run(self) -> dict:
+        r = self.recipe
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.run_dir / "recipe.yaml", dump_recipe(r))
+        torch.manual_seed(r.seed)
+        task = self.build_task()
+        data_fp = {"data": r.data.model_dump(exclude={"cache_dir", "num_workers"}), "dataset": task.info.get("fingerprint")}
+        self.log(f"[bold]leankd[/] run '{r.name}' on {self.device} -> {self.run_dir}")
+        self.log(f"data: {r.data.source}: {task.split_size('train')} train / {task.split_size('val')} val / "
+                 f"{task.split_size(task.eval_split)} {task.eval_split}, {task.num_classes} classes")
+
+        # build every model first: class mismatches and bad names fail before any training
+        teacher_model = build_model(r.teacher, task.num_classes, "teacher")
+        torch.manual_seed(r.seed)
+        student_init = build_model(r.student, task.num_classes, "student")
+
+        teacher = self.stage("teacher", teacher_model, task, r.stage_train("teacher"), CE(r.stage_train("teacher").label_smoothing),
+                             extra_fp=data_fp, model_cfg=r.teacher)
+        student_cfg = r.stage_train("student")
+        stages = {"teacher": teacher}
+        if r.baseline:
+            stages["baseline"] = self.stage("baseline", copy.deepcopy(student_init), task, student_cfg,
+                                            CE(student_cfg.label_smoothing), extra_fp=data_fp, model_cfg=r.student)
+        kd_loss = build_loss(r.distill, student_cfg.label_smoothing)
+        live = LiveTeacher(copy.deepcopy(teacher.model), task, r.teacher.precision)
+        stages["student"] = self.stage("student", copy.deepcopy(student_init), task, student_cfg, kd_loss,
+                                       teacher=live, model_cfg=r.student,
+                                       extra_fp={**data_fp, "teacher": self._stage_fp("teacher"),
+                                                 "teacher_precision": r.teacher.precision})
+        del live
+        return self.report(task, stages)
+
+    # ---------------------------------------------------------------------------------------------------
+    def _stage_fp(self, stage: str) -> Optional[str]:
+        path = self.run_dir / stage / "stage.json"
+        return json.loads(path.read_text())["fingerprint"] if path.exists() else None
+
+    def stage(self, name: str, model: nn.Module, task: Task, cfg: TrainConfig, loss: Loss, *, model_cfg: ModelConfig,
+              extra_fp: dict, teacher=None) -> StageResult:
+        sdir = self.run_dir / name
+        fp = fingerprint({"stage": name, "model": model_cfg.model_dump(exclude={"train"}), "train": cfg.model_dump(),
+                          "loss": loss.describe(), "seed": self.recipe.seed, **extra_fp})
+        stage_json, weights, ckpt = sdir / "stage.json", sdir / "model.safetensors", sdir / "checkpoint.safetensors"
+        if self.force and sdir.exists():
+            shutil.rmtree(sdir)
+        if stage_json.exists():
+            info = json.loads(stage_json.read_text())
+            if info["fingerprint"] == fp and weights.exists():
+                load_weights(model, weights)
+                self.log(f"{name}: reusing {weights} (same fingerprint {fp}; --force retrains)")
+                return StageResult(model, info["origin"], info.get("training"), reused=True)
+            self.log(f"{name}: the recipe changed since {stage_json} was written: redoing this stage")
+            shutil.rmtree(sdir)
+
+        if model_cfg.checkpoint and name == "teacher":
+            origin = f"checkpoint: {model_cfg.checkpoint}"
+            self.log(f"{name}: loaded {model_cfg.model} weights from {model_cfg.checkpoint} (not trained here)")
+            training = None
+        else:
+            if ckpt.exists() and not self.resume:
+                epoch = _checkpoint_epoch(ckpt)
+                raise LeanKDError(
+                    f"stage '{name}' in {self.run_dir} was interrupted after epoch {epoch}/{cfg.epochs}: rerun with "
+                    "--resume to continue it, or --force to start the run over"
+                )
+            if ckpt.exists() and _checkpoint_fp(ckpt) != fp:
+                raise LeanKDError(
+                    f"stage '{name}': the interrupted checkpoint {ckpt} was made with a different recipe, so it cannot "
+                    "be resumed: rerun with --force to start over"
+                )
+            sdir.mkdir(parents=True, exist_ok=True)
+            verb = "resuming" if ckpt.exists() else "training"
+            self.log(f"{name}: {verb} {model_cfg.model} for {cfg.epochs} epochs, loss {loss.describe()}, "
+                     f"{cfg.precision}, batch {cfg.batch_size}")
+            progress = RichProgress(name, self.console, quiet=self.quiet)
+            result = fit(model, task, cfg, loss=loss, teacher=teacher, seed=self.recipe.seed, checkpoint_path=ckpt,
+                         metrics_path=sdir / "metrics.jsonl", resume=self.resume, progress=progress,
+                         stop_after_epoch=self.stop_after_epoch, fingerprint=fp)
+            origin = "trained here"
+            training = training_entry(result, loss, cfg, task.device)
+        save_weights(weights, model)
+        write_json_atomic(stage_json, {"fingerprint": fp, "stage": name, "architecture": model_cfg.model,
+                                       "origin": origin, "training": training})
+        if ckpt.exists():
+            ckpt.unlink()  # the stage is complete: its final weights are in model.safetensors
+        return StageResult(model, origin, training, reused=False)
+
+    # ---------------------------------------------------------------------------------------------------
+    def report(self, task: Task, stages: dict[str, StageResult]) -> dict:
+        r = self.recipe
+        models = {}
+        for role, st in stages.items():
+            self.log(f"measuring {role} ...")
+            fresh = copy.deepcopy(st.model)
+            load_weights(fresh, self.run_dir / role / "model.safetensors")
+            cfg = r.teacher if role == "teacher" else r.student
+            history = self.run_dir / role / "metrics.jsonl"
+            models[role] = model_entry(role, cfg.model, st.origin, fresh, task, r.measure, st.training,
+                                       f"{role}/metrics.jsonl" if history.exists() else None)
+        return finish_report(r.name, self.run_dir, r.seed, task, models, self.device)
+
+
+def finish_report(name: str, run_dir: Optional[Path], seed: int, task: Task, models: dict, device) -> dict:
+    """Build report.json from the model blocks; write it, its markdown and plots when there is a run dir."""
+    notes = list(getattr(task, "notes", [])) + report_notes(models, seed)
+    run = {"name": name, "run_dir": str(run_dir) if run_dir else None, "seed": seed, "task": task.kind,
+           "dataset": task.describe(), "environment": environment(torch.device(device))}
+    report = build_report(run, models, notes)
+    if run_dir is not None:
+        write_report(run_dir, report)
+        write_plots(report, run_dir)
+        write_text_atomic(Path(run_dir) / "report.md", render_markdown(report))
+    return report
+
+
+def report_notes(models: dict, seed: int) -> list[str]:
+    notes = []
+    if "baseline" in models and "student" in models:
+        notes.append(f"The KD gain is measured with one seed ({seed}); on CIFAR-10 KD adds about 0.3-1 point, so "
+                     "claims need at least 2 seeds.")
+    energy_sources = {m["training"]["energy_source"] for m in models.values() if m.get("training")}
+    for source in sorted(energy_sources):
+        if source.startswith("not available"):
+            notes.append(f"Training energy {source}; no estimate is shown in its place.")
+    kinds = {m["memory"].get("kind") for m in models.values() if m.get("memory")}
+    if "cpu_peak_rss" in kinds:
+        notes.append("CPU memory figures are the process's peak resident set size while the model ran, "
+                     "so they include the Python/PyTorch runtime, not only the model.")
+    return notes
+
+
+def _checkpoint_meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["leankd_state"])["state"]
+    except Exception:
+        return {}
+
+
+def _checkpoint_epoch(path: Path):
+    return _checkpoint_meta(path).get("epoch", "?")
+
+
+def _checkpoint_fp(path: Path):
+    return _checkpoint_meta(path).get("fingerprint")

@@ -1,0 +1,239 @@
+"""The recipe: a typed, validated description of one run. Unknown keys are errors so typos are caught.
+
+A recipe stays short because everything has a default; `leankd validate recipe.yaml` prints the resolved
+form. Errors name the field path, the bad value and what is allowed (`RecipeError`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class AugmentConfig(Strict):
+    crop_padding: int = Field(4, ge=0, description="random crop after padding by this many pixels (0 = off)")
+    hflip: bool = True
+    pad_mode: Literal["reflect", "zeros"] = "reflect"
+
+
+class DataConfig(Strict):
+    source: str = Field("demo", description="'demo', an ImageFolder dir, a .tar/.tar.gz of one, or torchvision:NAME:ROOT")
+    task: Literal["image_classification"] = "image_classification"
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of train for per-epoch validation")
+    eval_split: Literal["test", "val"] = Field("test", description="split the final report is measured on")
+    image_size: Optional[int] = Field(None, gt=0)
+    mean: Optional[tuple[float, float, float]] = Field(None, description="default: computed from the train split")
+    std: Optional[tuple[float, float, float]] = None
+    augment: AugmentConfig = AugmentConfig()
+    in_memory: bool | Literal["auto"] = Field("auto", description="uint8 tensors on the device when they fit")
+    cache_dir: Optional[str] = Field(None, description="where decoded images are cached (default ~/.cache/leankd)")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers when the data does not fit in memory")
+    limit_train: Optional[int] = Field(None, gt=0, description="use only the first N (stratified) train images")
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "onecycle", "multistep", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="multistep: fractions of training")
+    gamma: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: Optional[float] = Field(None, gt=0)
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v) or v != sorted(v):
+            raise ValueError("milestones are increasing fractions of training strictly between 0 and 1, e.g. [0.5, 0.75]")
+        return v
+
+
+class TrainOverride(Strict):
+    """Per-stage changes to the shared `train:` section (e.g. more epochs for the teacher)."""
+
+    epochs: Optional[int] = Field(None, ge=1)
+    batch_size: Optional[int] = Field(None, ge=1)
+    optimizer: Optional[Literal["sgd", "adamw"]] = None
+    lr: Optional[float] = Field(None, gt=0)
+    momentum: Optional[float] = Field(None, ge=0, lt=1)
+    nesterov: Optional[bool] = None
+    weight_decay: Optional[float] = Field(None, ge=0)
+    schedule: Optional[Literal["cosine", "onecycle", "multistep", "constant"]] = None
+    warmup_epochs: Optional[float] = Field(None, ge=0)
+    milestones: Optional[list[float]] = None
+    gamma: Optional[float] = Field(None, gt=0)
+    label_smoothing: Optional[float] = Field(None, ge=0, lt=1)
+    grad_clip: Optional[float] = Field(None, gt=0)
+    precision: Optional[Precision] = None
+    channels_last: Optional[bool] = None
+    compile: Optional[bool] = None
+
+    def apply(self, base: TrainConfig) -> TrainConfig:
+        return TrainConfig(**{**base.model_dump(), **self.model_dump(exclude_none=True)})
+
+
+class ModelConfig(Strict):
+    model: str = Field(..., description="registry name (e.g. resnet20), torchvision:NAME, timm:NAME or python:module:callable")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model constructor")
+    checkpoint: Optional[str] = Field(None, description="load these weights (.safetensors/.pt) instead of training")
+    train: TrainOverride = TrainOverride()
+
+
+class TeacherConfig(ModelConfig):
+    precision: Precision = Field("fp32", description="dtype the frozen teacher runs in while distilling")
+
+
+class LossTerm(Strict):
+    kind: Literal["ce", "kd", "soft_ce", "mse"]
+    weight: float = Field(1.0, ge=0)
+    temperature: Optional[float] = Field(None, gt=0)
+    label_smoothing: Optional[float] = Field(None, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_args(self) -> "LossTerm":
+        if self.temperature is not None and self.kind not in ("kd", "soft_ce"):
+            raise ValueError(f"'temperature' applies to kd and soft_ce, not to {self.kind}")
+        if self.label_smoothing is not None and self.kind != "ce":
+            raise ValueError(f"'label_smoothing' applies to ce, not to {self.kind}")
+        return self
+
+
+class DistillConfig(Strict):
+    """Either the classic α-mix (alpha, temperature) or an explicit list of weighted loss terms."""
+
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of KD; 1 - alpha goes to cross-entropy")
+    temperature: float = Field(4.0, gt=0)
+    loss: Optional[list[LossTerm]] = Field(None, description="explicit terms; overrides alpha/temperature")
+
+    @model_validator(mode="after")
+    def _needs_teacher(self) -> "DistillConfig":
+        if self.loss is not None:
+            if not self.loss:
+                raise ValueError("'loss' is an empty list: give at least one term, e.g. [{kind: kd, temperature: 4}]")
+            if all(t.kind == "ce" for t in self.loss):
+                raise ValueError("every loss term is 'ce', so the teacher is never used: add a kd, soft_ce or mse term")
+        return self
+
+
+class MeasureConfig(Strict):
+    latency_batch_sizes: list[int] = Field(default_factory=lambda: [1, 64])
+    latency_runs: int = Field(30, ge=5)
+    latency_warmup: int = Field(5, ge=0)
+    threads: Optional[int] = Field(None, ge=1, description="CPU threads for latency (default: torch's setting)")
+
+
+class Recipe(Strict):
+    name: str = "run"
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    output_dir: str = Field("runs", description="run directories go under this folder")
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig
+    student: ModelConfig
+    train: TrainConfig = TrainConfig()
+    distill: DistillConfig = DistillConfig()
+    baseline: bool = Field(True, description="train the student alone with the same budget for comparison")
+    measure: MeasureConfig = MeasureConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+
+    def stage_train(self, stage: str) -> TrainConfig:
+        """Resolved training settings of a stage: the shared `train:` plus that model's overrides."""
+        override = self.teacher.train if stage == "teacher" else self.student.train
+        return override.apply(self.train)
+
+
+# --------------------------------------------------------------------------------------------------------
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path} is not valid YAML: {e}") from None
+    return parse_recipe(raw, origin=str(path))
+
+
+def parse_recipe(raw: Any, origin: str = "recipe") -> Recipe:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{origin}: a recipe is a YAML mapping with at least 'teacher' and 'student', got {type(raw).__name__}")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(format_validation_error(e, origin)) from None
+
+
+def format_validation_error(e: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: {e.error_count()} problem(s) in the recipe:"]
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        kind = err["type"]
+        value = err.get("input")
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(err["loc"][:-1])
+            msg = f"unknown key (typo?); allowed here: {', '.join(allowed)}" if allowed else "unknown key (typo?)"
+            lines.append(f"  - {where}: {msg}")
+            continue
+        if kind == "missing":
+            lines.append(f"  - {where}: required field is missing")
+            continue
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"  - {where} = {shown}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Walk the schema along `loc` to list the keys valid at that place (for typo messages)."""
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}).keys())
+
+
+def _model_of(annotation: Any):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

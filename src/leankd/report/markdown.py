@@ -1,0 +1,439 @@
+"""`report.md` and the console table, both rendered from a validated report dict.
+
+Every sentence that states a result is derived from the numbers in the report (sign, size, noise scale), so
+the prose cannot disagree with the table.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from leankd.io import write_text_atomic
+from leankd.report.schema import (
+    BASELINE_ROLE,
+    DEFAULT_LABELS,
+    STUDENT_ROLE,
+    TEACHER_ROLE,
+    validate_report,
+)
+
+DASH = "—"
+TIMES = "×"
+PLOT_FILES = {
+    "curves.png": "Training curves",
+    "quality_vs_macs.png": "Accuracy vs MACs",
+    "quality_vs_latency.png": "Accuracy vs CPU latency",
+}
+KD_TIE_POINTS = 0.1  # |gain| below this is reported as "within 0.1 points of"
+
+
+# ------------------------------------------------------------------------------------------------- formatting
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def fmt_fixed(x: Any, decimals: int = 2) -> str:
+    if not _is_num(x):
+        return DASH
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return f"{x:,.{decimals}f}"
+
+
+def fmt_int(x: Any) -> str:
+    if not _is_num(x):
+        return DASH
+    return f"{int(round(x)):,}"
+
+
+def fmt_auto(x: Any) -> str:
+    """Sensible precision for magnitudes that range widely (MB, millions of MACs, seconds)."""
+    if not _is_num(x):
+        return DASH
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    a = abs(x)
+    if a >= 100:
+        return f"{x:,.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 0.01 or a == 0:
+        return f"{x:.2f}"
+    return f"{x:.2g}"
+
+
+def fmt_pct(x: Any) -> str:
+    """A fraction in [0, 1] shown as percent with 2 decimals."""
+    return fmt_fixed(x * 100.0, 2) if _is_num(x) else DASH
+
+
+def fmt_millions(x: Any) -> str:
+    return fmt_auto(x / 1e6) if _is_num(x) else DASH
+
+
+def fmt_times(x: Any) -> str:
+    if not _is_num(x):
+        return DASH
+    return f"{x:.1f}{TIMES}" if abs(x) >= 10 else f"{x:.2f}{TIMES}"
+
+
+def fmt_points(x: Any, signed: bool = True) -> str:
+    if not _is_num(x):
+        return DASH
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def _g(d: Any, *keys: Any) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+        if d is None:
+            return None
+    return d
+
+
+def _md_cell(s: Any) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[str]], align_right_from: int = 1) -> list[str]:
+    out = ["| " + " | ".join(_md_cell(h) for h in header) + " |"]
+    out.append("| " + " | ".join("---" if i < align_right_from else "---:" for i in range(len(header))) + " |")
+    for r in rows:
+        out.append("| " + " | ".join(_md_cell(c) for c in r) + " |")
+    return out
+
+
+def model_label(role: str, entry: dict) -> str:
+    return entry.get("label") or DEFAULT_LABELS.get(role) or role
+
+
+# ------------------------------------------------------------------------------------------------- main table
+def _batch_sizes(report: dict, device: str) -> list[int]:
+    sizes: set[int] = set()
+    for entry in report["models"].values():
+        lat = _g(entry, "latency", device) or {}
+        for k, v in lat.items():
+            if k.startswith("batch_") and k[6:].isdigit() and v is not None:
+                sizes.add(int(k[6:]))
+    return sorted(sizes)
+
+
+def _threads_note(report: dict, device: str) -> str:
+    if device != "cpu":
+        return ""
+    threads = {_g(e, "latency", "cpu", "threads") for e in report["models"].values()} - {None}
+    if len(threads) == 1:
+        n = threads.pop()
+        return f", {n} thread{'s' if n != 1 else ''}"
+    if threads:
+        return ", threads differ: " + "/".join(str(t) for t in sorted(threads))
+    return ""
+
+
+def _energy(entry: dict) -> str:
+    tr = entry.get("training")
+    if tr is None:
+        return DASH
+    return fmt_auto(tr.get("energy_j")) if _is_num(tr.get("energy_j")) else "n/a"
+
+
+def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the one-column-per-model table, shared by markdown and console output."""
+    models = report["models"]
+    entries = list(models.items())
+    header = ["metric"] + [model_label(role, e) for role, e in entries]
+    rows: list[list[str]] = []
+
+    def row(name: str, fn: Callable[[dict], str]) -> None:
+        rows.append([name] + [fn(e) for _, e in entries])
+
+    splits = {_g(e, "quality", "split") for _, e in entries} - {None}
+    split = f" ({splits.pop()})" if len(splits) == 1 else ""
+    row("architecture", lambda e: e.get("architecture") or DASH)
+    row(f"accuracy (%){split}", lambda e: fmt_pct(_g(e, "quality", "accuracy")))
+    row("macro-F1 (%)", lambda e: fmt_pct(_g(e, "quality", "macro_f1")))
+    row("eval loss", lambda e: fmt_fixed(_g(e, "quality", "loss"), 4))
+    row("params", lambda e: fmt_int(_g(e, "cost", "params")))
+    row("size (MB)", lambda e: fmt_fixed(_g(e, "cost", "size_mb"), 2))
+    row("MACs (M)", lambda e: fmt_millions(_g(e, "cost", "macs")))
+    row("FLOPs (M)", lambda e: fmt_millions(_g(e, "cost", "flops")))
+    for device, dev_name in (("cpu", "CPU"), ("cuda", "CUDA")):
+        note = _threads_note(report, device)
+        for b in _batch_sizes(report, device):
+            key = f"batch_{b}"
+            if b == 1:
+                row(
+                    f"{dev_name} latency b{b} median / p90 (ms{note})",
+                    lambda e, k=key, d=device: (
+                        f"{fmt_fixed(_g(e, 'latency', d, k, 'median_ms'))} / {fmt_fixed(_g(e, 'latency', d, k, 'p90_ms'))}"
+                        if _g(e, "latency", d, k) is not None
+                        else DASH
+                    ),
+                )
+            else:
+                row(
+                    f"{dev_name} latency b{b} median (ms{note})",
+                    lambda e, k=key, d=device: fmt_fixed(_g(e, "latency", d, k, "median_ms")),
+                )
+    row("inference peak memory (MB)", lambda e: fmt_auto(_g(e, "memory", "inference_peak_mb")))
+    row("train time (s)", lambda e: fmt_auto(_g(e, "training", "wall_time_s")))
+    row("epochs", lambda e: fmt_int(_g(e, "training", "epochs")))
+    row("samples/s", lambda e: fmt_auto(_g(e, "training", "samples_per_s")))
+    row("train peak memory (MB)", lambda e: fmt_auto(_g(e, "training", "peak_memory_mb")))
+    row("energy (J)", _energy)
+    row("loss used", lambda e: _g(e, "training", "loss") or DASH)
+    return header, rows
+
+
+# ------------------------------------------------------------------------------------------------- ratios / KD
+_RATIO_ROWS = [
+    ("size_x_smaller", f"size ({TIMES} smaller)", fmt_times),
+    ("params_x_fewer", f"params ({TIMES} fewer)", fmt_times),
+    ("macs_x_fewer", f"MACs ({TIMES} fewer)", fmt_times),
+]
+
+
+def _ratio_table(report: dict) -> list[str]:
+    vs = _g(report, "ratios", "vs_teacher") or {}
+    roles = [r for r in report["models"] if r != TEACHER_ROLE and r in vs]
+    if not roles or TEACHER_ROLE not in report["models"]:
+        return []
+    teacher_label = model_label(TEACHER_ROLE, report["models"][TEACHER_ROLE])
+    header = [f"vs {teacher_label}"] + [model_label(r, report["models"][r]) for r in roles]
+    rows = [[name] + [fn(vs[r].get(key)) for r in roles] for key, name, fn in _RATIO_ROWS]
+    lat_keys: list[str] = []
+    for r in roles:
+        for k in vs[r]:
+            if k.startswith("latency_") and k not in lat_keys:
+                lat_keys.append(k)
+
+    def lat_order(k: str) -> tuple[int, int]:
+        dev, b = k[len("latency_"):].split("_x_faster_batch_")
+        return (0 if dev == "cpu" else 1, int(b))
+
+    for k in sorted(lat_keys, key=lat_order):
+        dev, b = k[len("latency_"):].split("_x_faster_batch_")
+        rows.append([f"{dev.upper()} latency b{b} ({TIMES} faster)"] + [fmt_times(vs[r].get(k)) for r in roles])
+    rows.append(["accuracy retention (%)"] + [fmt_fixed(vs[r].get("accuracy_retention_pct"), 2) for r in roles])
+    rows.append(["accuracy vs teacher (points)"] + [fmt_points(vs[r].get("accuracy_delta_points")) for r in roles])
+    return _md_table(header, rows)
+
+
+def kd_gain_sentence(report: dict) -> str:
+    """The KD verdict, derived from the sign and size of `ratios.kd_gain_points`."""
+    models = report["models"]
+    gain = _g(report, "ratios", "kd_gain_points")
+    s_label = model_label(STUDENT_ROLE, models[STUDENT_ROLE]) if STUDENT_ROLE in models else "KD student"
+    if not _is_num(gain):
+        missing = [r for r in (BASELINE_ROLE, STUDENT_ROLE) if _g(models, r, "quality", "accuracy") is None]
+        why = f"no accuracy for {', '.join(missing)}" if missing else "not computed"
+        return f"KD gain over the baseline: not available ({why})."
+
+    s_ep, b_ep = _g(models, STUDENT_ROLE, "training", "epochs"), _g(models, BASELINE_ROLE, "training", "epochs")
+    if s_ep is not None and s_ep == b_ep:
+        budget = f"with the same budget ({s_ep} epochs)"
+    elif s_ep is not None and b_ep is not None:
+        budget = f"(note: different budgets, {s_ep} vs {b_ep} epochs, so this is not like-for-like)"
+    else:
+        budget = "(training budgets not recorded)"
+
+    if abs(gain) < KD_TIE_POINTS:
+        verdict = f"{s_label} is within {KD_TIE_POINTS:g} points of the baseline trained alone {budget}"
+    elif gain > 0:
+        verdict = f"{s_label} is {abs(gain):.2f} points above the baseline trained alone {budget}"
+    else:
+        verdict = f"{s_label} is {abs(gain):.2f} points below the baseline trained alone {budget}"
+    s_acc, b_acc = _g(models, STUDENT_ROLE, "quality", "accuracy"), _g(models, BASELINE_ROLE, "quality", "accuracy")
+    return f"{verdict}: {fmt_pct(s_acc)} % vs {fmt_pct(b_acc)} % accuracy ({fmt_points(gain)} points)."
+
+
+def _kd_noise_sentence(report: dict) -> Optional[str]:
+    """Rough scale of eval noise: standard error of the accuracy difference, treating the two as independent."""
+    models = report["models"]
+    gain = _g(report, "ratios", "kd_gain_points")
+    s_acc, b_acc = _g(models, STUDENT_ROLE, "quality", "accuracy"), _g(models, BASELINE_ROLE, "quality", "accuracy")
+    n_s = _g(models, STUDENT_ROLE, "quality", "num_samples") or _g(report, "run", "dataset", "eval_size")
+    n_b = _g(models, BASELINE_ROLE, "quality", "num_samples") or _g(report, "run", "dataset", "eval_size")
+    if not all(_is_num(v) for v in (gain, s_acc, b_acc, n_s, n_b)) or n_s <= 0 or n_b <= 0:
+        return None
+    if not (0 <= s_acc <= 1 and 0 <= b_acc <= 1):
+        return None
+    se = 100.0 * math.sqrt(s_acc * (1 - s_acc) / n_s + b_acc * (1 - b_acc) / n_b)
+    if se <= 0:
+        return None
+    within = abs(gain) < 2 * se
+    return (
+        f"For scale: with {fmt_int(n_s)} eval samples, one standard error of this difference is about "
+        f"{se:.2f} points (rough binomial estimate), so this gap is "
+        + ("within noise (under 2 standard errors)." if within else "larger than 2 standard errors.")
+    )
+
+
+def _seed_caveat(report: dict) -> Optional[str]:
+    seed = _g(report, "run", "seed")
+    if isinstance(seed, list) and len(seed) > 1:
+        return None
+    shown = f" (seed {seed})" if seed is not None else ""
+    return f"Measured on one seed{shown}: repeat with other seeds before relying on a difference of this size."
+
+
+# ------------------------------------------------------------------------------------------------- per class
+def _per_class_table(report: dict) -> list[str]:
+    entries = [(r, e) for r, e in report["models"].items() if _g(e, "quality", "per_class_accuracy")]
+    if not entries:
+        return []
+    classes: list[str] = list(_g(report, "run", "dataset", "classes") or [])
+    for _, e in entries:
+        for c in e["quality"]["per_class_accuracy"]:
+            if c not in classes:
+                classes.append(c)
+    header = ["class"] + [model_label(r, e) for r, e in entries]
+    rows = [[c] + [fmt_pct(e["quality"]["per_class_accuracy"].get(c)) for _, e in entries] for c in classes]
+    return _md_table(header, rows)
+
+
+# ------------------------------------------------------------------------------------------------- render
+def _run_summary(report: dict) -> list[str]:
+    run = report["run"]
+    ds, env = run.get("dataset") or {}, run.get("environment") or {}
+    lines = []
+    parts = []
+    if ds.get("source"):
+        parts.append(f"`{ds['source']}`")
+    if ds.get("num_classes") is not None:
+        parts.append(f"{ds['num_classes']} classes")
+    sizes = []
+    for key, name in (("train_size", "train"), ("val_size", "val")):
+        if ds.get(key) is not None:
+            sizes.append(f"{fmt_int(ds[key])} {name}")
+    if ds.get("eval_size") is not None:
+        sizes.append(f"{fmt_int(ds['eval_size'])} eval" + (f" (split `{ds['eval_split']}`)" if ds.get("eval_split") else ""))
+    elif ds.get("eval_split"):
+        sizes.append(f"eval split `{ds['eval_split']}`")
+    if sizes:
+        parts.append(", ".join(sizes))
+    lines.append(f"- **Dataset:** {'; '.join(parts) if parts else DASH}")
+    if run.get("task"):
+        lines.append(f"- **Task:** {run['task']}")
+    dev = [env.get("device") or DASH]
+    if env.get("cpu"):
+        dev.append(f"CPU {env['cpu']}")
+    if env.get("cpu_threads") is not None:
+        dev.append(f"{env['cpu_threads']} threads")
+    if env.get("gpu"):
+        dev.append(f"GPU {env['gpu']}")
+    lines.append(f"- **Device:** {', '.join(dev)}")
+    sw = []
+    if env.get("torch"):
+        sw.append(f"torch {env['torch']}")
+    if env.get("python"):
+        sw.append(f"Python {env['python']}")
+    sw.append(f"leankd {report.get('leankd_version', DASH)}")
+    if env.get("platform"):
+        sw.append(env["platform"])
+    lines.append(f"- **Software:** {', '.join(sw)}")
+    lines.append(f"- **Seed:** {run.get('seed') if run.get('seed') is not None else DASH}")
+    lines.append(f"- **Created:** {report.get('created_utc', DASH)}")
+    origins = [f"{model_label(r, e)}: {e['origin']}" for r, e in report["models"].items() if e.get("origin")]
+    if origins:
+        lines.append(f"- **Origin:** {'; '.join(origins)}")
+    return lines
+
+
+def _plot_dir(report: dict, run_dir: Optional[Path]) -> Optional[Path]:
+    if run_dir is not None:
+        return Path(run_dir)
+    rd = _g(report, "run", "run_dir")
+    return Path(rd) if rd else None
+
+
+def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optional[list] = None) -> str:
+    """Render `report.md`. Plot links: the names in `plots` if given, else the plot files present in `run_dir`
+    (default: `report.run.run_dir`). Links are relative, as `report.md` lives next to the plots."""
+    report = validate_report(report)
+    lines = [f"# leankd report: {report['run']['name']}", ""]
+    lines += _run_summary(report)
+    lines += ["", "## Results", ""]
+    header, rows = main_table_rows(report)
+    for r in rows:
+        if r[0] == "loss used":  # code span: `0.9*kd + 0.1*ce` must not turn into italics
+            r[1:] = [f"`{c}`" if c != DASH else c for c in r[1:]]
+    lines += _md_table(header, rows)
+    lines.append("")
+    lines.append(
+        "Latency is per batch (median of timed runs after warm-up); MACs/FLOPs are per sample; "
+        "\"—\" means not measured or not applicable (e.g. no training time for a teacher loaded from a checkpoint)."
+    )
+
+    ratio_lines = _ratio_table(report)
+    if ratio_lines:
+        lines += ["", "## Versus the teacher", ""] + ratio_lines
+
+    lines += ["", "## Distillation gain", ""]
+    kd = [kd_gain_sentence(report)]
+    f1 = _g(report, "ratios", "kd_gain_macro_f1_points")
+    if _is_num(f1):
+        kd.append(f"Macro-F1 difference: {fmt_points(f1)} points.")
+    if _is_num(_g(report, "ratios", "kd_gain_points")):
+        noise = _kd_noise_sentence(report)
+        if noise:
+            kd.append(noise)
+        seed = _seed_caveat(report)
+        if seed:
+            kd.append(seed)
+    lines.append(" ".join(kd))
+
+    pc = _per_class_table(report)
+    if pc:
+        lines += ["", "## Per-class accuracy (%)", ""] + pc
+
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+
+    if plots is not None:
+        names = [Path(p).name for p in plots]
+    else:
+        d = _plot_dir(report, run_dir)
+        names = [n for n in PLOT_FILES if d is not None and (d / n).is_file()]
+    names = [n for n in PLOT_FILES if n in names] + [n for n in names if n not in PLOT_FILES]
+    if names:
+        lines += ["", "## Plots", ""]
+        for n in names:
+            lines += [f"![{PLOT_FILES.get(n, n)}]({n})", ""]
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(run_dir: str | Path, report: dict, plots: Optional[list] = None) -> Path:
+    """Atomically write `<run_dir>/report.md`; returns its path."""
+    path = Path(run_dir) / "report.md"
+    write_text_atomic(path, render_markdown(report, run_dir=Path(run_dir), plots=plots))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- console
+def render_console(report: dict):
+    """The main table as a compact `rich.table.Table` (print it with `rich.console.Console().print`)."""
+    from rich.table import Table
+
+    report = validate_report(report)
+    header, rows = main_table_rows(report)
+    table = Table(title=f"leankd: {report['run']['name']}", show_lines=False, pad_edge=False)
+    table.add_column(header[0], style="bold", no_wrap=True)
+    for h in header[1:]:
+        table.add_column(h, justify="right")
+    for r in rows:
+        table.add_row(*r)
+    gain = _g(report, "ratios", "kd_gain_points")
+    if _is_num(gain):
+        table.caption = f"KD gain over baseline: {fmt_points(gain)} points (one seed)"
+    return table
+
+
+def print_console(report: dict, console: Any = None) -> None:
+    from rich.console import Console
+
+    (console or Console()).print(render_console(report))

@@ -1,0 +1,434 @@
+"""The versioned `report.json` (schema version 1): pydantic models, ratio computation, build / load / write.
+
+Every model forbids unknown keys at its own level so that drift between the code that measures and the code that
+reports is caught at build time instead of silently dropped. Numbers may be null wherever something was not
+measured; ratios derived from a null input are null, never a crash.
+
+Validation is strict (a string "0.9" is not an accuracy, 3.0 is not a parameter count); `build_report` first
+normalises numpy / torch scalars, tuples and paths into plain JSON values so producers need not care.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from leankd.errors import LeanKDError
+from leankd.io import write_json_atomic
+
+SCHEMA_VERSION = 1
+REPORT_FILENAME = "report.json"
+TEACHER_ROLE = "teacher"
+BASELINE_ROLE = "baseline"
+STUDENT_ROLE = "student"
+
+DEFAULT_LABELS = {TEACHER_ROLE: "Teacher", BASELINE_ROLE: "Baseline student", STUDENT_ROLE: "KD student"}
+
+_BATCH_KEY = re.compile(r"^batch_(\d+)$")
+_LATENCY_RATIO_KEY = re.compile(r"^latency_(cpu|cuda)_x_faster_batch_(\d+)$")
+_UTC_STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
+
+Number = Optional[Union[int, float]]  # int stays int, float stays float (no coercion between them in strict mode)
+
+
+class ReportSchemaError(LeanKDError, ValueError):
+    """A report does not match the schema; the message lists every bad field as a dotted path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# --------------------------------------------------------------------------------------------------------- run
+class DatasetInfo(_Strict):
+    source: Optional[str] = None
+    num_classes: Optional[int] = None
+    classes: Optional[list[str]] = None
+    train_size: Optional[int] = None
+    val_size: Optional[int] = None
+    eval_split: Optional[str] = None
+    eval_size: Optional[int] = None
+
+
+class EnvironmentInfo(_Strict):
+    device: Optional[str] = None
+    torch: Optional[str] = None
+    python: Optional[str] = None
+    cpu: Optional[str] = None
+    cpu_threads: Optional[int] = None
+    gpu: Optional[str] = None
+    platform: Optional[str] = None
+
+
+class RunInfo(_Strict):
+    name: str
+    run_dir: Optional[str] = None
+    seed: Optional[int] = None
+    task: Optional[str] = None
+    dataset: DatasetInfo = Field(default_factory=DatasetInfo)
+    environment: EnvironmentInfo = Field(default_factory=EnvironmentInfo)
+
+
+# ------------------------------------------------------------------------------------------------------ models
+class Quality(_Strict):
+    split: Optional[str] = None
+    accuracy: Optional[float] = None
+    macro_f1: Optional[float] = None
+    loss: Optional[float] = None
+    num_samples: Optional[int] = None
+    per_class_accuracy: Optional[dict[str, Optional[float]]] = None
+
+
+class Cost(_Strict):
+    params: Optional[int] = None
+    trainable_params: Optional[int] = None
+    size_mb: Optional[float] = None
+    size_bytes: Optional[int] = None
+    macs: Number = None  # per sample
+    flops: Number = None  # per sample
+
+
+class LatencyStats(_Strict):
+    median_ms: Optional[float] = None
+    p90_ms: Optional[float] = None
+    mean_ms: Optional[float] = None
+    min_ms: Optional[float] = None
+    runs: Optional[int] = None
+
+
+class DeviceLatency(BaseModel):
+    """`{"threads": 2, "batch_1": {...}, "batch_64": {...}}`: any `batch_<n>` key is allowed, nothing else."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    __pydantic_extra__: dict[str, Optional[LatencyStats]] = Field(init=False)
+
+    threads: Optional[int] = None
+
+    @model_validator(mode="after")
+    def _only_batch_keys(self) -> "DeviceLatency":
+        bad = [k for k in (self.__pydantic_extra__ or {}) if not _BATCH_KEY.match(k)]
+        if bad:
+            raise ValueError(f"unknown key(s) {bad}; allowed: 'threads' and 'batch_<n>' (e.g. 'batch_1', 'batch_64')")
+        return self
+
+    def batches(self) -> dict[int, Optional[LatencyStats]]:
+        """Batch size -> stats, sorted by batch size."""
+        out = {int(_BATCH_KEY.match(k).group(1)): v for k, v in (self.__pydantic_extra__ or {}).items()}
+        return dict(sorted(out.items()))
+
+
+class Latency(_Strict):
+    cpu: Optional[DeviceLatency] = None
+    cuda: Optional[DeviceLatency] = None
+
+
+class Memory(_Strict):
+    inference_peak_mb: Optional[float] = None
+    inference_delta_mb: Optional[float] = None
+    kind: Optional[str] = None
+    batch_size: Optional[int] = None
+
+
+class Training(_Strict):
+    epochs: Optional[int] = None
+    wall_time_s: Optional[float] = None
+    samples_per_s: Optional[float] = None
+    peak_memory_mb: Optional[float] = None
+    memory_kind: Optional[str] = None
+    energy_j: Optional[float] = None
+    energy_source: Optional[str] = None
+    loss: Optional[str] = None
+    precision: Optional[str] = None
+    device: Optional[str] = None
+
+
+class ModelEntry(_Strict):
+    role: str
+    label: Optional[str] = None
+    architecture: Optional[str] = None
+    origin: Optional[str] = None
+    quality: Optional[Quality] = None
+    cost: Optional[Cost] = None
+    latency: Optional[Latency] = None
+    memory: Optional[Memory] = None
+    training: Optional[Training] = None
+    history: Optional[str] = None  # JSON-lines file, relative to the run dir
+
+    @field_validator("history")
+    @classmethod
+    def _history_relative(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and Path(v).is_absolute():
+            raise ValueError(f"history must be a path relative to the run dir, got absolute path {v!r}")
+        return v
+
+
+# ------------------------------------------------------------------------------------------------------ ratios
+class RoleRatios(BaseModel):
+    """One role versus the teacher. CUDA (and other batch sizes) appear as `latency_<dev>_x_faster_batch_<n>`."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    __pydantic_extra__: dict[str, Optional[float]] = Field(init=False)
+
+    size_x_smaller: Optional[float] = None
+    params_x_fewer: Optional[float] = None
+    macs_x_fewer: Optional[float] = None
+    latency_cpu_x_faster_batch_1: Optional[float] = None
+    latency_cpu_x_faster_batch_64: Optional[float] = None
+    accuracy_retention_pct: Optional[float] = None
+    accuracy_delta_points: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _only_latency_keys(self) -> "RoleRatios":
+        bad = [k for k in (self.__pydantic_extra__ or {}) if not _LATENCY_RATIO_KEY.match(k)]
+        if bad:
+            raise ValueError(f"unknown key(s) {bad}; extra keys must look like 'latency_cuda_x_faster_batch_1'")
+        return self
+
+
+class Ratios(_Strict):
+    vs_teacher: dict[str, RoleRatios] = Field(default_factory=dict)
+    kd_gain_points: Optional[float] = None
+    kd_gain_macro_f1_points: Optional[float] = None
+
+
+# ------------------------------------------------------------------------------------------------------ report
+class Report(_Strict):
+    schema_version: int
+    leankd_version: str
+    created_utc: str
+    run: RunInfo
+    models: dict[str, ModelEntry]
+    ratios: Ratios = Field(default_factory=Ratios)
+    notes: list[str] = Field(default_factory=list)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"this leankd writes and reads schema_version {SCHEMA_VERSION}, got {v}")
+        return v
+
+    @field_validator("created_utc")
+    @classmethod
+    def _utc_stamp(cls, v: str) -> str:
+        if not _UTC_STAMP.match(v):
+            raise ValueError(f"expected an ISO-8601 UTC time like '2026-11-23T10:00:00Z', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _roles_match_keys(self) -> "Report":
+        for key, entry in self.models.items():
+            if entry.role != key:
+                raise ValueError(f"models[{key!r}].role is {entry.role!r}; it must equal its key {key!r}")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+def _to_plain(obj: Any) -> Any:
+    """Plain JSON values: numpy/torch scalars -> Python numbers, tuples -> lists, Paths -> str, models -> dicts."""
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, dict):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (bool, int, float, str)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):  # numpy / torch scalar
+        return obj.item()
+    return obj  # let validation name it
+
+
+def format_validation_error(err: ValidationError, what: str = "report") -> str:
+    lines = [f"{what} does not match report schema version {SCHEMA_VERSION} ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {loc}: unknown key (not in the schema)")
+            continue
+        inp = e.get("input")
+        shown = repr(inp)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"  - {loc}: {e['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def validate_report(report: Any, what: str = "report") -> dict:
+    """Validate a report dict against the schema and return it as a plain (JSON-ready) dict."""
+    try:
+        model = Report.model_validate(_to_plain(report))
+    except ValidationError as e:
+        raise ReportSchemaError(format_validation_error(e, what)) from None
+    return model.model_dump(mode="json")
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if isinstance(d, BaseModel):
+            d = getattr(d, k, None)
+        elif isinstance(d, dict):
+            d = d.get(k)
+        else:
+            return None
+        if d is None:
+            return None
+    return d
+
+
+def _num(x: Any) -> Optional[float]:
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _ratio(num: Any, den: Any) -> Optional[float]:
+    a, b = _num(num), _num(den)
+    if a is None or b is None or b <= 0 or a < 0:
+        return None
+    return round(a / b, 4)
+
+
+def _latency_batches(entry: Any, device: str) -> dict[str, Any]:
+    lat = _get(entry, "latency", device)
+    if isinstance(lat, BaseModel):
+        lat = lat.model_dump()
+    if not isinstance(lat, dict):
+        return {}
+    return {k: v for k, v in lat.items() if _BATCH_KEY.match(k)}
+
+
+def _batch_sort_key(k: str) -> int:
+    return int(_BATCH_KEY.match(k).group(1))
+
+
+def compute_ratios(models: dict) -> dict:
+    """Every non-teacher role versus the teacher, plus the KD gain of `student` over `baseline` (in points).
+
+    Missing, null, non-finite or zero inputs make that ratio null; nothing here raises on incomplete data.
+    """
+    models = models or {}
+    teacher = models.get(TEACHER_ROLE)
+    vs_teacher: dict[str, dict] = {}
+    for role, entry in models.items():
+        if role == TEACHER_ROLE:
+            continue
+        r: dict[str, Optional[float]] = {
+            "size_x_smaller": _ratio(_get(teacher, "cost", "size_bytes"), _get(entry, "cost", "size_bytes")),
+            "params_x_fewer": _ratio(_get(teacher, "cost", "params"), _get(entry, "cost", "params")),
+            "macs_x_fewer": _ratio(_get(teacher, "cost", "macs"), _get(entry, "cost", "macs")),
+            "latency_cpu_x_faster_batch_1": None,
+            "latency_cpu_x_faster_batch_64": None,
+        }
+        for device in ("cpu", "cuda"):
+            t_b, s_b = _latency_batches(teacher, device), _latency_batches(entry, device)
+            for key in sorted(set(t_b) & set(s_b), key=_batch_sort_key):
+                r[f"latency_{device}_x_faster_{key}"] = _ratio(_get(t_b[key], "median_ms"), _get(s_b[key], "median_ms"))
+        t_acc, s_acc = _num(_get(teacher, "quality", "accuracy")), _num(_get(entry, "quality", "accuracy"))
+        r["accuracy_retention_pct"] = _ratio(s_acc, t_acc)
+        if r["accuracy_retention_pct"] is not None:
+            r["accuracy_retention_pct"] = round(100.0 * s_acc / t_acc, 4)
+        r["accuracy_delta_points"] = (
+            round(100.0 * (s_acc - t_acc), 4) if s_acc is not None and t_acc is not None else None
+        )
+        vs_teacher[role] = r
+
+    def gain(metric: str) -> Optional[float]:
+        s = _num(_get(models.get(STUDENT_ROLE), "quality", metric))
+        b = _num(_get(models.get(BASELINE_ROLE), "quality", metric))
+        return round(100.0 * (s - b), 4) if s is not None and b is not None else None
+
+    return {"vs_teacher": vs_teacher, "kd_gain_points": gain("accuracy"), "kd_gain_macro_f1_points": gain("macro_f1")}
+
+
+def _leankd_version() -> str:
+    try:
+        import leankd
+
+        v = getattr(leankd, "__version__", None)
+    except Exception:  # pragma: no cover - the package is importable if we are
+        v = None
+    return str(v) if v else "0.1.0"
+
+
+def utc_now_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_report(run: dict, models: dict, notes: Optional[list[str]] = None) -> dict:
+    """Assemble, compute ratios, validate and return a plain report dict (schema version 1).
+
+    `run` and `models` may be dicts or the pydantic models above. Notes are kept in order, duplicates dropped.
+    """
+    run_plain = _to_plain(run)
+    models_plain = _to_plain(models)
+    if not isinstance(models_plain, dict):
+        raise ReportSchemaError(f"models must be a mapping role -> entry, got {type(models).__name__}")
+    seen: set[str] = set()
+    clean_notes = []
+    for n in notes or []:
+        n = str(n)
+        if n not in seen:
+            seen.add(n)
+            clean_notes.append(n)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "leankd_version": _leankd_version(),
+        "created_utc": utc_now_stamp(),
+        "run": run_plain,
+        "models": models_plain,
+        "ratios": compute_ratios(models_plain),
+        "notes": clean_notes,
+    }
+    return validate_report(report)
+
+
+def report_path(run_dir: str | Path) -> Path:
+    p = Path(run_dir)
+    return p if p.suffix == ".json" and not p.is_dir() else p / REPORT_FILENAME
+
+
+def load_report(run_dir: str | Path) -> dict:
+    """Read and validate `<run_dir>/report.json` (a path to the json file itself also works)."""
+    path = report_path(run_dir)
+    if not path.is_file():
+        where = "directory does not exist" if not path.parent.exists() else "directory has no report.json"
+        raise LeanKDError(
+            f"no report found: expected {path} ({where}). `leankd run` creates it at the end of a run; "
+            f"pass the run directory of a finished run."
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LeanKDError(f"{path} is not readable JSON ({e}); re-run `leankd run` to regenerate it.") from None
+    if not isinstance(data, dict):
+        raise LeanKDError(f"{path} should hold a JSON object, found {type(data).__name__}.")
+    version = data.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise LeanKDError(
+            f"{path} has schema_version {version}, but this leankd ({_leankd_version()}) reads up to "
+            f"{SCHEMA_VERSION}; upgrade leankd to read it."
+        )
+    try:
+        return validate_report(data, what=str(path))
+    except ReportSchemaError as e:
+        raise ReportSchemaError(f"{e}\nRe-run `leankd run` (or `leankd report`) to regenerate it.") from None
+
+
+def write_report(run_dir: str | Path, report: dict) -> Path:
+    """Validate and atomically write `<run_dir>/report.json`; returns its path. Invalid reports are never written."""
+    plain = validate_report(report)
+    path = Path(run_dir) / REPORT_FILENAME
+    write_json_atomic(path, plain)
+    return path

@@ -1,0 +1,153 @@
+"""The task contract: everything modality-specific lives behind it, so the training loop, the measurements and
+the report never branch on images vs audio vs text.
+
+A task yields `Batch`es already on the training device (augmented for training), runs a model on a batch's
+inputs, and turns logits into metrics. `TensorTask` covers every dataset that fits in memory as tensors: the
+whole epoch (shuffle, gather, augment) happens on the device with no DataLoader, which is where most of the
+speed of airbench-style training comes from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..measure.quality import classification_metrics
+
+
+@dataclass
+class Batch:
+    inputs: Any  # a tensor, or a dict of tensors for tasks whose models take several inputs
+    targets: Tensor
+    index: Optional[Tensor] = None  # positions in the split (lets a cache find the teacher's outputs)
+
+    @property
+    def size(self) -> int:
+        return int(self.targets.shape[0])
+
+
+class Task:
+    """Base class: subclasses fill the data and may override `forward` / `metrics`."""
+
+    kind: str = "classification"
+    eval_split: str = "test"  # the split the final report is measured on
+    notes: list[str] = []
+    num_classes: int
+    class_names: list[str]
+    device: torch.device
+
+    # data ----------------------------------------------------------------------------------------------
+    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        raise NotImplementedError
+
+    def split_size(self, split: str) -> int:
+        raise NotImplementedError
+
+    def has_split(self, split: str) -> bool:
+        return self.split_size(split) > 0
+
+    def example_inputs(self, batch_size: int) -> Any:
+        """A batch of evaluation inputs for profiling (FLOPs, latency), repeated if the split is small."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    # model -------------------------------------------------------------------------------------------------
+    def forward(self, model: nn.Module, inputs: Any) -> Tensor:
+        return model(inputs)
+
+    def metrics(self, logits: Tensor, targets: Tensor) -> dict:
+        return classification_metrics(logits, targets, self.class_names)
+
+
+def _seeded_generator(device: torch.device, seed: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+class TensorTask(Task):
+    """A classification task whose splits are in-memory tensors living on the training device.
+
+    `transform(x, generator, train)` turns raw stored inputs (e.g. uint8 images) into model inputs; for
+    training it may augment using the generator, which is seeded from (seed, epoch) so an epoch is reproducible
+    on its own — that is what makes `--resume` land on the same result as an uninterrupted run.
+    """
+
+    def __init__(
+        self,
+        splits: dict[str, tuple[Tensor, Tensor]],
+        num_classes: int,
+        class_names: Optional[list[str]] = None,
+        transform: Optional[Callable[[Tensor, Optional[torch.Generator], bool], Any]] = None,
+        device: str | torch.device = "cpu",
+        info: Optional[dict] = None,
+    ):
+        if "train" not in splits:
+            raise ValueError("a TensorTask needs a 'train' split")
+        self.device = torch.device(device)
+        self.splits = {}
+        for name, (x, y) in splits.items():
+            if len(x) != len(y):
+                raise ValueError(f"split '{name}': {len(x)} inputs but {len(y)} targets")
+            self.splits[name] = (x.to(self.device), y.to(self.device, dtype=torch.long))
+        self.num_classes = int(num_classes)
+        self.class_names = class_names or [str(i) for i in range(self.num_classes)]
+        self.transform = transform or (lambda x, g, train: x)
+        self.info = info or {}
+        self.notes: list[str] = []  # honest caveats about the data that the report should repeat
+        self.eval_split = next(s for s in ("test", "val", "train") if s in self.splits)
+        if self.eval_split == "train":
+            self.notes.append("no validation or test data was given: quality is measured on the TRAINING data")
+        y = self.splits["train"][1]
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(f"train labels span [{int(y.min())}, {int(y.max())}] but num_classes is {self.num_classes}")
+
+    def split_size(self, split: str) -> int:
+        return len(self.splits[split][1]) if split in self.splits else 0
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        n = self.split_size("train")
+        return max(1, n // batch_size) if n >= batch_size else 1
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
+        x, y = self.splits["train"]
+        g = _seeded_generator(self.device, seed * 1_000_003 + epoch)
+        order = torch.randperm(len(y), device=self.device, generator=g)
+        steps = self.steps_per_epoch(batch_size)  # drop the ragged last batch: fixed shapes, no tiny noisy steps
+        for i in range(steps):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            yield Batch(self.transform(x[idx], g, True), y[idx], idx)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        x, y = self.splits[split]
+        for i in range(0, len(y), batch_size):
+            idx = torch.arange(i, min(i + batch_size, len(y)), device=self.device)
+            yield Batch(self.transform(x[i:i + batch_size], None, False), y[i:i + batch_size], idx)
+
+    def example_inputs(self, batch_size: int) -> Any:
+        split = "test" if self.has_split("test") else ("val" if self.has_split("val") else "train")
+        x, _ = self.splits[split]
+        reps = -(-batch_size // len(x))
+        raw = x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size] if reps > 1 else x[:batch_size]
+        return self.transform(raw, None, False)
+
+    def describe(self) -> dict:
+        return {
+            "num_classes": self.num_classes,
+            "classes": list(self.class_names),
+            "train_size": self.split_size("train"),
+            "val_size": self.split_size("val"),
+            "eval_split": self.eval_split,
+            "eval_size": self.split_size(self.eval_split),
+            **self.info,
+        }

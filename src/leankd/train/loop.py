@@ -1,0 +1,221 @@
+"""THE training loop — the same code trains the teacher, the baseline student and the distilled student.
+
+Where time goes, per step: the task hands a batch already on the device (augmented there), the student runs
+under autocast, the teacher (if the loss needs one) runs frozen, the loss is computed in fp32, one optimizer
+step. Running sums stay on the device; we synchronize once per progress update, not per step.
+
+Reproducibility: every epoch re-seeds torch and the task's generator from (seed, epoch), and a checkpoint is
+written atomically after every epoch, so `resume=True` continues a killed run and ends with the same metrics as
+an uninterrupted one (on CPU; CUDA kernels may be nondeterministic).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..distill.losses import CE, Loss, LossInputs
+from ..distill.teacher import DTYPES, Teacher
+from ..io import write_text_atomic
+from ..measure.energy import EnergyMeter
+from ..measure.memory import PeakMemory
+from ..recipe import TrainConfig
+from ..tasks.base import Task
+from .checkpoint import load_checkpoint, save_checkpoint, unwrap
+from .optim import build_optimizer, build_scheduler, param_groups
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    wall_time_s: float  # whole fit, evaluation included, summed over resumed segments
+    train_time_s: float  # optimizer steps only
+    samples_per_s: float
+    epochs: int
+    peak_memory: dict = field(default_factory=dict)
+    energy: dict = field(default_factory=dict)
+    resumed_from_epoch: int = 0
+
+
+def autocast_context(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+@torch.no_grad()
+def predict(model: nn.Module, task: Task, split: str, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (fp32, CPU) and targets of a whole split, model in eval mode; restores the model's mode."""
+    was_training = model.training
+    model.eval()
+    logits, targets = [], []
+    try:
+        for batch in task.eval_batches(split, batch_size):
+            logits.append(task.forward(model, batch.inputs).float().cpu())
+            targets.append(batch.targets.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(logits), torch.cat(targets)
+
+
+def evaluate(model: nn.Module, task: Task, split: str, batch_size: int = 256) -> dict:
+    logits, targets = predict(model, task, split, batch_size)
+    return task.metrics(logits, targets)
+
+
+def _channels_last(x, enabled: bool):
+    if enabled and isinstance(x, torch.Tensor) and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    cfg: TrainConfig,
+    *,
+    loss: Optional[Loss] = None,
+    teacher: Optional[Teacher] = None,
+    seed: int = 0,
+    checkpoint_path: Optional[Path] = None,
+    metrics_path: Optional[Path] = None,
+    resume: bool = False,
+    progress: Optional["ProgressHook"] = None,
+    stop_after_epoch: Optional[int] = None,
+    fingerprint: Optional[str] = None,
+) -> FitResult:
+    """Train `model` on `task` with `loss` (default: cross-entropy with the recipe's label smoothing).
+
+    `stop_after_epoch` ends the call early, as if the process were killed after that epoch's checkpoint
+    (used by the resume tests and handy for debugging). `fingerprint` is stored in the checkpoint so a caller
+    can refuse to resume a checkpoint made with other settings."""
+    device = task.device
+    loss = loss if loss is not None else CE(cfg.label_smoothing)
+    if loss.needs_teacher and teacher is None:
+        raise ValueError(f"loss '{loss.describe()}' needs a teacher, but none was given")
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
+    optimizer = build_optimizer(param_groups(model, cfg.weight_decay), cfg, device)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+    history: list[dict] = []
+    start_epoch, prior_wall, prior_train, prior_samples = 0, 0.0, 0.0, 0
+    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler)
+        start_epoch = state["epoch"]
+        history = state["history"]
+        prior_wall, prior_train, prior_samples = state["wall_time_s"], state["train_time_s"], state["samples"]
+        if metrics_path is not None:  # drop rows of epochs after the checkpoint (killed between the two writes)
+            _write_history(metrics_path, history)
+
+    step_model = torch.compile(model) if cfg.compile else model
+    with PeakMemory(device) as peak, EnergyMeter(device) as energy:
+        wall_start = time.perf_counter()
+        train_time, samples = 0.0, 0
+        for epoch in range(start_epoch, cfg.epochs):
+            torch.manual_seed(seed * 1_000_003 + epoch)  # dropout & co: an epoch is reproducible on its own
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            if progress:
+                progress.start_epoch(epoch + 1, cfg.epochs, steps_per_epoch)
+            _sync(device)
+            t0 = time.perf_counter()
+            for step, batch in enumerate(task.train_batches(epoch, cfg.batch_size, seed)):
+                inputs = _channels_last(batch.inputs, cfg.channels_last)
+                with autocast_context(device, cfg.precision):
+                    logits = task.forward(step_model, inputs)
+                teacher_logits = teacher(batch) if loss.needs_teacher else None
+                value = loss(LossInputs(student=logits, targets=batch.targets, teacher=teacher_logits))
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(value).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                loss_sum += value.detach() * batch.size
+                correct += (logits.detach().argmax(-1) == batch.targets).sum()
+                seen += batch.size
+                if progress and (device.type == "cpu" or step % 20 == 0 or step == steps_per_epoch - 1):
+                    elapsed = time.perf_counter() - t0
+                    progress.update(step + 1, loss=float(loss_sum) / seen, accuracy=float(correct) / seen,
+                                    samples_per_s=seen / max(elapsed, 1e-9))
+            _sync(device)
+            epoch_time = time.perf_counter() - t0
+            train_time += epoch_time
+            samples += seen
+            row = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": float(loss_sum) / max(seen, 1),
+                "train_accuracy": float(correct) / max(seen, 1),
+                "epoch_time_s": epoch_time,
+                "samples_per_s": seen / max(epoch_time, 1e-9),
+            }
+            if task.has_split("val"):
+                val = evaluate(model, task, "val", max(256, cfg.batch_size))
+                row.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"])
+            history.append(row)
+            if progress:
+                progress.end_epoch(row)
+            if checkpoint_path is not None:
+                save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, {
+                    "epoch": epoch + 1,
+                    "fingerprint": fingerprint,
+                    "history": history,
+                    "wall_time_s": prior_wall + time.perf_counter() - wall_start,
+                    "train_time_s": prior_train + train_time,
+                    "samples": prior_samples + samples,
+                })
+            if metrics_path is not None:
+                _write_history(metrics_path, history)
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
+                raise InterruptedError(f"stopped after epoch {epoch + 1} as requested")
+        wall = time.perf_counter() - wall_start
+    energy_result = energy.as_dict()
+    if start_epoch > 0:  # the killed segment's energy was never read: a partial sum would be a false number
+        energy_result = {"joules": None, "source": "not available: run was resumed, energy of the killed part unknown"}
+    total_train = prior_train + train_time
+    total_samples = prior_samples + samples
+    return FitResult(
+        history=history,
+        wall_time_s=prior_wall + wall,
+        train_time_s=total_train,
+        samples_per_s=total_samples / max(total_train, 1e-9),
+        epochs=cfg.epochs,
+        peak_memory=peak.as_dict(),
+        energy=energy_result,
+        resumed_from_epoch=start_epoch,
+    )
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    import json
+
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ProgressHook:
+    """What the loop tells a progress display. `leankd.train.progress` has the rich implementation."""
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None: ...
+
+    def update(self, step: int, **metrics: float) -> None: ...
+
+    def end_epoch(self, row: dict) -> None: ...

@@ -1,0 +1,47 @@
+"""Progress display for the loop: a rich bar per epoch with loss, accuracy and samples/s, and one summary line
+per epoch. `quiet=True` (CI, logs) prints only the summary lines."""
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .loop import ProgressHook
+
+
+class RichProgress(ProgressHook):
+    def __init__(self, stage: str, console: Optional[Console] = None, quiet: bool = False):
+        self.stage = stage
+        self.console = console or Console()
+        self.quiet = quiet
+        self._progress: Optional[Progress] = None
+        self._task = None
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epoch, self.epochs = epoch, epochs
+        if self.quiet:
+            return
+        self._progress = Progress(
+            TextColumn(f"[bold]{self.stage}[/] epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console, transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=steps, info="")
+
+    def update(self, step: int, **m: float) -> None:
+        if self._progress is not None:
+            info = f"loss {m['loss']:.3f}  acc {100 * m['accuracy']:.1f}%  {m['samples_per_s']:.0f} samples/s"
+            self._progress.update(self._task, completed=step, info=info)
+
+    def end_epoch(self, row: dict) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        val = f"  val acc {100 * row['val_accuracy']:.2f}%" if "val_accuracy" in row else ""
+        self.console.print(
+            f"{self.stage:>9} epoch {row['epoch']:>3}/{self.epochs}  loss {row['train_loss']:.4f}  "
+            f"train acc {100 * row['train_accuracy']:.2f}%{val}  {row['samples_per_s']:.0f} samples/s  "
+            f"{row['epoch_time_s']:.1f}s",
+            highlight=False,
+        )

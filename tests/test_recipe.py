@@ -1,0 +1,86 @@
+"""Recipe validation: defaults fill in, and every mistake names the field path, the value and what is allowed."""
+import pytest
+
+from leankd.errors import RecipeError
+from leankd.recipe import dump_recipe, load_recipe, parse_recipe
+
+MINIMAL = {"teacher": {"model": "resnet20"}, "student": {"model": "resnet8"}}
+
+
+def test_minimal_recipe_gets_defaults():
+    r = parse_recipe(MINIMAL)
+    assert r.data.source == "demo" and r.train.epochs == 30 and r.distill.alpha == 0.9
+    assert r.distill.temperature == 4.0 and r.baseline is True and r.train.precision == "fp32"
+
+
+def test_stage_overrides_apply_to_that_stage_only():
+    r = parse_recipe({**MINIMAL, "teacher": {"model": "resnet20", "train": {"epochs": 50, "lr": 0.05}},
+                      "train": {"epochs": 10}})
+    assert r.stage_train("teacher").epochs == 50 and r.stage_train("teacher").lr == 0.05
+    assert r.stage_train("student").epochs == 10 and r.stage_train("student").lr == 0.1
+
+
+def test_unknown_key_is_an_error_listing_allowed_keys():
+    with pytest.raises(RecipeError) as e:
+        parse_recipe({**MINIMAL, "train": {"epocs": 3}})
+    msg = str(e.value)
+    assert "train.epocs" in msg and "unknown key" in msg and "epochs" in msg
+
+
+def test_bad_value_names_path_value_and_allowed():
+    with pytest.raises(RecipeError) as e:
+        parse_recipe({**MINIMAL, "train": {"precision": "fp8"}})
+    msg = str(e.value)
+    assert "train.precision" in msg and "'fp8'" in msg and "bf16" in msg
+
+
+def test_missing_student_is_named():
+    with pytest.raises(RecipeError, match="student: required field is missing"):
+        parse_recipe({"teacher": {"model": "resnet20"}})
+
+
+def test_nested_loss_terms_are_checked():
+    with pytest.raises(RecipeError, match=r"distill.loss.0.kind"):
+        parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "kl"}]}})
+    with pytest.raises(RecipeError, match="temperature' applies to kd and soft_ce"):
+        parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "ce", "temperature": 2}]}})
+    with pytest.raises(RecipeError, match="teacher is never used"):
+        parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "ce"}]}})
+
+
+def test_range_checks():
+    with pytest.raises(RecipeError, match="distill.alpha = 1.5"):
+        parse_recipe({**MINIMAL, "distill": {"alpha": 1.5}})
+    with pytest.raises(RecipeError, match="milestones"):
+        parse_recipe({**MINIMAL, "train": {"schedule": "multistep", "milestones": [0.8, 0.5]}})
+    with pytest.raises(RecipeError, match="device"):
+        parse_recipe({**MINIMAL, "device": "tpu"})
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- a\n- b\n")
+    with pytest.raises(RecipeError, match="mapping"):
+        load_recipe(lst)
+
+
+def test_dump_round_trips(tmp_path):
+    r = parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "kd", "temperature": 2, "weight": 0.5}, {"kind": "ce"}]}})
+    p = tmp_path / "r.yaml"
+    p.write_text(dump_recipe(r))
+    assert load_recipe(p) == r
+
+
+def test_shipped_recipes_are_valid():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+    assert recipes, "the project ships example recipes"
+    for path in recipes:
+        load_recipe(path)
