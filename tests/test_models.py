@@ -109,7 +109,7 @@ def test_family_knobs_and_bad_values() -> None:
 
 
 def test_torchvision_offline() -> None:
-    model = create_model("torchvision:resnet18", num_classes=10)
+    model = create_model("torchvision:resnet18", num_classes=10).eval()
     assert infer_num_classes(model) == 10
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     with pytest.raises(ModelError, match="resnet18"):
@@ -119,7 +119,7 @@ def test_torchvision_offline() -> None:
 
 
 def test_timm_offline() -> None:
-    model = create_model("timm:resnet18", num_classes=10)
+    model = create_model("timm:resnet18", num_classes=10).eval()
     assert infer_num_classes(model) == 10
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     with pytest.raises(ModelError, match="resnet18"):

@@ -18,10 +18,9 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
-from .distill.losses import CE, KD, Loss
-from .distill.teacher import LiveTeacher
+from .kd.losses import CE, KD, Loss
+from .kd.teacher import LiveTeacher
 from .errors import DataError, RecipeError
-from .io import write_text_atomic
 from .pipeline import Pipeline, check_num_classes, finish_report, model_entry, resolve_device, training_entry
 from .recipe import MeasureConfig, Recipe, TrainConfig, load_recipe, parse_recipe
 from .report import render_markdown
@@ -152,7 +151,7 @@ def distill(
         sdir = run_dir / role if run_dir else None
         result = fit(model, task, cfg, loss=stage_loss, teacher=live_teacher, seed=seed,
                      metrics_path=sdir / "metrics.jsonl" if sdir else None,
-                     progress=RichProgress(role, console, quiet=quiet))
+                     progress=None if quiet else RichProgress(role, console))
         if sdir:
             save_weights(sdir / "model.safetensors", model)
         trained[role] = model

@@ -86,13 +86,11 @@ def _check_model_names(r) -> None:
 @friendly_errors
 def report(run_dir: Path = typer.Argument(..., help="a run directory holding report.json")):
     """Re-render report.md and the plots of a finished run from its report.json."""
-    from .io import write_text_atomic
-    from .report import load_report, render_markdown, write_plots
+    from .report import load_report, write_markdown, write_plots
     from .report.markdown import render_console
 
     rep = load_report(run_dir)
-    write_plots(rep, run_dir)
-    write_text_atomic(run_dir / "report.md", render_markdown(rep))
+    write_markdown(run_dir, rep, plots=write_plots(rep, run_dir))
     console.print(render_console(rep))
     console.print(f"report: {run_dir / 'report.md'}", highlight=False)
 

@@ -25,14 +25,14 @@ from rich.console import Console
 from torch import nn
 
 from . import __version__
-from .distill.losses import CE, KD, MSE, Loss, SoftCE
-from .distill.teacher import LiveTeacher
+from .kd.losses import CE, KD, MSE, Loss, SoftCE
+from .kd.teacher import LiveTeacher
 from .errors import LeanKDError, ModelError
 from .io import write_json_atomic, write_text_atomic
 from .measure.profile import profile_model
 from .models import create_model, infer_num_classes, load_weights
 from .recipe import DistillConfig, MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
-from .report import build_report, render_markdown, write_plots, write_report
+from .report import build_report, write_markdown, write_plots, write_report
 from .tasks.base import Task
 from .train.checkpoint import save_weights
 from .train.loop import FitResult, evaluate, fit
@@ -294,8 +294,7 @@ def finish_report(name: str, run_dir: Optional[Path], seed: int, task: Task, mod
     report = build_report(run, models, notes)
     if run_dir is not None:
         write_report(run_dir, report)
-        write_plots(report, run_dir)
-        write_text_atomic(Path(run_dir) / "report.md", render_markdown(report))
+        write_markdown(run_dir, report, plots=write_plots(report, run_dir))
     return report
 
 

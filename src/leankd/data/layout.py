@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterable
 
 from leankd.errors import DataError
@@ -19,7 +19,7 @@ def is_image_name(name: str) -> bool:
 
 def is_hidden(relpath: str) -> bool:
     """Skip dotfiles (incl. macOS `._x.jpg` resource forks in tars) and `__MACOSX` folders: they are not images."""
-    return any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(relpath).parts)
+    return relpath.startswith(".") or "/." in relpath or "__MACOSX" in relpath
 
 
 @dataclass

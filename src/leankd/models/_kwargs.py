@@ -33,6 +33,10 @@ def accepts(fn: Callable, key: str) -> bool:
     )
 
 
+def _none_besides(provided: Collection[str]) -> str:
+    return f"(none besides {', '.join(provided)})" if provided else "(none)"
+
+
 def check_kwargs(fn: Callable, label: str, given: Mapping[str, object], provided: Collection[str] = ()) -> None:
     """Raise ModelError if `given` has a key `fn` does not take, or `fn` needs a key nobody passes.
 
@@ -52,7 +56,7 @@ def check_kwargs(fn: Callable, label: str, given: Mapping[str, object], provided
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ModelError(
                     f"{label} does not accept keyword {key!r}{hint}; "
-                    f"accepted keywords: {', '.join(accepted) or '(none)'}"
+                    f"accepted keywords: {', '.join(accepted) or _none_besides(provided)}"
                 )
     required = [
         p.name

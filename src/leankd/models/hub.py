@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
 from typing import Callable, Mapping
 
@@ -69,7 +70,7 @@ def _torchvision(name: str, num_classes: int, kwargs: Mapping[str, object]) -> n
         )
     extra = dict(kwargs)
     # Detection builders default weights_backbone to ImageNet weights, i.e. a download.
-    if accepts(torchvision.models.get_model_builder(name), "weights_backbone"):
+    if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(name)).parameters:
         extra["weights_backbone"] = None
     try:
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
@@ -102,9 +103,8 @@ def _import(module_name: str, spec: str) -> object:
             top = module_name.split(".")[0]
             raise ModelError(
                 f"{spec}: cannot import module {module_name!r} ({exc}). Put the directory that "
-                f"contains {top}/ or {top}.py on sys.path, e.g. PYTHONPATH=<that dir> "
-                f"(current directory {os.getcwd()} is not searched by the leankd command), "
-                f"or pip-install the package."
+                f"contains {top}/ or {top}.py on sys.path, e.g. PYTHONPATH=<that dir>, or pip-install "
+                f"the package (console commands do not search the current directory {os.getcwd()})."
             ) from exc
         raise ModelError(
             f"{spec}: module {module_name!r} was found but it imports {missing!r}, which is not installed"

@@ -78,6 +78,8 @@ def _unknown(name: str) -> ModelError:
 
 def create_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:
     """Build model `name` with a `num_classes`-way head; `kwargs` are checked against its signature."""
+    if not isinstance(name, str):
+        raise ModelError(f"model name must be a string such as 'resnet20' or 'timm:resnet18', got {name!r}")
     _check_num_classes(name, num_classes)
     if hub.is_hub_name(name):
         return hub.create_hub_model(name, num_classes, kwargs)

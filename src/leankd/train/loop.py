@@ -19,8 +19,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..distill.losses import CE, Loss, LossInputs
-from ..distill.teacher import DTYPES, Teacher
+from ..kd.losses import CE, Loss, LossInputs
+from ..kd.teacher import DTYPES, Teacher
 from ..io import write_text_atomic
 from ..measure.energy import EnergyMeter
 from ..measure.memory import PeakMemory
