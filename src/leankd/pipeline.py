@@ -175,7 +175,7 @@ class Pipeline:
         self.device = resolve_device(recipe.device)
 
     def log(self, msg: str) -> None:
-        self.console.print(msg, highlight=False)
+        self.console.print(msg, highlight=False, soft_wrap=True)
 
     # ---------------------------------------------------------------------------------------------------
     def build_task(self) -> Task:

@@ -105,6 +105,8 @@ class ImageAugment:
             x = random_crop(x, self.crop_padding, generator, mode=self.pad_mode)
             if self.hflip:
                 x = random_hflip(x, generator)
+        if self.channels_last:  # reorder the 1-byte input, not the float output
+            x = x.contiguous(memory_format=torch.channels_last)
         out = normalize(x, self.mean, self.std, dtype=self.dtype)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 

@@ -1,9 +1,12 @@
-"""Turn encoded image bytes into one uint8 [N,3,H,W] tensor, fast: JPEGs are decoded in lists (one C++ call per
-batch), the rest one by one; every image is forced to RGB and to one common size."""
+"""Turn encoded image bytes into one uint8 [N,3,H,W] tensor, fast: JPEGs go through decode_jpeg's list API in
+batches, other formats one by one, straight into one preallocated tensor; every image is forced to RGB and to one
+common size (checked, or resized when image_size is given)."""
 from __future__ import annotations
 
+import functools
 import io
-from typing import Sequence
+import warnings
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -12,14 +15,27 @@ from torchvision.transforms.v2 import functional as TF
 
 from leankd.errors import DataError
 
+F = TypeVar("F", bound=Callable)
+
+
+def quiet_io(fn: F) -> F:
+    """Silence torchvision 0.29's per-call DeprecationWarning for its image codecs (superseded by TorchCodec, which is
+    not a dependency): it would fire once per image. Remove when leankd moves to TorchCodec."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                                    category=DeprecationWarning)
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 BATCH = 256  # images per decode_jpeg call: amortizes the call, yet a batch of large photos stays ~100 MB
 
 
-def as_byte_tensor(data: bytes | bytearray) -> Tensor:
-    """A writable 1-D uint8 view of the encoded bytes (bytearray avoids torch's read-only buffer warning)."""
-    return torch.frombuffer(bytearray(data) if isinstance(data, bytes) else data, dtype=torch.uint8)
-
-
+@quiet_io
 def decode_one(name: str, data: Tensor) -> Tensor:
     """Decode one encoded image to uint8 RGB CHW; BMP (unsupported by torchvision.io) goes through Pillow."""
     try:
@@ -51,15 +67,19 @@ class Decoder:
         self.image_size = image_size
         self.reference: tuple[str, tuple[int, int]] | None = None
 
+    @quiet_io
     def decode(self, names: Sequence[str], blobs: Sequence[Tensor]) -> Tensor:
         n = len(names)
         out: Tensor | None = None
         for start in range(0, n, BATCH):
             batch_names = names[start:start + BATCH]
-            batch = self._fit(batch_names, self._decode_batch(batch_names, blobs[start:start + BATCH]))
+            imgs = self._fit(batch_names, self._decode_batch(batch_names, blobs[start:start + BATCH]))
             if out is None:
-                out = torch.empty((n, *batch.shape[1:]), dtype=torch.uint8)
-            out[start:start + len(batch)] = batch
+                out = torch.empty((n, *imgs[0].shape), dtype=torch.uint8)
+            if isinstance(imgs, Tensor):
+                out[start:start + len(imgs)] = imgs
+            else:
+                torch.stack(imgs, out=out[start:start + len(imgs)])
         if out is None:
             raise DataError("no images to decode.")
         return out
@@ -87,8 +107,8 @@ class Decoder:
                 imgs[i] = decode_one(names[i], blobs[i])
         return imgs  # type: ignore[return-value]
 
-    def _fit(self, names: Sequence[str], imgs: list[Tensor]) -> Tensor:
-        """Stack one batch at the common size: resize (grouped by input size, so uniform data is one call) or check."""
+    def _fit(self, names: Sequence[str], imgs: list[Tensor]) -> list[Tensor] | Tensor:
+        """Bring one batch to the common size: resize (grouped by input size, so uniform data is one call) or check."""
         if self.image_size is not None:
             groups: dict[tuple[int, ...], list[int]] = {}
             for i, img in enumerate(imgs):
@@ -108,7 +128,7 @@ class Decoder:
                     f"{size[1]}x{size[0]} (width x height). Pass image_size=<pixels> to resize every image to a "
                     f"square of that side."
                 )
-        return torch.stack(imgs)
+        return imgs
 
 
 def _decode_pil(data: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from importlib.resources import as_file, files
@@ -63,13 +64,15 @@ class ImageSource:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
 
-def load_images(source: str, *, image_size: int | None = None, cache_dir: str | Path | None = None) -> ImageSource:
+def load_images(source: str | os.PathLike, *, image_size: int | None = None, cache_dir: str | Path | None = None) -> ImageSource:
     """Load `source` ('demo', a folder, a .tar/.tar.gz/.tgz, or 'torchvision:NAME:ROOT') into memory.
 
     With `image_size`, every image is resized (antialiased) to image_size x image_size; without it all images must
     already share one size. With `cache_dir`, decoded tensors are stored there and reused while the source is
     unchanged (same path, size and mtime)."""
     decoder = Decoder(image_size)
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
     if not isinstance(source, str) or not source.strip():
         raise DataError(f"data source must be a non-empty string ('demo', a folder, a tar, or "
                         f"'torchvision:NAME:ROOT'), got {source!r}.")

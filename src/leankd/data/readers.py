@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 from torchvision.io import read_file
 
-from leankd.data.decode import Decoder, decode_one
+from leankd.data.decode import Decoder, decode_one, quiet_io
+from leankd.data.tarstream import read_tar
 from leankd.data.layout import Layout, find_layout, is_hidden, is_image_name, scan_directory
 from leankd.errors import DataError
 
@@ -76,22 +77,18 @@ class TarReader:
         blobs: dict[str, Tensor] = {}
         dirs: list[str] = []
         try:
-            with tarfile.open(self.path, "r:*") as tf:
-                for m in tf:
-                    name = _clean_member_name(m.name)
-                    if not name or is_hidden(name):
-                        continue
-                    if m.isdir():
-                        dirs.append(name)
-                    elif m.isfile() and is_image_name(name):
-                        buf = bytearray(m.size)
-                        f = tf.extractfile(m)
-                        assert f is not None
-                        f.readinto(buf)
-                        blobs[name] = torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
+            members = read_tar(self.path, want=lambda n: is_image_name(n) and not is_hidden(_clean_member_name(n)))
         except (tarfile.TarError, EOFError, OSError) as e:
             raise DataError(f"cannot read tar archive {self.path} ({e.__class__.__name__}: {e}); "
                             f"check that the file is a complete .tar/.tar.gz (re-copy or re-create it).") from None
+        for raw_name, is_dir, data in members:
+            name = _clean_member_name(raw_name)
+            if not name or is_hidden(name):
+                continue
+            if is_dir:
+                dirs.append(name)
+            elif data is not None:
+                blobs[name] = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
         return blobs, dirs
 
 
@@ -101,6 +98,7 @@ def _clean_member_name(name: str) -> str:
     return name.strip("/")
 
 
+@quiet_io
 def read_bytes(path: str) -> Tensor:
     """The encoded bytes of one file as a uint8 tensor, with a DataError naming the file if it cannot be read."""
     try:

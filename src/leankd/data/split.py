@@ -21,7 +21,7 @@ def stratified_split(labels: Tensor, val_fraction: float, seed: int) -> tuple[Te
         return torch.arange(n, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
     g = torch.Generator().manual_seed(int(seed))
     order = torch.argsort(labels, stable=True)  # indices grouped by class, ascending within a class
-    classes, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    _, counts = torch.unique_consecutive(labels[order], return_counts=True)
     val_parts = []
     start = 0
     for n_c in counts.tolist():

@@ -49,18 +49,27 @@ class TorchvisionReader:
         cls = getattr(datasets, self.name)
         try:
             train, test = cls(str(self.root), train=True, download=False), cls(str(self.root), train=False, download=False)
-        except RuntimeError as e:
-            folder, files = _EXPECTED[self.name]
-            missing = [str(p) for p in self._expected() if not p.exists()]
-            raise DataError(
-                f"torchvision dataset {self.name} not found (or corrupted) under root {self.root}: expected "
-                f"{', '.join(files)} in {self.root / folder}"
-                + (f"; missing: {', '.join(missing)}" if missing else "; the files exist but fail torchvision's check")
-                + f". leankd never downloads: fetch {self.name} yourself (e.g. once with torchvision's download=True, "
-                f"MNIST-style files un-gzipped) and point the source at that root. ({e})"
-            ) from None
+        except RuntimeError:
+            raise DataError(self._not_found()) from None
         out = {split: _to_tensors(ds, decoder) for split, ds in (("train", train), ("test", test))}
         return list(train.classes), out
+
+
+    def _not_found(self) -> str:
+        folder, files = _EXPECTED[self.name]
+        missing = [f for f in files if not (self.root / folder / f).exists()]
+        if len(missing) == len(files):
+            state = "none of them exist"
+        elif missing:
+            state = f"missing: {', '.join(missing)}"
+        else:
+            state = "they exist but fail torchvision's integrity check (re-fetch them)"
+        hint = " (un-gzipped)" if "MNIST" in self.name else ""
+        if (self.root / files[0]).exists():
+            state += f"; {self.root} itself holds them: give its parent as root"
+        return (f"torchvision dataset {self.name} not found under root {self.root}: expected {', '.join(files)}{hint} "
+                f"in {self.root / folder}; {state}. leankd never downloads: download {self.name} yourself (e.g. once "
+                f"with torchvision's download=True on a machine with internet) and point the source at that root.")
 
 
 def _to_tensors(ds, decoder: Decoder) -> tuple[Tensor, Tensor]:

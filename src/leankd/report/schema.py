@@ -45,7 +45,10 @@ class _Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------------- run
-class DatasetInfo(_Strict):
+class DatasetInfo(BaseModel):
+    """Task-specific descriptors (image size, normalization, tokenizer...) may be added, so extra keys are allowed."""
+
+    model_config = ConfigDict(extra="allow")
     source: Optional[str] = None
     num_classes: Optional[int] = None
     classes: Optional[list[str]] = None

@@ -43,5 +43,5 @@ class RichProgress(ProgressHook):
             f"{self.stage:>9} epoch {row['epoch']:>3}/{self.epochs}  loss {row['train_loss']:.4f}  "
             f"train acc {100 * row['train_accuracy']:.2f}%{val}  {row['samples_per_s']:.0f} samples/s  "
             f"{row['epoch_time_s']:.1f}s",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
