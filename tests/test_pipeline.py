@@ -33,11 +33,11 @@ def make_image_folder(root: Path, per_class=(24, 8), size=16) -> Path:
     return root
 
 
-def write_recipe(tmp_path: Path, data: Path, **overrides) -> Path:
+def write_recipe(tmp_path: Path, data_dir: Path, **overrides) -> Path:
     recipe = {
         "name": "tiny",
         "output_dir": str(tmp_path / "runs"),
-        "data": {"source": str(data), "val_fraction": 0.25, "cache_dir": str(tmp_path / "cache")},
+        "data": {"source": str(data_dir), "val_fraction": 0.25, "cache_dir": str(tmp_path / "cache")},
         "teacher": {"model": "resnet14", "train": {"epochs": 3}},
         "student": {"model": "resnet8"},
         "train": {"epochs": 2, "batch_size": 16, "lr": 0.05},

@@ -211,9 +211,12 @@ def test_schema_rejects_unknown_key():
     assert "models.student.quality.acuracy" in msg and "unknown key" in msg
     assert isinstance(ei.value, LeanKDError)
     run = _run()
-    run["dataset"]["colour"] = "blue"
-    with pytest.raises(ReportSchemaError, match=r"run\.dataset\.colour"):
+    run["environment"]["colour"] = "blue"
+    with pytest.raises(ReportSchemaError, match=r"run\.environment\.colour"):
         build_report(run, _models(), [])
+    run = _run()
+    run["dataset"]["image_size"] = [32, 32]  # tasks may describe their data with extra keys
+    assert build_report(run, _models(), [])["run"]["dataset"]["image_size"] == [32, 32]
     models = _models()
     models["student"]["latency"]["cpu"]["speed"] = 3
     with pytest.raises(ReportSchemaError, match=r"speed"):
