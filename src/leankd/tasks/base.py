@@ -151,3 +151,66 @@ class TensorTask(Task):
             "eval_size": self.split_size(self.eval_split),
             **self.info,
         }
+
+
+class LoaderTask(Task):
+    """A classification task streamed from disk through a DataLoader, for datasets too large for memory.
+
+    Workers only decode; batches (e.g. uint8 images) go to the device and through the same `transform` as in
+    `TensorTask`, so augmentation stays on the device and identical between the two paths. The epoch order comes
+    from a generator seeded by (seed, epoch), so runs are reproducible and resumable here too."""
+
+    def __init__(self, datasets: dict[str, torch.utils.data.Dataset], num_classes: int, class_names: list[str],
+                 transform: Callable, device: str | torch.device = "cpu", num_workers: int = 2,
+                 info: Optional[dict] = None):
+        self.datasets = datasets
+        self.num_classes = int(num_classes)
+        self.class_names = class_names
+        self.transform = transform
+        self.device = torch.device(device)
+        self.num_workers = num_workers
+        self.info = info or {}
+        self.notes = []
+        self.eval_split = next(s for s in ("test", "val", "train") if s in datasets)
+
+    def split_size(self, split: str) -> int:
+        return len(self.datasets[split]) if split in self.datasets else 0
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        n = self.split_size("train")
+        return max(1, n // batch_size) if n >= batch_size else 1
+
+    def _loader(self, split: str, batch_size: int, order: Optional[list[int]] = None, drop_last: bool = False):
+        return torch.utils.data.DataLoader(
+            self.datasets[split], batch_size=batch_size, sampler=order, shuffle=False, drop_last=drop_last,
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+        )
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
+        # same generator, same draws as TensorTask: the two paths give identical epochs on the same device
+        g = _seeded_generator(self.device, seed * 1_000_003 + epoch)
+        order = torch.randperm(self.split_size("train"), device=self.device, generator=g)
+        drop_last = self.split_size("train") >= batch_size
+        for i, (x, y) in enumerate(self._loader("train", batch_size, order.tolist(), drop_last)):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            idx = order[i * batch_size:i * batch_size + len(y)]
+            yield Batch(self.transform(x, g, True), y, idx)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        start = 0
+        for x, y in self._loader(split, batch_size):
+            idx = torch.arange(start, start + len(y), device=self.device)
+            start += len(y)
+            yield Batch(self.transform(x.to(self.device), None, False), y.to(self.device), idx)
+
+    def example_inputs(self, batch_size: int) -> Any:
+        ds = self.datasets[self.eval_split]
+        raw = torch.stack([ds[i % len(ds)][0] for i in range(batch_size)]).to(self.device)
+        return self.transform(raw, None, False)
+
+    def describe(self) -> dict:
+        return {
+            "num_classes": self.num_classes, "classes": list(self.class_names),
+            "train_size": self.split_size("train"), "val_size": self.split_size("val"),
+            "eval_split": self.eval_split, "eval_size": self.split_size(self.eval_split), **self.info,
+        }

@@ -1,77 +1,130 @@
-"""Image classification: uint8 images live on the training device; crop/flip/normalize run there, batched."""
+"""Image classification. Datasets that fit in memory live as uint8 tensors on the training device with
+crop/flip/normalize done there, batched; larger ImageFolder directories stream through a DataLoader whose
+workers only decode, and their uint8 batches get the same on-device augmentation."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
 import torch
+from torch.utils.data import Subset
 
 from ..data.augment import ImageAugment
 from ..data.images import channel_stats, load_images, stratified_split
+from ..data.stream import ImageFolderStream
 from ..errors import DataError
 from ..recipe import DataConfig
-from .base import TensorTask
+from .base import LoaderTask, Task, TensorTask
+
+IN_MEMORY_LIMIT_BYTES = 4 * 1024**3  # `in_memory: auto` streams image folders whose uint8 pixels exceed this
+STATS_SAMPLE = 2000  # images used to compute mean/std when streaming
 
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "leankd"
 
 
-def build_image_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool = False) -> TensorTask:
+def build_image_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool = False) -> Task:
+    if _should_stream(cfg):
+        return _build_stream_task(cfg, device, seed, channels_last)
+    return _build_memory_task(cfg, device, seed, channels_last)
+
+
+def _should_stream(cfg: DataConfig) -> bool:
+    if cfg.in_memory is True:
+        return False
+    is_dir = Path(cfg.source).expanduser().is_dir()
     if cfg.in_memory is False:
-        raise DataError(
-            "data.in_memory: false (streaming from disk) is not implemented yet for image tasks; "
-            "use in_memory: auto (images are held as uint8, 50k CIFAR images take 150 MB)"
-        )
-    source = load_images(cfg.source, image_size=cfg.image_size, cache_dir=cfg.cache_dir or default_cache_dir())
-    images, labels = source.train.images, source.train.labels
-    notes = []
+        if not is_dir:
+            raise DataError(f"data.in_memory: false streams from an ImageFolder directory, but {cfg.source!r} is not "
+                            "one: extract the archive, or use in_memory: auto")
+        return True
+    if not is_dir:
+        return False
+    train = ImageFolderStream(cfg.source, split="train", image_size=cfg.image_size)
+    return len(train) * train[0][0].numel() > IN_MEMORY_LIMIT_BYTES
+
+
+def _split_train(labels: torch.Tensor, cfg: DataConfig, seed: int, notes: list[str]):
+    """Indices of (train, val) after the optional stratified limit: the same rule for both data paths."""
+    keep = torch.arange(len(labels))
     if cfg.limit_train is not None and cfg.limit_train < len(labels):
         keep, _ = stratified_split(labels, 1.0 - cfg.limit_train / len(labels), seed)
-        images, labels = images[keep], labels[keep]
-        notes.append(f"train split limited to {len(labels)} images (data.limit_train)")
-    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, seed)
+        notes.append(f"train split limited to {len(keep)} images (data.limit_train)")
+    train_idx, val_idx = stratified_split(labels[keep], cfg.val_fraction, seed)
+    return keep[train_idx], keep[val_idx]
+
+
+def _eval_split(cfg: DataConfig, has_val: bool, has_test: bool, notes: list[str]) -> str:
+    if cfg.eval_split == "test" and not has_test:
+        if not has_val:
+            raise DataError(
+                f"data.source {cfg.source!r} has no test split and data.val_fraction is 0, so nothing is left to "
+                "evaluate on: set data.val_fraction > 0 or provide train/ and test/ folders"
+            )
+        notes.append("the source has no test split: the report is measured on the held-out validation split")
+        return "val"
+    if cfg.eval_split == "val" and not has_val:
+        raise DataError("data.eval_split is 'val' but data.val_fraction is 0: set data.val_fraction > 0")
+    return cfg.eval_split
+
+
+def _augment(cfg: DataConfig, train_images: torch.Tensor, channels_last: bool) -> ImageAugment:
+    if (cfg.mean is None) != (cfg.std is None):
+        raise DataError("data.mean and data.std go together: give both or neither (default: computed from train)")
+    mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else channel_stats(train_images)
+    return ImageAugment(crop_padding=cfg.augment.crop_padding, hflip=cfg.augment.hflip, mean=mean, std=std,
+                        pad_mode="reflect" if cfg.augment.pad_mode == "reflect" else "constant",
+                        channels_last=channels_last)
+
+
+def _info(cfg: DataConfig, augment: ImageAugment, image_shape, fingerprint: Optional[str], streamed: bool) -> dict:
+    return {"source": cfg.source, "image_size": list(image_shape[-2:]),
+            "mean": [round(m, 4) for m in augment.mean], "std": [round(s, 4) for s in augment.std],
+            "fingerprint": fingerprint, "storage": "streamed from disk" if streamed else "in memory on the device"}
+
+
+def _build_memory_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool) -> TensorTask:
+    source = load_images(cfg.source, image_size=cfg.image_size, cache_dir=cfg.cache_dir or default_cache_dir())
+    images, labels = source.train.images, source.train.labels
+    notes: list[str] = []
+    train_idx, val_idx = _split_train(labels, cfg, seed, notes)
     splits = {"train": (images[train_idx], labels[train_idx])}
     if len(val_idx):
         splits["val"] = (images[val_idx], labels[val_idx])
     if source.test is not None:
         splits["test"] = (source.test.images, source.test.labels)
-
-    eval_split = cfg.eval_split
-    if eval_split == "test" and "test" not in splits:
-        if "val" not in splits:
-            raise DataError(
-                f"data.source {cfg.source!r} has no test split and data.val_fraction is 0, so nothing is left to "
-                "evaluate on: set data.val_fraction > 0 or provide train/ and test/ folders"
-            )
-        eval_split = "val"
-        notes.append("the source has no test split: the report is measured on the held-out validation split")
-    if eval_split == "val" and "val" not in splits:
-        raise DataError("data.eval_split is 'val' but data.val_fraction is 0: set data.val_fraction > 0")
-
-    if (cfg.mean is None) != (cfg.std is None):
-        raise DataError("data.mean and data.std go together: give both or neither (default: computed from train)")
-    mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else channel_stats(splits["train"][0])
-    augment = ImageAugment(
-        crop_padding=cfg.augment.crop_padding,
-        hflip=cfg.augment.hflip,
-        mean=mean,
-        std=std,
-        pad_mode="reflect" if cfg.augment.pad_mode == "reflect" else "constant",
-        channels_last=channels_last,
-    )
-    info = {
-        "source": cfg.source,
-        "eval_split": eval_split,
-        "eval_size": len(splits[eval_split][1]),
-        "image_size": list(images.shape[-2:]),
-        "mean": [round(float(m), 4) for m in mean],
-        "std": [round(float(s), 4) for s in std],
-        "fingerprint": getattr(source, "fingerprint", None),
-    }
-    task = TensorTask(splits, num_classes=len(source.classes), class_names=list(source.classes),
-                      transform=augment, device=device, info=info)
-    task.kind = "image_classification"
-    task.eval_split = eval_split
+    eval_split = _eval_split(cfg, "val" in splits, "test" in splits, notes)
+    augment = _augment(cfg, splits["train"][0], channels_last)
+    task = TensorTask(splits, num_classes=len(source.classes), class_names=list(source.classes), transform=augment,
+                      device=device, info=_info(cfg, augment, images.shape, source.fingerprint, streamed=False))
+    task.kind, task.eval_split = "image_classification", eval_split
     task.notes += notes
+    return task
+
+
+def _build_stream_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool) -> LoaderTask:
+    full = ImageFolderStream(cfg.source, split="train", image_size=cfg.image_size)
+    notes: list[str] = []
+    train_idx, val_idx = _split_train(full.labels, cfg, seed, notes)
+    datasets = {"train": Subset(full, train_idx.tolist())}
+    if len(val_idx):
+        datasets["val"] = Subset(full, val_idx.tolist())
+    try:
+        test = ImageFolderStream(cfg.source, split="test", image_size=cfg.image_size)
+        if test.classes != full.classes:
+            raise DataError(f"{cfg.source}: train and test class folders differ ({full.classes} vs {test.classes})")
+        datasets["test"] = test
+    except DataError as e:
+        if "has no 'test' split" not in str(e):
+            raise
+    eval_split = _eval_split(cfg, "val" in datasets, "test" in datasets, notes)
+    sample_idx = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed))[:STATS_SAMPLE]]
+    sample = torch.stack([full[int(i)][0] for i in sample_idx])
+    augment = _augment(cfg, sample, channels_last)
+    task = LoaderTask(datasets, num_classes=len(full.classes), class_names=list(full.classes), transform=augment,
+                      device=device, num_workers=cfg.num_workers,
+                      info=_info(cfg, augment, sample.shape, None, streamed=True))
+    task.kind, task.eval_split = "image_classification", eval_split
+    task.notes += notes + ["images were streamed from disk with a DataLoader (data.in_memory)"]
     return task
