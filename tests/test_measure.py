@@ -293,7 +293,7 @@ def test_profile_model_shape():
         assert set(cpu[key]) == {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs"}
         assert cpu[key]["runs"] == 3
     assert set(prof["memory"]) == {"inference_peak_mb", "inference_delta_mb", "kind", "batch_size"}
-    assert prof["memory"]["batch_size"] == 4 and prof["memory"]["kind"] == "cpu_peak_rss"
+    assert prof["memory"]["batch_size"] == 4 and prof["memory"]["kind"] == "tensor_bytes"
     assert model.training  # left as it was
 
 
@@ -358,3 +358,159 @@ def test_to_device_and_cpu_fp32_copy():
     assert copy.bn.num_batches_tracked.dtype == torch.long
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     assert copy.conv.weight.data_ptr() != model.conv.weight.data_ptr()
+
+
+# ---------------------------------------------------------------------------------------------------- tensor memory
+
+from leankd.measure import tensor_memory  # noqa: E402
+from leankd.measure import memory as memory_module  # noqa: E402
+
+_B = 1e6  # bytes per MB in tensor_memory
+
+
+def test_tensor_memory_linear_weights_and_activations():
+    res = tensor_memory(nn.Linear(1000, 1000), torch.randn(64, 1000))
+    assert res["kind"] == "tensor_bytes" and res["batch_size"] == 64
+    assert res["weights_mb"] == pytest.approx((1000 * 1000 * 4 + 1000 * 4) / _B)
+    assert res["inputs_mb"] == pytest.approx(64 * 1000 * 4 / _B)
+    assert res["activations_peak_mb"] * _B >= 64 * 1000 * 4
+    assert res["peak_mb"] == pytest.approx(res["weights_mb"] + res["inputs_mb"] + res["activations_peak_mb"])
+
+
+class _ViewInplaceTuple(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(10, 20)
+
+    def forward(self, x):
+        y = self.fc(x).relu_()  # in place: no new storage
+        v = y.view(64, 4, 5)  # view: shares y's storage
+        return v, y[:, :3], y.t()  # tuple of views
+
+
+def test_tensor_memory_views_inplace_and_tuples_count_once():
+    res = tensor_memory(_ViewInplaceTuple(), torch.randn(64, 10))
+    assert res["activations_peak_mb"] * _B == 64 * 20 * 4  # only the Linear output
+    assert res["weights_mb"] * _B == (10 * 20 + 20) * 4
+    assert res["inputs_mb"] * _B == 64 * 10 * 4
+
+
+class _Temporaries(nn.Module):
+    def forward(self, x):
+        a = x * 2
+        b = a * 2  # a and b alive: 2 tensors
+        del a
+        c = b * 2  # b and c alive: still 2
+        del b
+        return c + 1  # c and the result: 2
+
+
+def test_tensor_memory_subtracts_freed_storages():
+    x = torch.randn(100, 100)
+    res = tensor_memory(_Temporaries(), x)
+    assert res["activations_peak_mb"] * _B == 2 * x.numel() * 4  # a peak of two live tensors, not four
+    assert res["weights_mb"] == 0
+
+
+class _UsesOutsideTensors(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = torch.arange(60.0)  # plain attribute: neither a parameter nor a buffer
+
+    def forward(self, x):
+        x.add_(1)  # in place on the input
+        return self.table.view(6, 10)[: x.shape[0]], x.view(-1)
+
+
+def test_tensor_memory_ignores_storages_made_outside_the_forward():
+    res = tensor_memory(_UsesOutsideTensors(), torch.zeros(3, 4))
+    assert res["activations_peak_mb"] == 0
+    assert res["inputs_mb"] * _B == 3 * 4 * 4
+
+
+def test_tensor_memory_larger_model_larger_peak_and_repeatable():
+    small = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
+    big = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    x = torch.randn(64, 32)
+    s, b = tensor_memory(small, x), tensor_memory(big, x)
+    assert b["peak_mb"] > s["peak_mb"]
+    assert b["weights_mb"] > s["weights_mb"] and b["activations_peak_mb"] > s["activations_peak_mb"]
+    assert tensor_memory(big, x) == b
+    # Linear, ReLU (new tensor), Linear: peak when the second Linear's output exists next to the ReLU output.
+    assert s["activations_peak_mb"] * _B == 64 * 16 * 4 * 2
+
+
+def test_tensor_memory_cnn_with_buffers_and_dict_inputs():
+    res = tensor_memory(TinyCNN(), torch.randn(4, 3, 8, 8))
+    # conv 3->4 (3*4*9 + 4), BN weight/bias/running_mean/running_var (4 each) + num_batches_tracked (int64),
+    # Linear 4->10 (40 + 10); float32 = 4 bytes.
+    assert res["weights_mb"] * _B == ((3 * 4 * 9 + 4) + 16 + (4 * 10 + 10)) * 4 + 8
+    assert res["activations_peak_mb"] * _B >= 2 * 4 * 4 * 8 * 8  # conv output and BN output alive together
+    batch = {"input_ids": torch.randint(0, 50, (3, 5)), "attention_mask": torch.ones(3, 5)}
+    res = tensor_memory(DictModel(), batch, forward=_dict_forward)
+    assert res["batch_size"] == 3 and res["inputs_mb"] * _B == 3 * 5 * 8 + 3 * 5 * 4
+    assert res["activations_peak_mb"] > 0
+
+
+def test_tensor_memory_restores_modes_and_runs_without_grad():
+    model = TinyCNN().train()
+    model.bn.eval()
+    seen = []
+    model.head.register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled())))
+    tensor_memory(model, torch.randn(2, 3, 8, 8))
+    assert seen and all(s == (False, False) for s in seen)
+    assert model.training and model.conv.training and model.head.training and not model.bn.training
+
+
+def test_tensor_memory_not_available_falls_back(monkeypatch):
+    def broken():
+        raise ImportError("no dispatch modes here")
+
+    monkeypatch.setattr(memory_module, "_make_live_storage_counter", broken)
+    model = nn.Linear(4, 2).train()
+    res = tensor_memory(model, torch.randn(5, 4))
+    assert res["peak_mb"] is None and res["kind"] == "not available: ImportError: no dispatch modes here"
+    assert res["batch_size"] == 5 and model.training
+
+
+def test_tensor_memory_tracking_error_is_reported_but_model_errors_raise(monkeypatch):
+    class Fails(nn.Module):
+        def forward(self, x):
+            raise ValueError("model bug")
+
+    with pytest.raises(ValueError, match="model bug"):
+        tensor_memory(Fails(), torch.zeros(2, 2), warmup=False)
+
+    def storages_fail(t):
+        raise RuntimeError("storage lookup failed")
+
+    monkeypatch.setattr(memory_module, "_storages_of", storages_fail)
+    # Weights/inputs registration fails before the forward: reported as not available, not raised.
+    res = tensor_memory(nn.Linear(4, 2), torch.randn(5, 4))
+    assert res["peak_mb"] is None and res["kind"].startswith("not available: RuntimeError")
+
+    monkeypatch.undo()
+    real = memory_module._storages_of
+
+    def fail_on_output(t):
+        if tuple(t.shape) == (5, 2):  # only the Linear's output, seen inside the dispatch mode
+            raise RuntimeError("storage lookup failed in dispatch")
+        return real(t)
+
+    monkeypatch.setattr(memory_module, "_storages_of", fail_on_output)
+    model = nn.Linear(4, 2).train()
+    res = tensor_memory(model, torch.randn(5, 4))
+    assert res["peak_mb"] is None and res["kind"] == "not available: RuntimeError: storage lookup failed in dispatch"
+    assert model.training
+
+
+def test_profile_model_cpu_memory_is_tensor_bytes():
+    prof = profile_model(TinyCNN(), lambda bs: torch.randn(bs, 3, 8, 8), batch_sizes=(1, 4), runs=1, warmup=0,
+                         cpu_latency=False)
+    direct = tensor_memory(TinyCNN(), torch.randn(4, 3, 8, 8))
+    mem = prof["memory"]
+    assert set(mem) == {"inference_peak_mb", "inference_delta_mb", "kind", "batch_size"}
+    assert mem["kind"] == "tensor_bytes" and mem["batch_size"] == 4
+    assert mem["inference_delta_mb"] == direct["activations_peak_mb"]
+    assert mem["inference_peak_mb"] == pytest.approx(direct["peak_mb"])
+    assert mem["inference_peak_mb"] > mem["inference_delta_mb"] > 0

@@ -308,9 +308,14 @@ def report_notes(models: dict, seed: int) -> list[str]:
         if source.startswith("not available"):
             notes.append(f"Training energy {source}; no estimate is shown in its place.")
     kinds = {m["memory"].get("kind") for m in models.values() if m.get("memory")}
-    if "cpu_peak_rss" in kinds:
-        notes.append("CPU memory figures are the process's peak resident set size while the model ran, "
-                     "so they include the Python/PyTorch runtime, not only the model.")
+    if "tensor_bytes" in kinds:
+        notes.append("CPU inference memory = weights + inputs + peak live activation tensors of one forward at the "
+                     "largest latency batch, counted from the storages PyTorch ops allocate; it excludes the "
+                     "Python/PyTorch runtime and kernel scratch space.")
+    train_kinds = {m["training"].get("memory_kind") for m in models.values() if m.get("training")}
+    if "cpu_peak_rss" in train_kinds:
+        notes.append("Training peak memory on CPU is the process's peak resident set size, so it includes the "
+                     "runtime and the data held in memory, not only the model.")
     return notes
 
 

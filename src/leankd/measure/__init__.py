@@ -3,7 +3,7 @@ from .cost import count_flops, count_parameters, serialized_size_bytes
 from .devices import cpu_fp32_copy, to_device
 from .energy import EnergyMeter, find_rapl_zones
 from .latency import measure_latency
-from .memory import PeakMemory, inference_peak_memory
+from .memory import PeakMemory, inference_peak_memory, tensor_memory
 from .profile import profile_model
 from .quality import classification_metrics
 from .runner import default_forward, inference
@@ -22,5 +22,6 @@ __all__ = [
     "measure_latency",
     "profile_model",
     "serialized_size_bytes",
+    "tensor_memory",
     "to_device",
 ]

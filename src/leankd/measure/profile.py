@@ -10,7 +10,7 @@ from torch import nn
 from .cost import count_flops, count_parameters, serialized_size_bytes
 from .devices import cpu_fp32_copy, model_device, to_device
 from .latency import measure_latency
-from .memory import inference_peak_memory
+from .memory import inference_peak_memory, tensor_memory
 from .runner import Forward
 
 _LATENCY_KEYS = ("median_ms", "p90_ms", "mean_ms", "min_ms", "runs")
@@ -52,7 +52,11 @@ def profile_model(
 
     CPU latency always runs on an fp32 CPU copy of the model (inputs moved to CPU, floating tensors cast to
     fp32), so CPU numbers are comparable whatever device or dtype the model was trained in. Memory is measured on
-    the model's own device at the largest batch size. MACs/FLOPs come from one forward on `make_inputs(1)`.
+    the model's own device at the largest batch size: on CUDA `kind="cuda_max_allocated"` (the allocator's peak
+    and its rise over the start); elsewhere `kind="tensor_bytes"` from `tensor_memory` (weights + inputs + peak
+    live activation storages, and the activation peak as the delta), because the process RSS on CPU is dominated
+    by the runtime and cannot tell models apart. If tensor counting is unavailable the two numbers are None and
+    `kind` says why. MACs/FLOPs come from one forward on `make_inputs(1)`.
     """
     batch_sizes = tuple(int(bs) for bs in batch_sizes)
     if not batch_sizes or any(bs < 1 for bs in batch_sizes):
@@ -77,7 +81,11 @@ def profile_model(
                            **_latency_by_batch(model, make_inputs, batch_sizes, forward, runs, warmup)}
 
     mem_bs = max(batch_sizes)
-    mem = inference_peak_memory(model, make_inputs(mem_bs), forward=forward)
-    memory = {"inference_peak_mb": mem["peak_mb"], "inference_delta_mb": mem["delta_mb"], "kind": mem["kind"],
-              "batch_size": mem_bs}
+    if device.type == "cuda":
+        mem = inference_peak_memory(model, make_inputs(mem_bs), forward=forward)
+        peak, delta = mem["peak_mb"], mem["delta_mb"]
+    else:
+        mem = tensor_memory(model, make_inputs(mem_bs), forward=forward)
+        peak, delta = mem["peak_mb"], mem["activations_peak_mb"]
+    memory = {"inference_peak_mb": peak, "inference_delta_mb": delta, "kind": mem["kind"], "batch_size": mem_bs}
     return {"cost": cost, "latency": latency, "memory": memory}
