@@ -84,3 +84,18 @@ def test_shipped_recipes_are_valid():
     assert recipes, "the project ships example recipes"
     for path in recipes:
         load_recipe(path)
+
+
+def test_set_overrides(tmp_path):
+    import yaml
+
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(MINIMAL))
+    r = load_recipe(p, ["train.epochs=3", "data.augment.hflip=false", "measure.latency_batch_sizes=[1, 8]"])
+    assert r.train.epochs == 3 and r.data.augment.hflip is False and r.measure.latency_batch_sizes == [1, 8]
+    with pytest.raises(RecipeError, match="train.epohcs"):
+        load_recipe(p, ["train.epohcs=3"])
+    with pytest.raises(RecipeError, match="dotted.key=value"):
+        load_recipe(p, ["train.epochs"])
+    with pytest.raises(RecipeError, match="not a section"):
+        load_recipe(p, ["teacher.model.x=1"])

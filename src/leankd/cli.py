@@ -42,12 +42,15 @@ def run(
     force: bool = typer.Option(False, "--force", help="redo every stage even if its artifacts exist"),
     resume: bool = typer.Option(False, "--resume", help="continue a stage that was interrupted"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars (CI, logs)"),
+    overrides: List[str] = typer.Option([], "--set", help="override a recipe value: --set train.epochs=5"),
 ):
     """Run a recipe: teacher -> baseline student -> distilled student -> measure -> report."""
     from .api import run as run_recipe
+    from .recipe import load_recipe
     from .report.markdown import render_console
 
-    result = run_recipe(recipe, run_dir=run_dir, force=force, resume=resume, quiet=quiet, console=console)
+    result = run_recipe(load_recipe(recipe, overrides), run_dir=run_dir, force=force, resume=resume, quiet=quiet,
+                        console=console)
     console.print(render_console(result.report))
     gain = result.report.get("ratios", {}).get("kd_gain_points")
     if gain is not None:
@@ -57,12 +60,12 @@ def run(
 
 @app.command()
 @friendly_errors
-def validate(recipe: Path = typer.Argument(..., help="recipe YAML")):
+def validate(recipe: Path = typer.Argument(..., help="recipe YAML"),
+             overrides: List[str] = typer.Option([], "--set", help="override a recipe value: --set train.epochs=5")):
     """Check a recipe without running it and print its resolved form (every default filled in)."""
-    from .models import create_model  # noqa: F401  (registers models so names can be checked)
     from .recipe import dump_recipe, load_recipe
 
-    r = load_recipe(recipe)
+    r = load_recipe(recipe, overrides)
     _check_model_names(r)
     console.print(dump_recipe(r), highlight=False, markup=False)
     console.print(f"{recipe}: valid", style="green")

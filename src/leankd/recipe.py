@@ -169,7 +169,8 @@ class Recipe(Strict):
 
 
 # --------------------------------------------------------------------------------------------------------
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> Recipe:
+    """Read a YAML recipe; `overrides` are `dotted.key=value` strings (value parsed as YAML) applied on top."""
     path = Path(path)
     if not path.exists():
         raise RecipeError(f"recipe file not found: {path}")
@@ -177,7 +178,29 @@ def load_recipe(path: str | Path) -> Recipe:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise RecipeError(f"{path} is not valid YAML: {e}") from None
+    if overrides and isinstance(raw, dict):
+        apply_overrides(raw, overrides)
     return parse_recipe(raw, origin=str(path))
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`train.epochs=1` sets raw['train']['epochs'] = 1 (the value is parsed as YAML: numbers, lists, booleans)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.epochs=5")
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {item!r}: {part!r} is not a section, so it has no key {parts[-1]!r}")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+    return raw
 
 
 def parse_recipe(raw: Any, origin: str = "recipe") -> Recipe:
