@@ -57,7 +57,7 @@ def test_distill_gru_through_the_same_loop(tmp_path, data, teacher):
         teacher, student, train, val, test_data=test,
         loss=leankd.losses.KD(temperature=2) * 0.8 + 0.2 * leankd.losses.CE(),
         epochs=6, batch_size=32, optimizer="adamw", lr=2e-2, weight_decay=0.0,
-        run_dir=tmp_path / "run", measure={"latency_runs": 5, "latency_batch_sizes": [1, 8], "latency_warmup": 1},
+        run_dir=tmp_path / "run", measure={"latency_runs": 30, "latency_batch_sizes": [1, 8], "latency_warmup": 1},
     )
     rep = result.report
     assert list(rep["models"]) == ["teacher", "baseline", "student"]
@@ -93,3 +93,13 @@ def test_class_mismatch_is_caught_before_training(data, teacher):
 def test_bad_data_is_a_clear_error(teacher):
     with pytest.raises(DataError, match="train_data"):
         leankd.distill(teacher, GRUClassifier(8), [1, 2, 3], epochs=1)
+
+
+def test_bad_settings_are_clear_errors(data, teacher):
+    from leankd.errors import RecipeError
+
+    train, val, _ = data
+    with pytest.raises(RecipeError, match="precision = 'fp8'"):
+        leankd.distill(teacher, GRUClassifier(8), train, val, precision="fp8")
+    with pytest.raises(RecipeError, match="warmup_epochs"):
+        leankd.distill(teacher, GRUClassifier(8), train, val, train={"warmup_epochs": -1})

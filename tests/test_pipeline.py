@@ -41,7 +41,7 @@ def write_recipe(tmp_path: Path, data_dir: Path, **overrides) -> Path:
         "teacher": {"model": "resnet14", "train": {"epochs": 3}},
         "student": {"model": "resnet8"},
         "train": {"epochs": 2, "batch_size": 16, "lr": 0.05},
-        "measure": {"latency_runs": 5, "latency_warmup": 1, "latency_batch_sizes": [1, 4]},
+        "measure": {"latency_runs": 30, "latency_warmup": 1, "latency_batch_sizes": [1, 4]},
     }
     for key, value in overrides.items():
         recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value

@@ -99,3 +99,14 @@ def test_set_overrides(tmp_path):
         load_recipe(p, ["train.epochs"])
     with pytest.raises(RecipeError, match="not a section"):
         load_recipe(p, ["teacher.model.x=1"])
+
+
+def test_stage_override_errors_name_the_stage_path():
+    with pytest.raises(RecipeError, match=r"teacher\.train\.milestones"):
+        parse_recipe({**MINIMAL, "teacher": {"model": "resnet20", "train": {"milestones": [0.9, 0.5]}}})
+    with pytest.raises(RecipeError, match=r"student\.train\.epochs"):
+        parse_recipe({**MINIMAL, "student": {"model": "resnet8", "train": {"epochs": 0}}})
+    with pytest.raises(RecipeError, match="weight 0"):
+        parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "kd", "weight": 0}]}})
+    with pytest.raises(RecipeError, match="latency_runs"):
+        parse_recipe({**MINIMAL, "measure": {"latency_runs": 10}})

@@ -22,7 +22,9 @@ from .kd.losses import CE, KD, Loss
 from .kd.teacher import LiveTeacher
 from .errors import DataError, RecipeError
 from .pipeline import Pipeline, check_num_classes, finish_report, model_entry, resolve_device, training_entry
-from .recipe import MeasureConfig, Recipe, TrainConfig, load_recipe, parse_recipe
+from pydantic import ValidationError
+
+from .recipe import MeasureConfig, Recipe, TrainConfig, format_validation_error, load_recipe, parse_recipe
 from .report import render_markdown
 from .tasks.base import Task, TensorTask
 from .train.checkpoint import save_weights
@@ -117,6 +119,7 @@ def distill(
     lr: Optional[float] = None,
     schedule: str = "cosine",
     weight_decay: float = 5e-4,
+    train: Optional[Union[dict, TrainConfig]] = None,
     baseline: bool = True,
     num_classes: Optional[int] = None,
     device: str = "auto",
@@ -130,16 +133,23 @@ def distill(
 
     The baseline is a copy of the student's *initial* weights trained alone with the same budget, so the KD
     gain is measured, not assumed. Data are `(inputs, targets)` tensors (or a `Task`); the report is measured
-    on `test_data`, else `val_data`. The default loss is 0.9·KD(T=4) + 0.1·CE."""
+    on `test_data`, else `val_data`. The default loss is 0.9·KD(T=4) + 0.1·CE. `train` takes any other
+    training setting of the recipe's `train:` section (warmup_epochs, milestones, label_smoothing, grad_clip,
+    channels_last, compile, ...) as a dict or a `TrainConfig`, overriding the keyword arguments."""
     dev = resolve_device(device)
     task = _as_task(train_data, val_data, test_data, num_classes, dev)
     check_num_classes(teacher, task.num_classes, "teacher")
     check_num_classes(student, task.num_classes, "student")
     loss = loss if loss is not None else 0.9 * KD(4.0) + 0.1 * CE()
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-                      lr=lr if lr is not None else (0.1 if optimizer == "sgd" else 1e-3),
-                      schedule=schedule, weight_decay=weight_decay, precision=precision)
-    measure_cfg = MeasureConfig(**(measure or {}))
+    settings = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                    lr=lr if lr is not None else (0.1 if optimizer == "sgd" else 1e-3),
+                    schedule=schedule, weight_decay=weight_decay, precision=precision)
+    settings.update(train.model_dump() if isinstance(train, TrainConfig) else dict(train or {}))
+    try:
+        cfg = TrainConfig(**settings)
+        measure_cfg = MeasureConfig(**(measure or {}))
+    except ValidationError as e:
+        raise RecipeError(format_validation_error(e, "distill() settings")) from None
     console = console or Console()
     run_dir = Path(run_dir) if run_dir else None
     torch.manual_seed(seed)

@@ -72,17 +72,16 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML"),
 
 
 def _check_model_names(r) -> None:
-    from .models import list_models
+    """Build both models once (cheap): catches unknown names and misspelled keyword arguments before a run."""
+    from .models import create_model
+    from .tasks import check_task_name
 
+    check_task_name(r.data.task)
     for role, cfg in (("teacher", r.teacher), ("student", r.student)):
-        name = cfg.model
-        if ":" not in name and name not in list_models():
-            import difflib
-
-            close = difflib.get_close_matches(name, list_models(), n=3)
-            hint = f" did you mean {', '.join(close)}?" if close else ""
-            raise LeanKDError(f"{role}.model = {name!r} is not a registered model;{hint} "
-                              "(see `leankd models`, or use torchvision:NAME, timm:NAME, python:module:callable)")
+        try:
+            create_model(cfg.model, num_classes=10, **cfg.kwargs)
+        except LeanKDError as e:
+            raise LeanKDError(f"{role}.model: {e}") from None
 
 
 @app.command()

@@ -25,21 +25,23 @@ from rich.console import Console
 from torch import nn
 
 from . import __version__
-from .kd.losses import CE, KD, MSE, Loss, SoftCE
+from .kd.losses import CE, KD, MSE, Loss, SoftCE, mix
 from .kd.teacher import LiveTeacher
 from .errors import LeanKDError, ModelError
+from .data.readers import file_identity
 from .io import write_json_atomic, write_text_atomic
 from .measure.profile import profile_model
 from .models import create_model, infer_num_classes, load_weights
 from .recipe import DistillConfig, MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
 from .report import build_report, write_markdown, write_plots, write_report
+from .report.schema import DEFAULT_LABELS
 from .tasks.base import Task
-from .train.checkpoint import save_weights
+from .train.checkpoint import read_state, save_weights
 from .train.loop import FitResult, evaluate, fit
 from .train.progress import RichProgress
 
 FINGERPRINT_VERSION = 1
-ROLE_LABELS = {"teacher": "Teacher", "baseline": "Baseline student", "student": "KD student"}
+REPORT_PLOTS = ("curves.png", "quality_vs_macs.png", "quality_vs_latency.png")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -59,7 +61,7 @@ def fingerprint(obj) -> str:
 
 def build_loss(cfg: DistillConfig, label_smoothing: float = 0.0) -> Loss:
     if cfg.loss is None:
-        return cfg.alpha * KD(cfg.temperature) + (1 - cfg.alpha) * CE(label_smoothing)
+        return mix(cfg.alpha, cfg.temperature, label_smoothing)
     total = None
     for term in cfg.loss:
         if term.kind == "ce":
@@ -134,7 +136,7 @@ def model_entry(role: str, architecture: str, origin: str, model: nn.Module, tas
     """One model's block of report.json."""
     measured = measure_model(model, task, task.eval_split, batch_sizes=measure.latency_batch_sizes,
                              runs=measure.latency_runs, warmup=measure.latency_warmup, threads=measure.threads)
-    return {"role": role, "label": ROLE_LABELS.get(role, role), "architecture": architecture, "origin": origin,
+    return {"role": role, "label": DEFAULT_LABELS.get(role, role), "architecture": architecture, "origin": origin,
             **measured, "training": training, "history": history}
 
 
@@ -187,6 +189,8 @@ class Pipeline:
     def run(self) -> dict:
         r = self.recipe
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("report.json", "report.md", *REPORT_PLOTS):  # never leave an old report beside a new recipe
+            (self.run_dir / stale).unlink(missing_ok=True)
         write_text_atomic(self.run_dir / "recipe.yaml", dump_recipe(r))
         torch.manual_seed(r.seed)
         task = self.build_task()
@@ -208,7 +212,8 @@ class Pipeline:
             stages["baseline"] = self.stage("baseline", copy.deepcopy(student_init), task, student_cfg,
                                             CE(student_cfg.label_smoothing), extra_fp=data_fp, model_cfg=r.student)
         kd_loss = build_loss(r.distill, student_cfg.label_smoothing)
-        live = LiveTeacher(copy.deepcopy(teacher.model), task, r.teacher.precision)
+        live = LiveTeacher(copy.deepcopy(teacher.model), task, r.teacher.precision,
+                           channels_last=student_cfg.channels_last)
         stages["student"] = self.stage("student", copy.deepcopy(student_init), task, student_cfg, kd_loss,
                                        teacher=live, model_cfg=r.student,
                                        extra_fp={**data_fp, "teacher": self._stage_fp("teacher"),
@@ -224,7 +229,12 @@ class Pipeline:
     def stage(self, name: str, model: nn.Module, task: Task, cfg: TrainConfig, loss: Loss, *, model_cfg: ModelConfig,
               extra_fp: dict, teacher=None) -> StageResult:
         sdir = self.run_dir / name
-        fp = fingerprint({"stage": name, "model": model_cfg.model_dump(exclude={"train"}), "train": cfg.model_dump(),
+        # what shapes this stage's weights: not teacher.precision (it only matters while distilling, and is in the
+        # student's fingerprint), and a checkpoint file by its size and mtime, not just its path
+        model_fp = model_cfg.model_dump(exclude={"train", "precision"})
+        if model_cfg.checkpoint:
+            model_fp["checkpoint_file"] = file_identity(Path(model_cfg.checkpoint))
+        fp = fingerprint({"stage": name, "model": model_fp, "train": cfg.model_dump(),
                           "loss": loss.describe(), "seed": self.recipe.seed, **extra_fp})
         stage_json, weights, ckpt = sdir / "stage.json", sdir / "model.safetensors", sdir / "checkpoint.safetensors"
         if self.force and sdir.exists():
@@ -250,10 +260,9 @@ class Pipeline:
                     "--resume to continue it, or --force to start the run over"
                 )
             if ckpt.exists() and _checkpoint_fp(ckpt) != fp:
-                raise LeanKDError(
-                    f"stage '{name}': the interrupted checkpoint {ckpt} was made with a different recipe, so it cannot "
-                    "be resumed: rerun with --force to start over"
-                )
+                self.log(f"{name}: the interrupted checkpoint {ckpt} was made with other settings: starting this "
+                         "stage over")
+                ckpt.unlink()
             sdir.mkdir(parents=True, exist_ok=True)
             verb = "resuming" if ckpt.exists() else "training"
             self.log(f"{name}: {verb} {model_cfg.model} for {cfg.epochs} epochs, loss {loss.describe()}, "
@@ -301,8 +310,8 @@ def finish_report(name: str, run_dir: Optional[Path], seed: int, task: Task, mod
 def report_notes(models: dict, seed: int) -> list[str]:
     notes = []
     if "baseline" in models and "student" in models:
-        notes.append(f"The KD gain is measured with one seed ({seed}); on CIFAR-10 KD adds about 0.3-1 point, so "
-                     "claims need at least 2 seeds.")
+        notes.append(f"The KD gain is measured with one seed ({seed}); KD gains are often around one point, "
+                     "within seed-to-seed variation, so claims need at least 2 seeds.")
     energy_sources = {m["training"]["energy_source"] for m in models.values() if m.get("training")}
     for source in sorted(energy_sources):
         if source.startswith("not available"):
@@ -319,19 +328,9 @@ def report_notes(models: dict, seed: int) -> list[str]:
     return notes
 
 
-def _checkpoint_meta(path: Path) -> dict:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["leankd_state"])["state"]
-    except Exception:
-        return {}
-
-
 def _checkpoint_epoch(path: Path):
-    return _checkpoint_meta(path).get("epoch", "?")
+    return read_state(path).get("epoch", "?")
 
 
 def _checkpoint_fp(path: Path):
-    return _checkpoint_meta(path).get("fingerprint")
+    return read_state(path).get("fingerprint")

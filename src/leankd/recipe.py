@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .errors import RecipeError
 
@@ -29,7 +29,7 @@ class AugmentConfig(Strict):
 
 class DataConfig(Strict):
     source: str = Field("demo", description="'demo', an ImageFolder dir, a .tar/.tar.gz of one, or torchvision:NAME:ROOT")
-    task: Literal["image_classification"] = "image_classification"
+    task: str = Field("image_classification", description="a task kind from leankd.tasks.TASKS")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of train for per-epoch validation")
     eval_split: Literal["test", "val"] = Field("test", description="split the final report is measured on")
     image_size: Optional[int] = Field(None, gt=0)
@@ -68,28 +68,17 @@ class TrainConfig(Strict):
         return v
 
 
-class TrainOverride(Strict):
-    """Per-stage changes to the shared `train:` section (e.g. more epochs for the teacher)."""
-
-    epochs: Optional[int] = Field(None, ge=1)
-    batch_size: Optional[int] = Field(None, ge=1)
-    optimizer: Optional[Literal["sgd", "adamw"]] = None
-    lr: Optional[float] = Field(None, gt=0)
-    momentum: Optional[float] = Field(None, ge=0, lt=1)
-    nesterov: Optional[bool] = None
-    weight_decay: Optional[float] = Field(None, ge=0)
-    schedule: Optional[Literal["cosine", "onecycle", "multistep", "constant"]] = None
-    warmup_epochs: Optional[float] = Field(None, ge=0)
-    milestones: Optional[list[float]] = None
-    gamma: Optional[float] = Field(None, gt=0)
-    label_smoothing: Optional[float] = Field(None, ge=0, lt=1)
-    grad_clip: Optional[float] = Field(None, gt=0)
-    precision: Optional[Precision] = None
-    channels_last: Optional[bool] = None
-    compile: Optional[bool] = None
-
+class _TrainOverrideBase(Strict):
     def apply(self, base: TrainConfig) -> TrainConfig:
         return TrainConfig(**{**base.model_dump(), **self.model_dump(exclude_none=True)})
+
+
+# Per-stage changes to the shared `train:` section (e.g. more epochs for the teacher): every TrainConfig field,
+# optional. Generated, so the two can never drift apart; values are checked when applied (Recipe._stages).
+TrainOverride = create_model(
+    "TrainOverride", __base__=_TrainOverrideBase,
+    **{name: (Optional[field.annotation], None) for name, field in TrainConfig.model_fields.items()},
+)
 
 
 class ModelConfig(Strict):
@@ -130,6 +119,8 @@ class DistillConfig(Strict):
         if self.loss is not None:
             if not self.loss:
                 raise ValueError("'loss' is an empty list: give at least one term, e.g. [{kind: kd, temperature: 4}]")
+            if sum(t.weight for t in self.loss) <= 0:
+                raise ValueError("every loss term has weight 0: give at least one term a positive weight")
             if all(t.kind == "ce" for t in self.loss):
                 raise ValueError("every loss term is 'ce', so the teacher is never used: add a kd, soft_ce or mse term")
         return self
@@ -137,7 +128,7 @@ class DistillConfig(Strict):
 
 class MeasureConfig(Strict):
     latency_batch_sizes: list[int] = Field(default_factory=lambda: [1, 64])
-    latency_runs: int = Field(30, ge=5)
+    latency_runs: int = Field(30, ge=30, description="timed runs per batch size (median and p90 need >= 30)")
     latency_warmup: int = Field(5, ge=0)
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for latency (default: torch's setting)")
 
@@ -161,6 +152,18 @@ class Recipe(Strict):
         if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+
+    @model_validator(mode="after")
+    def _stages(self) -> "Recipe":
+        """Check each stage's merged training settings here, so `validate` catches a bad override too."""
+        for role in ("teacher", "student"):
+            try:
+                self.stage_train(role)
+            except ValidationError as e:
+                problems = "; ".join(f"{role}.train.{'.'.join(map(str, err['loc']))} = {err.get('input')!r}: "
+                                     f"{err['msg']}" for err in e.errors())
+                raise ValueError(problems) from None
+        return self
 
     def stage_train(self, stage: str) -> TrainConfig:
         """Resolved training settings of a stage: the shared `train:` plus that model's overrides."""
@@ -226,10 +229,13 @@ def format_validation_error(e: ValidationError, origin: str) -> str:
         if kind == "missing":
             lines.append(f"  - {where}: required field is missing")
             continue
+        if not err["loc"] or isinstance(value, dict):
+            lines.append(f"  - {where}: {err['msg'].removeprefix('Value error, ')}")
+            continue
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"  - {where} = {shown}: {err['msg']}")
+        lines.append(f"  - {where} = {shown}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

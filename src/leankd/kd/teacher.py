@@ -22,16 +22,22 @@ class LiveTeacher:
     Frozen here, in one place (the mdistiller lesson): eval mode so BatchNorm/dropout never change, and
     requires_grad off so no autograd graph is built for it."""
 
-    def __init__(self, model: nn.Module, task: Task, precision: str = "fp32"):
+    def __init__(self, model: nn.Module, task: Task, precision: str = "fp32", channels_last: bool = False):
+        if precision not in DTYPES:
+            raise ValueError(f"teacher precision must be one of {sorted(DTYPES)}, got {precision!r}")
         self.dtype = DTYPES[precision]
         self.model = model.to(device=task.device, dtype=self.dtype).eval()
+        if channels_last:  # match the student's input layout so no conversion happens every step
+            self.model.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.task = task
 
     def _cast(self, x):
         if isinstance(x, Tensor):
-            return x.to(self.dtype) if x.is_floating_point() else x
+            x = x.to(self.dtype) if x.is_floating_point() else x
+            return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
         if isinstance(x, dict):
             return {k: self._cast(v) for k, v in x.items()}
         return x

@@ -77,6 +77,12 @@ class PeakMemory:
             if rss > self._peak_bytes:
                 self._peak_bytes = rss
 
+    def current_peak_mb(self) -> float:
+        """The peak so far, while the block is still running (checkpoints record it so a resumed run keeps it)."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / _MB
+        return max(self._peak_bytes, self._rss()) / _MB
+
     def as_dict(self) -> dict:
         """`{"peak_mb": float|None, "delta_mb": float|None, "kind": str}` (None before the block has ended)."""
         return {"peak_mb": self.peak_mb, "delta_mb": self.delta_mb, "kind": self.kind}

@@ -179,7 +179,7 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
                     lambda e, k=key, d=device: fmt_fixed(_g(e, "latency", d, k, "median_ms")),
                 )
     row("inference peak memory (MB)", lambda e: fmt_auto(_g(e, "memory", "inference_peak_mb")))
-    row("train time (s)", lambda e: fmt_auto(_g(e, "training", "wall_time_s")))
+    row("train wall time (s, incl. validation)", lambda e: fmt_auto(_g(e, "training", "wall_time_s")))
     row("epochs", lambda e: fmt_int(_g(e, "training", "epochs")))
     row("samples/s", lambda e: fmt_auto(_g(e, "training", "samples_per_s")))
     row("train peak memory (MB)", lambda e: fmt_auto(_g(e, "training", "peak_memory_mb")))

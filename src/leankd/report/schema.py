@@ -111,12 +111,13 @@ class DeviceLatency(BaseModel):
     __pydantic_extra__: dict[str, Optional[LatencyStats]] = Field(init=False)
 
     threads: Optional[int] = None
+    device_name: Optional[str] = None  # GPU name on the cuda block
 
     @model_validator(mode="after")
     def _only_batch_keys(self) -> "DeviceLatency":
         bad = [k for k in (self.__pydantic_extra__ or {}) if not _BATCH_KEY.match(k)]
         if bad:
-            raise ValueError(f"unknown key(s) {bad}; allowed: 'threads' and 'batch_<n>' (e.g. 'batch_1', 'batch_64')")
+            raise ValueError(f"unknown key(s) {bad}; allowed: 'threads', 'device_name' and 'batch_<n>' (e.g. 'batch_1', 'batch_64')")
         return self
 
     def batches(self) -> dict[int, Optional[LatencyStats]]:

@@ -1,18 +1,41 @@
-"""Task kinds. `build_task` picks one from the recipe's `data.task`; each kind lives in its own file."""
+"""Task kinds, by name. A new modality registers one builder here (in its own file); the recipe names it in
+`data.task`, and nothing in the loop, measurements or report changes."""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
+from ..errors import RecipeError
 from ..recipe import DataConfig
-from .base import Batch, Task, TensorTask
+from .base import Batch, LoaderTask, Task, TensorTask
+
+TaskBuilder = Callable[[DataConfig, torch.device, int, bool], Task]
+
+
+def _image(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool) -> Task:
+    from .image import build_image_task
+
+    return build_image_task(cfg, device, seed, channels_last=channels_last)
+
+
+TASKS: dict[str, TaskBuilder] = {"image_classification": _image}
+
+
+def register_task(name: str, builder: TaskBuilder) -> None:
+    if name in TASKS and TASKS[name] is not builder:
+        raise ValueError(f"task {name!r} is already registered")
+    TASKS[name] = builder
+
+
+def check_task_name(name: str) -> None:
+    if name not in TASKS:
+        raise RecipeError(f"data.task = {name!r} is not a known task; known: {', '.join(sorted(TASKS))}")
 
 
 def build_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool = False) -> Task:
-    if cfg.task == "image_classification":
-        from .image import build_image_task
-
-        return build_image_task(cfg, device, seed, channels_last=channels_last)
-    raise ValueError(f"unknown task {cfg.task!r}")  # unreachable: the recipe schema restricts data.task
+    check_task_name(cfg.task)
+    return TASKS[cfg.task](cfg, device, seed, channels_last)
 
 
-__all__ = ["Batch", "Task", "TensorTask", "build_task"]
+__all__ = ["Batch", "LoaderTask", "Task", "TensorTask", "TASKS", "build_task", "register_task", "check_task_name"]

@@ -11,6 +11,7 @@ from torch.utils.data import Subset
 
 from ..data.augment import ImageAugment
 from ..data.images import channel_stats, load_images, stratified_split
+from ..data.readers import FolderReader
 from ..data.stream import ImageFolderStream
 from ..errors import DataError
 from ..recipe import DataConfig
@@ -72,6 +73,10 @@ def _eval_split(cfg: DataConfig, has_val: bool, has_test: bool, notes: list[str]
 def _augment(cfg: DataConfig, train_images: torch.Tensor, channels_last: bool) -> ImageAugment:
     if (cfg.mean is None) != (cfg.std is None):
         raise DataError("data.mean and data.std go together: give both or neither (default: computed from train)")
+    size = min(train_images.shape[-2:])
+    if cfg.augment.pad_mode == "reflect" and cfg.augment.crop_padding >= size:
+        raise DataError(f"data.augment.crop_padding = {cfg.augment.crop_padding} needs images larger than that "
+                        f"({size}px here) for reflect padding: lower it or set data.augment.pad_mode: zeros")
     mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else channel_stats(train_images)
     return ImageAugment(crop_padding=cfg.augment.crop_padding, hflip=cfg.augment.hflip, mean=mean, std=std,
                         pad_mode="reflect" if cfg.augment.pad_mode == "reflect" else "constant",
@@ -103,6 +108,13 @@ def _build_memory_task(cfg: DataConfig, device: torch.device, seed: int, channel
     return task
 
 
+def _folder_fingerprint(root: str) -> str:
+    """Cheap identity of a streamed folder (paths, sizes, mtimes) so a changed dataset is never reused silently."""
+    import hashlib
+
+    return hashlib.sha256(FolderReader(Path(root).expanduser()).identity().encode()).hexdigest()[:16]
+
+
 def _build_stream_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool) -> LoaderTask:
     full = ImageFolderStream(cfg.source, split="train", image_size=cfg.image_size)
     notes: list[str] = []
@@ -124,7 +136,7 @@ def _build_stream_task(cfg: DataConfig, device: torch.device, seed: int, channel
     augment = _augment(cfg, sample, channels_last)
     task = LoaderTask(datasets, num_classes=len(full.classes), class_names=list(full.classes), transform=augment,
                       device=device, num_workers=cfg.num_workers,
-                      info=_info(cfg, augment, sample.shape, None, streamed=True))
+                      info=_info(cfg, augment, sample.shape, _folder_fingerprint(cfg.source), streamed=True))
     task.kind, task.eval_split = "image_classification", eval_split
     task.notes += notes + ["images were streamed from disk with a DataLoader (data.in_memory)"]
     return task

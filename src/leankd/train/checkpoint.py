@@ -66,6 +66,24 @@ def _join_optimizer_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]
     return {"state": state, "param_groups": groups}
 
 
+def _match_param_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Saved state is contiguous; a channels_last parameter needs its moment buffers in the same memory layout
+    (fused CUDA optimizers reject mixed strides)."""
+    for param, state in optimizer.state.items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The JSON training state of a checkpoint without loading its tensors ({} if unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()[_STATE_KEY])["state"]
+    except (OSError, SafetensorError, KeyError, TypeError, json.JSONDecodeError):
+        return {}
+
+
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -113,6 +131,7 @@ def load_checkpoint(
         prefix = f"extra.{name}."
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     optimizer.load_state_dict(_join_optimizer_state(meta["optimizer"], tensors))
+    _match_param_layouts(optimizer)
     if scheduler is not None and meta["scheduler"] is not None:
         scheduler.load_state_dict(meta["scheduler"])
     if scaler is not None and meta["scaler"] is not None:

@@ -113,11 +113,14 @@ def fit(
         start_epoch = state["epoch"]
         history = state["history"]
         prior_wall, prior_train, prior_samples = state["wall_time_s"], state["train_time_s"], state["samples"]
+        prior_peak = state.get("peak_memory_mb")
         if metrics_path is not None:  # drop rows of epochs after the checkpoint (killed between the two writes)
             _write_history(metrics_path, history)
 
     step_model = torch.compile(model) if cfg.compile else model
-    with PeakMemory(device) as peak, EnergyMeter(device) as energy:
+    prior_peak = None
+    # 10 ms sampling: fine enough for epoch-long peaks, cheap enough not to slow a 2-core machine
+    with PeakMemory(device, interval_s=0.01) as peak, EnergyMeter(device) as energy:
         wall_start = time.perf_counter()
         train_time, samples = 0.0, 0
         for epoch in range(start_epoch, cfg.epochs):
@@ -177,6 +180,7 @@ def fit(
                     "wall_time_s": prior_wall + time.perf_counter() - wall_start,
                     "train_time_s": prior_train + train_time,
                     "samples": prior_samples + samples,
+                    "peak_memory_mb": _max(prior_peak, peak.current_peak_mb()),
                 })
             if metrics_path is not None:
                 _write_history(metrics_path, history)
@@ -188,16 +192,22 @@ def fit(
         energy_result = {"joules": None, "source": "not available: run was resumed, energy of the killed part unknown"}
     total_train = prior_train + train_time
     total_samples = prior_samples + samples
+    peak_memory = peak.as_dict()
+    peak_memory["peak_mb"] = _max(prior_peak, peak_memory.get("peak_mb"))  # the killed part's peak counts too
     return FitResult(
         history=history,
         wall_time_s=prior_wall + wall,
         train_time_s=total_train,
         samples_per_s=total_samples / max(total_train, 1e-9),
         epochs=cfg.epochs,
-        peak_memory=peak.as_dict(),
+        peak_memory=peak_memory,
         energy=energy_result,
         resumed_from_epoch=start_epoch,
     )
+
+
+def _max(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

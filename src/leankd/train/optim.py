@@ -31,8 +31,9 @@ def build_optimizer(params: Iterable | list[dict], cfg: TrainConfig, device: tor
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay, foreach=True)
+    fused = device.type == "cuda" and not cfg.compile  # fused AdamW + compile has known stride errors
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             fused=device.type == "cuda", foreach=None if device.type == "cuda" else True)
+                             fused=fused, foreach=None if fused else True)
 
 
 def lr_factor(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
