@@ -208,3 +208,25 @@ def test_streamed_and_in_memory_paths_give_the_same_batches(tmp_path, data):
     xs, ys = zip(*[(batch.inputs, batch.targets) for batch in streamed.eval_batches("test", 10)])
     assert torch.equal(torch.cat(ys), torch.cat([bt.targets for bt in mem.eval_batches("test", 10)]))
     assert streamed.example_inputs(4).shape == (4, 3, 16, 16)
+
+
+def test_every_model_is_measured_in_the_inputs_memory_layout(tmp_path, data, monkeypatch):
+    """A teacher loaded as NCHW must not be timed against channels_last students."""
+    from leankd import pipeline
+    from leankd.models import create_model
+    from leankd.recipe import DataConfig, MeasureConfig
+    from leankd.tasks.image import build_image_task
+
+    seen = []
+
+    def fake_profile(model, *args, **kwargs):
+        conv_weights = [p for p in model.parameters() if p.dim() == 4]
+        seen.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights))
+        return {"cost": {}, "latency": {}, "memory": {}}
+
+    monkeypatch.setattr(pipeline, "profile_model", fake_profile)
+    task = build_image_task(DataConfig(source=str(data), cache_dir=str(tmp_path)), torch.device("cpu"), 0,
+                            channels_last=True)
+    model = create_model("resnet8", num_classes=4)  # NCHW
+    pipeline.measure_model(model, task, "test", runs=30)
+    assert seen == [True]

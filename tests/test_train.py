@@ -160,3 +160,24 @@ def test_teacher_is_frozen_and_in_eval():
     out1, out2 = live(batch), live(batch)
     assert torch.equal(out1, out2)  # dropout off
     assert out1.dtype == torch.float32 and not any(p.requires_grad for p in t.parameters())
+
+
+def test_resumed_optimizer_state_keeps_the_parameter_layout(tmp_path):
+    """channels_last params + AdamW: restored moment buffers must share the param's strides (fused CUDA kernels
+    reject mixed layouts)."""
+    def build():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).to(memory_format=torch.channels_last)
+        cfg = TrainConfig(optimizer="adamw", lr=1e-3)
+        return m, build_optimizer(m.parameters(), cfg, torch.device("cpu"))
+
+    model, opt = build()
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "c.safetensors", model, opt, None, None, {"epoch": 1})
+    model2, opt2 = build()
+    load_checkpoint(tmp_path / "c.safetensors", model2, opt2, None, None)
+    conv_w = model2[0].weight
+    assert conv_w.stride() != conv_w.contiguous().stride()  # really channels_last
+    assert opt2.state[conv_w]["exp_avg"].stride() == conv_w.stride()
+    assert torch.equal(opt2.state[conv_w]["exp_avg"], opt.state[model[0].weight]["exp_avg"])

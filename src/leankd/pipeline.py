@@ -119,6 +119,12 @@ def measure_model(model: nn.Module, task: Task, split: str, *, batch_sizes=(1, 6
                   threads: Optional[int] = None) -> dict:
     """Quality on `split` + cost/latency/memory — the one way every model in a report is measured."""
     model = model.to(task.device).float().eval()
+    # every model gets the memory layout of the task's inputs, so a teacher loaded from a file (NCHW) is not timed
+    # against students trained channels_last (oneDNN convolutions are ~2x apart between the two on CPU)
+    sample = task.example_inputs(2)
+    if isinstance(sample, torch.Tensor) and sample.dim() == 4:
+        channels_last = sample.is_contiguous(memory_format=torch.channels_last) and not sample.is_contiguous()
+        model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     quality = {"split": split, **evaluate(model, task, split)}
     previous_threads = torch.get_num_threads()
     if threads:
