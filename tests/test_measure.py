@@ -514,3 +514,30 @@ def test_profile_model_cpu_memory_is_tensor_bytes():
     assert mem["inference_delta_mb"] == direct["activations_peak_mb"]
     assert mem["inference_peak_mb"] == pytest.approx(direct["peak_mb"])
     assert mem["inference_peak_mb"] > mem["inference_delta_mb"] > 0
+
+
+def test_interleaved_latency_gives_every_model_the_same_runs_and_rotates_order():
+    import time as _time
+
+    from leankd.measure.latency import interleaved_latency
+
+    calls = []
+
+    class Sleeper(torch.nn.Module):
+        def __init__(self, name, ms):
+            super().__init__()
+            self.name, self.ms = name, ms
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            calls.append(self.name)
+            _time.sleep(self.ms / 1000)
+            return x
+
+    models = {"a": Sleeper("a", 1), "b": Sleeper("b", 4)}
+    out = interleaved_latency(models, lambda bs: torch.zeros(bs, 2), [1, 3], runs=30, warmup=2, rounds=3)
+    assert set(out) == {"a", "b"} and set(out["a"]) == {"batch_1", "batch_3"}
+    assert out["a"]["batch_1"]["runs"] == out["b"]["batch_1"]["runs"] == 30
+    assert out["b"]["batch_1"]["median_ms"] > out["a"]["batch_1"]["median_ms"] + 2
+    timed = calls[4:4 + 60]  # after the 2+2 warm-up calls of batch 1: rounds of 10, order a,b then b,a then a,b
+    assert timed[:10] == ["a"] * 10 and timed[10:20] == ["b"] * 10 and timed[20:30] == ["b"] * 10

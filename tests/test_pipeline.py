@@ -228,5 +228,5 @@ def test_every_model_is_measured_in_the_inputs_memory_layout(tmp_path, data, mon
     task = build_image_task(DataConfig(source=str(data), cache_dir=str(tmp_path)), torch.device("cpu"), 0,
                             channels_last=True)
     model = create_model("resnet8", num_classes=4)  # NCHW
-    pipeline.measure_model(model, task, "test", runs=30)
+    pipeline.measure_models({"teacher": model}, task, MeasureConfig(latency_batch_sizes=[1, 2]))
     assert seen == [True]

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from .kd.losses import CE, KD, Loss
 from .kd.teacher import LiveTeacher
 from .errors import DataError, RecipeError
-from .pipeline import Pipeline, check_num_classes, finish_report, model_entry, resolve_device, training_entry
+from .pipeline import (Pipeline, check_num_classes, finish_report, measure_models, model_entry, resolve_device,
+                       training_entry)
 from pydantic import ValidationError
 
 from .recipe import MeasureConfig, Recipe, TrainConfig, format_validation_error, load_recipe, parse_recipe
@@ -170,14 +171,14 @@ def distill(
     baseline_training = train("baseline", copy.deepcopy(initial), CE()) if baseline else None
     student_training = train("student", student, loss, LiveTeacher(copy.deepcopy(teacher), task, teacher_precision))
 
-    def entry(role, model, training):
-        history = f"{role}/metrics.jsonl" if run_dir and training else None
-        return model_entry(role, type(model).__name__, "given" if training is None else "trained here",
-                           copy.deepcopy(model), task, measure_cfg, training, history)
-
-    models["teacher"] = entry("teacher", teacher, None)
+    roles = {"teacher": (teacher, None), "student": (trained["student"], student_training)}
     if baseline:
-        models["baseline"] = entry("baseline", trained["baseline"], baseline_training)
-    models["student"] = entry("student", trained["student"], student_training)
+        roles = {"teacher": roles["teacher"], "baseline": (trained["baseline"], baseline_training),
+                 "student": roles["student"]}
+    measured = measure_models({role: copy.deepcopy(m) for role, (m, _) in roles.items()}, task, measure_cfg)
+    for role, (model, training) in roles.items():
+        history = f"{role}/metrics.jsonl" if run_dir and training else None
+        models[role] = model_entry(role, type(model).__name__, "given" if training is None else "trained here",
+                                   measured[role], training, history)
     report = Report(finish_report("distill", run_dir, seed, task, models, dev))
     return DistillResult(student=trained["student"], baseline=trained.get("baseline"), report=report, run_dir=run_dir)

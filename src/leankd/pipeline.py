@@ -30,6 +30,8 @@ from .kd.teacher import LiveTeacher
 from .errors import LeanKDError, ModelError
 from .data.readers import file_identity
 from .io import write_json_atomic, write_text_atomic
+from .measure.devices import cpu_fp32_copy, to_device
+from .measure.latency import interleaved_latency
 from .measure.profile import profile_model
 from .models import create_model, infer_num_classes, load_weights
 from .recipe import DistillConfig, MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
@@ -115,9 +117,7 @@ def environment(device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def measure_model(model: nn.Module, task: Task, split: str, *, batch_sizes=(1, 64), runs=30, warmup=5,
-                  threads: Optional[int] = None) -> dict:
-    """Quality on `split` + cost/latency/memory — the one way every model in a report is measured."""
+def _prepare_for_measuring(model: nn.Module, task: Task) -> nn.Module:
     model = model.to(task.device).float().eval()
     # every model gets the memory layout of the task's inputs, so a teacher loaded from a file (NCHW) is not timed
     # against students trained channels_last (oneDNN convolutions are ~2x apart between the two on CPU)
@@ -125,23 +125,40 @@ def measure_model(model: nn.Module, task: Task, split: str, *, batch_sizes=(1, 6
     if isinstance(sample, torch.Tensor) and sample.dim() == 4:
         channels_last = sample.is_contiguous(memory_format=torch.channels_last) and not sample.is_contiguous()
         model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    quality = {"split": split, **evaluate(model, task, split)}
+    return model
+
+
+def measure_models(models: dict[str, nn.Module], task: Task, measure: MeasureConfig) -> dict[str, dict]:
+    """Quality on the eval split + cost/latency/memory of every model — the one way numbers in a report are made.
+
+    CPU latency is timed interleaved across the models on the same input batches (see `interleaved_latency`),
+    so machine drift cannot masquerade as a speed-up."""
+    split = task.eval_split
+    prepared = {role: _prepare_for_measuring(m, task) for role, m in models.items()}
     previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    if measure.threads:
+        torch.set_num_threads(measure.threads)
     try:
-        profile = profile_model(model, task.example_inputs, forward=task.forward, batch_sizes=tuple(batch_sizes),
-                                runs=runs, warmup=warmup)
+        out = {}
+        for role, model in prepared.items():
+            profile = profile_model(model, task.example_inputs, forward=task.forward,
+                                    batch_sizes=tuple(measure.latency_batch_sizes), runs=measure.latency_runs,
+                                    warmup=measure.latency_warmup, cpu_latency=False)
+            out[role] = {"quality": {"split": split, **evaluate(model, task, split)}, **profile}
+        cpu_models = {role: cpu_fp32_copy(m) for role, m in prepared.items()}
+        cpu = interleaved_latency(cpu_models, lambda bs: to_device(task.example_inputs(bs), "cpu", torch.float32),
+                                  measure.latency_batch_sizes, forward=task.forward, runs=measure.latency_runs,
+                                  warmup=measure.latency_warmup)
+        for role in out:
+            out[role]["latency"] = {"cpu": {"threads": torch.get_num_threads(), **cpu[role]}, **out[role]["latency"]}
     finally:
         torch.set_num_threads(previous_threads)
-    return {"quality": quality, **profile}
+    return out
 
 
-def model_entry(role: str, architecture: str, origin: str, model: nn.Module, task: Task, measure: MeasureConfig,
-                training: Optional[dict], history: Optional[str]) -> dict:
+def model_entry(role: str, architecture: str, origin: str, measured: dict, training: Optional[dict],
+                history: Optional[str]) -> dict:
     """One model's block of report.json."""
-    measured = measure_model(model, task, task.eval_split, batch_sizes=measure.latency_batch_sizes,
-                             runs=measure.latency_runs, warmup=measure.latency_warmup, threads=measure.threads)
     return {"role": role, "label": DEFAULT_LABELS.get(role, role), "architecture": architecture, "origin": origin,
             **measured, "training": training, "history": history}
 
@@ -289,14 +306,16 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------------------
     def report(self, task: Task, stages: dict[str, StageResult]) -> dict:
         r = self.recipe
+        self.log(f"measuring {', '.join(stages)} (from the saved weights) ...")
+        saved = {}
+        for role, st in stages.items():
+            saved[role] = load_weights(copy.deepcopy(st.model), self.run_dir / role / "model.safetensors")
+        measured = measure_models(saved, task, r.measure)
         models = {}
         for role, st in stages.items():
-            self.log(f"measuring {role} ...")
-            fresh = copy.deepcopy(st.model)
-            load_weights(fresh, self.run_dir / role / "model.safetensors")
             cfg = r.teacher if role == "teacher" else r.student
             history = self.run_dir / role / "metrics.jsonl"
-            models[role] = model_entry(role, cfg.model, st.origin, fresh, task, r.measure, st.training,
+            models[role] = model_entry(role, cfg.model, st.origin, measured[role], st.training,
                                        f"{role}/metrics.jsonl" if history.exists() else None)
         return finish_report(r.name, self.run_dir, r.seed, task, models, self.device)
 

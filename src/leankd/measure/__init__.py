@@ -2,7 +2,7 @@
 from .cost import count_flops, count_parameters, serialized_size_bytes
 from .devices import cpu_fp32_copy, to_device
 from .energy import EnergyMeter, find_rapl_zones
-from .latency import measure_latency
+from .latency import interleaved_latency, measure_latency
 from .memory import PeakMemory, inference_peak_memory, tensor_memory
 from .profile import profile_model
 from .quality import classification_metrics
@@ -10,6 +10,7 @@ from .runner import default_forward, inference
 
 __all__ = [
     "EnergyMeter",
+    "interleaved_latency",
     "PeakMemory",
     "classification_metrics",
     "count_flops",

@@ -64,3 +64,43 @@ def measure_latency(
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
+
+
+def interleaved_latency(
+    models: dict[str, nn.Module], make_inputs, batch_sizes, forward: Forward | None = None, runs: int = 30,
+    warmup: int = 5, rounds: int = 3,
+) -> dict[str, dict]:
+    """Latency of several models compared fairly: for each batch size, all models get the SAME input batch and
+    their `runs` timed calls are spread over `rounds` interleaved rounds (model order rotated every round).
+
+    Why: on a shared or throttling machine the speed drifts by tens of percent within a minute; timing model A
+    then model B turns that drift into a fake "× faster". Interleaving spreads the drift over every model.
+    Returns `{name: {"batch_<bs>": {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs"}}}`."""
+    forward = resolve_forward(forward)
+    names = list(models)
+    out: dict[str, dict] = {name: {} for name in names}
+    per_round = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    for bs in batch_sizes:
+        inputs = make_inputs(bs)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for name in names:
+            device = model_device(models[name], inputs)
+            with inference(models[name]):
+                for _ in range(warmup):
+                    forward(models[name], inputs)
+            synchronize(device)
+        for r, count in enumerate(per_round):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                model = models[name]
+                device = model_device(model, inputs)
+                with inference(model):
+                    for _ in range(count):
+                        synchronize(device)
+                        start = time.perf_counter_ns()
+                        forward(model, inputs)
+                        synchronize(device)
+                        times[name].append((time.perf_counter_ns() - start) / 1e6)
+        for name in names:
+            out[name][f"batch_{bs}"] = summarize_ms(times[name])
+    return out
