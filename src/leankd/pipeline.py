@@ -287,6 +287,8 @@ class Pipeline:
                          "stage over")
                 ckpt.unlink()
             sdir.mkdir(parents=True, exist_ok=True)
+            for leftover in sdir.glob(".*.tmp"):  # temp files of a write that a kill interrupted
+                leftover.unlink()
             verb = "resuming" if ckpt.exists() else "training"
             self.log(f"{name}: {verb} {model_cfg.model} for {cfg.epochs} epochs, loss {loss.describe()}, "
                      f"{cfg.precision}, batch {cfg.batch_size}")

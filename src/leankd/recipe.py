@@ -59,6 +59,7 @@ class TrainConfig(Strict):
     precision: Precision = "fp32"
     channels_last: bool = False
     compile: bool = False
+    deterministic: bool = Field(False, description="deterministic CUDA kernels (slower): resume == uninterrupted on GPU too")
 
     @field_validator("milestones")
     @classmethod

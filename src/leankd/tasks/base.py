@@ -46,7 +46,9 @@ class Task:
         raise NotImplementedError
 
     def steps_per_epoch(self, batch_size: int) -> int:
-        raise NotImplementedError
+        """Full batches only (fixed shapes, no tiny noisy last step); one step when the split is smaller."""
+        n = self.split_size("train")
+        return max(1, n // batch_size) if n >= batch_size else 1
 
     def split_size(self, split: str) -> int:
         raise NotImplementedError
@@ -59,7 +61,15 @@ class Task:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        raise NotImplementedError
+        return {
+            "num_classes": self.num_classes,
+            "classes": list(self.class_names),
+            "train_size": self.split_size("train"),
+            "val_size": self.split_size("val"),
+            "eval_split": self.eval_split,
+            "eval_size": self.split_size(self.eval_split),
+            **getattr(self, "info", {}),
+        }
 
     # model -------------------------------------------------------------------------------------------------
     def forward(self, model: nn.Module, inputs: Any) -> Tensor:
@@ -115,15 +125,11 @@ class TensorTask(Task):
     def split_size(self, split: str) -> int:
         return len(self.splits[split][1]) if split in self.splits else 0
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        n = self.split_size("train")
-        return max(1, n // batch_size) if n >= batch_size else 1
-
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
         x, y = self.splits["train"]
         g = _seeded_generator(self.device, seed * 1_000_003 + epoch)
         order = torch.randperm(len(y), device=self.device, generator=g)
-        steps = self.steps_per_epoch(batch_size)  # drop the ragged last batch: fixed shapes, no tiny noisy steps
+        steps = self.steps_per_epoch(batch_size)
         for i in range(steps):
             idx = order[i * batch_size:(i + 1) * batch_size]
             yield Batch(self.transform(x[idx], g, True), y[idx], idx)
@@ -141,16 +147,6 @@ class TensorTask(Task):
         raw = x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size] if reps > 1 else x[:batch_size]
         return self.transform(raw, None, False)
 
-    def describe(self) -> dict:
-        return {
-            "num_classes": self.num_classes,
-            "classes": list(self.class_names),
-            "train_size": self.split_size("train"),
-            "val_size": self.split_size("val"),
-            "eval_split": self.eval_split,
-            "eval_size": self.split_size(self.eval_split),
-            **self.info,
-        }
 
 
 class LoaderTask(Task):
@@ -175,10 +171,6 @@ class LoaderTask(Task):
 
     def split_size(self, split: str) -> int:
         return len(self.datasets[split]) if split in self.datasets else 0
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        n = self.split_size("train")
-        return max(1, n // batch_size) if n >= batch_size else 1
 
     def _loader(self, split: str, batch_size: int, order: Optional[list[int]] = None, drop_last: bool = False):
         return torch.utils.data.DataLoader(
@@ -207,10 +199,3 @@ class LoaderTask(Task):
         ds = self.datasets[self.eval_split]
         raw = torch.stack([ds[i % len(ds)][0] for i in range(batch_size)]).to(self.device)
         return self.transform(raw, None, False)
-
-    def describe(self) -> dict:
-        return {
-            "num_classes": self.num_classes, "classes": list(self.class_names),
-            "train_size": self.split_size("train"), "val_size": self.split_size("val"),
-            "eval_split": self.eval_split, "eval_size": self.split_size(self.eval_split), **self.info,
-        }

@@ -6,7 +6,7 @@ step. Running sums stay on the device; we synchronize once per progress update, 
 
 Reproducibility: every epoch re-seeds torch and the task's generator from (seed, epoch), and a checkpoint is
 written atomically after every epoch, so `resume=True` continues a killed run and ends with the same metrics as
-an uninterrupted one (on CPU; CUDA kernels may be nondeterministic).
+an uninterrupted one (on CPU always; on CUDA with `deterministic: true`, since some CUDA kernels are not).
 """
 from __future__ import annotations
 
@@ -95,6 +95,8 @@ def fit(
     (used by the resume tests and handy for debugging). `fingerprint` is stored in the checkpoint so a caller
     can refuse to resume a checkpoint made with other settings."""
     device = task.device
+    if cfg.deterministic:
+        _make_deterministic()
     loss = loss if loss is not None else CE(cfg.label_smoothing)
     if loss.needs_teacher and teacher is None:
         raise ValueError(f"loss '{loss.describe()}' needs a teacher, but none was given")
@@ -204,6 +206,16 @@ def fit(
         energy=energy_result,
         resumed_from_epoch=start_epoch,
     )
+
+
+def _make_deterministic() -> None:
+    """CPU kernels are deterministic already; on CUDA, cuDNN autotuning and atomics-based kernels are not."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _max(a: Optional[float], b: Optional[float]) -> Optional[float]:
