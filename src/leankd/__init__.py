@@ -1,7 +1,7 @@
 """leankd: resource-efficient knowledge distillation with an honest quality-vs-cost report."""
 __version__ = "0.1.0"
 
-from . import losses  # noqa: E402  (leankd.losses.KD(...) + 0.1 * leankd.losses.CE())
+from . import losses as losses  # noqa: E402  (leankd.losses.KD(...) + 0.1 * leankd.losses.CE())
 
 
 def __getattr__(name):

@@ -26,10 +26,10 @@ def friendly_errors(fn):
             return fn(*args, **kwargs)
         except LeanKDError as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted: the last finished epoch is checkpointed; rerun with --resume to continue")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper
 

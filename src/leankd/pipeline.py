@@ -15,7 +15,6 @@ import hashlib
 import json
 import platform
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,7 +23,6 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from . import __version__
 from .kd.losses import CE, KD, MSE, Loss, SoftCE, mix
 from .kd.teacher import LiveTeacher
 from .errors import LeanKDError, ModelError

@@ -14,7 +14,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ from ..measure.energy import EnergyMeter
 from ..measure.memory import PeakMemory
 from ..recipe import TrainConfig
 from ..tasks.base import Task
-from .checkpoint import load_checkpoint, save_checkpoint, unwrap
+from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler, param_groups
 
 
