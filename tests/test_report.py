@@ -185,7 +185,8 @@ def test_null_inputs_give_null_ratios_never_crash():
     # no teacher at all, or nothing at all
     r2 = compute_ratios({"student": models["student"]})
     assert all(v is None for v in r2["vs_teacher"]["student"].values())
-    assert compute_ratios({}) == {"vs_teacher": {}, "kd_gain_points": None, "kd_gain_macro_f1_points": None}
+    assert compute_ratios({}) == {"vs_teacher": {}, "vs_base": {}, "kd_gain_points": None,
+                                  "kd_gain_macro_f1_points": None}
     # and the whole report still builds and renders
     rep = build_report(_run(), models, [])
     assert "—" in render_markdown(rep)
@@ -420,3 +421,25 @@ def test_compare_two_runs(tmp_path):
     assert "CPU thread counts" in md  # different threads -> latency caveat
     with pytest.raises(LeanKDError, match="report.json"):
         compare_runs([a, tmp_path / "missing"])
+
+
+def test_artifacts_are_compared_with_the_model_they_came_from():
+    import copy
+
+    models = _models()
+    art = copy.deepcopy(models["student"])
+    art["role"] = "student_int8"
+    art["cost"]["size_bytes"] = art["cost"]["size_bytes"] // 4
+    art["quality"]["accuracy"] = models["student"]["quality"]["accuracy"] - 0.012
+    art["artifact"] = {"target": "int8-static", "base_role": "student", "format": "onnx", "path": "compressed/x.onnx",
+                       "accuracy_drop_points": 1.2, "max_drop_points": 1.0, "flagged": True}
+    models["student_int8"] = art
+    rep = build_report(_run(), models, [])
+    vb = rep["ratios"]["vs_base"]["student_int8"]
+    assert vb["size_x_smaller"] == pytest.approx(4.0, rel=1e-3)
+    assert vb["accuracy_delta_points"] == pytest.approx(-1.2)
+    assert list(rep["ratios"]["vs_base"]) == ["student_int8"]
+    bad = copy.deepcopy(models)
+    bad["student_int8"]["artifact"]["colour"] = 1
+    with pytest.raises(ReportSchemaError, match="colour"):
+        build_report(_run(), bad, [])

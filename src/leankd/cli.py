@@ -47,15 +47,64 @@ def run(
     """Run a recipe: teacher -> baseline student -> distilled student -> measure -> report."""
     from .api import run as run_recipe
     from .recipe import load_recipe
-    from .report.markdown import render_console
 
     result = run_recipe(load_recipe(recipe, overrides), run_dir=run_dir, force=force, resume=resume, quiet=quiet,
                         console=console)
+    _print_result(result)
+
+
+def _print_result(result) -> None:
+    from .report.markdown import render_console, render_console_deployment
+
     console.print(render_console(result.report))
+    deployment = render_console_deployment(result.report)
+    if deployment is not None:
+        console.print(deployment)
     gain = result.report.get("ratios", {}).get("kd_gain_points")
     if gain is not None:
         console.print(f"KD gain over the baseline: {gain:+.2f} points", highlight=False)
     console.print(f"report: {result.run_dir / 'report.md'}  (json: {result.run_dir / 'report.json'})", highlight=False)
+
+
+def _rerun_with_targets(run_dir: Path, targets: list[str], quiet: bool):
+    """Re-open a finished run with other compression targets: every training stage is reused (same fingerprint)."""
+    from .api import run as run_recipe
+    from .recipe import load_recipe
+
+    recipe_path = run_dir / "recipe.yaml"
+    if not recipe_path.exists():
+        raise LeanKDError(f"{run_dir} is not a run directory (no recipe.yaml): pass the directory `leankd run` made")
+    r = load_recipe(recipe_path, [f"compress.targets=[{', '.join(targets)}]"])
+    return run_recipe(r, run_dir=run_dir, quiet=quiet, console=console)
+
+
+@app.command(context_settings={"allow_extra_args": True})
+@friendly_errors
+def compress(
+    ctx: typer.Context,
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    to: List[str] = typer.Option(..., "--to", help="targets: fp16 bf16 int8-dynamic int8-static onnx onnx-int8-dynamic"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Make deployment artifacts of the KD student and measure them beside the fp32 models:
+    `leankd compress runs/demo --to fp16 int8-dynamic int8-static`."""
+    _print_result(_rerun_with_targets(run_dir, list(to) + list(ctx.args), quiet))
+
+
+@app.command()
+@friendly_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    format: str = typer.Option("onnx", "--format", help="onnx (fp32), int8 (ONNX Runtime static int8)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Export the KD student for the edge (ONNX, checked against PyTorch and timed with ONNX Runtime)."""
+    targets = {"onnx": ["onnx"], "int8": ["onnx", "int8-static"]}
+    if format not in targets:
+        raise LeanKDError(f"--format {format!r} is not supported; choose one of: {', '.join(targets)}")
+    result = _rerun_with_targets(run_dir, targets[format], quiet)
+    _print_result(result)
+    console.print(f"artifacts: {run_dir / 'compressed'}", highlight=False)
 
 
 @app.command()

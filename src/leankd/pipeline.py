@@ -126,12 +126,16 @@ def _prepare_for_measuring(model: nn.Module, task: Task) -> nn.Module:
     return model
 
 
-def measure_models(models: dict[str, nn.Module], task: Task, measure: MeasureConfig) -> dict[str, dict]:
+def measure_models(models: dict[str, nn.Module], task: Task, measure: MeasureConfig,
+                   artifacts: Optional[dict[str, tuple[nn.Module, str, Path]]] = None) -> dict[str, dict]:
     """Quality on the eval split + cost/latency/memory of every model — the one way numbers in a report are made.
 
-    CPU latency is timed interleaved across the models on the same input batches (see `interleaved_latency`),
-    so machine drift cannot masquerade as a speed-up."""
+    `artifacts` maps a role to (runnable, base role, artifact file): deployment artifacts run on the CPU, get
+    their quality from the same evaluation, their size from the file, their MACs from the base model, and
+    join the interleaved CPU latency timing. CPU latency is timed interleaved across ALL models on the same
+    input batches (see `interleaved_latency`), so machine drift cannot masquerade as a speed-up."""
     split = task.eval_split
+    artifacts = artifacts or {}
     prepared = {role: _prepare_for_measuring(m, task) for role, m in models.items()}
     previous_threads = torch.get_num_threads()
     if measure.threads:
@@ -144,6 +148,14 @@ def measure_models(models: dict[str, nn.Module], task: Task, measure: MeasureCon
                                     warmup=measure.latency_warmup, cpu_latency=False)
             out[role] = {"quality": {"split": split, **evaluate(model, task, split)}, **profile}
         cpu_models = {role: cpu_fp32_copy(m) for role, m in prepared.items()}
+        for role, (runnable, base, path) in artifacts.items():
+            size = Path(path).stat().st_size
+            cost = {**out[base]["cost"], "size_bytes": size, "size_mb": size / 1e6}
+            quality = {"split": split, **evaluate(runnable, _CpuInputs(task), split)}
+            out[role] = {"quality": quality, "cost": cost, "latency": {},
+                         "memory": {"inference_peak_mb": None, "inference_delta_mb": None,
+                                    "kind": "not measured for deployment artifacts", "batch_size": None}}
+            cpu_models[role] = runnable
         cpu = interleaved_latency(cpu_models, lambda bs: to_device(task.example_inputs(bs), "cpu", torch.float32),
                                   measure.latency_batch_sizes, forward=task.forward, runs=measure.latency_runs,
                                   warmup=measure.latency_warmup)
@@ -152,6 +164,25 @@ def measure_models(models: dict[str, nn.Module], task: Task, measure: MeasureCon
     finally:
         torch.set_num_threads(previous_threads)
     return out
+
+
+class _CpuInputs:
+    """A view of a task whose batches are moved to the CPU in fp32 (deployment artifacts run on the CPU)."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def eval_batches(self, split: str, batch_size: int):
+        for batch in self.task.eval_batches(split, batch_size):
+            batch.inputs = to_device(batch.inputs, "cpu", torch.float32)
+            batch.targets = batch.targets.cpu()
+            yield batch
+
+    def forward(self, model, inputs):
+        return self.task.forward(model, inputs)
+
+    def metrics(self, logits, targets):
+        return self.task.metrics(logits, targets)
 
 
 def model_entry(role: str, architecture: str, origin: str, measured: dict, training: Optional[dict],
@@ -196,6 +227,7 @@ class Pipeline:
         self.console = console or Console(quiet=False)
         self.stop_after_epoch = stop_after_epoch
         self.device = resolve_device(recipe.device)
+        self.failed_targets: dict[str, str] = {}
 
     def log(self, msg: str) -> None:
         self.console.print(msg, highlight=False, soft_wrap=True)
@@ -212,6 +244,7 @@ class Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("report.json", "report.md", *REPORT_PLOTS):  # never leave an old report beside a new recipe
             (self.run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(self.run_dir / "compressed", ignore_errors=True)  # artifacts are rebuilt from the student
         write_text_atomic(self.run_dir / "recipe.yaml", dump_recipe(r))
         torch.manual_seed(r.seed)
         task = self.build_task()
@@ -233,8 +266,12 @@ class Pipeline:
             stages["baseline"] = self.stage("baseline", copy.deepcopy(student_init), task, student_cfg,
                                             CE(student_cfg.label_smoothing), extra_fp=data_fp, model_cfg=r.student)
         kd_loss = build_loss(r.distill, student_cfg.label_smoothing)
+        teacher_device = torch.device("cpu") if r.teacher.device == "cpu" else task.device
+        teacher.model.to("cpu")  # only the distilling copy below stays resident on the training device (if any)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
         live = LiveTeacher(copy.deepcopy(teacher.model), task, r.teacher.precision,
-                           channels_last=student_cfg.channels_last)
+                           channels_last=student_cfg.channels_last, device=teacher_device)
         stages["student"] = self.stage("student", copy.deepcopy(student_init), task, student_cfg, kd_loss,
                                        teacher=live, model_cfg=r.student,
                                        extra_fp={**data_fp, "teacher": self._stage_fp("teacher"),
@@ -252,7 +289,7 @@ class Pipeline:
         sdir = self.run_dir / name
         # what shapes this stage's weights: not teacher.precision (it only matters while distilling, and is in the
         # student's fingerprint), and a checkpoint file by its size and mtime, not just its path
-        model_fp = model_cfg.model_dump(exclude={"train", "precision"})
+        model_fp = model_cfg.model_dump(exclude={"train", "precision", "device"})
         if model_cfg.checkpoint:
             model_fp["checkpoint_file"] = file_identity(Path(model_cfg.checkpoint))
         fp = fingerprint({"stage": name, "model": model_fp, "train": cfg.model_dump(),
@@ -310,19 +347,57 @@ class Pipeline:
         saved = {}
         for role, st in stages.items():
             saved[role] = load_weights(copy.deepcopy(st.model), self.run_dir / role / "model.safetensors")
-        measured = measure_models(saved, task, r.measure)
+        built = self.compress(task, saved["student"]) if r.compress.targets else {}
+        measured = measure_models(saved, task, r.measure,
+                                  artifacts={role: (a.runnable, "student", a.path) for role, (a, _) in built.items()})
         models = {}
         for role, st in stages.items():
             cfg = r.teacher if role == "teacher" else r.student
             history = self.run_dir / role / "metrics.jsonl"
             models[role] = model_entry(role, cfg.model, st.origin, measured[role], st.training,
                                        f"{role}/metrics.jsonl" if history.exists() else None)
-        return finish_report(r.name, self.run_dir, r.seed, task, models, self.device)
+        for role, (art, info) in built.items():
+            drop = 100 * (measured["student"]["quality"]["accuracy"] - measured[role]["quality"]["accuracy"])
+            info.update(accuracy_drop_points=round(drop, 4), max_drop_points=r.compress.max_accuracy_drop,
+                        flagged=drop > r.compress.max_accuracy_drop)
+            if info["flagged"]:
+                self.log(f"[bold yellow]warning:[/] {info['target']} loses {drop:.2f} accuracy points against the fp32 "
+                         f"student (threshold {r.compress.max_accuracy_drop}): flagged in the report")
+            models[role] = model_entry(role, r.student.model, f"{info['target']} of the KD student", measured[role],
+                                       None, None)
+            models[role]["label"] = f"KD student {info['target']}"
+            models[role]["artifact"] = info
+        report = finish_report(r.name, self.run_dir, r.seed, task, models, self.device,
+                               extra_notes=[f"compression target {t} failed: {why}" for t, why in self.failed_targets.items()])
+        return report
+
+    def compress(self, task: Task, student: nn.Module) -> dict[str, tuple]:
+        """Build every `compress.targets` artifact from the saved student. A target that fails is reported, never
+        fatal: the run keeps its other results."""
+        from .compress.targets import build_artifact, max_abs_diff
+
+        out_dir = self.run_dir / "compressed"
+        built = {}
+        for target in self.recipe.compress.targets:
+            self.log(f"compress: building {target} ...")
+            try:
+                art = build_artifact(target, student, task, out_dir, self.recipe.compress.calibration_batches)
+            except LeanKDError as e:
+                self.log(f"[bold red]compress: {target} failed:[/] {e}")
+                self.failed_targets[target] = str(e)
+                continue
+            info = {"target": target, "base_role": "student", "format": art.format,
+                    "path": str(art.path.relative_to(self.run_dir)), "quantized": art.quantized,
+                    "left_in_float": art.left_in_float, "notes": list(art.notes),
+                    "max_abs_diff": round(max_abs_diff(student, art.runnable, task, task.forward), 6)}
+            built["student_" + target.replace("-", "_")] = (art, info)
+        return built
 
 
-def finish_report(name: str, run_dir: Optional[Path], seed: int, task: Task, models: dict, device) -> dict:
+def finish_report(name: str, run_dir: Optional[Path], seed: int, task: Task, models: dict, device,
+                  extra_notes: Optional[list[str]] = None) -> dict:
     """Build report.json from the model blocks; write it, its markdown and plots when there is a run dir."""
-    notes = list(getattr(task, "notes", [])) + report_notes(models, seed)
+    notes = list(getattr(task, "notes", [])) + report_notes(models, seed) + list(extra_notes or [])
     run = {"name": name, "run_dir": str(run_dir) if run_dir else None, "seed": seed, "task": task.kind,
            "dataset": task.describe(), "environment": environment(torch.device(device))}
     report = build_report(run, models, notes)

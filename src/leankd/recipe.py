@@ -91,6 +91,8 @@ class ModelConfig(Strict):
 
 class TeacherConfig(ModelConfig):
     precision: Precision = Field("fp32", description="dtype the frozen teacher runs in while distilling")
+    device: Literal["same", "cpu"] = Field("same", description="cpu: keep the teacher off the GPU while the student "
+                                                               "trains there (memory-aware mode for small devices)")
 
 
 class LossTerm(Strict):
@@ -134,6 +136,17 @@ class MeasureConfig(Strict):
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for latency (default: torch's setting)")
 
 
+CompressTarget = Literal["fp16", "bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8-dynamic"]
+
+
+class CompressConfig(Strict):
+    """Deployment artifacts made from the distilled student, each measured like the fp32 models."""
+
+    targets: list[CompressTarget] = Field(default_factory=list, description="e.g. [fp16, int8-dynamic, int8-static]")
+    max_accuracy_drop: float = Field(1.0, ge=0, description="points; an artifact that loses more is flagged")
+    calibration_batches: int = Field(8, ge=1, description="training batches (64 inputs) for int8-static calibration")
+
+
 class Recipe(Strict):
     name: str = "run"
     seed: int = 0
@@ -146,6 +159,7 @@ class Recipe(Strict):
     distill: DistillConfig = DistillConfig()
     baseline: bool = Field(True, description="train the student alone with the same budget for comparison")
     measure: MeasureConfig = MeasureConfig()
+    compress: CompressConfig = CompressConfig()
 
     @field_validator("device")
     @classmethod

@@ -2,7 +2,7 @@
 one (issue: cheap distillation), so anything that maps `Batch -> Tensor` can stand here."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Optional, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +22,15 @@ class LiveTeacher:
     Frozen here, in one place (the mdistiller lesson): eval mode so BatchNorm/dropout never change, and
     requires_grad off so no autograd graph is built for it."""
 
-    def __init__(self, model: nn.Module, task: Task, precision: str = "fp32", channels_last: bool = False):
+    def __init__(self, model: nn.Module, task: Task, precision: str = "fp32", channels_last: bool = False,
+                 device: Optional[torch.device] = None):
+        """`device`: where the teacher lives (default: the task's device). `cpu` keeps it off a small GPU while the
+        student trains there (memory-aware mode): inputs go to the CPU, logits come back to the student's device."""
         if precision not in DTYPES:
             raise ValueError(f"teacher precision must be one of {sorted(DTYPES)}, got {precision!r}")
         self.dtype = DTYPES[precision]
-        self.model = model.to(device=task.device, dtype=self.dtype).eval()
+        self.device = torch.device(device) if device is not None else task.device
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
         if channels_last:  # match the student's input layout so no conversion happens every step
             self.model.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
@@ -36,7 +40,7 @@ class LiveTeacher:
 
     def _cast(self, x):
         if isinstance(x, Tensor):
-            x = x.to(self.dtype) if x.is_floating_point() else x
+            x = x.to(self.device, dtype=self.dtype) if x.is_floating_point() else x.to(self.device)
             return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
         if isinstance(x, dict):
             return {k: self._cast(v) for k, v in x.items()}
@@ -45,4 +49,4 @@ class LiveTeacher:
     @torch.no_grad()
     def __call__(self, batch: Batch) -> Tensor:
         self.model.eval()  # guard against anyone having flipped it back to train mode
-        return self.task.forward(self.model, self._cast(batch.inputs)).float()
+        return self.task.forward(self.model, self._cast(batch.inputs)).float().to(self.task.device)

@@ -143,7 +143,7 @@ def _energy(entry: dict) -> str:
 def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the one-column-per-model table, shared by markdown and console output."""
     models = report["models"]
-    entries = list(models.items())
+    entries = [(role, e) for role, e in models.items() if not e.get("artifact")]  # artifacts: own table
     header = ["metric"] + [model_label(role, e) for role, e in entries]
     rows: list[list[str]] = []
 
@@ -198,7 +198,7 @@ _RATIO_ROWS = [
 
 def _ratio_table(report: dict) -> list[str]:
     vs = _g(report, "ratios", "vs_teacher") or {}
-    roles = [r for r in report["models"] if r != TEACHER_ROLE and r in vs]
+    roles = [r for r, e in report["models"].items() if r != TEACHER_ROLE and r in vs and not e.get("artifact")]
     if not roles or TEACHER_ROLE not in report["models"]:
         return []
     teacher_label = model_label(TEACHER_ROLE, report["models"][TEACHER_ROLE])
@@ -220,6 +220,46 @@ def _ratio_table(report: dict) -> list[str]:
     rows.append(["accuracy retention (%)"] + [fmt_fixed(vs[r].get("accuracy_retention_pct"), 2) for r in roles])
     rows.append(["accuracy vs teacher (points)"] + [fmt_points(vs[r].get("accuracy_delta_points")) for r in roles])
     return _md_table(header, rows)
+
+
+def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[str]]]]:
+    """(header, rows) of the deployment-artifact table: each artifact next to the fp32 model it came from."""
+    models = report["models"]
+    arts = [(r, e) for r, e in models.items() if e.get("artifact")]
+    if not arts:
+        return None
+    vs = _g(report, "ratios", "vs_base") or {}
+    sizes = [b for b in _batch_sizes(report, "cpu")]
+    header = ["model", "format", "accuracy (%)", "Δ accuracy (points)", "size (MB)", f"{TIMES} smaller"]
+    header += [f"CPU b{b} median (ms)" for b in sizes] + [f"{TIMES} faster b{b}" for b in sizes]
+    header += ["max |Δ logit|", "left in float", "status"]
+    rows = []
+    bases = []
+    for _, e in arts:
+        base = e["artifact"]["base_role"]
+        if base in models and base not in bases:
+            bases.append(base)
+    for base in bases:
+        e = models[base]
+        rows.append([f"{model_label(base, e)} (fp32)", "torch", fmt_pct(_g(e, "quality", "accuracy")), DASH,
+                     fmt_fixed(_g(e, "cost", "size_mb"), 2), DASH]
+                    + [fmt_fixed(_g(e, "latency", "cpu", f"batch_{b}", "median_ms")) for b in sizes]
+                    + [DASH for _ in sizes] + [DASH, DASH, "reference"])
+    for role, e in arts:
+        a, r = e["artifact"], vs.get(role, {})
+        left = a.get("left_in_float") or {}
+        left_text = ", ".join(f"{k}" for k in list(left)[:3]) + (f" (+{len(left) - 3})" if len(left) > 3 else "")
+        drop = a.get("accuracy_drop_points")
+        status = (f"FLAGGED: drops {fmt_fixed(drop)} > {fmt_fixed(a.get('max_drop_points'))} points"
+                  if a.get("flagged") else "ok")
+        rows.append([a["target"], a["format"], fmt_pct(_g(e, "quality", "accuracy")),
+                     fmt_points(r.get("accuracy_delta_points")), fmt_fixed(_g(e, "cost", "size_mb"), 2),
+                     fmt_times(r.get("size_x_smaller"))]
+                    + [fmt_fixed(_g(e, "latency", "cpu", f"batch_{b}", "median_ms")) for b in sizes]
+                    + [fmt_times(r.get(f"latency_cpu_x_faster_batch_{b}")) for b in sizes]
+                    + [fmt_fixed(a.get("max_abs_diff"), 4) if a.get("max_abs_diff") is not None else DASH,
+                       left_text or DASH, status])
+    return header, rows
 
 
 def kd_gain_sentence(report: dict) -> str:
@@ -372,6 +412,16 @@ def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optiona
     if ratio_lines:
         lines += ["", "## Versus the teacher", ""] + ratio_lines
 
+    deployment = deployment_table_rows(report)
+    if deployment:
+        lines += ["", "## Deployment artifacts", ""] + _md_table(*deployment)
+        lines += ["", "Each artifact is measured like the fp32 model it came from (same eval split, same batches, "
+                  "CPU latency timed interleaved). Δ and ratios are against that fp32 model."]
+        for role, e in report["models"].items():
+            a = e.get("artifact") or {}
+            for note in a.get("notes", []):
+                lines.append(f"- {a.get('target', role)}: {note}")
+
     lines += ["", "## Distillation gain", ""]
     kd = [kd_gain_sentence(report)]
     f1 = _g(report, "ratios", "kd_gain_macro_f1_points")
@@ -430,6 +480,23 @@ def render_console(report: dict):
     gain = _g(report, "ratios", "kd_gain_points")
     if _is_num(gain):
         table.caption = f"KD gain over baseline: {fmt_points(gain)} points (one seed)"
+    return table
+
+
+def render_console_deployment(report: dict):
+    """The deployment-artifact table for the console, or None when the run made no artifacts."""
+    from rich.table import Table
+
+    found = deployment_table_rows(validate_report(report))
+    if not found:
+        return None
+    header, rows = found
+    keep = [i for i, h in enumerate(header) if h not in ("format", "left in float")]
+    table = Table(title="deployment artifacts (vs the fp32 model)", pad_edge=False)
+    for i in keep:
+        table.add_column(header[i], justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for r in rows:
+        table.add_row(*[r[i] for i in keep])
     return table
 
 

@@ -151,6 +151,22 @@ class Training(_Strict):
     device: Optional[str] = None
 
 
+class Artifact(_Strict):
+    """A deployment artifact derived from a trained model (fp16, int8, ONNX...): what was done and how it went."""
+
+    target: str  # e.g. "fp16", "int8-dynamic", "int8-static", "onnx"
+    base_role: str  # the fp32 model it was made from, e.g. "student"
+    format: str  # "torch" or "onnx"
+    path: str  # relative to the run dir
+    quantized: Optional[list[str]] = None  # module paths / op types that run in int8
+    left_in_float: Optional[dict[str, str]] = None  # module or op -> why it stayed in float
+    max_abs_diff: Optional[float] = None  # against the fp32 model on one eval batch
+    accuracy_drop_points: Optional[float] = None
+    max_drop_points: Optional[float] = None  # the recipe's threshold
+    flagged: bool = False  # accuracy dropped more than the threshold
+    notes: list[str] = Field(default_factory=list)
+
+
 class ModelEntry(_Strict):
     role: str
     label: Optional[str] = None
@@ -162,6 +178,7 @@ class ModelEntry(_Strict):
     memory: Optional[Memory] = None
     training: Optional[Training] = None
     history: Optional[str] = None  # JSON-lines file, relative to the run dir
+    artifact: Optional[Artifact] = None  # set for compressed/exported models
 
     @field_validator("history")
     @classmethod
@@ -196,6 +213,7 @@ class RoleRatios(BaseModel):
 
 class Ratios(_Strict):
     vs_teacher: dict[str, RoleRatios] = Field(default_factory=dict)
+    vs_base: dict[str, RoleRatios] = Field(default_factory=dict)  # artifacts vs the fp32 model they came from
     kd_gain_points: Optional[float] = None
     kd_gain_macro_f1_points: Optional[float] = None
 
@@ -317,43 +335,49 @@ def _batch_sort_key(k: str) -> int:
     return int(_BATCH_KEY.match(k).group(1))
 
 
+def _versus(ref: Optional[dict], entry: dict) -> dict[str, Optional[float]]:
+    """`entry` against a reference model: × smaller / fewer / faster and accuracy retention and delta."""
+    r: dict[str, Optional[float]] = {
+        "size_x_smaller": _ratio(_get(ref, "cost", "size_bytes"), _get(entry, "cost", "size_bytes")),
+        "params_x_fewer": _ratio(_get(ref, "cost", "params"), _get(entry, "cost", "params")),
+        "macs_x_fewer": _ratio(_get(ref, "cost", "macs"), _get(entry, "cost", "macs")),
+        "latency_cpu_x_faster_batch_1": None,
+        "latency_cpu_x_faster_batch_64": None,
+    }
+    for device in ("cpu", "cuda"):
+        t_b, s_b = _latency_batches(ref, device), _latency_batches(entry, device)
+        for key in sorted(set(t_b) & set(s_b), key=_batch_sort_key):
+            r[f"latency_{device}_x_faster_{key}"] = _ratio(_get(t_b[key], "median_ms"), _get(s_b[key], "median_ms"))
+    t_acc, s_acc = _num(_get(ref, "quality", "accuracy")), _num(_get(entry, "quality", "accuracy"))
+    r["accuracy_retention_pct"] = _ratio(s_acc, t_acc)
+    if r["accuracy_retention_pct"] is not None:
+        r["accuracy_retention_pct"] = round(100.0 * s_acc / t_acc, 4)
+    r["accuracy_delta_points"] = round(100.0 * (s_acc - t_acc), 4) if s_acc is not None and t_acc is not None else None
+    return r
+
+
 def compute_ratios(models: dict) -> dict:
-    """Every non-teacher role versus the teacher, plus the KD gain of `student` over `baseline` (in points).
+    """Every non-teacher role versus the teacher, every artifact versus the fp32 model it came from, plus the KD
+    gain of `student` over `baseline` (in points).
 
     Missing, null, non-finite or zero inputs make that ratio null; nothing here raises on incomplete data.
     """
     models = models or {}
     teacher = models.get(TEACHER_ROLE)
-    vs_teacher: dict[str, dict] = {}
+    vs_teacher = {role: _versus(teacher, entry) for role, entry in models.items() if role != TEACHER_ROLE}
+    vs_base = {}
     for role, entry in models.items():
-        if role == TEACHER_ROLE:
-            continue
-        r: dict[str, Optional[float]] = {
-            "size_x_smaller": _ratio(_get(teacher, "cost", "size_bytes"), _get(entry, "cost", "size_bytes")),
-            "params_x_fewer": _ratio(_get(teacher, "cost", "params"), _get(entry, "cost", "params")),
-            "macs_x_fewer": _ratio(_get(teacher, "cost", "macs"), _get(entry, "cost", "macs")),
-            "latency_cpu_x_faster_batch_1": None,
-            "latency_cpu_x_faster_batch_64": None,
-        }
-        for device in ("cpu", "cuda"):
-            t_b, s_b = _latency_batches(teacher, device), _latency_batches(entry, device)
-            for key in sorted(set(t_b) & set(s_b), key=_batch_sort_key):
-                r[f"latency_{device}_x_faster_{key}"] = _ratio(_get(t_b[key], "median_ms"), _get(s_b[key], "median_ms"))
-        t_acc, s_acc = _num(_get(teacher, "quality", "accuracy")), _num(_get(entry, "quality", "accuracy"))
-        r["accuracy_retention_pct"] = _ratio(s_acc, t_acc)
-        if r["accuracy_retention_pct"] is not None:
-            r["accuracy_retention_pct"] = round(100.0 * s_acc / t_acc, 4)
-        r["accuracy_delta_points"] = (
-            round(100.0 * (s_acc - t_acc), 4) if s_acc is not None and t_acc is not None else None
-        )
-        vs_teacher[role] = r
+        base = _get(entry, "artifact", "base_role")
+        if base is not None:
+            vs_base[role] = _versus(models.get(base), entry)
 
     def gain(metric: str) -> Optional[float]:
         s = _num(_get(models.get(STUDENT_ROLE), "quality", metric))
         b = _num(_get(models.get(BASELINE_ROLE), "quality", metric))
         return round(100.0 * (s - b), 4) if s is not None and b is not None else None
 
-    return {"vs_teacher": vs_teacher, "kd_gain_points": gain("accuracy"), "kd_gain_macro_f1_points": gain("macro_f1")}
+    return {"vs_teacher": vs_teacher, "vs_base": vs_base, "kd_gain_points": gain("accuracy"),
+            "kd_gain_macro_f1_points": gain("macro_f1")}
 
 
 def _leankd_version() -> str:
