@@ -25,7 +25,7 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except LeanKDError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted: the last finished epoch is checkpointed; rerun with --resume to continue")

@@ -51,7 +51,8 @@ def _half(precision: str):
 def _int8_dynamic(model: nn.Module, task: Task, out_dir: Path, calibration_batches: int) -> BuiltArtifact:
     from .quantize import quantize_dynamic_int8, save_quantized
 
-    result = quantize_dynamic_int8(model)
+    # with example inputs, a module whose int8 version breaks the forward pass is put back in float and named
+    result = quantize_dynamic_int8(model, example_inputs=_cpu_inputs(task, 2), forward=task.forward)
     path = out_dir / "int8-dynamic.pt"
     save_quantized(path, result.model)
     notes = []
