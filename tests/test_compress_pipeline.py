@@ -1,0 +1,92 @@
+"""Compression inside a run: artifacts measured like the fp32 models, flagged when they lose accuracy, and a
+failing target reported without losing the run."""
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from leankd.cli import app
+from test_pipeline import make_image_folder, write_recipe
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data):
+    tmp = tmp_path_factory.mktemp("run")
+    recipe = write_recipe(tmp, data, baseline=False, teacher={"model": "resnet8", "train": {"epochs": 2}},
+                          train={"epochs": 3, "batch_size": 16, "lr": 0.05})
+    out = runner.invoke(app, ["run", str(recipe), "--quiet"])
+    assert out.exit_code == 0, out.output
+    return tmp / "runs" / "tiny"
+
+
+def test_compress_builds_and_measures_every_target(finished_run):
+    out = runner.invoke(app, ["compress", str(finished_run), "--to", "fp16", "int8-dynamic", "onnx", "int8-static",
+                              "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("reusing") == 2  # teacher and student were not retrained
+    rep = json.loads((finished_run / "report.json").read_text())
+    student = rep["models"]["student"]
+    for role, fmt in (("student_fp16", "torch"), ("student_int8_dynamic", "torch"), ("student_onnx", "onnx"),
+                      ("student_int8_static", "onnx")):
+        m = rep["models"][role]
+        a = m["artifact"]
+        assert a["format"] == fmt and a["base_role"] == "student" and (finished_run / a["path"]).exists()
+        assert m["cost"]["size_bytes"] == (finished_run / a["path"]).stat().st_size
+        assert m["cost"]["macs"] == student["cost"]["macs"]
+        assert {"batch_1", "batch_4"} <= set(m["latency"]["cpu"])
+        assert m["quality"]["num_samples"] == student["quality"]["num_samples"]
+        vb = rep["ratios"]["vs_base"][role]
+        assert vb["accuracy_delta_points"] == pytest.approx(
+            100 * (m["quality"]["accuracy"] - student["quality"]["accuracy"]), abs=1e-3)
+        assert a["flagged"] == (a["accuracy_drop_points"] > a["max_drop_points"])
+    assert rep["models"]["student_onnx"]["artifact"]["max_abs_diff"] < 1e-3
+    fp16 = rep["models"]["student_fp16"]
+    assert fp16["cost"]["size_bytes"] < 0.6 * student["cost"]["size_bytes"]
+    conv_left = rep["models"]["student_int8_dynamic"]["artifact"]["left_in_float"]
+    assert any("Conv2d" in k or "Conv2d" in v for k, v in conv_left.items())  # convs named, not silently skipped
+    md = (finished_run / "report.md").read_text()
+    assert "## Deployment artifacts" in md and "int8-static" in md
+
+
+def test_flagged_artifact_and_failing_target(finished_run, monkeypatch):
+    from leankd.compress import targets
+    from leankd.errors import LeanKDError
+
+    class Garbage(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 4).index_fill_(1, torch.tensor([3]), 1.0)  # always class 3
+
+    def broken_half(model, task, out_dir, calibration_batches):
+        path = out_dir / "fp16.bin"
+        path.write_bytes(b"x" * 100)
+        return targets.BuiltArtifact(Garbage(), path, "torch")
+
+    def failing_export(model, task, out_dir, calibration_batches):
+        raise LeanKDError("ONNX export failed at operator 'aten::weird_op': replace it or use dynamo=False")
+
+    monkeypatch.setitem(targets.TARGETS, "fp16", broken_half)
+    monkeypatch.setitem(targets.TARGETS, "onnx", failing_export)
+    out = runner.invoke(app, ["compress", str(finished_run), "--to", "fp16", "onnx", "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert "aten::weird_op" in out.output and "flagged" in out.output
+    rep = json.loads((finished_run / "report.json").read_text())
+    assert rep["models"]["student"]["quality"]["accuracy"] > 0.3  # so a constant prediction (25 %) is a real drop
+    assert rep["models"]["student_fp16"]["artifact"]["flagged"] is True
+    assert "student_onnx" not in rep["models"]
+    assert any("aten::weird_op" in n for n in rep["notes"])
+    assert "FLAGGED" in (finished_run / "report.md").read_text()
+
+
+def test_compress_rejects_unknown_target_and_non_run_dir(finished_run, tmp_path):
+    out = runner.invoke(app, ["compress", str(finished_run), "--to", "int4"])
+    assert out.exit_code == 2 and "compress.targets" in out.output and "int8-static" in out.output
+    out = runner.invoke(app, ["compress", str(tmp_path), "--to", "fp16"])
+    assert out.exit_code == 2 and "not a run directory" in out.output
