@@ -85,7 +85,9 @@ def _onnx_int8(mode: str):
             src = _export(model, task, out_dir)
         dst = out_dir / f"int8-{mode}.onnx"
         if mode == "static":
-            info = quantize_onnx_static(src, dst, _calibration(task, calibration_batches))
+            # QOperator: same accuracy and speed as QDQ on this x86 CPU (measured on resnet20) with an ~18 % smaller
+            # file; QDQ (quantize_onnx_static's default) is the more portable choice for other runtimes
+            info = quantize_onnx_static(src, dst, _calibration(task, calibration_batches), quant_format="QOperator")
         else:
             info = quantize_onnx_dynamic(src, dst)
         quantized = [f"{op} x {n}" for op, n in (info.get("quantized_ops") or {}).items()]
