@@ -356,7 +356,7 @@ class Pipeline:
             history = self.run_dir / role / "metrics.jsonl"
             models[role] = model_entry(role, cfg.model, st.origin, measured[role], st.training,
                                        f"{role}/metrics.jsonl" if history.exists() else None)
-        for role, (art, info) in built.items():
+        for role, (_, info) in built.items():
             drop = 100 * (measured["student"]["quality"]["accuracy"] - measured[role]["quality"]["accuracy"])
             info.update(accuracy_drop_points=round(drop, 4), max_drop_points=r.compress.max_accuracy_drop,
                         flagged=drop > r.compress.max_accuracy_drop)

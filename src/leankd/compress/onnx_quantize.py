@@ -42,7 +42,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..io import atomic_path
 from .onnx_common import OnnxError, _require, feed_dict, initializer_bytes, load_proto
@@ -200,6 +200,26 @@ def _finish(kind: str, src: Path, quantized_from: Path, dst: Path, extra: dict) 
     }
 
 
+def _quantize_file(mode: str, src: Path, dst: Path, preprocess: bool, run: Callable[[str, str], None],
+                   settings: dict) -> dict:
+    """The steps both modes share: optional `quant_pre_process`, a copy with every node named, ORT's quantizer
+    (`run(named_path, out_path)`) writing `dst` atomically, then the summary of what became int8."""
+    with tempfile.TemporaryDirectory(prefix="leankd-quant-") as work:
+        skipped = None
+        model_in = src
+        if preprocess:
+            model_in, skipped = _preprocess(src, Path(work) / "pre.onnx")
+        named = _named_copy(model_in, Path(work) / "named.onnx")
+        with atomic_path(dst) as tmp, _quiet_ort():
+            try:
+                run(str(named), str(tmp))
+            except Exception as e:
+                raise OnnxError(f"{mode} quantization of {src.name} failed: {type(e).__name__}: {e}") from e
+        return _finish(mode, src, named, dst, {
+            **settings, "preprocessed": preprocess and skipped is None, "preprocess_skipped": skipped,
+        })
+
+
 def quantize_onnx_dynamic(
     src: str | os.PathLike, dst: str | os.PathLike, *, per_channel: bool = False, reduce_range: bool = True,
     op_types: Sequence[str] | None = DYNAMIC_OP_TYPES, preprocess: bool = True,
@@ -220,25 +240,15 @@ def quantize_onnx_dynamic(
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise OnnxError(f"ONNX file {str(src)!r} does not exist; create it with export_onnx()")
-    with tempfile.TemporaryDirectory(prefix="leankd-quant-") as work:
-        skipped = None
-        model_in = src
-        if preprocess:
-            model_in, skipped = _preprocess(src, Path(work) / "pre.onnx")
-        named = _named_copy(model_in, Path(work) / "named.onnx")
-        with atomic_path(dst) as tmp, _quiet_ort():
-            try:
-                quantization.quantize_dynamic(
-                    str(named), str(tmp), op_types_to_quantize=list(op_types) if op_types else None,
-                    per_channel=per_channel, reduce_range=reduce_range, weight_type=quantization.QuantType.QInt8,
-                )
-            except Exception as e:
-                raise OnnxError(f"dynamic quantization of {src.name} failed: {type(e).__name__}: {e}") from e
-        return _finish("dynamic", src, named, dst, {
-            "per_channel": per_channel, "reduce_range": reduce_range,
-            "op_types": list(op_types) if op_types else None,
-            "preprocessed": preprocess and skipped is None, "preprocess_skipped": skipped,
-        })
+    def run(named: str, out: str) -> None:
+        quantization.quantize_dynamic(
+            named, out, op_types_to_quantize=list(op_types) if op_types else None,
+            per_channel=per_channel, reduce_range=reduce_range, weight_type=quantization.QuantType.QInt8,
+        )
+
+    return _quantize_file("dynamic", src, dst, preprocess, run, {
+        "per_channel": per_channel, "reduce_range": reduce_range, "op_types": list(op_types) if op_types else None,
+    })
 
 
 def quantize_onnx_static(
@@ -296,24 +306,15 @@ def quantize_onnx_static(
         def rewind(self):
             self._it = iter(batches)
 
-    with tempfile.TemporaryDirectory(prefix="leankd-quant-") as work:
-        skipped = None
-        model_in = src
-        if preprocess:
-            model_in, skipped = _preprocess(src, Path(work) / "pre.onnx")
-        named = _named_copy(model_in, Path(work) / "named.onnx")
-        with atomic_path(dst) as tmp, _quiet_ort():
-            try:
-                quantization.quantize_static(
-                    str(named), str(tmp), _Reader(), quant_format=fmt, op_types_to_quantize=list(op_types) if op_types
-                    else None, per_channel=per_channel, reduce_range=reduce_range, activation_type=act,
-                    weight_type=wt, calibrate_method=method,
-                )
-            except Exception as e:
-                raise OnnxError(f"static quantization of {src.name} failed: {type(e).__name__}: {e}") from e
-        return _finish("static", src, named, dst, {
-            "quant_format": fmt.name, "activation_type": act.name, "weight_type": wt.name,
-            "per_channel": per_channel, "reduce_range": reduce_range, "calibrate_method": method.name,
-            "preprocessed": preprocess and skipped is None, "preprocess_skipped": skipped,
-            "calibration_batches": len(batches), "calibration_samples": samples,
-        })
+    def run(named: str, out: str) -> None:
+        quantization.quantize_static(
+            named, out, _Reader(), quant_format=fmt, op_types_to_quantize=list(op_types) if op_types else None,
+            per_channel=per_channel, reduce_range=reduce_range, activation_type=act, weight_type=wt,
+            calibrate_method=method,
+        )
+
+    return _quantize_file("static", src, dst, preprocess, run, {
+        "quant_format": fmt.name, "activation_type": act.name, "weight_type": wt.name,
+        "per_channel": per_channel, "reduce_range": reduce_range, "calibrate_method": method.name,
+        "calibration_batches": len(batches), "calibration_samples": samples,
+    })
