@@ -64,12 +64,12 @@ def test_flagged_artifact_and_failing_target(finished_run, monkeypatch):
         def forward(self, x):
             return torch.zeros(x.shape[0], 4).index_fill_(1, torch.tensor([3]), 1.0)  # always class 3
 
-    def broken_half(model, task, out_dir, calibration_batches):
-        path = out_dir / "fp16.bin"
+    def broken_half(model, ctx):
+        path = ctx.out_dir / "fp16.bin"
         path.write_bytes(b"x" * 100)
         return targets.BuiltArtifact(Garbage(), path, "torch")
 
-    def failing_export(model, task, out_dir, calibration_batches):
+    def failing_export(model, ctx):
         raise LeanKDError("ONNX export failed at operator 'aten::weird_op': replace it or use dynamo=False")
 
     monkeypatch.setitem(targets.TARGETS, "fp16", broken_half)
@@ -90,3 +90,28 @@ def test_compress_rejects_unknown_target_and_non_run_dir(finished_run, tmp_path)
     assert out.exit_code == 2 and "compress.targets" in out.output and "int8-static" in out.output
     out = runner.invoke(app, ["compress", str(tmp_path), "--to", "fp16"])
     assert out.exit_code == 2 and "not a run directory" in out.output
+
+
+def test_qat_is_reported_beside_ptq_and_its_same_budget_control(finished_run):
+    out = runner.invoke(app, ["compress", str(finished_run), "--to", "qat", "--set", "compress.qat.epochs=1",
+                              "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("reusing") == 2  # the teacher distils again, but neither stage is retrained
+    rep = json.loads((finished_run / "report.json").read_text())
+    recipe = (finished_run / "recipe.yaml").read_text()
+    assert "qat-control" in recipe and "int8-static" in recipe  # the resolved recipe says what was built
+    student = rep["models"]["student"]
+    for role in ("student_int8_static", "student_qat", "student_qat_control"):
+        m = rep["models"][role]
+        assert m["artifact"]["format"] == "onnx" and (finished_run / m["artifact"]["path"]).exists()
+        assert m["quality"]["num_samples"] == student["quality"]["num_samples"]
+    for role in ("student_qat", "student_qat_control"):
+        m = rep["models"][role]
+        assert m["training"]["epochs"] == 1 and m["training"]["wall_time_s"] > 0
+        history = [json.loads(line) for line in (finished_run / m["history"]).read_text().splitlines()]
+        assert len(history) == 1
+    qat_notes = [n for n in rep["notes"] if n.startswith("Quantization-aware distillation")]
+    assert len(qat_notes) == 1
+    acc = {r: 100 * rep["models"][r]["quality"]["accuracy"] for r in ("student_qat", "student_int8_static")}
+    assert f"{acc['student_qat'] - acc['student_int8_static']:+.2f} points vs PTQ" in qat_notes[0]
+    assert "fine-tune (s)" in (finished_run / "report.md").read_text()

@@ -66,7 +66,7 @@ def _print_result(result) -> None:
     console.print(f"report: {result.run_dir / 'report.md'}  (json: {result.run_dir / 'report.json'})", highlight=False)
 
 
-def _rerun_with_targets(run_dir: Path, targets: list[str], quiet: bool):
+def _rerun_with_targets(run_dir: Path, targets: list[str], quiet: bool, overrides: Optional[list[str]] = None):
     """Re-open a finished run with other compression targets: every training stage is reused (same fingerprint)."""
     from .api import run as run_recipe
     from .recipe import load_recipe
@@ -74,7 +74,7 @@ def _rerun_with_targets(run_dir: Path, targets: list[str], quiet: bool):
     recipe_path = run_dir / "recipe.yaml"
     if not recipe_path.exists():
         raise LeanKDError(f"{run_dir} is not a run directory (no recipe.yaml): pass the directory `leankd run` made")
-    r = load_recipe(recipe_path, [f"compress.targets=[{', '.join(targets)}]"])
+    r = load_recipe(recipe_path, [f"compress.targets=[{', '.join(targets)}]", *(overrides or [])])
     return run_recipe(r, run_dir=run_dir, quiet=quiet, console=console)
 
 
@@ -83,12 +83,18 @@ def _rerun_with_targets(run_dir: Path, targets: list[str], quiet: bool):
 def compress(
     ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
-    to: List[str] = typer.Option(..., "--to", help="targets: fp16 bf16 int8-dynamic int8-static onnx onnx-int8-dynamic"),
+    to: List[str] = typer.Option(..., "--to", help="targets: fp16 bf16 int8-dynamic int8-static onnx onnx-int8-dynamic qat qat-control"),
+    overrides: List[str] = typer.Option([], "--set", help="compression settings: --set compress.qat.epochs=3"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Make deployment artifacts of the KD student and measure them beside the fp32 models:
-    `leankd compress runs/demo --to fp16 int8-dynamic int8-static`."""
-    _print_result(_rerun_with_targets(run_dir, list(to) + list(ctx.args), quiet))
+    `leankd compress runs/demo --to fp16 int8-dynamic int8-static qat`. `qat` fine-tunes with the teacher
+    (quantization-aware distillation) and is reported beside int8-static and its same-budget control."""
+    for o in overrides:
+        if not o.startswith(("compress.", "measure.")):
+            raise LeanKDError(f"--set {o}: `leankd compress` changes only compress.* and measure.* settings (anything "
+                              "else would retrain the stages); use `leankd run --set ...` for the rest")
+    _print_result(_rerun_with_targets(run_dir, list(to) + list(ctx.args), quiet, overrides))
 
 
 @app.command()

@@ -145,13 +145,16 @@ def _preprocess(src: Path, dst: Path) -> tuple[Path, str | None]:
 
 
 class _DropPreprocessHint(logging.Filter):
+    # ORT's advice to pre-process, and its note on every int64 shape tensor it (rightly) leaves unquantized
+    NOISE = ("pre-processing before quantization", "Inference failed or unsupported type to quantize")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
+        return not any(n in record.getMessage() for n in self.NOISE)
 
 
 @contextlib.contextmanager
 def _quiet_ort():
-    """Drop ORT's "please run pre-processing" root-logger warning (we decide about pre-processing ourselves)."""
+    """Drop ORT's root-logger noise (see `_DropPreprocessHint.NOISE`); real warnings still pass."""
     root = logging.getLogger()
     hint = _DropPreprocessHint()
     root.addFilter(hint)

@@ -1,6 +1,8 @@
 """Deployment targets: each turns the trained fp32 model into an artifact file plus a runnable that looks like a
 model (`runnable(inputs) -> fp32 logits`), so the task's own evaluation and the one latency harness measure it
-exactly like the fp32 model. One function per target; `TARGETS` maps the recipe's names to them."""
+exactly like the fp32 model. One function per target, `build(model, ctx) -> BuiltArtifact`; `TARGETS` maps the
+recipe's names to them. Targets that train (`qat`, `qat-control`) take the teacher, loss and schedule from
+`ctx.finetune`."""
 from __future__ import annotations
 
 import copy
@@ -13,8 +15,11 @@ import torch
 from torch import nn
 
 from ..errors import LeanKDError
+from ..kd.losses import Loss
 from ..measure.devices import to_device
+from ..recipe import TrainConfig
 from ..tasks.base import Task
+from ..train.loop import FitResult, fit
 
 
 @dataclass
@@ -25,6 +30,27 @@ class BuiltArtifact:
     quantized: Optional[list[str]] = None
     left_in_float: Optional[dict[str, str]] = None
     notes: list[str] = field(default_factory=list)
+    training: Optional[FitResult] = None  # targets that fine-tune (qat, qat-control)
+    metrics_path: Optional[Path] = None
+
+
+@dataclass
+class Finetune:
+    """What a training target needs: the distillation that made the student, continued for a few epochs."""
+
+    cfg: TrainConfig
+    loss: Loss
+    teacher: Optional[Any] = None  # a LiveTeacher when the loss needs one
+    seed: int = 0
+    progress: Optional[Callable[[str], Any]] = None  # name -> progress hook for fit()
+
+
+@dataclass
+class BuildContext:
+    task: Task
+    out_dir: Path
+    calibration_batches: int = 8
+    finetune: Optional[Finetune] = None
 
 
 def _cpu_inputs(task: Task, batch_size: int) -> Any:
@@ -37,11 +63,11 @@ def _calibration(task: Task, batches: int, batch_size: int = 64) -> list:
 
 
 def _half(precision: str):
-    def build(model: nn.Module, task: Task, out_dir: Path, calibration_batches: int) -> BuiltArtifact:
+    def build(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
         from .precision import save_half, to_precision
 
         wrapped = to_precision(model, precision)
-        path = out_dir / f"{precision}.safetensors"
+        path = ctx.out_dir / f"{precision}.safetensors"
         save_half(path, wrapped)
         note = (f"{precision} weights halve the file; its CPU latency is measured as is, and CPUs without native "
                 f"{precision} math (most x86 without AVX-512 FP16/BF16) emulate it slowly: the artifact is meant for "
@@ -51,12 +77,12 @@ def _half(precision: str):
     return build
 
 
-def _int8_dynamic(model: nn.Module, task: Task, out_dir: Path, calibration_batches: int) -> BuiltArtifact:
+def _int8_dynamic(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
     from .quantize import quantize_dynamic_int8, save_quantized
 
     # with example inputs, a module whose int8 version breaks the forward pass is put back in float and named
-    result = quantize_dynamic_int8(model, example_inputs=_cpu_inputs(task, 2), forward=task.forward)
-    path = out_dir / "int8-dynamic.pt"
+    result = quantize_dynamic_int8(model, example_inputs=_cpu_inputs(ctx.task, 2), forward=ctx.task.forward)
+    path = ctx.out_dir / "int8-dynamic.pt"
     save_quantized(path, result.model)
     notes = []
     if not result.quantized:
@@ -64,59 +90,111 @@ def _int8_dynamic(model: nn.Module, task: Task, out_dir: Path, calibration_batch
     return BuiltArtifact(result.model, path, "torch", result.quantized, result.skipped, notes)
 
 
-def _export(model: nn.Module, task: Task, out_dir: Path) -> Path:
+def _export(model: nn.Module, ctx: BuildContext, name: str = "fp32.onnx") -> Path:
     from .onnx import export_onnx
 
-    path = out_dir / "fp32.onnx"
-    export_onnx(model, _cpu_inputs(task, 2), path)
+    path = ctx.out_dir / name
+    export_onnx(model, _cpu_inputs(ctx.task, 2), path)
     return path
 
 
-def _onnx_fp32(model: nn.Module, task: Task, out_dir: Path, calibration_batches: int) -> BuiltArtifact:
+def _onnx_fp32(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
     from .onnx import OnnxModel
 
-    path = _export(model, task, out_dir)
+    path = _export(model, ctx)
     return BuiltArtifact(OnnxModel(path), path, "onnx")
 
 
-def _onnx_int8(mode: str):
-    def build(model: nn.Module, task: Task, out_dir: Path, calibration_batches: int) -> BuiltArtifact:
-        from .onnx import OnnxModel, quantize_onnx_dynamic, quantize_onnx_static
+def _ort_int8(src: Path, dst: Path, ctx: BuildContext, mode: str) -> BuiltArtifact:
+    from .onnx import OnnxModel, quantize_onnx_dynamic, quantize_onnx_static
 
-        src = out_dir / "fp32.onnx"
+    if mode == "static":
+        # QOperator: same accuracy and speed as QDQ on this x86 CPU (measured on resnet20) with an ~18 % smaller
+        # file; QDQ (quantize_onnx_static's default) is the more portable choice for other runtimes
+        info = quantize_onnx_static(src, dst, _calibration(ctx.task, ctx.calibration_batches), quant_format="QOperator")
+    else:
+        info = quantize_onnx_dynamic(src, dst)
+    quantized = [f"{op} x {n}" for op, n in (info.get("quantized_ops") or {}).items()]
+    left = {op: f"{n} node(s) kept in float by ONNX Runtime" for op, n in (info.get("float_ops") or {}).items()}
+    return BuiltArtifact(OnnxModel(dst), dst, "onnx", quantized, left)
+
+
+def _onnx_int8(mode: str):
+    def build(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
+        src = ctx.out_dir / "fp32.onnx"
         if not src.exists():
-            src = _export(model, task, out_dir)
-        dst = out_dir / f"int8-{mode}.onnx"
-        if mode == "static":
-            # QOperator: same accuracy and speed as QDQ on this x86 CPU (measured on resnet20) with an ~18 % smaller
-            # file; QDQ (quantize_onnx_static's default) is the more portable choice for other runtimes
-            info = quantize_onnx_static(src, dst, _calibration(task, calibration_batches), quant_format="QOperator")
-        else:
-            info = quantize_onnx_dynamic(src, dst)
-        quantized = [f"{op} x {n}" for op, n in (info.get("quantized_ops") or {}).items()]
-        left = {op: f"{n} node(s) kept in float by ONNX Runtime" for op, n in (info.get("float_ops") or {}).items()}
-        return BuiltArtifact(OnnxModel(dst), dst, "onnx", quantized, left)
+            src = _export(model, ctx)
+        return _ort_int8(src, ctx.out_dir / f"int8-{mode}.onnx", ctx, mode)
 
     return build
 
 
-TARGETS: dict[str, Callable[[nn.Module, Task, Path, int], BuiltArtifact]] = {
+def _finetune(model: nn.Module, ctx: BuildContext, name: str) -> tuple[FitResult, Path]:
+    ft = ctx.finetune
+    if ft is None:
+        raise LeanKDError(f"compression target {name} fine-tunes the student with its teacher: it runs from a recipe "
+                          "(`leankd run` / `leankd compress RUN_DIR --to qat`), which supplies the teacher and loss")
+    metrics = ctx.out_dir / f"{name}-metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    result = fit(model, ctx.task, ft.cfg, loss=ft.loss, teacher=ft.teacher, seed=ft.seed, metrics_path=metrics,
+                 progress=ft.progress(name) if ft.progress else None)
+    return result, metrics
+
+
+def _describe_finetune(ctx: BuildContext) -> str:
+    ft = ctx.finetune
+    return (f"{ft.cfg.epochs} epoch(s) of fine-tuning with the distillation loss {ft.loss.describe()}, "
+            f"{ft.cfg.optimizer} lr {ft.cfg.lr:g} ({ft.cfg.schedule}), teacher {'live' if ft.teacher else 'none'}")
+
+
+def _qat(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
+    """Quantization-aware distillation (see qat.py), exported through the same ORT static path as int8-static."""
+    from .qat import prepare_qat
+
+    qat = prepare_qat(model)
+    qat.calibrate(_calibration(ctx.task, ctx.calibration_batches), ctx.task.forward)
+    qat.set_quantize(True)
+    result, metrics = _finetune(qat.model, ctx, "qat")
+    float_model = qat.strip().cpu().eval()
+    art = _ort_int8(_export(float_model, ctx, "qat-fp32.onnx"), ctx.out_dir / "qat-int8.onnx", ctx, "static")
+    art.notes = [f"QAT: {_describe_finetune(ctx)}, with int8 fake quantization of {len(qat.quantized)} Conv/Linear "
+                 f"weights and inputs on ONNX Runtime's grid; {qat.folded_batchnorms} BatchNorm(s) folded first",
+                 *qat.notes]
+    art.training, art.metrics_path = result, metrics
+    return art
+
+
+def _qat_control(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
+    """The same-budget control for QAT: the same fine-tuning in fp32, then plain int8-static. QAT minus this is what
+    the fake quantization bought; QAT minus int8-static mixes that with the extra training."""
+    result, metrics = _finetune(model, ctx, "qat-control")
+    model = model.cpu().eval()
+    art = _ort_int8(_export(model, ctx, "qat-control-fp32.onnx"), ctx.out_dir / "qat-control-int8.onnx", ctx, "static")
+    art.notes = [f"same-budget control for QAT: {_describe_finetune(ctx)} in fp32, then int8-static"]
+    art.training, art.metrics_path = result, metrics
+    return art
+
+
+TARGETS: dict[str, Callable[[nn.Module, BuildContext], BuiltArtifact]] = {
     "fp16": _half("fp16"),
     "bf16": _half("bf16"),
     "int8-dynamic": _int8_dynamic,
     "onnx": _onnx_fp32,
     "int8-static": _onnx_int8("static"),  # ONNX Runtime QDQ: the maintained static path for CNNs on CPU
     "onnx-int8-dynamic": _onnx_int8("dynamic"),
+    "qat": _qat,  # quantization-aware distillation -> ORT static int8
+    "qat-control": _qat_control,
 }
+TRAINING_TARGETS = frozenset({"qat", "qat-control"})
 
 
-def build_artifact(target: str, model: nn.Module, task: Task, out_dir: Path, calibration_batches: int = 8
-                   ) -> BuiltArtifact:
+def build_artifact(target: str, model: nn.Module, task: Task, out_dir: Path, calibration_batches: int = 8,
+                   finetune: Optional[Finetune] = None) -> BuiltArtifact:
     if target not in TARGETS:
         raise LeanKDError(f"unknown compression target {target!r}; known: {', '.join(TARGETS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
-    return TARGETS[target](model, task, out_dir, calibration_batches)
+    return TARGETS[target](model, BuildContext(task, out_dir, calibration_batches, finetune))
 
 
 @torch.no_grad()

@@ -232,7 +232,10 @@ def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[s
     sizes = [b for b in _batch_sizes(report, "cpu")]
     header = ["model", "format", "accuracy (%)", "Δ accuracy (points)", "size (MB)", f"{TIMES} smaller"]
     header += [f"CPU b{b} median (ms)" for b in sizes] + [f"{TIMES} faster b{b}" for b in sizes]
-    header += ["max |Δ logit|", "left in float", "status"]
+    header += ["max |Δ logit|", "left in float"]
+    trained = any(_g(e, "training", "wall_time_s") is not None for _, e in arts)  # qat / qat-control fine-tune
+    header += ["fine-tune (s)"] if trained else []
+    header += ["status"]
     rows = []
     bases = []
     for _, e in arts:
@@ -244,7 +247,7 @@ def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[s
         rows.append([f"{model_label(base, e)} (fp32)", "torch", fmt_pct(_g(e, "quality", "accuracy")), DASH,
                      fmt_fixed(_g(e, "cost", "size_mb"), 2), DASH]
                     + [fmt_fixed(_g(e, "latency", "cpu", f"batch_{b}", "median_ms")) for b in sizes]
-                    + [DASH for _ in sizes] + [DASH, DASH, "reference"])
+                    + [DASH for _ in sizes] + [DASH, DASH] + ([DASH] if trained else []) + ["reference"])
     for role, e in arts:
         a, r = e["artifact"], vs.get(role, {})
         left = a.get("left_in_float") or {}
@@ -258,7 +261,9 @@ def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[s
                     + [fmt_fixed(_g(e, "latency", "cpu", f"batch_{b}", "median_ms")) for b in sizes]
                     + [fmt_times(r.get(f"latency_cpu_x_faster_batch_{b}")) for b in sizes]
                     + [fmt_fixed(a.get("max_abs_diff"), 4) if a.get("max_abs_diff") is not None else DASH,
-                       left_text or DASH, status])
+                       left_text or DASH]
+                    + ([fmt_fixed(_g(e, "training", "wall_time_s"), 0)] if trained else [])
+                    + [status])
     return header, rows
 
 
@@ -491,7 +496,11 @@ def render_console_deployment(report: dict):
     if not found:
         return None
     header, rows = found
-    keep = [i for i, h in enumerate(header) if h not in ("format", "left in float")]
+    # an 80-column terminal fits these; report.md has the rest (format, max |Δ logit|, left in float, × faster at
+    # the smaller batch sizes)
+    faster = [h for h in header if h.startswith(f"{TIMES} faster")]
+    dropped = {"format", "left in float", "max |Δ logit|", *faster[:-1]}
+    keep = [i for i, h in enumerate(header) if h not in dropped]
     table = Table(title="deployment artifacts (vs the fp32 model)", pad_edge=False)
     for i in keep:
         table.add_column(header[i], justify="left" if i == 0 else "right", no_wrap=i == 0)
