@@ -292,7 +292,8 @@ def test_profile_model_shape():
     for key in ("batch_1", "batch_4"):
         assert set(cpu[key]) == {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs"}
         assert cpu[key]["runs"] == 3
-    assert set(prof["memory"]) == {"inference_peak_mb", "inference_delta_mb", "kind", "batch_size"}
+    assert set(prof["memory"]) == {"inference_peak_mb", "inference_delta_mb", "kind", "batch_size", "model_memory_mb"}
+    assert 0 < prof["memory"]["model_memory_mb"] < prof["memory"]["inference_peak_mb"]
     assert prof["memory"]["batch_size"] == 4 and prof["memory"]["kind"] == "tensor_bytes"
     assert model.training  # left as it was
 
@@ -508,8 +509,10 @@ def test_profile_model_cpu_memory_is_tensor_bytes():
     prof = profile_model(TinyCNN(), lambda bs: torch.randn(bs, 3, 8, 8), batch_sizes=(1, 4), runs=1, warmup=0,
                          cpu_latency=False)
     direct = tensor_memory(TinyCNN(), torch.randn(4, 3, 8, 8))
+    one = tensor_memory(TinyCNN(), torch.randn(1, 3, 8, 8))
     mem = prof["memory"]
-    assert set(mem) == {"inference_peak_mb", "inference_delta_mb", "kind", "batch_size"}
+    assert set(mem) == {"inference_peak_mb", "inference_delta_mb", "kind", "batch_size", "model_memory_mb"}
+    assert mem["model_memory_mb"] == pytest.approx(one["weights_mb"] + one["activations_peak_mb"])
     assert mem["kind"] == "tensor_bytes" and mem["batch_size"] == 4
     assert mem["inference_delta_mb"] == direct["activations_peak_mb"]
     assert mem["inference_peak_mb"] == pytest.approx(direct["peak_mb"])

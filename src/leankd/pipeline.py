@@ -32,6 +32,7 @@ from .measure.devices import cpu_fp32_copy, to_device
 from .measure.latency import interleaved_latency
 from .measure.profile import profile_model
 from .models import create_model, infer_num_classes, load_weights
+from .models.registry import model_accepts
 from .recipe import DistillConfig, MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
 from .report import build_report, write_markdown, write_plots, write_report
 from .report.schema import DEFAULT_LABELS
@@ -77,8 +78,9 @@ def build_loss(cfg: DistillConfig, label_smoothing: float = 0.0) -> Loss:
     return total
 
 
-def build_model(cfg: ModelConfig, num_classes: int, role: str) -> nn.Module:
-    model = create_model(cfg.model, num_classes=num_classes, **cfg.kwargs)
+def build_model(cfg: ModelConfig, num_classes: int, role: str, defaults: Optional[dict] = None) -> nn.Module:
+    kwargs = {k: v for k, v in (defaults or {}).items() if k not in cfg.kwargs and model_accepts(cfg.model, k)}
+    model = create_model(cfg.model, num_classes=num_classes, **{**kwargs, **cfg.kwargs})
     if cfg.checkpoint:
         load_weights(model, cfg.checkpoint)
     check_num_classes(model, num_classes, f"{role} ({cfg.model})")
@@ -146,7 +148,8 @@ def measure_models(models: dict[str, nn.Module], task: Task, measure: MeasureCon
             profile = profile_model(model, task.example_inputs, forward=task.forward,
                                     batch_sizes=tuple(measure.latency_batch_sizes), runs=measure.latency_runs,
                                     warmup=measure.latency_warmup, cpu_latency=False)
-            out[role] = {"quality": {"split": split, **evaluate(model, task, split)}, **profile}
+            out[role] = {"quality": {"split": split, **evaluate(model, task, split)}, **profile,
+                         **task.extra_measurements(model)}
         cpu_models = {role: cpu_fp32_copy(m) for role, m in prepared.items()}
         for role, (runnable, base, path) in artifacts.items():
             size = Path(path).stat().st_size
@@ -254,9 +257,9 @@ class Pipeline:
                  f"{task.split_size(task.eval_split)} {task.eval_split}, {task.num_classes} classes")
 
         # build every model first: class mismatches and bad names fail before any training
-        teacher_model = build_model(r.teacher, task.num_classes, "teacher")
+        teacher_model = build_model(r.teacher, task.num_classes, "teacher", task.model_defaults())
         torch.manual_seed(r.seed)
-        student_init = build_model(r.student, task.num_classes, "student")
+        student_init = build_model(r.student, task.num_classes, "student", task.model_defaults())
 
         teacher = self.stage("teacher", teacher_model, task, r.stage_train("teacher"), CE(r.stage_train("teacher").label_smoothing),
                              extra_fp=data_fp, model_cfg=r.teacher)

@@ -27,6 +27,36 @@ class AugmentConfig(Strict):
     pad_mode: Literal["reflect", "zeros"] = "reflect"
 
 
+class AudioConfig(Strict):
+    """Keyword spotting (`data.task: keyword_spotting`): clips, log-mel features computed on the training device,
+    and waveform augmentation. Defaults follow the KWS course our users come from (16 kHz, 25 ms windows, 10 ms hop,
+    40 mel bands)."""
+
+    sample_rate: int = Field(16000, gt=0, description="clips of other rates are resampled to this")
+    clip_seconds: float = Field(1.0, gt=0, description="clips are zero-padded or centre-trimmed to this length")
+    n_mels: int = Field(40, ge=1)
+    n_fft: int = Field(400, ge=8)
+    win_length: int = Field(400, ge=8)
+    hop_length: int = Field(160, ge=1)
+    keyword: Optional[str] = Field(None, description="set -> binary keyword-vs-rest task (a label folder or a word "
+                                                      "inside _unknown_, e.g. sheila); unset -> every label a class")
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="speakers held out for the test split")
+    time_shift_ms: float = Field(100.0, ge=0, description="random shift of each training clip (zero fill)")
+    noise_prob: float = Field(0.8, ge=0, le=1, description="chance a training clip gets background noise mixed in")
+    noise_snr_db: tuple[float, float] = Field((5.0, 20.0), description="SNR range of the mixed-in noise")
+    far_target: float = Field(0.01, gt=0, lt=1, description="binary task: report the false-rejection rate here")
+
+    @model_validator(mode="after")
+    def _windows(self) -> "AudioConfig":
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
+        if self.n_fft > self.sample_rate * self.clip_seconds:
+            raise ValueError("n_fft is longer than a clip: lower n_fft or raise clip_seconds")
+        if self.noise_snr_db[0] > self.noise_snr_db[1]:
+            raise ValueError("noise_snr_db is [low, high] with low <= high")
+        return self
+
+
 class DataConfig(Strict):
     source: str = Field("demo", description="'demo', an ImageFolder dir, a .tar/.tar.gz of one, or torchvision:NAME:ROOT")
     task: str = Field("image_classification", description="a task kind from leankd.tasks.TASKS")
@@ -40,6 +70,7 @@ class DataConfig(Strict):
     cache_dir: Optional[str] = Field(None, description="where decoded images are cached (default ~/.cache/leankd)")
     num_workers: int = Field(2, ge=0, description="DataLoader workers when the data does not fit in memory")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N (stratified) train images")
+    audio: Optional[AudioConfig] = Field(None, description="keyword spotting settings (defaults when unset)")
 
 
 class TrainConfig(Strict):

@@ -87,5 +87,11 @@ def profile_model(
     else:
         mem = tensor_memory(model, make_inputs(mem_bs), forward=forward)
         peak, delta = mem["peak_mb"], mem["activations_peak_mb"]
-    memory = {"inference_peak_mb": peak, "inference_delta_mb": delta, "kind": mem["kind"], "batch_size": mem_bs}
+    # what a device that serves one input at a time must hold: parameters + peak activations at batch 1 (the input
+    # itself is left out: it is the same for every model of a task)
+    one = tensor_memory(model, make_inputs(1), forward=forward)
+    model_mb = (one["weights_mb"] + one["activations_peak_mb"]
+                if one["weights_mb"] is not None and one["activations_peak_mb"] is not None else None)
+    memory = {"inference_peak_mb": peak, "inference_delta_mb": delta, "kind": mem["kind"], "batch_size": mem_bs,
+              "model_memory_mb": model_mb}
     return {"cost": cost, "latency": latency, "memory": memory}

@@ -19,7 +19,7 @@ from leankd.models import hub
 from leankd.models._kwargs import check_kwargs
 from leankd.models.weights import infer_num_classes, load_weights
 
-__all__ = ["register_model", "list_models", "create_model", "load_weights", "infer_num_classes"]
+__all__ = ["register_model", "list_models", "create_model", "model_accepts", "load_weights", "infer_num_classes"]
 
 Constructor = TypeVar("Constructor", bound=Callable[..., nn.Module])
 
@@ -74,6 +74,13 @@ def _unknown(name: str) -> ModelError:
         f"unknown model {name!r}; {known} Besides registered names, leankd supports "
         f"'torchvision:<name>', 'timm:<name>' and 'python:module:callable'."
     )
+
+
+def model_accepts(name: str, keyword: str) -> bool:
+    """Whether registered model `name` takes `keyword` (hub models: unknown, so False). Lets a task hand defaults
+    such as `n_mels` to the models that need them without the recipe repeating them."""
+    fn = _MODELS.get(name)
+    return fn is not None and keyword in inspect.signature(fn).parameters
 
 
 def create_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:

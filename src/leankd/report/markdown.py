@@ -156,6 +156,10 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     row(f"accuracy (%){split}", lambda e: fmt_pct(_g(e, "quality", "accuracy")))
     row("macro-F1 (%)", lambda e: fmt_pct(_g(e, "quality", "macro_f1")))
     row("eval loss", lambda e: fmt_fixed(_g(e, "quality", "loss"), 4))
+    if any(_g(e, "quality", "fa_fr_auc") is not None for _, e in entries):  # binary keyword spotting
+        row("FA/FR AUC (lower is better)", lambda e: fmt_fixed(_g(e, "quality", "fa_fr_auc"), 4))
+        far = next((_g(e, "quality", "far_target") for _, e in entries if _g(e, "quality", "far_target")), None)
+        row(f"false rejections at {fmt_pct(far)}% false alarms (%)", lambda e: fmt_pct(_g(e, "quality", "frr_at_far")))
     row("params", lambda e: fmt_int(_g(e, "cost", "params")))
     row("size (MB)", lambda e: fmt_fixed(_g(e, "cost", "size_mb"), 2))
     row("MACs (M)", lambda e: fmt_millions(_g(e, "cost", "macs")))
@@ -179,6 +183,12 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
                     lambda e, k=key, d=device: fmt_fixed(_g(e, "latency", d, k, "median_ms")),
                 )
     row("inference peak memory (MB)", lambda e: fmt_auto(_g(e, "memory", "inference_peak_mb")))
+    row("model memory b1: params + peak activations (MB)", lambda e: fmt_auto(_g(e, "memory", "model_memory_mb")))
+    if any(e.get("streaming") for _, e in entries):
+        chunk = next(_g(e, "streaming", "chunk_ms") for _, e in entries if e.get("streaming"))
+        row(f"streaming: CPU ms per {fmt_auto(chunk)} ms chunk (median)",
+            lambda e: fmt_fixed(_g(e, "streaming", "median_ms"), 3))
+        row("streaming: real-time factor", lambda e: fmt_fixed(_g(e, "streaming", "real_time_factor"), 4))
     row("train wall time (s, incl. validation)", lambda e: fmt_auto(_g(e, "training", "wall_time_s")))
     row("epochs", lambda e: fmt_int(_g(e, "training", "epochs")))
     row("samples/s", lambda e: fmt_auto(_g(e, "training", "samples_per_s")))
@@ -193,6 +203,7 @@ _RATIO_ROWS = [
     ("size_x_smaller", f"size ({TIMES} smaller)", fmt_times),
     ("params_x_fewer", f"params ({TIMES} fewer)", fmt_times),
     ("macs_x_fewer", f"MACs ({TIMES} fewer)", fmt_times),
+    ("memory_x_less", f"model memory b1 ({TIMES} less)", fmt_times),
 ]
 
 

@@ -85,6 +85,11 @@ class Quality(_Strict):
     loss: Optional[float] = None
     num_samples: Optional[int] = None
     per_class_accuracy: Optional[dict[str, Optional[float]]] = None
+    # binary keyword spotting: area under the false-rejection vs false-alarm curve (lower is better) and the
+    # false-rejection rate at the false-alarm rate `far_target`
+    fa_fr_auc: Optional[float] = None
+    frr_at_far: Optional[float] = None
+    far_target: Optional[float] = None
 
 
 class Cost(_Strict):
@@ -136,6 +141,7 @@ class Memory(_Strict):
     inference_delta_mb: Optional[float] = None
     kind: Optional[str] = None
     batch_size: Optional[int] = None
+    model_memory_mb: Optional[float] = None  # parameters + peak activations for one input (tensor bytes)
 
 
 class Training(_Strict):
@@ -167,6 +173,16 @@ class Artifact(_Strict):
     notes: list[str] = Field(default_factory=list)
 
 
+class Streaming(_Strict):
+    """Chunk-by-chunk inference on the CPU (keyword spotting), features included."""
+
+    chunk_ms: Optional[float] = None
+    mode: Optional[str] = None  # "stateful" (GRU state carried) or "window" (recomputed over a sliding window)
+    median_ms: Optional[float] = None
+    p90_ms: Optional[float] = None
+    real_time_factor: Optional[float] = None  # compute time per chunk / chunk duration (< 1: faster than real time)
+
+
 class ModelEntry(_Strict):
     role: str
     label: Optional[str] = None
@@ -179,6 +195,7 @@ class ModelEntry(_Strict):
     training: Optional[Training] = None
     history: Optional[str] = None  # JSON-lines file, relative to the run dir
     artifact: Optional[Artifact] = None  # set for compressed/exported models
+    streaming: Optional[Streaming] = None
 
     @field_validator("history")
     @classmethod
@@ -198,6 +215,7 @@ class RoleRatios(BaseModel):
     size_x_smaller: Optional[float] = None
     params_x_fewer: Optional[float] = None
     macs_x_fewer: Optional[float] = None
+    memory_x_less: Optional[float] = None  # model memory: parameters + peak activations for one input
     latency_cpu_x_faster_batch_1: Optional[float] = None
     latency_cpu_x_faster_batch_64: Optional[float] = None
     accuracy_retention_pct: Optional[float] = None
@@ -341,6 +359,7 @@ def _versus(ref: Optional[dict], entry: dict) -> dict[str, Optional[float]]:
         "size_x_smaller": _ratio(_get(ref, "cost", "size_bytes"), _get(entry, "cost", "size_bytes")),
         "params_x_fewer": _ratio(_get(ref, "cost", "params"), _get(entry, "cost", "params")),
         "macs_x_fewer": _ratio(_get(ref, "cost", "macs"), _get(entry, "cost", "macs")),
+        "memory_x_less": _ratio(_get(ref, "memory", "model_memory_mb"), _get(entry, "memory", "model_memory_mb")),
         "latency_cpu_x_faster_batch_1": None,
         "latency_cpu_x_faster_batch_64": None,
     }

@@ -19,7 +19,13 @@ def _image(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool
     return build_image_task(cfg, device, seed, channels_last=channels_last)
 
 
-TASKS: dict[str, TaskBuilder] = {"image_classification": _image}
+def _keyword_spotting(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool) -> Task:
+    from .kws import build_kws_task
+
+    return build_kws_task(cfg, device, seed, channels_last=channels_last)
+
+
+TASKS: dict[str, TaskBuilder] = {"image_classification": _image, "keyword_spotting": _keyword_spotting}
 
 
 def register_task(name: str, builder: TaskBuilder) -> None:

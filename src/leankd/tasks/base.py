@@ -72,6 +72,15 @@ class Task:
         }
 
     # model -------------------------------------------------------------------------------------------------
+    def model_defaults(self) -> dict:
+        """Keyword arguments the data implies for models that accept them (e.g. `n_mels`); the recipe's own
+        `kwargs` win."""
+        return {}
+
+    def extra_measurements(self, model: nn.Module) -> dict:
+        """Task-specific measurements that join a model's report block (e.g. streaming latency)."""
+        return {}
+
     def forward(self, model: nn.Module, inputs: Any) -> Tensor:
         return model(inputs)
 

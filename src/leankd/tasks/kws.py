@@ -1,0 +1,120 @@
+"""Keyword spotting: 1 s clips held as int16 waveforms on the training device; each batch is augmented (time shift,
+background noise) and turned into log-mel features there, so the CPU never sits in a DataLoader and teacher and
+student see the very same features. Models take `[B, n_mels, frames]`.
+
+Two task shapes from one folder of clips per label: every label a class (Speech Commands' 12 classes), or a
+binary keyword-vs-rest task (`data.audio.keyword`), whose report adds the false-alarm / false-rejection metrics.
+Train / val / test are speaker-disjoint (a speaker's clips never straddle splits)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..data.audio import kws_targets, load_clips, speaker_split
+from ..data.audio_augment import WaveAugment
+from ..data.melspec import LogMel
+from ..errors import DataError
+from ..recipe import AudioConfig, DataConfig
+from .base import Task, TensorTask
+
+STREAM_CHUNK_MS = 100  # the report's streaming latency is per 100 ms of audio
+
+
+class KeywordSpottingTask(TensorTask):
+    kind = "keyword_spotting"
+
+    def __init__(self, splits: dict, class_names: list[str], features: LogMel, augment: WaveAugment,
+                 audio: AudioConfig, device: torch.device, info: dict, keyword: Optional[str]):
+        self.features = features.to(device)
+        self.augment = augment.to(device)
+        self.audio = audio
+        self.keyword = keyword
+        super().__init__(splits, len(class_names), class_names, transform=self._transform, device=device, info=info)
+
+    def _transform(self, raw: Tensor, generator: Optional[torch.Generator], train: bool) -> Tensor:
+        wave = raw.float() / 32768.0
+        if train:
+            wave = self.augment(wave, generator)
+        return self.features(wave)
+
+    def metrics(self, logits: Tensor, targets: Tensor) -> dict:
+        if self.keyword is None:
+            return super().metrics(logits, targets)
+        from ..measure.kws import binary_kws_metrics
+
+        return binary_kws_metrics(logits, targets, self.class_names, far=self.audio.far_target)
+
+    def model_defaults(self) -> dict:
+        return {"n_mels": self.audio.n_mels}
+
+    def extra_measurements(self, model: nn.Module) -> dict:
+        """Streaming inference on the CPU: latency per 100 ms chunk and the real-time factor."""
+        from ..models.streaming import StreamingKWS, chunk_latency
+
+        cpu_model = _cpu_copy(model)
+        clip_frames = self.features.num_frames(int(self.audio.sample_rate * self.audio.clip_seconds))
+        # pooling over the last clip's worth of frames: a steady state, as a deployed spotter runs
+        streamer = StreamingKWS(_cpu_copy(self.features), cpu_model, window_frames=clip_frames)
+        chunk = int(self.audio.sample_rate * STREAM_CHUNK_MS / 1000)
+        lat = chunk_latency(streamer, chunk)
+        return {"streaming": {"chunk_ms": STREAM_CHUNK_MS, "mode": getattr(streamer, "mode", None), **lat}}
+
+
+def _cpu_copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module).cpu().float().eval()
+
+
+def build_kws_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool = False) -> Task:
+    audio = cfg.audio or AudioConfig()
+    clip_samples = int(round(audio.sample_rate * audio.clip_seconds))
+    clips = load_clips(cfg.source, sample_rate=audio.sample_rate, clip_samples=clip_samples, cache_dir=cfg.cache_dir)
+    targets, class_names = kws_targets(clips.labels, clips.files, keyword=audio.keyword)
+    # full Speech Commands releases carry validation_list.txt / testing_list.txt: those files go where they say
+    idx = speaker_split(clips.files, clips.labels, val_fraction=cfg.val_fraction, test_fraction=audio.test_fraction,
+                        seed=seed, split_lists=clips.split_lists or None)
+    notes = []
+    train_idx = idx["train"]
+    if cfg.limit_train is not None and cfg.limit_train < len(train_idx):
+        g = torch.Generator().manual_seed(seed)
+        train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[:cfg.limit_train]].sort().values
+        notes.append(f"train split limited to {len(train_idx)} clips (data.limit_train)")
+    if cfg.eval_split == "test" and len(idx["test"]) == 0:
+        raise DataError("data.audio.test_fraction is 0, so there is no test split: set it above 0, or "
+                        "data.eval_split: val")
+    splits = {"train": (clips.waveforms[train_idx], targets[train_idx])}
+    for name in ("val", "test"):
+        if len(idx[name]):
+            splits[name] = (clips.waveforms[idx[name]], targets[idx[name]])
+
+    augment = WaveAugment(shift_samples=int(audio.sample_rate * audio.time_shift_ms / 1000),
+                          noise_bank=_noise_bank(clips, train_idx), noise_prob=audio.noise_prob,
+                          snr_db=tuple(audio.noise_snr_db))
+    features = LogMel(sample_rate=audio.sample_rate, n_fft=audio.n_fft, win_length=audio.win_length,
+                      hop_length=audio.hop_length, n_mels=audio.n_mels)
+    info = {"fingerprint": clips.info.get("fingerprint"), "source": cfg.source, "sample_rate": audio.sample_rate,
+            "features": f"log-mel {audio.n_mels} bands, window {audio.win_length}, hop {audio.hop_length}, "
+                        f"{features.num_frames(clip_samples)} frames per clip",
+            "augmentation": augment.describe(), "split": "speaker-disjoint",
+            **({"keyword": audio.keyword} if audio.keyword else {})}
+    task = KeywordSpottingTask(splits, class_names, features, augment, audio, device, info, audio.keyword)
+    task.eval_split = cfg.eval_split if cfg.eval_split in splits else "val"
+    task.notes = notes + [
+        "MACs and latency are for the model on log-mel features; the feature extraction (STFT + mel filterbank) is the "
+        "same for every model and not included. The streaming rows include it."]
+    return task
+
+
+def _noise_bank(clips, train_idx: Tensor) -> Optional[Tensor]:
+    """Background recordings if the source has them, else the training split's `_silence_` clips end to end
+    (never the val/test clips: that would leak their noise into training)."""
+    if clips.noise:
+        return torch.cat([n.flatten().float() for n in clips.noise])
+    silence = [i for i in train_idx.tolist() if clips.labels[i] == "_silence_"]
+    if not silence:
+        return None
+    return (clips.waveforms[silence].float() / 32768.0).flatten()
+
