@@ -177,7 +177,7 @@ class Streaming(_Strict):
     """Chunk-by-chunk inference on the CPU (keyword spotting), features included."""
 
     chunk_ms: Optional[float] = None
-    mode: Optional[str] = None  # "stateful" (GRU state carried) or "window" (recomputed over a sliding window)
+    mode: Optional[str] = None  # "incremental" (GRU state carried) or "window" (recomputed over a sliding window)
     median_ms: Optional[float] = None
     p90_ms: Optional[float] = None
     real_time_factor: Optional[float] = None  # compute time per chunk / chunk duration (< 1: faster than real time)
