@@ -142,3 +142,20 @@ def test_qat_target_outside_a_recipe_names_what_is_missing(tmp_path):
 
     with pytest.raises(LeanKDError, match="supplies the teacher and loss"):
         build_artifact("qat-control", _convnet(), _Task(), tmp_path)
+
+
+def test_keyword_spotting_models_fold_their_batchnorm():
+    from leankd.models import create_model
+
+    for name in ("crnn_small", "dscnn_s"):  # their input checks are skipped while torch.fx traces
+        qat = prepare_qat(create_model(name, num_classes=12))
+        assert qat.folded_batchnorms >= 1 and not qat.notes, name
+
+
+def test_calibration_takes_the_min_max_over_all_batches_like_ort():
+    fq = ActivationFakeQuant(averaging=0.01)
+    fq.train()
+    fq.calibrating = True
+    for hi in (1.0, 10.0, 3.0):
+        fq(torch.tensor([-0.5, hi]))
+    assert (fq.min_val.item(), fq.max_val.item()) == (-0.5, 10.0)

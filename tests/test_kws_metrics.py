@@ -125,7 +125,17 @@ def test_input_validation():
         fa_fr_auc(torch.tensor([0.1, float("nan")]), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"\[N, 2\]"):
         binary_kws_metrics(torch.rand(4, 3), torch.tensor([0, 1, 0, 1]), ["a", "b", "c"])
-    with pytest.raises(ValueError, match="both classes"):
-        binary_kws_metrics(torch.rand(4, 2), torch.ones(4, dtype=torch.long), ["other", "yes"])
     with pytest.raises(ValueError, match="far"):
         frr_at_far(torch.rand(2), torch.tensor([0, 1]), far=2.0)
+
+
+def test_binary_metrics_use_unsaturated_scores_and_survive_one_class():
+    from leankd.measure.kws import binary_kws_metrics
+
+    # margins beyond fp32 softmax resolution: 50 keywords at +40, 2 others at +30 (confident false alarms)
+    logits = torch.tensor([[0.0, 40.0]] * 50 + [[0.0, 30.0]] * 2)
+    targets = torch.tensor([1] * 50 + [0] * 2)
+    m = binary_kws_metrics(logits, targets, ["other", "kw"], far=0.01)
+    assert m["frr_at_far"] == 0.0  # a threshold between 30 and 40 rejects no keyword and accepts no other clip
+    only_negatives = binary_kws_metrics(torch.randn(5, 2), torch.zeros(5, dtype=torch.long), ["other", "kw"])
+    assert only_negatives["fa_fr_auc"] is None and only_negatives["frr_at_far"] is None

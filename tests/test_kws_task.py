@@ -117,3 +117,21 @@ def test_kws_run_reports_streaming_memory_and_compressed_students(clips, tmp_pat
     assert any("gru" in q.lower() for q in dyn["quantized"]) and dyn["left_in_float"]
     md = (run / "report.md").read_text()
     assert "streaming: real-time factor" in md and "model memory b1" in md
+
+
+def test_audio_settings_belong_to_keyword_spotting_only(tmp_path):
+    from leankd.errors import RecipeError
+    from leankd.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"teacher": {"model": "crnn"}, "student": {"model": "crnn_small"},
+                                    "data": {"task": "keyword_spotting"}}))
+    assert load_recipe(path).data.audio == AudioConfig()  # resolved, so left-out and written-out fingerprint alike
+    path.write_text(yaml.safe_dump({"teacher": {"model": "resnet8"}, "student": {"model": "resnet8"},
+                                    "data": {"audio": {"n_mels": 20}}}))
+    with pytest.raises(RecipeError, match="keyword_spotting"):
+        load_recipe(path)
+    path.write_text(yaml.safe_dump({"teacher": {"model": "crnn"}, "student": {"model": "crnn_small"},
+                                    "data": {"task": "keyword_spotting", "audio": {"win_length": 800}}}))
+    with pytest.raises(RecipeError, match="win_length"):
+        load_recipe(path)

@@ -411,9 +411,10 @@ class Pipeline:
             try:
                 art = build_artifact(target, student, task, out_dir, self.recipe.compress.calibration_batches,
                                      finetune=finetune if target in TRAINING_TARGETS else None)
-            except LeanKDError as e:
-                self.log(f"[bold red]compress: {target} failed:[/] {e}")
-                self.failed_targets[target] = str(e)
+            except Exception as e:  # noqa: BLE001 - a failing artifact (even a torch/ORT error) never loses the run
+                why = str(e) if isinstance(e, LeanKDError) else f"{type(e).__name__}: {e}"
+                self.log(f"[bold red]compress: {target} failed:[/] {why}")
+                self.failed_targets[target] = why
                 continue
             info = {"target": target, "base_role": "student", "format": art.format,
                     "path": str(art.path.relative_to(self.run_dir)), "quantized": art.quantized,

@@ -72,6 +72,16 @@ class DataConfig(Strict):
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N (stratified) train images")
     audio: Optional[AudioConfig] = Field(None, description="keyword spotting settings (defaults when unset)")
 
+    @model_validator(mode="after")
+    def _audio_defaults(self) -> "DataConfig":
+        """A keyword-spotting recipe always carries its resolved audio settings (so `audio:` left out and written
+        out with the defaults fingerprint the same); other tasks must not carry one."""
+        if self.task == "keyword_spotting" and self.audio is None:
+            object.__setattr__(self, "audio", AudioConfig())
+        elif self.task != "keyword_spotting" and self.audio is not None:
+            raise ValueError(f"data.audio is for data.task: keyword_spotting, not {self.task!r}: remove it")
+        return self
+
 
 class TrainConfig(Strict):
     epochs: int = Field(30, ge=1)

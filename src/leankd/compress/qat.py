@@ -49,12 +49,14 @@ class ActivationFakeQuant(nn.Module):
     """u8 per-tensor fake quantization of a module's input with a moving-average min/max observer.
 
     The range is updated only in training mode (never from evaluation data); `quantize=False` makes it an observer
-    only (calibration). The first observed batch sets the range; later ones move it by `averaging`."""
+    only. While `calibrating`, the range is the running min/max over all batches (what ORT's MinMax calibration
+    computes); during training, each batch moves it by `averaging`."""
 
     def __init__(self, averaging: float = 0.01):
         super().__init__()
         self.averaging = averaging
         self.quantize = False
+        self.calibrating = False
         self.register_buffer("min_val", torch.tensor(0.0))
         self.register_buffer("max_val", torch.tensor(0.0))
         self.register_buffer("initialized", torch.tensor(False))
@@ -62,6 +64,12 @@ class ActivationFakeQuant(nn.Module):
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
         lo, hi = x.min().float(), x.max().float()
+        if self.calibrating:
+            first = ~self.initialized
+            self.min_val.copy_(torch.where(first, lo, torch.minimum(self.min_val, lo)))
+            self.max_val.copy_(torch.where(first, hi, torch.maximum(self.max_val, hi)))
+            self.initialized.fill_(True)
+            return
         a = torch.where(self.initialized, torch.tensor(self.averaging, device=x.device), torch.tensor(1.0, device=x.device))
         self.min_val.lerp_(lo, a)
         self.max_val.lerp_(hi, a)
@@ -130,15 +138,19 @@ class QATModel:
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[Any], forward: Callable[[nn.Module, Any], Any]) -> int:
-        """Set the activation ranges from a few batches with only the observers in training mode (dropout and any
-        unfolded BatchNorm stay in eval), so quantization starts from calibrated ranges, as ORT's would."""
+        """Set the activation ranges to the min/max over a few batches (ORT's MinMax calibration), with only the
+        observers in training mode (dropout and any unfolded BatchNorm stay in eval). Training then moves the ranges
+        by a moving average; ORT recalibrates the exported model on the same batches."""
         self.model.eval()
         for fq in self.fake_quants():
             fq.train()
+            fq.calibrating = True
         n = 0
         for inputs in batches:
             forward(self.model, inputs)
             n += 1
+        for fq in self.fake_quants():
+            fq.calibrating = False
         self.model.eval()
         return n
 

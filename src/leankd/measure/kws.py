@@ -49,15 +49,23 @@ def frr_at_far(scores: Tensor, targets: Tensor, far: float = FAR_TARGET) -> floa
 
 def binary_kws_metrics(logits: Tensor, targets: Tensor, class_names: list[str], far: float = FAR_TARGET) -> dict:
     """`classification_metrics` plus `fa_fr_auc`, `frr_at_far` (the false-rejection rate at false-alarm rate `far`)
-    and `far_target` (= `far`), from logits [N, 2] whose column 1 is the keyword. Scores are softmax probabilities
-    computed in fp32 on CPU. (Key names match `report.schema.Quality`, which rejects unknown keys.)"""
+    and `far_target` (= `far`), from logits [N, 2] whose column 1 is the keyword. The score is the logit margin
+    (keyword - other), computed in fp32 on CPU: it ranks clips exactly like the softmax probability but never
+    saturates (fp32 softmax rounds every margin above ~17 to 1.0, tying confident false alarms with true keywords).
+    With only one class present (a tiny split) the FA/FR values are None, not an error.
+    (Key names match `report.schema.Quality`, which rejects unknown keys.)"""
     if logits.dim() != 2 or logits.shape[1] != 2:
         raise ValueError(f"binary keyword spotting needs logits of shape [N, 2], got {tuple(logits.shape)}")
     metrics = classification_metrics(logits, targets, class_names)
-    scores = torch.softmax(logits.detach().to("cpu", torch.float32), dim=1)[:, 1]
+    logits = logits.detach().to("cpu", torch.float32)
+    scores = logits[:, 1] - logits[:, 0]
     targets = targets.detach().to("cpu")
-    metrics.update(fa_fr_auc=fa_fr_auc(scores, targets), frr_at_far=frr_at_far(scores, targets, far),
-                   far_target=float(far))
+    n_pos = int((targets == 1).sum())
+    if 0 < n_pos < targets.numel():
+        metrics.update(fa_fr_auc=fa_fr_auc(scores, targets), frr_at_far=frr_at_far(scores, targets, far))
+    else:
+        metrics.update(fa_fr_auc=None, frr_at_far=None)
+    metrics["far_target"] = float(far)
     return metrics
 
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from leankd.errors import ModelError
 from leankd.models._init import init_weights
@@ -80,7 +81,7 @@ class DSCNN(nn.Module):
         init_weights(self)
 
     def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
-        if feats.dim() != 3 or feats.shape[1] != self.n_mels:
+        if not is_fx_symbolic_tracing() and (feats.dim() != 3 or feats.shape[1] != self.n_mels):  # fx: see crnn.py
             raise ValueError(f"DS-CNN expects log-mel features [B, n_mels, T] (n_mels={self.n_mels}), "
                              f"got shape {tuple(feats.shape)}")
         return self.blocks(self.stem(feats.unsqueeze(1)))

@@ -16,6 +16,7 @@ from ..data.audio import kws_targets, load_clips, speaker_split
 from ..data.audio_augment import WaveAugment
 from ..data.melspec import LogMel
 from ..errors import DataError
+from ..measure.devices import cpu_fp32_copy
 from ..recipe import AudioConfig, DataConfig
 from .base import Task, TensorTask
 
@@ -53,19 +54,12 @@ class KeywordSpottingTask(TensorTask):
         """Streaming inference on the CPU: latency per 100 ms chunk and the real-time factor."""
         from ..models.streaming import StreamingKWS, chunk_latency
 
-        cpu_model = _cpu_copy(model)
-        clip_frames = self.features.num_frames(int(self.audio.sample_rate * self.audio.clip_seconds))
+        clip_frames = self.features.num_frames(int(round(self.audio.sample_rate * self.audio.clip_seconds)))
         # pooling over the last clip's worth of frames: a steady state, as a deployed spotter runs
-        streamer = StreamingKWS(_cpu_copy(self.features), cpu_model, window_frames=clip_frames)
+        streamer = StreamingKWS(cpu_fp32_copy(self.features), cpu_fp32_copy(model).eval(), window_frames=clip_frames)
         chunk = int(self.audio.sample_rate * STREAM_CHUNK_MS / 1000)
         lat = chunk_latency(streamer, chunk)
         return {"streaming": {"chunk_ms": STREAM_CHUNK_MS, "mode": getattr(streamer, "mode", None), **lat}}
-
-
-def _cpu_copy(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module).cpu().float().eval()
 
 
 def build_kws_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool = False) -> Task:
@@ -73,25 +67,42 @@ def build_kws_task(cfg: DataConfig, device: torch.device, seed: int, channels_la
     clip_samples = int(round(audio.sample_rate * audio.clip_seconds))
     clips = load_clips(cfg.source, sample_rate=audio.sample_rate, clip_samples=clip_samples, cache_dir=cfg.cache_dir)
     targets, class_names = kws_targets(clips.labels, clips.files, keyword=audio.keyword)
-    # full Speech Commands releases carry validation_list.txt / testing_list.txt: those files go where they say
-    idx = speaker_split(clips.files, clips.labels, val_fraction=cfg.val_fraction, test_fraction=audio.test_fraction,
-                        seed=seed, split_lists=clips.split_lists or None)
+    # full Speech Commands releases carry validation_list.txt / testing_list.txt: then those lists ARE the val/test
+    # splits (the official protocol) and every other clip trains
     notes = []
+    lists = clips.split_lists or None
+    val_fraction = 0.0 if lists and lists.get("val") else cfg.val_fraction
+    test_fraction = 0.0 if lists and lists.get("test") else audio.test_fraction
+    if lists:
+        notes.append("val/test splits from the source's validation_list.txt / testing_list.txt (official protocol)")
+    idx = speaker_split(clips.files, clips.labels, val_fraction=val_fraction, test_fraction=test_fraction,
+                        seed=seed, split_lists=lists)
     train_idx = idx["train"]
     if cfg.limit_train is not None and cfg.limit_train < len(train_idx):
         g = torch.Generator().manual_seed(seed)
         train_idx = train_idx[torch.randperm(len(train_idx), generator=g)[:cfg.limit_train]].sort().values
         notes.append(f"train split limited to {len(train_idx)} clips (data.limit_train)")
-    if cfg.eval_split == "test" and len(idx["test"]) == 0:
-        raise DataError("data.audio.test_fraction is 0, so there is no test split: set it above 0, or "
-                        "data.eval_split: val")
+    if len(idx[cfg.eval_split]) == 0:
+        raise DataError(f"data.eval_split is {cfg.eval_split!r} but that split is empty (data.val_fraction / "
+                        "data.audio.test_fraction is 0): give it a fraction above 0 or evaluate on the other split")
+    if audio.keyword is not None:  # a binary task needs keyword clips in every split it scores
+        counts = {name: int((targets[i] == 1).sum()) for name, i in idx.items() if len(i)}
+        if counts.get(cfg.eval_split, 0) == 0:
+            raise DataError(f"keyword {audio.keyword!r} has no clips in the {cfg.eval_split} split ({counts}): "
+                            "use a more frequent keyword, another seed, or larger val/test fractions")
+        if min(counts.values()) < 20:
+            notes.append(f"few keyword clips per split {counts}: FA/FR figures on so few positives are coarse")
     splits = {"train": (clips.waveforms[train_idx], targets[train_idx])}
     for name in ("val", "test"):
         if len(idx[name]):
             splits[name] = (clips.waveforms[idx[name]], targets[idx[name]])
 
+    noise_bank = _noise_bank(clips, train_idx)
+    if noise_bank is None and audio.noise_prob > 0:
+        notes.append("no background noise (_background_noise_ folder or _silence_ training clips): noise "
+                     "augmentation is off")
     augment = WaveAugment(shift_samples=int(audio.sample_rate * audio.time_shift_ms / 1000),
-                          noise_bank=_noise_bank(clips, train_idx), noise_prob=audio.noise_prob,
+                          noise_bank=noise_bank, noise_prob=audio.noise_prob,
                           snr_db=tuple(audio.noise_snr_db))
     features = LogMel(sample_rate=audio.sample_rate, n_fft=audio.n_fft, win_length=audio.win_length,
                       hop_length=audio.hop_length, n_mels=audio.n_mels)
@@ -101,7 +112,7 @@ def build_kws_task(cfg: DataConfig, device: torch.device, seed: int, channels_la
             "augmentation": augment.describe(), "split": "speaker-disjoint",
             **({"keyword": audio.keyword} if audio.keyword else {})}
     task = KeywordSpottingTask(splits, class_names, features, augment, audio, device, info, audio.keyword)
-    task.eval_split = cfg.eval_split if cfg.eval_split in splits else "val"
+    task.eval_split = cfg.eval_split
     task.notes = notes + [
         "MACs and latency are for the model on log-mel features; the feature extraction (STFT + mel filterbank) is the "
         "same for every model and not included. The streaming rows include it."]
