@@ -269,18 +269,22 @@ class Pipeline:
             stages["baseline"] = self.stage("baseline", copy.deepcopy(student_init), task, student_cfg,
                                             CE(student_cfg.label_smoothing), extra_fp=data_fp, model_cfg=r.student)
         kd_loss = build_loss(r.distill, student_cfg.label_smoothing)
-        teacher_device = torch.device("cpu") if r.teacher.device == "cpu" else task.device
         teacher.model.to("cpu")  # only the distilling copy below stays resident on the training device (if any)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        live = LiveTeacher(copy.deepcopy(teacher.model), task, r.teacher.precision,
-                           channels_last=student_cfg.channels_last, device=teacher_device)
+        live = self.live_teacher(teacher.model, task, channels_last=student_cfg.channels_last)
         stages["student"] = self.stage("student", copy.deepcopy(student_init), task, student_cfg, kd_loss,
                                        teacher=live, model_cfg=r.student,
                                        extra_fp={**data_fp, "teacher": self._stage_fp("teacher"),
                                                  "teacher_precision": r.teacher.precision})
         del live
         return self.report(task, stages)
+
+    def live_teacher(self, model: nn.Module, task: Task, channels_last: bool) -> LiveTeacher:
+        """A frozen copy of the teacher that distils: on the CPU with `teacher.device: cpu` (memory-aware mode)."""
+        device = torch.device("cpu") if self.recipe.teacher.device == "cpu" else task.device
+        return LiveTeacher(copy.deepcopy(model), task, self.recipe.teacher.precision, channels_last=channels_last,
+                           device=device)
 
     # ---------------------------------------------------------------------------------------------------
     def _stage_fp(self, stage: str) -> Optional[str]:
@@ -392,8 +396,7 @@ class Pipeline:
         loss = build_loss(r.distill, student_cfg.label_smoothing)
         live = None
         if loss.needs_teacher:
-            device = torch.device("cpu") if r.teacher.device == "cpu" else task.device
-            live = LiveTeacher(copy.deepcopy(teacher), task, r.teacher.precision, channels_last=False, device=device)
+            live = self.live_teacher(teacher, task, channels_last=False)
         return Finetune(cfg, loss, live, r.seed, progress=lambda name: RichProgress(name, self.console, quiet=self.quiet))
 
     def compress(self, task: Task, student: nn.Module, teacher: Optional[nn.Module] = None) -> dict[str, tuple]:
