@@ -63,16 +63,31 @@ def run(recipe: Union[str, Path, dict, Recipe], *, run_dir: Optional[Union[str, 
         resume: bool = False, quiet: bool = False, console: Optional[Console] = None,
         stop_after_epoch: Optional[int] = None) -> RunResult:
     """Run a recipe (path, dict or `Recipe`): teacher -> baseline -> KD student -> measure -> report."""
-    if isinstance(recipe, (str, Path)):
-        recipe = load_recipe(recipe)
-    elif isinstance(recipe, dict):
-        recipe = parse_recipe(recipe)
-    elif not isinstance(recipe, Recipe):
-        raise RecipeError(f"run() takes a recipe path, dict or Recipe, got {type(recipe).__name__}")
+    recipe = _as_recipe(recipe)
     run_dir = Path(run_dir) if run_dir else Path(recipe.output_dir) / recipe.name
     pipeline = Pipeline(recipe, run_dir, force=force, resume=resume, quiet=quiet, console=console,
                         stop_after_epoch=stop_after_epoch)
     return RunResult(Report(pipeline.run()), run_dir)
+
+
+def layers(recipe: Union[str, Path, dict, Recipe], *, run_dir: Optional[Union[str, Path]] = None,
+           top_k: Optional[int] = None, student_layers: Optional[list[str]] = None,
+           teacher_layers: Optional[list[str]] = None):
+    """Which teacher layers matter and which student layers match them (linear CKA on a few batches): returns
+    (`kd.layers.LayerAnalysis`, notes) and writes `layers.json` into the run directory."""
+    recipe = _as_recipe(recipe)
+    run_dir = Path(run_dir) if run_dir else Path(recipe.output_dir) / recipe.name
+    return Pipeline(recipe, run_dir, quiet=True).layer_analysis(top_k, student_layers, teacher_layers)
+
+
+def _as_recipe(recipe: Union[str, Path, dict, Recipe]) -> Recipe:
+    if isinstance(recipe, (str, Path)):
+        return load_recipe(recipe)
+    if isinstance(recipe, dict):
+        return parse_recipe(recipe)
+    if not isinstance(recipe, Recipe):
+        raise RecipeError(f"expected a recipe path, dict or Recipe, got {type(recipe).__name__}")
+    return recipe
 
 
 # ---------------------------------------------------------------------------------------------------- distill

@@ -115,6 +115,31 @@ def export(
 
 @app.command()
 @friendly_errors
+def layers(
+    recipe: Path = typer.Argument(..., help="recipe YAML"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where trained teacher/baseline weights are "
+                                                                    "(default: <output_dir>/<name>)"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="propose only the k best pairs"),
+    student_layers: List[str] = typer.Option([], "--student", help="module-name patterns, e.g. 'layer*'"),
+    teacher_layers: List[str] = typer.Option([], "--teacher", help="module-name patterns, e.g. 'layer*.?'"),
+    overrides: List[str] = typer.Option([], "--set", help="override a recipe value"),
+):
+    """Rank the teacher's layers and propose a student->teacher layer matching (linear CKA on a few batches),
+    the analysis behind `distill.features: [{kind: hint, pairs: auto, top_k: N}]`."""
+    from .api import layers as analyze
+    from .recipe import load_recipe
+    from .report.layers import render_layers
+
+    analysis, notes = analyze(load_recipe(recipe, overrides), run_dir=run_dir, top_k=top_k,
+                              student_layers=student_layers or None, teacher_layers=teacher_layers or None)
+    for note in notes:
+        console.print(note, highlight=False, soft_wrap=True)
+    for table in render_layers(analysis):
+        console.print(table)
+
+
+@app.command()
+@friendly_errors
 def validate(recipe: Path = typer.Argument(..., help="recipe YAML"),
              overrides: List[str] = typer.Option([], "--set", help="override a recipe value: --set train.epochs=5")):
     """Check a recipe without running it and print its resolved form (every default filled in)."""

@@ -39,9 +39,11 @@ from .report.schema import DEFAULT_LABELS
 from .tasks.base import Task
 from .train.checkpoint import read_state, save_weights
 from .train.loop import FitResult, evaluate, fit
+from .train.step_cost import feature_costs
 from .train.progress import RichProgress
 
 FINGERPRINT_VERSION = 1
+LOGIT_KD_ROLE = "logit_kd"  # the logit-only KD control trained beside a student with feature losses
 REPORT_PLOTS = ("curves.png", "quality_vs_macs.png", "quality_vs_latency.png")
 
 
@@ -60,7 +62,24 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_loss(cfg: DistillConfig, label_smoothing: float = 0.0) -> Loss:
+def build_loss(cfg: DistillConfig, label_smoothing: float = 0.0,
+               feature_pairs: Optional[list[list[tuple[str, str]]]] = None) -> Loss:
+    """The recipe's logit loss plus its feature (layer) terms. `feature_pairs` gives the resolved pairs of each
+    `distill.features` term (needed for `pairs: auto`); None = logits only (the logit-KD control)."""
+    total = _logit_loss(cfg, label_smoothing)
+    for term in feature_terms(cfg, feature_pairs or []):
+        total = total + term
+    return total
+
+
+def feature_terms(cfg: DistillConfig, feature_pairs: list[list[tuple[str, str]]]) -> list[Loss]:
+    """`weight * kind(pairs)` for each `distill.features` term, with its resolved pairs."""
+    from .kd.features import FEATURE_LOSSES
+
+    return [term.weight * FEATURE_LOSSES[term.kind](pairs) for term, pairs in zip(cfg.features, feature_pairs)]
+
+
+def _logit_loss(cfg: DistillConfig, label_smoothing: float) -> Loss:
     if cfg.loss is None:
         return mix(cfg.alpha, cfg.temperature, label_smoothing)
     total = None
@@ -217,6 +236,7 @@ class StageResult:
     origin: str
     training: Optional[dict]  # None when the weights were loaded, not trained here
     reused: bool
+    feature_costs: Optional[list[dict]] = None  # per feature loss: ms/step and MB (train.step_cost)
 
 
 class Pipeline:
@@ -231,6 +251,7 @@ class Pipeline:
         self.stop_after_epoch = stop_after_epoch
         self.device = resolve_device(recipe.device)
         self.failed_targets: dict[str, str] = {}
+        self.feature_pairs: Optional[list] = None
 
     def log(self, msg: str) -> None:
         self.console.print(msg, highlight=False, soft_wrap=True)
@@ -268,23 +289,102 @@ class Pipeline:
         if r.baseline:
             stages["baseline"] = self.stage("baseline", copy.deepcopy(student_init), task, student_cfg,
                                             CE(student_cfg.label_smoothing), extra_fp=data_fp, model_cfg=r.student)
-        kd_loss = build_loss(r.distill, student_cfg.label_smoothing)
+        reference = stages["baseline"].model if "baseline" in stages else student_init
+        self.feature_pairs = self.resolve_feature_pairs(task, teacher.model, reference)
+        kd_loss = build_loss(r.distill, student_cfg.label_smoothing, self.feature_pairs)
         teacher.model.to("cpu")  # only the distilling copy below stays resident on the training device (if any)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        kd_fp = {**data_fp, "teacher": self._stage_fp("teacher"), "teacher_precision": r.teacher.precision}
+        if r.distill.features and r.distill.feature_control:  # what the feature losses buy, at the same budget
+            live = self.live_teacher(teacher.model, task, channels_last=student_cfg.channels_last)
+            stages[LOGIT_KD_ROLE] = self.stage(LOGIT_KD_ROLE, copy.deepcopy(student_init), task, student_cfg,
+                                               build_loss(r.distill, student_cfg.label_smoothing), teacher=live,
+                                               model_cfg=r.student, extra_fp=kd_fp)
+            del live
         live = self.live_teacher(teacher.model, task, channels_last=student_cfg.channels_last)
         stages["student"] = self.stage("student", copy.deepcopy(student_init), task, student_cfg, kd_loss,
-                                       teacher=live, model_cfg=r.student,
-                                       extra_fp={**data_fp, "teacher": self._stage_fp("teacher"),
-                                                 "teacher_precision": r.teacher.precision})
+                                       teacher=live, model_cfg=r.student, extra_fp=kd_fp)
+        if self.feature_pairs:
+            self.log("measuring what each feature loss costs per step ...")
+            stages["student"].feature_costs = feature_costs(
+                student_init, build_loss(r.distill, student_cfg.label_smoothing),
+                feature_terms(r.distill, self.feature_pairs), task, live, student_cfg.batch_size,
+                student_cfg.precision, seed=r.seed)
         del live
         return self.report(task, stages)
+
+    def resolve_feature_pairs(self, task: Task, teacher: nn.Module, student: nn.Module
+                              ) -> Optional[list[list[tuple[str, str]]]]:
+        """The (student, teacher) module pairs of every `distill.features` term; `pairs: auto` terms are chosen by
+        CKA on a few training batches, with the trained baseline standing in for the student (same architecture,
+        trained, so its layers mean something) and the analysis saved as `layers.json`."""
+        from .kd.layer_choice import analyze_layers, auto_pairs, pick_candidates
+        from .kd.taps import resolve_module
+
+        r = self.recipe
+        if not r.distill.features:
+            return None
+        resolved = []
+        for i, term in enumerate(r.distill.features):
+            if term.pairs != "auto":
+                for s_name, t_name in term.pairs:  # a wrong name fails now, not after the teacher has trained
+                    resolve_module(student, s_name, "student")
+                    resolve_module(teacher, t_name, "teacher")
+                resolved.append([tuple(p) for p in term.pairs])
+                continue
+            analysis = analyze_layers(
+                student, teacher, task, top_k=term.top_k, batches=r.distill.analysis_batches,
+                batch_size=min(128, r.stage_train("student").batch_size),
+                student_layers=pick_candidates(student, term.candidates.student, "student"),
+                teacher_layers=pick_candidates(teacher, term.candidates.teacher, "teacher"))
+            pairs = auto_pairs(analysis)
+            write_json_atomic(self.run_dir / f"layers-{i}.json", analysis.as_dict())
+            self.log(f"distill.features[{i}] ({term.kind}): pairs chosen by CKA: "
+                     + ", ".join(f"{s}->{t}" for s, t in pairs) + f" (analysis: layers-{i}.json)")
+            resolved.append(pairs)
+        return resolved
 
     def live_teacher(self, model: nn.Module, task: Task, channels_last: bool) -> LiveTeacher:
         """A frozen copy of the teacher that distils: on the CPU with `teacher.device: cpu` (memory-aware mode)."""
         device = torch.device("cpu") if self.recipe.teacher.device == "cpu" else task.device
         return LiveTeacher(copy.deepcopy(model), task, self.recipe.teacher.precision, channels_last=channels_last,
                            device=device)
+
+    def layer_analysis(self, top_k: Optional[int] = None, student_patterns: Optional[list[str]] = None,
+                       teacher_patterns: Optional[list[str]] = None):
+        """`leankd layers`: the CKA analysis on the run's trained teacher and baseline when they exist (else the
+        recipe's checkpoint or a fresh init, said in the returned notes); patterns default to the first
+        `pairs: auto` term's candidates. Writes `layers.json` into the run directory."""
+        from .kd.layer_choice import analyze_layers, pick_candidates
+
+        r = self.recipe
+        task = self.build_task()
+        teacher = build_model(r.teacher, task.num_classes, "teacher", task.model_defaults())
+        torch.manual_seed(r.seed)
+        student = build_model(r.student, task.num_classes, "student", task.model_defaults())
+        notes = []
+        for role, model, stage in (("teacher", teacher, "teacher"), ("student", student, "baseline")):
+            weights = self.run_dir / stage / "model.safetensors"
+            if weights.exists():
+                load_weights(model, weights)
+                notes.append(f"{role}: trained weights from {weights}")
+            elif role == "teacher" and r.teacher.checkpoint:
+                notes.append(f"teacher: weights from {r.teacher.checkpoint}")
+            else:
+                notes.append(f"{role}: no trained weights in {self.run_dir / stage} - randomly initialized, so the "
+                             f"table describes architectures, not learned features (run the recipe first)")
+        auto = next((t for t in r.distill.features if t.pairs == "auto"), None)
+        student_patterns = student_patterns or (auto.candidates.student if auto else None)
+        teacher_patterns = teacher_patterns or (auto.candidates.teacher if auto else None)
+        analysis = analyze_layers(student.to(task.device), teacher.to(task.device), task, top_k=top_k,
+                                  batches=r.distill.analysis_batches,
+                                  batch_size=min(128, r.stage_train("student").batch_size),
+                                  student_layers=pick_candidates(student, student_patterns, "student"),
+                                  teacher_layers=pick_candidates(teacher, teacher_patterns, "teacher"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.run_dir / "layers.json", {**analysis.as_dict(), "notes": notes})
+        return analysis, notes
 
     # ---------------------------------------------------------------------------------------------------
     def _stage_fp(self, stage: str) -> Optional[str]:
@@ -361,7 +461,9 @@ class Pipeline:
         for role, st in stages.items():
             cfg = r.teacher if role == "teacher" else r.student
             history = self.run_dir / role / "metrics.jsonl"
-            models[role] = model_entry(role, cfg.model, st.origin, measured[role], st.training,
+            training = dict(st.training, feature_costs=st.feature_costs) if st.training and st.feature_costs \
+                else st.training
+            models[role] = model_entry(role, cfg.model, st.origin, measured[role], training,
                                        f"{role}/metrics.jsonl" if history.exists() else None)
         for role, (_, info) in built.items():
             drop = 100 * (measured["student"]["quality"]["accuracy"] - measured[role]["quality"]["accuracy"])
@@ -379,7 +481,7 @@ class Pipeline:
             models[role]["artifact"] = info
         notes = [f"compression target {t} failed: {why}" for t, why in self.failed_targets.items()]
         report = finish_report(r.name, self.run_dir, r.seed, task, models, self.device,
-                               extra_notes=notes + qat_notes(models))
+                               extra_notes=notes + qat_notes(models) + feature_notes(models))
         return report
 
     def finetune_setup(self, task: Task, teacher: nn.Module):
@@ -393,6 +495,7 @@ class Pipeline:
         cfg = student_cfg.model_copy(update=dict(
             epochs=qat.epochs, lr=qat.lr or student_cfg.lr * 0.02, schedule="cosine", warmup_epochs=0.0,
             precision="fp32", compile=False, channels_last=False))
+        # logits only: QAT folds BatchNorm and renames modules, so layer taps would not find their modules
         loss = build_loss(r.distill, student_cfg.label_smoothing)
         live = None
         if loss.needs_teacher:
@@ -455,6 +558,23 @@ def qat_notes(models: dict) -> list[str]:
             parts.append(f"{diff:+.2f} points vs {what} at {100 * acc[role]:.2f}%")
     return ["Quantization-aware distillation: " + "; ".join(parts) + ". Differences under about one point are within "
             "seed-to-seed variation on small evaluation sets."]
+
+
+def feature_notes(models: dict) -> list[str]:
+    """What the feature (layer) losses bought over the logit-only KD control, and what they cost, measured."""
+    student, control = models.get("student"), models.get(LOGIT_KD_ROLE)
+    if not student or not control:
+        return []
+    acc_s, acc_c = student["quality"]["accuracy"], control["quality"]["accuracy"]
+    parts = [f"Layer distillation: {100 * acc_s:.2f}% vs {100 * acc_c:.2f}% for logit-only KD at the same budget "
+             f"({100 * (acc_s - acc_c):+.2f} points, one seed)"]
+    ts, tc = student.get("training") or {}, control.get("training") or {}
+    if ts.get("samples_per_s") and tc.get("samples_per_s"):
+        parts.append(f"training throughput {ts['samples_per_s']:.0f} vs {tc['samples_per_s']:.0f} samples/s "
+                     f"({tc['samples_per_s'] / ts['samples_per_s']:.2f}x the time per step)")
+    if ts.get("peak_memory_mb") and tc.get("peak_memory_mb"):
+        parts.append(f"peak training memory {ts['peak_memory_mb']:.0f} vs {tc['peak_memory_mb']:.0f} MB")
+    return ["; ".join(parts) + ". Per-term step costs are in the layer-distillation table."]
 
 
 def report_notes(models: dict, seed: int) -> list[str]:

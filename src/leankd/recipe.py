@@ -151,12 +151,51 @@ class LossTerm(Strict):
         return self
 
 
+FeatureKind = Literal["hint", "at", "sp", "hidden_mse", "attention_mse"]
+
+
+class LayerCandidates(Strict):
+    """Module-name patterns (fnmatch, e.g. `layer*.?`) the automatic layer choice may pick from; default: the
+    blocks of each network (children of its Sequential/ModuleList containers)."""
+
+    student: Optional[list[str]] = None
+    teacher: Optional[list[str]] = None
+
+
+class FeatureTerm(Strict):
+    """One intermediate-layer loss, added to the logit loss: `weight * kind(pairs)`.
+
+    `pairs` lists (student module, teacher module) paths as `named_modules()` spells them, or `auto`: the pipeline
+    measures linear CKA between candidate layers on a few batches and distills the `top_k` best pairs of a
+    monotonic student->teacher matching (`leankd layers RECIPE` shows the table)."""
+
+    kind: FeatureKind
+    weight: float = Field(1.0, gt=0, description="at: the paper's beta = 1000 is the usual weight")
+    pairs: list[tuple[str, str]] | Literal["auto"]
+    top_k: Optional[int] = Field(None, ge=1, description="with pairs: auto, distill only the k best pairs")
+    candidates: LayerCandidates = LayerCandidates()
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "FeatureTerm":
+        if self.pairs != "auto":
+            if not self.pairs:
+                raise ValueError("'pairs' is empty: list [student_module, teacher_module] pairs, or write 'auto'")
+            if self.top_k is not None:
+                raise ValueError("'top_k' applies to pairs: auto (explicit pairs are all distilled)")
+        return self
+
+
 class DistillConfig(Strict):
-    """Either the classic α-mix (alpha, temperature) or an explicit list of weighted loss terms."""
+    """Either the classic α-mix (alpha, temperature) or an explicit list of weighted loss terms; optional
+    intermediate-layer (feature) losses on top."""
 
     alpha: float = Field(0.9, ge=0, le=1, description="weight of KD; 1 - alpha goes to cross-entropy")
     temperature: float = Field(4.0, gt=0)
     loss: Optional[list[LossTerm]] = Field(None, description="explicit terms; overrides alpha/temperature")
+    features: list[FeatureTerm] = Field(default_factory=list, description="layer distillation terms (hint, at, ...)")
+    analysis_batches: int = Field(4, ge=1, description="batches (of batch_size) for the CKA analysis of pairs: auto")
+    feature_control: bool = Field(True, description="with features: also train a logit-only KD student (same "
+                                                    "budget), so the report shows what the feature losses bought")
 
     @model_validator(mode="after")
     def _needs_teacher(self) -> "DistillConfig":

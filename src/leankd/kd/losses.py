@@ -30,9 +30,25 @@ class LossInputs:
 
 
 class Loss(nn.Module):
-    """Base class. Subclasses implement `compute(inputs) -> Tensor` and set `needs_teacher`."""
+    """Base class. Subclasses implement `compute(inputs) -> Tensor` and set `needs_teacher`.
+
+    A feature loss (layer distillation) also names the modules it reads (`student_taps` / `teacher_taps`,
+    module paths as `named_modules()` spells them); the training loop hooks them and fills
+    `LossInputs.student_features` / `teacher_features` with their raw outputs. Losses with trainable parts
+    (FitNets adapters) create them in `build`, which the loop calls once with the features of a probe batch
+    before the optimizer exists; those parameters train with the student and are never part of it (dropped at
+    export by construction)."""
 
     needs_teacher: bool = False
+
+    def student_taps(self) -> list[str]:
+        return []
+
+    def teacher_taps(self) -> list[str]:
+        return []
+
+    def build(self, student_features: dict, teacher_features: dict) -> None:
+        """Create shape-dependent trainable parts from one batch of features (default: nothing to build)."""
 
     def compute(self, inputs: LossInputs) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -80,6 +96,16 @@ class WeightedSum(Loss):
     @property
     def needs_teacher(self) -> bool:  # type: ignore[override]
         return any(loss.needs_teacher for loss in self.losses)
+
+    def student_taps(self) -> list[str]:
+        return list(dict.fromkeys(n for loss in self.losses for n in loss.student_taps()))
+
+    def teacher_taps(self) -> list[str]:
+        return list(dict.fromkeys(n for loss in self.losses for n in loss.teacher_taps()))
+
+    def build(self, student_features: dict, teacher_features: dict) -> None:
+        for loss in self.losses:
+            loss.build(student_features, teacher_features)
 
     def terms(self, inputs: LossInputs) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}

@@ -37,6 +37,7 @@ class LiveTeacher:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.task = task
+        self.taps = None
 
     def _cast(self, x):
         if isinstance(x, Tensor):
@@ -50,3 +51,26 @@ class LiveTeacher:
     def __call__(self, batch: Batch) -> Tensor:
         self.model.eval()  # guard against anyone having flipped it back to train mode
         return self.task.forward(self.model, self._cast(batch.inputs)).float().to(self.task.device)
+
+    def tap(self, names: list[str]) -> None:
+        """Hook these teacher modules so `outputs` also returns their (detached) outputs (layer distillation)."""
+        from .taps import FeatureTaps
+
+        if self.taps is not None:
+            self.taps.close()
+        self.taps = FeatureTaps(self.model, names, detach=True, who="teacher") if names else None
+
+    def outputs(self, batch: Batch) -> tuple[Tensor, dict]:
+        """Logits and the tapped features of one batch, on the student's device (kept in the teacher's dtype)."""
+        logits = self(batch)
+        if self.taps is None:
+            return logits, {}
+        return logits, {name: _to(out, self.task.device) for name, out in self.taps.take().items()}
+
+
+def _to(x, device: torch.device):
+    if isinstance(x, Tensor):
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(v, device) for v in x)
+    return x

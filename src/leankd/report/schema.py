@@ -27,7 +27,8 @@ TEACHER_ROLE = "teacher"
 BASELINE_ROLE = "baseline"
 STUDENT_ROLE = "student"
 
-DEFAULT_LABELS = {TEACHER_ROLE: "Teacher", BASELINE_ROLE: "Baseline student", STUDENT_ROLE: "KD student"}
+DEFAULT_LABELS = {TEACHER_ROLE: "Teacher", BASELINE_ROLE: "Baseline student", STUDENT_ROLE: "KD student",
+                  "logit_kd": "KD student, logits only"}
 
 _BATCH_KEY = re.compile(r"^batch_(\d+)$")
 _LATENCY_RATIO_KEY = re.compile(r"^latency_(cpu|cuda)_x_faster_batch_(\d+)$")
@@ -144,6 +145,17 @@ class Memory(_Strict):
     model_memory_mb: Optional[float] = None  # parameters + peak activations for one input (tensor bytes)
 
 
+class FeatureCost(_Strict):
+    """One step (forward, teacher, loss, backward) with the logit loss alone or plus one feature term."""
+
+    loss: str
+    ms_per_step: Optional[float] = None
+    extra_ms_per_step: Optional[float] = None
+    peak_mb: Optional[float] = None
+    extra_mb: Optional[float] = None
+    memory_kind: Optional[str] = None
+
+
 class Training(_Strict):
     epochs: Optional[int] = None
     wall_time_s: Optional[float] = None
@@ -155,6 +167,7 @@ class Training(_Strict):
     loss: Optional[str] = None
     precision: Optional[str] = None
     device: Optional[str] = None
+    feature_costs: Optional[list[FeatureCost]] = None  # layer distillation: what each feature loss costs per step
 
 
 class Artifact(_Strict):

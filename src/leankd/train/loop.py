@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..kd.losses import CE, Loss, LossInputs
+from ..kd.taps import FeatureTaps
 from ..kd.teacher import DTYPES, Teacher
 from ..io import write_text_atomic
 from ..measure.energy import EnergyMeter
@@ -104,14 +105,16 @@ def fit(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
-    optimizer = build_optimizer(param_groups(model, cfg.weight_decay), cfg, device)
+    student_taps = _setup_feature_loss(loss, model, task, teacher)
+    extra_modules = {"loss": loss} if any(True for _ in loss.parameters()) else None
+    optimizer = build_optimizer(param_groups(model, cfg.weight_decay) + param_groups(loss, cfg.weight_decay), cfg, device)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     history: list[dict] = []
     start_epoch, prior_wall, prior_train, prior_samples = 0, 0.0, 0.0, 0
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler)
+        state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, extra_modules)
         start_epoch = state["epoch"]
         history = state["history"]
         prior_wall, prior_train, prior_samples = state["wall_time_s"], state["train_time_s"], state["samples"]
@@ -122,7 +125,7 @@ def fit(
     step_model = torch.compile(model) if cfg.compile else model
     prior_peak = None
     # 10 ms sampling: fine enough for epoch-long peaks, cheap enough not to slow a 2-core machine
-    with PeakMemory(device, interval_s=0.01) as peak, EnergyMeter(device) as energy:
+    with PeakMemory(device, interval_s=0.01) as peak, EnergyMeter(device) as energy, _closing(student_taps):
         wall_start = time.perf_counter()
         train_time, samples = 0.0, 0
         for epoch in range(start_epoch, cfg.epochs):
@@ -139,8 +142,13 @@ def fit(
                 inputs = _channels_last(batch.inputs, cfg.channels_last)
                 with autocast_context(device, cfg.precision):
                     logits = task.forward(step_model, inputs)
-                teacher_logits = teacher(batch) if loss.needs_teacher else None
-                value = loss(LossInputs(student=logits, targets=batch.targets, teacher=teacher_logits))
+                inputs = LossInputs(student=logits, targets=batch.targets)
+                if student_taps is not None:  # layer distillation: the teacher's features come with its logits
+                    inputs.teacher, inputs.teacher_features = teacher.outputs(batch)
+                    inputs.student_features = student_taps.take()
+                elif loss.needs_teacher:
+                    inputs.teacher = teacher(batch)
+                value = loss(inputs)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(value).backward()
                 if cfg.grad_clip:
@@ -175,7 +183,7 @@ def fit(
             if progress:
                 progress.end_epoch(row)
             if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, {
+                save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, extra_modules=extra_modules, state={
                     "epoch": epoch + 1,
                     "fingerprint": fingerprint,
                     "history": history,
@@ -206,6 +214,40 @@ def fit(
         energy=energy_result,
         resumed_from_epoch=start_epoch,
     )
+
+
+def _setup_feature_loss(loss: Loss, model: nn.Module, task: Task, teacher) -> Optional[FeatureTaps]:
+    """Hook the modules a feature loss reads and let it build its adapters from one probe batch, before the
+    optimizer exists (so adapter parameters train with the student). None when the loss reads no features."""
+    student_names, teacher_names = loss.student_taps(), loss.teacher_taps()
+    if not student_names and not teacher_names:
+        return None
+    if not hasattr(teacher, "outputs"):
+        raise ValueError("layer distillation needs a live teacher that can expose its features (a cached teacher "
+                         "stores logits only): turn the teacher cache off or drop the feature losses")
+    teacher.tap(teacher_names)
+    taps = FeatureTaps(model, student_names, who="student")
+    probe = next(iter(task.eval_batches("train", 16)))  # small, unaugmented: only the shapes matter here
+    was_training = model.training
+    model.eval()  # the probe must not move BatchNorm statistics
+    try:
+        with torch.no_grad():
+            task.forward(model, probe.inputs)
+            _, teacher_features = teacher.outputs(probe)
+            loss.build(taps.take(), teacher_features)
+    finally:
+        model.train(was_training)
+    loss.to(task.device)
+    return taps
+
+
+@contextlib.contextmanager
+def _closing(taps: Optional[FeatureTaps]):
+    try:
+        yield taps
+    finally:
+        if taps is not None:
+            taps.close()
 
 
 def _make_deterministic() -> None:

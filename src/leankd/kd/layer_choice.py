@@ -1,0 +1,75 @@
+"""Choosing the layers to distill: capture candidate layers of teacher and student on a few batches, score them
+(`kd.layers`: linear CKA, teacher-layer importance, monotonic matching) and turn `pairs: auto` into named pairs.
+
+Used by the pipeline for `distill.features[*].pairs: auto` and by `leankd layers RECIPE`, so the table a user
+reads and the pairs a run distills come from the same code.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..tasks.base import Task
+from .layers import LayerAnalysis, analyze
+from .taps import FeatureTaps, TapError, candidate_layers, first_tensor, module_names
+
+MAX_SPATIAL = 8  # conv maps are average-pooled to at most 8x8 before CKA: 27 ResNet-56 blocks x 512 samples fit in RAM
+
+
+def pick_candidates(model: nn.Module, patterns: Optional[list[str]], who: str) -> list[str]:
+    """Module names matching the fnmatch `patterns` (in model order), or the default block-level candidates."""
+    if not patterns:
+        return candidate_layers(model)
+    names = module_names(model)
+    picked = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if not picked:
+        raise TapError(f"no {who} module matches {patterns}; candidate blocks are: {', '.join(candidate_layers(model))}")
+    return picked
+
+
+def _compact(output) -> Tensor:
+    """A layer's output as a CPU fp32 tensor small enough to keep for a few hundred samples."""
+    x = first_tensor(output).detach().float()
+    if x.dim() == 4 and (x.shape[-1] > MAX_SPATIAL or x.shape[-2] > MAX_SPATIAL):
+        x = F.adaptive_avg_pool2d(x, (min(x.shape[-2], MAX_SPATIAL), min(x.shape[-1], MAX_SPATIAL)))
+    return x.cpu()
+
+
+@torch.no_grad()
+def capture(model: nn.Module, names: list[str], task: Task, batches: int, batch_size: int, who: str
+            ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Outputs of `names` (compacted), logits and targets on the first `batches` unaugmented training batches."""
+    was_training = model.training
+    model.eval()
+    feats: dict[str, list[Tensor]] = {n: [] for n in names}
+    logits, targets = [], []
+    try:
+        with FeatureTaps(model, names, detach=True, who=who) as taps:
+            for i, batch in enumerate(task.eval_batches("train", batch_size)):
+                if i >= batches:
+                    break
+                logits.append(task.forward(model, batch.inputs).float().cpu())
+                targets.append(batch.targets.cpu())
+                for name, out in taps.take().items():
+                    feats[name].append(_compact(out))
+    finally:
+        model.train(was_training)
+    return {n: torch.cat(v) for n, v in feats.items()}, torch.cat(logits), torch.cat(targets)
+
+
+def analyze_layers(student: nn.Module, teacher: nn.Module, task: Task, *, student_layers: list[str],
+                   teacher_layers: list[str], batches: int = 4, batch_size: int = 128,
+                   top_k: Optional[int] = None) -> LayerAnalysis:
+    """CKA table, teacher-layer importance and the proposed (top-k) matching on a few training batches."""
+    s_feats, _, _ = capture(student, student_layers, task, batches, batch_size, "student")
+    t_feats, t_logits, targets = capture(teacher, teacher_layers, task, batches, batch_size, "teacher")
+    return analyze(s_feats, t_feats, targets, t_logits, task.num_classes, top_k=top_k)
+
+
+def auto_pairs(analysis: LayerAnalysis) -> list[tuple[str, str]]:
+    """The selected (student, teacher) module pairs of an analysis, in student order."""
+    return [(s, t) for s, t, *_ in analysis.matching]

@@ -1,0 +1,127 @@
+"""Feature taps: read the outputs of named modules with forward hooks — no model rewriting.
+
+A tap is a module path as `model.named_modules()` spells it (`layer2`, `layer2.3.conv2`,
+`bert.encoder.layer.3.attention.self`). The same names work for registry, torchvision, timm and Hugging Face
+models; for a `torch.compile`d model the hooks go on the original module (`_orig_mod`), so both the compiled and
+the eager forward fill the taps. What a tap holds is the module's raw output (a tensor, or the tuple a Hugging
+Face attention module returns); losses pick what they need from it (`first_tensor`, or index 1 for attention
+probabilities).
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable, Optional
+
+from torch import Tensor, nn
+
+from ..errors import LeanKDError
+
+
+class TapError(LeanKDError):
+    """A tap names a module the model does not have."""
+
+
+def _plain(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)
+
+
+def module_names(model: nn.Module) -> list[str]:
+    """Every tappable module path of `model` (the root itself, '', excluded)."""
+    return [name for name, _ in _plain(model).named_modules() if name]
+
+
+def resolve_module(model: nn.Module, name: str, who: str = "model") -> nn.Module:
+    """The module at `name`, or a TapError that lists the closest names and where to see them all."""
+    modules = dict(_plain(model).named_modules())
+    if name and name in modules:
+        return modules[name]
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
+    raise TapError(f"{who} has no module named {name!r}.{hint} Available: {shown}. "
+                   "`leankd layers RECIPE` lists candidate layers with their shapes.")
+
+
+def first_tensor(output: Any) -> Tensor:
+    """The representation inside a module's output: the tensor itself, the first tensor of a tuple/list, or
+    `last_hidden_state` of a Hugging Face ModelOutput."""
+    if isinstance(output, Tensor):
+        return output
+    hidden = getattr(output, "last_hidden_state", None)
+    if isinstance(hidden, Tensor):
+        return hidden
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, Tensor):
+                return item
+    raise TypeError(f"cannot find a tensor in a module output of type {type(output).__name__}")
+
+
+class FeatureTaps:
+    """Forward hooks on named modules of one model; `features[name]` is that module's output of the last forward.
+
+    Use as a context manager (or call `close()`): the hooks are removed on exit, so the model is exactly as it
+    was. `detach=True` stores detached outputs (the frozen teacher, analysis); the student keeps the graph so
+    feature losses can train it."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str], *, detach: bool = False, who: str = "model"):
+        self.names = list(dict.fromkeys(names))
+        self.detach = detach
+        self.features: dict[str, Any] = {}
+        self._handles = []
+        for name in self.names:
+            module = resolve_module(model, name, who)
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(module, args, output):
+            self.features[name] = _detach(output) if self.detach else output
+        return hook
+
+    def take(self) -> dict[str, Any]:
+        """The features of the last forward; the taps are emptied so a stale value can never be read twice."""
+        missing = [n for n in self.names if n not in self.features]
+        if missing:
+            raise TapError(f"tapped modules {missing} did not run in the last forward pass (a branch the model "
+                           "skipped?): tap modules that every forward executes")
+        out, self.features = self.features, {}
+        return out
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.features = {}
+
+    def __enter__(self) -> "FeatureTaps":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _detach(output: Any) -> Any:
+    if isinstance(output, Tensor):
+        return output.detach()
+    if isinstance(output, (tuple, list)):
+        return type(output)(_detach(o) for o in output) if isinstance(output, tuple) else [_detach(o) for o in output]
+    return output
+
+
+def candidate_layers(model: nn.Module, limit: Optional[int] = None) -> list[str]:
+    """Default candidates for layer analysis: the blocks of a network — every non-leaf module that sits directly
+    inside a Sequential/ModuleList (ResNet blocks, transformer layers, MobileNet inverted residuals) — or, for a
+    model without such containers, its top-level children. Recipes can always name layers explicitly."""
+    plain = _plain(model)
+    names = []
+    for parent_name, parent in plain.named_modules():
+        if isinstance(parent, (nn.Sequential, nn.ModuleList)):
+            for child_name, child in parent.named_children():
+                if any(True for _ in child.children()):
+                    names.append(f"{parent_name}.{child_name}" if parent_name else child_name)
+    # outermost blocks only: a block's own inner Sequential (an inverted residual's conv stack) is not a candidate
+    names = [n for n in names if not any(n.startswith(other + ".") for other in names)]
+    if not names:
+        names = [n for n, _ in plain.named_children()]
+    return names[:limit] if limit else names

@@ -1,0 +1,103 @@
+"""What each feature loss costs per training step: time and memory of one step with the logit loss alone and
+with each feature term added, on the same batch, same model, same teacher.
+
+Why a separate measurement: the KD stage's epoch time says what all its losses cost together; a user deciding
+whether attention transfer is worth it needs the price of each term. A step here is forward (student + teacher
+with its taps) + loss + backward; the optimizer update is left out (the same for every variant, adapters aside).
+Time: median of `steps` timed steps after one warm-up, synchronized on CUDA. Memory: on CUDA the allocator's peak
+above the step's starting point; on CPU the peak of live tensor storages during the step (`measure.memory`).
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..kd.losses import Loss, LossInputs
+from ..measure.memory import _make_live_storage_counter
+from ..tasks.base import Task
+from .loop import _setup_feature_loss, autocast_context
+
+
+def _one_step(model: nn.Module, loss: Loss, taps, teacher, batch, task: Task, precision: str) -> None:
+    with autocast_context(task.device, precision):
+        logits = task.forward(model, batch.inputs)
+    inputs = LossInputs(student=logits, targets=batch.targets)
+    if taps is not None:
+        inputs.teacher, inputs.teacher_features = teacher.outputs(batch)
+        inputs.student_features = taps.take()
+    elif loss.needs_teacher:
+        inputs.teacher = teacher(batch)
+    loss(inputs).backward()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_cost(model: nn.Module, loss: Loss, task: Task, teacher, batch_size: int, precision: str = "fp32",
+              steps: int = 5, seed: int = 0) -> dict:
+    """ms per step (median) and peak step memory of `loss` on a copy of `model` (the model itself is untouched)."""
+    model = copy.deepcopy(model).to(task.device).train()
+    loss = copy.deepcopy(loss)
+    taps = _setup_feature_loss(loss, model, task, teacher)
+    batch = next(iter(task.train_batches(0, batch_size, seed)))
+    try:
+        _one_step(model, loss, taps, teacher, batch, task, precision)  # warm-up: lazy init, allocator, kernels
+        times = []
+        for _ in range(steps):
+            model.zero_grad(set_to_none=True)
+            _sync(task.device)
+            t0 = time.perf_counter()
+            _one_step(model, loss, taps, teacher, batch, task, precision)
+            _sync(task.device)
+            times.append(1000 * (time.perf_counter() - t0))
+        model.zero_grad(set_to_none=True)
+        peak_mb, kind = _step_memory(model, loss, taps, teacher, batch, task, precision)
+    finally:
+        if taps is not None:
+            taps.close()
+        if getattr(teacher, "taps", None) is not None:
+            teacher.tap([])
+    return {"loss": loss.describe(), "ms_per_step": round(statistics.median(times), 3),
+            "peak_mb": None if peak_mb is None else round(peak_mb, 3), "memory_kind": kind}
+
+
+def _step_memory(model, loss, taps, teacher, batch, task, precision) -> tuple[Optional[float], str]:
+    if task.device.type == "cuda":
+        torch.cuda.synchronize(task.device)
+        start = torch.cuda.memory_allocated(task.device)
+        torch.cuda.reset_peak_memory_stats(task.device)
+        _one_step(model, loss, taps, teacher, batch, task, precision)
+        torch.cuda.synchronize(task.device)
+        return (torch.cuda.max_memory_allocated(task.device) - start) / 1e6, "cuda_allocated_above_start"
+    try:
+        counter = _make_live_storage_counter()
+    except Exception as exc:  # noqa: BLE001 - a private PyTorch API: report, never fail the run
+        return None, f"not available: {type(exc).__name__}"
+    with counter:
+        _one_step(model, loss, taps, teacher, batch, task, precision)
+    counter.close()
+    if counter.error is not None:
+        return None, f"not available: {type(counter.error).__name__}"
+    return counter.peak_bytes / 1e6, "tensor_bytes"
+
+
+def feature_costs(model: nn.Module, logit_loss: Loss, terms: list[Loss], task: Task, teacher, batch_size: int,
+                  precision: str = "fp32", steps: int = 5, seed: int = 0) -> list[dict]:
+    """The logit loss alone, then logit loss + each feature term: absolute and extra ms/step and MB."""
+    base = step_cost(model, logit_loss, task, teacher, batch_size, precision, steps, seed)
+    rows = [{**base, "extra_ms_per_step": 0.0, "extra_mb": 0.0 if base["peak_mb"] is not None else None}]
+    for term in terms:
+        row = step_cost(model, logit_loss + term, task, teacher, batch_size, precision, steps, seed)
+        row["loss"] = term.describe()
+        row["extra_ms_per_step"] = round(row["ms_per_step"] - base["ms_per_step"], 3)
+        row["extra_mb"] = (round(row["peak_mb"] - base["peak_mb"], 3)
+                           if row["peak_mb"] is not None and base["peak_mb"] is not None else None)
+        rows.append(row)
+    return rows
