@@ -434,3 +434,18 @@ def test_image_augment_on_cuda():
     a, b = aug(x, g1, True), aug(x, g2, True)
     assert a.device.type == "cuda" and torch.equal(a, b)
     assert torch.allclose(aug(x, None, False).cpu(), aug(x.cpu(), None, False), atol=1e-6)
+
+
+def test_limit_test_keeps_a_stratified_subset_and_says_so(tmp_path):
+    from leankd.recipe import DataConfig
+    from leankd.tasks import build_task
+    from test_pipeline import make_image_folder
+
+    root = make_image_folder(tmp_path / "imgs")  # 8 test images per class, 4 classes
+    cfg = DataConfig(source=str(root), limit_test=8, cache_dir=str(tmp_path / "cache"))
+    task = build_task(cfg, torch.device("cpu"), 0)
+    _, y = task.splits["test"]
+    assert torch.bincount(y, minlength=4).tolist() == [2, 2, 2, 2]
+    assert any("data.limit_test" in n for n in task.notes)
+    full = build_task(DataConfig(source=str(root), cache_dir=str(tmp_path / "cache")), torch.device("cpu"), 0)
+    assert len(full.splits["test"][1]) == 32

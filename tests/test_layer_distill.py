@@ -162,3 +162,29 @@ def test_layers_command_without_a_run_says_weights_are_random(tmp_path, data):
     assert "randomly initialized" in res.output
     saved = json.loads((tmp_path / "runs" / "tiny" / "layers.json").read_text())
     assert len(saved["student_names"]) == 3 and len(saved["teacher_names"]) == 6
+
+
+@pytest.mark.parametrize("source,name", [("torchvision", "features.3"), ("timm", "stages.1")])
+def test_taps_work_on_torchvision_and_timm_models(source, name):
+    if source == "torchvision":
+        import torchvision
+        model = torchvision.models.mobilenet_v2(num_classes=4)
+    else:
+        import timm
+        model = timm.create_model("convnext_atto", num_classes=4)
+    with FeatureTaps(model.eval(), [name]) as taps:
+        model(torch.randn(1, 3, 64, 64))
+        assert taps.take()[name].dim() == 4
+    assert name in candidate_layers(model) or any(c.startswith(name + ".") for c in candidate_layers(model))
+
+
+def test_python_api_distills_with_a_feature_loss(tmp_path):
+    import leankd
+    task_x = torch.randn(96, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    task_y = (task_x[:, 0].mean((1, 2)) > 0).long()
+    teacher = create_model("resnet14", num_classes=2)
+    result = leankd.distill(teacher, create_model("resnet8", num_classes=2), (task_x[:64], task_y[:64]),
+                            (task_x[64:], task_y[64:]), epochs=1, batch_size=16, baseline=False,
+                            loss=leankd.losses.KD(4) + 0.5 * leankd.losses.Hint([("layer3", "layer3")]),
+                            measure={"latency_batch_sizes": [1], "latency_runs": 30, "latency_warmup": 1})
+    assert "hint(layer3->layer3)" in result.report["models"]["student"]["training"]["loss"]

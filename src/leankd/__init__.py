@@ -6,7 +6,7 @@ from . import losses as losses  # noqa: E402  (leankd.losses.KD(...) + 0.1 * lea
 
 def __getattr__(name):
     # the API pulls in torch-heavy modules; import it lazily so `import leankd` stays cheap
-    if name in ("distill", "run", "DistillResult", "RunResult"):
+    if name in ("distill", "run", "layers", "DistillResult", "RunResult"):
         from . import api
 
         return getattr(api, name)

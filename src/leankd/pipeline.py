@@ -272,7 +272,7 @@ class Pipeline:
         write_text_atomic(self.run_dir / "recipe.yaml", dump_recipe(r))
         torch.manual_seed(r.seed)
         task = self.build_task()
-        data_fp = {"data": r.data.model_dump(exclude={"cache_dir", "num_workers"}), "dataset": task.info.get("fingerprint")}
+        data_fp = {"data": r.data.model_dump(exclude={"cache_dir", "num_workers", "limit_test"}), "dataset": task.info.get("fingerprint")}
         self.log(f"[bold]leankd[/] run '{r.name}' on {self.device} -> {self.run_dir}")
         self.log(f"data: {r.data.source}: {task.split_size('train')} train / {task.split_size('val')} val / "
                  f"{task.split_size(task.eval_split)} {task.eval_split}, {task.num_classes} classes")

@@ -56,6 +56,15 @@ def _split_train(labels: torch.Tensor, cfg: DataConfig, seed: int, notes: list[s
     return keep[train_idx], keep[val_idx]
 
 
+def _limit_test(labels: torch.Tensor, cfg: DataConfig, seed: int, notes: list[str]) -> torch.Tensor:
+    if cfg.limit_test is None or cfg.limit_test >= len(labels):
+        return torch.arange(len(labels))
+    _, keep = stratified_split(labels, cfg.limit_test / len(labels), seed)
+    notes.append(f"test split limited to a stratified {len(keep)} of {len(labels)} images (data.limit_test): "
+                 "figures are noisier than on the full test set")
+    return keep
+
+
 def _eval_split(cfg: DataConfig, has_val: bool, has_test: bool, notes: list[str]) -> str:
     if cfg.eval_split == "test" and not has_test:
         if not has_val:
@@ -98,7 +107,8 @@ def _build_memory_task(cfg: DataConfig, device: torch.device, seed: int, channel
     if len(val_idx):
         splits["val"] = (images[val_idx], labels[val_idx])
     if source.test is not None:
-        splits["test"] = (source.test.images, source.test.labels)
+        test_idx = _limit_test(source.test.labels, cfg, seed, notes)
+        splits["test"] = (source.test.images[test_idx], source.test.labels[test_idx])
     eval_split = _eval_split(cfg, "val" in splits, "test" in splits, notes)
     augment = _augment(cfg, splits["train"][0], channels_last)
     task = TensorTask(splits, num_classes=len(source.classes), class_names=list(source.classes), transform=augment,
@@ -116,6 +126,8 @@ def _folder_fingerprint(root: str) -> str:
 
 
 def _build_stream_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool) -> LoaderTask:
+    if cfg.limit_test is not None:
+        raise DataError("data.limit_test works on in-memory image data: set data.in_memory: true or remove it")
     full = ImageFolderStream(cfg.source, split="train", image_size=cfg.image_size)
     notes: list[str] = []
     train_idx, val_idx = _split_train(full.labels, cfg, seed, notes)

@@ -64,6 +64,8 @@ class KeywordSpottingTask(TensorTask):
 
 def build_kws_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool = False) -> Task:
     audio = cfg.audio or AudioConfig()
+    if cfg.limit_test is not None:
+        raise DataError("data.limit_test is for image data; keyword-spotting test splits are used whole")
     clip_samples = int(round(audio.sample_rate * audio.clip_seconds))
     clips = load_clips(cfg.source, sample_rate=audio.sample_rate, clip_samples=clip_samples, cache_dir=cfg.cache_dir)
     targets, class_names = kws_targets(clips.labels, clips.files, keyword=audio.keyword)
