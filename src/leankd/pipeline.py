@@ -272,7 +272,9 @@ class Pipeline:
         write_text_atomic(self.run_dir / "recipe.yaml", dump_recipe(r))
         torch.manual_seed(r.seed)
         task = self.build_task()
-        data_fp = {"data": r.data.model_dump(exclude={"cache_dir", "num_workers", "limit_test"}), "dataset": task.info.get("fingerprint")}
+        # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target)
+        ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"}}
+        data_fp = {"data": r.data.model_dump(exclude=ignored), "dataset": task.info.get("fingerprint")}
         self.log(f"[bold]leankd[/] run '{r.name}' on {self.device} -> {self.run_dir}")
         self.log(f"data: {r.data.source}: {task.split_size('train')} train / {task.split_size('val')} val / "
                  f"{task.split_size(task.eval_split)} {task.eval_split}, {task.num_classes} classes")
@@ -290,7 +292,7 @@ class Pipeline:
             stages["baseline"] = self.stage("baseline", copy.deepcopy(student_init), task, student_cfg,
                                             CE(student_cfg.label_smoothing), extra_fp=data_fp, model_cfg=r.student)
         reference = stages["baseline"].model if "baseline" in stages else student_init
-        self.feature_pairs = self.resolve_feature_pairs(task, teacher.model, reference)
+        self.feature_pairs = self.resolve_feature_pairs(task, teacher.model, reference, trained="baseline" in stages)
         kd_loss = build_loss(r.distill, student_cfg.label_smoothing, self.feature_pairs)
         teacher.model.to("cpu")  # only the distilling copy below stays resident on the training device (if any)
         if self.device.type == "cuda":
@@ -314,7 +316,7 @@ class Pipeline:
         del live
         return self.report(task, stages)
 
-    def resolve_feature_pairs(self, task: Task, teacher: nn.Module, student: nn.Module
+    def resolve_feature_pairs(self, task: Task, teacher: nn.Module, student: nn.Module, trained: bool = True
                               ) -> Optional[list[list[tuple[str, str]]]]:
         """The (student, teacher) module pairs of every `distill.features` term; `pairs: auto` terms are chosen by
         CKA on a few training batches, with the trained baseline standing in for the student (same architecture,
@@ -333,8 +335,11 @@ class Pipeline:
                     resolve_module(teacher, t_name, "teacher")
                 resolved.append([tuple(p) for p in term.pairs])
                 continue
+            if not trained:
+                self.log(f"distill.features[{i}]: no trained baseline (baseline: false), so the CKA analysis uses "
+                         "the student's initial weights")
             analysis = analyze_layers(
-                student, teacher, task, top_k=term.top_k, batches=r.distill.analysis_batches,
+                student, teacher, task, top_k=term.top_k, batches=r.distill.analysis_batches, seed=r.seed,
                 batch_size=min(128, r.stage_train("student").batch_size),
                 student_layers=pick_candidates(student, term.candidates.student, "student"),
                 teacher_layers=pick_candidates(teacher, term.candidates.teacher, "teacher"))
@@ -377,7 +382,8 @@ class Pipeline:
         auto = next((t for t in r.distill.features if t.pairs == "auto"), None)
         student_patterns = student_patterns or (auto.candidates.student if auto else None)
         teacher_patterns = teacher_patterns or (auto.candidates.teacher if auto else None)
-        analysis = analyze_layers(student.to(task.device), teacher.to(task.device), task, top_k=top_k,
+        top_k = top_k if top_k is not None else (auto.top_k if auto else None)  # what `pairs: auto` would pick
+        analysis = analyze_layers(student, teacher, task, top_k=top_k, seed=r.seed,
                                   batches=r.distill.analysis_batches,
                                   batch_size=min(128, r.stage_train("student").batch_size),
                                   student_layers=pick_candidates(student, student_patterns, "student"),
@@ -480,6 +486,10 @@ class Pipeline:
             models[role]["label"] = f"KD student {info['target']}"
             models[role]["artifact"] = info
         notes = [f"compression target {t} failed: {why}" for t, why in self.failed_targets.items()]
+        built_targets = {info["target"] for _, info in built.values()}
+        if r.distill.features and {"qat", "qat-control"} & built_targets:
+            notes.append("QAT fine-tuning distils the logits only: BatchNorm folding traces the student into a flat "
+                         "graph, so the feature losses' module taps would not find their modules.")
         report = finish_report(r.name, self.run_dir, r.seed, task, models, self.device,
                                extra_notes=notes + qat_notes(models) + feature_notes(models))
         return report
@@ -495,7 +505,7 @@ class Pipeline:
         cfg = student_cfg.model_copy(update=dict(
             epochs=qat.epochs, lr=qat.lr or student_cfg.lr * 0.02, schedule="cosine", warmup_epochs=0.0,
             precision="fp32", compile=False, channels_last=False))
-        # logits only: QAT folds BatchNorm and renames modules, so layer taps would not find their modules
+        # logits only: BatchNorm folding (torch.fx) flattens the student, so layer taps would not find their modules
         loss = build_loss(r.distill, student_cfg.label_smoothing)
         live = None
         if loss.needs_teacher:
@@ -574,7 +584,10 @@ def feature_notes(models: dict) -> list[str]:
                      f"({tc['samples_per_s'] / ts['samples_per_s']:.2f}x the time per step)")
     if ts.get("peak_memory_mb") and tc.get("peak_memory_mb"):
         parts.append(f"peak training memory {ts['peak_memory_mb']:.0f} vs {tc['peak_memory_mb']:.0f} MB")
-    return ["; ".join(parts) + ". Per-term step costs are in the layer-distillation table."]
+    several = len([t for t in (ts.get("loss") or "").split(" + ") if "(" in t and "->" in t]) > 1
+    caveat = (" The quality difference is for all feature terms together; a control per term would be needed to "
+              "credit each one." if several else "")
+    return ["; ".join(parts) + ". Per-term step costs are in the layer-distillation table." + caveat]
 
 
 def report_notes(models: dict, seed: int) -> list[str]:

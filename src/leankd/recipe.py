@@ -69,7 +69,8 @@ class DataConfig(Strict):
     in_memory: bool | Literal["auto"] = Field("auto", description="uint8 tensors on the device when they fit")
     cache_dir: Optional[str] = Field(None, description="where decoded images are cached (default ~/.cache/leankd)")
     num_workers: int = Field(2, ge=0, description="DataLoader workers when the data does not fit in memory")
-    limit_train: Optional[int] = Field(None, gt=0, description="use only the first N (stratified) train images")
+    limit_train: Optional[int] = Field(None, gt=0, description="train on N examples only: a stratified subset of "
+                                                               "images, a random subset of audio clips")
     limit_test: Optional[int] = Field(None, gt=0, description="report on a stratified subset of N test images (quick "
                                                               "CPU runs; in-memory image data; the report says so)")
     audio: Optional[AudioConfig] = Field(None, description="keyword spotting settings (defaults when unset)")

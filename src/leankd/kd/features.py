@@ -395,8 +395,11 @@ class AttentionMapLoss(_PairLoss):
     have no width, so no adapter is needed. We compare the attention *probabilities* (what Hugging Face attention
     modules return as `attn_weights`, index 1 of their output; a plain 4-D output is taken as the maps). TinyBERT
     compared pre-softmax scores with masked entries zeroed; probabilities are bounded, need no masking trick
-    (masked keys get probability 0 on both sides) and are what the modules expose. Only eager attention returns
-    them: with sdpa/flash the weights are None and this loss says to use attn_implementation="eager".
+    (masked keys get probability 0 on both sides in eval mode) and are what the modules expose. Only eager attention
+    returns them: with sdpa/flash the weights are None and this loss says to use attn_implementation="eager".
+    Caveat: Hugging Face returns the weights AFTER attention dropout, so a student training with
+    `attention_probs_dropout_prob > 0` compares dropped-out maps (zeros and 1/(1-p) scaling) with the teacher's clean
+    ones, which pulls its attention towards uniform: build the student with `attention_probs_dropout_prob=0`.
 
     If head counts differ, both sides are averaged over heads first (as MiniLM does for mismatched heads) and the
     head-mean maps are compared; sequence lengths must match. Padding query rows are included in the mean.

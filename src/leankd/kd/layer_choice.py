@@ -40,33 +40,74 @@ def _compact(output) -> Tensor:
 
 
 @torch.no_grad()
-def capture(model: nn.Module, names: list[str], task: Task, batches: int, batch_size: int, who: str
+def capture(model: nn.Module, names: list[str], task: Task, batches: int, batch_size: int, who: str, seed: int = 0
             ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """Outputs of `names` (compacted), logits and targets on the first `batches` unaugmented training batches."""
+    """Outputs of `names` (compacted), logits and targets on `batches * batch_size` unaugmented training examples.
+
+    The examples are a seeded random sample of the whole training split, not its first batches: sources stored
+    class by class would otherwise hand the analysis one or two classes, where every layer "predicts" perfectly
+    and CKA compares within-class noise."""
+    examples = sample_train_batch(task, batches * batch_size, seed)
+    device = next((p.device for p in model.parameters()), task.device)
     was_training = model.training
-    model.eval()
+    model.to(task.device).eval()
     feats: dict[str, list[Tensor]] = {n: [] for n in names}
     logits, targets = [], []
     try:
         with FeatureTaps(model, names, detach=True, who=who) as taps:
-            for i, batch in enumerate(task.eval_batches("train", batch_size)):
-                if i >= batches:
-                    break
-                logits.append(task.forward(model, batch.inputs).float().cpu())
-                targets.append(batch.targets.cpu())
+            for start in range(0, len(examples.targets), batch_size):
+                inputs = slice_inputs(examples.inputs, start, start + batch_size)
+                logits.append(task.forward(model, inputs).float().cpu())
+                targets.append(examples.targets[start:start + batch_size].cpu())
                 for name, out in taps.take().items():
                     feats[name].append(_compact(out))
     finally:
-        model.train(was_training)
+        model.to(device).train(was_training)
     return {n: torch.cat(v) for n, v in feats.items()}, torch.cat(logits), torch.cat(targets)
+
+
+def sample_train_batch(task: Task, n: int, seed: int):
+    """A seeded random sample of `n` training examples (unaugmented), as one Batch on the task's device."""
+    from ..tasks.base import Batch
+
+    total = task.split_size("train")
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(total, generator=g)[:min(n, total)].sort().values
+    inputs, targets = [], []
+    for batch in task.eval_batches("train", 512):
+        index = batch.index.cpu() if batch.index is not None else None
+        if index is None:
+            raise ValueError("layer analysis needs a task whose batches carry their indices")
+        keep = torch.isin(index, pick)
+        if keep.any():
+            where = keep.nonzero().squeeze(1).to(batch.targets.device)
+            inputs.append(select_inputs(batch.inputs, where))
+            targets.append(batch.targets[where])
+    return Batch(concat_inputs(inputs), torch.cat(targets))
+
+
+def select_inputs(x, where: Tensor):
+    return {k: select_inputs(v, where) for k, v in x.items()} if isinstance(x, dict) else x[where.to(x.device)]
+
+
+def slice_inputs(x, start: int, stop: int):
+    return {k: slice_inputs(v, start, stop) for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
+
+
+def concat_inputs(parts: list):
+    if isinstance(parts[0], dict):
+        return {k: concat_inputs([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
 
 
 def analyze_layers(student: nn.Module, teacher: nn.Module, task: Task, *, student_layers: list[str],
                    teacher_layers: list[str], batches: int = 4, batch_size: int = 128,
-                   top_k: Optional[int] = None) -> LayerAnalysis:
+                   top_k: Optional[int] = None, seed: int = 0) -> LayerAnalysis:
     """CKA table, teacher-layer importance and the proposed (top-k) matching on a few training batches."""
-    s_feats, _, _ = capture(student, student_layers, task, batches, batch_size, "student")
-    t_feats, t_logits, targets = capture(teacher, teacher_layers, task, batches, batch_size, "teacher")
+    s_feats, _, _ = capture(student, student_layers, task, batches, batch_size, "student", seed)
+    t_feats, t_logits, targets = capture(teacher, teacher_layers, task, batches, batch_size, "teacher", seed)
+    if targets.unique().numel() < 2:
+        raise ValueError("layer analysis needs examples of at least 2 classes; the training split has fewer")
     return analyze(s_feats, t_feats, targets, t_logits, task.num_classes, top_k=top_k)
 
 

@@ -21,26 +21,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .taps import first_tensor
+
 # Centered values this small relative to the raw ones are rounding noise of the mean: a constant representation.
 _DEGENERATE = 1e-11
 
 
 def _tensor_of(feature) -> Tensor:
     """Pull the representation out of whatever a forward hook captured (HF layers return tuples or outputs)."""
-    if isinstance(feature, Tensor):
-        return feature
-    if isinstance(feature, (tuple, list)):
-        for item in feature:
-            if isinstance(item, Tensor):
-                return item
-        raise ValueError(f"feature is a {type(feature).__name__} with no Tensor element")
-    hidden = getattr(feature, "last_hidden_state", None)
-    if isinstance(hidden, Tensor):
-        return hidden
-    raise ValueError(
-        f"cannot read a representation from {type(feature).__name__}: expected a Tensor of shape (n, ...), "
-        "a tuple/list whose first Tensor is the representation, or an object with `last_hidden_state`"
-    )
+    return first_tensor(feature)
 
 
 def _batch_size(feature) -> int:

@@ -2,8 +2,9 @@
 
 A tap is a module path as `model.named_modules()` spells it (`layer2`, `layer2.3.conv2`,
 `bert.encoder.layer.3.attention.self`). The same names work for registry, torchvision, timm and Hugging Face
-models; for a `torch.compile`d model the hooks go on the original module (`_orig_mod`), so both the compiled and
-the eager forward fill the taps. What a tap holds is the module's raw output (a tensor, or the tuple a Hugging
+models; for a `torch.compile`d model the hooks go on the original module (`_orig_mod`). Hook a compiled model
+BEFORE its first call (the training loop does): dynamo does not guard on hooks, so hooks added to an already
+compiled-and-run model are silently skipped until `torch._dynamo.reset()`. What a tap holds is the module's raw output (a tensor, or the tuple a Hugging
 Face attention module returns); losses pick what they need from it (`first_tensor`, or index 1 for attention
 probabilities).
 """
@@ -44,8 +45,8 @@ def resolve_module(model: nn.Module, name: str, who: str = "model") -> nn.Module
 
 
 def first_tensor(output: Any) -> Tensor:
-    """The representation inside a module's output: the tensor itself, the first tensor of a tuple/list, or
-    `last_hidden_state` of a Hugging Face ModelOutput."""
+    """The representation inside a module's output: the tensor itself, `last_hidden_state` of a Hugging Face
+    ModelOutput, or the first tensor of a tuple/list."""
     if isinstance(output, Tensor):
         return output
     hidden = getattr(output, "last_hidden_state", None)
@@ -55,7 +56,22 @@ def first_tensor(output: Any) -> Tensor:
         for item in output:
             if isinstance(item, Tensor):
                 return item
-    raise TypeError(f"cannot find a tensor in a module output of type {type(output).__name__}")
+    raise ValueError(f"cannot read a representation from a module output of type {type(output).__name__}: "
+                     "expected a Tensor, a tuple/list holding one, or an object with `last_hidden_state`")
+
+
+def tree_map(fn, x: Any) -> Any:
+    """`fn` applied to every tensor inside tuples (named ones too), lists and dicts; anything else as is."""
+    if isinstance(x, Tensor):
+        return fn(x)
+    if isinstance(x, tuple):
+        items = [tree_map(fn, v) for v in x]
+        return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
+    if isinstance(x, list):
+        return [tree_map(fn, v) for v in x]
+    if isinstance(x, dict):
+        return {k: tree_map(fn, v) for k, v in x.items()}
+    return x
 
 
 class FeatureTaps:
@@ -76,15 +92,16 @@ class FeatureTaps:
 
     def _hook(self, name: str):
         def hook(module, args, output):
-            self.features[name] = _detach(output) if self.detach else output
+            self.features[name] = tree_map(Tensor.detach, output) if self.detach else output
         return hook
 
     def take(self) -> dict[str, Any]:
         """The features of the last forward; the taps are emptied so a stale value can never be read twice."""
         missing = [n for n in self.names if n not in self.features]
         if missing:
-            raise TapError(f"tapped modules {missing} did not run in the last forward pass (a branch the model "
-                           "skipped?): tap modules that every forward executes")
+            raise TapError(f"tapped modules {missing} did not run in the last forward pass: either the model skipped "
+                           "them (tap modules every forward executes), or the model was torch.compile'd and run "
+                           "before the taps were added (add taps before the first call, or torch._dynamo.reset())")
         out, self.features = self.features, {}
         return out
 
@@ -99,14 +116,6 @@ class FeatureTaps:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _detach(output: Any) -> Any:
-    if isinstance(output, Tensor):
-        return output.detach()
-    if isinstance(output, (tuple, list)):
-        return type(output)(_detach(o) for o in output) if isinstance(output, tuple) else [_detach(o) for o in output]
-    return output
 
 
 def candidate_layers(model: nn.Module, limit: Optional[int] = None) -> list[str]:

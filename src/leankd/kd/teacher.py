@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..tasks.base import Batch, Task
+from .taps import FeatureTaps, tree_map
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -54,8 +55,6 @@ class LiveTeacher:
 
     def tap(self, names: list[str]) -> None:
         """Hook these teacher modules so `outputs` also returns their (detached) outputs (layer distillation)."""
-        from .taps import FeatureTaps
-
         if self.taps is not None:
             self.taps.close()
         self.taps = FeatureTaps(self.model, names, detach=True, who="teacher") if names else None
@@ -65,12 +64,5 @@ class LiveTeacher:
         logits = self(batch)
         if self.taps is None:
             return logits, {}
-        return logits, {name: _to(out, self.task.device) for name, out in self.taps.take().items()}
-
-
-def _to(x, device: torch.device):
-    if isinstance(x, Tensor):
-        return x.to(device)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to(v, device) for v in x)
-    return x
+        device = self.task.device
+        return logits, {name: tree_map(lambda t: t.to(device), out) for name, out in self.taps.take().items()}

@@ -56,7 +56,8 @@ def profile_model(
     and its rise over the start); elsewhere `kind="tensor_bytes"` from `tensor_memory` (weights + inputs + peak
     live activation storages, and the activation peak as the delta), because the process RSS on CPU is dominated
     by the runtime and cannot tell models apart. If tensor counting is unavailable the two numbers are None and
-    `kind` says why. MACs/FLOPs come from one forward on `make_inputs(1)`.
+    `kind` says why. MACs/FLOPs come from one forward of the fp32 CPU copy on `make_inputs(1)` (so a GRU on CUDA,
+    whose cuDNN kernel FlopCounterMode cannot see, is counted like on the CPU).
     """
     batch_sizes = tuple(int(bs) for bs in batch_sizes)
     if not batch_sizes or any(bs < 1 for bs in batch_sizes):
@@ -66,16 +67,17 @@ def profile_model(
 
     params = count_parameters(model)
     size_bytes = serialized_size_bytes(model)
-    flops = count_flops(model, one, forward=forward)
+    cpu_model = model if _is_cpu_fp32(model) else cpu_fp32_copy(model)
+    cpu_inputs = lambda bs: to_device(make_inputs(bs), "cpu", torch.float32)  # noqa: E731
+    # counted on the CPU copy: on CUDA, cuDNN's fused RNN kernels have no FLOP formula and a GRU would count as 0
+    flops = count_flops(cpu_model, cpu_inputs(1), forward=forward)
     cost = {**params, "size_mb": size_bytes / 1e6, "size_bytes": size_bytes, **flops}
 
     latency: dict[str, Any] = {}
     if cpu_latency:
-        cpu_model = model if _is_cpu_fp32(model) else cpu_fp32_copy(model)
-        cpu_inputs = lambda bs: to_device(make_inputs(bs), "cpu", torch.float32)  # noqa: E731
         latency["cpu"] = {"threads": torch.get_num_threads(),
                           **_latency_by_batch(cpu_model, cpu_inputs, batch_sizes, forward, runs, warmup)}
-        del cpu_model
+    del cpu_model
     if device.type == "cuda":
         latency["cuda"] = {"device_name": torch.cuda.get_device_name(device),
                            **_latency_by_batch(model, make_inputs, batch_sizes, forward, runs, warmup)}

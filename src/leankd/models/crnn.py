@@ -6,8 +6,8 @@ when unidirectional, which is what lets `leankd.models.streaming` run it on audi
 exactly `classifier(pool(gru(conv_frames(x))))`, and those pieces are exposed for the streamer.
 
 Presets with 35 classes (Speech Commands v2) on `[1, 40, 98]` = 1 s at hop 160 with `center=False`. MACs by
-`FlopCounterMode` on CPU, where the GRU runs as `addmm` ops and is counted; on CUDA cuDNN's fused RNN op has no
-FLOP formula and the GRU is NOT counted (`CRNN.macs(frames)` gives the CPU count by hand, exactly). Activations:
+`FlopCounterMode` on CPU, where the GRU runs as `addmm` ops and is counted (cuDNN's fused RNN op has no FLOP
+formula, so the report always counts on an fp32 CPU copy; `CRNN.macs(frames)` gives the same count by hand). Activations:
 peak live activation storage of one fp32 forward at batch 1 (`measure.memory.tensor_memory`); memory =
 4 * params + activations (the 15.7 KB input, the same for every preset, excluded).
 

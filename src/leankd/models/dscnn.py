@@ -3,7 +3,9 @@
 Layer settings follow ARM's ML-KWS-for-MCU reference (`model_size_info` for DS-CNN S/M/L): S keeps stride 1
 after the first conv; M and L run the first conv at stride 1 in frequency and stride the first DS block by 2.
 Our input is `[B, n_mels, T]` (frequency first), so kernels and strides are written (freq, time): the paper's
-10x4 (time x freq) first kernel is `(4, 10)` here. Padding is TF-style "same" (output = ceil(input / stride)).
+10x4 (time x freq) first kernel is `(4, 10)` here. Padding is symmetric, (k - 1) // 2 per side: for the presets'
+40 x 98 inputs that gives TF "same" output sizes (ceil(input / stride)), but TF pads even kernels asymmetrically,
+so border values are not bit-identical to a TF model.
 
 The paper's "38.6K" for DS-CNN S is *memory* (8-bit weights + activations, in bytes) on 10 MFCCs x 49 frames,
 not parameters; on 40 log-mels x 98 frames the same layers have 23.2k parameters at 12 classes. The larger input

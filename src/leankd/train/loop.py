@@ -104,10 +104,22 @@ def fit(
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
     student_taps = _setup_feature_loss(loss, model, task, teacher)
-    extra_modules = {"loss": loss} if any(True for _ in loss.parameters()) else None
-    optimizer = build_optimizer(param_groups(model, cfg.weight_decay) + param_groups(loss, cfg.weight_decay), cfg, device)
+    with _closing(student_taps, teacher):  # hooks come off even if anything below fails
+        return _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, metrics_path, resume,
+                    progress, stop_after_epoch, fingerprint)
+
+
+def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, metrics_path, resume, progress,
+         stop_after_epoch, fingerprint) -> FitResult:
+    """The body of `fit`, once the feature hooks (if any) are in place; `fit` removes them whatever happens here."""
+    device = task.device
+    steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
+    has_adapters = any(True for _ in loss.parameters())
+    extra_modules = {"loss": loss} if has_adapters else None
+    groups = param_groups(model, cfg.weight_decay) + (param_groups(loss, cfg.weight_decay) if has_adapters else [])
+    trained_params = [p for g in groups for p in g["params"]]
+    optimizer = build_optimizer(groups, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
@@ -125,7 +137,7 @@ def fit(
     step_model = torch.compile(model) if cfg.compile else model
     prior_peak = None
     # 10 ms sampling: fine enough for epoch-long peaks, cheap enough not to slow a 2-core machine
-    with PeakMemory(device, interval_s=0.01) as peak, EnergyMeter(device) as energy, _closing(student_taps):
+    with PeakMemory(device, interval_s=0.01) as peak, EnergyMeter(device) as energy:
         wall_start = time.perf_counter()
         train_time, samples = 0.0, 0
         for epoch in range(start_epoch, cfg.epochs):
@@ -142,18 +154,12 @@ def fit(
                 inputs = _channels_last(batch.inputs, cfg.channels_last)
                 with autocast_context(device, cfg.precision):
                     logits = task.forward(step_model, inputs)
-                inputs = LossInputs(student=logits, targets=batch.targets)
-                if student_taps is not None:  # layer distillation: the teacher's features come with its logits
-                    inputs.teacher, inputs.teacher_features = teacher.outputs(batch)
-                    inputs.student_features = student_taps.take()
-                elif loss.needs_teacher:
-                    inputs.teacher = teacher(batch)
-                value = loss(inputs)
+                value = loss(loss_inputs(logits, batch, loss, teacher, student_taps))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(value).backward()
                 if cfg.grad_clip:
                     scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -216,6 +222,18 @@ def fit(
     )
 
 
+def loss_inputs(logits, batch, loss: Loss, teacher, student_taps: Optional[FeatureTaps]) -> LossInputs:
+    """What the loss sees for one step: the student's logits, the targets, and — only when the loss needs them —
+    the teacher's logits and (layer distillation) both models' tapped features of this very forward."""
+    inputs = LossInputs(student=logits, targets=batch.targets)
+    if student_taps is not None:
+        inputs.teacher, inputs.teacher_features = teacher.outputs(batch)
+        inputs.student_features = student_taps.take()
+    elif loss.needs_teacher:
+        inputs.teacher = teacher(batch)
+    return inputs
+
+
 def _setup_feature_loss(loss: Loss, model: nn.Module, task: Task, teacher) -> Optional[FeatureTaps]:
     """Hook the modules a feature loss reads and let it build its adapters from one probe batch, before the
     optimizer exists (so adapter parameters train with the student). None when the loss reads no features."""
@@ -223,18 +241,24 @@ def _setup_feature_loss(loss: Loss, model: nn.Module, task: Task, teacher) -> Op
     if not student_names and not teacher_names:
         return None
     if not hasattr(teacher, "outputs"):
-        raise ValueError("layer distillation needs a live teacher that can expose its features (a cached teacher "
-                         "stores logits only): turn the teacher cache off or drop the feature losses")
+        raise ValueError("layer distillation needs a live teacher model (LiveTeacher) whose layers can be hooked; "
+                         f"got a {type(teacher).__name__}, which gives logits only")
     teacher.tap(teacher_names)
-    taps = FeatureTaps(model, student_names, who="student")
+    taps = None
     probe = next(iter(task.eval_batches("train", 16)))  # small, unaugmented: only the shapes matter here
     was_training = model.training
     model.eval()  # the probe must not move BatchNorm statistics
     try:
+        taps = FeatureTaps(model, student_names, who="student")
         with torch.no_grad():
             task.forward(model, probe.inputs)
             _, teacher_features = teacher.outputs(probe)
             loss.build(taps.take(), teacher_features)
+    except BaseException:
+        if taps is not None:
+            taps.close()
+        teacher.tap([])
+        raise
     finally:
         model.train(was_training)
     loss.to(task.device)
@@ -242,12 +266,14 @@ def _setup_feature_loss(loss: Loss, model: nn.Module, task: Task, teacher) -> Op
 
 
 @contextlib.contextmanager
-def _closing(taps: Optional[FeatureTaps]):
+def _closing(taps: Optional[FeatureTaps], teacher):
+    """Remove the student's and the teacher's hooks when training ends, however it ends."""
     try:
         yield taps
     finally:
         if taps is not None:
             taps.close()
+            teacher.tap([])
 
 
 def _make_deterministic() -> None:

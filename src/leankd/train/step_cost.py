@@ -17,22 +17,16 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..kd.losses import Loss, LossInputs
+from ..kd.losses import Loss
 from ..measure.memory import _make_live_storage_counter
 from ..tasks.base import Task
-from .loop import _setup_feature_loss, autocast_context
+from .loop import _setup_feature_loss, autocast_context, loss_inputs
 
 
 def _one_step(model: nn.Module, loss: Loss, taps, teacher, batch, task: Task, precision: str) -> None:
     with autocast_context(task.device, precision):
         logits = task.forward(model, batch.inputs)
-    inputs = LossInputs(student=logits, targets=batch.targets)
-    if taps is not None:
-        inputs.teacher, inputs.teacher_features = teacher.outputs(batch)
-        inputs.student_features = taps.take()
-    elif loss.needs_teacher:
-        inputs.teacher = teacher(batch)
-    loss(inputs).backward()
+    loss(loss_inputs(logits, batch, loss, teacher, taps)).backward()
 
 
 def _sync(device: torch.device) -> None:
