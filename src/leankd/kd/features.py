@@ -156,6 +156,30 @@ class _AdaptedPairLoss(_PairLoss):
                                "loss.build(student_features, teacher_features) before creating the optimizer)")
         return self.adapters[key]
 
+    def compute(self, inputs: LossInputs) -> Tensor:
+        """Mean over pairs of MSE(adapter(student), teacher); adapted conv maps are resized to the teacher's H x W."""
+        values = []
+        for s_name, t_name in self.pairs:
+            adapter = self._adapter(s_name, t_name)
+            s_raw, t_raw = self._features(inputs.student_features, inputs.teacher_features, s_name, t_name)
+            s, t = first_tensor(s_raw).float(), first_tensor(t_raw).float()
+            self._check(s, t, (s_name, t_name))
+            with _fp32(s.device):
+                mapped = adapter(s)
+                if mapped.dim() == 4:
+                    mapped = _resize(mapped, tuple(t.shape[-2:]))
+                values.append(F.mse_loss(mapped, t))
+        return torch.stack(values).mean()
+
+
+def _linear_adapter(width_in: int, width_out: int) -> nn.Linear:
+    """Linear map to the teacher's width; the identity when the widths agree (the student starts where it is)."""
+    linear = nn.Linear(width_in, width_out)
+    if width_in == width_out:
+        _identity_init_(linear.weight)
+        nn.init.zeros_(linear.bias)
+    return linear
+
 
 def _identity_init_(weight: Tensor) -> None:
     """Make a square Linear weight or 1×1 conv weight (out, in[, 1, 1]) the identity."""
@@ -212,25 +236,8 @@ class Hint(_AdaptedPairLoss):
                 if conv.bias is not None:
                     nn.init.zeros_(conv.bias)
             return nn.Sequential(conv, nn.BatchNorm2d(ct)) if self.batchnorm else conv
-        linear = nn.Linear(s.shape[-1], t.shape[-1])
-        if s.shape[-1] == t.shape[-1]:
-            _identity_init_(linear.weight)
-            nn.init.zeros_(linear.bias)
-        return linear
+        return _linear_adapter(s.shape[-1], t.shape[-1])
 
-    def compute(self, inputs: LossInputs) -> Tensor:
-        values = []
-        for s_name, t_name in self.pairs:
-            adapter = self._adapter(s_name, t_name)
-            s_raw, t_raw = self._features(inputs.student_features, inputs.teacher_features, s_name, t_name)
-            s, t = first_tensor(s_raw).float(), first_tensor(t_raw).float()
-            self._check(s, t, (s_name, t_name))
-            with _fp32(s.device):
-                mapped = adapter(s)
-                if mapped.dim() == 4:
-                    mapped = _resize(mapped, tuple(t.shape[-2:]))
-                values.append(F.mse_loss(mapped, t))
-        return torch.stack(values).mean()
 
     def describe(self) -> str:
         return f"hint({_pairs_text(self.pairs)})"
@@ -341,22 +348,8 @@ class HiddenStateMSE(_AdaptedPairLoss):
                                    "layers with the same number of tokens")
 
     def _make_adapter(self, s: Tensor, t: Tensor, pair: tuple[str, str]) -> nn.Module:
-        linear = nn.Linear(s.shape[-1], t.shape[-1])
-        if s.shape[-1] == t.shape[-1]:
-            _identity_init_(linear.weight)
-            nn.init.zeros_(linear.bias)
-        return linear
+        return _linear_adapter(s.shape[-1], t.shape[-1])
 
-    def compute(self, inputs: LossInputs) -> Tensor:
-        values = []
-        for s_name, t_name in self.pairs:
-            adapter = self._adapter(s_name, t_name)
-            s_raw, t_raw = self._features(inputs.student_features, inputs.teacher_features, s_name, t_name)
-            s, t = first_tensor(s_raw).float(), first_tensor(t_raw).float()
-            self._check(s, t, (s_name, t_name))
-            with _fp32(s.device):
-                values.append(F.mse_loss(adapter(s), t))
-        return torch.stack(values).mean()
 
 
 _EAGER_HINT = ('build the model with attn_implementation="eager" (e.g. AutoConfig/BertConfig(..., '
