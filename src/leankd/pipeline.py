@@ -15,7 +15,7 @@ import hashlib
 import json
 import platform
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -236,7 +236,7 @@ class StageResult:
     origin: str
     training: Optional[dict]  # None when the weights were loaded, not trained here
     reused: bool
-    feature_costs: Optional[list[dict]] = None  # per feature loss: ms/step and MB (train.step_cost)
+    training_extra: dict = field(default_factory=dict)  # joins the report's training block (feature costs, cache)
 
 
 class Pipeline:
@@ -304,17 +304,38 @@ class Pipeline:
                                                build_loss(r.distill, student_cfg.label_smoothing), teacher=live,
                                                model_cfg=r.student, extra_fp=kd_fp)
             del live
+        if r.teacher.cache:  # the student's result depends on which views it replays
+            kd_fp["teacher_cache_views"] = r.teacher.cache_views
         live = self.live_teacher(teacher.model, task, channels_last=student_cfg.channels_last)
+        make_teacher = (lambda: self.cached_teacher(task, live, data_fp)) if r.teacher.cache else None
         stages["student"] = self.stage("student", copy.deepcopy(student_init), task, student_cfg, kd_loss,
-                                       teacher=live, model_cfg=r.student, extra_fp=kd_fp)
+                                       teacher=live, model_cfg=r.student, extra_fp=kd_fp, make_teacher=make_teacher)
         if self.feature_pairs:
             self.log("measuring what each feature loss costs per step ...")
-            stages["student"].feature_costs = feature_costs(
+            stages["student"].training_extra["feature_costs"] = feature_costs(
                 student_init, build_loss(r.distill, student_cfg.label_smoothing),
                 feature_terms(r.distill, self.feature_pairs), task, live, student_cfg.batch_size,
                 student_cfg.precision, seed=r.seed)
         del live
         return self.report(task, stages)
+
+    def cached_teacher(self, task: Task, live: LiveTeacher, data_fp: dict):
+        """Offline KD: the teacher's logits on `teacher.cache_views` augmentation views, from the cache file (built
+        now if missing or stale). The live teacher is moved off the device afterwards: the student trains alone."""
+        from .kd.cache import build_or_load
+
+        r = self.recipe
+        fp = fingerprint({"cache": "teacher-logits", **data_fp, "teacher": self._stage_fp("teacher"),
+                          "teacher_precision": r.teacher.precision, "views": r.teacher.cache_views, "seed": r.seed})
+        directory = Path(r.teacher.cache_dir) if r.teacher.cache_dir else self.run_dir / "teacher_cache"
+        cached, info = build_or_load(directory, fp, live, task, r.teacher.cache_views, r.seed, log=self.log,
+                                     describe={"teacher": self._stage_fp("teacher"), "seed": r.seed},
+                                     prune=r.teacher.cache_dir is None)
+        live.model.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        cached.cache_info = info.as_dict()  # the stage's training block reports it
+        return cached
 
     def resolve_feature_pairs(self, task: Task, teacher: nn.Module, student: nn.Module, trained: bool = True
                               ) -> Optional[list[list[tuple[str, str]]]]:
@@ -398,11 +419,13 @@ class Pipeline:
         return json.loads(path.read_text())["fingerprint"] if path.exists() else None
 
     def stage(self, name: str, model: nn.Module, task: Task, cfg: TrainConfig, loss: Loss, *, model_cfg: ModelConfig,
-              extra_fp: dict, teacher=None) -> StageResult:
+              extra_fp: dict, teacher=None, make_teacher=None) -> StageResult:
+        """Train (or reuse) one stage. `make_teacher`, when given, builds the teacher only if the stage trains (a
+        teacher cache is not built for a stage that is reused)."""
         sdir = self.run_dir / name
         # what shapes this stage's weights: not teacher.precision (it only matters while distilling, and is in the
         # student's fingerprint), and a checkpoint file by its size and mtime, not just its path
-        model_fp = model_cfg.model_dump(exclude={"train", "precision", "device"})
+        model_fp = model_cfg.model_dump(exclude={"train", "precision", "device", "cache", "cache_views", "cache_dir"})
         if model_cfg.checkpoint:
             model_fp["checkpoint_file"] = file_identity(Path(model_cfg.checkpoint))
         fp = fingerprint({"stage": name, "model": model_fp, "train": cfg.model_dump(),
@@ -440,12 +463,16 @@ class Pipeline:
             verb = "resuming" if ckpt.exists() else "training"
             self.log(f"{name}: {verb} {model_cfg.model} for {cfg.epochs} epochs, loss {loss.describe()}, "
                      f"{cfg.precision}, batch {cfg.batch_size}")
+            if make_teacher is not None:
+                teacher = make_teacher()
             progress = RichProgress(name, self.console, quiet=self.quiet)
             result = fit(model, task, cfg, loss=loss, teacher=teacher, seed=self.recipe.seed, checkpoint_path=ckpt,
                          metrics_path=sdir / "metrics.jsonl", resume=self.resume, progress=progress,
                          stop_after_epoch=self.stop_after_epoch, fingerprint=fp)
             origin = "trained here"
             training = training_entry(result, loss, cfg, task.device)
+            if getattr(teacher, "cache_info", None):
+                training["teacher_cache"] = teacher.cache_info
         save_weights(weights, model)
         write_json_atomic(stage_json, {"fingerprint": fp, "stage": name, "architecture": model_cfg.model,
                                        "origin": origin, "training": training})
@@ -467,8 +494,7 @@ class Pipeline:
         for role, st in stages.items():
             cfg = r.teacher if role == "teacher" else r.student
             history = self.run_dir / role / "metrics.jsonl"
-            training = dict(st.training, feature_costs=st.feature_costs) if st.training and st.feature_costs \
-                else st.training
+            training = dict(st.training, **st.training_extra) if st.training and st.training_extra else st.training
             models[role] = model_entry(role, cfg.model, st.origin, measured[role], training,
                                        f"{role}/metrics.jsonl" if history.exists() else None)
         for role, (_, info) in built.items():
@@ -491,7 +517,7 @@ class Pipeline:
             notes.append("QAT fine-tuning distils the logits only: BatchNorm folding traces the student into a flat "
                          "graph, so the feature losses' module taps would not find their modules.")
         report = finish_report(r.name, self.run_dir, r.seed, task, models, self.device,
-                               extra_notes=notes + qat_notes(models) + feature_notes(models))
+                               extra_notes=notes + qat_notes(models) + feature_notes(models) + cache_notes(models))
         return report
 
     def finetune_setup(self, task: Task, teacher: nn.Module):
@@ -568,6 +594,18 @@ def qat_notes(models: dict) -> list[str]:
             parts.append(f"{diff:+.2f} points vs {what} at {100 * acc[role]:.2f}%")
     return ["Quantization-aware distillation: " + "; ".join(parts) + ". Differences under about one point are within "
             "seed-to-seed variation on small evaluation sets."]
+
+
+def cache_notes(models: dict) -> list[str]:
+    """Offline KD: how many views, the disk used and what building the cache cost."""
+    cache = ((models.get("student") or {}).get("training") or {}).get("teacher_cache")
+    if not cache:
+        return []
+    built = (f"built in {cache['build_s']:.1f} s" if cache.get("build_s") is not None
+             else "reused from an earlier stage or run")
+    return [f"The KD student learned from cached teacher logits: {cache['views']} fixed augmentation views x "
+            f"{cache['samples']} samples, {cache['disk_mb']:.2f} MB on disk (fp16), {built}; each epoch replays one "
+            "view, so the student saw those views only, while the baseline saw a fresh augmentation every epoch."]
 
 
 def feature_notes(models: dict) -> list[str]:

@@ -137,6 +137,11 @@ class TeacherConfig(ModelConfig):
     precision: Precision = Field("fp32", description="dtype the frozen teacher runs in while distilling")
     device: Literal["same", "cpu"] = Field("same", description="cpu: keep the teacher off the GPU while the student "
                                                                "trains there (memory-aware mode for small devices)")
+    cache: bool = Field(False, description="offline KD: run the teacher once per augmentation view, store its "
+                                           "logits (fp16, memory-mapped) and distill from the file")
+    cache_views: int = Field(8, ge=1, description="fixed augmentation views cached; each epoch replays one")
+    cache_dir: Optional[str] = Field(None, description="where caches live (shared across runs, one per fingerprint); "
+                                                       "default: <run_dir>/teacher_cache")
 
 
 class LossTerm(Strict):
@@ -275,6 +280,13 @@ class Recipe(Strict):
         if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+
+    @model_validator(mode="after")
+    def _cache_needs_logits_only(self) -> "Recipe":
+        if self.teacher.cache and self.distill.features:
+            raise ValueError("teacher.cache stores logits only, but distill.features needs the teacher's layers: "
+                             "turn teacher.cache off, or drop the feature losses")
+        return self
 
     @model_validator(mode="after")
     def _stages(self) -> "Recipe":

@@ -156,6 +156,18 @@ class FeatureCost(_Strict):
     memory_kind: Optional[str] = None
 
 
+class TeacherCache(_Strict):
+    """The teacher-logit cache a KD stage read instead of running the teacher (kd.cache)."""
+
+    path: str
+    views: int
+    samples: int
+    classes: int
+    disk_mb: float
+    build_s: Optional[float] = None  # None: an existing cache was reused (built by an earlier stage or run)
+    reused: bool = False
+
+
 class Training(_Strict):
     epochs: Optional[int] = None
     wall_time_s: Optional[float] = None
@@ -168,6 +180,7 @@ class Training(_Strict):
     precision: Optional[str] = None
     device: Optional[str] = None
     feature_costs: Optional[list[FeatureCost]] = None  # layer distillation: what each feature loss costs per step
+    teacher_cache: Optional[TeacherCache] = None  # offline KD: the cached teacher logits this stage trained from
 
 
 class Artifact(_Strict):

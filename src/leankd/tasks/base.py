@@ -39,7 +39,12 @@ class Task:
     device: torch.device
 
     # data ----------------------------------------------------------------------------------------------
-    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
+    supports_views: bool = False  # whether train_batches can replay a fixed augmentation view (teacher cache)
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
+        """Shuffled, augmented training batches of one epoch. `view=v` replays augmentation view v instead of a
+        fresh draw: the same augmented input for every sample whenever v comes back, whatever the batch order —
+        what a cached teacher's logits were computed on."""
         raise NotImplementedError
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
@@ -88,6 +93,16 @@ class Task:
         return classification_metrics(logits, targets, self.class_names)
 
 
+def _take(inputs: Any, idx: Tensor) -> Any:
+    return {k: _take(v, idx) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[idx]
+
+
+def _cat(chunks: list) -> Any:
+    if isinstance(chunks[0], dict):
+        return {k: _cat([c[k] for c in chunks]) for k in chunks[0]}
+    return torch.cat(chunks)
+
+
 def _seeded_generator(device: torch.device, seed: int) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed)
@@ -134,14 +149,33 @@ class TensorTask(Task):
     def split_size(self, split: str) -> int:
         return len(self.splits[split][1]) if split in self.splits else 0
 
-    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
+    supports_views = True
+    VIEW_CHUNK = 1024  # a view is augmented in fixed chunks of the stored order, so it never depends on batch size
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
         x, y = self.splits["train"]
         g = _seeded_generator(self.device, seed * 1_000_003 + epoch)
         order = torch.randperm(len(y), device=self.device, generator=g)
         steps = self.steps_per_epoch(batch_size)
+        viewed = self.view_inputs(view, seed) if view is not None else None
         for i in range(steps):
             idx = order[i * batch_size:(i + 1) * batch_size]
-            yield Batch(self.transform(x[idx], g, True), y[idx], idx)
+            inputs = _take(viewed, idx) if viewed is not None else self.transform(x[idx], g, True)
+            yield Batch(inputs, y[idx], idx)
+
+    def view_inputs(self, view: int, seed: int) -> Any:
+        """The whole training split under augmentation view `view`: augmented chunk by chunk in stored order with a
+        generator seeded by (seed, view), so sample i gets the same augmentation every time the view is replayed.
+        The last view is kept (one augmented copy of the split in memory), so consecutive epochs of one view
+        augment once."""
+        key = (int(view), int(seed))
+        if getattr(self, "_view_key", None) != key:
+            self._view_key, self._view = None, None  # free the previous view before building the next
+            x, _ = self.splits["train"]
+            g = _seeded_generator(self.device, 7_919 * (seed * 1_000_003 + view) + 104_729)
+            chunks = [self.transform(x[i:i + self.VIEW_CHUNK], g, True) for i in range(0, len(x), self.VIEW_CHUNK)]
+            self._view_key, self._view = key, _cat(chunks)
+        return self._view
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         x, y = self.splits[split]
@@ -187,7 +221,10 @@ class LoaderTask(Task):
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
         )
 
-    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
+    def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
+        if view is not None:
+            raise ValueError("augmentation views (the teacher cache) need the data in memory: set data.in_memory: "
+                             "true, or turn teacher.cache off")
         # same generator, same draws as TensorTask: the two paths give identical epochs on the same device
         g = _seeded_generator(self.device, seed * 1_000_003 + epoch)
         order = torch.randperm(self.split_size("train"), device=self.device, generator=g)

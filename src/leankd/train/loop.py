@@ -150,7 +150,11 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 progress.start_epoch(epoch + 1, cfg.epochs, steps_per_epoch)
             _sync(device)
             t0 = time.perf_counter()
-            for step, batch in enumerate(task.train_batches(epoch, cfg.batch_size, seed)):
+            # a cached teacher knows its logits for fixed augmentation views only: the epoch replays one of them
+            view = teacher.view_for_epoch(epoch) if hasattr(teacher, "view_for_epoch") else None
+            batches = (task.train_batches(epoch, cfg.batch_size, seed) if view is None
+                       else task.train_batches(epoch, cfg.batch_size, seed, view=view))
+            for step, batch in enumerate(batches):
                 inputs = _channels_last(batch.inputs, cfg.channels_last)
                 with autocast_context(device, cfg.precision):
                     logits = task.forward(step_model, inputs)

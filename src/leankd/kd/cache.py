@@ -1,0 +1,131 @@
+"""Teacher-output cache (offline KD): the teacher runs once per (data, teacher weights, augmentation view), its
+logits are stored in fp16 in a memory-mapped file, and every later epoch, student and run reads them back.
+
+Views: K fixed augmentation views of the training split (`Task.view_inputs`); each epoch draws one, the student
+trains on exactly the inputs the teacher saw for that view (FKD's idea of storing the view with the soft labels),
+so it still sees augmentation ("a good teacher is patient and consistent": one fixed view would overfit).
+
+Files, in one directory: `<fingerprint>.logits.npy` ([K, N, C] float16, a plain .npy so numpy memory-maps it) and
+`<fingerprint>.json` (what it was made from, K, build time). The fingerprint covers the data and its augmentation
+settings, the seed, the teacher's weights and precision, and K: a cache made for anything else is another file,
+and a run directory keeps only the cache of its current fingerprint (an old one is reported and deleted, never
+read). Both files are written under temporary names and renamed, the JSON last: a cache without its JSON is
+incomplete and rebuilt.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..io import atomic_path, write_json_atomic
+from ..tasks.base import Batch, Task
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class CacheInfo:
+    """What the report says about the cache."""
+
+    path: str
+    views: int
+    samples: int
+    classes: int
+    disk_mb: float
+    build_s: Optional[float]  # None when an existing cache was reused
+    reused: bool
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def view_of_epoch(epoch: int, views: int, seed: int) -> int:
+    """The view epoch `epoch` trains on: a seeded draw, so a resumed run replays the same views."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 31_337)
+    return int(torch.randint(views, (1,), generator=g))
+
+
+class CachedTeacher:
+    """Stands in for a live teacher: `teacher(batch)` returns the stored logits of the batch's samples in the
+    current view. `view_for_epoch` tells the loop which view to ask the task for; the student loop cannot tell
+    this from a live teacher otherwise. Needs `batch.index` (positions in the training split)."""
+
+    def __init__(self, logits_path: Path, views: int, seed: int, device: torch.device):
+        self.logits = np.load(logits_path, mmap_mode="r")
+        self.views, self.seed, self.device = views, seed, device
+        self.view = 0
+
+    def view_for_epoch(self, epoch: int) -> int:
+        self.view = view_of_epoch(epoch, self.views, self.seed)
+        return self.view
+
+    def __call__(self, batch: Batch) -> Tensor:
+        if batch.index is None:
+            raise ValueError("a cached teacher needs batches that carry their sample indices")
+        rows = self.logits[self.view, batch.index.cpu().numpy()]
+        return torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(self.device)
+
+
+def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], Tensor], task: Task, views: int,
+                  seed: int, batch_size: int = 256, log: Callable[[str], None] = print, describe: Optional[dict] = None,
+                  prune: bool = True) -> tuple[CachedTeacher, CacheInfo]:
+    """The cache for `fingerprint` in `directory`: reused when complete, else built with `teacher` (a live
+    teacher) over every view. With `prune` (a run directory's own cache), caches of other fingerprints there are
+    stale: reported and removed; a shared directory (`prune=False`) keeps one cache per fingerprint."""
+    if not task.supports_views:
+        raise ValueError("teacher.cache needs the training data in memory (augmentation views are replayed from "
+                         "it): set data.in_memory: true, or turn teacher.cache off")
+    directory.mkdir(parents=True, exist_ok=True)
+    logits_path, meta_path = directory / f"{fingerprint}.logits.npy", directory / f"{fingerprint}.json"
+    for old in directory.glob("*.json") if prune else []:
+        if old != meta_path:
+            log(f"teacher cache {old.with_suffix('')} was made for another teacher, data or view setting: removing it")
+            old.unlink()
+            (directory / f"{old.stem}.logits.npy").unlink(missing_ok=True)
+    if logits_path.exists() and not meta_path.exists():  # an interrupted build left the array without its JSON
+        logits_path.unlink()
+    for leftover in directory.glob(f".{logits_path.name}.*.tmp"):  # a build killed before its rename
+        leftover.unlink()
+    n, c = task.split_size("train"), task.num_classes
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") == CACHE_FORMAT and meta.get("shape") == [views, n, c]:
+            log(f"teacher cache: reusing {logits_path} ({views} views x {n} samples)")
+            return CachedTeacher(logits_path, views, seed, task.device), _info(logits_path, views, n, c, None, True)
+        log(f"teacher cache {meta_path} does not match this run: rebuilding it")
+        meta_path.unlink()
+        logits_path.unlink(missing_ok=True)
+
+    log(f"teacher cache: running the teacher on {views} augmentation views x {n} samples ...")
+    start = time.perf_counter()
+    with atomic_path(logits_path) as tmp:  # a .npy header, then the array filled in place, view by view
+        array = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=np.float16, shape=(views, n, c))
+        for v in range(views):
+            inputs = task.view_inputs(v, seed)
+            for i in range(0, n, batch_size):
+                idx = torch.arange(i, min(i + batch_size, n), device=task.device)
+                batch = Batch(_take(inputs, idx), torch.zeros(len(idx), dtype=torch.long, device=task.device), idx)
+                array[v, i:i + len(idx)] = teacher(batch).float().cpu().numpy().astype(np.float16)
+        array.flush()
+        del array
+    build_s = time.perf_counter() - start
+    write_json_atomic(meta_path, {"format": CACHE_FORMAT, "fingerprint": fingerprint, "shape": [views, n, c],
+                                  "dtype": "float16", "build_s": round(build_s, 3), "made_from": describe or {}})
+    log(f"teacher cache: built in {build_s:.1f}s -> {logits_path}")
+    return CachedTeacher(logits_path, views, seed, task.device), _info(logits_path, views, n, c, build_s, False)
+
+
+def _take(inputs, idx: Tensor):
+    return {k: _take(v, idx) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[idx]
+
+
+def _info(path: Path, views: int, n: int, c: int, build_s: Optional[float], reused: bool) -> CacheInfo:
+    return CacheInfo(path=str(path), views=views, samples=n, classes=c, disk_mb=round(path.stat().st_size / 1e6, 3),
+                     build_s=None if build_s is None else round(build_s, 3), reused=reused)
