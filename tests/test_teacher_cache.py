@@ -139,3 +139,29 @@ def test_recipe_switch_end_to_end(tmp_path, data):
                               f"teacher.checkpoint={run_dir / 'teacher' / 'model.safetensors'}"])
     rep3 = json.loads((tmp_path / "third" / "report.json").read_text())
     assert rep3["models"]["student"]["training"]["teacher_cache"]["reused"] is True
+
+
+def test_top_k_storage_keeps_the_top_logits_and_the_probability_total(tmp_path):
+    from leankd.kd.cache import compress_top_k, expand_top_k
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=g) * 3
+    logits[:, 7] += 12  # one confident class, as for a trained teacher
+    rows = compress_top_k(logits, 5)
+    assert rows.shape == (6, 11)
+    full = expand_top_k(rows, 5, 50)
+    top_v, top_i = logits.topk(5, dim=1)
+    assert torch.equal(full.gather(1, top_i), top_v)  # the k largest logits come back exactly
+    p_orig, p_back = logits.softmax(1), full.softmax(1)
+    assert torch.allclose(p_back.gather(1, top_i), p_orig.gather(1, top_i), atol=1e-5)  # and their probabilities
+    tail = torch.ones_like(full, dtype=torch.bool).scatter_(1, top_i, False)
+    assert torch.allclose((p_back * tail).sum(1), (p_orig * tail).sum(1), atol=1e-5)  # tail mass preserved
+    # through the cache: 3 classes, top-2 per sample
+    task = _task()
+    live = LiveTeacher(create_model("resnet8", num_classes=3), task)
+    cached, info = build_or_load(tmp_path, "k2", live, task, views=1, seed=0, log=lambda m: None, top_k=2)
+    assert info.top_k == 2 and np.load(tmp_path / "k2.logits.npy").shape == (1, 80, 5)
+    batch = next(task.train_batches(0, 16, seed=0, view=0))
+    got, want = cached(batch), live(batch)
+    assert torch.allclose(got.topk(2, 1).values, want.topk(2, 1).values, atol=1e-5)
+    with pytest.raises(ValueError, match="cache_top_k = 3 must be between 1 and 2"):
+        build_or_load(tmp_path, "k3", live, task, views=1, seed=0, log=lambda m: None, top_k=3)

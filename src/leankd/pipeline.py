@@ -304,8 +304,10 @@ class Pipeline:
                                                build_loss(r.distill, student_cfg.label_smoothing), teacher=live,
                                                model_cfg=r.student, extra_fp=kd_fp)
             del live
-        if r.teacher.cache:  # the student's result depends on which views it replays
+        if r.teacher.cache:  # the student's result depends on which views it replays (and on top-k storage)
             kd_fp["teacher_cache_views"] = r.teacher.cache_views
+            if r.teacher.cache_top_k:
+                kd_fp["teacher_cache_top_k"] = r.teacher.cache_top_k
         live = self.live_teacher(teacher.model, task, channels_last=student_cfg.channels_last)
         make_teacher = (lambda: self.cached_teacher(task, live, data_fp)) if r.teacher.cache else None
         stages["student"] = self.stage("student", copy.deepcopy(student_init), task, student_cfg, kd_loss,
@@ -326,11 +328,12 @@ class Pipeline:
 
         r = self.recipe
         fp = fingerprint({"cache": "teacher-logits", **data_fp, "teacher": self._stage_fp("teacher"),
-                          "teacher_precision": r.teacher.precision, "views": r.teacher.cache_views, "seed": r.seed})
+                          "teacher_precision": r.teacher.precision, "views": r.teacher.cache_views, "seed": r.seed,
+                          "top_k": r.teacher.cache_top_k})
         directory = Path(r.teacher.cache_dir) if r.teacher.cache_dir else self.run_dir / "teacher_cache"
         cached, info = build_or_load(directory, fp, live, task, r.teacher.cache_views, r.seed, log=self.log,
                                      describe={"teacher": self._stage_fp("teacher"), "seed": r.seed},
-                                     prune=r.teacher.cache_dir is None)
+                                     prune=r.teacher.cache_dir is None, top_k=r.teacher.cache_top_k)
         live.model.to("cpu")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -425,7 +428,8 @@ class Pipeline:
         sdir = self.run_dir / name
         # what shapes this stage's weights: not teacher.precision (it only matters while distilling, and is in the
         # student's fingerprint), and a checkpoint file by its size and mtime, not just its path
-        model_fp = model_cfg.model_dump(exclude={"train", "precision", "device", "cache", "cache_views", "cache_dir"})
+        model_fp = model_cfg.model_dump(exclude={"train", "precision", "device", "cache", "cache_views", "cache_dir",
+                                                  "cache_top_k"})
         if model_cfg.checkpoint:
             model_fp["checkpoint_file"] = file_identity(Path(model_cfg.checkpoint))
         fp = fingerprint({"stage": name, "model": model_fp, "train": cfg.model_dump(),

@@ -140,6 +140,8 @@ class TeacherConfig(ModelConfig):
     cache: bool = Field(False, description="offline KD: run the teacher once per augmentation view, store its "
                                            "logits (fp16, memory-mapped) and distill from the file")
     cache_views: int = Field(8, ge=1, description="fixed augmentation views cached; each epoch replays one")
+    cache_top_k: Optional[int] = Field(None, ge=1, description="many-class tasks: store the k largest logits (+ "
+                                                               "indices + one tail logit) instead of all")
     cache_dir: Optional[str] = Field(None, description="where caches live (shared across runs, one per fingerprint); "
                                                        "default: <run_dir>/teacher_cache")
 

@@ -5,7 +5,8 @@ Views: K fixed augmentation views of the training split (`Task.view_inputs`); ea
 trains on exactly the inputs the teacher saw for that view (FKD's idea of storing the view with the soft labels),
 so it still sees augmentation ("a good teacher is patient and consistent": one fixed view would overfit).
 
-Files, in one directory: `<fingerprint>.logits.npy` ([K, N, C] float16, a plain .npy so numpy memory-maps it) and
+Files, in one directory: `<fingerprint>.logits.npy` ([K, N, C] float16, a plain .npy so numpy memory-maps it;
+with `top_k`, [K, N, 2k + 1] float32 rows of `compress_top_k`) and
 `<fingerprint>.json` (what it was made from, K, build time). The fingerprint covers the data and its augmentation
 settings, the seed, the teacher's weights and precision, and K: a cache made for anything else is another file,
 and a run directory keeps only the cache of its current fingerprint (an old one is reported and deleted, never
@@ -38,6 +39,7 @@ class CacheInfo:
     views: int
     samples: int
     classes: int
+    top_k: Optional[int]  # None: every logit stored (fp16); k: top-k logits + indices + a tail logit (fp32)
     disk_mb: float
     build_s: Optional[float]  # None when an existing cache was reused
     reused: bool
@@ -57,9 +59,11 @@ class CachedTeacher:
     current view. `view_for_epoch` tells the loop which view to ask the task for; the student loop cannot tell
     this from a live teacher otherwise. Needs `batch.index` (positions in the training split)."""
 
-    def __init__(self, logits_path: Path, views: int, seed: int, device: torch.device):
+    def __init__(self, logits_path: Path, views: int, seed: int, device: torch.device, num_classes: int,
+                 top_k: Optional[int] = None):
         self.logits = np.load(logits_path, mmap_mode="r")
         self.views, self.seed, self.device = views, seed, device
+        self.num_classes, self.top_k = num_classes, top_k
         self.view = 0
 
     def view_for_epoch(self, epoch: int) -> int:
@@ -70,12 +74,33 @@ class CachedTeacher:
         if batch.index is None:
             raise ValueError("a cached teacher needs batches that carry their sample indices")
         rows = self.logits[self.view, batch.index.cpu().numpy()]
-        return torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(self.device)
+        rows = torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(self.device)
+        return rows if self.top_k is None else expand_top_k(rows, self.top_k, self.num_classes)
+
+
+def compress_top_k(logits: Tensor, k: int) -> Tensor:
+    """[B, C] logits -> [B, 2k + 1] rows: the k largest logits, their class indices (exact as fp32 below 2**24),
+    and one "tail" logit that gives every other class an equal share of the remaining probability mass (T = 1),
+    so `expand_top_k` keeps the top-k logits exactly and the softmax total right. Many-class tasks store ~2k+1
+    numbers per sample instead of C."""
+    logits = logits.float()
+    c = logits.shape[1]
+    values, indices = logits.topk(k, dim=1)
+    lse = logits.logsumexp(dim=1, keepdim=True)
+    rest = (1 - (values - lse).exp().sum(dim=1, keepdim=True)).clamp_min(1e-12)
+    tail = (rest / max(c - k, 1)).log() + lse if c > k else values[:, -1:] - 30.0
+    return torch.cat([values, indices.float(), tail], dim=1)
+
+
+def expand_top_k(rows: Tensor, k: int, num_classes: int) -> Tensor:
+    """Inverse of `compress_top_k`: full [B, C] logits, the tail logit everywhere but the stored top-k classes."""
+    logits = rows[:, 2 * k:2 * k + 1].expand(-1, num_classes).clone()
+    return logits.scatter_(1, rows[:, k:2 * k].long(), rows[:, :k])
 
 
 def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], Tensor], task: Task, views: int,
                   seed: int, batch_size: int = 256, log: Callable[[str], None] = print, describe: Optional[dict] = None,
-                  prune: bool = True) -> tuple[CachedTeacher, CacheInfo]:
+                  prune: bool = True, top_k: Optional[int] = None) -> tuple[CachedTeacher, CacheInfo]:
     """The cache for `fingerprint` in `directory`: reused when complete, else built with `teacher` (a live
     teacher) over every view. With `prune` (a run directory's own cache), caches of other fingerprints there are
     stale: reported and removed; a shared directory (`prune=False`) keeps one cache per fingerprint."""
@@ -94,11 +119,20 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
     for leftover in directory.glob(f".{logits_path.name}.*.tmp"):  # a build killed before its rename
         leftover.unlink()
     n, c = task.split_size("train"), task.num_classes
+    if top_k is not None and not 1 <= top_k < c:
+        raise ValueError(f"teacher.cache_top_k = {top_k} must be between 1 and {c - 1} (the task has {c} classes); "
+                         "leave it unset to store every logit")
+    width, dtype = (c, np.float16) if top_k is None else (2 * top_k + 1, np.float32)
+
+    def cached(build_s):
+        return (CachedTeacher(logits_path, views, seed, task.device, c, top_k),
+                _info(logits_path, views, n, c, top_k, build_s, build_s is None))
+
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") == CACHE_FORMAT and meta.get("shape") == [views, n, c]:
+        if meta.get("format") == CACHE_FORMAT and meta.get("shape") == [views, n, c] and meta.get("top_k") == top_k:
             log(f"teacher cache: reusing {logits_path} ({views} views x {n} samples)")
-            return CachedTeacher(logits_path, views, seed, task.device), _info(logits_path, views, n, c, None, True)
+            return cached(None)
         log(f"teacher cache {meta_path} does not match this run: rebuilding it")
         meta_path.unlink()
         logits_path.unlink(missing_ok=True)
@@ -106,26 +140,31 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
     log(f"teacher cache: running the teacher on {views} augmentation views x {n} samples ...")
     start = time.perf_counter()
     with atomic_path(logits_path) as tmp:  # a .npy header, then the array filled in place, view by view
-        array = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=np.float16, shape=(views, n, c))
+        array = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=dtype, shape=(views, n, width))
         for v in range(views):
             inputs = task.view_inputs(v, seed)
             for i in range(0, n, batch_size):
                 idx = torch.arange(i, min(i + batch_size, n), device=task.device)
                 batch = Batch(_take(inputs, idx), torch.zeros(len(idx), dtype=torch.long, device=task.device), idx)
-                array[v, i:i + len(idx)] = teacher(batch).float().cpu().numpy().astype(np.float16)
+                logits = teacher(batch).float()
+                rows = logits if top_k is None else compress_top_k(logits, top_k)
+                array[v, i:i + len(idx)] = rows.cpu().numpy().astype(dtype)
         array.flush()
         del array
     build_s = time.perf_counter() - start
     write_json_atomic(meta_path, {"format": CACHE_FORMAT, "fingerprint": fingerprint, "shape": [views, n, c],
-                                  "dtype": "float16", "build_s": round(build_s, 3), "made_from": describe or {}})
+                                  "top_k": top_k, "dtype": np.dtype(dtype).name, "build_s": round(build_s, 3),
+                                  "made_from": describe or {}})
     log(f"teacher cache: built in {build_s:.1f}s -> {logits_path}")
-    return CachedTeacher(logits_path, views, seed, task.device), _info(logits_path, views, n, c, build_s, False)
+    return cached(build_s)
 
 
 def _take(inputs, idx: Tensor):
     return {k: _take(v, idx) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[idx]
 
 
-def _info(path: Path, views: int, n: int, c: int, build_s: Optional[float], reused: bool) -> CacheInfo:
-    return CacheInfo(path=str(path), views=views, samples=n, classes=c, disk_mb=round(path.stat().st_size / 1e6, 3),
+def _info(path: Path, views: int, n: int, c: int, top_k: Optional[int], build_s: Optional[float],
+          reused: bool) -> CacheInfo:
+    return CacheInfo(path=str(path), views=views, samples=n, classes=c, top_k=top_k,
+                     disk_mb=round(path.stat().st_size / 1e6, 3),
                      build_s=None if build_s is None else round(build_s, 3), reused=reused)

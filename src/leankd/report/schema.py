@@ -163,6 +163,7 @@ class TeacherCache(_Strict):
     views: int
     samples: int
     classes: int
+    top_k: Optional[int] = None  # top-k logits + indices + tail logit per sample instead of every logit
     disk_mb: float
     build_s: Optional[float] = None  # None: an existing cache was reused (built by an earlier stage or run)
     reused: bool = False
