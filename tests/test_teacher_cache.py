@@ -165,3 +165,13 @@ def test_top_k_storage_keeps_the_top_logits_and_the_probability_total(tmp_path):
     assert torch.allclose(got.topk(2, 1).values, want.topk(2, 1).values, atol=1e-5)
     with pytest.raises(ValueError, match="cache_top_k = 3 must be between 1 and 2"):
         build_or_load(tmp_path, "k3", live, task, views=1, seed=0, log=lambda m: None, top_k=3)
+
+
+def test_python_api_distills_from_a_cache(tmp_path):
+    import leankd
+    task = _task()
+    result = leankd.distill(create_model("resnet8", num_classes=3), create_model("resnet8", num_classes=3), task,
+                            epochs=2, batch_size=16, baseline=False, teacher_cache_views=2, run_dir=tmp_path,
+                            measure={"latency_batch_sizes": [1], "latency_runs": 30, "latency_warmup": 1})
+    cache = result.report["models"]["student"]["training"]["teacher_cache"]
+    assert cache["views"] == 2 and cache["samples"] == 80 and (tmp_path / "teacher_cache").is_dir()

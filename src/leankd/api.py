@@ -90,6 +90,27 @@ def _as_recipe(recipe: Union[str, Path, dict, Recipe]) -> Recipe:
     return recipe
 
 
+def _cached_teacher(live: LiveTeacher, task: Task, views: int, seed: int, run_dir: Optional[Path], quiet: bool,
+                    console: Optional[Console]):
+    """A CachedTeacher for distill(): keyed by the teacher's weights, the training data and the views."""
+    import hashlib
+    import tempfile
+
+    from .kd.cache import build_or_load
+
+    if not task.supports_views:
+        raise DataError("teacher_cache_views needs in-memory data (tensors or a TensorTask): augmentation views are "
+                        "replayed from it")
+    h = hashlib.sha256(f"views={views} seed={seed} precision={live.dtype}".encode())
+    for tensor in list(live.model.state_dict().values()) + list(task.splits["train"]):
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    directory = run_dir / "teacher_cache" if run_dir else Path(tempfile.mkdtemp(prefix="leankd-teacher-cache-"))
+    log = (lambda m: None) if quiet else (console or Console()).print
+    cached, info = build_or_load(directory, h.hexdigest()[:16], live, task, views, seed, log=log)
+    live.model.to("cpu")  # the student trains alone on the device
+    return cached, info.as_dict()
+
+
 # ---------------------------------------------------------------------------------------------------- distill
 DataLike = Union[Task, tuple, torch.utils.data.TensorDataset]
 
@@ -144,6 +165,7 @@ def distill(
     measure: Optional[dict] = None,
     quiet: bool = True,
     console: Optional[Console] = None,
+    teacher_cache_views: Optional[int] = None,
 ) -> DistillResult:
     """Distill a (trained) `teacher` into `student` and report quality and cost side by side.
 
@@ -151,7 +173,9 @@ def distill(
     gain is measured, not assumed. Data are `(inputs, targets)` tensors (or a `Task`); the report is measured
     on `test_data`, else `val_data`. The default loss is 0.9·KD(T=4) + 0.1·CE. `train` takes any other
     training setting of the recipe's `train:` section (warmup_epochs, milestones, label_smoothing, grad_clip,
-    channels_last, compile, ...) as a dict or a `TrainConfig`, overriding the keyword arguments."""
+    channels_last, compile, ...) as a dict or a `TrainConfig`, overriding the keyword arguments.
+    `teacher_cache_views=K`: offline KD — the teacher labels K fixed augmentation views once (fp16 logits in
+    `<run_dir>/teacher_cache`, or a temporary folder) and the student replays one view per epoch."""
     dev = resolve_device(device)
     task = _as_task(train_data, val_data, test_data, num_classes, dev)
     check_num_classes(teacher, task.num_classes, "teacher")
@@ -184,7 +208,13 @@ def distill(
         return training_entry(result, stage_loss, cfg, dev)
 
     baseline_training = train("baseline", copy.deepcopy(initial), CE()) if baseline else None
-    student_training = train("student", student, loss, LiveTeacher(copy.deepcopy(teacher), task, teacher_precision))
+    kd_teacher = LiveTeacher(copy.deepcopy(teacher), task, teacher_precision)
+    cache_info = None
+    if teacher_cache_views is not None:
+        kd_teacher, cache_info = _cached_teacher(kd_teacher, task, teacher_cache_views, seed, run_dir, quiet, console)
+    student_training = train("student", student, loss, kd_teacher)
+    if cache_info is not None:
+        student_training["teacher_cache"] = cache_info
 
     roles = {"teacher": (teacher, None), "student": (trained["student"], student_training)}
     if baseline:
