@@ -150,7 +150,9 @@ class TensorTask(Task):
         return len(self.splits[split][1]) if split in self.splits else 0
 
     supports_views = True
-    VIEW_CHUNK = 1024  # a view is augmented in fixed chunks of the stored order, so it never depends on batch size
+    # a view is augmented in fixed chunks of the stored order, so it never depends on the batch size; 256 keeps a
+    # chunk's intermediates in cache (1024 made a Speech Commands view 2.4x slower to build than per-batch augmentation)
+    VIEW_CHUNK = 256
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
         x, y = self.splits["train"]
