@@ -346,7 +346,7 @@ def _feature_cost_table(report: dict) -> list[str]:
              fmt_fixed(r.get("peak_mb"), 1), fmt_fixed(r.get("extra_mb"), 1)] for r in rows]
     kind = rows[0].get("memory_kind") or "memory"
     return _md_table(["loss", "ms / step", "extra ms", "step peak MB", "extra MB"], body) + [
-        "", f"First row: the logit loss alone; each other row adds one feature loss to it. Median of 5 steps on one "
+        "", f"First row: the logit loss alone; each other row adds one feature loss to it. Median of 10 interleaved steps on one "
             f"training batch (forward, teacher, loss, backward); memory: {kind}."]
 
 

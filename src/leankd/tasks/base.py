@@ -150,9 +150,10 @@ class TensorTask(Task):
         return len(self.splits[split][1]) if split in self.splits else 0
 
     supports_views = True
-    # a view is augmented in fixed chunks of the stored order, so it never depends on the batch size; 256 keeps a
-    # chunk's intermediates in cache (1024 made a Speech Commands view 2.4x slower to build than per-batch augmentation)
-    VIEW_CHUNK = 256
+    # a view is augmented in fixed chunks of the stored order, so it never depends on the batch size. Small chunks
+    # keep the intermediates in the CPU cache: on 2 cores a Speech Commands view costs what per-batch augmentation
+    # costs at 64 (1.4-1.6 s vs 1.5 s per epoch), 1.5x that at 256 and 3x at 1024
+    VIEW_CHUNK = 64
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
         x, y = self.splits["train"]
