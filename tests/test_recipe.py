@@ -110,3 +110,13 @@ def test_stage_override_errors_name_the_stage_path():
         parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "kd", "weight": 0}]}})
     with pytest.raises(RecipeError, match="latency_runs"):
         parse_recipe({**MINIMAL, "measure": {"latency_runs": 10}})
+
+
+def test_yaml_boolean_keyword_gets_a_quoting_hint(tmp_path):
+    path = tmp_path / "kws.yaml"
+    path.write_text("teacher: {model: crnn}\nstudent: {model: crnn_small}\n"
+                    "data: {task: keyword_spotting, audio: {keyword: yes}}\n")
+    with pytest.raises(RecipeError, match="YAML reads yes/no/on/off as true/false, so quote the word"):
+        load_recipe(path)
+    path.write_text(path.read_text().replace("keyword: yes", "keyword: 'yes'"))
+    assert load_recipe(path).data.audio.keyword == "yes"

@@ -46,6 +46,15 @@ class AudioConfig(Strict):
     noise_snr_db: tuple[float, float] = Field((5.0, 20.0), description="SNR range of the mixed-in noise")
     far_target: float = Field(0.01, gt=0, lt=1, description="binary task: report the false-rejection rate here")
 
+    @field_validator("keyword", mode="before")
+    @classmethod
+    def _keyword_not_yaml_bool(cls, v: Any) -> Any:
+        """YAML 1.1 reads yes/no/on/off as booleans, and all four are Speech Commands words."""
+        if isinstance(v, bool):
+            raise ValueError(f"keyword is the boolean {v}: YAML reads yes/no/on/off as true/false, so quote the "
+                             "word (keyword: 'yes', or --set \"data.audio.keyword='yes'\")")
+        return v
+
     @model_validator(mode="after")
     def _windows(self) -> "AudioConfig":
         if self.win_length > self.n_fft:
