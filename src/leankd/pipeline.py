@@ -345,7 +345,7 @@ class Pipeline:
         """The (student, teacher) module pairs of every `distill.features` term; `pairs: auto` terms are chosen by
         CKA on a few training batches, with the trained baseline standing in for the student (same architecture,
         trained, so its layers mean something) and the analysis saved as `layers.json`."""
-        from .kd.layer_choice import analyze_layers, auto_pairs, pick_candidates
+        from .kd.layer_choice import auto_pairs
         from .kd.taps import resolve_module
 
         r = self.recipe
@@ -362,11 +362,8 @@ class Pipeline:
             if not trained:
                 self.log(f"distill.features[{i}]: no trained baseline (baseline: false), so the CKA analysis uses "
                          "the student's initial weights")
-            analysis = analyze_layers(
-                student, teacher, task, top_k=term.top_k, batches=r.distill.analysis_batches, seed=r.seed,
-                batch_size=min(128, r.stage_train("student").batch_size),
-                student_layers=pick_candidates(student, term.candidates.student, "student"),
-                teacher_layers=pick_candidates(teacher, term.candidates.teacher, "teacher"))
+            analysis = self._analyze_layers(task, student, teacher, term.top_k, term.candidates.student,
+                                            term.candidates.teacher)
             pairs = auto_pairs(analysis)
             write_json_atomic(self.run_dir / f"layers-{i}.json", analysis.as_dict())
             self.log(f"distill.features[{i}] ({term.kind}): pairs chosen by CKA: "
@@ -380,13 +377,22 @@ class Pipeline:
         return LiveTeacher(copy.deepcopy(model), task, self.recipe.teacher.precision, channels_last=channels_last,
                            device=device)
 
+    def _analyze_layers(self, task: Task, student: nn.Module, teacher: nn.Module, top_k: Optional[int],
+                        student_patterns: Optional[list[str]], teacher_patterns: Optional[list[str]]):
+        """The CKA analysis behind both `pairs: auto` and `leankd layers`, with the recipe's sample size and seed."""
+        from .kd.layer_choice import analyze_layers, pick_candidates
+
+        r = self.recipe
+        return analyze_layers(student, teacher, task, top_k=top_k, seed=r.seed, batches=r.distill.analysis_batches,
+                              batch_size=min(128, r.stage_train("student").batch_size),
+                              student_layers=pick_candidates(student, student_patterns, "student"),
+                              teacher_layers=pick_candidates(teacher, teacher_patterns, "teacher"))
+
     def layer_analysis(self, top_k: Optional[int] = None, student_patterns: Optional[list[str]] = None,
                        teacher_patterns: Optional[list[str]] = None):
         """`leankd layers`: the CKA analysis on the run's trained teacher and baseline when they exist (else the
         recipe's checkpoint or a fresh init, said in the returned notes); patterns default to the first
         `pairs: auto` term's candidates. Writes `layers.json` into the run directory."""
-        from .kd.layer_choice import analyze_layers, pick_candidates
-
         r = self.recipe
         task = self.build_task()
         teacher = build_model(r.teacher, task.num_classes, "teacher", task.model_defaults())
@@ -407,11 +413,7 @@ class Pipeline:
         student_patterns = student_patterns or (auto.candidates.student if auto else None)
         teacher_patterns = teacher_patterns or (auto.candidates.teacher if auto else None)
         top_k = top_k if top_k is not None else (auto.top_k if auto else None)  # what `pairs: auto` would pick
-        analysis = analyze_layers(student, teacher, task, top_k=top_k, seed=r.seed,
-                                  batches=r.distill.analysis_batches,
-                                  batch_size=min(128, r.stage_train("student").batch_size),
-                                  student_layers=pick_candidates(student, student_patterns, "student"),
-                                  teacher_layers=pick_candidates(teacher, teacher_patterns, "teacher"))
+        analysis = self._analyze_layers(task, student, teacher, top_k, student_patterns, teacher_patterns)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.run_dir / "layers.json", {**analysis.as_dict(), "notes": notes})
         return analysis, notes

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..io import atomic_path, write_json_atomic
-from ..tasks.base import Batch, Task
+from ..tasks.base import Batch, Task, take_inputs
 
 CACHE_FORMAT = 1
 
@@ -146,7 +146,7 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
             inputs = task.view_inputs(v, seed)
             for i in range(0, n, batch_size):
                 idx = torch.arange(i, min(i + batch_size, n), device=task.device)
-                batch = Batch(_take(inputs, idx), torch.zeros(len(idx), dtype=torch.long, device=task.device), idx)
+                batch = Batch(take_inputs(inputs, idx), torch.zeros(len(idx), dtype=torch.long, device=task.device), idx)
                 logits = teacher(batch).float()
                 rows = logits if top_k is None else compress_top_k(logits, top_k)
                 array[v, i:i + len(idx)] = rows.cpu().numpy().astype(dtype)
@@ -159,10 +159,6 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
                                   "made_from": describe or {}})
     log(f"teacher cache: built in {build_s:.1f}s -> {logits_path}")
     return cached(build_s)
-
-
-def _take(inputs, idx: Tensor):
-    return {k: _take(v, idx) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[idx]
 
 
 def _info(path: Path, views: int, n: int, c: int, top_k: Optional[int], build_s: Optional[float],

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..tasks.base import Task
+from ..tasks.base import Task, concat_inputs, take_inputs
 from .layers import LayerAnalysis, analyze
 from .taps import FeatureTaps, TapError, candidate_layers, first_tensor, module_names
 
@@ -81,23 +81,13 @@ def sample_train_batch(task: Task, n: int, seed: int):
         keep = torch.isin(index, pick)
         if keep.any():
             where = keep.nonzero().squeeze(1).to(batch.targets.device)
-            inputs.append(select_inputs(batch.inputs, where))
+            inputs.append(take_inputs(batch.inputs, where))
             targets.append(batch.targets[where])
     return Batch(concat_inputs(inputs), torch.cat(targets))
 
 
-def select_inputs(x, where: Tensor):
-    return {k: select_inputs(v, where) for k, v in x.items()} if isinstance(x, dict) else x[where.to(x.device)]
-
-
 def slice_inputs(x, start: int, stop: int):
     return {k: slice_inputs(v, start, stop) for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
-
-
-def concat_inputs(parts: list):
-    if isinstance(parts[0], dict):
-        return {k: concat_inputs([p[k] for p in parts]) for k in parts[0]}
-    return torch.cat(parts)
 
 
 def analyze_layers(student: nn.Module, teacher: nn.Module, task: Task, *, student_layers: list[str],

@@ -27,14 +27,9 @@ from .taps import first_tensor
 _DEGENERATE = 1e-11
 
 
-def _tensor_of(feature) -> Tensor:
-    """Pull the representation out of whatever a forward hook captured (HF layers return tuples or outputs)."""
-    return first_tensor(feature)
-
-
 def _batch_size(feature) -> int:
     """Number of examples (dim 0), checked up front so mismatches are reported by layer name, before any math."""
-    t = _tensor_of(feature)
+    t = first_tensor(feature)
     if t.dim() == 0:
         raise ValueError("feature is a scalar; expected a batch of shape (n, ...)")
     return t.shape[0]
@@ -42,7 +37,7 @@ def _batch_size(feature) -> int:
 
 def as_matrix(feature) -> Tensor:
     """One captured output as an (n, d) float64 matrix: CKA compares examples, so all other dims are features."""
-    t = _tensor_of(feature).detach()
+    t = first_tensor(feature).detach()
     x = t.reshape(_batch_size(t), -1).to(torch.float64)
     if not torch.isfinite(x).all():
         raise ValueError("feature contains NaN or Inf values")
@@ -113,7 +108,7 @@ def cka_matrix(student: dict, teacher: dict, debiased: bool = False) -> Tensor:
 def _pooled(feature) -> Tensor:
     """(n,C,H,W) -> global average pool -> (n,C); (n,L,H) -> mean over L -> (n,H); (n,d) as is. A probe on the
     pooled vector asks "does this layer know the class" without a d = C*H*W solve."""
-    t = _tensor_of(feature).detach().to(torch.float64)
+    t = first_tensor(feature).detach().to(torch.float64)
     if t.dim() == 0:
         raise ValueError("feature is a scalar; expected a batch of shape (n, ...)")
     if t.dim() == 1:

@@ -93,13 +93,15 @@ class Task:
         return classification_metrics(logits, targets, self.class_names)
 
 
-def _take(inputs: Any, idx: Tensor) -> Any:
-    return {k: _take(v, idx) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[idx]
+def take_inputs(inputs: Any, idx: Tensor) -> Any:
+    """Rows `idx` of a batch's inputs (a tensor, or a dict of tensors)."""
+    return {k: take_inputs(v, idx) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[idx]
 
 
-def _cat(chunks: list) -> Any:
+def concat_inputs(chunks: list) -> Any:
+    """Batches' inputs joined along the batch dimension (tensors, or dicts of tensors)."""
     if isinstance(chunks[0], dict):
-        return {k: _cat([c[k] for c in chunks]) for k in chunks[0]}
+        return {k: concat_inputs([c[k] for c in chunks]) for k in chunks[0]}
     return torch.cat(chunks)
 
 
@@ -163,7 +165,7 @@ class TensorTask(Task):
         viewed = self.view_inputs(view, seed) if view is not None else None
         for i in range(steps):
             idx = order[i * batch_size:(i + 1) * batch_size]
-            inputs = _take(viewed, idx) if viewed is not None else self.transform(x[idx], g, True)
+            inputs = take_inputs(viewed, idx) if viewed is not None else self.transform(x[idx], g, True)
             yield Batch(inputs, y[idx], idx)
 
     def view_inputs(self, view: int, seed: int) -> Any:
@@ -177,7 +179,7 @@ class TensorTask(Task):
             x, _ = self.splits["train"]
             g = _seeded_generator(self.device, 7_919 * (seed * 1_000_003 + view) + 104_729)
             chunks = [self.transform(x[i:i + self.VIEW_CHUNK], g, True) for i in range(0, len(x), self.VIEW_CHUNK)]
-            self._view_key, self._view = key, _cat(chunks)
+            self._view_key, self._view = key, concat_inputs(chunks)
         return self._view
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:

@@ -20,18 +20,13 @@ from torch import nn
 from ..kd.losses import Loss
 from ..measure.memory import _make_live_storage_counter
 from ..tasks.base import Task
-from .loop import _setup_feature_loss, autocast_context, loss_inputs
+from .loop import _setup_feature_loss, _sync, autocast_context, loss_inputs
 
 
 def _one_step(model: nn.Module, loss: Loss, taps, teacher, batch, task: Task, precision: str) -> None:
     with autocast_context(task.device, precision):
         logits = task.forward(model, batch.inputs)
     loss(loss_inputs(logits, batch, loss, teacher, taps)).backward()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Variant:
