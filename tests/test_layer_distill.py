@@ -2,11 +2,9 @@
 loop (adapters trained, checkpointed, resumed), `pairs: auto` in a recipe, the logit-KD control and the per-term
 cost table in the report, and `leankd layers`."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 from leankd.cli import app

@@ -226,6 +226,8 @@ def training_entry(result: FitResult, loss: Loss, cfg: TrainConfig, device: torc
         "loss": loss.describe(),
         "precision": cfg.precision,
         "device": str(device),
+        "speedups": result.speedups,
+        "speedup_notes": result.speedup_notes or None,
     }
 
 
@@ -535,8 +537,8 @@ class Pipeline:
         student_cfg = r.stage_train("student")
         qat = r.compress.qat
         cfg = student_cfg.model_copy(update=dict(
-            epochs=qat.epochs, lr=qat.lr or student_cfg.lr * 0.02, schedule="cosine", warmup_epochs=0.0,
-            precision="fp32", compile=False, channels_last=False))
+            epochs=qat.epochs, lr=qat.lr or student_cfg.effective_lr * 0.02, lr_scaling="none", schedule="cosine",
+            warmup_epochs=0.0, precision="fp32", compile=False, cuda_graphs=False, channels_last=False))
         # logits only: BatchNorm folding (torch.fx) flattens the student, so layer taps would not find their modules
         loss = build_loss(r.distill, student_cfg.label_smoothing)
         live = None

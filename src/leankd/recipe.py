@@ -66,6 +66,27 @@ class AudioConfig(Strict):
         return self
 
 
+class TextConfig(Strict):
+    """Text classification (`data.task: text_classification`): which columns hold what, and how to tokenize."""
+
+    format: Literal["auto", "tsv", "csv", "jsonl", "trec"] = Field(
+        "auto", description="auto: from the suffix (.tsv, .csv, .jsonl, .label = TREC's 'COARSE:fine text' lines)")
+    text_column: list[str] = Field(default_factory=lambda: ["sentence", "text", "content"],
+                                   description="the text column: the first of these names found in a file's header")
+    pair_column: Optional[str] = Field(None, description="second sentence of sentence-pair tasks (e.g. MRPC, QNLI)")
+    label_column: str = "label"
+    tokenizer: Optional[str] = Field(None, description="a local Hugging Face checkpoint folder (or alias) whose fast "
+                                                       "tokenizer is used; default: the teacher's (hf:...)")
+    max_length: int = Field(128, ge=8, description="longer texts are truncated")
+    bucket_batches: int = Field(50, ge=1, description="training batches are grouped by length within windows of "
+                                                      "this many batches (dynamic padding wastes little)")
+
+    @field_validator("text_column", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
 class DataConfig(Strict):
     source: str = Field("demo", description="'demo', an ImageFolder dir, a .tar/.tar.gz of one, or torchvision:NAME:ROOT")
     task: str = Field("image_classification", description="a task kind from leankd.tasks.TASKS")
@@ -83,15 +104,18 @@ class DataConfig(Strict):
     limit_test: Optional[int] = Field(None, gt=0, description="report on a stratified subset of N test images (quick "
                                                               "CPU runs; in-memory image data; the report says so)")
     audio: Optional[AudioConfig] = Field(None, description="keyword spotting settings (defaults when unset)")
+    text: Optional[TextConfig] = Field(None, description="text classification settings (defaults when unset)")
 
     @model_validator(mode="after")
-    def _audio_defaults(self) -> "DataConfig":
-        """A keyword-spotting recipe always carries its resolved audio settings (so `audio:` left out and written
-        out with the defaults fingerprint the same); other tasks must not carry one."""
-        if self.task == "keyword_spotting" and self.audio is None:
-            object.__setattr__(self, "audio", AudioConfig())
-        elif self.task != "keyword_spotting" and self.audio is not None:
-            raise ValueError(f"data.audio is for data.task: keyword_spotting, not {self.task!r}: remove it")
+    def _task_settings(self) -> "DataConfig":
+        """A keyword-spotting (text) recipe always carries its resolved audio (text) settings, so a section left out
+        and one written out with the defaults fingerprint the same; other tasks must not carry one."""
+        for section, task, default in (("audio", "keyword_spotting", AudioConfig), ("text", "text_classification",
+                                                                                     TextConfig)):
+            if self.task == task and getattr(self, section) is None:
+                object.__setattr__(self, section, default())
+            elif self.task != task and getattr(self, section) is not None:
+                raise ValueError(f"data.{section} is for data.task: {task}, not {self.task!r}: remove it")
         return self
 
 
@@ -112,7 +136,19 @@ class TrainConfig(Strict):
     precision: Precision = "fp32"
     channels_last: bool = False
     compile: bool = False
+    cuda_graphs: bool = Field(False, description="CUDA only: compile the student with mode='reduce-overhead' so each "
+                              "fixed-shape step replays CUDA graphs (implies compile); ignored on CPU, with a note")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="large batches: lr x (batch_size / lr_base_batch_size) (linear, Goyal et al.) or its "
+        "square root (sqrt, for adaptive optimizers); pair with warmup_epochs")
+    lr_base_batch_size: int = Field(128, ge=1, description="the batch size `lr` was tuned for (lr_scaling)")
     deterministic: bool = Field(False, description="deterministic CUDA kernels (slower): resume == uninterrupted on GPU too")
+
+    @property
+    def effective_lr(self) -> float:
+        """`lr` after large-batch scaling: what the optimizer actually starts from."""
+        ratio = self.batch_size / self.lr_base_batch_size
+        return self.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[self.lr_scaling]
 
     @field_validator("milestones")
     @classmethod
@@ -291,6 +327,17 @@ class Recipe(Strict):
         if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+
+    @model_validator(mode="after")
+    def _text_tokenizer(self) -> "Recipe":
+        """Text: the teacher's own tokenizer unless the recipe names one (written into the resolved recipe)."""
+        text = self.data.text
+        if text is not None and text.tokenizer is None:
+            if not self.teacher.model.startswith("hf:"):
+                raise ValueError("data.text.tokenizer: the teacher is not a Hugging Face checkpoint (hf:...), so name "
+                                 "the tokenizer's folder")
+            object.__setattr__(text, "tokenizer", self.teacher.model[3:])
+        return self
 
     @model_validator(mode="after")
     def _cache_needs_logits_only(self) -> "Recipe":

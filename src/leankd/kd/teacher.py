@@ -40,6 +40,13 @@ class LiveTeacher:
         self.task = task
         self.taps = None
 
+    @property
+    def speedups(self) -> list[str]:
+        """How the teacher side of a KD step is cheapened, for the report's list of applied switches."""
+        name = {v: k for k, v in DTYPES.items()}[self.dtype]
+        out = [f"teacher held in {name}"] if name != "fp32" else []
+        return out + ([f"teacher on {self.device.type}"] if self.device != self.task.device else [])
+
     def _cast(self, x):
         if isinstance(x, Tensor):
             x = x.to(self.device, dtype=self.dtype) if x.is_floating_point() else x.to(self.device)

@@ -419,6 +419,18 @@ def _plot_dir(report: dict, run_dir: Optional[Path]) -> Optional[Path]:
     return Path(rd) if rd else None
 
 
+def _speedup_lines(report: dict) -> list[str]:
+    """One line per trained model: the throughput switches it trained with, and requested ones that did not apply."""
+    lines = []
+    for role, e in report["models"].items():
+        applied, skipped = _g(e, "training", "speedups"), _g(e, "training", "speedup_notes") or []
+        if applied is None and not skipped:
+            continue
+        line = f"- {model_label(role, e)}: {', '.join(applied) if applied else 'none'}"
+        lines.append(line + "".join(f"; {note}" for note in skipped))
+    return lines
+
+
 def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optional[list] = None) -> str:
     """Render `report.md`. Plot links: the names in `plots` if given, else the plot files present in `run_dir`
     (default: `report.run.run_dir`). Links are relative, as `report.md` lives next to the plots."""
@@ -464,6 +476,10 @@ def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optiona
         if seed:
             kd.append(seed)
     lines.append(" ".join(kd))
+
+    speed = _speedup_lines(report)
+    if speed:
+        lines += ["", "## Training speed-ups", ""] + speed
 
     layer = _feature_cost_table(report)
     if layer:

@@ -182,6 +182,8 @@ class Training(_Strict):
     device: Optional[str] = None
     feature_costs: Optional[list[FeatureCost]] = None  # layer distillation: what each feature loss costs per step
     teacher_cache: Optional[TeacherCache] = None  # offline KD: the cached teacher logits this stage trained from
+    speedups: Optional[list[str]] = None  # throughput switches the stage trained with (train/speed.py)
+    speedup_notes: Optional[list[str]] = None  # requested switches that did not apply, and why
 
 
 class Artifact(_Strict):

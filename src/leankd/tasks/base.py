@@ -50,6 +50,11 @@ class Task:
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         raise NotImplementedError
 
+    def view_batches(self, view: int, seed: int, batch_size: int) -> Iterator[Batch]:
+        """Every training sample once, under augmentation view `view`, each batch with its `index`: what the teacher
+        cache labels (tasks with `supports_views`)."""
+        raise NotImplementedError
+
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full batches only (fixed shapes, no tiny noisy last step); one step when the split is smaller."""
         n = self.split_size("train")
@@ -181,6 +186,12 @@ class TensorTask(Task):
             chunks = [self.transform(x[i:i + self.VIEW_CHUNK], g, True) for i in range(0, len(x), self.VIEW_CHUNK)]
             self._view_key, self._view = key, concat_inputs(chunks)
         return self._view
+
+    def view_batches(self, view: int, seed: int, batch_size: int) -> Iterator[Batch]:
+        inputs, y = self.view_inputs(view, seed), self.splits["train"][1]
+        for i in range(0, len(y), batch_size):
+            idx = torch.arange(i, min(i + batch_size, len(y)), device=self.device)
+            yield Batch(take_inputs(inputs, idx), y[idx], idx)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         x, y = self.splits[split]

@@ -29,6 +29,7 @@ from ..recipe import TrainConfig
 from ..tasks.base import Task
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler, param_groups
+from .speed import describe_optimizer, mark_step_begin, plan_step
 
 
 @dataclass
@@ -41,6 +42,8 @@ class FitResult:
     peak_memory: dict = field(default_factory=dict)
     energy: dict = field(default_factory=dict)
     resumed_from_epoch: int = 0
+    speedups: list[str] = field(default_factory=list)  # throughput switches this fit ran with (train.speed)
+    speedup_notes: list[str] = field(default_factory=list)  # requested switches that did not apply, and why
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -134,7 +137,9 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
         if metrics_path is not None:  # drop rows of epochs after the checkpoint (killed between the two writes)
             _write_history(metrics_path, history)
 
-    step_model = torch.compile(model) if cfg.compile else model
+    plan = plan_step(model, cfg, device, reads_features=student_taps is not None)
+    plan.applied.append(describe_optimizer(optimizer))
+    plan.applied += getattr(teacher, "speedups", [])
     prior_peak = None
     # 10 ms sampling: fine enough for epoch-long peaks, cheap enough not to slow a 2-core machine
     with PeakMemory(device, interval_s=0.01) as peak, EnergyMeter(device) as energy:
@@ -156,8 +161,11 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                        else task.train_batches(epoch, cfg.batch_size, seed, view=view))
             for step, batch in enumerate(batches):
                 inputs = _channels_last(batch.inputs, cfg.channels_last)
+                if plan.mark_steps:
+                    mark_step_begin()  # CUDA graphs: this step's replay may overwrite the last step's outputs
                 with autocast_context(device, cfg.precision):
-                    logits = task.forward(step_model, inputs)
+                    logits = task.forward(plan.model, inputs)
+                hits = (logits.detach().argmax(-1) == batch.targets).sum()  # read before anything replays
                 value = loss(loss_inputs(logits, batch, loss, teacher, student_taps))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(value).backward()
@@ -168,7 +176,7 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 scaler.update()
                 scheduler.step()
                 loss_sum += value.detach() * batch.size
-                correct += (logits.detach().argmax(-1) == batch.targets).sum()
+                correct += hits
                 seen += batch.size
                 if progress and (device.type == "cpu" or step % 20 == 0 or step == steps_per_epoch - 1):
                     elapsed = time.perf_counter() - t0
@@ -223,6 +231,8 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
         peak_memory=peak_memory,
         energy=energy_result,
         resumed_from_epoch=start_epoch,
+        speedups=plan.applied,
+        speedup_notes=plan.skipped,
     )
 
 

@@ -27,13 +27,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(params: Iterable | list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    # foreach kernels are the fast path on both CPU and CUDA; fused needs CUDA for SGD in some versions
+    # on CUDA one fused kernel per step; elsewhere (and with compile, where fused optimizers have had stride
+    # errors) the foreach kernels, the fast path on CPU
+    fused = device.type == "cuda" and not (cfg.compile or cfg.cuda_graphs)
+    kernels = dict(fused=True) if fused else dict(foreach=True)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay, foreach=True)
-    fused = device.type == "cuda" and not cfg.compile  # fused AdamW + compile has known stride errors
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             fused=fused, foreach=None if fused else True)
+        return torch.optim.SGD(params, lr=cfg.effective_lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay, **kernels)
+    return torch.optim.AdamW(params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay, **kernels)
 
 
 def lr_factor(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
