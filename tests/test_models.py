@@ -90,7 +90,7 @@ def test_unknown_name_suggests_close_matches() -> None:
 
 def test_unknown_prefix() -> None:
     with pytest.raises(ModelError, match="prefix"):
-        create_model("hf:resnet18", 10)
+        create_model("keras:resnet18", 10)
 
 
 def test_misspelled_kwarg_names_key_and_accepted() -> None:

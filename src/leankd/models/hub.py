@@ -1,6 +1,7 @@
-"""Build models that live outside the registry: torchvision, timm, or any importable callable.
+"""Build models that live outside the registry: torchvision, timm, Hugging Face checkpoints in local folders
+(`hf:PATH`, see hf.py), or any importable callable.
 
-torchvision and timm are imported only when asked for (each costs seconds to import).
+torchvision, timm and transformers are imported only when asked for (each costs seconds to import).
 Nothing here downloads: pretrained weights are refused, and users load local files with
 `load_weights` instead.
 """
@@ -18,7 +19,7 @@ from torch import nn
 from leankd.errors import ModelError
 from leankd.models._kwargs import accepts, check_kwargs
 
-PREFIXES = ("torchvision:", "timm:", "python:")
+PREFIXES = ("torchvision:", "timm:", "python:", "hf:")
 
 # Keys that would make torchvision/timm fetch weights from the internet.
 _DOWNLOAD_KEYS = {
@@ -40,8 +41,15 @@ def create_hub_model(name: str, num_classes: int, kwargs: Mapping[str, object]) 
         "torchvision": _torchvision,
         "timm": _timm,
         "python": _python,
+        "hf": _hf,
     }
     return builders[prefix](rest, num_classes, kwargs)
+
+
+def _hf(name: str, num_classes: int, kwargs: Mapping[str, object]) -> nn.Module:
+    from leankd.models.hf import create_hf_model  # transformers is imported only when asked for
+
+    return create_hf_model(name, num_classes, kwargs)
 
 
 def _refuse_downloads(source: str, name: str, kwargs: Mapping[str, object]) -> None:

