@@ -100,12 +100,13 @@ def test_csv_pairs_jsonl_and_trec(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ batching
-def _recipe(tmp_path, **data):
+def _recipe(tmp_path, teacher=None, **data):
     folder = write_sst2_like(tmp_path / "sst")
     ckpt = tiny_bert(tmp_path / "bert")
     return parse_recipe({
         "data": {"source": str(folder), "task": "text_classification", "eval_split": "val", **data},
-        "teacher": {"model": f"hf:{ckpt}"}, "student": {"model": f"hf:{ckpt}", "kwargs": {"layers": 2}},
+        "teacher": {"model": f"hf:{ckpt}", **(teacher or {})},
+        "student": {"model": f"hf:{ckpt}", "kwargs": {"layers": 2}},
         "train": {"epochs": 1, "batch_size": 8},
     })
 
@@ -215,14 +216,49 @@ def test_missing_minilm_package_says_how_to_install(monkeypatch):
         resolve_checkpoint("minilm")
 
 
+def test_cached_teacher_logits_do_not_depend_on_padding(tmp_path):
+    """The cache labels the texts in length-sorted batches of 256; training batches pad differently. The logits a
+    student reads must be the teacher's logits of that sentence, whatever the padding around it."""
+    from leankd.kd.cache import build_or_load
+    from leankd.kd.teacher import LiveTeacher
+
+    task = build_task(_recipe(tmp_path).data, torch.device("cpu"), seed=0)
+    torch.manual_seed(0)
+    live = LiveTeacher(create_model(f"hf:{tmp_path / 'bert'}", num_classes=2), task)
+    cached, info = build_or_load(tmp_path / "cache", "fp", live, task, views=1, seed=0, batch_size=32)
+    assert info.views == 1 and info.samples == 96
+    for batch in task.train_batches(epoch=0, batch_size=8, seed=0, view=cached.view_for_epoch(0)):
+        assert torch.allclose(cached(batch), live(batch), atol=3e-3, rtol=1e-3)  # fp16 storage
+
+
+def test_text_model_exports_to_onnx_with_any_length(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from leankd.compress.onnx import OnnxModel, export_onnx
+
+    task = build_task(_recipe(tmp_path).data, torch.device("cpu"), seed=0)
+    model = create_model(f"hf:{tmp_path / 'bert'}", num_classes=2, layers=2).eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, task.example_inputs(2), path, forward=task.forward, dynamic_dims=task.dynamic_dims())
+    onnx = OnnxModel(path)
+    widths = set()
+    for batch in task.eval_batches("val", 5):  # length order: every batch has another width
+        widths.add(batch.inputs["input_ids"].shape[1])
+        with torch.no_grad():
+            assert torch.allclose(task.forward(onnx, batch.inputs), task.forward(model, batch.inputs), atol=1e-4)
+    assert len(widths) >= 3
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 def test_text_run_end_to_end(tmp_path):
     from leankd.pipeline import Pipeline
 
-    r = _recipe(tmp_path, limit_test=None)
+    r = _recipe(tmp_path, teacher={"cache": True})  # cache_views 8 asked: text has one view
     report = Pipeline(r, tmp_path / "run", quiet=True).run()
     models = report["models"]
     assert set(models) == {"teacher", "baseline", "student"}
+    cache = models["student"]["training"]["teacher_cache"]
+    assert cache["views"] == 1 and cache["samples"] == 96 and cache["augmented"] is False
+    assert any("unaugmented" in n for n in report["notes"])
     assert models["student"]["cost"]["params"] < models["teacher"]["cost"]["params"]
     assert models["student"]["cost"]["macs"] < models["teacher"]["cost"]["macs"]
     assert models["student"]["quality"]["split"] == "val" and models["student"]["quality"]["num_samples"] == 32

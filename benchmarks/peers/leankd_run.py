@@ -70,6 +70,18 @@ def save_state_dict(model: torch.nn.Module, path: str) -> None:
     os.replace(tmp, path)
 
 
+def cache_key(teacher: torch.nn.Module, args) -> str:
+    """What the cached logits depend on: the teacher's weights and precision, the data file, views, seed, layout."""
+    import hashlib
+
+    h = hashlib.sha256(f"{args.cache_views} {args.seed} {args.teacher_precision} {args.channels_last}".encode())
+    stat = os.stat(args.data)
+    h.update(f"{os.path.abspath(args.data)} {stat.st_size} {stat.st_mtime_ns}".encode())
+    for tensor in teacher.state_dict().values():
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 class _Timer(pc.EpochTimer):
     """An EpochTimer filled from the loop's own per-epoch times (the loop syncs the device around each epoch)."""
 
@@ -134,13 +146,14 @@ def main(argv=None) -> dict:
                 cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="leankd-bench-cache-")
                 pc.sync(device)
                 t0 = time.perf_counter()
-                teacher, info = build_or_load(Path(cache_dir), f"bench-v{args.cache_views}-s{args.seed}", teacher, task,
+                teacher, info = build_or_load(Path(cache_dir), cache_key(t_model, args), teacher, task,
                                               args.cache_views, args.seed, log=lambda m: print(m, file=sys.stderr))
                 pc.sync(device)
                 extra["cache_build_s"] = time.perf_counter() - t0
                 extra["cache"] = info.as_dict()
                 t_model.to("cpu")  # the student trains alone on the device
-                name = args.name or f"leankd (cached teacher, {args.cache_views} views)"
+                views = f"{args.cache_views} view{'s' if args.cache_views != 1 else ''}"
+                name = args.name or f"leankd (cached teacher, {views})"
         if device.type == "cuda":
             torch.cuda.empty_cache()
         result = fit(model, task, cfg, loss=loss, teacher=teacher, seed=args.seed)

@@ -4,7 +4,8 @@ Why: the baseline every KD toolkit is implicitly compared with is the loop peopl
 https://pytorch.org/tutorials/beginner/knowledge_distillation_tutorial.html — a DataLoader with per-sample
 torchvision transforms, the teacher in eval mode under no_grad at every step, loss
 alpha * KL(log_softmax(s/T) || softmax(t/T)) * T^2 + (1 - alpha) * CE, fp32. Optimiser and schedule as the
-other contestants: SGD momentum 0.9 nesterov, lr 0.1, wd 5e-4, cosine over the epochs (stepped per epoch).
+other contestants: SGD momentum 0.9 nesterov, lr 0.1, wd 5e-4, cosine stepped every iteration, full batches only
+(drop_last, as leankd: the same images per epoch for every contestant).
 
 The teacher comes from --teacher-weights, or is trained first by this same loop without the KD term
 (--teacher-epochs) and can be saved with --save-teacher for the other peers. Writes one JSON result
@@ -32,12 +33,13 @@ from cifar_resnet import resnet20, resnet56  # noqa: E402
 from td_data import PreparedCifar10, test_transform, train_transform  # noqa: E402
 
 
-def make_optimizer(model, args, epochs):
+def make_optimizer(model, args, steps):
+    """SGD + cosine over `steps` optimizer steps, stepped every iteration (as leankd and our torchdistill config)."""
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
-    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
 
 
-def train_epoch(student, loader, opt, device, teacher=None, T=4.0, alpha=0.9) -> None:
+def train_epoch(student, loader, opt, sched, device, teacher=None, T=4.0, alpha=0.9) -> None:
     """One epoch; with a teacher the tutorial's KD loss, without it plain cross-entropy."""
     student.train()
     for x, y in loader:
@@ -54,6 +56,7 @@ def train_epoch(student, loader, opt, device, teacher=None, T=4.0, alpha=0.9) ->
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
 
 
 def save_state_dict(model, path: str) -> None:
@@ -81,7 +84,8 @@ def main(argv=None) -> dict:
                      persistent_workers=args.num_workers > 0)
     train_set = PreparedCifar10(args.data, "train", train_transform())
     test_set = PreparedCifar10(args.data, "test", test_transform())
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=False, **loader_kw)
+    # full batches only, as leankd trains: every contestant sees the same number of images per epoch
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, **loader_kw)
     test_loader = DataLoader(test_set, batch_size=args.eval_batch_size, shuffle=False, **loader_kw)
 
     torch.manual_seed(args.seed)
@@ -90,11 +94,10 @@ def main(argv=None) -> dict:
     if args.teacher_weights:
         teacher.load_state_dict(torch.load(args.teacher_weights, map_location=device, weights_only=True))
     else:
-        opt, sched = make_optimizer(teacher, args, args.teacher_epochs)
+        opt, sched = make_optimizer(teacher, args, args.teacher_epochs * len(train_loader))
         t0 = time.perf_counter()
         for _ in range(args.teacher_epochs):
-            train_epoch(teacher, train_loader, opt, device)
-            sched.step()
+            train_epoch(teacher, train_loader, opt, sched, device)
         pc.sync(device)
         teacher_seconds = time.perf_counter() - t0
     if args.save_teacher:
@@ -104,14 +107,13 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(args.seed + 1)
     student = resnet20(len(train_set.classes)).to(device)
-    opt, sched = make_optimizer(student, args, args.epochs)
+    opt, sched = make_optimizer(student, args, args.epochs * len(train_loader))
     timer, accuracies = pc.EpochTimer(device), []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.epochs):
         with timer:
-            train_epoch(student, train_loader, opt, device, teacher, args.temperature, args.alpha)
-            sched.step()
+            train_epoch(student, train_loader, opt, sched, device, teacher, args.temperature, args.alpha)
         accuracies.append(pc.evaluate(student, test_loader, device))
 
     payload = pc.result(

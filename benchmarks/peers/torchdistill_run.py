@@ -30,6 +30,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import peer_common as pc  # noqa: E402
+from td_data import PreparedCifar10  # noqa: E402
 
 import torchdistill  # noqa: E402
 from torchdistill.common import yaml_util  # noqa: E402
@@ -47,10 +48,13 @@ def load_config(path: str, args, device: torch.device) -> dict:
     train["num_epochs"] = args.epochs
     workers = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
                    pin_memory=device.type == "cuda")
-    train["train_data_loader"]["kwargs"].update(batch_size=args.batch_size, **workers)
+    # full batches only and a cosine stepped every iteration, as leankd and the plain loop
+    train["train_data_loader"]["kwargs"].update(batch_size=args.batch_size, drop_last=True, **workers)
     train["val_data_loader"]["kwargs"].update(batch_size=args.eval_batch_size, **workers)
     train["optimizer"]["kwargs"].update(lr=args.lr, weight_decay=args.weight_decay)
-    train["scheduler"]["kwargs"]["T_max"] = args.epochs
+    steps_per_epoch = len(PreparedCifar10(args.data, "train")) // args.batch_size
+    train["scheduler"]["kwargs"]["T_max"] = args.epochs * max(steps_per_epoch, 1)
+    train["scheduler"]["scheduling_step"] = 1  # torchdistill: > 0 steps the scheduler every that many iterations
     kd = train["criterion"]["kwargs"]["sub_terms"]["kd"]["criterion"]["kwargs"]
     kd.update(temperature=args.temperature, alpha=1 - args.alpha, beta=args.alpha)  # torchdistill: alpha = CE weight
     return config

@@ -57,6 +57,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# settings added after runs already existed: left out of a fingerprint while at their default, so an upgrade does
+# not retrain (or refuse to resume) every existing run directory
+ADDED_TRAIN_DEFAULTS = {"cuda_graphs": False, "lr_scaling": "none", "lr_base_batch_size": 128}
+
+
+def _stable(settings: dict, added_defaults: dict) -> dict:
+    return {k: v for k, v in settings.items() if not (k in added_defaults and v == added_defaults[k])}
+
+
 def fingerprint(obj) -> str:
     blob = json.dumps({"v": FINGERPRINT_VERSION, **obj}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -276,7 +285,8 @@ class Pipeline:
         task = self.build_task()
         # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target)
         ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"}}
-        data_fp = {"data": r.data.model_dump(exclude=ignored), "dataset": task.info.get("fingerprint")}
+        data_fp = {"data": _stable(r.data.model_dump(exclude=ignored), {"text": None}),
+                   "dataset": task.info.get("fingerprint")}
         self.log(f"[bold]leankd[/] run '{r.name}' on {self.device} -> {self.run_dir}")
         self.log(f"data: {r.data.source}: {task.split_size('train')} train / {task.split_size('val')} val / "
                  f"{task.split_size(task.eval_split)} {task.eval_split}, {task.num_classes} classes")
@@ -329,17 +339,21 @@ class Pipeline:
         from .kd.cache import build_or_load
 
         r = self.recipe
+        views = min(r.teacher.cache_views, task.max_views or r.teacher.cache_views)
+        if views < r.teacher.cache_views:
+            self.log(f"teacher cache: this task does not augment its training data, so {views} view holds everything "
+                     f"(teacher.cache_views = {r.teacher.cache_views} would repeat it)")
         fp = fingerprint({"cache": "teacher-logits", **data_fp, "teacher": self._stage_fp("teacher"),
-                          "teacher_precision": r.teacher.precision, "views": r.teacher.cache_views, "seed": r.seed,
+                          "teacher_precision": r.teacher.precision, "views": views, "seed": r.seed,
                           "top_k": r.teacher.cache_top_k})
         directory = Path(r.teacher.cache_dir) if r.teacher.cache_dir else self.run_dir / "teacher_cache"
-        cached, info = build_or_load(directory, fp, live, task, r.teacher.cache_views, r.seed, log=self.log,
+        cached, info = build_or_load(directory, fp, live, task, views, r.seed, log=self.log,
                                      describe={"teacher": self._stage_fp("teacher"), "seed": r.seed},
                                      prune=r.teacher.cache_dir is None, top_k=r.teacher.cache_top_k)
         live.model.to("cpu")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        cached.cache_info = info.as_dict()  # the stage's training block reports it
+        cached.cache_info = {**info.as_dict(), "augmented": task.max_views != 1}  # the stage's training block
         return cached
 
     def resolve_feature_pairs(self, task: Task, teacher: nn.Module, student: nn.Module, trained: bool = True
@@ -436,7 +450,7 @@ class Pipeline:
                                                   "cache_top_k"})
         if model_cfg.checkpoint:
             model_fp["checkpoint_file"] = file_identity(Path(model_cfg.checkpoint))
-        fp = fingerprint({"stage": name, "model": model_fp, "train": cfg.model_dump(),
+        fp = fingerprint({"stage": name, "model": model_fp, "train": _stable(cfg.model_dump(), ADDED_TRAIN_DEFAULTS),
                           "loss": loss.describe(), "seed": self.recipe.seed, **extra_fp})
         stage_json, weights, ckpt = sdir / "stage.json", sdir / "model.safetensors", sdir / "checkpoint.safetensors"
         if self.force and sdir.exists():
@@ -611,6 +625,10 @@ def cache_notes(models: dict) -> list[str]:
         return []
     built = (f"built in {cache['build_s']:.1f} s" if cache.get("build_s") is not None
              else "reused from an earlier stage or run")
+    if cache.get("augmented") is False:
+        return [f"The KD student learned from cached teacher logits of the {cache['samples']} (unaugmented) training "
+                f"examples, {cache['disk_mb']:.2f} MB on disk (fp16), {built}; the teacher was not run while it "
+                "trained."]
     return [f"The KD student learned from cached teacher logits: {cache['views']} fixed augmentation views x "
             f"{cache['samples']} samples, {cache['disk_mb']:.2f} MB on disk (fp16), {built}; each epoch replays one "
             "view, so the student saw those views only, while the baseline saw a fresh augmentation every epoch."]

@@ -21,7 +21,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -66,13 +66,15 @@ class _DictInputs(nn.Module):
     """Adapter: positional tensors -> the dict the wrapped model expects, so every dict key becomes a named ONNX
     input. (torch.onnx treats a trailing dict in `args` as keyword arguments, so a dict can't be passed as is.)"""
 
-    def __init__(self, model: nn.Module, keys: list[str]):
+    def __init__(self, model: nn.Module, keys: list[str], call: Optional[Callable[[nn.Module, dict], Any]] = None):
         super().__init__()
         self.model = model
         self.keys = list(keys)
+        self.call = call  # how the model takes the dict: model(d) by default, model(**d) for text (Task.forward)
 
     def forward(self, *tensors: torch.Tensor) -> Any:
-        return self.model(dict(zip(self.keys, tensors)))
+        inputs = dict(zip(self.keys, tensors))
+        return self.call(self.model, inputs) if self.call is not None else self.model(inputs)
 
 
 def _normalize_inputs(example_inputs: Any) -> tuple[list[str], list[torch.Tensor]]:
@@ -114,6 +116,7 @@ def _quiet_exporter():
 def export_onnx(
     model: nn.Module, example_inputs: Any, path: str | os.PathLike, *, input_names: list[str] | None = None,
     dynamic_batch: bool = True, opset: int | None = None, dynamo: bool = True,
+    forward: Optional[Callable[[nn.Module, Any], Any]] = None, dynamic_dims: Optional[dict[int, str]] = None,
 ) -> dict:
     """Export `model` to the single ONNX file `path` (fp32, eval mode, CPU) and return
     `{"path", "opset", "size_bytes", "exporter", "input_names", "output_names", "dynamic_batch"}`.
@@ -128,6 +131,10 @@ def export_onnx(
     (no `.data` side file) unless they exceed protobuf's 2 GiB limit, in which case they go to `<path>.data`
     next to it. `opset=None` uses the exporter's default. `dynamo=False` uses the legacy TorchScript exporter,
     which traces one execution path - a fallback for models torch.export cannot capture.
+
+    `forward(model, inputs)` says how the model takes a dict of inputs (the task's `forward`; default `model(d)`).
+    `dynamic_dims` names the dynamic dimensions shared by every input (default `{0: "batch"}`; text adds
+    `{1: "sequence"}` so one file serves every sentence length).
     """
     keys, tensors = _normalize_inputs(example_inputs)
     names = list(input_names) if input_names is not None else keys
@@ -138,17 +145,18 @@ def export_onnx(
     for p in cpu_model.parameters():
         p.requires_grad_(False)
     tensors = [to_device(t, "cpu", torch.float32) for t in tensors]
-    wrapped = _DictInputs(cpu_model, keys).eval() if is_dict else cpu_model
+    wrapped = _DictInputs(cpu_model, keys, forward).eval() if is_dict else cpu_model
+    dims = dict(dynamic_dims or {0: "batch"}) if dynamic_batch else {}
     output_names = ["logits"]
     path = Path(path)
     external = _weight_bytes(cpu_model) >= _PROTOBUF_LIMIT
     if dynamo:
         _require("onnxscript")
         _require("onnx")
-        batch = torch.export.Dim("batch")
+        named = {d: torch.export.Dim(name) for d, name in dims.items()}  # one Dim per name: shared by all inputs
         dynamic_shapes = None
         if dynamic_batch:
-            per_tensor = tuple({0: batch} for _ in tensors)
+            per_tensor = tuple({d: named[d] for d in dims if d < t.dim()} for t in tensors)
             # the dict adapter's forward(*tensors) has ONE (var-positional) parameter holding all the tensors
             dynamic_shapes = (per_tensor,) if is_dict else per_tensor
         try:
@@ -170,7 +178,8 @@ def export_onnx(
                 program.save(tmp, external_data=False)
                 info = _check_exported(tmp, dynamic_batch)
     else:
-        dynamic_axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
+        dynamic_axes = {n: {d: name for d, name in dims.items() if d < t.dim()} for n, t in zip(names, tensors)
+                        } if dynamic_batch else None
         with atomic_path(path) as tmp:
             try:
                 with _quiet_exporter():
@@ -435,7 +444,9 @@ class OnnxModel(nn.Module):
         """All outputs as numpy arrays, in `output_names` order."""
         return self.session.run(None, self._feed(inputs))
 
-    def forward(self, inputs: Any) -> torch.Tensor:
+    def forward(self, inputs: Any = None, **named: Any) -> torch.Tensor:
+        """`model(inputs)` or `model(**inputs)` (how text models are called): the same named ONNX inputs."""
+        inputs = named if inputs is None else inputs
         out = self.session.run(self.output_names[:1], self._feed(inputs))[0]
         result = torch.from_numpy(np.ascontiguousarray(out))
         t = first_tensor(inputs) if not isinstance(inputs, np.ndarray) else None

@@ -94,7 +94,8 @@ def _export(model: nn.Module, ctx: BuildContext, name: str = "fp32.onnx") -> Pat
     from .onnx import export_onnx
 
     path = ctx.out_dir / name
-    export_onnx(model, _cpu_inputs(ctx.task, 2), path)
+    export_onnx(model, _cpu_inputs(ctx.task, 2), path, forward=ctx.task.forward,
+                dynamic_dims=ctx.task.dynamic_dims())
     return path
 
 

@@ -167,10 +167,16 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
     with atomic_path(logits_path) as tmp:  # a .npy header, then the array filled in place, view by view
         array = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=dtype, shape=(views, n, width))
         for v in range(views):
+            filled = np.zeros(n, dtype=bool)
             for batch in task.view_batches(v, seed, batch_size):
                 logits = teacher(batch).float()
                 rows = logits if top_k is None else compress_top_k(logits, top_k)
-                array[v, batch.index.cpu().numpy()] = rows.cpu().numpy().astype(dtype)
+                where = batch.index.cpu().numpy()
+                array[v, where] = rows.cpu().numpy().astype(dtype)
+                filled[where] = True
+            if not filled.all():  # a view_batches that skipped samples would leave zero logits to distill from
+                raise RuntimeError(f"teacher cache: {type(task).__name__}.view_batches left {int((~filled).sum())} "
+                                   f"of {n} training samples unlabelled in view {v}")
         array.flush()
         del array
     build_s = time.perf_counter() - start

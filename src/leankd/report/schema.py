@@ -167,6 +167,7 @@ class TeacherCache(_Strict):
     disk_mb: float
     build_s: Optional[float] = None  # None: an existing cache was reused (built by an earlier stage or run)
     reused: bool = False
+    augmented: Optional[bool] = None  # False: the task does not augment (text), so one view is all there is
 
 
 class Training(_Strict):

@@ -40,6 +40,7 @@ class Task:
 
     # data ----------------------------------------------------------------------------------------------
     supports_views: bool = False  # whether train_batches can replay a fixed augmentation view (teacher cache)
+    max_views: Optional[int] = None  # distinct views there are (1: the task does not augment, e.g. text)
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
         """Shuffled, augmented training batches of one epoch. `view=v` replays augmentation view v instead of a
@@ -93,6 +94,10 @@ class Task:
 
     def forward(self, model: nn.Module, inputs: Any) -> Tensor:
         return model(inputs)
+
+    def dynamic_dims(self) -> dict[int, str]:
+        """Input dimensions that vary between batches (ONNX export declares them dynamic)."""
+        return {0: "batch"}
 
     def metrics(self, logits: Tensor, targets: Tensor) -> dict:
         return classification_metrics(logits, targets, self.class_names)

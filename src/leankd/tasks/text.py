@@ -52,7 +52,8 @@ def encode(tokenizer, texts: list[str], pairs: Optional[list[str]], max_length: 
 
 class TextTask(Task):
     kind = "text_classification"
-    supports_views = True  # no augmentation: every view is the same text, so a cache needs one view
+    supports_views = True
+    max_views = 1  # no augmentation: every view is the same text, so a cache needs one view
 
     def __init__(self, splits: dict[str, tuple[Encoded, Tensor]], num_classes: int, class_names: list[str],
                  device: torch.device, info: Optional[dict] = None, bucket_batches: int = 50):
@@ -121,13 +122,13 @@ class TextTask(Task):
             idx = idx.repeat(-(-batch_size // len(idx)))[:batch_size]
         return self.batch(self.eval_split, idx).inputs
 
-    def describe(self) -> dict:
-        return super().describe()
-
     # model -----------------------------------------------------------------------------------------------------
     def forward(self, model: nn.Module, inputs: Any) -> Tensor:
         out = model(**inputs)
         return out.logits if hasattr(out, "logits") else out
+
+    def dynamic_dims(self) -> dict[int, str]:
+        return {0: "batch", 1: "sequence"}  # dynamic padding: every batch has its own length
 
 
 def token_stats(enc: Encoded) -> dict:

@@ -128,6 +128,7 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
 
     history: list[dict] = []
     start_epoch, prior_wall, prior_train, prior_samples = 0, 0.0, 0.0, 0
+    prior_peak = None
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, extra_modules)
         start_epoch = state["epoch"]
@@ -140,7 +141,6 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
     plan = plan_step(model, cfg, device, reads_features=student_taps is not None)
     plan.applied.append(describe_optimizer(optimizer))
     plan.applied += getattr(teacher, "speedups", [])
-    prior_peak = None
     # 10 ms sampling: fine enough for epoch-long peaks, cheap enough not to slow a 2-core machine
     with PeakMemory(device, interval_s=0.01) as peak, EnergyMeter(device) as energy:
         wall_start = time.perf_counter()
@@ -215,6 +215,7 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
                 raise InterruptedError(f"stopped after epoch {epoch + 1} as requested")
         wall = time.perf_counter() - wall_start
+    plan.finish()
     energy_result = energy.as_dict()
     if start_epoch > 0:  # the killed segment's energy was never read: a partial sum would be a false number
         energy_result = {"joules": None, "source": "not available: run was resumed, energy of the killed part unknown"}

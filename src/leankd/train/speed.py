@@ -21,12 +21,36 @@ from torch import nn
 from ..recipe import TrainConfig
 
 
+GRAPHS = "CUDA graphs (torch.compile mode='reduce-overhead')"
+
+
 @dataclass
 class StepPlan:
     model: nn.Module  # what the training step calls: the student itself or its compiled wrapper
     mark_steps: bool = False  # CUDA graphs: tell the graph trees where each step starts
     applied: list[str] = field(default_factory=list)  # switches this stage trains with, in words
     skipped: list[str] = field(default_factory=list)  # requested switches that did not apply, and why
+    graph_skips_before: int = 0  # inductor's count of graphs it declined to record, when the plan was made
+
+    def finish(self) -> None:
+        """After training: report CUDA graphs inductor declined to record (it falls back to plain compiled code
+        silently, e.g. for mutated inputs), and free the graph memory pools before the next stage trains."""
+        if not self.mark_steps:
+            return
+        skips = _graph_skips() - self.graph_skips_before
+        if skips:
+            self.applied = [a for a in self.applied if a != GRAPHS] + ["torch.compile"]
+            self.skipped.append(f"cuda_graphs: inductor declined to record {skips} graph(s) (see TORCH_LOGS="
+                                "perf_hints): the student ran compiled without CUDA graphs")
+        torch.compiler.reset()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _graph_skips() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"].get("cudagraph_skips", 0))
 
 
 def plan_step(model: nn.Module, cfg: TrainConfig, device: torch.device, *, reads_features: bool = False) -> StepPlan:
@@ -50,7 +74,8 @@ def plan_step(model: nn.Module, cfg: TrainConfig, device: torch.device, *, reads
     if graphs:
         plan.model = torch.compile(model, mode="reduce-overhead")
         plan.mark_steps = True
-        plan.applied.append("CUDA graphs (torch.compile mode='reduce-overhead')")
+        plan.graph_skips_before = _graph_skips()
+        plan.applied.append(GRAPHS)
     elif cfg.compile or (cfg.cuda_graphs and device.type == "cuda"):  # on CPU no graphs, so no implied compile
         plan.model = torch.compile(model)
         plan.applied.append("torch.compile")
@@ -62,7 +87,8 @@ def plan_step(model: nn.Module, cfg: TrainConfig, device: torch.device, *, reads
 
 def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
     """'fused SGD', 'foreach AdamW': the optimizer kernel path, for the list of applied switches."""
-    kind = "fused" if optimizer.defaults.get("fused") else "foreach" if optimizer.defaults.get("foreach") else "per-tensor"
+    group = optimizer.param_groups[0]  # not `defaults`: a resumed optimizer takes its flags from the checkpoint
+    kind = "fused" if group.get("fused") else "foreach" if group.get("foreach") else "per-tensor"
     return f"{kind} {type(optimizer).__name__}"
 
 
