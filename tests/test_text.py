@@ -248,6 +248,24 @@ def test_text_model_exports_to_onnx_with_any_length(tmp_path):
     assert len(widths) >= 3
 
 
+def test_int8_of_a_text_model_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """ORT's symbolic shape inference fails on the dynamic sequence dim and dumps a debug model into the current
+    directory; leankd runs it in a scratch folder."""
+    pytest.importorskip("onnxruntime")
+    from leankd.compress.onnx import export_onnx
+    from leankd.compress.onnx_quantize import quantize_onnx_dynamic
+
+    task = build_task(_recipe(tmp_path).data, torch.device("cpu"), seed=0)
+    model = create_model(f"hf:{tmp_path / 'bert'}", num_classes=2, layers=2).eval()
+    export_onnx(model, task.example_inputs(2), tmp_path / "m.onnx", forward=task.forward,
+                dynamic_dims=task.dynamic_dims())
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    quantize_onnx_dynamic(tmp_path / "m.onnx", tmp_path / "q.onnx")
+    assert (tmp_path / "q.onnx").exists() and list(work.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 def test_text_run_end_to_end(tmp_path):
     from leankd.pipeline import Pipeline

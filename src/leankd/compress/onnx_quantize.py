@@ -131,17 +131,21 @@ def _preprocess(src: Path, dst: Path) -> tuple[Path, str | None]:
     returns (model to quantize, None) or (src, reason it was skipped) when it fails."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-        return dst, None
-    except Exception as e:  # noqa: BLE001 - pre-processing is an optimization; quantize the raw model instead
-        try:  # symbolic shape inference is the usual culprit (dynamic dims): retry without it
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    # ORT's symbolic shape inference, when it fails (dynamic dims), dumps sym_shape_infer_temp.onnx and its weights
+    # into the working directory: run it in a scratch folder so nothing lands in the user's
+    with tempfile.TemporaryDirectory(prefix="leankd-ort-") as scratch, contextlib.chdir(scratch):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
             return dst, None
-        except Exception:  # noqa: BLE001
-            return src, f"{type(e).__name__}: {str(e)[:200]}"
+        except Exception as e:  # noqa: BLE001 - pre-processing is an optimization; quantize the raw model instead
+            try:  # symbolic shape inference is the usual culprit (dynamic dims): retry without it
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+                return dst, None
+            except Exception:  # noqa: BLE001
+                return src, f"{type(e).__name__}: {str(e)[:200]}"
 
 
 class _DropPreprocessHint(logging.Filter):
