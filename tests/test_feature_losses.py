@@ -13,6 +13,7 @@ from leankd.kd.features import (
     AttentionMapLoss,
     AttentionTransfer,
     HiddenStateMSE,
+    MiniLMAttention,
     Hint,
     SimilarityPreserving,
 )
@@ -263,7 +264,8 @@ def test_composition_with_kd():
 
 def test_registry():
     assert FEATURE_LOSSES == {"hint": Hint, "at": AttentionTransfer, "sp": SimilarityPreserving,
-                              "hidden_mse": HiddenStateMSE, "attention_mse": AttentionMapLoss}
+                              "hidden_mse": HiddenStateMSE, "attention_mse": AttentionMapLoss,
+                              "minilm": MiniLMAttention}
 
 
 # Transformers (tiny BERTs) -----------------------------------------------------------------------------------------

@@ -282,3 +282,91 @@ def test_text_run_end_to_end(tmp_path):
     assert models["student"]["quality"]["split"] == "val" and models["student"]["quality"]["num_samples"] == 32
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["run"]["dataset"]["train_mean_tokens"] > 2
+
+
+# ------------------------------------------------------------------------------------------- MiniLM, eager switch
+def _minilm_inputs(a_s, a_t, v_s, v_t, name="att"):
+    from leankd.kd.losses import LossInputs
+
+    logits = torch.zeros(a_s.shape[0], 2)
+    return LossInputs(student=logits, targets=torch.zeros(a_s.shape[0], dtype=torch.long), teacher=logits,
+                      student_features={name: (None, a_s), f"{name}.value": v_s},
+                      teacher_features={name: (None, a_t), f"{name}.value": v_t})
+
+
+def test_minilm_loss_matches_hand_computed_kl():
+    from leankd.kd.features import MiniLMAttention
+
+    a_t = torch.tensor([[[[0.7, 0.3], [0.4, 0.6]]]])
+    a_s = torch.tensor([[[[0.5, 0.5], [0.2, 0.8]]]])
+    v_t = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # [B, L, heads * d], one head of width 2
+    v_s = torch.tensor([[[0.5, 0.5], [1.0, -1.0]]])
+
+    def kl(p, q):  # mean over rows of sum p log(p / q)
+        return float((p * (p / q).log()).sum(-1).mean())
+
+    def relation(v):
+        return torch.softmax(v @ v.T / 2 ** 0.5, dim=-1)
+
+    expected = kl(a_t[0, 0], a_s[0, 0]) + kl(relation(v_t[0]), relation(v_s[0]))
+    loss = MiniLMAttention([("att", "att")])
+    assert loss.needs_attention_maps() and loss.student_taps() == ["att", "att.value"]
+    assert float(loss(_minilm_inputs(a_s, a_t, v_s, v_t))) == pytest.approx(expected, rel=1e-5)
+    assert float(loss(_minilm_inputs(a_t, a_t, v_t, v_t))) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_minilm_loss_ignores_padding():
+    """A padded key (probability 0 on both sides) and its padded query row change nothing, and log 0 is never
+    taken."""
+    from leankd.kd.features import MiniLMAttention
+
+    g = torch.Generator().manual_seed(0)
+    a_t, a_s = (torch.rand(1, 2, 3, 3, generator=g).softmax(-1) for _ in range(2))
+    v_t, v_s = (torch.randn(1, 3, 4, generator=g) for _ in range(2))
+    loss = MiniLMAttention([("att", "att")])
+    plain = float(loss(_minilm_inputs(a_s, a_t, v_s, v_t)))
+
+    def pad(a):  # a 4th key with probability 0 and a 4th query row (pads attend to the real keys)
+        out = torch.zeros(1, 2, 4, 4)
+        out[:, :, :3, :3] = a
+        out[:, :, 3, :3] = a[:, :, 0]
+        return out
+
+    padded = float(loss(_minilm_inputs(pad(a_s), pad(a_t), torch.cat([v_s, torch.randn(1, 1, 4)], 1),
+                                       torch.cat([v_t, torch.randn(1, 1, 4)], 1))))
+    assert padded == pytest.approx(plain, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["minilm", "attention_mse"])
+def test_attention_losses_work_with_sdpa_models(tmp_path, kind):
+    """Hugging Face's default sdpa attention returns no maps; the loop switches teacher and student to eager while
+    distilling and gives the student its own implementation back afterwards (nothing on disk changes)."""
+    from leankd.kd.features import FEATURE_LOSSES
+    from leankd.kd.losses import KD
+    from leankd.kd.teacher import LiveTeacher
+    from leankd.recipe import TrainConfig
+    from leankd.train.loop import fit
+
+    task = build_task(_recipe(tmp_path).data, torch.device("cpu"), seed=0)
+    torch.manual_seed(0)
+    teacher = create_model(f"hf:{tmp_path / 'bert'}", num_classes=2)
+    student = create_model(f"hf:{tmp_path / 'bert'}", num_classes=2, layers=2,
+                           config={"attention_probs_dropout_prob": 0.0})
+    assert student.config._attn_implementation == "sdpa"
+    pairs = [("hf.bert.encoder.layer.1.attention.self", "hf.bert.encoder.layer.3.attention.self")]
+    loss = KD(2.0) + FEATURE_LOSSES[kind](pairs)
+    live = LiveTeacher(teacher, task)
+    result = fit(student, task, TrainConfig(epochs=1, batch_size=16, optimizer="adamw", lr=1e-3), loss=loss,
+                 teacher=live)
+    assert all(r["train_loss"] == r["train_loss"] for r in result.history)  # finite, no NaN
+    assert student.config._attn_implementation == "sdpa"  # restored
+    assert live.model.config._attn_implementation == "eager"  # the distilling copy
+    assert json.loads((tmp_path / "bert" / "config.json").read_text()).get("_attn_implementation") is None
+
+
+def test_attention_losses_need_explicit_attention_modules(tmp_path):
+    r = _recipe(tmp_path)
+    raw = r.model_dump()
+    raw["distill"]["features"] = [{"kind": "minilm", "pairs": "auto"}]
+    with pytest.raises(Exception, match=r"minilm reads attention modules.*list the self-attention modules"):
+        parse_recipe(raw)

@@ -206,7 +206,7 @@ class LossTerm(Strict):
         return self
 
 
-FeatureKind = Literal["hint", "at", "sp", "hidden_mse", "attention_mse"]
+FeatureKind = Literal["hint", "at", "sp", "hidden_mse", "attention_mse", "minilm"]
 
 
 class LayerCandidates(Strict):
@@ -232,6 +232,10 @@ class FeatureTerm(Strict):
 
     @model_validator(mode="after")
     def _pairs(self) -> "FeatureTerm":
+        if self.pairs == "auto" and self.kind in ("attention_mse", "minilm"):
+            raise ValueError(f"{self.kind} reads attention modules, which pairs: auto (CKA over blocks) does not "
+                             "choose: list the self-attention modules, e.g. [[hf.bert.encoder.layer.2.attention.self, "
+                             "hf.bert.encoder.layer.5.attention.self]]")
         if self.pairs != "auto":
             if not self.pairs:
                 raise ValueError("'pairs' is empty: list [student_module, teacher_module] pairs, or write 'auto'")

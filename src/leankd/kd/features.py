@@ -37,6 +37,7 @@ from .taps import first_tensor
 __all__ = [
     "FEATURE_LOSSES",
     "AttentionMapLoss",
+    "MiniLMAttention",
     "AttentionTransfer",
     "FeatureLossError",
     "HiddenStateMSE",
@@ -400,6 +401,9 @@ class AttentionMapLoss(_PairLoss):
 
     name = "attention_mse"
 
+    def needs_attention_maps(self) -> bool:
+        return True
+
     def compute(self, inputs: LossInputs) -> Tensor:
         values = []
         for s_name, t_name in self.pairs:
@@ -417,11 +421,77 @@ class AttentionMapLoss(_PairLoss):
         return torch.stack(values).mean()
 
 
+def _kl_rows(target: Tensor, student: Tensor, key_mask: Tensor) -> Tensor:
+    """Mean over (batch, head, valid query) rows of KL(target_row || student_row); masked keys (probability 0 on
+    both sides) contribute nothing, and log 0 is never taken."""
+    log_s = student.clamp_min(1e-30).log()
+    kl = torch.xlogy(target, target) - target * log_s  # [B, H, L, L]; 0 * log 0 := 0
+    rows = kl.sum(-1)  # [B, H, L]
+    valid = key_mask[:, None, :].to(rows.dtype)  # padded query rows are left out
+    return (rows * valid).sum() / (valid.sum() * rows.shape[1]).clamp_min(1)
+
+
+def _value_relation(values: Tensor, heads: int, key_mask: Tensor) -> Tensor:
+    """softmax(V V^T / sqrt(d_head)) per head over valid keys: MiniLM's value relation, (B, heads, L, L)."""
+    b, length, width = values.shape
+    if width % heads:
+        raise FeatureLossError(f"MiniLM value relation: value width {width} does not split into {heads} heads")
+    v = values.float().view(b, length, heads, width // heads).transpose(1, 2)
+    scores = v @ v.transpose(-1, -2) / (width // heads) ** 0.5
+    scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    return scores.softmax(-1)
+
+
+class MiniLMAttention(_PairLoss):
+    """MiniLM's deep self-attention transfer (Wang et al. 2020): for each (student, teacher) pair of self-attention
+    modules, KL between the teacher's and the student's attention distributions plus KL between their value
+    relations softmax(V V^T / sqrt(d)), per head, averaged over heads and valid query positions.
+
+    Why: both are (L x L) per head, so a student of another hidden size needs no adapter (the paper distils only
+    the last layer). Pairs name the self-attention modules (BERT: `...encoder.layer.5.attention.self`); the values
+    are read from their `value` projection (`<module>.value`). Head counts must match (the value relation splits
+    by heads). Padded keys are found from the teacher's attention (probability 0 for every query) and masked in
+    the value relation; padded query rows are left out. Attention weights come only from eager attention, which the
+    training loop switches on for the duration of the distillation."""
+
+    name = "minilm"
+
+    def needs_attention_maps(self) -> bool:
+        return True
+
+    def student_taps(self) -> list[str]:
+        return list(dict.fromkeys(n for s, _ in self.pairs for n in (s, f"{s}.value")))
+
+    def teacher_taps(self) -> list[str]:
+        return list(dict.fromkeys(n for _, t in self.pairs for n in (t, f"{t}.value")))
+
+    def compute(self, inputs: LossInputs) -> Tensor:
+        values = []
+        for s_name, t_name in self.pairs:
+            s_raw, t_raw = self._features(inputs.student_features, inputs.teacher_features, s_name, t_name)
+            a_s = _attention_probs(s_raw, s_name, "student").float()
+            a_t = _attention_probs(t_raw, t_name, "teacher").float()
+            if a_s.shape != a_t.shape:
+                raise FeatureLossError(f"MiniLM pair {s_name}->{t_name}: attention maps {tuple(a_s.shape)} and "
+                                       f"{tuple(a_t.shape)} differ; MiniLM needs the same number of heads")
+            v_s, v_t = self._features(inputs.student_features, inputs.teacher_features, f"{s_name}.value",
+                                      f"{t_name}.value")
+            with _fp32(a_s.device):
+                key_mask = a_t.detach().sum(dim=(1, 2)) > 0  # [B, L]: keys some query attends to
+                heads = a_t.shape[1]
+                attention = _kl_rows(a_t.detach(), a_s, key_mask)
+                relation = _kl_rows(_value_relation(v_t.detach(), heads, key_mask),
+                                    _value_relation(v_s, heads, key_mask), key_mask)
+                values.append(attention + relation)
+        return torch.stack(values).mean()
+
+
 FEATURE_LOSSES: dict[str, type[Loss]] = {
     "hint": Hint,
     "at": AttentionTransfer,
     "sp": SimilarityPreserving,
     "hidden_mse": HiddenStateMSE,
     "attention_mse": AttentionMapLoss,
+    "minilm": MiniLMAttention,
 }
 """Name → class, for recipes: `{"hint": Hint, "at": AttentionTransfer, ...}`."""

@@ -47,6 +47,11 @@ class Loss(nn.Module):
     def teacher_taps(self) -> list[str]:
         return []
 
+    def needs_attention_maps(self) -> bool:
+        """True when the loss reads attention probabilities, which Hugging Face models only return with eager
+        attention: the training loop then switches both models to eager while distilling."""
+        return False
+
     def build(self, student_features: dict, teacher_features: dict) -> None:
         """Create shape-dependent trainable parts from one batch of features (default: nothing to build)."""
 
@@ -102,6 +107,9 @@ class WeightedSum(Loss):
 
     def teacher_taps(self) -> list[str]:
         return list(dict.fromkeys(n for loss in self.losses for n in loss.teacher_taps()))
+
+    def needs_attention_maps(self) -> bool:
+        return any(loss.needs_attention_maps() for loss in self.losses)
 
     def build(self, student_features: dict, teacher_features: dict) -> None:
         for loss in self.losses:

@@ -11,7 +11,7 @@ probabilities).
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from torch import Tensor, nn
 
@@ -86,6 +86,7 @@ class FeatureTaps:
         self.detach = detach
         self.features: dict[str, Any] = {}
         self._handles = []
+        self.on_close: list[Callable[[], None]] = []
         for name in self.names:
             module = resolve_module(model, name, who)
             self._handles.append(module.register_forward_hook(self._hook(name)))
@@ -109,6 +110,8 @@ class FeatureTaps:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        while self.on_close:  # e.g. give the model back its own attention implementation
+            self.on_close.pop()()
         self.features = {}
 
     def __enter__(self) -> "FeatureTaps":
@@ -134,3 +137,25 @@ def candidate_layers(model: nn.Module, limit: Optional[int] = None) -> list[str]
     if not names:
         names = [n for n, _ in plain.named_children()]
     return names[:limit] if limit else names
+
+
+def use_eager_attention(model: nn.Module) -> tuple[Callable[[], None], list[str]]:
+    """Switch every Hugging Face model inside `model` to eager attention, in memory only (no config on disk
+    changes), so attention modules return their probabilities — sdpa and flash attention return none. Returns a
+    function that gives each model back its own implementation, and the names of the models switched."""
+    switched, seen = [], set()
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is None or not hasattr(module, "set_attn_implementation") or id(config) in seen:
+            continue
+        seen.add(id(config))  # a model's sub-models share its config: switch once, at the top
+        before = getattr(config, "_attn_implementation", None)
+        if before is not None and before != "eager":
+            module.set_attn_implementation("eager")
+            switched.append((module, before))
+
+    def restore() -> None:
+        for module, before in switched:
+            module.set_attn_implementation(before)
+
+    return restore, [f"{type(m).__name__} ({before})" for m, before in switched]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..kd.losses import CE, Loss, LossInputs
-from ..kd.taps import FeatureTaps
+from ..kd.taps import FeatureTaps, use_eager_attention
 from ..kd.teacher import DTYPES, Teacher
 from ..io import write_text_atomic
 from ..measure.energy import EnergyMeter
@@ -260,11 +260,16 @@ def _setup_feature_loss(loss: Loss, model: nn.Module, task: Task, teacher) -> Op
                          f"got a {type(teacher).__name__}, which gives logits only")
     teacher.tap(teacher_names)
     taps = None
+    restore = lambda: None  # noqa: E731
     probe = next(iter(task.eval_batches("train", 16)))  # small, unaugmented: only the shapes matter here
     was_training = model.training
     model.eval()  # the probe must not move BatchNorm statistics
     try:
+        if loss.needs_attention_maps():  # sdpa returns no attention maps: eager while distilling, then back
+            restore, _ = use_eager_attention(model)
+            use_eager_attention(teacher.model)  # the distilling teacher is a private copy: no need to restore
         taps = FeatureTaps(model, student_names, who="student")
+        taps.on_close.append(restore)
         with torch.no_grad():
             task.forward(model, probe.inputs)
             _, teacher_features = teacher.outputs(probe)
@@ -272,6 +277,8 @@ def _setup_feature_loss(loss: Loss, model: nn.Module, task: Task, teacher) -> Op
     except BaseException:
         if taps is not None:
             taps.close()
+        else:
+            restore()
         teacher.tap([])
         raise
     finally:

@@ -1,0 +1,1 @@
+"""Bridges to other training frameworks (import the submodule you need: each pulls in its framework)."""
