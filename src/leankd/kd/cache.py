@@ -155,7 +155,7 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if (meta.get("format") == CACHE_FORMAT and meta.get("shape") == [views, n, c] and meta.get("top_k") == top_k
-                and meta.get("view_chunk") == getattr(task, "VIEW_CHUNK", None)):  # another chunking is another augmentation
+                and meta.get("view_chunk") == task.VIEW_CHUNK):  # another chunking is another augmentation
             log(f"teacher cache: reusing {logits_path} ({views} views x {n} samples)")
             return cached(None)
         log(f"teacher cache {meta_path} does not match this run: rebuilding it")
@@ -181,7 +181,7 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
         del array
     build_s = time.perf_counter() - start
     write_json_atomic(meta_path, {"format": CACHE_FORMAT, "fingerprint": fingerprint, "shape": [views, n, c],
-                                  "top_k": top_k, "view_chunk": getattr(task, "VIEW_CHUNK", None), "dtype": np.dtype(dtype).name,
+                                  "top_k": top_k, "view_chunk": task.VIEW_CHUNK, "dtype": np.dtype(dtype).name,
                                   "build_s": round(build_s, 3),
                                   "made_from": describe or {}})
     log(f"teacher cache: built in {build_s:.1f}s -> {logits_path}")

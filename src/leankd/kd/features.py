@@ -382,6 +382,12 @@ def _attention_probs(output: Any, name: str, side: str) -> Tensor:
     return probs
 
 
+def _attention_pair(loss: _PairLoss, inputs: LossInputs, s_name: str, t_name: str) -> tuple[Tensor, Tensor]:
+    """The student's and the teacher's attention probabilities of one pair, in fp32."""
+    s_raw, t_raw = loss._features(inputs.student_features, inputs.teacher_features, s_name, t_name)
+    return (_attention_probs(s_raw, s_name, "student").float(), _attention_probs(t_raw, t_name, "teacher").float())
+
+
 class AttentionMapLoss(_PairLoss):
     """TinyBERT attention loss (Jiao et al. 2020): MSE between student and teacher attention maps, per pair.
 
@@ -407,9 +413,7 @@ class AttentionMapLoss(_PairLoss):
     def compute(self, inputs: LossInputs) -> Tensor:
         values = []
         for s_name, t_name in self.pairs:
-            s_raw, t_raw = self._features(inputs.student_features, inputs.teacher_features, s_name, t_name)
-            a_s = _attention_probs(s_raw, s_name, "student").float()
-            a_t = _attention_probs(t_raw, t_name, "teacher").float()
+            a_s, a_t = _attention_pair(self, inputs, s_name, t_name)
             if a_s.shape[0] != a_t.shape[0] or a_s.shape[-2:] != a_t.shape[-2:]:
                 raise FeatureLossError(f"AttentionMapLoss pair {s_name}->{t_name}: attention maps "
                                        f"{tuple(a_s.shape)} and {tuple(a_t.shape)} differ in batch or sequence "
@@ -468,9 +472,7 @@ class MiniLMAttention(_PairLoss):
     def compute(self, inputs: LossInputs) -> Tensor:
         values = []
         for s_name, t_name in self.pairs:
-            s_raw, t_raw = self._features(inputs.student_features, inputs.teacher_features, s_name, t_name)
-            a_s = _attention_probs(s_raw, s_name, "student").float()
-            a_t = _attention_probs(t_raw, t_name, "teacher").float()
+            a_s, a_t = _attention_pair(self, inputs, s_name, t_name)
             if a_s.shape != a_t.shape:
                 raise FeatureLossError(f"MiniLM pair {s_name}->{t_name}: attention maps {tuple(a_s.shape)} and "
                                        f"{tuple(a_t.shape)} differ; MiniLM needs the same number of heads")

@@ -139,10 +139,10 @@ def candidate_layers(model: nn.Module, limit: Optional[int] = None) -> list[str]
     return names[:limit] if limit else names
 
 
-def use_eager_attention(model: nn.Module) -> tuple[Callable[[], None], list[str]]:
+def use_eager_attention(model: nn.Module) -> Callable[[], None]:
     """Switch every Hugging Face model inside `model` to eager attention, in memory only (no config on disk
     changes), so attention modules return their probabilities — sdpa and flash attention return none. Returns a
-    function that gives each model back its own implementation, and the names of the models switched."""
+    function that gives each model back its own implementation."""
     switched, seen = [], set()
     for module in model.modules():
         config = getattr(module, "config", None)
@@ -158,4 +158,4 @@ def use_eager_attention(model: nn.Module) -> tuple[Callable[[], None], list[str]
         for module, before in switched:
             module.set_attn_implementation(before)
 
-    return restore, [f"{type(m).__name__} ({before})" for m, before in switched]
+    return restore

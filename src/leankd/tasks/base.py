@@ -41,6 +41,7 @@ class Task:
     # data ----------------------------------------------------------------------------------------------
     supports_views: bool = False  # whether train_batches can replay a fixed augmentation view (teacher cache)
     max_views: Optional[int] = None  # distinct views there are (1: the task does not augment, e.g. text)
+    VIEW_CHUNK: Optional[int] = None  # views augmented in chunks of this many samples (part of a cache's identity)
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
         """Shuffled, augmented training batches of one epoch. `view=v` replays augmentation view v instead of a

@@ -259,17 +259,17 @@ def _setup_feature_loss(loss: Loss, model: nn.Module, task: Task, teacher) -> Op
         raise ValueError("layer distillation needs a live teacher model (LiveTeacher) whose layers can be hooked; "
                          f"got a {type(teacher).__name__}, which gives logits only")
     teacher.tap(teacher_names)
-    taps = None
-    restore = lambda: None  # noqa: E731
+    taps, restore = None, None
     probe = next(iter(task.eval_batches("train", 16)))  # small, unaugmented: only the shapes matter here
     was_training = model.training
     model.eval()  # the probe must not move BatchNorm statistics
     try:
         if loss.needs_attention_maps():  # sdpa returns no attention maps: eager while distilling, then back
-            restore, _ = use_eager_attention(model)
+            restore = use_eager_attention(model)
             use_eager_attention(teacher.model)  # the distilling teacher is a private copy: no need to restore
         taps = FeatureTaps(model, student_names, who="student")
-        taps.on_close.append(restore)
+        if restore is not None:
+            taps.on_close.append(restore)
         with torch.no_grad():
             task.forward(model, probe.inputs)
             _, teacher_features = teacher.outputs(probe)
@@ -277,7 +277,7 @@ def _setup_feature_loss(loss: Loss, model: nn.Module, task: Task, teacher) -> Op
     except BaseException:
         if taps is not None:
             taps.close()
-        else:
+        elif restore is not None:
             restore()
         teacher.tap([])
         raise
