@@ -33,12 +33,14 @@ def n_params(model: nn.Module) -> int:
 
 @pytest.mark.parametrize("name", list_models())
 def test_registered_model_contract(name: str) -> None:
-    model = create_model(name, num_classes=7).eval()
+    text = name.startswith("text_")  # word-level text models take word ids and lengths
+    model = create_model(name, num_classes=7, **({"vocab_size": 20} if text else {})).eval()
     audio = name.startswith(("crnn", "dscnn"))  # keyword-spotting models take log-mel features [B, n_mels, T]
     x = torch.randn(2, 40, 98) if audio else torch.randn(2, 3, 32, 32)
+    x = (torch.randint(1, 20, (2, 6)), torch.tensor([6, 3])) if text else (x,)
     with torch.no_grad():
-        logits = model(x)
-        split = model.forward_head(model.forward_features(x))
+        logits = model(*x)
+        split = model.forward_head(model.forward_features(*x))
     assert logits.shape == (2, 7)
     assert torch.allclose(logits, split)
     assert model.num_classes == 7

@@ -127,13 +127,13 @@ def test_buckets_pad_little_and_cover_each_example_once(tmp_path):
     assert len(batches) == task.steps_per_epoch(8) == 12
     seen = torch.cat([b.index for b in batches])
     assert len(seen) == len(set(seen.tolist())) == 96
-    enc = task.splits["train"][0]
+    enc = task.encodings[task.primary]["train"]
     for b in batches:
-        ids, mask = b.inputs["input_ids"], b.inputs["attention_mask"]
+        ids, mask = b.inputs[task.primary]["input_ids"], b.inputs[task.primary]["attention_mask"]
         assert ids.shape[1] == int(enc.lengths[b.index].max())  # padded to the batch's own longest row
         assert torch.equal(mask.sum(1), enc.lengths[b.index])
         assert torch.equal(ids[:, 0], torch.full((8,), 2))  # [CLS]
-    padded = sum(b.inputs["input_ids"].numel() for b in batches)
+    padded = sum(b.inputs[task.primary]["input_ids"].numel() for b in batches)
     assert padded < 1.15 * int(enc.lengths.sum())  # bucketing: little padding
     again = [b.index for b in task.train_batches(epoch=0, batch_size=8, seed=0)]
     assert all(torch.equal(a.index, b) for a, b in zip(batches, again))  # (seed, epoch) fixes the order
@@ -153,7 +153,7 @@ def test_sentence_pairs_get_segment_ids(tmp_path):
     task = build_task(r.data, torch.device("cpu"), seed=0)
     assert task.eval_split == "val" and task.split_size("val") == 4
     batch = next(task.eval_batches("train", 4))
-    types, ids = batch.inputs["token_type_ids"], batch.inputs["input_ids"]
+    types, ids = batch.inputs[task.primary]["token_type_ids"], batch.inputs[task.primary]["input_ids"]
     sep = (ids == 3).nonzero()  # [SEP] ends each segment: segment 1 starts after the first
     first_sep = sep[sep[:, 0] == 0][0, 1]
     assert int(types[0, :first_sep + 1].sum()) == 0 and int(types[0, first_sep + 1]) == 1
@@ -238,11 +238,11 @@ def test_text_model_exports_to_onnx_with_any_length(tmp_path):
     task = build_task(_recipe(tmp_path).data, torch.device("cpu"), seed=0)
     model = create_model(f"hf:{tmp_path / 'bert'}", num_classes=2, layers=2).eval()
     path = tmp_path / "m.onnx"
-    export_onnx(model, task.example_inputs(2), path, forward=task.forward, dynamic_dims=task.dynamic_dims())
+    export_onnx(model, task.model_inputs(model, task.example_inputs(2)), path, forward=task.forward, dynamic_dims=task.dynamic_dims())
     onnx = OnnxModel(path)
     widths = set()
     for batch in task.eval_batches("val", 5):  # length order: every batch has another width
-        widths.add(batch.inputs["input_ids"].shape[1])
+        widths.add(batch.inputs[task.primary]["input_ids"].shape[1])
         with torch.no_grad():
             assert torch.allclose(task.forward(onnx, batch.inputs), task.forward(model, batch.inputs), atol=1e-4)
     assert len(widths) >= 3
@@ -257,7 +257,7 @@ def test_int8_of_a_text_model_leaves_nothing_in_the_working_directory(tmp_path, 
 
     task = build_task(_recipe(tmp_path).data, torch.device("cpu"), seed=0)
     model = create_model(f"hf:{tmp_path / 'bert'}", num_classes=2, layers=2).eval()
-    export_onnx(model, task.example_inputs(2), tmp_path / "m.onnx", forward=task.forward,
+    export_onnx(model, task.model_inputs(model, task.example_inputs(2)), tmp_path / "m.onnx", forward=task.forward,
                 dynamic_dims=task.dynamic_dims())
     work = tmp_path / "cwd"
     work.mkdir()
@@ -276,7 +276,7 @@ def test_text_run_end_to_end(tmp_path):
     assert set(models) == {"teacher", "baseline", "student"}
     cache = models["student"]["training"]["teacher_cache"]
     assert cache["views"] == 1 and cache["samples"] == 96 and cache["augmented"] is False
-    assert any("unaugmented" in n for n in report["notes"])
+    assert any("one fixed input each" in n for n in report["notes"])
     assert models["student"]["cost"]["params"] < models["teacher"]["cost"]["params"]
     assert models["student"]["cost"]["macs"] < models["teacher"]["cost"]["macs"]
     assert models["student"]["quality"]["split"] == "val" and models["student"]["quality"]["num_samples"] == 32

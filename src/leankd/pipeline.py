@@ -25,7 +25,7 @@ from torch import nn
 
 from .kd.losses import CE, KD, MSE, Loss, SoftCE, mix
 from .kd.teacher import LiveTeacher
-from .errors import LeanKDError, ModelError
+from .errors import LeanKDError, ModelError, RecipeError
 from .data.readers import file_identity
 from .io import write_json_atomic, write_text_atomic
 from .measure.devices import cpu_fp32_copy, to_device
@@ -64,6 +64,17 @@ ADDED_TRAIN_DEFAULTS = {"cuda_graphs": False, "lr_scaling": "none", "lr_base_bat
 
 def _stable(settings: dict, added_defaults: dict) -> dict:
     return {k: v for k, v in settings.items() if not (k in added_defaults and v == added_defaults[k])}
+
+
+ADDED_TEXT_DEFAULTS = {"word_min_freq": 1, "word_max_size": None}
+
+
+def _data_settings(data: dict) -> dict:
+    """The data settings a stage depends on, without settings added later at their defaults (old runs stay valid)."""
+    data = _stable(data, {"text": None})
+    if data.get("text") is not None:
+        data["text"] = _stable(data["text"], ADDED_TEXT_DEFAULTS)
+    return data
 
 
 def fingerprint(obj) -> str:
@@ -285,8 +296,7 @@ class Pipeline:
         task = self.build_task()
         # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target)
         ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"}}
-        data_fp = {"data": _stable(r.data.model_dump(exclude=ignored), {"text": None}),
-                   "dataset": task.info.get("fingerprint")}
+        data_fp = {"data": _data_settings(r.data.model_dump(exclude=ignored)), "dataset": task.info.get("fingerprint")}
         self.log(f"[bold]leankd[/] run '{r.name}' on {self.device} -> {self.run_dir}")
         self.log(f"data: {r.data.source}: {task.split_size('train')} train / {task.split_size('val')} val / "
                  f"{task.split_size(task.eval_split)} {task.eval_split}, {task.num_classes} classes")
@@ -295,6 +305,14 @@ class Pipeline:
         teacher_model = build_model(r.teacher, task.num_classes, "teacher", task.model_defaults())
         torch.manual_seed(r.seed)
         student_init = build_model(r.student, task.num_classes, "student", task.model_defaults())
+        for model in (teacher_model, student_init):
+            task.prepare_model(model)  # e.g. text: tokenize the data the way each model reads it
+        task.save(self.run_dir)
+        if r.distill.features and not task.same_inputs(teacher_model, student_init):
+            raise RecipeError("distill.features compare teacher and student position by position, but the student "
+                              f"({r.student.model}) reads the text with another tokenizer than the teacher "
+                              f"({r.teacher.model}): drop the feature losses (logit KD works across vocabularies) or "
+                              "use a student with the teacher's tokenizer")
 
         teacher = self.stage("teacher", teacher_model, task, r.stage_train("teacher"), CE(r.stage_train("teacher").label_smoothing),
                              extra_fp=data_fp, model_cfg=r.teacher)
@@ -310,9 +328,13 @@ class Pipeline:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         kd_fp = {**data_fp, "teacher": self._stage_fp("teacher"), "teacher_precision": r.teacher.precision}
+        kd_task, cache_fp = task, data_fp  # what the KD students train on (text: plus augmented, unlabeled texts)
+        if r.distill.augment is not None:
+            kd_task = self.transfer_set(task)
+            kd_fp["augment"] = cache_fp["augment"] = r.distill.augment.model_dump()
         if r.distill.features and r.distill.feature_control:  # what the feature losses buy, at the same budget
-            live = self.live_teacher(teacher.model, task, channels_last=student_cfg.channels_last)
-            stages[LOGIT_KD_ROLE] = self.stage(LOGIT_KD_ROLE, copy.deepcopy(student_init), task, student_cfg,
+            live = self.live_teacher(teacher.model, kd_task, channels_last=student_cfg.channels_last)
+            stages[LOGIT_KD_ROLE] = self.stage(LOGIT_KD_ROLE, copy.deepcopy(student_init), kd_task, student_cfg,
                                                build_loss(r.distill, student_cfg.label_smoothing), teacher=live,
                                                model_cfg=r.student, extra_fp=kd_fp)
             del live
@@ -320,18 +342,36 @@ class Pipeline:
             kd_fp["teacher_cache_views"] = r.teacher.cache_views
             if r.teacher.cache_top_k:
                 kd_fp["teacher_cache_top_k"] = r.teacher.cache_top_k
-        live = self.live_teacher(teacher.model, task, channels_last=student_cfg.channels_last)
-        make_teacher = (lambda: self.cached_teacher(task, live, data_fp)) if r.teacher.cache else None
-        stages["student"] = self.stage("student", copy.deepcopy(student_init), task, student_cfg, kd_loss,
+        live = self.live_teacher(teacher.model, kd_task, channels_last=student_cfg.channels_last)
+        make_teacher = (lambda: self.cached_teacher(kd_task, live, cache_fp)) if r.teacher.cache else None
+        stages["student"] = self.stage("student", copy.deepcopy(student_init), kd_task, student_cfg, kd_loss,
                                        teacher=live, model_cfg=r.student, extra_fp=kd_fp, make_teacher=make_teacher)
+        if kd_task is not task:
+            stages["student"].training_extra["transfer_set"] = kd_task.transfer_set
         if self.feature_pairs:
             self.log("measuring what each feature loss costs per step ...")
             stages["student"].training_extra["feature_costs"] = feature_costs(
                 student_init, build_loss(r.distill, student_cfg.label_smoothing),
-                feature_terms(r.distill, self.feature_pairs), task, live, student_cfg.batch_size,
+                feature_terms(r.distill, self.feature_pairs), kd_task, live, student_cfg.batch_size,
                 student_cfg.precision, seed=r.seed)
         del live
         return self.report(task, stages)
+
+    def transfer_set(self, task: Task) -> Task:
+        """Tang et al.: the training texts plus augmented, unlabeled ones (the teacher labels them; `teacher.cache`
+        makes that once)."""
+        from .data.text_augment import AugmentSettings
+
+        if not hasattr(task, "with_transfer_set"):
+            raise RecipeError(f"distill.augment makes new texts, but data.task is {task.kind}: remove distill.augment "
+                              "(images and audio augment through data.augment)")
+        kd_task = task.with_transfer_set(AugmentSettings(**self.recipe.distill.augment.model_dump()), self.recipe.seed)
+        t = kd_task.transfer_set
+        self.log(f"augmentation: {t['augmented']} new unlabeled texts from {t['original']} training texts "
+                 f"({t['copies_tried']} tries each); the KD student trains on {t['original'] + t['augmented']}")
+        if not self.recipe.teacher.cache:
+            self.log("[yellow]note:[/] without teacher.cache the teacher labels the augmented texts again every epoch")
+        return kd_task
 
     def cached_teacher(self, task: Task, live: LiveTeacher, data_fp: dict):
         """Offline KD: the teacher's logits on `teacher.cache_views` augmentation views, from the cache file (built
@@ -414,6 +454,8 @@ class Pipeline:
         teacher = build_model(r.teacher, task.num_classes, "teacher", task.model_defaults())
         torch.manual_seed(r.seed)
         student = build_model(r.student, task.num_classes, "student", task.model_defaults())
+        for model in (teacher, student):
+            task.prepare_model(model)
         notes = []
         for role, model, stage in (("teacher", teacher, "teacher"), ("student", student, "baseline")):
             weights = self.run_dir / stage / "model.safetensors"
@@ -539,7 +581,8 @@ class Pipeline:
             notes.append("QAT fine-tuning distils the logits only: BatchNorm folding traces the student into a flat "
                          "graph, so the feature losses' module taps would not find their modules.")
         report = finish_report(r.name, self.run_dir, r.seed, task, models, self.device,
-                               extra_notes=notes + qat_notes(models) + feature_notes(models) + cache_notes(models))
+                               extra_notes=notes + qat_notes(models) + feature_notes(models) + cache_notes(models)
+                               + transfer_notes(models))
         return report
 
     def finetune_setup(self, task: Task, teacher: nn.Module):
@@ -626,12 +669,24 @@ def cache_notes(models: dict) -> list[str]:
     built = (f"built in {cache['build_s']:.1f} s" if cache.get("build_s") is not None
              else "reused from an earlier stage or run")
     if cache.get("augmented") is False:
-        return [f"The KD student learned from cached teacher logits of the {cache['samples']} (unaugmented) training "
-                f"examples, {cache['disk_mb']:.2f} MB on disk (fp16), {built}; the teacher was not run while it "
+        return [f"The KD student learned from cached teacher logits of its {cache['samples']} training examples "
+                f"(one fixed input each), {cache['disk_mb']:.2f} MB on disk (fp16), {built}; the teacher was not run while it "
                 "trained."]
     return [f"The KD student learned from cached teacher logits: {cache['views']} fixed augmentation views x "
             f"{cache['samples']} samples, {cache['disk_mb']:.2f} MB on disk (fp16), {built}; each epoch replays one "
             "view, so the student saw those views only, while the baseline saw a fresh augmentation every epoch."]
+
+
+def transfer_notes(models: dict) -> list[str]:
+    """Text augmentation (Tang et al.): how many unlabeled texts the KD student learned from."""
+    t = ((models.get("student") or {}).get("training") or {}).get("transfer_set")
+    if not t:
+        return []
+    s = t["settings"]
+    return [f"The KD student trained on {t['original']} labeled training texts plus {t['augmented']} augmented, "
+            f"unlabeled ones ({s['copies']} tries per text: [MASK] p={s['mask']:g}, word dropout p={s['dropout']:g}, "
+            f"n-gram (n <= {s['ngram_max']}) p={s['ngram']:g}; repeats dropped), which only the teacher's outputs "
+            "teach; the baseline saw the labeled texts only."]
 
 
 def feature_notes(models: dict) -> list[str]:

@@ -80,6 +80,10 @@ class TextConfig(Strict):
     max_length: int = Field(128, ge=8, description="longer texts are truncated")
     bucket_batches: int = Field(50, ge=1, description="training batches are grouped by length within windows of "
                                                       "this many batches (dynamic padding wastes little)")
+    word_min_freq: int = Field(1, ge=1, description="word-level students (text_bilstm, text_cnn): words seen fewer "
+                                                    "times in the training texts read as unknown")
+    word_max_size: Optional[int] = Field(None, ge=8, description="word-level students: keep the most frequent words "
+                                                                 "only (default: every word of the training texts)")
 
     @field_validator("text_column", mode="before")
     @classmethod
@@ -244,6 +248,26 @@ class FeatureTerm(Strict):
         return self
 
 
+class TextAugmentConfig(Strict):
+    """Tang et al. (2019): extra unlabeled texts made from the training texts, labelled by the teacher (once, with
+    teacher.cache), so a small student learns from many more teacher outputs than there are labels. Text only."""
+
+    copies: int = Field(4, ge=1, description="augmented versions tried per training text (the paper: 20)")
+    mask: float = Field(0.1, ge=0, le=1, description="per word: replaced by [MASK]")
+    dropout: float = Field(0.1, ge=0, le=1, description="per word: dropped (stands in for the paper's POS-guided "
+                                                        "replacement)")
+    ngram: float = Field(0.25, ge=0, le=1, description="per text: cut to a random n-gram")
+    ngram_max: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> "TextAugmentConfig":
+        if self.mask + self.dropout > 1:
+            raise ValueError(f"mask + dropout = {self.mask + self.dropout:g} > 1: they are exclusive per word")
+        if self.mask == self.dropout == self.ngram == 0:
+            raise ValueError("mask, dropout and ngram are all 0: augmentation would only repeat the training texts")
+        return self
+
+
 class DistillConfig(Strict):
     """Either the classic α-mix (alpha, temperature) or an explicit list of weighted loss terms; optional
     intermediate-layer (feature) losses on top."""
@@ -255,6 +279,8 @@ class DistillConfig(Strict):
     analysis_batches: int = Field(4, ge=1, description="batches (of batch_size) for the CKA analysis of pairs: auto")
     feature_control: bool = Field(True, description="with features: also train a logit-only KD student (same "
                                                     "budget), so the report shows what the feature losses bought")
+    augment: Optional[TextAugmentConfig] = Field(None, description="text: Tang et al. augmentation, unlabeled "
+                                                                    "texts the teacher labels for the KD student")
 
     @model_validator(mode="after")
     def _needs_teacher(self) -> "DistillConfig":

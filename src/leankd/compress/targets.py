@@ -53,13 +53,15 @@ class BuildContext:
     finetune: Optional[Finetune] = None
 
 
-def _cpu_inputs(task: Task, batch_size: int) -> Any:
-    return to_device(task.example_inputs(batch_size), "cpu", torch.float32)
+def _cpu_inputs(task: Task, batch_size: int, model: nn.Module) -> Any:
+    """What `model` takes from a batch of typical inputs (text: its own tokenization), on the CPU."""
+    return to_device(task.model_inputs(model, task.example_inputs(batch_size)), "cpu", torch.float32)
 
 
-def _calibration(task: Task, batches: int, batch_size: int = 64) -> list:
+def _calibration(task: Task, batches: int, model: nn.Module, batch_size: int = 64) -> list:
     """Un-augmented training batches (never the eval split: calibrating on test data would leak it)."""
-    return [to_device(b.inputs, "cpu", torch.float32) for b in islice(task.eval_batches("train", batch_size), batches)]
+    return [to_device(task.model_inputs(model, b.inputs), "cpu", torch.float32)
+            for b in islice(task.eval_batches("train", batch_size), batches)]
 
 
 def _half(precision: str):
@@ -81,7 +83,8 @@ def _int8_dynamic(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
     from .quantize import quantize_dynamic_int8, save_quantized
 
     # with example inputs, a module whose int8 version breaks the forward pass is put back in float and named
-    result = quantize_dynamic_int8(model, example_inputs=_cpu_inputs(ctx.task, 2), forward=ctx.task.forward)
+    result = quantize_dynamic_int8(model, example_inputs=_cpu_inputs(ctx.task, 2, model),
+                                  forward=ctx.task.forward)
     path = ctx.out_dir / "int8-dynamic.pt"
     save_quantized(path, result.model)
     notes = []
@@ -94,7 +97,7 @@ def _export(model: nn.Module, ctx: BuildContext, name: str = "fp32.onnx") -> Pat
     from .onnx import export_onnx
 
     path = ctx.out_dir / name
-    export_onnx(model, _cpu_inputs(ctx.task, 2), path, forward=ctx.task.forward,
+    export_onnx(model, _cpu_inputs(ctx.task, 2, model), path, forward=ctx.task.forward,
                 dynamic_dims=ctx.task.dynamic_dims())
     return path
 
@@ -106,13 +109,14 @@ def _onnx_fp32(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
     return BuiltArtifact(OnnxModel(path), path, "onnx")
 
 
-def _ort_int8(src: Path, dst: Path, ctx: BuildContext, mode: str) -> BuiltArtifact:
+def _ort_int8(src: Path, dst: Path, ctx: BuildContext, mode: str, model: nn.Module) -> BuiltArtifact:
     from .onnx import OnnxModel, quantize_onnx_dynamic, quantize_onnx_static
 
     if mode == "static":
         # QOperator: same accuracy and speed as QDQ on this x86 CPU (measured on resnet20) with an ~18 % smaller
         # file; QDQ (quantize_onnx_static's default) is the more portable choice for other runtimes
-        info = quantize_onnx_static(src, dst, _calibration(ctx.task, ctx.calibration_batches), quant_format="QOperator")
+        info = quantize_onnx_static(src, dst, _calibration(ctx.task, ctx.calibration_batches, model),
+                                    quant_format="QOperator")
     else:
         info = quantize_onnx_dynamic(src, dst)
     quantized = [f"{op} x {n}" for op, n in (info.get("quantized_ops") or {}).items()]
@@ -125,7 +129,7 @@ def _onnx_int8(mode: str):
         src = ctx.out_dir / "fp32.onnx"
         if not src.exists():
             src = _export(model, ctx)
-        return _ort_int8(src, ctx.out_dir / f"int8-{mode}.onnx", ctx, mode)
+        return _ort_int8(src, ctx.out_dir / f"int8-{mode}.onnx", ctx, mode, model)
 
     return build
 
@@ -153,11 +157,12 @@ def _qat(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
     from .qat import prepare_qat
 
     qat = prepare_qat(model)
-    qat.calibrate(_calibration(ctx.task, ctx.calibration_batches), ctx.task.forward)
+    qat.calibrate(_calibration(ctx.task, ctx.calibration_batches, model), ctx.task.forward)
     qat.set_quantize(True)
     result, metrics = _finetune(qat.model, ctx, "qat")
     float_model = qat.strip().cpu().eval()
-    art = _ort_int8(_export(float_model, ctx, "qat-fp32.onnx"), ctx.out_dir / "qat-int8.onnx", ctx, "static")
+    art = _ort_int8(_export(float_model, ctx, "qat-fp32.onnx"), ctx.out_dir / "qat-int8.onnx", ctx, "static",
+                    float_model)
     art.notes = [f"QAT: {_describe_finetune(ctx)}, with int8 fake quantization of {len(qat.quantized)} Conv/Linear "
                  f"weights and inputs on ONNX Runtime's grid; {qat.folded_batchnorms} BatchNorm(s) folded first",
                  *qat.notes]
@@ -170,7 +175,8 @@ def _qat_control(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
     the fake quantization bought; QAT minus int8-static mixes that with the extra training."""
     result, metrics = _finetune(model, ctx, "qat-control")
     model = model.cpu().eval()
-    art = _ort_int8(_export(model, ctx, "qat-control-fp32.onnx"), ctx.out_dir / "qat-control-int8.onnx", ctx, "static")
+    art = _ort_int8(_export(model, ctx, "qat-control-fp32.onnx"), ctx.out_dir / "qat-control-int8.onnx", ctx,
+                    "static", model)
     art.notes = [f"same-budget control for QAT: {_describe_finetune(ctx)} in fp32, then int8-static"]
     art.training, art.metrics_path = result, metrics
     return art
@@ -195,12 +201,15 @@ def build_artifact(target: str, model: nn.Module, task: Task, out_dir: Path, cal
         raise LeanKDError(f"unknown compression target {target!r}; known: {', '.join(TARGETS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
-    return TARGETS[target](model, BuildContext(task, out_dir, calibration_batches, finetune))
+    art = TARGETS[target](model, BuildContext(task, out_dir, calibration_batches, finetune))
+    if hasattr(model, "input_encoding"):  # which of a text task's tokenizations the artifact reads
+        art.runnable.input_encoding = model.input_encoding
+    return art
 
 
 @torch.no_grad()
 def max_abs_diff(reference: nn.Module, artifact: nn.Module, task: Task, forward) -> float:
     """Largest logit difference between the fp32 model and the artifact on one eval batch (64 inputs)."""
-    inputs = _cpu_inputs(task, 64)
+    inputs = to_device(task.example_inputs(64), "cpu", torch.float32)  # each model takes its own part (text)
     ref = copy.deepcopy(reference).cpu().float().eval()
     return float((forward(ref, inputs).float() - forward(artifact, inputs).float()).abs().max())

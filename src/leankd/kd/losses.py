@@ -151,15 +151,27 @@ def _teacher(inputs: LossInputs, who: str) -> Tensor:
     return inputs.teacher.float()
 
 
+UNLABELED = -100  # the target of an example with no label (augmented text): only the teacher's output teaches it
+
+
 class CE(Loss):
-    """Cross-entropy with the ground-truth labels (optional label smoothing)."""
+    """Cross-entropy with the ground-truth labels (optional label smoothing).
+
+    Examples whose target is UNLABELED add nothing: the sum over labeled examples is divided by the whole batch,
+    so every example's loss is α·KD + (1−α)·CE·[labeled] (Tang et al.'s objective on an augmented transfer set).
+    A batch without unlabeled examples gives the ordinary mean."""
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
         self.label_smoothing = float(label_smoothing)
 
     def compute(self, inputs: LossInputs) -> Tensor:
-        return F.cross_entropy(inputs.student.float(), inputs.targets, label_smoothing=self.label_smoothing)
+        logits, targets = inputs.student.float(), inputs.targets
+        if bool((targets == UNLABELED).any()):
+            total = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, ignore_index=UNLABELED,
+                                    reduction="sum")
+            return total / targets.shape[0]
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
 
     def describe(self) -> str:
         return f"ce(ls={_fmt(self.label_smoothing)})" if self.label_smoothing else "ce"

@@ -30,6 +30,8 @@ class TextClassifier(nn.Module):
         super().__init__()
         self.hf = hf
         self.source = source
+        # the text task tokenizes the data with this folder's tokenizer for this model (same files: shared)
+        self.input_encoding = source or None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:

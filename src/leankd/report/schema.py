@@ -170,6 +170,15 @@ class TeacherCache(_Strict):
     augmented: Optional[bool] = None  # False: the task does not augment (text), so one view is all there is
 
 
+class TransferSet(_Strict):
+    """Text augmentation for distillation (Tang et al.): unlabeled texts added to what the KD student trains on."""
+
+    original: int  # labeled training texts
+    augmented: int  # new unlabeled texts (repeats and unchanged copies dropped)
+    copies_tried: int
+    settings: dict
+
+
 class Training(_Strict):
     epochs: Optional[int] = None
     wall_time_s: Optional[float] = None
@@ -183,6 +192,7 @@ class Training(_Strict):
     device: Optional[str] = None
     feature_costs: Optional[list[FeatureCost]] = None  # layer distillation: what each feature loss costs per step
     teacher_cache: Optional[TeacherCache] = None  # offline KD: the cached teacher logits this stage trained from
+    transfer_set: Optional[TransferSet] = None  # text: augmented, unlabeled texts the KD student also trained on
     speedups: Optional[list[str]] = None  # throughput switches the stage trained with (train/speed.py)
     speedup_notes: Optional[list[str]] = None  # requested switches that did not apply, and why
 

@@ -93,6 +93,20 @@ class Task:
         """Task-specific measurements that join a model's report block (e.g. streaming latency)."""
         return {}
 
+    def prepare_model(self, model: nn.Module) -> None:
+        """Get the data ready for `model` before it trains or is measured (text: tokenize the way it reads)."""
+
+    def model_inputs(self, model: nn.Module, inputs: Any) -> Any:
+        """What `model` takes from a batch's inputs (text: one of several tokenizations); default: all of it."""
+        return inputs
+
+    def same_inputs(self, a: nn.Module, b: nn.Module) -> bool:
+        """Whether two models read the same input positions (what layer and attention losses compare)."""
+        return True
+
+    def save(self, run_dir) -> None:
+        """Write what a deployed model needs besides its weights into the run directory (text: a word vocabulary)."""
+
     def forward(self, model: nn.Module, inputs: Any) -> Tensor:
         return model(inputs)
 

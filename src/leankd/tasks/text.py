@@ -1,5 +1,12 @@
-"""Text classification: GLUE-style tables tokenized once with the model's own fast tokenizer, held on the device as
+"""Text classification: GLUE-style tables tokenized once per tokenizer the models need, held on the device as
 token-id matrices, batched with dynamic padding and length bucketing.
+
+Several tokenizations of the same text: the teacher reads sub-word ids from its own tokenizer, a BiLSTM student
+reads word ids from a vocabulary built on the training data, another Hugging Face student may have its own
+vocabulary. A batch carries every tokenization the task has prepared (`{key: {input name: tensor}}`), and
+`model_inputs(model, inputs)` hands each model the one it reads (its `input_encoding` attribute: a tokenizer
+folder, or "words"; models without one read the data's tokenizer). Rows, order and labels are shared, so a cached
+teacher output lines up with a word-level student's batch.
 
 Why bucketing: SST-2 phrases average ~13 tokens (p95 33); padding every batch to 128 would spend ~90 % of a
 transformer's compute on padding. Training batches are drawn from a seeded shuffle, grouped by length inside
@@ -9,6 +16,7 @@ care about the order, and `Batch.index` says which rows a batch holds (what the 
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -16,13 +24,18 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from ..errors import DataError
+from ..errors import DataError, ModelError
+from ..kd.losses import UNLABELED  # the target of augmented texts: only the teacher's output teaches them
 from .base import Batch, Task
+
+WORDS = "words"  # the key of the word-vocabulary tokenization
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "merges.txt",
+                   "vocab.json", "sentencepiece.bpe.model", "spiece.model")
 
 
 @dataclass
 class Encoded:
-    """One split's token ids, padded to the split's longest row (int32, on the device), and each row's length."""
+    """One split under one tokenization: ids padded to the split's longest row (int32, on the device), lengths."""
 
     ids: Tensor  # [N, L_max]
     lengths: Tensor  # [N]
@@ -32,8 +45,24 @@ class Encoded:
         return int(self.lengths.shape[0])
 
 
+@dataclass
+class TextSplit:
+    """The raw texts of one split (kept so a tokenizer prepared later, or augmentation, can read them)."""
+
+    texts: list[str]
+    pairs: Optional[list[str]]
+    labels: Tensor  # [N] long, on the device; UNLABELED for augmented texts
+
+
 def encode(tokenizer, texts: list[str], pairs: Optional[list[str]], max_length: int, device: torch.device) -> Encoded:
-    """Tokenize once, truncating to `max_length`; returns padded int32 matrices (pad id from the tokenizer)."""
+    """Tokenize once, truncating to `max_length`; returns padded int32 matrices (pad id from the tokenizer). The
+    augmentation's `[MASK]` is spelled as this tokenizer's mask token."""
+    from ..data.words import MASK
+
+    mask = tokenizer.mask_token or tokenizer.unk_token
+    if mask and mask != MASK:
+        texts = [t.replace(MASK, mask) for t in texts]
+        pairs = [p.replace(MASK, mask) for p in pairs] if pairs is not None else None
     out = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False,
                     return_token_type_ids=pairs is not None, return_attention_mask=False)
     rows = out["input_ids"]
@@ -50,13 +79,27 @@ def encode(tokenizer, texts: list[str], pairs: Optional[list[str]], max_length: 
     return Encoded(ids.to(device), lengths.to(device), None if types is None else types.to(device))
 
 
+def tokenizer_key(folder: Path) -> Optional[str]:
+    """A content hash of a checkpoint folder's tokenizer files (None when it has none): two folders with the same
+    tokenizer share one tokenization."""
+    files = [p for p in sorted(Path(folder).iterdir()) if p.name in TOKENIZER_FILES]
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 class TextTask(Task):
     kind = "text_classification"
     supports_views = True
-    max_views = 1  # no augmentation: every view is the same text, so a cache needs one view
+    max_views = 1  # the text is not augmented per epoch: every view is the same, so a cache needs one view
 
-    def __init__(self, splits: dict[str, tuple[Encoded, Tensor]], num_classes: int, class_names: list[str],
-                 device: torch.device, info: Optional[dict] = None, bucket_batches: int = 50):
+    def __init__(self, splits: dict[str, TextSplit], num_classes: int, class_names: list[str], device: torch.device,
+                 tokenizer_folder: str, max_length: int = 128, info: Optional[dict] = None, bucket_batches: int = 50,
+                 word_min_freq: int = 1, word_max_size: Optional[int] = None):
         if "train" not in splits:
             raise ValueError("a TextTask needs a 'train' split")
         self.splits = splits
@@ -64,34 +107,128 @@ class TextTask(Task):
         self.device = torch.device(device)
         self.info = info or {}
         self.notes: list[str] = []
-        self.bucket_batches = bucket_batches
+        self.bucket_batches, self.max_length = bucket_batches, max_length
+        self.word_min_freq, self.word_max_size = word_min_freq, word_max_size
         self.eval_split = next(s for s in ("test", "val", "train") if s in splits)
+        self.encodings: dict[str, dict[str, Encoded]] = {}  # key -> split -> Encoded
+        self.folders: dict[str, str] = {}  # key -> tokenizer folder (hf tokenizations)
+        self.aliases: dict[str, str] = {}  # a model's tokenizer folder -> the key of an identical tokenization
+        self.word_vocab = None
+        self.primary = self._add_tokenizer(tokenizer_folder)
+        self.transfer_set: Optional[dict] = None  # what augmentation added (a task made by with_transfer_set)
 
     def split_size(self, split: str) -> int:
-        return len(self.splits[split][1]) if split in self.splits else 0
+        return len(self.splits[split].labels) if split in self.splits else 0
+
+    # tokenizations -------------------------------------------------------------------------------------------
+    def _add_tokenizer(self, folder: str) -> str:
+        key = tokenizer_key(Path(folder)) or str(folder)
+        if key not in self.encodings:
+            tokenizer = load_tokenizer(str(folder))
+            self.encodings[key] = {s: encode(tokenizer, sp.texts, sp.pairs, self.max_length, self.device)
+                                   for s, sp in self.splits.items()}
+            self.folders[key] = str(folder)
+        self.aliases[str(folder)] = key
+        return key
+
+    def vocabulary(self):
+        """The word vocabulary of the training texts (built on first use; augmented texts never add words)."""
+        if self.word_vocab is None:
+            from ..data.words import WordVocab
+
+            train = self.splits["train"]
+            texts = train.texts + (train.pairs or [])
+            if self.transfer_set is not None:  # the original texts only
+                n = self.transfer_set["original"]
+                texts = train.texts[:n] + (train.pairs[:n] if train.pairs else [])
+            self.word_vocab = WordVocab.build(texts, self.word_min_freq, self.word_max_size)
+        return self.word_vocab
+
+    def _add_words(self) -> str:
+        if WORDS not in self.encodings:
+            vocab = self.vocabulary()
+            self.encodings[WORDS] = {}
+            for s, sp in self.splits.items():
+                ids, lengths = vocab.encode(sp.texts, sp.pairs, self.max_length)
+                self.encodings[WORDS][s] = Encoded(ids.to(self.device), lengths.to(self.device))
+        return WORDS
+
+    def encoding_key(self, model: nn.Module) -> str:
+        """Which tokenization `model` reads: its `input_encoding` (a tokenizer folder or "words"), else the data's."""
+        wanted = getattr(model, "input_encoding", None)
+        if wanted is None:
+            return self.primary
+        if wanted == WORDS or wanted in self.encodings:
+            return wanted
+        return self.aliases.get(str(wanted), str(wanted))
+
+    def prepare_model(self, model: nn.Module) -> None:
+        """Tokenize the data the way `model` reads it, if no prepared tokenization fits yet."""
+        wanted = getattr(model, "input_encoding", None)
+        if wanted is None or self.encoding_key(model) in self.encodings:
+            return
+        if wanted == WORDS:
+            self._add_words()
+            return
+        if tokenizer_key(Path(wanted)) is None:  # a checkpoint without tokenizer files
+            vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+            primary_size = len(load_tokenizer(self.folders[self.primary]))
+            if vocab != primary_size:
+                raise ModelError(f"{wanted} has no tokenizer files and its vocabulary ({vocab} tokens) differs from "
+                                 f"the data tokenizer's ({primary_size}): add its tokenizer to the folder")
+            self.aliases[str(wanted)] = self.primary
+            self.notes.append(f"{wanted} has no tokenizer files: it reads the data tokenizer's ids (same vocabulary "
+                              "size)")
+            return
+        self._add_tokenizer(str(wanted))
+
+    def same_inputs(self, a: nn.Module, b: nn.Module) -> bool:
+        """Whether two models read the same token positions (what layer and attention losses compare)."""
+        return self.encoding_key(a) == self.encoding_key(b)
+
+    def model_inputs(self, model: nn.Module, inputs: Any) -> Any:
+        """The tensors `model` takes from a batch's inputs (flat dicts pass through unchanged)."""
+        if not isinstance(inputs, dict) or not inputs or not isinstance(next(iter(inputs.values())), dict):
+            return inputs
+        key = self.encoding_key(model)
+        if key not in inputs:
+            raise ModelError(f"{type(model).__name__} reads the tokenization {key!r}, which this text task has not "
+                             "prepared: call task.prepare_model(model) before training or measuring it")
+        return inputs[key]
+
+    def save(self, run_dir: Path) -> None:
+        """The word vocabulary, when a model reads words: a deployed word-level student needs it."""
+        if WORDS in self.encodings:
+            self.vocabulary().save(Path(run_dir) / "word_vocab.txt")
 
     # batches ---------------------------------------------------------------------------------------------------
-    def batch(self, split: str, idx: Tensor) -> Batch:
-        """Rows `idx` of a split, padded to their longest row: BERT-style inputs (int64, on the device)."""
-        enc, y = self.splits[split]
-        width = int(enc.lengths[idx].max())
-        ids = enc.ids[idx, :width].long()
-        mask = (torch.arange(width, device=self.device)[None, :] < enc.lengths[idx][:, None]).long()
-        inputs = {"input_ids": ids, "attention_mask": mask}
+    def _inputs(self, key: str, split: str, idx: Tensor) -> dict:
+        enc = self.encodings[key][split]
+        lengths = enc.lengths[idx]
+        width = int(lengths.max())
+        if key == WORDS:
+            return {"word_ids": enc.ids[idx, :width].long(), "word_lengths": lengths}
+        mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
+        inputs = {"input_ids": enc.ids[idx, :width].long(), "attention_mask": mask}
         if enc.type_ids is not None:
             inputs["token_type_ids"] = enc.type_ids[idx, :width].long()
-        return Batch(inputs, y[idx], idx)
+        return inputs
+
+    def batch(self, split: str, idx: Tensor) -> Batch:
+        """Rows `idx` of a split under every prepared tokenization, each padded to its longest row (int64)."""
+        return Batch({key: self._inputs(key, split, idx) for key in self.encodings}, self.splits[split].labels[idx],
+                     idx)
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
-        """Full batches of similar lengths in random order; `view` changes nothing (text is not augmented)."""
-        enc, _ = self.splits["train"]
+        """Full batches of similar lengths (in the data tokenizer) in random order; `view` changes nothing."""
+        lengths_all = self.encodings[self.primary]["train"].lengths.cpu()
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        n = len(enc)
+        n = len(lengths_all)
         order = torch.randperm(n, generator=g)
         steps = self.steps_per_epoch(batch_size)
         size = min(batch_size, n)
         order = order[:steps * size]
-        lengths = enc.lengths.cpu()[order]
+        lengths = lengths_all[order]
         window = size * self.bucket_batches
         batches = []
         for start in range(0, len(order), window):
@@ -102,8 +239,7 @@ class TextTask(Task):
             yield self.batch("train", batches[b].to(self.device))
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
-        enc, _ = self.splits[split]
-        order = torch.sort(enc.lengths.cpu(), stable=True).indices
+        order = torch.sort(self.encodings[self.primary][split].lengths.cpu(), stable=True).indices
         for chunk in order.split(batch_size):
             yield self.batch(split, chunk.to(self.device))
 
@@ -114,17 +250,47 @@ class TextTask(Task):
     def example_inputs(self, batch_size: int) -> Any:
         """`batch_size` rows of typical length (nearest the median of the evaluation split), for FLOPs and latency:
         a latency figure should describe a typical sentence, not whichever came first."""
-        enc, _ = self.splits[self.eval_split]
-        median = enc.lengths.float().median()
-        order = torch.argsort((enc.lengths.float() - median).abs(), stable=True)
+        lengths = self.encodings[self.primary][self.eval_split].lengths.float()
+        order = torch.argsort((lengths - lengths.median()).abs(), stable=True)
         idx = order[:batch_size]
         if len(idx) < batch_size:
             idx = idx.repeat(-(-batch_size // len(idx)))[:batch_size]
         return self.batch(self.eval_split, idx).inputs
 
+    # augmentation ----------------------------------------------------------------------------------------------
+    def with_transfer_set(self, settings, seed: int) -> "TextTask":
+        """A copy of this task whose training split also holds augmented, unlabeled texts (Tang et al.): what a
+        student distils from (the teacher labels them; cross-entropy skips them). Evaluation splits are shared."""
+        from ..data.text_augment import augment_texts
+
+        train = self.splits["train"]
+        texts, pairs, sources = augment_texts(train.texts, train.pairs, settings, seed)
+        labels = torch.cat([train.labels, torch.full((len(texts),), UNLABELED, dtype=torch.long, device=self.device)])
+        big = TextSplit(train.texts + texts, (train.pairs + pairs) if train.pairs is not None else None, labels)
+        task = TextTask.__new__(TextTask)
+        task.__dict__.update(self.__dict__)
+        task.splits = {**self.splits, "train": big}
+        task.notes = list(self.notes)
+        task.transfer_set = {"original": len(train.texts), "augmented": len(texts), "copies_tried": settings.copies,
+                             "settings": dict(settings.__dict__)}
+        task.vocabulary()  # the vocabulary of the original texts, before the encodings below read it
+        task.encodings = {key: dict(encs) for key, encs in self.encodings.items()}
+        for key in task.encodings:
+            if key == WORDS:
+                ids, lengths = task.word_vocab.encode(big.texts, big.pairs, self.max_length)
+                task.encodings[key]["train"] = Encoded(ids.to(self.device), lengths.to(self.device))
+            else:
+                tokenizer = load_tokenizer(self.folders[key])
+                task.encodings[key]["train"] = encode(tokenizer, big.texts, big.pairs, self.max_length, self.device)
+        return task
+
     # model -----------------------------------------------------------------------------------------------------
+    def model_defaults(self) -> dict:
+        """The word vocabulary's size, for word-level students (`text_bilstm`, `text_cnn`)."""
+        return {"vocab_size": len(self.vocabulary())}
+
     def forward(self, model: nn.Module, inputs: Any) -> Tensor:
-        out = model(**inputs)
+        out = model(**self.model_inputs(model, inputs))
         return out.logits if hasattr(out, "logits") else out
 
     def dynamic_dims(self) -> dict[int, str]:
@@ -177,24 +343,25 @@ def build_text_task(cfg, device: torch.device, seed: int, channels_last: bool = 
         tables["val"], labels["val"] = tables["train"], labels["train"]
     if "test" in tables:
         rows["test"] = limit_test(labels["test"], cfg, seed, notes, unit="sentences")
-    tokenizer_path = str(resolve_checkpoint(text.tokenizer))
-    tokenizer = load_tokenizer(tokenizer_path)
     splits = {}
     for split, idx in rows.items():
         if len(idx) == 0:
             continue
         table, keep = tables[split], idx.tolist()
         pairs = [table.pairs[i] for i in keep] if table.pairs is not None else None
-        enc = encode(tokenizer, [table.texts[i] for i in keep], pairs, text.max_length, device)
-        splits[split] = (enc, labels[split][idx].to(device))
+        splits[split] = TextSplit([table.texts[i] for i in keep], pairs, labels[split][idx].to(device))
     eval_split = choose_eval_split(cfg, "val" in splits, "test" in splits, notes)
-    info = {"source": cfg.source, "fingerprint": _files_fingerprint(list(files.values()), Path(tokenizer_path)),
-            "files": {s: str(p) for s, p in files.items()}, "tokenizer": tokenizer_path,
-            "max_length": text.max_length, **{f"train_{k}": v for k, v in token_stats(splits["train"][0]).items()}}
-    task = TextTask(splits, len(classes), classes, device, info=info, bucket_batches=text.bucket_batches)
+    tokenizer_path = str(resolve_checkpoint(text.tokenizer))
+    task = TextTask(splits, len(classes), classes, device, tokenizer_path, max_length=text.max_length,
+                    bucket_batches=text.bucket_batches, word_min_freq=text.word_min_freq,
+                    word_max_size=text.word_max_size)
+    train_enc = task.encodings[task.primary]["train"]
+    task.info = {"source": cfg.source, "fingerprint": _files_fingerprint(list(files.values()), Path(tokenizer_path)),
+                 "files": {s: str(p) for s, p in files.items()}, "tokenizer": tokenizer_path,
+                 "max_length": text.max_length, **{f"train_{k}": v for k, v in token_stats(train_enc).items()}}
     task.eval_split = eval_split
     task.notes += notes
-    truncated = int((splits["train"][0].lengths >= text.max_length).sum())
+    truncated = int((train_enc.lengths >= text.max_length).sum())
     if truncated:
         task.notes.append(f"{truncated} training texts were truncated to data.text.max_length = {text.max_length} "
                           "tokens")
@@ -203,12 +370,8 @@ def build_text_task(cfg, device: torch.device, seed: int, channels_last: bool = 
 
 def _files_fingerprint(files: list[Path], tokenizer_dir: Path) -> str:
     """Content hash of the data files and the tokenizer's files: an edited file retrains, a moved one does not."""
-    import hashlib
-
     h = hashlib.sha256()
-    tokenizer_files = [p for p in sorted(tokenizer_dir.iterdir()) if p.name in (
-        "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "merges.txt", "vocab.json")]
-    for path in list(files) + tokenizer_files:
+    for path in list(files) + [p for p in sorted(tokenizer_dir.iterdir()) if p.name in TOKENIZER_FILES[:6]]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]

@@ -150,6 +150,7 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
             model.train()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
+            labeled = torch.zeros((), device=device, dtype=torch.long)  # augmented texts carry no label
             seen = 0
             if progress:
                 progress.start_epoch(epoch + 1, cfg.epochs, steps_per_epoch)
@@ -166,6 +167,7 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 with autocast_context(device, cfg.precision):
                     logits = task.forward(plan.model, inputs)
                 hits = (logits.detach().argmax(-1) == batch.targets).sum()  # read before anything replays
+                with_label = (batch.targets >= 0).sum()
                 value = loss(loss_inputs(logits, batch, loss, teacher, student_taps))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(value).backward()
@@ -177,10 +179,11 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 scheduler.step()
                 loss_sum += value.detach() * batch.size
                 correct += hits
+                labeled += with_label
                 seen += batch.size
                 if progress and (device.type == "cpu" or step % 20 == 0 or step == steps_per_epoch - 1):
                     elapsed = time.perf_counter() - t0
-                    progress.update(step + 1, loss=float(loss_sum) / seen, accuracy=float(correct) / seen,
+                    progress.update(step + 1, loss=float(loss_sum) / seen, accuracy=float(correct) / max(int(labeled), 1),
                                     samples_per_s=seen / max(elapsed, 1e-9))
             _sync(device)
             epoch_time = time.perf_counter() - t0
@@ -190,7 +193,7 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 "epoch": epoch + 1,
                 "lr": optimizer.param_groups[0]["lr"],
                 "train_loss": float(loss_sum) / max(seen, 1),
-                "train_accuracy": float(correct) / max(seen, 1),
+                "train_accuracy": float(correct) / max(int(labeled), 1),  # over labeled examples
                 "epoch_time_s": epoch_time,
                 "samples_per_s": seen / max(epoch_time, 1e-9),
             }

@@ -1,0 +1,223 @@
+"""Word-level text students (Tang et al.'s BiLSTM, Kim's CNN) beside a sub-word teacher: the word vocabulary, several
+tokenizations of one dataset, augmentation for distillation, cross-entropy that skips unlabeled texts, and a
+BiLSTM that distils from cached teacher outputs alone. Tiny random-weight BERTs only: nothing is downloaded."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leankd.data.text_augment import AugmentSettings, augment_texts
+from leankd.data.words import MASK, WordVocab, split_words
+from leankd.errors import LeanKDError, ModelError
+from leankd.kd.losses import CE, UNLABELED, LossInputs, mix
+from leankd.models import create_model
+from leankd.recipe import parse_recipe
+from leankd.tasks import build_task
+
+pytest.importorskip("transformers")
+from test_text import tiny_bert, write_sst2_like  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------- vocabulary
+def test_word_vocabulary_orders_by_frequency_and_maps_unknowns():
+    vocab = WordVocab.build(["The movie , the END", "it 's the movie"], min_freq=1)
+    assert vocab.words[:4] == ["<pad>", "<unk>", "[MASK]", "<sep>"]
+    assert vocab.words[4:7] == ["the", "movie", "'s"]  # 3x, 2x, then ties alphabetically
+    assert vocab.ids("the UNSEEN movie") == [4, 1, 5]
+    assert vocab.ids("the", pair="movie") == [4, 3, 5]  # the pair follows the separator
+    assert vocab.ids("") == [1]  # an empty text is one unknown word, never a zero-length row
+    assert split_words(f"a {MASK} b!") == ["a", MASK, "b", "!"]
+    assert len(WordVocab.build(["a a b c"], min_freq=2)) == 5  # b and c seen once
+    assert len(WordVocab.build(["a a b c"], max_size=5)) == 5
+
+
+def test_vocabulary_round_trips_through_its_file(tmp_path):
+    vocab = WordVocab.build(["good film", "bad film"])
+    vocab.save(tmp_path / "v.txt")
+    assert WordVocab.load(tmp_path / "v.txt").words == vocab.words
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+def test_augmentation_is_seeded_and_never_repeats_a_text():
+    texts = ["a b c d e f", "g h i j", "k l m n o"]
+    s = AugmentSettings(copies=6, mask=0.2, dropout=0.1, ngram=0.3, ngram_max=3)
+    first = augment_texts(texts, None, s, seed=1)
+    assert first == augment_texts(texts, None, s, seed=1) and first != augment_texts(texts, None, s, seed=2)
+    new, pairs, sources = first
+    assert pairs is None and len(new) == len(sources) > 0
+    assert len(set(new)) == len(new) and not set(new) & set(texts)  # no repeats, no unchanged copies
+    for text, src in zip(new, sources):  # every word is the source's own (in order) or a mask
+        words = [w for w in text.split() if w != MASK]
+        original = texts[src].split()
+        assert all(w in original for w in words)
+        assert [original.index(w) for w in words] == sorted(original.index(w) for w in words)
+
+
+def test_augmentation_rules_one_at_a_time():
+    texts = ["one two three four five six"]
+    masked, _, _ = augment_texts(texts, None, AugmentSettings(copies=1, mask=1.0, dropout=0, ngram=0), 0)
+    assert masked == [" ".join([MASK] * 6)]
+    cut, _, _ = augment_texts(texts, None, AugmentSettings(copies=30, mask=0, dropout=0, ngram=1.0, ngram_max=2), 0)
+    assert cut and all(1 <= len(t.split()) <= 2 and t in texts[0] for t in cut)  # contiguous n-grams
+    empty, _, _ = augment_texts(texts, None, AugmentSettings(copies=3, mask=0, dropout=1.0, ngram=0), 0)
+    assert empty == []  # every word dropped: nothing left to keep
+    new, pairs, src = augment_texts(["a b", "c d"], ["x y", "z w"], AugmentSettings(copies=4, mask=0.5), 0)
+    assert len(pairs) == len(new) == len(src) and all(p for p in pairs)
+
+
+def test_augment_recipe_errors():
+    base = {"teacher": {"model": "resnet20"}, "student": {"model": "resnet20"}}
+    with pytest.raises(LeanKDError, match="mask, dropout and ngram are all 0"):
+        parse_recipe({**base, "distill": {"augment": {"mask": 0, "dropout": 0, "ngram": 0}}})
+    with pytest.raises(LeanKDError, match="mask \\+ dropout = 1.2 > 1"):
+        parse_recipe({**base, "distill": {"augment": {"mask": 0.6, "dropout": 0.6}}})
+
+
+# ---------------------------------------------------------------------------------------------- loss
+def test_ce_skips_unlabeled_examples_but_divides_by_the_whole_batch():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0], [0.5, 0.5]])
+    targets = torch.tensor([0, UNLABELED, 1, UNLABELED])
+    by_hand = (-F.log_softmax(logits[0], -1)[0] - F.log_softmax(logits[2], -1)[1]) / 4
+    assert float(CE()(LossInputs(logits, targets))) == pytest.approx(float(by_hand), rel=1e-6)
+    none = torch.full((4,), UNLABELED)
+    leaf = logits.clone().requires_grad_()
+    value = CE()(LossInputs(leaf, none))
+    assert float(value.detach()) == 0.0
+    value.backward()  # still a graph: a batch of augmented texts only trains through KD
+    assert torch.equal(leaf.grad, torch.zeros_like(leaf))
+    labeled = torch.tensor([0, 1, 1, 0])
+    assert float(CE()(LossInputs(logits, labeled))) == pytest.approx(float(F.cross_entropy(logits, labeled)))
+    loss = mix(alpha=0.5, temperature=1.0)  # KD still sees every row
+    teacher = torch.zeros(4, 2)
+    kd_only = 0.5 * float(F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher, -1), log_target=True,
+                                   reduction="batchmean"))
+    assert float(loss(LossInputs(logits, none, teacher=teacher))) == pytest.approx(kd_only, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- models
+@pytest.mark.parametrize("name,kwargs", [("text_bilstm", {}), ("text_bilstm", {"pooling": "last"}),
+                                         ("text_cnn", {})])
+def test_word_students_give_the_same_logits_alone_and_in_a_padded_batch(name, kwargs):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, vocab_size=50, embed_dim=16, **kwargs).eval()
+    ids = torch.randint(4, 50, (3, 9))
+    lengths = torch.tensor([9, 5, 1])
+    for i, n in enumerate(lengths.tolist()):
+        ids[i, n:] = 0
+    with torch.no_grad():
+        batch = model(ids, lengths)
+        for i, n in enumerate(lengths.tolist()):
+            alone = model(ids[i:i + 1, :n], lengths[i:i + 1])
+            assert torch.allclose(alone[0], batch[i], atol=1e-5)
+    with pytest.raises(ModelError, match="needs keyword\\(s\\) 'vocab_size'"):
+        create_model(name, num_classes=3)
+
+
+# ---------------------------------------------------------------------------------------------- task
+def _recipe(tmp_path, student="text_bilstm", **extra):
+    folder = write_sst2_like(tmp_path / "sst")
+    ckpt = tiny_bert(tmp_path / "bert")
+    spec = {"data": {"source": str(folder), "task": "text_classification", "eval_split": "val"},
+            "teacher": {"model": f"hf:{ckpt}"},
+            "student": {"model": student, "kwargs": {"embed_dim": 16, "hidden": 16, "mlp": 16}
+                        if student == "text_bilstm" else {}},
+            "train": {"epochs": 1, "batch_size": 8}}
+    for key, value in extra.items():
+        spec[key] = {**spec.get(key, {}), **value}
+    return parse_recipe(spec)
+
+
+def test_a_word_student_reads_its_own_tokenization_of_the_same_rows(tmp_path):
+    r = _recipe(tmp_path)
+    task = build_task(r.data, torch.device("cpu"), seed=0)
+    teacher = create_model(r.teacher.model, num_classes=2)
+    student = create_model("text_bilstm", num_classes=2, **task.model_defaults())
+    batch = next(task.eval_batches("val", 4))
+    with pytest.raises(ModelError, match="has not prepared: call task.prepare_model"):
+        task.forward(student, batch.inputs)
+    task.prepare_model(student)
+    task.prepare_model(teacher)  # the data's own tokenizer: nothing new
+    assert set(task.encodings) == {task.primary, "words"} and not task.same_inputs(teacher, student)
+    batch = next(task.eval_batches("val", 4))
+    words = task.model_inputs(student, batch.inputs)
+    assert set(words) == {"word_ids", "word_lengths"}
+    vocab = task.vocabulary()
+    for row, i in enumerate(batch.index.tolist()):
+        n = int(words["word_lengths"][row])
+        assert words["word_ids"][row, :n].tolist() == vocab.ids(task.splits["val"].texts[i])
+    assert task.forward(student, batch.inputs).shape == (4, 2) == task.forward(teacher, batch.inputs).shape
+    # a second checkpoint folder with the same tokenizer files shares the tokenization
+    other = tiny_bert(tmp_path / "bert2", layers=2, seed=3)
+    twin = create_model(f"hf:{other}", num_classes=2)
+    task.prepare_model(twin)
+    assert len(task.encodings) == 2 and task.same_inputs(teacher, twin)
+
+
+def test_transfer_set_adds_unlabeled_texts_and_keeps_the_vocabulary(tmp_path):
+    r = _recipe(tmp_path)
+    task = build_task(r.data, torch.device("cpu"), seed=0)
+    student = create_model("text_bilstm", num_classes=2, **task.model_defaults())
+    task.prepare_model(student)
+    kd = task.with_transfer_set(AugmentSettings(copies=3), seed=0)
+    n, extra = task.split_size("train"), kd.transfer_set["augmented"]
+    assert kd.transfer_set["original"] == n and extra > n  # 3 tries per text, a few repeats dropped
+    assert kd.split_size("train") == n + extra and kd.split_size("val") == task.split_size("val")
+    labels = kd.splits["train"].labels
+    assert torch.equal(labels[:n], task.splits["train"].labels) and bool((labels[n:] == UNLABELED).all())
+    assert kd.vocabulary().words == task.vocabulary().words  # augmented texts add no words
+    assert len(kd.encodings[kd.primary]["train"]) == len(kd.encodings["words"]["train"]) == n + extra
+    masked = next(i for i in range(n, n + extra) if MASK in kd.splits["train"].texts[i])
+    assert 4 in kd.encodings[kd.primary]["train"].ids[masked].tolist()  # one [MASK] token for BERT (id 4)
+    assert 2 in kd.encodings["words"]["train"].ids[masked].tolist()  # ... and for the word vocabulary
+    assert task.split_size("train") == n  # the original task is untouched
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def test_bilstm_distils_from_cached_teacher_outputs_alone(tmp_path, monkeypatch):
+    """The teacher labels the training and augmented texts once; the BiLSTM's KD stage never runs it."""
+    from leankd.kd import cache as cache_module
+    from leankd.kd.teacher import LiveTeacher
+    from leankd.pipeline import Pipeline
+
+    built = {"done": False}
+    real_build, real_call = cache_module.build_or_load, LiveTeacher.__call__
+
+    def build_then_forbid(*args, **kwargs):
+        out = real_build(*args, **kwargs)
+        built["done"] = True
+        return out
+
+    def call(self, batch):
+        assert not built["done"], "the live teacher ran after its outputs were cached"
+        return real_call(self, batch)
+
+    monkeypatch.setattr(cache_module, "build_or_load", build_then_forbid)
+    monkeypatch.setattr(LiveTeacher, "__call__", call)
+    r = _recipe(tmp_path, teacher={"cache": True}, distill={"augment": {"copies": 2}},
+                compress={"targets": ["int8-dynamic", "onnx"]})
+    run = tmp_path / "run"
+    pipeline = Pipeline(r, run, quiet=True)
+    report = pipeline.run()
+    assert built["done"] and not pipeline.failed_targets
+    models = report["models"]
+    transfer = models["student"]["training"]["transfer_set"]
+    cache = models["student"]["training"]["teacher_cache"]
+    assert cache["samples"] == transfer["original"] + transfer["augmented"] and transfer["original"] == 96
+    assert any(f"plus {transfer['augmented']} augmented" in n for n in report["notes"])
+    assert models["baseline"]["training"].get("transfer_set") is None
+    vocab = WordVocab.load(run / "word_vocab.txt")
+    assert models["student"]["cost"]["params"] > 16 * len(vocab)  # the embedding is the student's own vocabulary
+    for role in ("student_int8_dynamic", "student_onnx"):
+        assert models[role]["artifact"]["max_abs_diff"] < 0.05, role
+    assert models["student_int8_dynamic"]["artifact"]["quantized"]  # the LSTMs and Linears run in int8
+    assert json.loads((run / "report.json").read_text())["models"]["student"]["quality"]["num_samples"] == 32
+
+
+def test_layer_losses_need_the_same_tokens(tmp_path):
+    from leankd.errors import RecipeError
+    from leankd.pipeline import Pipeline
+
+    r = _recipe(tmp_path, distill={"features": [{"kind": "hint", "pairs": [["embed", "hf.bert.embeddings"]]}]})
+    with pytest.raises(RecipeError, match="another tokenizer than the teacher.*logit KD works across vocabularies"):
+        Pipeline(r, tmp_path / "run", quiet=True).run()
