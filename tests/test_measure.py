@@ -544,3 +544,16 @@ def test_interleaved_latency_gives_every_model_the_same_runs_and_rotates_order()
     assert out["b"]["batch_1"]["median_ms"] > out["a"]["batch_1"]["median_ms"] + 2
     timed = calls[4:4 + 60]  # after the 2+2 warm-up calls of batch 1: rounds of 10, order a,b then b,a then a,b
     assert timed[:10] == ["a"] * 10 and timed[10:20] == ["b"] * 10 and timed[20:30] == ["b"] * 10
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_and_gru_macs_are_counted_on_the_cpu(bidirectional):
+    """nn.LSTM runs as one fused oneDNN op on x86 CPUs that FlopCounterMode has no formula for (it counted 0);
+    MACs per step are the gate projections: G*H*(I + H) per layer and direction (layer 2 reads both directions)."""
+    d = 2 if bidirectional else 1
+    lstm = torch.nn.LSTM(8, 5, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    steps_batch = 7 * 2
+    expected = steps_batch * d * (20 * 8 + 20 * 5) + steps_batch * d * (20 * 5 * d + 20 * 5)
+    assert count_flops(lstm, torch.randn(2, 7, 8))["macs"] == expected
+    gru = torch.nn.GRU(8, 5, batch_first=True)
+    assert count_flops(gru, torch.randn(2, 7, 8))["macs"] == steps_batch * (15 * 8 + 15 * 5)

@@ -221,3 +221,64 @@ def test_layer_losses_need_the_same_tokens(tmp_path):
     r = _recipe(tmp_path, distill={"features": [{"kind": "hint", "pairs": [["embed", "hf.bert.embeddings"]]}]})
     with pytest.raises(RecipeError, match="another tokenizer than the teacher.*logit KD works across vocabularies"):
         Pipeline(r, tmp_path / "run", quiet=True).run()
+
+
+# ---------------------------------------------------------------------------------------------- vocabulary trimming
+def test_vocab_trim_keeps_training_tokens_exactly_and_maps_the_rest_to_unk(tmp_path):
+    from leankd.compress.targets import build_artifact
+
+    r = _recipe(tmp_path)
+    task = build_task(r.data, torch.device("cpu"), seed=0)
+    torch.manual_seed(0)
+    model = create_model(r.teacher.model, num_classes=2, layers=2).eval()
+    task.prepare_model(model)
+    art = build_artifact("vocab-trim", model, task, tmp_path / "out")
+    trimmed = art.runnable
+    keep, unk = task.tokens_in_use(model)
+    vocab = model.hf.get_input_embeddings().num_embeddings
+    assert trimmed.kept_tokens == len(keep) < vocab and art.path.exists()
+    n_params = sum(p.numel() for p in trimmed.parameters())
+    assert n_params == sum(p.numel() for p in model.parameters()) - (vocab - len(keep)) * 32
+    with torch.no_grad():
+        for batch in task.eval_batches("train", 16):  # every training token kept: identical logits
+            assert torch.equal(task.forward(trimmed, batch.inputs), task.forward(model, batch.inputs))
+        unseen = torch.tensor([[2, 29, 30, 5, 3]])  # [CLS] what who good [SEP]: 'what'/'who' never in training
+        assert not set(unseen[0].tolist()) <= set(keep.tolist())
+        as_unk = torch.where(torch.isin(unseen, keep), unseen, torch.tensor(unk))
+        mask = torch.ones_like(unseen)
+        assert torch.allclose(trimmed(unseen, mask), model(as_unk, mask), atol=1e-6)
+    both = build_artifact("vocab-trim-int8", model, task, tmp_path / "out")
+    assert both.quantized and both.path.exists()
+    bilstm = create_model("text_bilstm", num_classes=2, embed_dim=8, hidden=8, mlp=8, **task.model_defaults())
+    task.prepare_model(bilstm)
+    with pytest.raises(ModelError, match="word-level student's vocabulary already"):
+        build_artifact("vocab-trim", bilstm, task, tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------- narrower students
+def test_narrower_transformer_student_distils_through_learned_projections(tmp_path):
+    """Half the teacher's width: pretrained weights cannot be copied (a clear error says so); from random weights
+    the TinyBERT hidden-state loss learns a 16 -> 32 projection and MiniLM's losses need none."""
+    from leankd.kd.features import FEATURE_LOSSES
+    from leankd.kd.losses import KD
+    from leankd.kd.teacher import LiveTeacher
+    from leankd.recipe import TrainConfig
+    from leankd.train.loop import fit
+
+    r = _recipe(tmp_path)
+    task = build_task(r.data, torch.device("cpu"), seed=0)
+    narrow = {"hidden_size": 16, "intermediate_size": 32}
+    with pytest.raises(ModelError, match="change weight shapes.*pretrained: false"):
+        create_model(r.teacher.model, num_classes=2, layers=2, config=narrow)
+    torch.manual_seed(0)
+    teacher = create_model(r.teacher.model, num_classes=2)
+    student = create_model(r.teacher.model, num_classes=2, layers=2, pretrained=False, config=narrow)
+    hidden = [("hf.bert.embeddings", "hf.bert.embeddings"), ("hf.bert.encoder.layer.1", "hf.bert.encoder.layer.3")]
+    attention = [("hf.bert.encoder.layer.1.attention.self", "hf.bert.encoder.layer.3.attention.self")]
+    loss = KD(2.0) + FEATURE_LOSSES["hidden_mse"](hidden) + FEATURE_LOSSES["minilm"](attention)
+    result = fit(student, task, TrainConfig(epochs=2, batch_size=16, optimizer="adamw", lr=3e-3), loss=loss,
+                 teacher=LiveTeacher(teacher, task))
+    losses = [row["train_loss"] for row in result.history]
+    assert all(v == v for v in losses) and losses[1] < losses[0]
+    adapters = [m for m in loss.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(adapters) == 2 and all((a.in_features, a.out_features) == (16, 32) for a in adapters)

@@ -381,7 +381,7 @@ class Pipeline:
         r = self.recipe
         views = min(r.teacher.cache_views, task.max_views or r.teacher.cache_views)
         if views < r.teacher.cache_views:
-            self.log(f"teacher cache: this task does not augment its training data, so {views} view holds everything "
+            self.log(f"teacher cache: this task has no per-epoch augmentation views, so {views} view holds everything "
                      f"(teacher.cache_views = {r.teacher.cache_views} would repeat it)")
         fp = fingerprint({"cache": "teacher-logits", **data_fp, "teacher": self._stage_fp("teacher"),
                           "teacher_precision": r.teacher.precision, "views": views, "seed": r.seed,

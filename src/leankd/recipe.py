@@ -301,7 +301,8 @@ class MeasureConfig(Strict):
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for latency (default: torch's setting)")
 
 
-CompressTarget = Literal["fp16", "bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8-dynamic", "qat", "qat-control"]
+CompressTarget = Literal["fp16", "bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8-dynamic", "qat", "qat-control",
+                         "vocab-trim", "vocab-trim-int8"]
 
 
 class QATConfig(Strict):

@@ -93,6 +93,33 @@ def _int8_dynamic(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
     return BuiltArtifact(result.model, path, "torch", result.quantized, result.skipped, notes)
 
 
+def _vocab_trim(int8: bool):
+    """Text students: the word embedding cut to the tokens of the training texts (compress/vocab.py), then
+    optionally int8-dynamic like `int8-dynamic` (the embedding stays float there, so the two savings add up)."""
+    def build(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
+        from ..train.checkpoint import save_weights
+        from .quantize import quantize_dynamic_int8, save_quantized
+        from .vocab import trim_vocabulary
+
+        if not hasattr(ctx.task, "tokens_in_use"):
+            raise LeanKDError(f"vocab-trim applies to text students; this run's task is {ctx.task.kind}")
+        keep, unk = ctx.task.tokens_in_use(model)
+        trimmed = trim_vocabulary(model, keep, unk).eval()
+        note = (f"vocabulary trimmed to the {trimmed.kept_tokens} tokens of the training texts (+ specials) out of "
+                f"{trimmed.original_tokens}; other tokens read as [UNK]")
+        if not int8:
+            path = ctx.out_dir / "vocab-trim.safetensors"
+            save_weights(path, trimmed)
+            return BuiltArtifact(trimmed, path, "torch", notes=[note])
+        result = quantize_dynamic_int8(trimmed, example_inputs=_cpu_inputs(ctx.task, 2, model),
+                                       forward=ctx.task.forward)
+        path = ctx.out_dir / "vocab-trim-int8.pt"
+        save_quantized(path, result.model)
+        return BuiltArtifact(result.model, path, "torch", result.quantized, result.skipped, [note])
+
+    return build
+
+
 def _export(model: nn.Module, ctx: BuildContext, name: str = "fp32.onnx") -> Path:
     from .onnx import export_onnx
 
@@ -191,6 +218,8 @@ TARGETS: dict[str, Callable[[nn.Module, BuildContext], BuiltArtifact]] = {
     "onnx-int8-dynamic": _onnx_int8("dynamic"),
     "qat": _qat,  # quantization-aware distillation -> ORT static int8
     "qat-control": _qat_control,
+    "vocab-trim": _vocab_trim(int8=False),  # text: embedding rows of the training texts' tokens only
+    "vocab-trim-int8": _vocab_trim(int8=True),
 }
 TRAINING_TARGETS = frozenset({"qat", "qat-control"})
 

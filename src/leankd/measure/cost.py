@@ -43,15 +43,30 @@ def serialized_size_bytes(model: nn.Module) -> int:
     return len(safetensors_save(tensors))
 
 
+def _mkldnn_rnn_layer_flops(input_shape, w_ih_shape, w_hh_shape, *args, out_shape=None, **kwargs) -> int:
+    """One LSTM layer and direction in oneDNN's fused kernel (what nn.LSTM runs on x86 CPUs): for every time step
+    and sequence, the input and recurrent projections of all gates, [G*H, I] and [G*H, H] matrix-vector products."""
+    steps_times_batch = input_shape[0] * input_shape[1]
+    return 2 * steps_times_batch * (w_ih_shape[0] * w_ih_shape[1] + w_hh_shape[0] * w_hh_shape[1])
+
+
+def _custom_formulas() -> dict:
+    """FLOP formulas FlopCounterMode lacks: without this an LSTM on the CPU counts as 0 FLOPs (GRUs decompose
+    into counted matmuls; LSTMs run as one fused oneDNN op)."""
+    rnn_layer = getattr(torch.ops.aten, "mkldnn_rnn_layer", None)
+    return {rnn_layer: _mkldnn_rnn_layer_flops} if rnn_layer is not None else {}
+
+
 def count_flops(model: nn.Module, inputs: Any, forward: Forward | None = None) -> dict:
     """`{"flops": int, "macs": int}` for one forward pass on `inputs` (the whole batch, not per sample).
 
     Counted by `torch.utils.flop_counter.FlopCounterMode`, which covers matmul/linear, convolution and
-    attention (scaled-dot-product) work; bias adds, normalisation, activations and pooling are not counted.
-    `macs = flops // 2` (one multiply-accumulate = 2 FLOPs).
+    attention (scaled-dot-product) work, plus our formula for CPU LSTM layers; bias adds, normalisation,
+    activations, gate nonlinearities and pooling are not counted. `macs = flops // 2` (one multiply-accumulate =
+    2 FLOPs).
     """
     forward = resolve_forward(forward)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_custom_formulas())
     with inference(model), counter:
         forward(model, inputs)
     flops = int(counter.get_total_flops())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+from torchmetrics.functional.classification import (binary_f1_score, multiclass_accuracy, multiclass_f1_score,
+                                                    multiclass_matthews_corrcoef)
 
 
 def classification_metrics(logits: Tensor, targets: Tensor, class_names: list[str] | None = None) -> dict:
@@ -45,3 +46,15 @@ def classification_metrics(logits: Tensor, targets: Tensor, class_names: list[st
         "loss": float(F.cross_entropy(logits, targets)),
         "num_samples": int(n),
     }
+
+
+def text_metrics(logits: Tensor, targets: Tensor, class_names: list[str] | None = None) -> dict:
+    """`classification_metrics` plus what GLUE reports: Matthews correlation (CoLA; robust to class imbalance) and,
+    for two classes, the F1 of class 1 (MRPC, QQP)."""
+    out = classification_metrics(logits, targets, class_names)
+    preds = logits.detach().float().cpu().argmax(dim=1)
+    targets = targets.detach().cpu().long()
+    out["mcc"] = float(multiclass_matthews_corrcoef(preds, targets, num_classes=logits.shape[1]))
+    if logits.shape[1] == 2:
+        out["f1_positive"] = float(binary_f1_score(preds, targets))
+    return out

@@ -123,6 +123,8 @@ def create_hf_model(name: str, num_classes: int, kwargs: Mapping[str, object]) -
     overrides = dict(kwargs.get("config") or {})
     attn = str(kwargs.get("attn_implementation", "sdpa"))
     config = AutoConfig.from_pretrained(path, local_files_only=True, **overrides)
+    if kwargs.get("pretrained", True):
+        _check_shapes_kept(name, path, overrides)
     _check_head(name, config, num_classes)
     config.num_labels = num_classes
     with _quiet_transformers():
@@ -139,6 +141,22 @@ def create_hf_model(name: str, num_classes: int, kwargs: Mapping[str, object]) -
         hf.config.num_hidden_layers = len(kept)
         hf.config.leankd_kept_layers = kept  # saved with the model: which teacher layers it started from
     return TextClassifier(hf, source=str(path))
+
+
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size", "embedding_size",
+              "max_position_embeddings", "type_vocab_size")
+
+
+def _check_shapes_kept(name: str, path: Path, overrides: Mapping[str, object]) -> None:
+    """Pretrained weights copy only into the same shapes: a narrower student must start from random weights."""
+    from transformers import AutoConfig
+
+    original = AutoConfig.from_pretrained(path, local_files_only=True)
+    changed = {k: v for k, v in overrides.items() if k in SHAPE_KEYS and getattr(original, k, v) != v}
+    if changed:
+        raise ModelError(f"hf:{name}: config overrides {changed} change weight shapes, so the pretrained weights "
+                         "cannot be copied: add `pretrained: false` for a narrower student (random init; the "
+                         "hidden_mse and minilm losses bridge different widths with learned projections)")
 
 
 def _check_head(name: str, config, num_classes: int) -> None:

@@ -155,6 +155,10 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     row("architecture", lambda e: e.get("architecture") or DASH)
     row(f"accuracy (%){split}", lambda e: fmt_pct(_g(e, "quality", "accuracy")))
     row("macro-F1 (%)", lambda e: fmt_pct(_g(e, "quality", "macro_f1")))
+    if any(_g(e, "quality", "mcc") is not None for _, e in entries):  # text: what GLUE reports
+        row("Matthews corr. (x100)", lambda e: fmt_pct(_g(e, "quality", "mcc")))
+    if any(_g(e, "quality", "f1_positive") is not None for _, e in entries):
+        row("F1 of class 1 (%)", lambda e: fmt_pct(_g(e, "quality", "f1_positive")))
     row("eval loss", lambda e: fmt_fixed(_g(e, "quality", "loss"), 4))
     if any(_g(e, "quality", "fa_fr_auc") is not None for _, e in entries):  # binary keyword spotting
         row("FA/FR AUC (lower is better)", lambda e: fmt_fixed(_g(e, "quality", "fa_fr_auc"), 4))

@@ -86,6 +86,8 @@ class Quality(_Strict):
     loss: Optional[float] = None
     num_samples: Optional[int] = None
     per_class_accuracy: Optional[dict[str, Optional[float]]] = None
+    mcc: Optional[float] = None  # text: Matthews correlation coefficient
+    f1_positive: Optional[float] = None  # text, two classes: F1 of class 1 (GLUE's F1)
     # binary keyword spotting: area under the false-rejection vs false-alarm curve (lower is better) and the
     # false-rejection rate at the false-alarm rate `far_target`
     fa_fr_auc: Optional[float] = None

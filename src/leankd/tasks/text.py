@@ -196,6 +196,19 @@ class TextTask(Task):
                              "prepared: call task.prepare_model(model) before training or measuring it")
         return inputs[key]
 
+    def tokens_in_use(self, model: nn.Module) -> tuple[Tensor, int]:
+        """(ids of every token in the training texts as `model` reads them, plus the special tokens; the [UNK] id):
+        what vocabulary trimming keeps."""
+        key = self.encoding_key(model)
+        if key == WORDS or key not in self.folders:
+            raise ModelError("vocab-trim trims a sub-word tokenizer's embedding; a word-level student's vocabulary "
+                             "already holds only the training texts' words (see data.text.word_min_freq)")
+        enc = self.encodings[key]["train"]
+        valid = torch.arange(enc.ids.shape[1], device=enc.ids.device)[None, :] < enc.lengths[:, None]
+        tokenizer = load_tokenizer(self.folders[key])
+        specials = torch.tensor(tokenizer.all_special_ids, dtype=torch.long)
+        return torch.unique(torch.cat([enc.ids[valid].long().cpu(), specials])), int(tokenizer.unk_token_id)
+
     def save(self, run_dir: Path) -> None:
         """The word vocabulary, when a model reads words: a deployed word-level student needs it."""
         if WORDS in self.encodings:
@@ -295,6 +308,11 @@ class TextTask(Task):
 
     def dynamic_dims(self) -> dict[int, str]:
         return {0: "batch", 1: "sequence"}  # dynamic padding: every batch has its own length
+
+    def metrics(self, logits: Tensor, targets: Tensor) -> dict:
+        from ..measure.quality import text_metrics
+
+        return text_metrics(logits, targets, self.class_names)
 
 
 def token_stats(enc: Encoded) -> dict:
