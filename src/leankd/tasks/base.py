@@ -8,12 +8,14 @@ speed of airbench-style training comes from.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import LeanKDError
 from ..measure.quality import classification_metrics
 
 
@@ -92,6 +94,11 @@ class Task:
     def extra_measurements(self, model: nn.Module) -> dict:
         """Task-specific measurements that join a model's report block (e.g. streaming latency)."""
         return {}
+
+    def with_train_subset(self, n: int, seed: int) -> "Task":
+        """A copy whose training split is a stratified subset of `n` examples (`teacher.limit_train`)."""
+        raise LeanKDError(f"teacher.limit_train needs the training data in memory; {type(self).__name__} streams it: "
+                          "drop teacher.limit_train or use data.limit_train (which limits every stage)")
 
     def prepare_model(self, model: nn.Module) -> None:
         """Get the data ready for `model` before it trains or is measured (text: tokenize the way it reads)."""
@@ -206,6 +213,16 @@ class TensorTask(Task):
             chunks = [self.transform(x[i:i + self.VIEW_CHUNK], g, True) for i in range(0, len(x), self.VIEW_CHUNK)]
             self._view_key, self._view = key, concat_inputs(chunks)
         return self._view
+
+    def with_train_subset(self, n: int, seed: int) -> "TensorTask":
+        from .splits import stratified_subset
+
+        x, y = self.splits["train"]
+        keep = stratified_subset(y, n, seed).to(self.device)
+        task = copy.copy(self)
+        task.splits = {**self.splits, "train": (x[keep], y[keep])}
+        task._view_key, task._view = None, None
+        return task
 
     def view_batches(self, view: int, seed: int, batch_size: int) -> Iterator[Batch]:
         inputs, y = self.view_inputs(view, seed), self.splits["train"][1]

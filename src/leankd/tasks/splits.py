@@ -40,3 +40,11 @@ def choose_eval_split(cfg: DataConfig, has_val: bool, has_test: bool, notes: lis
     if cfg.eval_split == "val" and not has_val:
         raise DataError("data.eval_split is 'val' but data.val_fraction is 0: set data.val_fraction > 0")
     return cfg.eval_split
+
+
+def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a stratified subset of `n` examples (all of them when n >= len(labels))."""
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    keep, _ = stratified_split(labels.cpu(), 1.0 - n / len(labels), seed)
+    return torch.sort(keep).values

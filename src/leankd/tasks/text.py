@@ -270,6 +270,26 @@ class TextTask(Task):
             idx = idx.repeat(-(-batch_size // len(idx)))[:batch_size]
         return self.batch(self.eval_split, idx).inputs
 
+    def with_train_subset(self, n: int, seed: int) -> "TextTask":
+        """A copy training on a stratified subset of `n` texts (teacher.limit_train); no re-tokenization."""
+        from .splits import stratified_subset
+
+        train = self.splits["train"]
+        keep = stratified_subset(train.labels, n, seed)
+        rows = keep.tolist()
+        self.vocabulary()  # built from the full training texts, shared with the students
+        task = TextTask.__new__(TextTask)
+        task.__dict__.update(self.__dict__)
+        task.splits = {**self.splits, "train": TextSplit([train.texts[i] for i in rows],
+                                                         [train.pairs[i] for i in rows] if train.pairs else None,
+                                                         train.labels[keep.to(self.device)])}
+        task.encodings = {}
+        for key, encs in self.encodings.items():
+            enc, idx = encs["train"], keep.to(self.device)
+            task.encodings[key] = {**encs, "train": Encoded(enc.ids[idx], enc.lengths[idx],
+                                                            None if enc.type_ids is None else enc.type_ids[idx])}
+        return task
+
     # augmentation ----------------------------------------------------------------------------------------------
     def with_transfer_set(self, settings, seed: int) -> "TextTask":
         """A copy of this task whose training split also holds augmented, unlabeled texts (Tang et al.): what a
