@@ -305,6 +305,9 @@ def test_teacher_fine_tunes_on_a_subset_and_students_on_everything(tmp_path, mon
     assert abs(int(sizes["teacher"][1]) - n * int(sizes["student"][1]) / 96) <= 1  # stratified: same label mix
     assert report["models"]["student"]["training"]["teacher_cache"]["samples"] == 96  # labels the full set
     assert any(f"subset of {n} of the 96 training examples" in note for note in report["notes"])
+    forced = Pipeline(r, tmp_path / "run", quiet=True, force=True).run()
+    cache = forced["models"]["student"]["training"]["teacher_cache"]
+    assert cache["reused"] is False and cache["build_s"] is not None  # --force rebuilds the run's own cache
 
     x, y = torch.arange(20.0).view(20, 1), torch.tensor([0] * 10 + [1] * 10)
     images = TensorTask({"train": (x, y), "test": (x[:4], y[:4])}, num_classes=2)
@@ -358,3 +361,88 @@ def test_auto_layer_strategy_in_a_run(tmp_path, monkeypatch):
     assert "layer_strategy: auto" in (tmp_path / "run" / "recipe.yaml").read_text()  # the recipe as written
     with pytest.raises(LeanKDError, match="give their number"):
         Pipeline(with_student({"layers": [0, 1], "layer_strategy": "auto"}), tmp_path / "run2", quiet=True).run()
+
+
+# ---------------------------------------------------------------------------------------------- regression (STS-B)
+def write_sts_like(folder, n_train=96, n_dev=40):
+    """STS-B's layout: sentence pairs and a 0-5 similarity score (here: how many words the pair shares)."""
+    from test_text import sentences
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n, seed in (("train", n_train, 0), ("dev", n_dev, 1)):
+        rows = ["sentence1\tsentence2\tscore"]
+        pairs = sentences(2 * n, seed)
+        for i in range(n):
+            a, b = pairs[2 * i][1], pairs[2 * i + 1][1]
+            shared = len(set(a.split()) & set(b.split()))
+            rows.append(f"{a}\t{b}\t{min(5.0, float(shared)):.3f}")
+        (folder / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_label_mse_skips_unscored_examples():
+    from leankd.kd.losses import LabelMSE
+
+    out = torch.tensor([[1.0], [2.0], [0.5], [4.0]])
+    scores = torch.tensor([1.5, float("nan"), 0.0, 3.0])
+    assert float(LabelMSE()(LossInputs(out, scores))) == pytest.approx((0.25 + 0.25 + 1.0) / 4)
+    assert float(LabelMSE()(LossInputs(out, torch.tensor([1.0, 2.0, 0.5, 4.0])))) == 0.0
+
+
+def test_regression_run_reports_correlations_and_distils_with_mse(tmp_path):
+    from leankd.pipeline import Pipeline
+
+    folder = write_sts_like(tmp_path / "sts")
+    ckpt = tiny_bert(tmp_path / "bert")
+    r = parse_recipe({
+        "data": {"source": str(folder), "task": "text_regression", "eval_split": "val",
+                 "text": {"text_column": "sentence1", "pair_column": "sentence2", "label_column": "score"}},
+        "teacher": {"model": f"hf:{ckpt}", "cache": True},
+        "student": {"model": "text_bilstm", "kwargs": {"embed_dim": 16, "hidden": 16, "mlp": 16}},
+        "train": {"epochs": 2, "batch_size": 8, "optimizer": "adamw", "lr": 0.003},
+        "distill": {"alpha": 0.5, "augment": {"copies": 1}},
+        "compress": {"targets": ["int8-dynamic"]},
+    })
+    run = tmp_path / "run"
+    report = Pipeline(r, run, quiet=True).run()
+    models = report["models"]
+    assert report["run"]["task"] == "text_regression"
+    for role in ("teacher", "baseline", "student", "student_int8_dynamic"):
+        q = models[role]["quality"]
+        assert q["accuracy"] is None and -1 <= q["pearson"] <= 1 and -1 <= q["spearman"] <= 1 and q["mse"] >= 0
+    assert models["student"]["training"]["loss"] == "0.5*mse_logits + 0.5*mse_labels"
+    assert models["baseline"]["training"]["loss"] == "mse_labels"
+    gain = 100 * (models["student"]["quality"]["pearson"] - models["baseline"]["quality"]["pearson"])
+    assert report["ratios"]["kd_gain_points"] == pytest.approx(gain, abs=1e-3)
+    drop = models["student_int8_dynamic"]["artifact"]["accuracy_drop_points"]
+    assert drop == pytest.approx(100 * (models["student"]["quality"]["pearson"]
+                                        - models["student_int8_dynamic"]["quality"]["pearson"]), abs=1e-3)
+    md = (run / "report.md").read_text()
+    assert "Pearson r (x100)" in md and "Spearman" in md and "accuracy (%)" not in md
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.tsv").write_text("sentence1\tsentence2\tscore\na\tb\t1.0\nc\td\thigh\n")
+    raw = r.model_dump()
+    raw["data"]["source"] = str(bad)
+    with pytest.raises(LeanKDError, match="row 3: label 'high' is not a number"):
+        Pipeline(parse_recipe(raw), tmp_path / "run2", quiet=True).run()
+    raw["data"]["source"] = str(folder)
+    raw["distill"] = {"loss": [{"kind": "kd", "weight": 1.0}]}
+    with pytest.raises(LeanKDError, match="regression with one output: use mse"):
+        Pipeline(parse_recipe(raw), tmp_path / "run3", quiet=True).run()
+
+
+def test_layer_analysis_samples_text_batches_of_any_width(tmp_path):
+    """`pairs: auto` samples training sentences from length-sorted batches of different widths: they come back as
+    one batch padded to its longest sentence, every tokenization included."""
+    from leankd.kd.layer_choice import sample_train_batch
+
+    r = _recipe(tmp_path)
+    task = build_task(r.data, torch.device("cpu"), seed=0)
+    student = create_model("text_bilstm", num_classes=2, embed_dim=8, hidden=8, mlp=8, **task.model_defaults())
+    task.prepare_model(student)
+    batch = sample_train_batch(task, 40, seed=0)
+    assert batch.size == 40 and len(set(batch.index.tolist())) == 40
+    ids = batch.inputs[task.primary]["input_ids"]
+    assert ids.shape[1] == int(task.encodings[task.primary]["train"].lengths[batch.index].max())
+    assert batch.inputs["words"]["word_ids"].shape[0] == 40

@@ -180,6 +180,8 @@ def distill(
     task = _as_task(train_data, val_data, test_data, num_classes, dev)
     check_num_classes(teacher, task.num_classes, "teacher")
     check_num_classes(student, task.num_classes, "student")
+    for model in (teacher, student):
+        task.prepare_model(model)  # e.g. a text task tokenizes the way each model reads
     loss = loss if loss is not None else 0.9 * KD(4.0) + 0.1 * CE()
     settings = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                     lr=lr if lr is not None else (0.1 if optimizer == "sgd" else 1e-3),

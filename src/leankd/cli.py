@@ -83,7 +83,8 @@ def _rerun_with_targets(run_dir: Path, targets: list[str], quiet: bool, override
 def compress(
     ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
-    to: List[str] = typer.Option(..., "--to", help="targets: fp16 bf16 int8-dynamic int8-static onnx onnx-int8-dynamic qat qat-control"),
+    to: List[str] = typer.Option(..., "--to", help="targets: fp16 bf16 int8-dynamic int8-static onnx onnx-int8-dynamic "
+                                                   "qat qat-control vocab-trim vocab-trim-int8"),
     overrides: List[str] = typer.Option([], "--set", help="compression settings: --set compress.qat.epochs=3"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):

@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from .kd.losses import CE, KD, MSE, Loss, SoftCE, mix
+from .kd.losses import CE, KD, MSE, LabelMSE, Loss, SoftCE, mix
 from .kd.teacher import LiveTeacher
 from .errors import LeanKDError, ModelError, RecipeError
 from .data.readers import file_identity
@@ -35,7 +35,7 @@ from .models import create_model, infer_num_classes, load_weights
 from .models.registry import model_accepts
 from .recipe import DistillConfig, MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
 from .report import build_report, write_markdown, write_plots, write_report
-from .report.schema import DEFAULT_LABELS
+from .report.schema import DEFAULT_LABELS, headline
 from .tasks.base import Task
 from .train.checkpoint import read_state, save_weights
 from .train.loop import FitResult, evaluate, fit
@@ -83,10 +83,11 @@ def fingerprint(obj) -> str:
 
 
 def build_loss(cfg: DistillConfig, label_smoothing: float = 0.0,
-               feature_pairs: Optional[list[list[tuple[str, str]]]] = None) -> Loss:
+               feature_pairs: Optional[list[list[tuple[str, str]]]] = None, regression: bool = False) -> Loss:
     """The recipe's logit loss plus its feature (layer) terms. `feature_pairs` gives the resolved pairs of each
-    `distill.features` term (needed for `pairs: auto`); None = logits only (the logit-KD control)."""
-    total = _logit_loss(cfg, label_smoothing)
+    `distill.features` term (needed for `pairs: auto`); None = logits only (the logit-KD control). `regression`:
+    one output per example, so KD is the MSE to the teacher's output and "ce" the MSE to the label."""
+    total = _logit_loss(cfg, label_smoothing, regression)
     for term in feature_terms(cfg, feature_pairs or []):
         total = total + term
     return total
@@ -99,12 +100,25 @@ def feature_terms(cfg: DistillConfig, feature_pairs: list[list[tuple[str, str]]]
     return [term.weight * FEATURE_LOSSES[term.kind](pairs) for term, pairs in zip(cfg.features, feature_pairs)]
 
 
-def _logit_loss(cfg: DistillConfig, label_smoothing: float) -> Loss:
+def supervised_loss(label_smoothing: float, regression: bool) -> Loss:
+    """What a model trained alone learns from: cross-entropy, or the squared error for regression."""
+    return LabelMSE() if regression else CE(label_smoothing)
+
+
+def _logit_loss(cfg: DistillConfig, label_smoothing: float, regression: bool = False) -> Loss:
     if cfg.loss is None:
+        if regression:  # Tang et al.'s distillation objective: MSE between the outputs
+            return cfg.alpha * MSE() + (1.0 - cfg.alpha) * LabelMSE()
         return mix(cfg.alpha, cfg.temperature, label_smoothing)
     total = None
     for term in cfg.loss:
-        if term.kind == "ce":
+        if regression and term.kind in ("kd", "soft_ce"):
+            raise RecipeError(f"distill.loss: {term.kind} compares class distributions, but this task is a "
+                              "regression with one output: use mse (to the teacher's output) and ce (the squared "
+                              "error to the label)")
+        if regression and term.kind == "ce":
+            part = LabelMSE()
+        elif term.kind == "ce":
             part = CE(term.label_smoothing if term.label_smoothing is not None else label_smoothing)
         elif term.kind == "kd":
             part = KD(term.temperature or cfg.temperature)
@@ -293,6 +307,8 @@ class Pipeline:
         for stale in ("report.json", "report.md", *REPORT_PLOTS):  # never leave an old report beside a new recipe
             (self.run_dir / stale).unlink(missing_ok=True)
         shutil.rmtree(self.run_dir / "compressed", ignore_errors=True)  # artifacts are rebuilt from the student
+        if self.force:  # --force redoes everything of this run, its own teacher cache too (a shared cache_dir stays)
+            shutil.rmtree(self.run_dir / "teacher_cache", ignore_errors=True)
         write_text_atomic(self.run_dir / "recipe.yaml", dump_recipe(r))
         torch.manual_seed(r.seed)
         task = self.build_task()
@@ -324,15 +340,17 @@ class Pipeline:
             self.log(f"teacher: fine-tuned on a stratified {teacher_task.split_size('train')} of the "
                      f"{task.split_size('train')} training examples (teacher.limit_train); students use all")
         teacher = self.stage("teacher", teacher_model, teacher_task, r.stage_train("teacher"),
-                             CE(r.stage_train("teacher").label_smoothing), extra_fp=data_fp, model_cfg=r.teacher)
+                             supervised_loss(r.stage_train("teacher").label_smoothing, task.regression),
+                             extra_fp=data_fp, model_cfg=r.teacher)
         student_cfg = r.stage_train("student")
         stages = {"teacher": teacher}
         if r.baseline:
             stages["baseline"] = self.stage("baseline", copy.deepcopy(student_init), task, student_cfg,
-                                            CE(student_cfg.label_smoothing), extra_fp=data_fp, model_cfg=student_model_cfg)
+                                            supervised_loss(student_cfg.label_smoothing, task.regression),
+                                            extra_fp=data_fp, model_cfg=student_model_cfg)
         reference = stages["baseline"].model if "baseline" in stages else student_init
         self.feature_pairs = self.resolve_feature_pairs(task, teacher.model, reference, trained="baseline" in stages)
-        kd_loss = build_loss(r.distill, student_cfg.label_smoothing, self.feature_pairs)
+        kd_loss = build_loss(r.distill, student_cfg.label_smoothing, self.feature_pairs, task.regression)
         teacher.model.to("cpu")  # only the distilling copy below stays resident on the training device (if any)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -344,7 +362,8 @@ class Pipeline:
         if r.distill.features and r.distill.feature_control:  # what the feature losses buy, at the same budget
             live = self.live_teacher(teacher.model, kd_task, channels_last=student_cfg.channels_last)
             stages[LOGIT_KD_ROLE] = self.stage(LOGIT_KD_ROLE, copy.deepcopy(student_init), kd_task, student_cfg,
-                                               build_loss(r.distill, student_cfg.label_smoothing), teacher=live,
+                                               build_loss(r.distill, student_cfg.label_smoothing,
+                                                          regression=task.regression), teacher=live,
                                                model_cfg=student_model_cfg, extra_fp=kd_fp)
             del live
         if r.teacher.cache:  # the student's result depends on which views it replays (and on top-k storage)
@@ -361,7 +380,7 @@ class Pipeline:
         if self.feature_pairs:
             self.log("measuring what each feature loss costs per step ...")
             stages["student"].training_extra["feature_costs"] = feature_costs(
-                student_init, build_loss(r.distill, student_cfg.label_smoothing),
+                student_init, build_loss(r.distill, student_cfg.label_smoothing, regression=task.regression),
                 feature_terms(r.distill, self.feature_pairs), kd_task, live, student_cfg.batch_size,
                 student_cfg.precision, seed=r.seed)
         del live
@@ -479,6 +498,9 @@ class Pipeline:
         from .kd.layer_choice import analyze_layers, pick_candidates
 
         r = self.recipe
+        if task.regression:
+            raise RecipeError("pairs: auto scores teacher layers with a classification probe, which a regression task "
+                              "has no classes for: name the pairs (distill.features[*].pairs)")
         return analyze_layers(student, teacher, task, top_k=top_k, seed=r.seed, batches=r.distill.analysis_batches,
                               batch_size=min(128, r.stage_train("student").batch_size),
                               student_layers=pick_candidates(student, student_patterns, "student"),
@@ -604,7 +626,7 @@ class Pipeline:
             models[role] = model_entry(role, cfg.model, st.origin, measured[role], training,
                                        f"{role}/metrics.jsonl" if history.exists() else None)
         for role, (_, info) in built.items():
-            drop = 100 * (measured["student"]["quality"]["accuracy"] - measured[role]["quality"]["accuracy"])
+            drop = 100 * (headline(measured["student"]) - headline(measured[role]))  # accuracy (regression: r)
             info.update(accuracy_drop_points=round(drop, 4), max_drop_points=r.compress.max_accuracy_drop,
                         flagged=drop > r.compress.max_accuracy_drop)
             if info["flagged"]:
@@ -648,7 +670,7 @@ class Pipeline:
             epochs=qat.epochs, lr=qat.lr or student_cfg.effective_lr * 0.02, lr_scaling="none", schedule="cosine",
             warmup_epochs=0.0, precision="fp32", compile=False, cuda_graphs=False, channels_last=False))
         # logits only: BatchNorm folding (torch.fx) flattens the student, so layer taps would not find their modules
-        loss = build_loss(r.distill, student_cfg.label_smoothing)
+        loss = build_loss(r.distill, student_cfg.label_smoothing, regression=task.regression)
         live = None
         if loss.needs_teacher:
             live = self.live_teacher(teacher, task, channels_last=False)
@@ -745,7 +767,9 @@ def feature_notes(models: dict) -> list[str]:
     student, control = models.get("student"), models.get(LOGIT_KD_ROLE)
     if not student or not control:
         return []
-    acc_s, acc_c = student["quality"]["accuracy"], control["quality"]["accuracy"]
+    acc_s, acc_c = headline(student), headline(control)
+    if acc_s is None or acc_c is None:
+        return []
     parts = [f"Layer distillation: {100 * acc_s:.2f}% vs {100 * acc_c:.2f}% for logit-only KD at the same budget "
              f"({100 * (acc_s - acc_c):+.2f} points, one seed)"]
     ts, tc = student.get("training") or {}, control.get("training") or {}

@@ -67,7 +67,7 @@ class AudioConfig(Strict):
 
 
 class TextConfig(Strict):
-    """Text classification (`data.task: text_classification`): which columns hold what, and how to tokenize."""
+    """Text (`data.task: text_classification` or `text_regression`): which columns hold what, how to tokenize."""
 
     format: Literal["auto", "tsv", "csv", "jsonl", "trec"] = Field(
         "auto", description="auto: from the suffix (.tsv, .csv, .jsonl, .label = TREC's 'COARSE:fine text' lines)")
@@ -114,12 +114,12 @@ class DataConfig(Strict):
     def _task_settings(self) -> "DataConfig":
         """A keyword-spotting (text) recipe always carries its resolved audio (text) settings, so a section left out
         and one written out with the defaults fingerprint the same; other tasks must not carry one."""
-        for section, task, default in (("audio", "keyword_spotting", AudioConfig), ("text", "text_classification",
-                                                                                     TextConfig)):
-            if self.task == task and getattr(self, section) is None:
+        for section, tasks, default in (("audio", ("keyword_spotting",), AudioConfig),
+                                        ("text", ("text_classification", "text_regression"), TextConfig)):
+            if self.task in tasks and getattr(self, section) is None:
                 object.__setattr__(self, section, default())
-            elif self.task != task and getattr(self, section) is not None:
-                raise ValueError(f"data.{section} is for data.task: {task}, not {self.task!r}: remove it")
+            elif self.task not in tasks and getattr(self, section) is not None:
+                raise ValueError(f"data.{section} is for data.task: {' or '.join(tasks)}, not {self.task!r}: remove it")
         return self
 
 

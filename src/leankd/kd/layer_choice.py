@@ -73,6 +73,8 @@ def sample_train_batch(task: Task, n: int, seed: int):
     total = task.split_size("train")
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(total, generator=g)[:min(n, total)].sort().values
+    if hasattr(task, "batch"):  # text: one batch padded to its longest row (batches of other widths don't stack)
+        return task.batch("train", pick.to(task.device))
     inputs, targets = [], []
     for batch in task.eval_batches("train", 512):
         index = batch.index.cpu() if batch.index is not None else None

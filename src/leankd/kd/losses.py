@@ -237,6 +237,24 @@ class MSE(Loss):
         return "mse_logits"
 
 
+class LabelMSE(Loss):
+    """Regression's ground-truth loss: mean squared error between the single output and the float label (STS-B).
+    Unlabeled examples (target NaN: augmented texts) add nothing; as in CE, the sum is divided by the batch."""
+
+    def compute(self, inputs: LossInputs) -> Tensor:
+        out, targets = inputs.student.float().reshape(-1), inputs.targets.float().reshape(-1)
+        if out.shape != targets.shape:
+            raise ValueError(f"LabelMSE: {tuple(inputs.student.shape)} outputs for {targets.shape[0]} targets; a "
+                             "regression model has one output")
+        labeled = ~torch.isnan(targets)
+        if bool(labeled.all()):
+            return F.mse_loss(out, targets)
+        return ((out - targets.nan_to_num()) ** 2 * labeled).sum() / targets.shape[0]
+
+    def describe(self) -> str:
+        return "mse_labels"
+
+
 def mix(alpha: float = 0.9, temperature: float = 4.0, label_smoothing: float = 0.0) -> WeightedSum:
     """The classic α-mix: α·KD(T) + (1−α)·CE."""
     if not 0.0 <= alpha <= 1.0:
@@ -244,4 +262,4 @@ def mix(alpha: float = 0.9, temperature: float = 4.0, label_smoothing: float = 0
     return alpha * KD(temperature) + (1.0 - alpha) * CE(label_smoothing)
 
 
-LOSSES: dict[str, type[Loss]] = {"ce": CE, "kd": KD, "soft_ce": SoftCE, "mse": MSE}
+LOSSES: dict[str, type[Loss]] = {"ce": CE, "kd": KD, "soft_ce": SoftCE, "mse": MSE, "mse_labels": LabelMSE}

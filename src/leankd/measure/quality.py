@@ -58,3 +58,20 @@ def text_metrics(logits: Tensor, targets: Tensor, class_names: list[str] | None 
     if logits.shape[1] == 2:
         out["f1_positive"] = float(binary_f1_score(preds, targets))
     return out
+
+
+def regression_metrics(outputs: Tensor, targets: Tensor) -> dict:
+    """Pearson and Spearman correlation (what GLUE reports for STS-B) and the mean squared error of `outputs`
+    [N, 1] (or [N]) against float `targets` [N]; `loss` is the MSE, so per-epoch curves read the same way."""
+    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
+
+    preds = outputs.detach().float().cpu().reshape(-1)
+    targets = targets.detach().float().cpu().reshape(-1)
+    if preds.shape != targets.shape:
+        raise ValueError(f"regression needs one output per example: got {tuple(outputs.shape)} for "
+                         f"{targets.shape[0]} targets")
+    if len(preds) < 2:
+        raise ValueError("correlations need at least 2 examples")
+    mse = float(F.mse_loss(preds, targets))
+    return {"pearson": float(pearson_corrcoef(preds, targets)), "spearman": float(spearman_corrcoef(preds, targets)),
+            "mse": mse, "loss": mse, "num_samples": int(len(preds))}

@@ -140,6 +140,19 @@ def _energy(entry: dict) -> str:
     return fmt_auto(tr.get("energy_j")) if _is_num(tr.get("energy_j")) else "n/a"
 
 
+def _regression(report: dict) -> bool:
+    """A regression report (text_regression): Pearson r stands where accuracy stands elsewhere."""
+    return any(_g(e, "quality", "pearson") is not None for e in report["models"].values())
+
+
+def _headline(e: dict) -> Any:
+    return _g(e, "quality", "pearson") if _g(e, "quality", "accuracy") is None else _g(e, "quality", "accuracy")
+
+
+def _headline_name(report: dict) -> str:
+    return "Pearson r (x100)" if _regression(report) else "accuracy (%)"
+
+
 def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the one-column-per-model table, shared by markdown and console output."""
     models = report["models"]
@@ -153,8 +166,13 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     splits = {_g(e, "quality", "split") for _, e in entries} - {None}
     split = f" ({splits.pop()})" if len(splits) == 1 else ""
     row("architecture", lambda e: e.get("architecture") or DASH)
-    row(f"accuracy (%){split}", lambda e: fmt_pct(_g(e, "quality", "accuracy")))
-    row("macro-F1 (%)", lambda e: fmt_pct(_g(e, "quality", "macro_f1")))
+    if _regression(report):
+        row(f"Pearson r (x100){split}", lambda e: fmt_pct(_g(e, "quality", "pearson")))
+        row("Spearman (x100)", lambda e: fmt_pct(_g(e, "quality", "spearman")))
+        row("MSE", lambda e: fmt_fixed(_g(e, "quality", "mse"), 4))
+    else:
+        row(f"accuracy (%){split}", lambda e: fmt_pct(_g(e, "quality", "accuracy")))
+        row("macro-F1 (%)", lambda e: fmt_pct(_g(e, "quality", "macro_f1")))
     if any(_g(e, "quality", "mcc") is not None for _, e in entries):  # text: what GLUE reports
         row("Matthews corr. (x100)", lambda e: fmt_pct(_g(e, "quality", "mcc")))
     if any(_g(e, "quality", "f1_positive") is not None for _, e in entries):
@@ -232,8 +250,9 @@ def _ratio_table(report: dict) -> list[str]:
     for k in sorted(lat_keys, key=lat_order):
         dev, b = k[len("latency_"):].split("_x_faster_batch_")
         rows.append([f"{dev.upper()} latency b{b} ({TIMES} faster)"] + [fmt_times(vs[r].get(k)) for r in roles])
-    rows.append(["accuracy retention (%)"] + [fmt_fixed(vs[r].get("accuracy_retention_pct"), 2) for r in roles])
-    rows.append(["accuracy vs teacher (points)"] + [fmt_points(vs[r].get("accuracy_delta_points")) for r in roles])
+    name = "Pearson r" if _regression(report) else "accuracy"
+    rows.append([f"{name} retention (%)"] + [fmt_fixed(vs[r].get("accuracy_retention_pct"), 2) for r in roles])
+    rows.append([f"{name} vs teacher (points)"] + [fmt_points(vs[r].get("accuracy_delta_points")) for r in roles])
     return _md_table(header, rows)
 
 
@@ -245,7 +264,8 @@ def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[s
         return None
     vs = _g(report, "ratios", "vs_base") or {}
     sizes = [b for b in _batch_sizes(report, "cpu")]
-    header = ["model", "format", "accuracy (%)", "Δ accuracy (points)", "size (MB)", f"{TIMES} smaller"]
+    header = ["model", "format", _headline_name(report), "Δ (points)" if _regression(report) else "Δ accuracy (points)",
+              "size (MB)", f"{TIMES} smaller"]
     header += [f"CPU b{b} median (ms)" for b in sizes] + [f"{TIMES} faster b{b}" for b in sizes]
     header += ["max |Δ logit|", "left in float"]
     trained = any(_g(e, "training", "wall_time_s") is not None for _, e in arts)  # qat / qat-control fine-tune
@@ -259,7 +279,7 @@ def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[s
             bases.append(base)
     for base in bases:
         e = models[base]
-        rows.append([f"{model_label(base, e)} (fp32)", "torch", fmt_pct(_g(e, "quality", "accuracy")), DASH,
+        rows.append([f"{model_label(base, e)} (fp32)", "torch", fmt_pct(_headline(e)), DASH,
                      fmt_fixed(_g(e, "cost", "size_mb"), 2), DASH]
                     + [fmt_fixed(_g(e, "latency", "cpu", f"batch_{b}", "median_ms")) for b in sizes]
                     + [DASH for _ in sizes] + [DASH, DASH] + ([DASH] if trained else []) + ["reference"])
@@ -270,7 +290,7 @@ def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[s
         drop = a.get("accuracy_drop_points")
         status = (f"FLAGGED: drops {fmt_fixed(drop)} > {fmt_fixed(a.get('max_drop_points'))} points"
                   if a.get("flagged") else "ok")
-        rows.append([a["target"], a["format"], fmt_pct(_g(e, "quality", "accuracy")),
+        rows.append([a["target"], a["format"], fmt_pct(_headline(e)),
                      fmt_points(r.get("accuracy_delta_points")), fmt_fixed(_g(e, "cost", "size_mb"), 2),
                      fmt_times(r.get("size_x_smaller"))]
                     + [fmt_fixed(_g(e, "latency", "cpu", f"batch_{b}", "median_ms")) for b in sizes]
@@ -288,8 +308,8 @@ def kd_gain_sentence(report: dict) -> str:
     gain = _g(report, "ratios", "kd_gain_points")
     s_label = model_label(STUDENT_ROLE, models[STUDENT_ROLE]) if STUDENT_ROLE in models else "KD student"
     if not _is_num(gain):
-        missing = [r for r in (BASELINE_ROLE, STUDENT_ROLE) if _g(models, r, "quality", "accuracy") is None]
-        why = f"no accuracy for {', '.join(missing)}" if missing else "not computed"
+        missing = [r for r in (BASELINE_ROLE, STUDENT_ROLE) if r in models and _headline(models[r]) is None]
+        why = f"no quality figure for {', '.join(missing)}" if missing else "not computed"
         return f"KD gain over the baseline: not available ({why})."
 
     s_ep, b_ep = _g(models, STUDENT_ROLE, "training", "epochs"), _g(models, BASELINE_ROLE, "training", "epochs")
@@ -306,7 +326,9 @@ def kd_gain_sentence(report: dict) -> str:
         verdict = f"{s_label} is {abs(gain):.2f} points above the baseline trained alone {budget}"
     else:
         verdict = f"{s_label} is {abs(gain):.2f} points below the baseline trained alone {budget}"
-    s_acc, b_acc = _g(models, STUDENT_ROLE, "quality", "accuracy"), _g(models, BASELINE_ROLE, "quality", "accuracy")
+    s_acc, b_acc = _headline(models[STUDENT_ROLE]), _headline(models[BASELINE_ROLE])
+    if _regression(report):
+        return f"{verdict}: Pearson r {fmt_fixed(s_acc, 4)} vs {fmt_fixed(b_acc, 4)} ({fmt_points(gain)} points x 1/100)."
     return f"{verdict}: {fmt_pct(s_acc)} % vs {fmt_pct(b_acc)} % accuracy ({fmt_points(gain)} points)."
 
 

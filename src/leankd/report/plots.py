@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from leankd.io import atomic_path, read_jsonl
 from leankd.report.markdown import model_label
-from leankd.report.schema import validate_report
+from leankd.report.schema import headline, validate_report
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _scatter(report: dict, path: Path, xs_fn, xlabel: str, title: str) -> Option
     pts = []
     for role, entry in report["models"].items():
         x = _finite(xs_fn(entry))
-        y = _finite((entry.get("quality") or {}).get("accuracy"))
+        y = _finite(headline(entry))  # accuracy, or Pearson r for regression
         if x is not None and x > 0 and y is not None:
             pts.append((x, 100.0 * y, model_label(role, entry)))
     if not pts:
@@ -108,7 +108,8 @@ def _scatter(report: dict, path: Path, xs_fn, xlabel: str, title: str) -> Option
     pad = max(1.0, 0.15 * (yhi - ylo))
     ax.set_ylim(ylo - pad, yhi + pad)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (%)")
+    regression = any((e.get("quality") or {}).get("pearson") is not None for e in report["models"].values())
+    ax.set_ylabel("Pearson r (x100)" if regression else "accuracy (%)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)

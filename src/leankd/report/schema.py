@@ -86,6 +86,9 @@ class Quality(_Strict):
     loss: Optional[float] = None
     num_samples: Optional[int] = None
     per_class_accuracy: Optional[dict[str, Optional[float]]] = None
+    pearson: Optional[float] = None  # regression (text_regression): Pearson r of outputs vs scores
+    spearman: Optional[float] = None
+    mse: Optional[float] = None
     mcc: Optional[float] = None  # text: Matthews correlation coefficient
     f1_positive: Optional[float] = None  # text, two classes: F1 of class 1 (GLUE's F1)
     # binary keyword spotting: area under the false-rejection vs false-alarm curve (lower is better) and the
@@ -409,7 +412,7 @@ def _versus(ref: Optional[dict], entry: dict) -> dict[str, Optional[float]]:
         t_b, s_b = _latency_batches(ref, device), _latency_batches(entry, device)
         for key in sorted(set(t_b) & set(s_b), key=_batch_sort_key):
             r[f"latency_{device}_x_faster_{key}"] = _ratio(_get(t_b[key], "median_ms"), _get(s_b[key], "median_ms"))
-    t_acc, s_acc = _num(_get(ref, "quality", "accuracy")), _num(_get(entry, "quality", "accuracy"))
+    t_acc, s_acc = headline(ref), headline(entry)
     r["accuracy_retention_pct"] = _ratio(s_acc, t_acc)
     if r["accuracy_retention_pct"] is not None:
         r["accuracy_retention_pct"] = round(100.0 * s_acc / t_acc, 4)
@@ -437,8 +440,17 @@ def compute_ratios(models: dict) -> dict:
         b = _num(_get(models.get(BASELINE_ROLE), "quality", metric))
         return round(100.0 * (s - b), 4) if s is not None and b is not None else None
 
-    return {"vs_teacher": vs_teacher, "vs_base": vs_base, "kd_gain_points": gain("accuracy"),
+    s, b = headline(models.get(STUDENT_ROLE)), headline(models.get(BASELINE_ROLE))
+    return {"vs_teacher": vs_teacher, "vs_base": vs_base,
+            "kd_gain_points": round(100.0 * (s - b), 4) if s is not None and b is not None else None,
             "kd_gain_macro_f1_points": gain("macro_f1")}
+
+
+def headline(entry: Optional[dict]) -> Optional[float]:
+    """The quality figure that ratios, gains and drops compare: accuracy, or Pearson r for regression tasks (the
+    `accuracy_*` ratio keys and `kd_gain_points` then hold Pearson r, in points of 1/100)."""
+    acc = _num(_get(entry, "quality", "accuracy"))
+    return acc if acc is not None else _num(_get(entry, "quality", "pearson"))
 
 
 def _leankd_version() -> str:

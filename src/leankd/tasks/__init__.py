@@ -31,8 +31,14 @@ def _text(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool)
     return build_text_task(cfg, device, seed, channels_last=channels_last)
 
 
+def _text_regression(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool) -> Task:
+    from .text import build_text_task
+
+    return build_text_task(cfg, device, seed, channels_last=channels_last, regression=True)
+
+
 TASKS: dict[str, TaskBuilder] = {"image_classification": _image, "keyword_spotting": _keyword_spotting,
-                                 "text_classification": _text}
+                                 "text_classification": _text, "text_regression": _text_regression}
 
 
 def register_task(name: str, builder: TaskBuilder) -> None:

@@ -34,6 +34,7 @@ class Task:
     """Base class: subclasses fill the data and may override `forward` / `metrics`."""
 
     kind: str = "classification"
+    regression: bool = False  # one float output per example (text_regression) instead of class logits
     eval_split: str = "test"  # the split the final report is measured on
     notes: list[str] = []
     num_classes: int

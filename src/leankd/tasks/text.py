@@ -99,9 +99,11 @@ class TextTask(Task):
 
     def __init__(self, splits: dict[str, TextSplit], num_classes: int, class_names: list[str], device: torch.device,
                  tokenizer_folder: str, max_length: int = 128, info: Optional[dict] = None, bucket_batches: int = 50,
-                 word_min_freq: int = 1, word_max_size: Optional[int] = None):
+                 word_min_freq: int = 1, word_max_size: Optional[int] = None, regression: bool = False):
         if "train" not in splits:
             raise ValueError("a TextTask needs a 'train' split")
+        self.regression = regression  # STS-B style: one float score per text (pair), num_classes == 1
+        self.kind = "text_regression" if regression else "text_classification"
         self.splits = splits
         self.num_classes, self.class_names = int(num_classes), list(class_names)
         self.device = torch.device(device)
@@ -298,7 +300,9 @@ class TextTask(Task):
 
         train = self.splits["train"]
         texts, pairs, sources = augment_texts(train.texts, train.pairs, settings, seed)
-        labels = torch.cat([train.labels, torch.full((len(texts),), UNLABELED, dtype=torch.long, device=self.device)])
+        unlabeled = (torch.full((len(texts),), float("nan"), device=self.device) if self.regression
+                     else torch.full((len(texts),), UNLABELED, dtype=torch.long, device=self.device))
+        labels = torch.cat([train.labels, unlabeled])
         big = TextSplit(train.texts + texts, (train.pairs + pairs) if train.pairs is not None else None, labels)
         task = TextTask.__new__(TextTask)
         task.__dict__.update(self.__dict__)
@@ -330,8 +334,10 @@ class TextTask(Task):
         return {0: "batch", 1: "sequence"}  # dynamic padding: every batch has its own length
 
     def metrics(self, logits: Tensor, targets: Tensor) -> dict:
-        from ..measure.quality import text_metrics
+        from ..measure.quality import regression_metrics, text_metrics
 
+        if self.regression:
+            return regression_metrics(logits, targets)
         return text_metrics(logits, targets, self.class_names)
 
 
@@ -354,10 +360,29 @@ def load_tokenizer(path: str):
         raise DataError(f"cannot load a tokenizer from {path}: {e}") from None
 
 
-def build_text_task(cfg, device: torch.device, seed: int, channels_last: bool = False) -> TextTask:
+def _scores(table) -> torch.Tensor:
+    """Regression labels as floats; a row that is not a number is named."""
+    values = []
+    for i, label in enumerate(table.labels):
+        try:
+            values.append(float(label))
+        except ValueError:
+            raise DataError(f"{table.path}, row {i + 2}: label {label!r} is not a number, but data.task is "
+                            "text_regression (use text_classification for class labels)") from None
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _strata(scores: torch.Tensor, bins: int = 5) -> torch.Tensor:
+    """Quantile bins of regression scores: what the stratified splits and limits balance on."""
+    edges = torch.quantile(scores, torch.linspace(0, 1, bins + 1)[1:-1])
+    return torch.bucketize(scores, edges)
+
+
+def build_text_task(cfg, device: torch.device, seed: int, channels_last: bool = False,
+                    regression: bool = False) -> TextTask:
     """`data.source` is a folder with train (and dev/validation, test) files, or one train file. The dev file, when
     there is one, is the validation split (GLUE: train on train, report dev with `data.eval_split: val`); else
-    `val_fraction` of train is held out, stratified."""
+    `val_fraction` of train is held out, stratified (regression: by score quintile)."""
     from ..data.text import class_names_of, encode_labels, find_split_files, read_table
     from ..models.hf import resolve_checkpoint
     from .splits import choose_eval_split, limit_test, split_train
@@ -366,21 +391,28 @@ def build_text_task(cfg, device: torch.device, seed: int, channels_last: bool = 
     files = find_split_files(Path(cfg.source))
     tables = {split: read_table(path, text.format, text.text_column, text.pair_column, text.label_column)
               for split, path in files.items()}
-    classes = class_names_of(tables["train"].labels)
-    if len(classes) < 2:
-        raise DataError(f"{files['train']}: the label column holds one class ({classes}); classification needs two")
-    labels = {split: torch.tensor(encode_labels(t, classes), dtype=torch.long) for split, t in tables.items()}
+    if regression:
+        classes = ["score"]
+        labels = {split: _scores(t) for split, t in tables.items()}
+        strata = {split: _strata(v) for split, v in labels.items()}
+    else:
+        classes = class_names_of(tables["train"].labels)
+        if len(classes) < 2:
+            raise DataError(f"{files['train']}: the label column holds one class ({classes}); classification needs "
+                            "two (for scores, use data.task: text_regression)")
+        labels = {split: torch.tensor(encode_labels(t, classes), dtype=torch.long) for split, t in tables.items()}
+        strata = labels
     notes: list[str] = []
     rows: dict[str, torch.Tensor] = {}
     if "val" in tables:  # a dev file: the whole train file trains (limit_train still applies)
         held = cfg.model_copy(update={"val_fraction": 0.0})
-        rows["train"], _ = split_train(labels["train"], held, seed, notes, unit="sentences")
+        rows["train"], _ = split_train(strata["train"], held, seed, notes, unit="sentences")
         rows["val"] = torch.arange(len(labels["val"]))
     else:
-        rows["train"], rows["val"] = split_train(labels["train"], cfg, seed, notes, unit="sentences")
+        rows["train"], rows["val"] = split_train(strata["train"], cfg, seed, notes, unit="sentences")
         tables["val"], labels["val"] = tables["train"], labels["train"]
     if "test" in tables:
-        rows["test"] = limit_test(labels["test"], cfg, seed, notes, unit="sentences")
+        rows["test"] = limit_test(strata["test"], cfg, seed, notes, unit="sentences")
     splits = {}
     for split, idx in rows.items():
         if len(idx) == 0:
@@ -392,7 +424,7 @@ def build_text_task(cfg, device: torch.device, seed: int, channels_last: bool = 
     tokenizer_path = str(resolve_checkpoint(text.tokenizer))
     task = TextTask(splits, len(classes), classes, device, tokenizer_path, max_length=text.max_length,
                     bucket_batches=text.bucket_batches, word_min_freq=text.word_min_freq,
-                    word_max_size=text.word_max_size)
+                    word_max_size=text.word_max_size, regression=regression)
     train_enc = task.encodings[task.primary]["train"]
     task.info = {"source": cfg.source, "fingerprint": _files_fingerprint(list(files.values()), Path(tokenizer_path)),
                  "files": {s: str(p) for s, p in files.items()}, "tokenizer": tokenizer_path,

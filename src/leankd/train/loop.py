@@ -183,7 +183,8 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 seen += batch.size
                 if progress and (device.type == "cpu" or step % 20 == 0 or step == steps_per_epoch - 1):
                     elapsed = time.perf_counter() - t0
-                    progress.update(step + 1, loss=float(loss_sum) / seen, accuracy=float(correct) / max(int(labeled), 1),
+                    accuracy = None if task.regression else float(correct) / max(int(labeled), 1)
+                    progress.update(step + 1, loss=float(loss_sum) / seen, accuracy=accuracy,
                                     samples_per_s=seen / max(elapsed, 1e-9))
             _sync(device)
             epoch_time = time.perf_counter() - t0
@@ -193,13 +194,16 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 "epoch": epoch + 1,
                 "lr": optimizer.param_groups[0]["lr"],
                 "train_loss": float(loss_sum) / max(seen, 1),
-                "train_accuracy": float(correct) / max(int(labeled), 1),  # over labeled examples
+                # over labeled examples; none for regression
+                "train_accuracy": None if task.regression else float(correct) / max(int(labeled), 1),
                 "epoch_time_s": epoch_time,
                 "samples_per_s": seen / max(epoch_time, 1e-9),
             }
             if task.has_split("val"):
                 val = evaluate(model, task, "val", max(256, cfg.batch_size))
-                row.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"])
+                row.update(val_loss=val["loss"], val_accuracy=val.get("accuracy"), val_macro_f1=val.get("macro_f1"))
+                if task.regression:
+                    row.update(val_pearson=val["pearson"], val_spearman=val["spearman"])
             history.append(row)
             if progress:
                 progress.end_epoch(row)

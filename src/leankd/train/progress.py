@@ -31,17 +31,21 @@ class RichProgress(ProgressHook):
 
     def update(self, step: int, **m: float) -> None:
         if self._progress is not None:
-            info = f"loss {m['loss']:.3f}  acc {100 * m['accuracy']:.1f}%  {m['samples_per_s']:.0f} samples/s"
+            acc = f"  acc {100 * m['accuracy']:.1f}%" if m.get("accuracy") is not None else ""
+            info = f"loss {m['loss']:.3f}{acc}  {m['samples_per_s']:.0f} samples/s"
             self._progress.update(self._task, completed=step, info=info)
 
     def end_epoch(self, row: dict) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        val = f"  val acc {100 * row['val_accuracy']:.2f}%" if "val_accuracy" in row else ""
+        val = f"  val acc {100 * row['val_accuracy']:.2f}%" if row.get("val_accuracy") is not None else ""
+        if row.get("val_pearson") is not None:  # regression
+            val = f"  val pearson {row['val_pearson']:.4f}"
+        train = f"  train acc {100 * row['train_accuracy']:.2f}%" if row.get("train_accuracy") is not None else ""
         self.console.print(
-            f"{self.stage:>9} epoch {row['epoch']:>3}/{self.epochs}  loss {row['train_loss']:.4f}  "
-            f"train acc {100 * row['train_accuracy']:.2f}%{val}  {row['samples_per_s']:.0f} samples/s  "
+            f"{self.stage:>9} epoch {row['epoch']:>3}/{self.epochs}  loss {row['train_loss']:.4f}"
+            f"{train}{val}  {row['samples_per_s']:.0f} samples/s  "
             f"{row['epoch_time_s']:.1f}s",
             highlight=False, soft_wrap=True,
         )
