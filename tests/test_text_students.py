@@ -238,7 +238,7 @@ def test_vocab_trim_keeps_training_tokens_exactly_and_maps_the_rest_to_unk(tmp_p
     vocab = model.hf.get_input_embeddings().num_embeddings
     assert trimmed.kept_tokens == len(keep) < vocab and art.path.exists()
     n_params = sum(p.numel() for p in trimmed.parameters())
-    assert n_params == sum(p.numel() for p in model.parameters()) - (vocab - len(keep)) * 32
+    assert n_params == sum(p.numel() for p in model.parameters()) - (vocab - len(keep)) * 32 == art.params
     with torch.no_grad():
         for batch in task.eval_batches("train", 16):  # every training token kept: identical logits
             assert torch.equal(task.forward(trimmed, batch.inputs), task.forward(model, batch.inputs))

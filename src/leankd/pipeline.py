@@ -639,6 +639,8 @@ class Pipeline:
                                        training, history)
             models[role]["label"] = f"KD student {info['target']}"
             models[role]["artifact"] = info
+            if art.params is not None:  # a target that removes weights (vocab-trim): its own count, not the base's
+                models[role]["cost"] = {**models[role]["cost"], "params": art.params, "trainable_params": art.params}
         notes = [f"compression target {t} failed: {why}" for t, why in self.failed_targets.items()]
         if self.auto_layers is not None:
             a = self.auto_layers

@@ -32,6 +32,7 @@ class BuiltArtifact:
     notes: list[str] = field(default_factory=list)
     training: Optional[FitResult] = None  # targets that fine-tune (qat, qat-control)
     metrics_path: Optional[Path] = None
+    params: Optional[int] = None  # set by targets that change the parameter count (vocab-trim); else the base's
 
 
 @dataclass
@@ -105,17 +106,18 @@ def _vocab_trim(int8: bool):
             raise LeanKDError(f"vocab-trim applies to text students; this run's task is {ctx.task.kind}")
         keep, unk = ctx.task.tokens_in_use(model)
         trimmed = trim_vocabulary(model, keep, unk).eval()
+        params = sum(p.numel() for p in trimmed.parameters())
         note = (f"vocabulary trimmed to the {trimmed.kept_tokens} tokens of the training texts (+ specials) out of "
-                f"{trimmed.original_tokens}; other tokens read as [UNK]")
+                f"{trimmed.original_tokens}; other tokens read as [UNK]; {params:,} parameters left")
         if not int8:
             path = ctx.out_dir / "vocab-trim.safetensors"
             save_weights(path, trimmed)
-            return BuiltArtifact(trimmed, path, "torch", notes=[note])
+            return BuiltArtifact(trimmed, path, "torch", notes=[note], params=params)
         result = quantize_dynamic_int8(trimmed, example_inputs=_cpu_inputs(ctx.task, 2, model),
                                        forward=ctx.task.forward)
         path = ctx.out_dir / "vocab-trim-int8.pt"
         save_quantized(path, result.model)
-        return BuiltArtifact(result.model, path, "torch", result.quantized, result.skipped, [note])
+        return BuiltArtifact(result.model, path, "torch", result.quantized, result.skipped, [note], params=params)
 
     return build
 
