@@ -27,6 +27,9 @@ def test_word_vocabulary_orders_by_frequency_and_maps_unknowns():
     assert vocab.ids("the UNSEEN movie") == [4, 1, 5]
     assert vocab.ids("the", pair="movie") == [4, 3, 5]  # the pair follows the separator
     assert vocab.ids("") == [1]  # an empty text is one unknown word, never a zero-length row
+    long = WordVocab.build(["a b c d e f g h x y"])
+    ids = long.ids("a b c d e f g h", pair="x y", max_length=6)  # cut longest first: both sentences survive
+    assert len(ids) == 6 and ids[3] == 3 and ids[4:] == long.ids("x y")
     assert split_words(f"a {MASK} b!") == ["a", MASK, "b", "!"]
     assert len(WordVocab.build(["a a b c"], min_freq=2)) == 5  # b and c seen once
     assert len(WordVocab.build(["a a b c"], max_size=5)) == 5
@@ -68,6 +71,11 @@ def test_augmentation_rules_one_at_a_time():
 
 def test_augment_recipe_errors():
     base = {"teacher": {"model": "resnet20"}, "student": {"model": "resnet20"}}
+    with pytest.raises(LeanKDError, match="distill.augment makes new texts, but data.task is image_classification"):
+        parse_recipe({**base, "distill": {"augment": {"copies": 2}}})
+    with pytest.raises(LeanKDError, match="teacher.checkpoint loads a trained teacher"):
+        parse_recipe({**base, "teacher": {"model": "resnet20", "checkpoint": "t.safetensors", "limit_train": 10}})
+    base["data"] = {"task": "text_classification", "source": "x", "text": {"tokenizer": "t"}}
     with pytest.raises(LeanKDError, match="mask, dropout and ngram are all 0"):
         parse_recipe({**base, "distill": {"augment": {"mask": 0, "dropout": 0, "ngram": 0}}})
     with pytest.raises(LeanKDError, match="mask \\+ dropout = 1.2 > 1"):
@@ -308,6 +316,14 @@ def test_teacher_fine_tunes_on_a_subset_and_students_on_everything(tmp_path, mon
     forced = Pipeline(r, tmp_path / "run", quiet=True, force=True).run()
     cache = forced["models"]["student"]["training"]["teacher_cache"]
     assert cache["reused"] is False and cache["build_s"] is not None  # --force rebuilds the run's own cache
+    teacher_stage, cache_files = tmp_path / "run" / "teacher" / "stage.json", sorted((tmp_path / "run").glob(
+        "teacher_cache/*.json"))
+    before = teacher_stage.stat().st_mtime_ns
+    raw = r.model_dump()
+    raw["data"]["text"]["word_min_freq"] = 2  # read by the BiLSTMs only: the teacher and its cache stay
+    Pipeline(parse_recipe(raw), tmp_path / "run", quiet=True).run()
+    assert teacher_stage.stat().st_mtime_ns == before
+    assert sorted((tmp_path / "run").glob("teacher_cache/*.json")) == cache_files
 
     x, y = torch.arange(20.0).view(20, 1), torch.tensor([0] * 10 + [1] * 10)
     images = TensorTask({"train": (x, y), "test": (x[:4], y[:4])}, num_classes=2)
@@ -419,6 +435,8 @@ def test_regression_run_reports_correlations_and_distils_with_mse(tmp_path):
                                         - models["student_int8_dynamic"]["quality"]["pearson"]), abs=1e-3)
     md = (run / "report.md").read_text()
     assert "Pearson r (x100)" in md and "Spearman" in md and "accuracy (%)" not in md
+    t = models["student"]["training"]["transfer_set"]  # the gain sentence says the KD student took more steps
+    assert f"{(t['original'] + t['augmented']) / t['original']:.1f}x its steps" in md
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "train.tsv").write_text("sentence1\tsentence2\tscore\na\tb\t1.0\nc\td\thigh\n")
@@ -428,8 +446,8 @@ def test_regression_run_reports_correlations_and_distils_with_mse(tmp_path):
         Pipeline(parse_recipe(raw), tmp_path / "run2", quiet=True).run()
     raw["data"]["source"] = str(folder)
     raw["distill"] = {"loss": [{"kind": "kd", "weight": 1.0}]}
-    with pytest.raises(LeanKDError, match="regression with one output: use mse"):
-        Pipeline(parse_recipe(raw), tmp_path / "run3", quiet=True).run()
+    with pytest.raises(LeanKDError, match="text_regression task has one output: use mse"):
+        parse_recipe(raw)  # when the recipe is read, before anything trains
 
 
 def test_layer_analysis_samples_text_batches_of_any_width(tmp_path):

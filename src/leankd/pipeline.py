@@ -67,6 +67,7 @@ def _stable(settings: dict, added_defaults: dict) -> dict:
 
 
 ADDED_TEXT_DEFAULTS = {"word_min_freq": 1, "word_max_size": None}
+WORD_SETTINGS = {"word_min_freq": True, "word_max_size": True}  # read by word-level students only
 
 
 def _data_settings(data: dict) -> dict:
@@ -315,6 +316,9 @@ class Pipeline:
         # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target)
         ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"}}
         data_fp = {"data": _data_settings(r.data.model_dump(exclude=ignored)), "dataset": task.info.get("fingerprint")}
+        # the teacher (and its cache) never read the word vocabulary: its settings must not retrain the teacher
+        teacher_data_fp = {"data": _data_settings(r.data.model_dump(exclude={**ignored, "text": WORD_SETTINGS})),
+                           "dataset": data_fp["dataset"]}
         self.log(f"[bold]leankd[/] run '{r.name}' on {self.device} -> {self.run_dir}")
         self.log(f"data: {r.data.source}: {task.split_size('train')} train / {task.split_size('val')} val / "
                  f"{task.split_size(task.eval_split)} {task.eval_split}, {task.num_classes} classes")
@@ -333,15 +337,17 @@ class Pipeline:
                               f"({r.teacher.model}): drop the feature losses (logit KD works across vocabularies) or "
                               "use a student with the teacher's tokenizer")
 
-        teacher_task = task
-        if r.teacher.limit_train is not None and r.teacher.limit_train < task.split_size("train"):
+        teacher_task, teacher_cfg = task, r.teacher
+        if r.teacher.limit_train is not None and r.teacher.limit_train >= task.split_size("train"):
+            teacher_cfg = r.teacher.model_copy(update={"limit_train": None})  # keeps every row: same as no limit
+        elif r.teacher.limit_train is not None:
             teacher_task = task.with_train_subset(r.teacher.limit_train, r.seed)
             self.teacher_examples = teacher_task.split_size("train")
             self.log(f"teacher: fine-tuned on a stratified {teacher_task.split_size('train')} of the "
                      f"{task.split_size('train')} training examples (teacher.limit_train); students use all")
         teacher = self.stage("teacher", teacher_model, teacher_task, r.stage_train("teacher"),
                              supervised_loss(r.stage_train("teacher").label_smoothing, task.regression),
-                             extra_fp=data_fp, model_cfg=r.teacher)
+                             extra_fp=teacher_data_fp, model_cfg=teacher_cfg)
         student_cfg = r.stage_train("student")
         stages = {"teacher": teacher}
         if r.baseline:
@@ -355,7 +361,7 @@ class Pipeline:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         kd_fp = {**data_fp, "teacher": self._stage_fp("teacher"), "teacher_precision": r.teacher.precision}
-        kd_task, cache_fp = task, data_fp  # what the KD students train on (text: plus augmented, unlabeled texts)
+        kd_task, cache_fp = task, dict(teacher_data_fp)  # KD students' data (text: plus augmented, unlabeled texts)
         if r.distill.augment is not None:
             kd_task = self.transfer_set(task)
             kd_fp["augment"] = cache_fp["augment"] = r.distill.augment.model_dump()
@@ -405,11 +411,13 @@ class Pipeline:
         if not isinstance(layers, int):
             raise RecipeError("student.kwargs: layer_strategy auto picks which layers to keep, so give their number "
                               f"(layers: 3), not {layers!r}")
-        full = create_model(cfg.model, num_classes=task.num_classes, **kwargs)
+        with torch.random.fork_rng(devices=[]):  # building the probe model must not shift the student's init
+            full = create_model(cfg.model, num_classes=task.num_classes, **kwargs).to(task.device)
         task.prepare_model(full)
         batches = task.train_batches(0, 64, self.recipe.seed)
         sample = [task.model_inputs(full, next(batches).inputs) for _ in range(min(4, task.steps_per_epoch(64)))]
         influence = rank_layers(full, sample)
+        del full, sample
         kept = keep_by_influence(influence, layers)
         self.auto_layers = {"kept": kept, "influence": [round(v, 4) for v in influence]}
         self.log(f"student: keeps layers {kept} of {cfg.model} (block influence 1 - CKA per layer: "
@@ -630,7 +638,8 @@ class Pipeline:
             info.update(accuracy_drop_points=round(drop, 4), max_drop_points=r.compress.max_accuracy_drop,
                         flagged=drop > r.compress.max_accuracy_drop)
             if info["flagged"]:
-                self.log(f"[bold yellow]warning:[/] {info['target']} loses {drop:.2f} accuracy points against the fp32 "
+                self.log(f"[bold yellow]warning:[/] {info['target']} loses {drop:.2f} points "
+                         f"({'Pearson r x100' if task.regression else 'accuracy'}) against the fp32 "
                          f"student (threshold {r.compress.max_accuracy_drop}): flagged in the report")
             art = built[role][0]
             training = info.pop("training", None)  # targets that fine-tune (QAT) report their training like stages

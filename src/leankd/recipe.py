@@ -375,6 +375,26 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _task_fits_distillation(self) -> "Recipe":
+        """Settings that cannot work with this data task fail when the recipe is read, not after the teacher trained."""
+        task = self.data.task
+        if self.distill.augment is not None and not task.startswith("text_"):
+            raise ValueError(f"distill.augment makes new texts, but data.task is {task}: remove it (images and audio "
+                             "augment through data.augment)")
+        if task == "text_regression":
+            bad = [t.kind for t in self.distill.loss or [] if t.kind in ("kd", "soft_ce")]
+            if bad:
+                raise ValueError(f"distill.loss: {bad[0]} compares class distributions, but a text_regression task has "
+                                 "one output: use mse (to the teacher's output) and ce (the squared error to the label)")
+            if any(t.pairs == "auto" for t in self.distill.features):
+                raise ValueError("distill.features pairs: auto scores teacher layers with a classification probe, which "
+                                 "a regression task has no classes for: name the pairs")
+        if self.teacher.limit_train is not None and self.teacher.checkpoint:
+            raise ValueError("teacher.limit_train limits the teacher's fine-tuning, but teacher.checkpoint loads a "
+                             "trained teacher: remove one of them")
+        return self
+
+    @model_validator(mode="after")
     def _cache_needs_logits_only(self) -> "Recipe":
         if self.teacher.cache and self.distill.features:
             raise ValueError("teacher.cache stores logits only, but distill.features needs the teacher's layers: "

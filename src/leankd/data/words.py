@@ -56,12 +56,17 @@ class WordVocab:
         return 0
 
     def ids(self, text: str, pair: Optional[str] = None, max_length: Optional[int] = None) -> list[int]:
-        """Word ids of a text (and of its pair, after the separator), cut to `max_length`."""
+        """Word ids of a text (and of its pair, after the separator), cut to `max_length`; a pair is cut longest
+        first, as the teacher's tokenizer cuts it, so both sentences survive."""
         unk = 1
-        out = [self.index.get(w, unk) for w in split_words(text)]
-        if pair is not None:
-            out += [self.index[SEP]] + [self.index.get(w, unk) for w in split_words(pair)]
-        return (out[:max_length] if max_length else out) or [unk]  # an empty text is one unknown word, never 0 long
+        first = [self.index.get(w, unk) for w in split_words(text)]
+        if pair is None:
+            return (first[:max_length] if max_length else first) or [unk]  # an empty text is one unknown word
+        second = [self.index.get(w, unk) for w in split_words(pair)]
+        if max_length:
+            while len(first) + len(second) + 1 > max_length and (first or second):
+                (first if len(first) >= len(second) else second).pop()
+        return first + [self.index[SEP]] + second
 
     def encode(self, texts: list[str], pairs: Optional[list[str]], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """([N, L] int32 ids padded with 0, [N] lengths)."""

@@ -114,7 +114,8 @@ class TextCNN(nn.Module):
 def text_bilstm(num_classes: int, vocab_size: int, embed_dim: int = 300, hidden: int = 150, layers: int = 1,
                 mlp: int = 200, dropout: float = 0.1, pooling: str = "max") -> nn.Module:
     """Word-level BiLSTM (Tang et al. 2019: embedding 300, hidden 150, ReLU MLP 200). `pooling`: max over time of
-    both directions (default) or their last states (the paper). `vocab_size` comes from the text task."""
+    both directions (default) or their last states (the paper). `vocab_size` comes from the text task. `layers` > 1
+    stacks each direction on its own (layer 2 does not see the other direction, unlike nn.LSTM(bidirectional))."""
     return TextBiLSTM(num_classes, vocab_size, embed_dim, hidden, layers, mlp, dropout, pooling)
 
 

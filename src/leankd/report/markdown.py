@@ -313,7 +313,13 @@ def kd_gain_sentence(report: dict) -> str:
         return f"KD gain over the baseline: not available ({why})."
 
     s_ep, b_ep = _g(models, STUDENT_ROLE, "training", "epochs"), _g(models, BASELINE_ROLE, "training", "epochs")
-    if s_ep is not None and s_ep == b_ep:
+    transfer = _g(models, STUDENT_ROLE, "training", "transfer_set")
+    if transfer and s_ep is not None and s_ep == b_ep:  # augmentation: same epochs, more examples per epoch
+        seen = transfer["original"] + transfer["augmented"]
+        budget = (f"with the same {s_ep} epochs, but each KD epoch covers {fmt_int(seen)} texts ({transfer['augmented']:,}"
+                  f" augmented) against the baseline's {fmt_int(transfer['original'])}: "
+                  f"{seen / transfer['original']:.1f}x its steps")
+    elif s_ep is not None and s_ep == b_ep:
         budget = f"with the same budget ({s_ep} epochs)"
     elif s_ep is not None and b_ep is not None:
         budget = f"(note: different budgets, {s_ep} vs {b_ep} epochs, so this is not like-for-like)"

@@ -277,7 +277,7 @@ class TextTask(Task):
         from .splits import stratified_subset
 
         train = self.splits["train"]
-        keep = stratified_subset(train.labels, n, seed)
+        keep = stratified_subset(_strata(train.labels.cpu()) if self.regression else train.labels, n, seed)
         rows = keep.tolist()
         self.vocabulary()  # built from the full training texts, shared with the students
         task = TextTask.__new__(TextTask)
@@ -441,7 +441,7 @@ def build_text_task(cfg, device: torch.device, seed: int, channels_last: bool = 
 def _files_fingerprint(files: list[Path], tokenizer_dir: Path) -> str:
     """Content hash of the data files and the tokenizer's files: an edited file retrains, a moved one does not."""
     h = hashlib.sha256()
-    for path in list(files) + [p for p in sorted(tokenizer_dir.iterdir()) if p.name in TOKENIZER_FILES[:6]]:
+    for path in list(files) + [p for p in sorted(tokenizer_dir.iterdir()) if p.name in TOKENIZER_FILES]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
