@@ -18,11 +18,14 @@ import hashlib
 import json
 import os
 import resource
-import tempfile
+import sys
 import time
 
 import torch
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peer_common import write_json  # noqa: E402,F401  (shared with the image peers: print + atomic JSON)
 
 KEPT_LAYERS = (1, 3, 5)  # MiniLM-L6 -> 3 layers: leankd's `layers: 3` (uniform, the last one kept)
 WARMUP_FRACTION = 0.1
@@ -161,20 +164,6 @@ def result(tool: str, seconds: list[float], dev_accuracy: float, args, data: dic
         "torch_threads": torch.get_num_threads(),
         **extra,
     }
-
-
-def write_json(path: str | None, payload: dict) -> None:
-    """Print the result and, with a path, write it atomically (temp file + os.replace)."""
-    text = json.dumps(payload, indent=2)
-    print(text)
-    if not path:
-        return
-    out_dir = os.path.dirname(os.path.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".text-peer.", suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
 
 
 def add_common_args(p) -> None:
