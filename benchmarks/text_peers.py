@@ -42,10 +42,8 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +52,9 @@ ROOT = HERE.parent
 SST2 = ROOT.parent / "shared" / "datasets" / "text" / "sst2"
 # the teacher stage of `leankd run recipes/sst2_minilm.yaml`
 DEFAULT_TEACHER = ROOT / "runs" / "sst2_minilm" / "teacher" / "model.safetensors"
+sys.path.insert(0, str(HERE))
+from kd_speed import run, tail  # noqa: E402  (the same one-contestant-at-a-time runner as the image benchmark)
+
 TEXTBREWER_PYTHON = PEERS / ".venv-textbrewer" / "bin" / "python"
 MAX_LENGTH = 64
 
@@ -174,19 +175,6 @@ def commands(args, data: Path, folder: Path) -> dict[str, list[str]]:
         "leankd": leankd,
         "leankd_cached": leankd + ["--cached"],
     }
-
-
-def run(cmd: list[str], log: Path) -> tuple[int, float]:
-    """Run one contestant to completion, its output into `log`; (exit code, wall seconds)."""
-    print("$ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    return code, time.perf_counter() - t0
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
 def run_all(args, data: Path, folder: Path) -> tuple[dict[str, list[dict]], dict[str, str]]:
