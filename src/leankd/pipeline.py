@@ -202,16 +202,17 @@ def measure_models(models: dict[str, nn.Module], task: Task, measure: MeasureCon
             profile = profile_model(model, task.example_inputs, forward=task.forward,
                                     batch_sizes=tuple(measure.latency_batch_sizes), runs=measure.latency_runs,
                                     warmup=measure.latency_warmup, cpu_latency=False)
-            out[role] = {"quality": {"split": split, **evaluate(model, task, split)}, **profile,
+            out[role] = {"quality": {"split": split, **task.quality(model, split)}, **profile,
                          **task.extra_measurements(model)}
         cpu_models = {role: cpu_fp32_copy(m) for role, m in prepared.items()}
         for role, (runnable, base, path) in artifacts.items():
             size = Path(path).stat().st_size
             cost = {**out[base]["cost"], "size_bytes": size, "size_mb": size / 1e6}
-            quality = {"split": split, **evaluate(runnable, _CpuInputs(task), split)}
+            quality = {"split": split, **task.quality(runnable, split, cpu=True)}
             out[role] = {"quality": quality, "cost": cost, "latency": {},
                          "memory": {"inference_peak_mb": None, "inference_delta_mb": None,
-                                    "kind": "not measured for deployment artifacts", "batch_size": None}}
+                                    "kind": "not measured for deployment artifacts", "batch_size": None},
+                         **task.artifact_measurements(runnable)}
             cpu_models[role] = runnable
         cpu = interleaved_latency(cpu_models, lambda bs: to_device(task.example_inputs(bs), "cpu", torch.float32),
                                   measure.latency_batch_sizes, forward=task.forward, runs=measure.latency_runs,
@@ -221,25 +222,6 @@ def measure_models(models: dict[str, nn.Module], task: Task, measure: MeasureCon
     finally:
         torch.set_num_threads(previous_threads)
     return out
-
-
-class _CpuInputs:
-    """A view of a task whose batches are moved to the CPU in fp32 (deployment artifacts run on the CPU)."""
-
-    def __init__(self, task: Task):
-        self.task = task
-
-    def eval_batches(self, split: str, batch_size: int):
-        for batch in self.task.eval_batches(split, batch_size):
-            batch.inputs = to_device(batch.inputs, "cpu", torch.float32)
-            batch.targets = batch.targets.cpu()
-            yield batch
-
-    def forward(self, model, inputs):
-        return self.task.forward(model, inputs)
-
-    def metrics(self, logits, targets):
-        return self.task.metrics(logits, targets)
 
 
 def model_entry(role: str, architecture: str, origin: str, measured: dict, training: Optional[dict],
@@ -291,6 +273,7 @@ class Pipeline:
         self.feature_pairs: Optional[list] = None
         self.teacher_examples: Optional[int] = None  # teacher.limit_train: how many examples the teacher trained on
         self.auto_layers: Optional[dict] = None  # layer_strategy auto: the kept layers and every layer's influence
+        self.role_labels: dict[str, str] = {}  # report labels of roles a task kind adds (seq2seq students)
 
     def log(self, msg: str) -> None:
         self.console.print(msg, highlight=False, soft_wrap=True)
@@ -354,6 +337,11 @@ class Pipeline:
             stages["baseline"] = self.stage("baseline", copy.deepcopy(student_init), task, student_cfg,
                                             supervised_loss(student_cfg.label_smoothing, task.regression),
                                             extra_fp=data_fp, model_cfg=student_model_cfg)
+        if task.kind == "seq2seq":  # word-, sequence-level KD and interpolation students (seq2seq/stages.py)
+            from .seq2seq.stages import train_students
+
+            train_students(self, task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)
+            return self.report(task, stages)
         reference = stages["baseline"].model if "baseline" in stages else student_init
         self.feature_pairs = self.resolve_feature_pairs(task, teacher.model, reference, trained="baseline" in stages)
         kd_loss = build_loss(r.distill, student_cfg.label_smoothing, self.feature_pairs, task.regression)
@@ -633,6 +621,8 @@ class Pipeline:
             training = dict(st.training, **st.training_extra) if st.training and st.training_extra else st.training
             models[role] = model_entry(role, cfg.model, st.origin, measured[role], training,
                                        f"{role}/metrics.jsonl" if history.exists() else None)
+            if role in self.role_labels:
+                models[role]["label"] = self.role_labels[role]
         for role, (_, info) in built.items():
             drop = 100 * (headline(measured["student"]) - headline(measured[role]))  # accuracy (regression: r)
             info.update(accuracy_drop_points=round(drop, 4), max_drop_points=r.compress.max_accuracy_drop,

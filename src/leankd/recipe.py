@@ -91,6 +91,22 @@ class TextConfig(Strict):
         return [v] if isinstance(v, str) else v
 
 
+class SeqConfig(Strict):
+    """Sequence-to-sequence (`data.task: seq2seq`): columns, tokenization, held-out share, decoding settings."""
+
+    format: Literal["auto", "tsv", "csv", "jsonl"] = Field("auto", description="of a pairs file (data.source "
+                                                                             "cmudict needs none)")
+    source_column: str = "source"
+    target_column: str = "target"
+    tokenization: Literal["chars", "whitespace"] = Field("chars", description="how sources are split into symbols")
+    target_tokenization: Optional[Literal["chars", "whitespace"]] = Field(None, description="default: tokenization")
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="sources held out for the test split (all "
+                                                                  "targets of a source go to one split)")
+    beam: int = Field(5, ge=1, description="beam size of the reported beam-search quality and latency")
+    length_penalty: float = Field(1.0, ge=0.0, description="beam hypotheses rank by log-prob / length ** this")
+    max_decode_len: Optional[int] = Field(None, ge=1, description="default: 1.5 x the longest training target + 5")
+
+
 class DataConfig(Strict):
     source: str = Field("demo", description="'demo', an ImageFolder dir, a .tar/.tar.gz of one, or torchvision:NAME:ROOT")
     task: str = Field("image_classification", description="a task kind from leankd.tasks.TASKS")
@@ -109,13 +125,15 @@ class DataConfig(Strict):
                                                               "CPU runs; in-memory image data; the report says so)")
     audio: Optional[AudioConfig] = Field(None, description="keyword spotting settings (defaults when unset)")
     text: Optional[TextConfig] = Field(None, description="text classification settings (defaults when unset)")
+    seq: Optional[SeqConfig] = Field(None, description="sequence-to-sequence settings (defaults when unset)")
 
     @model_validator(mode="after")
     def _task_settings(self) -> "DataConfig":
         """A keyword-spotting (text) recipe always carries its resolved audio (text) settings, so a section left out
         and one written out with the defaults fingerprint the same; other tasks must not carry one."""
         for section, tasks, default in (("audio", ("keyword_spotting",), AudioConfig),
-                                        ("text", ("text_classification", "text_regression"), TextConfig)):
+                                        ("text", ("text_classification", "text_regression"), TextConfig),
+                                        ("seq", ("seq2seq",), SeqConfig)):
             if self.task in tasks and getattr(self, section) is None:
                 object.__setattr__(self, section, default())
             elif self.task not in tasks and getattr(self, section) is not None:
@@ -272,6 +290,36 @@ class TextAugmentConfig(Strict):
         return self
 
 
+SEQ_METHODS = ("word", "seq", "interp", "seq+word", "interp+word")
+
+
+class SeqDistillConfig(Strict):
+    """Sequence-to-sequence distillation (Kim & Rush 2016): which students to train and how the teacher decodes
+    the training set for the sequence-level ones (once; its outputs are cached and fingerprinted)."""
+
+    students: list[Literal["word", "seq", "interp", "seq+word", "interp+word"]] = Field(
+        default_factory=lambda: ["word", "seq", "interp"],
+        description="word: per-token KD under teacher forcing (distill.alpha / temperature); seq: trained on the "
+                    "teacher's beam output; interp: on the n-best hypothesis closest to the reference; x+word: both")
+    main: Literal["word", "seq", "interp", "seq+word", "interp+word"] = Field(
+        "seq", description="the student reported as 'student' (compressed, compared in ratios)")
+    beam: int = Field(5, ge=1, description="the teacher's beam when it decodes the training set")
+    n_best: Optional[int] = Field(None, ge=1, description="interp: hypotheses considered (default: beam)")
+    keep_references: bool = Field(False, description="seq / interp: train on the references too (beside the "
+                                                     "teacher's outputs) instead of on the outputs only")
+
+    @model_validator(mode="after")
+    def _main_is_trained(self) -> "SeqDistillConfig":
+        object.__setattr__(self, "students", list(dict.fromkeys(self.students)))  # validate_assignment would recurse
+        if self.main not in self.students:
+            raise ValueError(f"distill.seq.main {self.main!r} is not among distill.seq.students {self.students}: "
+                             "add it there")
+        if self.n_best is not None and self.n_best > self.beam:
+            raise ValueError(f"distill.seq.n_best {self.n_best} exceeds distill.seq.beam {self.beam}: a beam of "
+                             f"{self.beam} yields at most {self.beam} hypotheses")
+        return self
+
+
 class DistillConfig(Strict):
     """Either the classic α-mix (alpha, temperature) or an explicit list of weighted loss terms; optional
     intermediate-layer (feature) losses on top."""
@@ -285,6 +333,8 @@ class DistillConfig(Strict):
                                                     "budget), so the report shows what the feature losses bought")
     augment: Optional[TextAugmentConfig] = Field(None, description="text: Tang et al. augmentation, unlabeled "
                                                                     "texts the teacher labels for the KD student")
+    seq: Optional[SeqDistillConfig] = Field(None, description="seq2seq: word- and sequence-level KD students "
+                                                              "(defaults when unset)")
 
     @model_validator(mode="after")
     def _needs_teacher(self) -> "DistillConfig":
@@ -378,6 +428,18 @@ class Recipe(Strict):
     def _task_fits_distillation(self) -> "Recipe":
         """Settings that cannot work with this data task fail when the recipe is read, not after the teacher trained."""
         task = self.data.task
+        if task == "seq2seq":
+            if self.distill.seq is None:
+                object.__setattr__(self.distill, "seq", SeqDistillConfig())
+            if self.distill.features:
+                raise ValueError("distill.features (layer losses) are not supported for seq2seq yet: remove them "
+                                 "(word-level KD is distill.seq.students: [word])")
+            if self.teacher.cache and any("word" in m for m in self.distill.seq.students):
+                raise ValueError("teacher.cache stores one output per example; word-level KD needs the teacher's "
+                                 "distribution at every target position, so it runs the teacher live: remove "
+                                 "teacher.cache (sequence-level KD caches the teacher's decoded outputs anyway)")
+        elif self.distill.seq is not None:
+            raise ValueError(f"distill.seq is for data.task: seq2seq, not {task!r}: remove it")
         if self.distill.augment is not None and not task.startswith("text_"):
             raise ValueError(f"distill.augment makes new texts, but data.task is {task}: remove it (images and audio "
                              "augment through data.augment)")

@@ -96,6 +96,17 @@ class Quality(_Strict):
     fa_fr_auc: Optional[float] = None
     frr_at_far: Optional[float] = None
     far_target: Optional[float] = None
+    # seq2seq (accuracy = sequence accuracy, greedy): token / sequence error rates (fractions; PER / WER for G2P),
+    # greedy and with beam search of width `beam`; BLEU / chrF (0-100, sacrebleu) for whitespace-tokenized targets
+    ter: Optional[float] = None
+    ser: Optional[float] = None
+    ter_beam: Optional[float] = None
+    ser_beam: Optional[float] = None
+    beam: Optional[int] = None
+    bleu: Optional[float] = None
+    chrf: Optional[float] = None
+    bleu_beam: Optional[float] = None
+    chrf_beam: Optional[float] = None
 
 
 class Cost(_Strict):
@@ -198,6 +209,7 @@ class Training(_Strict):
     feature_costs: Optional[list[FeatureCost]] = None  # layer distillation: what each feature loss costs per step
     teacher_cache: Optional[TeacherCache] = None  # offline KD: the cached teacher logits this stage trained from
     transfer_set: Optional[TransferSet] = None  # text: augmented, unlabeled texts the KD student also trained on
+    seq_kd_data: Optional[dict] = None  # seq2seq: the teacher-decoded training pairs a sequence-level student used
     speedups: Optional[list[str]] = None  # throughput switches the stage trained with (train/speed.py)
     speedup_notes: Optional[list[str]] = None  # requested switches that did not apply, and why
 
@@ -228,6 +240,24 @@ class Streaming(_Strict):
     real_time_factor: Optional[float] = None  # compute time per chunk / chunk duration (< 1: faster than real time)
 
 
+class DecodeLatency(_Strict):
+    search: str  # "greedy" or "beam<k>"
+    batch_size: int
+    median_batch_ms: float
+    ms_per_sequence: float
+
+
+class Decoding(_Strict):
+    """Seq2seq: CPU wall time of decoding whole sequences (encoder + every decoder step), per sequence."""
+
+    beam: int
+    length_penalty: float
+    max_len: int
+    threads: Optional[int] = None
+    runs: Optional[int] = None
+    latency: list[DecodeLatency] = Field(default_factory=list)
+
+
 class ModelEntry(_Strict):
     role: str
     label: Optional[str] = None
@@ -241,6 +271,7 @@ class ModelEntry(_Strict):
     history: Optional[str] = None  # JSON-lines file, relative to the run dir
     artifact: Optional[Artifact] = None  # set for compressed/exported models
     streaming: Optional[Streaming] = None
+    decoding: Optional[Decoding] = None
 
     @field_validator("history")
     @classmethod

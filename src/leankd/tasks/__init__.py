@@ -37,8 +37,15 @@ def _text_regression(cfg: DataConfig, device: torch.device, seed: int, channels_
     return build_text_task(cfg, device, seed, channels_last=channels_last, regression=True)
 
 
+def _seq2seq(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool) -> Task:
+    from .seq2seq import build_seq2seq_task
+
+    return build_seq2seq_task(cfg, device, seed, channels_last=channels_last)
+
+
 TASKS: dict[str, TaskBuilder] = {"image_classification": _image, "keyword_spotting": _keyword_spotting,
-                                 "text_classification": _text, "text_regression": _text_regression}
+                                 "text_classification": _text, "text_regression": _text_regression,
+                                 "seq2seq": _seq2seq}
 
 
 def register_task(name: str, builder: TaskBuilder) -> None:

@@ -24,10 +24,11 @@ class Batch:
     inputs: Any  # a tensor, or a dict of tensors for tasks whose models take several inputs
     targets: Tensor
     index: Optional[Tensor] = None  # positions in the split (lets a cache find the teacher's outputs)
+    count: Optional[int] = None  # examples in the batch when targets are not one per example (seq2seq: tokens)
 
     @property
     def size(self) -> int:
-        return int(self.targets.shape[0])
+        return self.count if self.count is not None else int(self.targets.shape[0])
 
 
 class Task:
@@ -92,6 +93,17 @@ class Task:
         `kwargs` win."""
         return {}
 
+    def quality(self, model, split: str, cpu: bool = False) -> dict:
+        """The report's quality block for `model` on `split`; `cpu`: run on the CPU in fp32 (deployment artifacts).
+        Default: the metrics of the logits; a task whose outputs must be decoded first (seq2seq) overrides it."""
+        from ..train.loop import evaluate
+
+        return evaluate(model, CpuView(self) if cpu else self, split)
+
+    def artifact_measurements(self, runnable) -> dict:
+        """Task-specific measurements of a deployment artifact (seq2seq: decoding latency); default none."""
+        return {}
+
     def extra_measurements(self, model: nn.Module) -> dict:
         """Task-specific measurements that join a model's report block (e.g. streaming latency)."""
         return {}
@@ -124,6 +136,27 @@ class Task:
 
     def metrics(self, logits: Tensor, targets: Tensor) -> dict:
         return classification_metrics(logits, targets, self.class_names)
+
+
+class CpuView:
+    """A view of a task whose evaluation batches are moved to the CPU in fp32 (deployment artifacts run there)."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def eval_batches(self, split: str, batch_size: int):
+        from ..measure.devices import to_device
+
+        for batch in self.task.eval_batches(split, batch_size):
+            batch.inputs = to_device(batch.inputs, "cpu", torch.float32)
+            batch.targets = batch.targets.cpu()
+            yield batch
+
+    def forward(self, model, inputs):
+        return self.task.forward(model, inputs)
+
+    def metrics(self, logits, targets):
+        return self.task.metrics(logits, targets)
 
 
 def take_inputs(inputs: Any, idx: Tensor) -> Any:

