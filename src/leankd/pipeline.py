@@ -38,7 +38,7 @@ from .report import build_report, write_markdown, write_plots, write_report
 from .report.schema import DEFAULT_LABELS, headline
 from .tasks.base import Task
 from .train.checkpoint import read_state, save_weights
-from .train.loop import FitResult, evaluate, fit
+from .train.loop import FitResult, fit
 from .train.step_cost import feature_costs
 from .train.progress import RichProgress
 
@@ -206,7 +206,7 @@ def measure_models(models: dict[str, nn.Module], task: Task, measure: MeasureCon
                          **task.extra_measurements(model)}
         cpu_models = {role: cpu_fp32_copy(m) for role, m in prepared.items()}
         for role, (runnable, base, path) in artifacts.items():
-            size = Path(path).stat().st_size
+            size = sum(Path(p).stat().st_size for p in (path if isinstance(path, list) else [path]))
             cost = {**out[base]["cost"], "size_bytes": size, "size_mb": size / 1e6}
             quality = {"split": split, **task.quality(runnable, split, cpu=True)}
             out[role] = {"quality": quality, "cost": cost, "latency": {},
@@ -297,7 +297,8 @@ class Pipeline:
         torch.manual_seed(r.seed)
         task = self.build_task()
         # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target)
-        ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"}}
+        ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"},
+                   "seq": {"beam", "length_penalty", "max_decode_len"}}  # seq: how the report decodes
         data_fp = {"data": _data_settings(r.data.model_dump(exclude=ignored)), "dataset": task.info.get("fingerprint")}
         # the teacher (and its cache) never read the word vocabulary: its settings must not retrain the teacher
         teacher_data_fp = {"data": _data_settings(r.data.model_dump(exclude={**ignored, "text": WORD_SETTINGS})),
@@ -613,7 +614,8 @@ class Pipeline:
             saved[role] = load_weights(copy.deepcopy(st.model), self.run_dir / role / "model.safetensors")
         built = self.compress(task, saved["student"], saved["teacher"]) if r.compress.targets else {}
         measured = measure_models(saved, task, r.measure,
-                                  artifacts={role: (a.runnable, "student", a.path) for role, (a, _) in built.items()})
+                                  artifacts={role: (a.runnable, "student", a.files or a.path)
+                                             for role, (a, _) in built.items()})
         models = {}
         for role, st in stages.items():
             cfg = r.teacher if role == "teacher" else r.student

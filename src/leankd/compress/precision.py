@@ -94,6 +94,13 @@ class CastInputs(nn.Module):
         out = self.inner(*_cast_floating(args, self.dtype), **_cast_floating(kwargs, self.dtype))
         return _cast_floating(out, torch.float32)
 
+    def encode(self, *args: Any) -> Any:
+        """Seq2seq models: the encoder half, cast like `forward` (decoding calls encode / step)."""
+        return _cast_floating(self.inner.encode(*_cast_floating(args, self.dtype)), torch.float32)
+
+    def step(self, *args: Any) -> Any:
+        return _cast_floating(self.inner.step(*_cast_floating(args, self.dtype)), torch.float32)
+
     def extra_repr(self) -> str:
         return f"precision={self.precision}, norms_fp32={self.norms_fp32}"
 

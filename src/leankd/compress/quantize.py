@@ -210,6 +210,19 @@ def _max_abs_diff(a: Any, b: Any) -> float:
     return max((float((x.float() - y.float()).abs().max()) for x, y in pairs if x.numel()), default=0.0)
 
 
+def _forward_failure(e: BaseException) -> str:
+    """Why a swapped module broke the forward pass. The common case (a reference report's seq2seq died on it): code
+    outside the module reads its `.weight` / `.bias` as tensors (`x @ m.weight`, `F.linear(x, m.weight)`), but a
+    dynamic-int8 module keeps packed weights and `.weight` becomes a method."""
+    text = _one_line(e)
+    if isinstance(e, (TypeError, AttributeError)) and any(w in text for w in ("method", "function", "weight", "bias",
+                                                                               "NoneType")):
+        return ("kept in float: other code reads this module's weights as tensors (e.g. `x @ m.weight` or "
+                "`F.linear(x, m.weight)`), which an int8 module does not have; call the module instead (`m(x)`) "
+                f"to quantize it (forward raised {text})")
+    return f"failed at forward: {text}"
+
+
 def _copy_for_quantization(model: nn.Module) -> nn.Module:
     try:
         return cpu_fp32_copy(unwrap(model)).eval()
@@ -303,7 +316,7 @@ def quantize_dynamic_int8(
                         run()
                     except Exception as e:
                         slot.put(module)
-                        skipped[name] = f"failed at forward: {_one_line(e)}"
+                        skipped[name] = _forward_failure(e)
                         continue
                 quantized.append(name)
             continue

@@ -33,6 +33,7 @@ class BuiltArtifact:
     training: Optional[FitResult] = None  # targets that fine-tune (qat, qat-control)
     metrics_path: Optional[Path] = None
     params: Optional[int] = None  # set by targets that change the parameter count (vocab-trim); else the base's
+    files: Optional[list[Path]] = None  # an artifact of several files (seq2seq ONNX: encoder + decoder step)
 
 
 @dataclass
@@ -131,9 +132,29 @@ def _export(model: nn.Module, ctx: BuildContext, name: str = "fp32.onnx") -> Pat
     return path
 
 
+def _seq2seq_onnx(model: nn.Module, ctx: BuildContext, int8: bool) -> BuiltArtifact:
+    """Encoder + one decoder step as two ONNX files, decoded by leankd's loop through ONNX Runtime."""
+    from .onnx_seq2seq import OnnxSeq2Seq, export_seq2seq_onnx, quantize_seq2seq_onnx
+
+    inputs = _cpu_inputs(ctx.task, 2, model)
+    files = export_seq2seq_onnx(model, inputs["src"], inputs["src_len"], ctx.out_dir)
+    notes = ["two graphs: the encoder and one decoder step (state in, state out); greedy / beam search run in "
+             "Python around them, the same code as for the PyTorch model"]
+    left = None
+    if int8:
+        files = quantize_seq2seq_onnx(*files, ctx.out_dir)
+        if getattr(model, "cell", None) == "gru":
+            left = {"GRU": "ONNX Runtime dynamic quantization covers LSTM, MatMul and Gemm, not GRU"}
+    runnable = OnnxSeq2Seq(*files)
+    return BuiltArtifact(runnable, files[1], "onnx", ["LSTM", "MatMul", "Gemm"] if int8 else None, left, notes,
+                         files=list(files))
+
+
 def _onnx_fp32(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
     from .onnx import OnnxModel
 
+    if hasattr(model, "encode") and hasattr(model, "step"):
+        return _seq2seq_onnx(model, ctx, int8=False)
     path = _export(model, ctx)
     return BuiltArtifact(OnnxModel(path), path, "onnx")
 
@@ -155,6 +176,11 @@ def _ort_int8(src: Path, dst: Path, ctx: BuildContext, mode: str, model: nn.Modu
 
 def _onnx_int8(mode: str):
     def build(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
+        if hasattr(model, "encode") and hasattr(model, "step"):
+            if mode == "dynamic":
+                return _seq2seq_onnx(model, ctx, int8=True)
+            raise LeanKDError("int8-static exports one graph with calibrated activations; a seq2seq model decodes "
+                              "step by step: use int8-dynamic (PyTorch) or onnx-int8-dynamic (ONNX Runtime)")
         src = ctx.out_dir / "fp32.onnx"
         if not src.exists():
             src = _export(model, ctx)
