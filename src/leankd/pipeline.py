@@ -652,6 +652,10 @@ class Pipeline:
             notes.append(f"The teacher was fine-tuned on a stratified subset of {self.teacher_examples} of the "
                          f"{task.split_size('train')} training examples (teacher.limit_train); the students trained "
                          "on all of them.")
+        if task.kind == "seq2seq":
+            from .seq2seq.stages import seq2seq_notes
+
+            notes += seq2seq_notes(models)
         built_targets = {info["target"] for _, info in built.values()}
         if r.distill.features and {"qat", "qat-control"} & built_targets:
             notes.append("QAT fine-tuning distils the logits only: BatchNorm folding traces the student into a flat "

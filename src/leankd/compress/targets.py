@@ -136,8 +136,10 @@ def _seq2seq_onnx(model: nn.Module, ctx: BuildContext, int8: bool) -> BuiltArtif
     """Encoder + one decoder step as two ONNX files, decoded by leankd's loop through ONNX Runtime."""
     from .onnx_seq2seq import OnnxSeq2Seq, export_seq2seq_onnx, quantize_seq2seq_onnx
 
-    inputs = _cpu_inputs(ctx.task, 2, model)
-    files = export_seq2seq_onnx(model, inputs["src"], inputs["src_len"], ctx.out_dir)
+    # rows of different lengths plus one padding column: the exporter must not tie the source axis to any length
+    inputs = _cpu_inputs(ctx.task, 8, model)
+    src = torch.nn.functional.pad(inputs["src"], (0, 1))
+    files = export_seq2seq_onnx(model, src, inputs["src_len"], ctx.out_dir)
     notes = ["two graphs: the encoder and one decoder step (state in, state out); greedy / beam search run in "
              "Python around them, the same code as for the PyTorch model"]
     left = None
@@ -146,6 +148,8 @@ def _seq2seq_onnx(model: nn.Module, ctx: BuildContext, int8: bool) -> BuiltArtif
         if getattr(model, "cell", None) == "gru":
             left = {"GRU": "ONNX Runtime dynamic quantization covers LSTM, MatMul and Gemm, not GRU"}
     runnable = OnnxSeq2Seq(*files)
+    check = _cpu_inputs(ctx.task, 3, model)  # another batch size and source length: fails here, not when measured
+    runnable.encode(torch.nn.functional.pad(check["src"], (0, 3)), check["src_len"])
     return BuiltArtifact(runnable, files[1], "onnx", ["LSTM", "MatMul", "Gemm"] if int8 else None, left, notes,
                          files=list(files))
 

@@ -170,6 +170,20 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         row(f"Pearson r (x100){split}", lambda e: fmt_pct(_g(e, "quality", "pearson")))
         row("Spearman (x100)", lambda e: fmt_pct(_g(e, "quality", "spearman")))
         row("MSE", lambda e: fmt_fixed(_g(e, "quality", "mse"), 4))
+    elif any(_g(e, "quality", "ser") is not None for _, e in entries):  # seq2seq: decoded, scored per source
+        beam = next((_g(e, "quality", "beam") for _, e in entries if _g(e, "quality", "beam")), None)
+
+        def pair(key: str) -> Callable[[dict], str]:
+            return lambda e: f"{fmt_pct(_g(e, 'quality', key))} / {fmt_pct(_g(e, 'quality', key + '_beam'))}"
+
+        row(f"sequence accuracy, greedy (%){split}", lambda e: fmt_pct(_g(e, "quality", "accuracy")))
+        row(f"sequence error rate, greedy / beam {beam} (%)", pair("ser"))
+        row(f"token error rate, greedy / beam {beam} (%)", pair("ter"))
+        if any(_g(e, "quality", "bleu") is not None for _, e in entries):
+            row(f"BLEU, greedy / beam {beam}", lambda e: f"{fmt_fixed(_g(e, 'quality', 'bleu'), 2)} / "
+                                                   f"{fmt_fixed(_g(e, 'quality', 'bleu_beam'), 2)}")
+            row(f"chrF, greedy / beam {beam}", lambda e: f"{fmt_fixed(_g(e, 'quality', 'chrf'), 2)} / "
+                                                   f"{fmt_fixed(_g(e, 'quality', 'chrf_beam'), 2)}")
     else:
         row(f"accuracy (%){split}", lambda e: fmt_pct(_g(e, "quality", "accuracy")))
         row("macro-F1 (%)", lambda e: fmt_pct(_g(e, "quality", "macro_f1")))
@@ -211,6 +225,12 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         row(f"streaming: CPU ms per {fmt_auto(chunk)} ms chunk (median)",
             lambda e: fmt_fixed(_g(e, "streaming", "median_ms"), 3))
         row("streaming: real-time factor", lambda e: fmt_fixed(_g(e, "streaming", "real_time_factor"), 4))
+    decoded = [(search, b) for _, e in entries for search, b in
+               [(r["search"], r["batch_size"]) for r in (_g(e, "decoding", "latency") or [])]]
+    for search, b in dict.fromkeys(decoded):
+        row(f"decoding, {search} b{b}: CPU ms per sequence (median)",
+            lambda e, s_=search, b_=b: fmt_fixed(next((r["ms_per_sequence"] for r in _g(e, "decoding", "latency") or []
+                                                       if r["search"] == s_ and r["batch_size"] == b_), None), 3))
     row("train wall time (s, incl. validation)", lambda e: fmt_auto(_g(e, "training", "wall_time_s")))
     row("epochs", lambda e: fmt_int(_g(e, "training", "epochs")))
     row("samples/s", lambda e: fmt_auto(_g(e, "training", "samples_per_s")))

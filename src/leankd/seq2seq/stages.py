@@ -70,3 +70,31 @@ def teacher_outputs(pipe: Pipeline, task, teacher_model, teacher_data_fp: dict):
         del model
         if task.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def seq2seq_notes(models: dict) -> list[str]:
+    """Kim & Rush's comparisons, from the measured error rates: each KD student greedy against the baseline
+    greedy and with beam search, and against the teacher with beam search."""
+    def ser(role: str, key: str = "ser"):
+        return ((models.get(role) or {}).get("quality") or {}).get(key)
+
+    notes = ["Sequence accuracy = 1 - sequence error rate (a source is right if its greedy output equals one of "
+             "its references); 'CPU latency' rows time one teacher-forced forward pass, the 'decoding' rows time "
+             "whole greedy / beam-search decodes per sequence."]
+    base, base_beam, teacher_beam = ser("baseline"), ser("baseline", "ser_beam"), ser("teacher", "ser_beam")
+    parts = []
+    for role, entry in models.items():
+        if not role.startswith("student") or entry.get("artifact") or ser(role) is None:
+            continue
+        s = 100 * ser(role)
+        text = f"{entry.get('label', role)} greedy {s:.2f}%"
+        if base is not None:
+            text += f" ({s - 100 * base:+.2f} vs the baseline greedy {100 * base:.2f}%"
+            text += f", {s - 100 * base_beam:+.2f} vs its beam search)" if base_beam is not None else ")"
+        if teacher_beam is not None:
+            text += f", {s - 100 * teacher_beam:+.2f} vs the teacher's beam search {100 * teacher_beam:.2f}%"
+        parts.append(text)
+    if parts:
+        notes.append("Sequence error rates: " + "; ".join(parts) + ". One seed: differences under about one "
+                     "point are within seed-to-seed variation.")
+    return notes
