@@ -74,6 +74,7 @@ class Seq2SeqRNN(nn.Module):
             raise ModelError("seq2seq: enc_layers and dec_layers must be >= 1")
         rnn = CELLS[cell]
         self.cell, self.hidden, self.dec_layers, self.bidirectional = cell, hidden, dec_layers, bidirectional
+        self.num_classes = num_classes  # the target vocabulary
         self.src_embed = nn.Embedding(src_vocab, embed_dim, padding_idx=PAD)
         self.tgt_embed = nn.Embedding(num_classes, embed_dim, padding_idx=PAD)
         self.drop = nn.Dropout(dropout)
