@@ -431,6 +431,9 @@ class Recipe(Strict):
         if task == "seq2seq":
             if self.distill.seq is None:
                 object.__setattr__(self.distill, "seq", SeqDistillConfig())
+            if self.teacher.limit_train is not None:
+                raise ValueError("teacher.limit_train is not supported for seq2seq yet: use data.limit_train (every "
+                                 "stage) or remove it")
             if self.distill.features:
                 raise ValueError("distill.features (layer losses) are not supported for seq2seq yet: remove them "
                                  "(word-level KD is distill.seq.students: [word])")

@@ -149,7 +149,8 @@ def _seq2seq_onnx(model: nn.Module, ctx: BuildContext, int8: bool) -> BuiltArtif
             left = {"GRU": "ONNX Runtime dynamic quantization covers LSTM, MatMul and Gemm, not GRU"}
     runnable = OnnxSeq2Seq(*files)
     check = _cpu_inputs(ctx.task, 3, model)  # another batch size and source length: fails here, not when measured
-    runnable.encode(torch.nn.functional.pad(check["src"], (0, 3)), check["src_len"])
+    state = runnable.encode(torch.nn.functional.pad(check["src"], (0, 3)), check["src_len"])
+    runnable.step(torch.ones(len(check["src_len"]), dtype=torch.long), *state)
     return BuiltArtifact(runnable, files[1], "onnx", ["LSTM", "MatMul", "Gemm"] if int8 else None, left, notes,
                          files=list(files))
 

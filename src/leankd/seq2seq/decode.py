@@ -34,6 +34,14 @@ def _strip(row: list[int]) -> list[int]:
     return out
 
 
+def _never_pad_or_bos(logits: Tensor) -> Tensor:
+    """A live hypothesis may not emit padding or a second begin symbol (the models never learn to, but an untrained
+    or small one could, and n-best lists would hold silently shortened duplicates)."""
+    blocked = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    blocked[[PAD, BOS]] = True
+    return logits.masked_fill(blocked, torch.finfo(logits.dtype).min)
+
+
 @torch.no_grad()
 def greedy(model, src: Tensor, src_len: Tensor, max_len: int) -> list[list[int]]:
     """The most likely token at every step, for a batch at once; stops when every row has produced EOS."""
@@ -43,7 +51,7 @@ def greedy(model, src: Tensor, src_len: Tensor, max_len: int) -> list[list[int]]
     steps = []
     for _ in range(max_len):
         logits, h, c = model.step(token, memory, keys, mask, h, c)
-        token = logits.argmax(-1).masked_fill(done, PAD)
+        token = _never_pad_or_bos(logits).argmax(-1).masked_fill(done, PAD)
         steps.append(token)
         done = done | (token == EOS)
         if bool(done.all()):
@@ -70,7 +78,7 @@ def beam_search(model, src: Tensor, src_len: Tensor, beam: int, max_len: int, le
     base = (torch.arange(b, device=device) * k).unsqueeze(1)
     for _ in range(max_len):
         logits, h, c = model.step(token, memory, keys, mask, h, c)
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp = torch.log_softmax(_never_pad_or_bos(logits.float()), dim=-1)
         vocab = logp.shape[-1]
         # a finished hypothesis continues only with padding, at no cost: its score is frozen
         frozen = torch.full_like(logp[:1], float("-inf"))

@@ -42,7 +42,8 @@ def train_students(pipe: Pipeline, task, teacher: StageResult, student_init, stu
                      f"({data_info['original_pairs']} references)")
         loss = (_logit_loss(r.distill, student_cfg.label_smoothing) if word
                 else supervised_loss(student_cfg.label_smoothing, False))
-        fp = {**data_fp, "teacher": teacher_fp, "teacher_precision": r.teacher.precision, "seq_method": method,
+        fp = {**data_fp, "teacher": teacher_fp, "seq_method": method,
+              "teacher_precision": r.teacher.precision if word else None,  # sequence-level: decoded in fp32
               "seq_outputs": outputs.fingerprint if step != "word" else None,
               "keep_references": cfg.keep_references if step != "word" else None}
         live = pipe.live_teacher(teacher.model, kd_task, channels_last=False) if word else None

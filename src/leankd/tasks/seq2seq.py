@@ -14,6 +14,7 @@ greedy. Decoding latency per sequence (greedy and beam, batch 1 and 64, CPU) joi
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -151,9 +152,9 @@ class Seq2SeqTask(Task):
         return list(first), data.src[rows], data.src_len[rows], [refs[k] for k in first]
 
     def decode_split(self, model, split: str, beam: int, batch_size: int = 256, device: Any = None,
-                     n_best: int = 1) -> tuple[list[str], list, list[list[list[str]]]]:
-        """(keys, hypotheses, references) of every distinct source: hypotheses are token-id lists (n_best == 1) or
-        lists of `Hypothesis` (n_best > 1). Sources are decoded longest-first in batches (exact at any padding)."""
+                     n_best: Optional[int] = None) -> tuple[list[str], list, list[list[list[str]]]]:
+        """(keys, hypotheses, references) of every distinct source: hypotheses are token-id lists of the best
+        output, or with `n_best` set, lists of `Hypothesis` (beam search, any beam including 1). Sources are decoded longest-first in batches (exact at any padding)."""
         from ..seq2seq.decode import beam_search, decode
 
         keys, src, src_len, refs = self.sources(split)
@@ -169,7 +170,7 @@ class Seq2SeqTask(Task):
                     idx = order[i:i + batch_size]
                     s = int(src_len[idx].max())
                     x, n = src[idx, :s].to(device), src_len[idx].to(device)
-                    if n_best > 1:
+                    if n_best is not None:
                         hyps = beam_search(model, x, n, beam, self.max_len, self.length_penalty, n_best)
                     else:
                         hyps = decode(model, x, n, beam, self.max_len, self.length_penalty)
@@ -278,7 +279,11 @@ def build_seq2seq_task(cfg, device: torch.device, seed: int, channels_last: bool
     splits = {name: pairs.subset(idx) for name, idx in parts.items()}
     src_vocab = SymbolVocab.build(splits["train"].sources)
     tgt_vocab = SymbolVocab.build(splits["train"].targets)
-    info = {"source": origin, **{f"all_{k}": v for k, v in describe(pairs).items()},
+    digest = hashlib.sha256()
+    for key, src, tgt in zip(pairs.keys, pairs.sources, pairs.targets):
+        digest.update(("\t".join([key, " ".join(src), " ".join(tgt)]) + "\n").encode())
+    info = {"source": origin, "fingerprint": digest.hexdigest()[:16],  # the data's content: an edit retrains
+            **{f"all_{k}": v for k, v in describe(pairs).items()},
             "split": "grouped by source (alternative targets of one source stay together), seeded",
             "test_size_sources": len(set(splits["test"].keys)) if len(splits["test"]) else 0}
     target_tok = seq.target_tokenization or seq.tokenization
