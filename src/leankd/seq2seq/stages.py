@@ -37,7 +37,7 @@ def train_students(pipe: Pipeline, task, teacher: StageResult, student_init, stu
         kd_task, data_info = task, None
         if step != "word":
             pairs, data_info = training_pairs(task.splits["train"].pairs, outputs, step, cfg.keep_references)
-            kd_task = task.with_train_pairs(pairs, step)
+            kd_task = task.with_train_pairs(pairs)
             pipe.log(f"{role} ({LABELS[method]}): {data_info['pairs']} training pairs from the teacher's outputs "
                      f"({data_info['original_pairs']} references)")
         loss = (_logit_loss(r.distill, student_cfg.label_smoothing) if word

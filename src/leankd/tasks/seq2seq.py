@@ -53,7 +53,7 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def batch(self, idx: Tensor, count_only_real: bool = True) -> Batch:
+    def batch(self, idx: Tensor) -> Batch:
         src_len, tgt_len = self.src_len[idx], self.tgt_len[idx]
         s, t = int(src_len.max()), int(tgt_len.max())  # trim to this batch's longest: little padding
         inputs = {"src": self.src[idx, :s], "src_len": src_len, "tgt_in": self.tgt_in[idx, :t], "tgt_len": tgt_len}
@@ -211,12 +211,11 @@ class Seq2SeqTask(Task):
         return {"decoding": decoding_latency(runnable, self)}
 
     # sequence-level KD ---------------------------------------------------------------------------------------
-    def with_train_pairs(self, pairs: Pairs, note: str) -> "Seq2SeqTask":
+    def with_train_pairs(self, pairs: Pairs) -> "Seq2SeqTask":
         """A copy whose training split is `pairs` (the teacher's outputs: sequence-level KD); vocabularies,
         validation and test stay."""
         task = copy.copy(self)
         task.splits = {**self.splits, "train": EncodedSplit(pairs, self.src_vocab, self.tgt_vocab, self.device)}
-        task.transfer_note = note
         return task
 
 
@@ -224,6 +223,7 @@ def decoding_latency(model, task: Seq2SeqTask, batch_sizes: Sequence[int] = (1, 
                      warmup: int = 2) -> dict:
     """Median wall time per sequence of decoding a batch of evaluation sources on the CPU, greedy and beam."""
     from ..measure.devices import cpu_fp32_copy
+    from ..measure.latency import summarize_ms
     from ..seq2seq.decode import decode
 
     if isinstance(model, nn.Module) and any(p.device.type != "cpu" for p in model.parameters()):
@@ -244,8 +244,7 @@ def decoding_latency(model, task: Seq2SeqTask, batch_sizes: Sequence[int] = (1, 
                     decode(model, x, n, beam, task.max_len, task.length_penalty)
                     if i >= warmup:
                         times.append((time.perf_counter() - t0) * 1e3)
-                times.sort()
-                median = times[len(times) // 2]
+                median = summarize_ms(times)["median_ms"]
                 rows.append({"search": "greedy" if beam == 1 else f"beam{beam}", "batch_size": b,
                              "median_batch_ms": round(median, 3), "ms_per_sequence": round(median / b, 4)})
     return {"beam": task.beam, "length_penalty": task.length_penalty, "max_len": task.max_len,
