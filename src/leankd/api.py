@@ -80,6 +80,53 @@ def layers(recipe: Union[str, Path, dict, Recipe], *, run_dir: Optional[Union[st
     return Pipeline(recipe, run_dir, quiet=True).layer_analysis(top_k, student_layers, teacher_layers)
 
 
+def search(recipe: Union[str, Path, dict, Recipe], *, overrides: Optional[list[str]] = None,
+           run_dir: Optional[Union[str, Path]] = None, resume: bool = False, force: bool = False,
+           storage: Optional[str] = None, workers: int = 1, quiet: bool = False, console: Optional[Console] = None,
+           join: bool = False, kill_after_trials: Optional[int] = None) -> Optional[dict]:
+    """`leankd search`: returns the search summary (search.json's content plus `dir`), or None for a joining
+    worker (the worker that started the search writes the report). `workers` > 1 starts that many processes on
+    this machine, sharing the study and the CPU threads."""
+    import os
+    import subprocess
+    import sys
+
+    from .search.runner import Search
+
+    source = recipe
+    if isinstance(recipe, (str, Path)):
+        recipe = load_recipe(recipe, overrides)
+    elif overrides:
+        raise RecipeError("overrides apply to a recipe file; edit the dict or Recipe directly")
+    recipe = _as_recipe(recipe)
+    run_dir = Path(run_dir) if run_dir else Path(recipe.output_dir) / f"{recipe.name}-search"
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if workers > 1:
+        torch.set_num_threads(threads)
+    s = Search(recipe, run_dir, resume=resume or join, force=force and not join, storage=storage, quiet=quiet,
+               console=console, kill_after_trials=kill_after_trials)
+    s.prepare()
+    children = []
+    if workers > 1:
+        if not isinstance(source, (str, Path)):
+            raise RecipeError("--workers > 1 needs the recipe as a file (each worker process reads it)")
+        cmd = [sys.executable, "-m", "leankd.cli", "search", str(source), "--run-dir", str(run_dir), "--join",
+               "--quiet", *[a for o in overrides or [] for a in ("--set", o)]]
+        if storage:
+            cmd += ["--storage", storage]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        children = [subprocess.Popen(cmd, env=env) for _ in range(workers - 1)]
+    try:
+        s.work()
+    finally:
+        for child in children:
+            child.wait()
+    if join:
+        return None
+    summary = s.write_report()
+    return {**summary, "dir": str(run_dir)}
+
+
 def _as_recipe(recipe: Union[str, Path, dict, Recipe]) -> Recipe:
     if isinstance(recipe, (str, Path)):
         return load_recipe(recipe)

@@ -53,6 +53,57 @@ def run(
     _print_result(result)
 
 
+@app.command()
+@friendly_errors
+def search(
+    recipe: Path = typer.Argument(..., help="recipe YAML with a search: section"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="default: <output_dir>/<name>-search"),
+    resume: bool = typer.Option(False, "--resume", help="continue a search (finished trials are kept; a trial cut "
+                                                        "off mid-training resumes from its checkpoint)"),
+    force: bool = typer.Option(False, "--force", help="start the search over (the study is deleted; trained runs "
+                                                      "with the same settings are still reused)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="study storage shared by workers on several "
+                                                                  "machines, e.g. postgresql://user@host/db "
+                                                                  "(default: a journal file in the search dir)"),
+    workers: int = typer.Option(1, "--workers", min=1, help="worker processes on this machine sharing the study"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
+    overrides: List[str] = typer.Option([], "--set", help="override a recipe value: --set search.trials=8"),
+    join: bool = typer.Option(False, "--join", hidden=True, help="a worker joining a running search"),
+    kill_after_trials: Optional[int] = typer.Option(None, "--kill-after-trials", hidden=True,
+                                                    help="tests: SIGKILL itself in the next trial after N trials"),
+):
+    """Search KD settings and student sizes with Optuna: the Pareto front of quality vs cost, a leaderboard and an
+    experiment report (teacher trained once; candidates confirmed over seeds beside same-budget baselines)."""
+    from .api import search as run_search
+
+    summary = run_search(recipe, overrides=overrides, run_dir=run_dir, resume=resume, force=force, storage=storage,
+                         workers=workers, quiet=quiet, console=console, join=join,
+                         kill_after_trials=kill_after_trials)
+    if summary is None:
+        return
+    for sentence in summary["conclusion"]["sentences"]:
+        console.print(f"- {sentence}", highlight=False, soft_wrap=True)
+    console.print(f"report: {summary['dir']}/search_report.md  (leaderboard.md, leaderboard.csv, search.json)",
+                  highlight=False)
+
+
+@app.command()
+@friendly_errors
+def leaderboard(
+    dirs: List[Path] = typer.Argument(..., help="run directories and/or search directories"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the table as markdown here"),
+):
+    """Compare runs and searches across directories: every model and completed trial, with the accuracy-vs-MACs
+    front across all of them marked."""
+    from .io import write_text_atomic
+    from .search.leaderboard import collect, to_markdown
+
+    table = to_markdown(collect(dirs))
+    console.print(table, highlight=False, soft_wrap=True)
+    if out is not None:
+        write_text_atomic(out, table)
+
+
 def _print_result(result) -> None:
     from .report.markdown import render_console, render_console_deployment
 

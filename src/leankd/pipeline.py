@@ -17,7 +17,7 @@ import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from rich.console import Console
@@ -274,6 +274,7 @@ class Pipeline:
         self.teacher_examples: Optional[int] = None  # teacher.limit_train: how many examples the teacher trained on
         self.auto_layers: Optional[dict] = None  # layer_strategy auto: the kept layers and every layer's influence
         self.role_labels: dict[str, str] = {}  # report labels of roles a task kind adds (seq2seq students)
+        self.epoch_hook: Optional[Callable[[str, dict], None]] = None  # (stage, epoch row): a search's pruner
 
     def log(self, msg: str) -> None:
         self.console.print(msg, highlight=False, soft_wrap=True)
@@ -429,7 +430,7 @@ class Pipeline:
             self.log("[yellow]note:[/] without teacher.cache the teacher labels the augmented texts again every epoch")
         return kd_task
 
-    def cached_teacher(self, task: Task, live: LiveTeacher, data_fp: dict):
+    def cached_teacher(self, task: Task, live: LiveTeacher, data_fp: dict, subdir: Optional[str] = None):
         """Offline KD: the teacher's logits on `teacher.cache_views` augmentation views, from the cache file (built
         now if missing or stale). The live teacher is moved off the device afterwards: the student trains alone."""
         from .kd.cache import build_or_load
@@ -443,6 +444,8 @@ class Pipeline:
                           "teacher_precision": r.teacher.precision, "views": views, "seed": r.seed,
                           "top_k": r.teacher.cache_top_k})
         directory = Path(r.teacher.cache_dir) if r.teacher.cache_dir else self.run_dir / "teacher_cache"
+        if subdir:  # one cache per kind of student data (seq2seq: each word-KD method), each kept up to date
+            directory = directory / subdir
         cached, info = build_or_load(directory, fp, live, task, views, r.seed, log=self.log,
                                      describe={"teacher": self._stage_fp("teacher"), "seed": r.seed},
                                      prune=r.teacher.cache_dir is None, top_k=r.teacher.cache_top_k)
@@ -590,7 +593,9 @@ class Pipeline:
                      f"{cfg.precision}, batch {cfg.batch_size}")
             if make_teacher is not None:
                 teacher = make_teacher()
-            progress = RichProgress(name, self.console, quiet=self.quiet)
+            hook = self.epoch_hook
+            progress = RichProgress(name, self.console, quiet=self.quiet,
+                                    on_epoch=(lambda row: hook(name, row)) if hook else None)
             result = fit(model, task, cfg, loss=loss, teacher=teacher, seed=self.recipe.seed, checkpoint_path=ckpt,
                          metrics_path=sdir / "metrics.jsonl", resume=self.resume, progress=progress,
                          stop_after_epoch=self.stop_after_epoch, fingerprint=fp)

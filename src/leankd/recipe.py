@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .errors import RecipeError
+from .search.config import SearchConfig
 
 
 class Strict(BaseModel):
@@ -105,6 +106,8 @@ class SeqConfig(Strict):
     beam: int = Field(5, ge=1, description="beam size of the reported beam-search quality and latency")
     length_penalty: float = Field(1.0, ge=0.0, description="beam hypotheses rank by log-prob / length ** this")
     max_decode_len: Optional[int] = Field(None, ge=1, description="default: 1.5 x the longest training target + 5")
+    bucket: bool = Field(True, description="training batches of similar lengths (seeded chunks sorted by length, "
+                                           "batch order shuffled): far fewer padded RNN steps")
 
 
 class DataConfig(Strict):
@@ -405,6 +408,8 @@ class Recipe(Strict):
     baseline: bool = Field(True, description="train the student alone with the same budget for comparison")
     measure: MeasureConfig = MeasureConfig()
     compress: CompressConfig = CompressConfig()
+    search: Optional[SearchConfig] = Field(None, description="what `leankd search` varies and optimizes "
+                                                             "(ignored by `leankd run`)")
 
     @field_validator("device")
     @classmethod
@@ -437,10 +442,6 @@ class Recipe(Strict):
             if self.distill.features:
                 raise ValueError("distill.features (layer losses) are not supported for seq2seq yet: remove them "
                                  "(word-level KD is distill.seq.students: [word])")
-            if self.teacher.cache and any("word" in m for m in self.distill.seq.students):
-                raise ValueError("teacher.cache stores one output per example; word-level KD needs the teacher's "
-                                 "distribution at every target position, so it runs the teacher live: remove "
-                                 "teacher.cache (sequence-level KD caches the teacher's decoded outputs anyway)")
         elif self.distill.seq is not None:
             raise ValueError(f"distill.seq is for data.task: seq2seq, not {task!r}: remove it")
         if self.distill.augment is not None and not task.startswith("text_"):

@@ -64,8 +64,9 @@ class CachedTeacher:
     RESIDENT_BYTES = 256 * 2**20
 
     def __init__(self, logits_path: Path, views: int, seed: int, device: torch.device, num_classes: int,
-                 top_k: Optional[int] = None):
+                 top_k: Optional[int] = None, rows_of: Callable[[Tensor], Tensor] = lambda index: index):
         self.logits = np.load(logits_path, mmap_mode="r")
+        self.rows_of = rows_of  # a batch's sample indices -> its cache rows (Task.cache_rows)
         self.views, self.seed, self.device = views, seed, device
         self.num_classes, self.top_k = num_classes, top_k
         self.view = 0
@@ -94,10 +95,11 @@ class CachedTeacher:
         if batch.index is None:
             raise ValueError("a cached teacher needs batches that carry their sample indices")
         resident = self._view_rows()
+        where = self.rows_of(batch.index)
         if resident is not None:
-            rows = resident[batch.index.to(self.device)]
+            rows = resident[where.to(self.device)]
         else:
-            rows = self.logits[self.view, batch.index.cpu().numpy()]
+            rows = self.logits[self.view, where.cpu().numpy()]
             rows = torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(self.device)
         return rows if self.top_k is None else expand_top_k(rows, self.top_k, self.num_classes)
 
@@ -134,7 +136,7 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
     directory.mkdir(parents=True, exist_ok=True)
     logits_path, meta_path = directory / f"{fingerprint}.logits.npy", directory / f"{fingerprint}.json"
     for old in directory.glob("*.json") if prune else []:
-        if old != meta_path:
+        if old != meta_path and (directory / f"{old.stem}.logits.npy").exists():  # a logits cache, not another kind
             log(f"teacher cache {old.with_suffix('')} was made for another teacher, data or view setting: removing it")
             old.unlink()
             (directory / f"{old.stem}.logits.npy").unlink(missing_ok=True)
@@ -142,27 +144,27 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
         logits_path.unlink()
     for leftover in directory.glob(f".{logits_path.name}.*.tmp"):  # a build killed before its rename
         leftover.unlink()
-    n, c = task.split_size("train"), task.num_classes
+    n, c = task.cache_size(), task.num_classes
     if top_k is not None and not 1 <= top_k < c:
         raise ValueError(f"teacher.cache_top_k = {top_k} must be between 1 and {c - 1} (the task has {c} classes); "
                          "leave it unset to store every logit")
     width, dtype = (c, np.float16) if top_k is None else (2 * top_k + 1, np.float32)
 
     def cached(build_s):
-        return (CachedTeacher(logits_path, views, seed, task.device, c, top_k),
+        return (CachedTeacher(logits_path, views, seed, task.device, c, top_k, task.cache_rows),
                 _info(logits_path, views, n, c, top_k, build_s, build_s is None))
 
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if (meta.get("format") == CACHE_FORMAT and meta.get("shape") == [views, n, c] and meta.get("top_k") == top_k
                 and meta.get("view_chunk") == task.VIEW_CHUNK):  # another chunking is another augmentation
-            log(f"teacher cache: reusing {logits_path} ({views} views x {n} samples)")
+            log(f"teacher cache: reusing {logits_path} ({views} views x {n} teacher outputs)")
             return cached(None)
         log(f"teacher cache {meta_path} does not match this run: rebuilding it")
         meta_path.unlink()
         logits_path.unlink(missing_ok=True)
 
-    log(f"teacher cache: running the teacher on {views} augmentation views x {n} samples ...")
+    log(f"teacher cache: running the teacher on {views} augmentation views x {n} teacher outputs ...")
     start = time.perf_counter()
     with atomic_path(logits_path) as tmp:  # a .npy header, then the array filled in place, view by view
         array = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=dtype, shape=(views, n, width))
@@ -171,12 +173,12 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
             for batch in task.view_batches(v, seed, batch_size):
                 logits = teacher(batch).float()
                 rows = logits if top_k is None else compress_top_k(logits, top_k)
-                where = batch.index.cpu().numpy()
+                where = task.cache_rows(batch.index).cpu().numpy()
                 array[v, where] = rows.cpu().numpy().astype(dtype)
                 filled[where] = True
             if not filled.all():  # a view_batches that skipped samples would leave zero logits to distill from
                 raise RuntimeError(f"teacher cache: {type(task).__name__}.view_batches left {int((~filled).sum())} "
-                                   f"of {n} training samples unlabelled in view {v}")
+                                   f"of {n} training rows unlabelled in view {v}")
         array.flush()
         del array
     build_s = time.perf_counter() - start

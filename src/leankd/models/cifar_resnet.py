@@ -126,3 +126,12 @@ def resnet8x4(num_classes: int = 10) -> CifarResNet:
 @register_model
 def resnet32x4(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(32, _WIDE, num_classes)
+
+
+@register_model
+def cifar_resnet(num_classes: int = 10, depth: int = 20, width: int = 16) -> CifarResNet:
+    """Any CIFAR ResNet by its two knobs: depth 6n+2 and base width (stages width, 2x, 4x; 16 = resnet20's) -
+    what a search varies to trade accuracy for MACs."""
+    if width < 1:
+        raise ModelError(f"cifar_resnet width must be a positive channel count, got {width}")
+    return CifarResNet(depth, (width, width, 2 * width, 4 * width), num_classes)

@@ -47,9 +47,16 @@ def train_students(pipe: Pipeline, task, teacher: StageResult, student_init, stu
               "seq_outputs": outputs.fingerprint if step != "word" else None,
               "keep_references": cfg.keep_references if step != "word" else None}
         live = pipe.live_teacher(teacher.model, kd_task, channels_last=False) if word else None
+        make_teacher = None
+        if word and r.teacher.cache:  # offline word-level KD: the teacher's distribution at every target token
+            fp["teacher_cache_top_k"] = r.teacher.cache_top_k
+            cache_fp = {**teacher_data_fp, "seq_method": method, "seq_outputs": fp["seq_outputs"],
+                        "keep_references": fp["keep_references"]}
+            make_teacher = (lambda t=kd_task, lv=live, c=cache_fp, m=method:
+                            pipe.cached_teacher(t, lv, c, subdir=f"token-logits-{m.replace('+', '_')}"))
         stages[role] = pipe.stage(role, copy.deepcopy(student_init), kd_task, student_cfg, loss, teacher=live,
-                                  model_cfg=student_model_cfg, extra_fp=fp)
-        del live
+                                  model_cfg=student_model_cfg, extra_fp=fp, make_teacher=make_teacher)
+        del live, make_teacher
         pipe.role_labels[role] = LABELS[method]
         if data_info is not None:
             stages[role].training_extra["seq_kd_data"] = {**data_info, "teacher_outputs": outputs.as_dict()}

@@ -61,6 +61,15 @@ class Task:
         cache labels (tasks with `supports_views`)."""
         raise NotImplementedError
 
+    def cache_size(self) -> int:
+        """Rows a teacher cache of the training split holds: one per example by default (seq2seq: one per target
+        token, since word-level KD needs the teacher's distribution at every position)."""
+        return self.split_size("train")
+
+    def cache_rows(self, index: Tensor) -> Tensor:
+        """The cache rows of training examples `index`, in the order `forward` returns their logits."""
+        return index
+
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full batches only (fixed shapes, no tiny noisy last step); one step when the split is smaller."""
         n = self.split_size("train")

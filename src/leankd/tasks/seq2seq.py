@@ -49,6 +49,14 @@ class EncodedSplit:
         self.tgt_in = _pad([[1] + t[:-1] for t in tgt], 0).to(device)  # BOS y1 .. yn
         self.tgt_out = _pad(tgt, UNLABELED).to(device)  # y1 .. yn EOS
         self.tgt_len = torch.tensor([len(t) for t in tgt], dtype=torch.long, device=device)
+        self.token_offset = torch.cumsum(self.tgt_len, 0) - self.tgt_len  # pair i's first target token, flattened
+
+    def token_rows(self, idx: Tensor) -> Tensor:
+        """Flattened target-token positions of pairs `idx`, pair by pair: the order of `batch(idx).targets`."""
+        lengths = self.tgt_len[idx]
+        starts = torch.repeat_interleave(self.token_offset[idx], lengths)
+        first = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+        return starts + torch.arange(int(lengths.sum()), device=lengths.device) - first
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -67,12 +75,14 @@ def target_mask(tgt_len: Tensor, width: int) -> Tensor:
 
 class Seq2SeqTask(Task):
     kind = "seq2seq"
-    supports_views = False
+    supports_views = True  # the data is not augmented: a teacher cache holds one view, a row per target token
     max_views = 1
+    BUCKET_BATCHES = 32  # length bucketing: batches are cut from sorted chunks of this many batches
 
     def __init__(self, splits: dict[str, Pairs], src_vocab: SymbolVocab, tgt_vocab: SymbolVocab,
                  device: torch.device, beam: int = 5, length_penalty: float = 1.0, max_len: Optional[int] = None,
-                 text_scores: bool = False, info: Optional[dict] = None, notes: Optional[list[str]] = None):
+                 text_scores: bool = False, info: Optional[dict] = None, notes: Optional[list[str]] = None,
+                 bucket: bool = True):
         if not len(splits.get("train", ())):
             raise DataError("a seq2seq task needs training pairs")
         self.device = torch.device(device)
@@ -80,6 +90,7 @@ class Seq2SeqTask(Task):
         self.num_classes = len(tgt_vocab)
         self.class_names = list(tgt_vocab.symbols)
         self.beam, self.length_penalty, self.text_scores = beam, length_penalty, text_scores
+        self.bucket = bucket
         longest = max(len(t) for t in splits["train"].targets)
         self.max_len = max_len or int(1.5 * longest) + 5  # decoding stops here if EOS never comes
         self.splits = {name: EncodedSplit(p, src_vocab, tgt_vocab, self.device) for name, p in splits.items() if len(p)}
@@ -94,12 +105,37 @@ class Seq2SeqTask(Task):
         return len(self.splits[split]) if split in self.splits else 0
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
+        """Shuffled batches; with `bucket` (default), of similar lengths: a batch is trimmed to its longest source
+        and target, so random batches of G2P words spend about half their RNN steps on padding. The shuffled
+        order is cut into chunks of BUCKET_BATCHES batches, each chunk sorted by length and cut into batches,
+        and the batches are shuffled: still a fresh, seeded mix every epoch (and the same one on --resume)."""
         train = self.splits["train"]
         g = torch.Generator(device=self.device)
         g.manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(len(train), device=self.device, generator=g)
-        for i in range(self.steps_per_epoch(batch_size)):
+        steps = self.steps_per_epoch(batch_size)
+        order = torch.randperm(len(train), device=self.device, generator=g)[:steps * batch_size]
+        if self.bucket and steps > 1:
+            chunks = []
+            for chunk in order.split(batch_size * self.BUCKET_BATCHES):
+                key = train.src_len[chunk] * 1024 + train.tgt_len[chunk]
+                chunks.append(chunk[torch.argsort(key, stable=True)])
+            batches = torch.cat(chunks).view(steps, -1)
+            order = batches[torch.randperm(steps, device=self.device, generator=g)].reshape(-1)
+        for i in range(steps):
             yield train.batch(order[i * batch_size:(i + 1) * batch_size])
+
+    def view_batches(self, view: int, seed: int, batch_size: int) -> Iterator[Batch]:
+        """What a teacher cache labels (word-level KD offline): every training pair once, longest-first."""
+        train = self.splits["train"]
+        order = torch.argsort(train.src_len * 1024 + train.tgt_len, descending=True, stable=True)
+        for chunk in order.split(batch_size):
+            yield train.batch(chunk)
+
+    def cache_size(self) -> int:
+        return int(self.splits["train"].tgt_len.sum())
+
+    def cache_rows(self, index: Tensor) -> Tensor:
+        return self.splits["train"].token_rows(index)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         data = self.splits[split]
@@ -287,7 +323,8 @@ def build_seq2seq_task(cfg, device: torch.device, seed: int, channels_last: bool
             "test_size_sources": len(set(splits["test"].keys)) if len(splits["test"]) else 0}
     target_tok = seq.target_tokenization or seq.tokenization
     return Seq2SeqTask(splits, src_vocab, tgt_vocab, device, beam=seq.beam, length_penalty=seq.length_penalty,
-                       max_len=seq.max_decode_len, text_scores=target_tok == "whitespace", info=info, notes=notes)
+                       max_len=seq.max_decode_len, text_scores=target_tok == "whitespace", info=info, notes=notes,
+                       bucket=seq.bucket)
 
 
 def _first_groups(keys: Sequence[str], rows: list[int], limit: int, seed: int) -> list[int]:

@@ -2,7 +2,7 @@
 per epoch. `quiet=True` (CI, logs) prints only the summary lines."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,8 +11,10 @@ from .loop import ProgressHook
 
 
 class RichProgress(ProgressHook):
-    def __init__(self, stage: str, console: Optional[Console] = None, quiet: bool = False):
+    def __init__(self, stage: str, console: Optional[Console] = None, quiet: bool = False,
+                 on_epoch: Optional[Callable[[dict], None]] = None):
         self.stage = stage
+        self.on_epoch = on_epoch  # called with each epoch's row (a search prunes a trial from here)
         self.console = console or Console()
         self.quiet = quiet
         self._progress: Optional[Progress] = None
@@ -49,3 +51,5 @@ class RichProgress(ProgressHook):
             f"{row['epoch_time_s']:.1f}s",
             highlight=False, soft_wrap=True,
         )
+        if self.on_epoch is not None:
+            self.on_epoch(row)

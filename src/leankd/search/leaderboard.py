@@ -1,0 +1,59 @@
+"""`leankd leaderboard DIR...`: runs and searches side by side - every model of every run directory and every
+completed trial of every search directory, with the same candidate metrics, and the accuracy-vs-MACs front
+across all of them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import LeanKDError
+from ..report.schema import load_report
+from .metrics import candidate_metrics
+from .pareto import pareto_front
+
+COLUMNS = ["accuracy", "macs", "params", "size_mb", "latency_ms", "train_time_s"]
+
+
+def collect(dirs: list[Path]) -> list[dict]:
+    rows = []
+    for d in dirs:
+        d = Path(d)
+        if (d / "search.json").exists():
+            summary = json.loads((d / "search.json").read_text())
+            for t in summary["trials"]:
+                if t["state"] != "complete":
+                    continue
+                label = f"{t['rung']} {t['trial']}" + (f" seed {t['seed']}" if t["rung"] == "confirm" else "")
+                rows.append({"source": str(d), "kind": "search trial", "label": label,
+                             "settings": ", ".join(f"{k}={v}" for k, v in t["params"].items()),
+                             **{c: t["metrics"].get(c) for c in COLUMNS}})
+        elif (d / "report.json").exists():
+            report = load_report(d / "report.json")
+            for role, entry in report["models"].items():
+                metrics = candidate_metrics(report, [], COLUMNS, role)
+                rows.append({"source": str(d), "kind": "run", "label": entry.get("label", role),
+                             "settings": entry.get("architecture", ""), **metrics})
+        else:
+            raise LeanKDError(f"{d} is neither a run directory (report.json) nor a search directory (search.json): "
+                              "pass directories that `leankd run` or `leankd search` made")
+    front = set(pareto_front([(r["accuracy"], r["macs"]) for r in rows], ["maximize", "minimize"]))
+    for i, r in enumerate(rows):
+        r["front"] = i in front
+    rows.sort(key=lambda r: -(r["accuracy"] if r["accuracy"] is not None else -1))
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    head = ["source", "model / trial", "settings", *COLUMNS, "front"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["source"], r["label"], r["settings"], *[fmt(r[c]) for c in COLUMNS],
+                                        "*" if r["front"] else ""]) + " |")
+    return "\n".join(lines) + "\n"

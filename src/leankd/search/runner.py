@@ -1,0 +1,406 @@
+"""`leankd search`: Optuna over a recipe's settings, every trial an ordinary leankd run, measured like any run.
+
+Where the time goes (and why the search is honest):
+
+1. **base** - the starting recipe once, in `<dir>/base`: the teacher (trained or loaded once for every trial; its
+   cached outputs, with `teacher.cache`, are shared through `<dir>/teacher_cache`), the baseline student and the
+   starting KD student at the full budget.
+2. **explore** - `search.trials` trials at a cheap first rung (`rung_fraction` of the epochs), each a run in
+   `<dir>/trials/<hash>` that loads the teacher. Single-objective searches also prune trials by their
+   per-epoch validation accuracy (Optuna's median pruner); multi-objective Optuna cannot prune.
+3. **full** - successive halving by hand: the non-dominated first-rung candidates (at most `promote_max`, the
+   most isolated first) re-run at the full budget.
+4. **confirm** - the best `confirm_top` full-budget front candidates re-run with `confirm_seeds` more seeds, each
+   beside a baseline of the same student trained alone with the same budget and seed.
+5. **report** - leaderboard, Pareto front (table + plots) and the experiment report, every number read from the
+   runs' report.json files (report.py).
+
+A killed search resumes with `--resume`: finished trials are in the study; a trial cut off mid-training is queued
+again and, having the same settings, resumes from its run directory's checkpoint.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+
+from ..errors import LeanKDError, RecipeError
+from ..recipe import Recipe, dump_recipe, parse_recipe
+from ..report.schema import load_report
+from .config import SearchConfig
+from .metrics import candidate_metrics, resolve
+from .pareto import pareto_front, select_for_promotion
+from .space import apply_params, check_space, suggest
+from .study import (RUNGS, active, claim_waiting, constraints_from_attrs, make_sampler, open_storage,
+                    recover_stale, worker_id)
+
+POLL_S = 2.0
+
+
+def trial_key(raw: dict) -> str:
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Search:
+    def __init__(self, recipe: Recipe, search_dir: Path, *, resume: bool = False, force: bool = False,
+                 storage: Optional[str] = None, quiet: bool = False, console: Optional[Console] = None,
+                 kill_after_trials: Optional[int] = None):
+        if recipe.search is None:
+            raise RecipeError("this recipe has no search: section; add one (search.space, search.objectives, "
+                              "search.trials) - see docs/search.md")
+        self.recipe, self.cfg = recipe, recipe.search
+        self.dir = Path(search_dir)
+        self.resume, self.force, self.quiet = resume, force, quiet
+        self.storage_url = storage
+        self.console = console or Console()
+        # tests: SIGKILL this process in the student's first epoch of the trial after this many explore trials
+        self.kill_after_trials = kill_after_trials
+        self.budget_stop: Optional[int] = None  # explore trials when the time budget stopped the first rung
+        self.metrics = list(dict.fromkeys([o.metric for o in self.cfg.objectives] +
+                                          [c.metric for c in self.cfg.constraints] +
+                                          ["accuracy", "macs", "params", "size_mb", "latency_ms", "train_time_s"]))
+        for i, o in enumerate(self.cfg.objectives):
+            resolve(o.metric, f"search.objectives[{i}].metric")
+        for i, c in enumerate(self.cfg.constraints):
+            resolve(c.metric, f"search.constraints[{i}].metric")
+        self.directions = [o.direction for o in self.cfg.objectives]
+        self.base_raw = recipe.model_dump(exclude={"search"}, exclude_none=True)
+        self.started = time.perf_counter()
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            self.console.print(msg, highlight=False, soft_wrap=True)
+
+    # ---------------------------------------------------------------------------------------------- set-up
+    def prepare(self) -> None:
+        check_space(self.recipe, self.cfg)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        saved = self.dir / "recipe.yaml"
+        text = dump_recipe(self.recipe)
+        if saved.exists() and not self.force:
+            if saved.read_text() != text:
+                raise LeanKDError(f"{self.dir} holds a search of another recipe ({saved}): use another directory, "
+                                  "or --force to start over")
+            if not self.resume and self.storage_url is None:
+                raise LeanKDError(f"a search already exists in {self.dir}: --resume continues it (finished trials "
+                                  "are kept), --force starts over")
+        if self.force and self.storage_url is None:
+            (self.dir / "study.journal").unlink(missing_ok=True)
+        from ..io import write_text_atomic
+
+        write_text_atomic(saved, text)
+        self.storage = open_storage(self.dir, self.storage_url)
+        n = len(self.cfg.objectives)
+        sampler = make_sampler(self.cfg.sampler, n, self.cfg.seed, self.cfg.trials,
+                               constraints_func=constraints_from_attrs if self.cfg.constraints else None)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1) if self._prunable() else None
+        name = self.recipe.name
+        self.studies = {}
+        for rung in RUNGS:
+            self.studies[rung] = optuna.create_study(
+                study_name=f"{name}:{rung}", storage=self.storage, directions=self.directions, load_if_exists=True,
+                sampler=sampler if rung == "explore" else optuna.samplers.RandomSampler(seed=self.cfg.seed),
+                pruner=pruner if rung == "explore" else optuna.pruners.NopPruner())
+        for study in self.studies.values():
+            recover_stale(study, self.log)
+
+    def _prunable(self) -> bool:
+        """Single objective on accuracy: per-epoch validation accuracy is a fair early signal of it."""
+        return len(self.cfg.objectives) == 1 and self.cfg.objectives[0].metric == "accuracy"
+
+    @contextmanager
+    def _lock(self, name: str):
+        """One process at a time on this machine (the base run, enqueueing promotions)."""
+        with open(self.dir / f".{name}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # --------------------------------------------------------------------------------------------- a run
+    def trial_recipe(self, params: dict, rung: str, seed: Optional[int] = None, baseline: bool = False) -> dict:
+        """The recipe of one trial run: the starting recipe with `params`, the shared teacher, its rung's epochs."""
+        raw = apply_params(self.base_raw, params)
+        teacher = raw["teacher"]
+        teacher["checkpoint"] = str((self.dir / "base" / "teacher" / "model.safetensors").resolve())
+        teacher.pop("limit_train", None)
+        if teacher.get("cache"):
+            teacher["cache_dir"] = str((self.dir / "teacher_cache").resolve())
+        raw["baseline"] = baseline
+        if seed is not None:
+            raw["seed"] = seed
+        full = parse_recipe(raw, origin="a search trial").stage_train("student").epochs
+        epochs = full if rung != "explore" else max(1, round(full * self.cfg.rung_fraction))
+        raw.setdefault("student", {}).setdefault("train", {})["epochs"] = epochs
+        raw["name"] = f"{self.recipe.name}-{rung}"
+        return raw
+
+    def run_dir_of(self, raw: dict) -> Path:
+        return self.dir / "trials" / trial_key({k: v for k, v in raw.items() if k != "name"})
+
+    def run_trial(self, raw: dict, hook: Optional[Callable[[str, dict], None]] = None) -> tuple[Path, dict]:
+        from ..pipeline import Pipeline
+
+        run_dir = self.run_dir_of(raw)
+        recipe = parse_recipe(raw, origin=str(run_dir / "recipe.yaml"))
+        pipe = Pipeline(recipe, run_dir, resume=True, quiet=True, console=Console(quiet=True))  # one line a trial
+        pipe.epoch_hook = hook
+        report = pipe.run()
+        return run_dir, report
+
+    def _measure(self, report: dict, raw: dict, role: Optional[str] = None) -> dict:
+        return candidate_metrics(report, list(raw.get("compress", {}).get("targets", [])), self.metrics, role)
+
+    def _values(self, metrics: dict) -> Optional[list[float]]:
+        values = [metrics.get(o.metric) for o in self.cfg.objectives]
+        return None if any(v is None for v in values) else [float(v) for v in values]
+
+    def _violations(self, metrics: dict) -> list[float]:
+        out = []
+        for c in self.cfg.constraints:
+            v = metrics.get(c.metric)
+            if v is None:
+                out.append(1.0)  # not measured: cannot be shown to satisfy it
+                continue
+            out.append(max(v - c.max if c.max is not None else -math.inf,
+                           c.min - v if c.min is not None else -math.inf))
+        return out
+
+    def _finish(self, study: optuna.Study, trial_id: int, number: int, run_dir: Path, metrics: dict,
+                started: float) -> None:
+        storage = study._storage
+        for key, value in {"run_dir": str(run_dir.relative_to(self.dir)), "metrics": metrics,
+                           "violations": self._violations(metrics),
+                           "duration_s": round(time.perf_counter() - started, 2)}.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        values = self._values(metrics)
+        if values is None:
+            storage.set_trial_user_attr(trial_id, "error", "an objective was not measured")
+            study.tell(number, state=TrialState.FAIL)
+        else:
+            study.tell(number, values)
+
+    # ------------------------------------------------------------------------------------------- phases
+    def ensure_base(self) -> dict:
+        """The starting recipe's run (teacher, baseline, starting KD student): trained once, reused after."""
+        from ..pipeline import Pipeline
+
+        base_dir = self.dir / "base"
+        with self._lock("base"):
+            report_path = base_dir / "report.json"
+            recipe_path = base_dir / "recipe.yaml"
+            if report_path.exists() and recipe_path.exists() and recipe_path.read_text() == dump_recipe(
+                    parse_recipe(self.base_raw)):
+                return load_report(report_path)
+            self.log(f"[bold]search[/] base: the starting recipe (teacher, baseline, KD student) -> {base_dir}")
+            return Pipeline(parse_recipe(self.base_raw), base_dir, resume=True, quiet=True,
+                            console=Console(quiet=True) if self.quiet else self.console).run()
+
+    def explore(self) -> None:
+        study = self.studies["explore"]
+        done_here = 0
+        while True:
+            trials = active(study.get_trials(deepcopy=False))
+            if not any(t.state == TrialState.WAITING for t in trials):  # re-queued trials always run
+                if len(trials) >= self.cfg.trials:
+                    return
+                if not self._time_left_for_another(trials):
+                    self.budget_stop = len(trials)
+                    self.log(f"explore: stopping after {len(trials)} trials: the rest of the search would not fit "
+                             f"search.time_budget_min = {self.cfg.time_budget_min}")
+                    return
+            trial = study.ask()
+            study._storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
+            params = suggest(trial, self.cfg.space)
+            kill = self.kill_after_trials is not None and done_here >= self.kill_after_trials
+            self._run_explore_trial(study, trial, params, kill)
+            done_here += 1
+
+    def _run_explore_trial(self, study: optuna.Study, trial: optuna.Trial, params: dict, kill: bool = False) -> None:
+        started = time.perf_counter()
+        study._storage.set_trial_user_attr(trial._trial_id, "params", params)
+        self.log(f"explore trial {trial.number}: {_short(params)}")
+
+        def prune(stage: str, row: dict) -> None:
+            if kill and stage == "student":  # tests: the process dies mid-trial, after a checkpoint
+                os.kill(os.getpid(), signal.SIGKILL)
+            if stage != "student" or not self._prunable() or row.get("val_accuracy") is None:
+                return
+            trial.report(row["val_accuracy"], row["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {row['epoch']}: val accuracy {row['val_accuracy']:.4f}")
+        try:
+            raw = self.trial_recipe(params, "explore")
+            run_dir, report = self.run_trial(raw, prune)
+        except optuna.TrialPruned as e:
+            study._storage.set_trial_user_attr(trial._trial_id, "pruned", str(e))
+            study.tell(trial.number, state=TrialState.PRUNED)
+            self.log(f"explore trial {trial.number}: pruned ({e})")
+            return
+        except (LeanKDError, ValueError, RuntimeError) as e:  # a bad combination is a result, not a crash
+            study._storage.set_trial_user_attr(trial._trial_id, "error", f"{type(e).__name__}: {e}")
+            study.tell(trial.number, state=TrialState.FAIL)
+            self.log(f"[yellow]explore trial {trial.number} failed:[/] {e}")
+            return
+        metrics = self._measure(report, raw)
+        self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started)
+        self.log(f"explore trial {trial.number}: {_short(metrics)}")
+
+    def _time_left_for_another(self, trials: list[FrozenTrial]) -> bool:
+        if self.cfg.time_budget_min is None:
+            return True
+        durations = [t.user_attrs["duration_s"] for t in trials if "duration_s" in t.user_attrs]
+        if not durations:
+            return True
+        per_trial = statistics.median(durations)
+        ratio = 1 / self.cfg.rung_fraction  # a full-budget run costs about this many first-rung trials
+        later = (self.promote_limit() + self.cfg.confirm_top * (1 + 2 * self.cfg.confirm_seeds)) * per_trial * ratio
+        elapsed = time.perf_counter() - self.started
+        return elapsed + per_trial + later <= 60 * self.cfg.time_budget_min
+
+    def promote_limit(self) -> int:
+        return self.cfg.promote_max or max(1, math.ceil(self.cfg.trials / 3))
+
+    def _feasible_complete(self, study: optuna.Study) -> list[FrozenTrial]:
+        return [t for t in active(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+                if all(v <= 0 for v in t.user_attrs.get("violations", []))]
+
+    def promote(self) -> None:
+        """Successive halving over the first rung: its non-dominated feasible candidates go to the full budget."""
+        explore, full = self.studies["explore"], self.studies["full"]
+        with self._lock("queue"):
+            done = self._feasible_complete(explore)
+            points = [t.values for t in done]
+            if len(self.directions) == 1:  # one objective: the best third (the classic halving)
+                order = sorted(range(len(done)), key=lambda i: points[i][0],
+                               reverse=self.directions[0] == "maximize")
+                chosen = order[:self.promote_limit()]
+            else:
+                chosen = select_for_promotion(points, self.directions, self.promote_limit())
+            queued = {t.user_attrs.get("source") for t in full.get_trials(deepcopy=False)}
+            for i in chosen:
+                if done[i].number not in queued:
+                    full.enqueue_trial({}, user_attrs={"source": done[i].number, "params": done[i].user_attrs["params"]})
+        self._drain(full, lambda job: (self.trial_recipe(job["params"], "full"), None))
+
+    def confirm(self) -> None:
+        """The best full-budget front candidates with more seeds, each beside a same-budget baseline."""
+        full, confirm = self.studies["full"], self.studies["confirm"]
+        with self._lock("queue"):
+            for trial in self.best_full_candidates():
+                for k in range(self.cfg.confirm_seeds + 1):  # the search's own seed too: its baseline is new
+                    seed = self.recipe.seed + k
+                    key = f"{trial.number}:{seed}"
+                    if key not in {t.user_attrs.get("key") for t in confirm.get_trials(deepcopy=False)}:
+                        confirm.enqueue_trial({}, user_attrs={"key": key, "source": trial.number, "seed": seed,
+                                                              "params": trial.user_attrs["params"]})
+        def recipe_of(job: dict) -> tuple[dict, str]:
+            raw = self.trial_recipe(job["params"], "confirm", job["seed"], baseline=True)
+            if job["seed"] == self.recipe.seed:  # the full-budget run trained this student already: reuse it
+                source = self.dir / full.trials[job["source"]].user_attrs["run_dir"] / "student"
+                target = self.run_dir_of(raw) / "student"
+                if source.exists() and not target.exists():
+                    shutil.copytree(source, target)
+            return raw, "baseline"
+
+        self._drain(confirm, recipe_of)
+
+    def best_full_candidates(self) -> list[FrozenTrial]:
+        """The full-budget Pareto front, best first by the first objective, `confirm_top` of them."""
+        done = self._feasible_complete(self.studies["full"])
+        front = [done[i] for i in pareto_front([t.values for t in done], self.directions)]
+        front.sort(key=lambda t: t.values[0], reverse=self.directions[0] == "maximize")
+        return front[:self.cfg.confirm_top]
+
+    def _drain(self, study: optuna.Study, recipe_of: Callable[[dict], tuple[dict, Optional[str]]]) -> None:
+        """Run queued jobs until none is waiting, then wait for other workers' running ones."""
+        while True:
+            trial = claim_waiting(study)
+            if trial is None:
+                running = active(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                if not running:
+                    return
+                recover_stale(study, self.log)
+                time.sleep(POLL_S)
+                continue
+            started = time.perf_counter()
+            self.log(f"{study.study_name.split(':')[-1]} job {trial.number}: {_short(trial.user_attrs['params'])}"
+                     + (f" seed {trial.user_attrs['seed']}" if "seed" in trial.user_attrs else ""))
+            try:
+                raw, also = recipe_of(trial.user_attrs)
+                run_dir, report = self.run_trial(raw)
+            except (LeanKDError, ValueError, RuntimeError) as e:
+                study._storage.set_trial_user_attr(trial._trial_id, "error", f"{type(e).__name__}: {e}")
+                study.tell(trial.number, state=TrialState.FAIL)
+                continue
+            metrics = self._measure(report, raw)
+            if also:
+                study._storage.set_trial_user_attr(trial._trial_id, "baseline_metrics",
+                                                   candidate_metrics(report, [], self.metrics, also))
+            self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started)
+
+    def wait_idle(self, study: optuna.Study) -> None:
+        """Other workers may still run first-rung trials: promotion needs all of them."""
+        while True:
+            trials = active(study.get_trials(deepcopy=False))
+            if not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+                return
+            if any(t.state == TrialState.WAITING for t in trials):
+                return  # a re-queued trial: explore() takes it
+            recover_stale(study, self.log)
+            time.sleep(POLL_S)
+
+    def work(self) -> None:
+        """One worker's share of every phase (several workers run this at once, on one study)."""
+        self.ensure_base()
+        while True:  # until no re-queued first-rung trial is left (a killed worker's, picked up here)
+            self.explore()
+            self.wait_idle(self.studies["explore"])
+            if not any(t.state == TrialState.WAITING for t in self.studies["explore"].get_trials(deepcopy=False)):
+                break
+        self.promote()
+        self.confirm()
+
+    def write_report(self) -> dict:
+        from .report import write_search_report
+
+        return write_search_report(self)
+
+    def run(self) -> dict:
+        self.prepare()
+        self.work()
+        return self.write_report()
+
+
+def _short(d: dict) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return ", ".join(f"{k}={fmt(v)}" for k, v in d.items() if v is not None)
+
+
+def load_search_recipe(path: Path, overrides: Optional[list[str]] = None) -> Recipe:
+    from ..recipe import load_recipe
+
+    recipe = load_recipe(path, overrides)
+    if recipe.search is None:
+        raise RecipeError(f"{path} has no search: section; add search.space (the settings to vary), "
+                          "search.objectives and search.trials")
+    return recipe
+
+
+__all__ = ["Search", "SearchConfig", "load_search_recipe", "yaml"]
