@@ -101,6 +101,14 @@ def feature_terms(cfg: DistillConfig, feature_pairs: list[list[tuple[str, str]]]
     return [term.weight * FEATURE_LOSSES[term.kind](pairs) for term, pairs in zip(cfg.features, feature_pairs)]
 
 
+def _guide_temperature(cfg: DistillConfig) -> float:
+    """The temperature dense guides are averaged at: that of the recipe's KD / soft-CE term."""
+    for term in cfg.loss or []:
+        if term.kind in ("kd", "soft_ce"):
+            return term.temperature or cfg.temperature
+    return cfg.temperature
+
+
 def supervised_loss(label_smoothing: float, regression: bool) -> Loss:
     """What a model trained alone learns from: cross-entropy, or the squared error for regression."""
     return LabelMSE() if regression else CE(label_smoothing)
@@ -275,6 +283,7 @@ class Pipeline:
         self.auto_layers: Optional[dict] = None  # layer_strategy auto: the kept layers and every layer's influence
         self.role_labels: dict[str, str] = {}  # report labels of roles a task kind adds (seq2seq students)
         self.epoch_hook: Optional[Callable[[str, dict], None]] = None  # (stage, epoch row): a search's pruner
+        self.role_models: dict[str, str] = {}  # architecture of roles other than teacher and students (assistants)
 
     def log(self, msg: str) -> None:
         self.console.print(msg, highlight=False, soft_wrap=True)
@@ -366,7 +375,10 @@ class Pipeline:
             kd_fp["teacher_cache_views"] = r.teacher.cache_views
             if r.teacher.cache_top_k:
                 kd_fp["teacher_cache_top_k"] = r.teacher.cache_top_k
-        live = self.live_teacher(teacher.model, kd_task, channels_last=student_cfg.channels_last)
+        if r.distill.assistants:  # progressive distillation: teacher -> assistants -> student
+            live, kd_fp = self.assistants(task, teacher, stages, kd_fp, student_cfg.channels_last)
+        else:
+            live = self.live_teacher(teacher.model, kd_task, channels_last=student_cfg.channels_last)
         make_teacher = (lambda: self.cached_teacher(kd_task, live, cache_fp)) if r.teacher.cache else None
         stages["student"] = self.stage("student", copy.deepcopy(student_init), kd_task, student_cfg, kd_loss,
                                        teacher=live, model_cfg=student_model_cfg, extra_fp=kd_fp,
@@ -381,6 +393,39 @@ class Pipeline:
                 student_cfg.precision, seed=r.seed)
         del live
         return self.report(task, stages)
+
+    def assistants(self, task: Task, teacher: StageResult, stages: dict, kd_fp: dict, channels_last: bool):
+        """Teacher-assistant stages (Mirzadeh et al. 2020), each an ordinary cached stage distilled with the
+        recipe's logit loss and the student's budget; returns the student's guide (the last assistant, or with
+        `assistant_mode: dense` the teacher and every assistant together) and the student's fingerprint parts."""
+        from .kd.teacher import GuideEnsemble
+
+        r = self.recipe
+        dense = r.distill.assistant_mode == "dense"
+        guides, guide_fps = [teacher.model], [self._stage_fp("teacher")]
+        loss = build_loss(r.distill, r.stage_train("student").label_smoothing, regression=task.regression)
+
+        def guide(models):
+            lives = [self.live_teacher(m, task, channels_last=channels_last) for m in models]
+            return lives[0] if len(lives) == 1 else GuideEnsemble(lives, _guide_temperature(r.distill))
+
+        for i, cfg in enumerate(r.distill.assistants, start=1):
+            role = f"assistant{i}"
+            torch.manual_seed(r.seed + i)
+            model = build_model(cfg, task.num_classes, role, task.model_defaults())
+            task.prepare_model(model)
+            live = guide(guides if dense else guides[-1:])
+            fp = {**kd_fp, "guides": list(guide_fps if dense else guide_fps[-1:]), "assistant_mode": r.distill.assistant_mode}
+            stages[role] = self.stage(role, model, task, cfg.train.apply(r.train), loss, teacher=live,
+                                      model_cfg=cfg, extra_fp=fp)
+            del live
+            self.role_labels[role] = f"Assistant {i} ({cfg.model})"
+            self.role_models[role] = cfg.model
+            guides.append(stages[role].model.to("cpu"))
+            guide_fps.append(self._stage_fp(role))
+        student_guides = guides if dense else guides[-1:]
+        return guide(student_guides), {**kd_fp, "guides": list(guide_fps if dense else guide_fps[-1:]),
+                                       "assistant_mode": r.distill.assistant_mode}
 
     def student_config(self, task: Task) -> ModelConfig:
         """The student's model settings, with `layer_strategy: auto` resolved to explicit layer indices: the
@@ -623,10 +668,10 @@ class Pipeline:
                                              for role, (a, _) in built.items()})
         models = {}
         for role, st in stages.items():
-            cfg = r.teacher if role == "teacher" else r.student
+            architecture = self.role_models.get(role) or (r.teacher if role == "teacher" else r.student).model
             history = self.run_dir / role / "metrics.jsonl"
             training = dict(st.training, **st.training_extra) if st.training and st.training_extra else st.training
-            models[role] = model_entry(role, cfg.model, st.origin, measured[role], training,
+            models[role] = model_entry(role, architecture, st.origin, measured[role], training,
                                        f"{role}/metrics.jsonl" if history.exists() else None)
             if role in self.role_labels:
                 models[role]["label"] = self.role_labels[role]

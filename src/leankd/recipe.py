@@ -338,6 +338,18 @@ class DistillConfig(Strict):
                                                                     "texts the teacher labels for the KD student")
     seq: Optional[SeqDistillConfig] = Field(None, description="seq2seq: word- and sequence-level KD students "
                                                               "(defaults when unset)")
+    assistants: list[ModelConfig] = Field(default_factory=list, description="progressive distillation: teacher "
+                                          "-> assistants (in order, each distilled with the recipe's loss and "
+                                          "train: settings) -> student; a model name or {model, kwargs}")
+    assistant_mode: Literal["chain", "dense"] = Field("chain", description="chain: each model learns from the one "
+                                                      "before it (TAKD); dense: from the teacher and every assistant "
+                                                      "before it (DGKD)")
+
+    @field_validator("assistants", mode="before")
+    @classmethod
+    def _assistant_names(cls, v: Any) -> Any:
+        """`assistants: [resnet32, resnet14]` is short for [{model: resnet32}, {model: resnet14}]."""
+        return [{"model": a} if isinstance(a, str) else a for a in v] if isinstance(v, list) else v
 
     @model_validator(mode="after")
     def _needs_teacher(self) -> "DistillConfig":
@@ -433,6 +445,20 @@ class Recipe(Strict):
     def _task_fits_distillation(self) -> "Recipe":
         """Settings that cannot work with this data task fail when the recipe is read, not after the teacher trained."""
         task = self.data.task
+        if self.distill.assistants:
+            if task == "seq2seq":
+                raise ValueError("distill.assistants (progressive distillation) is not supported for seq2seq yet: "
+                                 "remove it")
+            if self.distill.features:
+                raise ValueError("distill.assistants with distill.features: the layer losses pair the student with "
+                                 "the teacher's layers, but with assistants the student learns from the last "
+                                 "assistant: drop one of them")
+            if self.teacher.cache:
+                raise ValueError("teacher.cache with distill.assistants: the assistants' outputs are not cached; "
+                                 "turn teacher.cache off")
+            if any(a.checkpoint for a in self.distill.assistants):
+                raise ValueError("distill.assistants[].checkpoint: assistants are distilled here, not loaded: "
+                                 "remove the checkpoint")
         if task == "seq2seq":
             if self.distill.seq is None:
                 object.__setattr__(self.distill, "seq", SeqDistillConfig())

@@ -73,3 +73,30 @@ class LiveTeacher:
             return logits, {}
         device = self.task.device
         return logits, {name: tree_map(lambda t: t.to(device), out) for name, out in self.taps.take().items()}
+
+
+class GuideEnsemble:
+    """Densely guided distillation (DGKD, Son et al. 2021): the student learns from the teacher and every
+    assistant at once. The guides' distributions softened at `temperature` are averaged and returned as logits
+    (T * log of the mean), so a KD / soft-CE loss at that temperature gets the gradient of the mean of one such
+    loss per guide (the KL terms differ only by the guides' constant entropies)."""
+
+    def __init__(self, guides: list[LiveTeacher], temperature: float):
+        if not guides:
+            raise ValueError("a guide ensemble needs at least one guide")
+        self.guides, self.temperature = guides, temperature
+        self.task = guides[0].task
+
+    @property
+    def speedups(self) -> list[str]:
+        return self.guides[0].speedups
+
+    @property
+    def model(self) -> nn.Module:  # what the pipeline moves off the device afterwards
+        return nn.ModuleList([g.model for g in self.guides])
+
+    @torch.no_grad()
+    def __call__(self, batch: Batch) -> Tensor:
+        t = self.temperature
+        probs = torch.stack([torch.softmax(g(batch).float() / t, dim=-1) for g in self.guides]).mean(0)
+        return t * probs.clamp_min(1e-30).log()
