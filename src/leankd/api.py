@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .kd.losses import CE, KD, Loss
 from .kd.teacher import LiveTeacher
-from .errors import DataError, RecipeError
+from .errors import DataError, LeanKDError, RecipeError
 from .pipeline import (Pipeline, check_num_classes, finish_report, measure_models, model_entry, resolve_device,
                        training_entry)
 from pydantic import ValidationError
@@ -119,8 +119,10 @@ def search(recipe: Union[str, Path, dict, Recipe], *, overrides: Optional[list[s
     try:
         s.work()
     finally:
-        for child in children:
-            child.wait()
+        codes = [child.wait() for child in children]
+    if any(codes):
+        raise LeanKDError(f"{sum(1 for c in codes if c)} of the {len(children)} other worker processes failed "
+                          f"(exit codes {codes}); their errors are above. Finished trials are kept: --resume")
     if join:
         return None
     summary = s.write_report()
@@ -145,7 +147,7 @@ def _cached_teacher(live: LiveTeacher, task: Task, views: int, seed: int, run_di
 
     from .kd.cache import build_or_load
 
-    if not task.supports_views:
+    if not task.supports_views or task.kind == "seq2seq":
         raise DataError("teacher_cache_views needs in-memory data (tensors or a TensorTask): augmentation views are "
                         "replayed from it")
     h = hashlib.sha256(f"views={views} seed={seed} precision={live.dtype}".encode())

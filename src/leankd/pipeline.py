@@ -219,9 +219,10 @@ def measure_models(models: dict[str, nn.Module], task: Task, measure: MeasureCon
             quality = {"split": split, **task.quality(runnable, split, cpu=True)}
             out[role] = {"quality": quality, "cost": cost, "latency": {},
                          "memory": {"inference_peak_mb": None, "inference_delta_mb": None,
-                                    "kind": "not measured for deployment artifacts", "batch_size": None},
-                         **task.artifact_measurements(runnable)}
+                                    "kind": "not measured for deployment artifacts", "batch_size": None}}
             cpu_models[role] = runnable
+        for role, extra in task.joint_measurements(cpu_models).items():
+            out[role].update(extra)
         cpu = interleaved_latency(cpu_models, lambda bs: to_device(task.example_inputs(bs), "cpu", torch.float32),
                                   measure.latency_batch_sizes, forward=task.forward, runs=measure.latency_runs,
                                   warmup=measure.latency_warmup)
@@ -396,7 +397,7 @@ class Pipeline:
 
     def assistants(self, task: Task, teacher: StageResult, stages: dict, kd_fp: dict, channels_last: bool):
         """Teacher-assistant stages (Mirzadeh et al. 2020), each an ordinary cached stage distilled with the
-        recipe's logit loss and the student's budget; returns the student's guide (the last assistant, or with
+        recipe's logit loss and the student's training settings (+ its own `train:` overrides); returns the student's guide (the last assistant, or with
         `assistant_mode: dense` the teacher and every assistant together) and the student's fingerprint parts."""
         from .kd.teacher import GuideEnsemble
 
@@ -415,17 +416,16 @@ class Pipeline:
             model = build_model(cfg, task.num_classes, role, task.model_defaults())
             task.prepare_model(model)
             live = guide(guides if dense else guides[-1:])
-            fp = {**kd_fp, "guides": list(guide_fps if dense else guide_fps[-1:]), "assistant_mode": r.distill.assistant_mode}
-            stages[role] = self.stage(role, model, task, cfg.train.apply(r.train), loss, teacher=live,
-                                      model_cfg=cfg, extra_fp=fp)
+            fp = {**kd_fp, "guides": list(guide_fps if dense else guide_fps[-1:])}  # the guides say the mode
+            stages[role] = self.stage(role, model, task, cfg.train.apply(r.stage_train("student")), loss,
+                                      teacher=live, model_cfg=cfg, extra_fp=fp)
             del live
             self.role_labels[role] = f"Assistant {i} ({cfg.model})"
             self.role_models[role] = cfg.model
             guides.append(stages[role].model.to("cpu"))
             guide_fps.append(self._stage_fp(role))
         student_guides = guides if dense else guides[-1:]
-        return guide(student_guides), {**kd_fp, "guides": list(guide_fps if dense else guide_fps[-1:]),
-                                       "assistant_mode": r.distill.assistant_mode}
+        return guide(student_guides), {**kd_fp, "guides": list(guide_fps if dense else guide_fps[-1:])}
 
     def student_config(self, task: Task) -> ModelConfig:
         """The student's model settings, with `layer_strategy: auto` resolved to explicit layer indices: the

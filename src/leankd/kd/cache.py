@@ -15,6 +15,7 @@ incomplete and rebuilt.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from dataclasses import dataclass
@@ -134,6 +135,16 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
         raise ValueError("teacher.cache needs the training data in memory (augmentation views are replayed from "
                          "it): set data.in_memory: true, or turn teacher.cache off")
     directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / f".{fingerprint}.lock", "w") as lock:  # processes sharing a cache_dir build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _build_or_load(directory, fingerprint, teacher, task, views, seed, batch_size, log, describe,
+                                  prune, top_k)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_or_load(directory, fingerprint, teacher, task, views, seed, batch_size, log, describe, prune, top_k):
     logits_path, meta_path = directory / f"{fingerprint}.logits.npy", directory / f"{fingerprint}.json"
     for old in directory.glob("*.json") if prune else []:
         if old != meta_path and (directory / f"{old.stem}.logits.npy").exists():  # a logits cache, not another kind

@@ -255,6 +255,7 @@ class Decoding(_Strict):
     max_len: int
     threads: Optional[int] = None
     runs: Optional[int] = None
+    interleaved: Optional[bool] = None  # timed round-robin with the run's other models and artifacts
     latency: list[DecodeLatency] = Field(default_factory=list)
 
 

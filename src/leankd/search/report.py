@@ -17,10 +17,11 @@ from typing import Any, Optional
 
 from optuna.trial import TrialState
 
-from ..io import write_json_atomic, write_text_atomic
+from ..io import atomic_path, write_json_atomic, write_text_atomic
 from ..report.schema import load_report
 from .metrics import candidate_metrics, resolve
 from .pareto import pareto_front
+from .runner import last_val_accuracy, selection_value
 from .space import FAMILY, _get, _MISSING
 from .study import RUNGS
 
@@ -42,7 +43,7 @@ def _metric(name: str, v: Any) -> str:
     """A metric as a reader wants it: accuracy-like in %, MACs/FLOPs in millions, counts with separators."""
     if v is None:
         return "-"
-    if name in ("accuracy", "f1", "mcc", "ser", "ter", "quality.accuracy"):
+    if name in ("accuracy", "val_accuracy", "f1", "mcc", "ser", "ter", "quality.accuracy"):
         return f"{100 * v:.2f}%"
     if name in ("macs", "flops"):
         return f"{v / 1e6:.2f}M"
@@ -78,9 +79,14 @@ def trial_rows(search) -> list[dict]:
                                              baseline=rung == "confirm")
                     targets = list(raw.get("compress", {}).get("targets", []))
                     targets_of[row["run_dir"]] = targets
-                    row["metrics"] = candidate_metrics(report, targets, search.metrics)
+                    run_dir = search.dir / row["run_dir"]
+                    row["metrics"] = {**candidate_metrics(report, targets, search.metrics),
+                                      "val_accuracy": last_val_accuracy(run_dir / "student" / "metrics.jsonl")}
                     if rung == "confirm":
-                        row["baseline_metrics"] = candidate_metrics(report, [], search.metrics, "baseline")
+                        row["metrics"]["student_accuracy"] = report["models"]["student"]["quality"].get("accuracy")
+                        row["baseline_metrics"] = {
+                            **candidate_metrics(report, [], search.metrics, "baseline"),
+                            "val_accuracy": last_val_accuracy(run_dir / "baseline" / "metrics.jsonl")}
                     row["metrics_from"] = str(Path(row["run_dir"]) / "report.json")
             rows.append(row)
     return rows
@@ -98,7 +104,8 @@ def base_numbers(search) -> dict:
 
 
 def _objective_values(row: dict, search) -> Optional[list[float]]:
-    values = [row["metrics"].get(o.metric) for o in search.cfg.objectives]
+    """The values the search selected on (validation accuracy for accuracy objectives)."""
+    values = [selection_value(row["metrics"], o.metric) for o in search.cfg.objectives]
     return None if any(v is None for v in values) else values
 
 
@@ -112,7 +119,7 @@ def front_rows(rows: list[dict], search, rung: str) -> list[dict]:
     idx = pareto_front([_objective_values(r, search) for r in done], search.directions)
     front = [done[i] for i in idx]
     first = search.cfg.objectives[0]
-    front.sort(key=lambda r: r["metrics"][first.metric], reverse=first.direction == "maximize")
+    front.sort(key=lambda r: selection_value(r["metrics"], first.metric), reverse=first.direction == "maximize")
     return front
 
 
@@ -133,23 +140,27 @@ def confirmations(rows: list[dict], search) -> list[dict]:
     full = {r["trial"]: r for r in rows if r["rung"] == "full"}
     for source, runs in sorted(by_source.items()):
         runs.sort(key=lambda r: r["seed"])
-        acc = [r["metrics"].get("accuracy") for r in runs]
+        acc = [r["metrics"].get("accuracy") for r in runs]  # as deployed (an artifact when the trial compresses)
+        fp32 = [r["metrics"].get("student_accuracy", r["metrics"].get("accuracy")) for r in runs]
         base = [(r.get("baseline_metrics") or {}).get("accuracy") for r in runs]
         m, sd = _mean_sd(acc)
+        sm, ssd = _mean_sd(fp32)
         bm, bsd = _mean_sd(base)
         search_time = full.get(source, {}).get("metrics", {}).get("accuracy")
         entry = {"full_trial": source, "params": runs[0]["params"], "seeds": [r["seed"] for r in runs],
                  "accuracy": acc, "accuracy_mean": m, "accuracy_sd": sd,
+                 "student_accuracy": fp32, "student_mean": sm, "student_sd": ssd,
                  "baseline_accuracy": base, "baseline_mean": bm, "baseline_sd": bsd,
-                 "search_time_accuracy": search_time,
-                 "metrics": runs[0]["metrics"]}
-        if m is not None and bm is not None:
-            gain = m - bm
+                 "search_time_accuracy": search_time, "metrics": runs[0]["metrics"]}
+        if sm is not None and bm is not None:  # the KD gain: fp32 student against fp32 baseline, same seeds
+            gain = sm - bm
             entry["gain_points"] = 100 * gain
-            entry["gain_exceeds_spread"] = gain > max(sd or 0.0, bsd or 0.0) and gain > 0
-        if search_time is not None and m is not None and acc:
-            lo, hi = min(a for a in acc if a is not None), max(a for a in acc if a is not None)
-            entry["search_time_within_spread"] = lo - 1e-12 <= search_time <= hi + 1e-12 or abs(search_time - m) <= (sd or 0)
+            entry["gain_exceeds_spread"] = gain > 0 and gain > max(ssd or 0.0, bsd or 0.0)
+        valid = [a for a in acc if a is not None]
+        if search_time is not None and valid:  # the selected run against fresh seeds: selection bias shows here
+            lo, hi = min(valid), max(valid)
+            entry["search_time_within_spread"] = (lo - 1e-12 <= search_time <= hi + 1e-12
+                                                  or abs(search_time - m) <= (sd or 0.0))
         out.append(entry)
     return out
 
@@ -223,10 +234,9 @@ def plot_fronts(rows: list[dict], search, base: dict) -> list[str]:
         ax.legend(fontsize=8)
         ax.set_title(f"{search.recipe.name}: {quality.metric} vs {cost.metric}")
         name = f"pareto_{cost.metric.replace('.', '_')}.png"
-        tmp = search.dir / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        with atomic_path(search.dir / name) as tmp:  # a unique temporary name: two workers may write at once
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
         plt.close(fig)
-        tmp.replace(search.dir / name)
         files.append(name)
     return files
 
@@ -242,7 +252,7 @@ def write_search_report(search) -> dict:
     write_text_atomic(search.dir / "leaderboard.csv", csv_text)
     write_text_atomic(search.dir / "leaderboard.md", md_table)
     plots = plot_fronts(rows, search, base)
-    conclusion = conclude(front or explore_front, confirmed, base, search)
+    conclusion = conclude(front or explore_front, confirmed, base, search, "full budget" if front else "first rung")
     summary = {"name": search.recipe.name, "objectives": [o.model_dump() for o in search.cfg.objectives],
                "constraints": [c.model_dump() for c in search.cfg.constraints], "trials": rows,
                "front": [{"rung": r["rung"], "trial": r["trial"]} for r in front],
@@ -255,7 +265,7 @@ def write_search_report(search) -> dict:
     return summary
 
 
-def conclude(front: list[dict], confirmed: list[dict], base: dict, search) -> dict:
+def conclude(front: list[dict], confirmed: list[dict], base: dict, search, budget: str = "full budget") -> dict:
     """Sentences computed from the numbers: what was found, and whether distillation measurably helped."""
     teacher = base.get("teacher", {})
     out: dict[str, Any] = {"sentences": []}
@@ -268,7 +278,7 @@ def conclude(front: list[dict], confirmed: list[dict], base: dict, search) -> di
         out["cheap_and_close"] = [r["trial"] for r in good]
         if good:
             r = max(good, key=lambda r: r["metrics"]["accuracy"])
-            say(f"Found: full-budget trial {r['trial']} is {t_macs / r['metrics']['macs']:.1f}x cheaper in MACs than "
+            say(f"Found: {budget} trial {r['trial']} is {t_macs / r['metrics']['macs']:.1f}x cheaper in MACs than "
                 f"the teacher and {100 * (t_acc - r['metrics']['accuracy']):.2f} points below its accuracy "
                 f"({_pct(r['metrics']['accuracy'])} vs {_pct(t_acc)}).")
         else:
@@ -278,8 +288,8 @@ def conclude(front: list[dict], confirmed: list[dict], base: dict, search) -> di
         if c.get("gain_points") is None:
             continue
         seeds = len(c["seeds"])
-        text = (f"Trial {c['full_trial']} over {seeds} seeds: {_pct(c['accuracy_mean'])} +- "
-                f"{100 * c['accuracy_sd']:.2f}, its student trained alone with the same budget "
+        text = (f"Trial {c['full_trial']} re-run with {seeds} fresh seeds: KD student {_pct(c['student_mean'])} +- "
+                f"{100 * c['student_sd']:.2f}, the same student trained alone with the same budget "
                 f"{_pct(c['baseline_mean'])} +- {100 * c['baseline_sd']:.2f}: ")
         if c["gain_exceeds_spread"]:
             text += f"distillation gains {c['gain_points']:+.2f} points, more than the seed spread."
@@ -290,15 +300,17 @@ def conclude(front: list[dict], confirmed: list[dict], base: dict, search) -> di
             text += f"{c['gain_points']:+.2f} points: distillation did not help this student here."
         if c.get("search_time_within_spread") is not None:
             text += (" Its search-time accuracy " + _pct(c["search_time_accuracy"]) +
-                     (" lies within" if c["search_time_within_spread"] else " lies OUTSIDE") +
-                     " the seeds' range.")
+                     (" lies within" if c["search_time_within_spread"] else " lies OUTSIDE (selection bias)") +
+                     f" the fresh seeds' spread ({_pct(c['accuracy_mean'])} +- {100 * c['accuracy_sd']:.2f}, range "
+                     f"{_pct(min(a for a in c['accuracy'] if a is not None))} - "
+                     f"{_pct(max(a for a in c['accuracy'] if a is not None))}).")
         say(text)
     start = base.get("student", {})
     if front and start.get("accuracy") is not None:
         best = front[0]
         diff = 100 * (best["metrics"]["accuracy"] - start["accuracy"])
-        say(f"Against the starting recipe's KD student ({_pct(start['accuracy'])}, one seed): the best front "
-            f"candidate by {search.cfg.objectives[0].metric} is trial {best['trial']} at "
+        say(f"Against the starting recipe's KD student ({_pct(start['accuracy'])} test accuracy, one seed): the "
+            f"{budget} front's best by validation {search.cfg.objectives[0].metric} is trial {best['trial']} at "
             f"{_pct(best['metrics']['accuracy'])} ({diff:+.2f} points).")
     if not front:
         say("No candidate completed at the full budget: see the leaderboard's notes for why.")
@@ -328,14 +340,16 @@ def render(search, rows, front, explore_front, confirmed, base, conclusion, plot
              f"- The best {cfg.confirm_top} full-budget front candidates re-run with {cfg.confirm_seeds} more seeds, "
              "each beside its student trained alone (same budget, data and seed).",
              "- The teacher is trained once (`base/`) and loaded by every trial; every number below comes from a "
-             "run's report.json.", "",
+             "run's report.json.",
+             "- Selection (sampler, promotion, front, what is confirmed) uses validation accuracy; the test split is "
+             "only reported.", "",
              "## Results",
              f"Trials completed: {counts['explore']} first rung, {counts['full']} full budget, {counts['confirm']} "
              f"confirmation runs (every trial: `leaderboard.md`, `leaderboard.csv`)."
              + (f" The time budget stopped the first rung after {search.budget_stop} trials." if search.budget_stop
                 else ""), ""]
-    show = [o.metric for o in cfg.objectives] + [m for m in ("accuracy", "macs", "params", "size_mb", "latency_ms")
-                                                 if m not in [o.metric for o in cfg.objectives]]
+    show = list(dict.fromkeys([o.metric for o in cfg.objectives] +
+                              ["accuracy", "val_accuracy", "macs", "params", "size_mb", "latency_ms"]))
     lines += ["### Reference points (base run, full budget, one seed)", "",
               "| model | " + " | ".join(show) + " |", "|---|" + "---|" * len(show)]
     for role, label in (("teacher", "teacher"), ("baseline", "baseline student (no KD)"),
@@ -354,11 +368,14 @@ def render(search, rows, front, explore_front, confirmed, base, conclusion, plot
     lines += [""] + [f"![{p}]({p})" for p in plots] + [""]
     lines += ["## Comparison with the baseline", ""]
     if confirmed:
-        lines += ["| trial | seeds | KD accuracy (mean +- sd) | same-budget baseline | gain (points) | "
-                  "search-time accuracy | per seed |", "|---|---|---|---|---|---|---|"]
+        lines += ["Fresh seeds (not the search's own, whose run was selected), each with the candidate's student "
+                  "trained alone with the same budget, data and seed; test accuracy, mean +- sample sd.", "",
+                  "| trial | seeds | as deployed | KD student (fp32) | same-budget baseline | KD gain (points) | "
+                  "search-time accuracy | per seed (deployed) |", "|---|---|---|---|---|---|---|---|"]
         for c in confirmed:
             lines.append(f"| full {c['full_trial']} | {c['seeds']} | {_pct(c['accuracy_mean'])} +- "
-                         f"{100 * (c['accuracy_sd'] or 0):.2f} | {_pct(c['baseline_mean'])} +- "
+                         f"{100 * (c['accuracy_sd'] or 0):.2f} | {_pct(c['student_mean'])} +- "
+                         f"{100 * (c['student_sd'] or 0):.2f} | {_pct(c['baseline_mean'])} +- "
                          f"{100 * (c['baseline_sd'] or 0):.2f} | {_num(c.get('gain_points'), 3)} | "
                          f"{_pct(c['search_time_accuracy'])} | "
                          + ", ".join(_pct(a) for a in c["accuracy"]) + " |")

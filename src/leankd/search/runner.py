@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import signal
 import statistics
 import time
@@ -45,14 +44,21 @@ from .config import SearchConfig
 from .metrics import candidate_metrics, resolve
 from .pareto import pareto_front, select_for_promotion
 from .space import apply_params, check_space, suggest
-from .study import (RUNGS, active, claim_waiting, constraints_from_attrs, make_sampler, open_storage,
-                    recover_stale, worker_id)
+from .study import RUNGS, active, claim_waiting, make_sampler, open_storage, recover_stale, worker_id
 
 POLL_S = 2.0
 
 
 def trial_key(raw: dict) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def selection_value(metrics: dict, metric: str) -> Optional[float]:
+    """What the search selects on: validation accuracy where an objective says accuracy (the test split is only
+    reported, never optimized), else the metric itself."""
+    if metric == "accuracy" and metrics.get("val_accuracy") is not None:
+        return metrics["val_accuracy"]
+    return metrics.get(metric)
 
 
 class Search:
@@ -100,13 +106,19 @@ class Search:
                                   "are kept), --force starts over")
         if self.force and self.storage_url is None:
             (self.dir / "study.journal").unlink(missing_ok=True)
+        elif self.force:  # a shared RDB: drop this search's studies
+            storage = open_storage(self.dir, self.storage_url)
+            for rung in RUNGS:
+                try:
+                    optuna.delete_study(study_name=f"{self.recipe.name}:{rung}", storage=storage)
+                except KeyError:
+                    pass
         from ..io import write_text_atomic
 
         write_text_atomic(saved, text)
         self.storage = open_storage(self.dir, self.storage_url)
         n = len(self.cfg.objectives)
-        sampler = make_sampler(self.cfg.sampler, n, self.cfg.seed, self.cfg.trials,
-                               constraints_func=constraints_from_attrs if self.cfg.constraints else None)
+        sampler = make_sampler(self.cfg.sampler, n, self.cfg.seed, self.cfg.trials)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1) if self._prunable() else None
         name = self.recipe.name
         self.studies = {}
@@ -115,17 +127,21 @@ class Search:
                 study_name=f"{name}:{rung}", storage=self.storage, directions=self.directions, load_if_exists=True,
                 sampler=sampler if rung == "explore" else optuna.samplers.RandomSampler(seed=self.cfg.seed),
                 pruner=pruner if rung == "explore" else optuna.pruners.NopPruner())
-        for study in self.studies.values():
-            recover_stale(study, self.log)
+        self.recover()
+
+    def recover(self) -> None:
+        with self._lock("queue"):
+            for study in self.studies.values():
+                recover_stale(study, self.log)
 
     def _prunable(self) -> bool:
         """Single objective on accuracy: per-epoch validation accuracy is a fair early signal of it."""
         return len(self.cfg.objectives) == 1 and self.cfg.objectives[0].metric == "accuracy"
 
     @contextmanager
-    def _lock(self, name: str):
-        """One process at a time on this machine (the base run, enqueueing promotions)."""
-        with open(self.dir / f".{name}.lock", "w") as handle:
+    def _lock(self, name: str, where: Optional[Path] = None):
+        """One process at a time on this machine (the base run, the queues, one trial directory)."""
+        with open((where or self.dir) / f".{name}.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -158,16 +174,22 @@ class Search:
 
         run_dir = self.run_dir_of(raw)
         recipe = parse_recipe(raw, origin=str(run_dir / "recipe.yaml"))
-        pipe = Pipeline(recipe, run_dir, resume=True, quiet=True, console=Console(quiet=True))  # one line a trial
-        pipe.epoch_hook = hook
-        report = pipe.run()
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock(f"run-{run_dir.name}", run_dir.parent):  # the same settings twice: the second reuses
+            pipe = Pipeline(recipe, run_dir, resume=True, quiet=True, console=Console(quiet=True))  # a line a trial
+            pipe.epoch_hook = hook
+            report = pipe.run()
         return run_dir, report
 
-    def _measure(self, report: dict, raw: dict, role: Optional[str] = None) -> dict:
-        return candidate_metrics(report, list(raw.get("compress", {}).get("targets", [])), self.metrics, role)
+    def _measure(self, report: dict, raw: dict, run_dir: Path, role: str = "student") -> dict:
+        """The candidate's metrics, plus its last epoch's validation accuracy (what the search selects on)."""
+        targets = list(raw.get("compress", {}).get("targets", [])) if role == "student" else []
+        metrics = candidate_metrics(report, targets, self.metrics, None if role == "student" else role)
+        metrics["val_accuracy"] = last_val_accuracy(run_dir / role / "metrics.jsonl")
+        return metrics
 
     def _values(self, metrics: dict) -> Optional[list[float]]:
-        values = [metrics.get(o.metric) for o in self.cfg.objectives]
+        values = [selection_value(metrics, o.metric) for o in self.cfg.objectives]
         return None if any(v is None for v in values) else [float(v) for v in values]
 
     def _violations(self, metrics: dict) -> list[float]:
@@ -184,10 +206,15 @@ class Search:
     def _finish(self, study: optuna.Study, trial_id: int, number: int, run_dir: Path, metrics: dict,
                 started: float) -> None:
         storage = study._storage
+        violations = self._violations(metrics)
         for key, value in {"run_dir": str(run_dir.relative_to(self.dir)), "metrics": metrics,
-                           "violations": self._violations(metrics),
+                           "violations": violations,
                            "duration_s": round(time.perf_counter() - started, 2)}.items():
             storage.set_trial_user_attr(trial_id, key, value)
+        if study is self.studies["explore"] and self.cfg.constraints:  # the sampler learns what is feasible
+            trial = optuna.Trial(study, trial_id)
+            for i, v in enumerate(violations):
+                trial.set_constraint(f"c{i}", v)
         values = self._values(metrics)
         if values is None:
             storage.set_trial_user_attr(trial_id, "error", "an objective was not measured")
@@ -215,17 +242,18 @@ class Search:
         study = self.studies["explore"]
         done_here = 0
         while True:
-            trials = active(study.get_trials(deepcopy=False))
-            if not any(t.state == TrialState.WAITING for t in trials):  # re-queued trials always run
-                if len(trials) >= self.cfg.trials:
-                    return
-                if not self._time_left_for_another(trials):
-                    self.budget_stop = len(trials)
-                    self.log(f"explore: stopping after {len(trials)} trials: the rest of the search would not fit "
-                             f"search.time_budget_min = {self.cfg.time_budget_min}")
-                    return
-            trial = study.ask()
-            study._storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
+            with self._lock("queue"):  # count and ask together: N workers must not overshoot search.trials
+                trials = active(study.get_trials(deepcopy=False))
+                if not any(t.state == TrialState.WAITING for t in trials):  # re-queued trials always run
+                    if len(trials) >= self.cfg.trials:
+                        return
+                    if not self._time_left_for_another(trials):
+                        self.budget_stop = len(trials)
+                        self.log(f"explore: stopping after {len(trials)} trials: the rest of the search would not "
+                                 f"fit search.time_budget_min = {self.cfg.time_budget_min}")
+                        return
+                trial = study.ask()
+                study._storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
             params = suggest(trial, self.cfg.space)
             kill = self.kill_after_trials is not None and done_here >= self.kill_after_trials
             self._run_explore_trial(study, trial, params, kill)
@@ -252,12 +280,12 @@ class Search:
             study.tell(trial.number, state=TrialState.PRUNED)
             self.log(f"explore trial {trial.number}: pruned ({e})")
             return
-        except (LeanKDError, ValueError, RuntimeError) as e:  # a bad combination is a result, not a crash
+        except Exception as e:  # noqa: BLE001 - a failing combination is a result, not the end of the search
             study._storage.set_trial_user_attr(trial._trial_id, "error", f"{type(e).__name__}: {e}")
             study.tell(trial.number, state=TrialState.FAIL)
-            self.log(f"[yellow]explore trial {trial.number} failed:[/] {e}")
+            self.log(f"[yellow]explore trial {trial.number} failed:[/] {type(e).__name__}: {e}")
             return
-        metrics = self._measure(report, raw)
+        metrics = self._measure(report, raw, run_dir)
         self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started)
         self.log(f"explore trial {trial.number}: {_short(metrics)}")
 
@@ -285,16 +313,18 @@ class Search:
         explore, full = self.studies["explore"], self.studies["full"]
         with self._lock("queue"):
             done = self._feasible_complete(explore)
-            points = [t.values for t in done]
+            points = [list(t.values) for t in done]
             if len(self.directions) == 1:  # one objective: the best third (the classic halving)
                 order = sorted(range(len(done)), key=lambda i: points[i][0],
                                reverse=self.directions[0] == "maximize")
                 chosen = order[:self.promote_limit()]
             else:
                 chosen = select_for_promotion(points, self.directions, self.promote_limit())
-            queued = {t.user_attrs.get("source") for t in full.get_trials(deepcopy=False)}
-            for i in chosen:
-                if done[i].number not in queued:
+            queued = {_params_key(t.user_attrs.get("params")) for t in active(full.get_trials(deepcopy=False))}
+            for i in chosen:  # the same settings sampled twice are promoted once
+                key = _params_key(done[i].user_attrs["params"])
+                if key not in queued:
+                    queued.add(key)
                     full.enqueue_trial({}, user_attrs={"source": done[i].number, "params": done[i].user_attrs["params"]})
         self._drain(full, lambda job: (self.trial_recipe(job["params"], "full"), None))
 
@@ -302,28 +332,23 @@ class Search:
         """The best full-budget front candidates with more seeds, each beside a same-budget baseline."""
         full, confirm = self.studies["full"], self.studies["confirm"]
         with self._lock("queue"):
+            keys = {t.user_attrs.get("key") for t in active(confirm.get_trials(deepcopy=False))}
             for trial in self.best_full_candidates():
-                for k in range(self.cfg.confirm_seeds + 1):  # the search's own seed too: its baseline is new
+                for k in range(1, self.cfg.confirm_seeds + 1):  # fresh seeds only: the search-time run was selected
                     seed = self.recipe.seed + k
                     key = f"{trial.number}:{seed}"
-                    if key not in {t.user_attrs.get("key") for t in confirm.get_trials(deepcopy=False)}:
+                    if key not in keys:
                         confirm.enqueue_trial({}, user_attrs={"key": key, "source": trial.number, "seed": seed,
                                                               "params": trial.user_attrs["params"]})
-        def recipe_of(job: dict) -> tuple[dict, str]:
-            raw = self.trial_recipe(job["params"], "confirm", job["seed"], baseline=True)
-            if job["seed"] == self.recipe.seed:  # the full-budget run trained this student already: reuse it
-                source = self.dir / full.trials[job["source"]].user_attrs["run_dir"] / "student"
-                target = self.run_dir_of(raw) / "student"
-                if source.exists() and not target.exists():
-                    shutil.copytree(source, target)
-            return raw, "baseline"
-
-        self._drain(confirm, recipe_of)
+        self._drain(confirm, lambda job: (self.trial_recipe(job["params"], "confirm", job["seed"], baseline=True),
+                                          True))
+        del full
 
     def best_full_candidates(self) -> list[FrozenTrial]:
-        """The full-budget Pareto front, best first by the first objective, `confirm_top` of them."""
+        """The full-budget Pareto front (of the selection values), best first by the first objective,
+        `confirm_top` of them."""
         done = self._feasible_complete(self.studies["full"])
-        front = [done[i] for i in pareto_front([t.values for t in done], self.directions)]
+        front = [done[i] for i in pareto_front([list(t.values) for t in done], self.directions)]
         front.sort(key=lambda t: t.values[0], reverse=self.directions[0] == "maximize")
         return front[:self.cfg.confirm_top]
 
@@ -335,23 +360,25 @@ class Search:
                 running = active(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
                 if not running:
                     return
-                recover_stale(study, self.log)
+                self.recover()
                 time.sleep(POLL_S)
                 continue
             started = time.perf_counter()
             self.log(f"{study.study_name.split(':')[-1]} job {trial.number}: {_short(trial.user_attrs['params'])}"
                      + (f" seed {trial.user_attrs['seed']}" if "seed" in trial.user_attrs else ""))
             try:
-                raw, also = recipe_of(trial.user_attrs)
+                raw, with_baseline = recipe_of(trial.user_attrs)
                 run_dir, report = self.run_trial(raw)
-            except (LeanKDError, ValueError, RuntimeError) as e:
+            except Exception as e:  # noqa: BLE001 - recorded on the trial, the search goes on
                 study._storage.set_trial_user_attr(trial._trial_id, "error", f"{type(e).__name__}: {e}")
                 study.tell(trial.number, state=TrialState.FAIL)
+                self.log(f"[yellow]{study.study_name} job {trial.number} failed:[/] {type(e).__name__}: {e}")
                 continue
-            metrics = self._measure(report, raw)
-            if also:
+            metrics = self._measure(report, raw, run_dir)
+            if with_baseline:  # the KD gain compares fp32 with fp32, whatever the candidate ships as
+                metrics["student_accuracy"] = report["models"]["student"]["quality"].get("accuracy")
                 study._storage.set_trial_user_attr(trial._trial_id, "baseline_metrics",
-                                                   candidate_metrics(report, [], self.metrics, also))
+                                                   self._measure(report, raw, run_dir, "baseline"))
             self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started)
 
     def wait_idle(self, study: optuna.Study) -> None:
@@ -362,7 +389,7 @@ class Search:
                 return
             if any(t.state == TrialState.WAITING for t in trials):
                 return  # a re-queued trial: explore() takes it
-            recover_stale(study, self.log)
+            self.recover()
             time.sleep(POLL_S)
 
     def work(self) -> None:
@@ -385,6 +412,18 @@ class Search:
         self.prepare()
         self.work()
         return self.write_report()
+
+
+def _params_key(params: Optional[dict]) -> str:
+    return json.dumps(params or {}, sort_keys=True, default=str)
+
+
+def last_val_accuracy(history: Path) -> Optional[float]:
+    """The last epoch's validation accuracy of a stage (None without a validation split or history)."""
+    if not history.exists():
+        return None
+    lines = [line for line in history.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1]).get("val_accuracy") if lines else None
 
 
 def _short(d: dict) -> str:

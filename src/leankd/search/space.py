@@ -55,8 +55,13 @@ def suggest(trial: optuna.Trial, space: dict[str, Dimension]) -> dict[str, Any]:
     """The trial's value of every dimension (choices decoded back to their YAML values)."""
     params = {}
     for path, dim in space.items():
-        value = trial._suggest(path, distribution(dim))  # one call for every distribution kind
-        params[path] = decode_choice(dim, value) if dim.choices is not None else value
+        dist = distribution(dim)
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            params[path] = decode_choice(dim, trial.suggest_categorical(path, dist.choices))
+        elif isinstance(dist, optuna.distributions.IntDistribution):
+            params[path] = trial.suggest_int(path, dist.low, dist.high, step=dist.step, log=dist.log)
+        else:
+            params[path] = trial.suggest_float(path, dist.low, dist.high, step=dist.step, log=dist.log)
     return params
 
 

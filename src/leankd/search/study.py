@@ -16,9 +16,10 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import optuna
+import psutil
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import LeanKDError
@@ -48,52 +49,45 @@ def open_storage(search_dir: Path, url: Optional[str]) -> optuna.storages.BaseSt
     raise AssertionError("unreachable")
 
 
-def make_sampler(kind: str, n_objectives: int, seed: int, trials: int, constraints_func=None
-                 ) -> optuna.samplers.BaseSampler:
+def make_sampler(kind: str, n_objectives: int, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     """auto = TPE. Optuna 5's multi-objective default is TPE too (4.x used NSGA-II), but leankd names it: at tens
     of trials NSGA-II's first generation (population 50 by default) would be plain random search, while
-    (MO)TPE starts modelling good regions after a few startup trials."""
+    (MO)TPE starts modelling good regions after a few startup trials. Constraints reach the samplers through
+    `Trial.set_constraint` (Optuna 5 deprecated `constraints_func`)."""
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)),
-                                             constraints_func=constraints_func)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=max(3, min(10, trials // 3)),
-                                      constraints_func=constraints_func)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=max(3, min(10, trials // 3)))
 
 
-def constraints_from_attrs(trial: FrozenTrial) -> Sequence[float]:
-    """Optuna's constraints_func: the violations stored on the trial before it was told (<= 0: feasible)."""
-    return trial.user_attrs.get("violations", [0.0])
+def _started(pid: int) -> Optional[float]:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid:start time - a restarted container reusing the pid is another worker."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_started(os.getpid()):.0f}"
 
 
 def worker_is_dead(worker: Optional[str]) -> bool:
     """Whether a trial's worker was a process on this machine that no longer runs (others: unknown -> False)."""
-    if not worker or ":" not in worker:
+    parts = (worker or "").rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
         return False
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    pid = int(parts[1])
+    if pid == os.getpid() and worker == worker_id():
         return False
-    if int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+    started = _started(pid)
+    if started is None or f"{started:.0f}" != parts[2]:
         return True
-    except PermissionError:
-        return False
-    return _is_zombie(int(pid))
-
-
-def _is_zombie(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def claim_waiting(study: optuna.Study) -> Optional[FrozenTrial]:
@@ -109,19 +103,47 @@ def claim_waiting(study: optuna.Study) -> Optional[FrozenTrial]:
     return None
 
 
+MAX_RETRIES = 2  # a job that killed its worker this often is given up (e.g. a setting that runs out of memory)
+UNCLAIMED_S = 600  # a RUNNING trial that never recorded its worker (killed right after ask) is stale after this
+
+
+def _retries(study: optuna.Study, trial: FrozenTrial) -> int:
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    n, current = 0, trial
+    while current.user_attrs.get("retry_of") is not None and current.user_attrs["retry_of"] in by_number:
+        n, current = n + 1, by_number[current.user_attrs["retry_of"]]
+    return n
+
+
 def recover_stale(study: optuna.Study, log) -> int:
-    """RUNNING trials whose worker process died (a killed search): failed, and their job enqueued again - same
-    parameters, so the same trial directory, whose checkpoint lets the rerun resume mid-training."""
+    """RUNNING trials whose worker process died (a killed search): their job is enqueued again - same parameters,
+    so the same trial directory, whose checkpoint lets the rerun resume mid-training - then they are failed.
+    Call under the search's queue lock (two workers must not recover one trial twice)."""
+    from datetime import datetime, timezone
+
     n = 0
+    now = datetime.now(timezone.utc)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not worker_is_dead(trial.user_attrs.get("worker")):
+        worker = trial.user_attrs.get("worker")
+        unclaimed = worker is None and trial.datetime_start is not None and \
+            (now - trial.datetime_start.astimezone(timezone.utc)).total_seconds() > UNCLAIMED_S
+        if not (worker_is_dead(worker) or unclaimed):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "stale", True)
-        study.tell(trial.number, state=TrialState.FAIL)
+        current = study._storage.get_trial(trial._trial_id)  # re-read: another process may have finished it
+        if current.state != TrialState.RUNNING:
+            continue
         attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("worker", "stale")}
-        study.enqueue_trial(trial.params or {}, user_attrs={**attrs, "retry_of": trial.number},
-                            skip_if_exists=False)
-        log(f"{study.study_name}: trial {trial.number} was cut off by a killed worker: queued again")
+        retries = _retries(study, trial)
+        if retries < MAX_RETRIES:
+            study.enqueue_trial(trial.params or {}, user_attrs={**attrs, "retry_of": trial.number},
+                                skip_if_exists=False)
+            log(f"{study.study_name}: trial {trial.number} was cut off by a killed worker: queued again")
+            study._storage.set_trial_user_attr(trial._trial_id, "stale", True)
+        else:
+            log(f"{study.study_name}: trial {trial.number} killed its worker {retries + 1} times: given up")
+            study._storage.set_trial_user_attr(trial._trial_id, "error", f"killed its worker {retries + 1} times "
+                                               "(out of memory?): given up")
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         n += 1
     return n
 

@@ -109,8 +109,9 @@ class Task:
 
         return evaluate(model, CpuView(self) if cpu else self, split)
 
-    def artifact_measurements(self, runnable) -> dict:
-        """Task-specific measurements of a deployment artifact (seq2seq: decoding latency); default none."""
+    def joint_measurements(self, models: dict) -> dict[str, dict]:
+        """Task-specific measurements timed across every model and artifact at once (role -> block to merge into
+        its entry), e.g. seq2seq decoding latency, interleaved; default none."""
         return {}
 
     def extra_measurements(self, model: nn.Module) -> dict:

@@ -239,12 +239,10 @@ class Seq2SeqTask(Task):
         out["beam"] = self.beam
         return out
 
-    def extra_measurements(self, model) -> dict:
-        """CPU decoding latency per sequence: greedy and beam search at batch 1 and 64."""
-        return {"decoding": decoding_latency(model, self)}
-
-    def artifact_measurements(self, runnable) -> dict:
-        return {"decoding": decoding_latency(runnable, self)}
+    def joint_measurements(self, models: dict) -> dict:
+        """CPU decoding latency per sequence (greedy and beam, batch 1 and 64) of every model and artifact,
+        timed round-robin so drift of the machine cannot favour one of them."""
+        return {role: {"decoding": block} for role, block in decoding_latency(models, self).items()}
 
     # sequence-level KD ---------------------------------------------------------------------------------------
     def with_train_pairs(self, pairs: Pairs) -> "Seq2SeqTask":
@@ -255,36 +253,46 @@ class Seq2SeqTask(Task):
         return task
 
 
-def decoding_latency(model, task: Seq2SeqTask, batch_sizes: Sequence[int] = (1, 64), runs: int = 10,
+def decoding_latency(models: dict, task: Seq2SeqTask, batch_sizes: Sequence[int] = (1, 64), runs: int = 10,
                      warmup: int = 2) -> dict:
-    """Median wall time per sequence of decoding a batch of evaluation sources on the CPU, greedy and beam."""
+    """Median wall time per sequence of decoding a batch of evaluation sources on the CPU, greedy and beam, for
+    every model in `models` (role -> model or runnable). Interleaved: each timed run decodes with every model in
+    turn (the first one rotating), so a slower moment of the machine lands on all of them alike."""
     from ..measure.devices import cpu_fp32_copy
     from ..measure.latency import summarize_ms
     from ..seq2seq.decode import decode
 
-    if isinstance(model, nn.Module) and any(p.device.type != "cpu" for p in model.parameters()):
-        model = cpu_fp32_copy(model)
-    if isinstance(model, nn.Module):
-        model.eval()
+    prepared = {}
+    for role, model in models.items():
+        if isinstance(model, nn.Module) and any(p.device.type != "cpu" for p in model.parameters()):
+            model = cpu_fp32_copy(model)
+        if isinstance(model, nn.Module):
+            model.eval()
+        prepared[role] = model
+    roles = list(prepared)
     _, src, src_len, _ = task.sources(task.eval_split)
-    rows: list[dict] = []
+    rows: dict[str, list[dict]] = {role: [] for role in roles}
     with torch.inference_mode():
         for b in batch_sizes:
             idx = torch.arange(b) % len(src_len)
             x, n = src[idx.to(src.device)].cpu(), src_len[idx.to(src.device)].cpu()
             x = x[:, :int(n.max())]
             for beam in (1, task.beam):
-                times = []
+                times: dict[str, list[float]] = {role: [] for role in roles}
                 for i in range(warmup + runs):
-                    t0 = time.perf_counter()
-                    decode(model, x, n, beam, task.max_len, task.length_penalty)
-                    if i >= warmup:
-                        times.append((time.perf_counter() - t0) * 1e3)
-                median = summarize_ms(times)["median_ms"]
-                rows.append({"search": "greedy" if beam == 1 else f"beam{beam}", "batch_size": b,
-                             "median_batch_ms": round(median, 3), "ms_per_sequence": round(median / b, 4)})
-    return {"beam": task.beam, "length_penalty": task.length_penalty, "max_len": task.max_len,
-            "threads": torch.get_num_threads(), "runs": runs, "latency": rows}
+                    for j in range(len(roles)):
+                        role = roles[(i + j) % len(roles)]
+                        t0 = time.perf_counter()
+                        decode(prepared[role], x, n, beam, task.max_len, task.length_penalty)
+                        if i >= warmup:
+                            times[role].append((time.perf_counter() - t0) * 1e3)
+                for role in roles:
+                    median = summarize_ms(times[role])["median_ms"]
+                    rows[role].append({"search": "greedy" if beam == 1 else f"beam{beam}", "batch_size": b,
+                                       "median_batch_ms": round(median, 3), "ms_per_sequence": round(median / b, 4)})
+    return {role: {"beam": task.beam, "length_penalty": task.length_penalty, "max_len": task.max_len,
+                   "threads": torch.get_num_threads(), "runs": runs, "interleaved": len(roles) > 1,
+                   "latency": rows[role]} for role in roles}
 
 
 def build_seq2seq_task(cfg, device: torch.device, seed: int, channels_last: bool = False) -> Seq2SeqTask:

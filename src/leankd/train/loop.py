@@ -205,8 +205,6 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 if task.regression:
                     row.update(val_pearson=val["pearson"], val_spearman=val["spearman"])
             history.append(row)
-            if progress:
-                progress.end_epoch(row)
             if checkpoint_path is not None:
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, extra_modules=extra_modules, state={
                     "epoch": epoch + 1,
@@ -219,6 +217,8 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 })
             if metrics_path is not None:
                 _write_history(metrics_path, history)
+            if progress:  # after the checkpoint: a hook that stops the run (a search's pruner) loses nothing
+                progress.end_epoch(row)
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
                 raise InterruptedError(f"stopped after epoch {epoch + 1} as requested")
         wall = time.perf_counter() - wall_start
