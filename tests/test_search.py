@@ -182,6 +182,10 @@ def _report_metrics(run_dir: Path) -> dict:
 
 def test_search_end_to_end_report_numbers_come_from_the_trials(tmp_path, data):
     path = _search_recipe(tmp_path, data, promote_max=4)  # no cap: every non-dominated candidate goes on
+    recipe = yaml.safe_load(path.read_text())
+    recipe["teacher"].update(cache=True, cache_views=2)  # the teacher's outputs, cached once for all trials
+    recipe["search"]["space"]["train.lr"] = {"low": 0.02, "high": 0.1, "log": True}
+    path.write_text(yaml.safe_dump(recipe))
     result = runner.invoke(app, ["search", str(path), "--run-dir", str(tmp_path / "s"), "--quiet"])
     assert result.exit_code == 0, result.output
     s = tmp_path / "s"
@@ -234,6 +238,8 @@ def test_search_end_to_end_report_numbers_come_from_the_trials(tmp_path, data):
     origins = {json.loads((s / r["run_dir"] / "report.json").read_text())["models"]["teacher"]["origin"]
                for r in rows if r["state"] == "complete"}
     assert len(origins) == 1 and origins.pop().startswith("checkpoint:")
+    # ... and its cached outputs were built once per seed (the views depend on it), whatever each trial's lr
+    assert len(list((s / "teacher_cache").glob("*.logits.npy"))) == 2  # seed 0 (explore, full), seed 1 (confirm)
     # leaderboard across a search and a run
     out = runner.invoke(app, ["leaderboard", str(s), str(s / "base"), "--out", str(tmp_path / "lb.md")])
     assert out.exit_code == 0, out.output

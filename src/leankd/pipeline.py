@@ -601,8 +601,11 @@ class Pipeline:
             del model_fp["limit_train"]  # added later: unset, it leaves older teacher stages valid
         if model_cfg.checkpoint:
             model_fp["checkpoint_file"] = file_identity(Path(model_cfg.checkpoint))
-        fp = fingerprint({"stage": name, "model": model_fp, "train": _stable(cfg.model_dump(), ADDED_TRAIN_DEFAULTS),
-                          "loss": loss.describe(), "seed": self.recipe.seed, **extra_fp})
+        if model_cfg.checkpoint and name == "teacher":  # loaded, not trained: training settings and seed do not
+            fp = fingerprint({"stage": name, "model": model_fp, **extra_fp})  # change it (nor its cache)
+        else:
+            fp = fingerprint({"stage": name, "model": model_fp, "loss": loss.describe(), "seed": self.recipe.seed,
+                              "train": _stable(cfg.model_dump(), ADDED_TRAIN_DEFAULTS), **extra_fp})
         stage_json, weights, ckpt = sdir / "stage.json", sdir / "model.safetensors", sdir / "checkpoint.safetensors"
         if self.force and sdir.exists():
             shutil.rmtree(sdir)

@@ -135,7 +135,7 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
         raise ValueError("teacher.cache needs the training data in memory (augmentation views are replayed from "
                          "it): set data.in_memory: true, or turn teacher.cache off")
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / f".{fingerprint}.lock", "w") as lock:  # processes sharing a cache_dir build it once
+    with open(directory / ".lock", "w") as lock:  # processes sharing a cache_dir build each cache once
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             return _build_or_load(directory, fingerprint, teacher, task, views, seed, batch_size, log, describe,

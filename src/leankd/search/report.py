@@ -99,7 +99,8 @@ def base_numbers(search) -> dict:
     out = {}
     for role in ("teacher", "baseline", "student"):
         if role in report["models"]:
-            out[role] = candidate_metrics(report, targets if role == "student" else [], search.metrics, role)
+            out[role] = {**candidate_metrics(report, targets if role == "student" else [], search.metrics, role),
+                         "val_accuracy": last_val_accuracy(search.dir / "base" / role / "metrics.jsonl")}
     return out
 
 
@@ -169,8 +170,8 @@ def recipe_diff(params: dict, search) -> list[tuple[str, Any, Any]]:
     """(path, starting value, candidate value) of every searched setting that differs."""
     out = []
     for path, value in params.items():
-        if path == FAMILY:
-            start = "kd (alpha-mix)" if search.base_raw.get("distill", {}).get("loss") is None else "explicit loss"
+        if path == FAMILY:  # the alpha-mix is the kd family
+            start = "kd" if search.base_raw.get("distill", {}).get("loss") is None else "explicit loss"
         else:
             start = _get(search.base_raw, path)
             start = "(default)" if start is _MISSING else start
@@ -227,9 +228,13 @@ def plot_fronts(rows: list[dict], search, base: dict) -> list[str]:
                 ax.scatter([m[cost.metric]], [m[quality.metric]], marker=marker, s=80, c="k" if role == "teacher"
                            else "tab:green", label={"student": "starting recipe"}.get(role, role))
         ax.set_xlabel(cost.metric + (" (lower is better)" if cost.direction == "minimize" else ""))
-        ax.set_ylabel(quality.metric)
+        ax.set_ylabel(f"{quality.metric} (test; the front is chosen on validation)")
         if cost.metric in ("macs", "flops", "params"):
+            from matplotlib.ticker import FuncFormatter, NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e5 else f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title(f"{search.recipe.name}: {quality.metric} vs {cost.metric}")
@@ -244,7 +249,7 @@ def plot_fronts(rows: list[dict], search, base: dict) -> list[str]:
 def write_search_report(search) -> dict:
     rows = trial_rows(search)
     base = base_numbers(search)
-    metrics = search.metrics
+    metrics = list(dict.fromkeys(["val_accuracy", *search.metrics]))
     front = front_rows(rows, search, "full")
     explore_front = front_rows(rows, search, "explore")
     confirmed = confirmations(rows, search)
@@ -299,8 +304,11 @@ def conclude(front: list[dict], confirmed: list[dict], base: dict, search, budge
         else:
             text += f"{c['gain_points']:+.2f} points: distillation did not help this student here."
         if c.get("search_time_within_spread") is not None:
-            text += (" Its search-time accuracy " + _pct(c["search_time_accuracy"]) +
-                     (" lies within" if c["search_time_within_spread"] else " lies OUTSIDE (selection bias)") +
+            above = c["search_time_accuracy"] > c["accuracy_mean"]
+            where = (" lies within" if c["search_time_within_spread"] else
+                     " lies ABOVE (the selected run was a lucky one: selection bias)" if above else
+                     " lies BELOW (the search's own seed did worse than fresh ones)")
+            text += (" Its search-time accuracy " + _pct(c["search_time_accuracy"]) + where +
                      f" the fresh seeds' spread ({_pct(c['accuracy_mean'])} +- {100 * c['accuracy_sd']:.2f}, range "
                      f"{_pct(min(a for a in c['accuracy'] if a is not None))} - "
                      f"{_pct(max(a for a in c['accuracy'] if a is not None))}).")

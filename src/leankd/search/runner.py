@@ -297,7 +297,8 @@ class Search:
             return True
         per_trial = statistics.median(durations)
         ratio = 1 / self.cfg.rung_fraction  # a full-budget run costs about this many first-rung trials
-        later = (self.promote_limit() + self.cfg.confirm_top * (1 + 2 * self.cfg.confirm_seeds)) * per_trial * ratio
+        runs_later = self.promote_limit() + self.cfg.confirm_top * self.cfg.confirm_seeds * 2  # + baselines
+        later = runs_later * per_trial * ratio
         elapsed = time.perf_counter() - self.started
         return elapsed + per_trial + later <= 60 * self.cfg.time_budget_min
 
