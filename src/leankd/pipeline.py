@@ -397,8 +397,9 @@ class Pipeline:
 
     def assistants(self, task: Task, teacher: StageResult, stages: dict, kd_fp: dict, channels_last: bool):
         """Teacher-assistant stages (Mirzadeh et al. 2020), each an ordinary cached stage distilled with the
-        recipe's logit loss and the student's training settings (+ its own `train:` overrides); returns the student's guide (the last assistant, or with
-        `assistant_mode: dense` the teacher and every assistant together) and the student's fingerprint parts."""
+        recipe's logit loss and the student's training settings (+ its own `train:` overrides). Returns the
+        student's guide (the last assistant, or with `assistant_mode: dense` the teacher and every assistant
+        together) and the student's fingerprint parts."""
         from .kd.teacher import GuideEnsemble
 
         r = self.recipe
@@ -406,8 +407,11 @@ class Pipeline:
         guides, guide_fps = [teacher.model], [self._stage_fp("teacher")]
         loss = build_loss(r.distill, r.stage_train("student").label_smoothing, regression=task.regression)
 
+        def guided_by(items: list) -> list:  # who teaches the next stage: all so far (dense) or the last one
+            return list(items) if dense else items[-1:]
+
         def guide(models):
-            lives = [self.live_teacher(m, task, channels_last=channels_last) for m in models]
+            lives = [self.live_teacher(m, task, channels_last=channels_last) for m in guided_by(models)]
             return lives[0] if len(lives) == 1 else GuideEnsemble(lives, _guide_temperature(r.distill))
 
         for i, cfg in enumerate(r.distill.assistants, start=1):
@@ -415,8 +419,8 @@ class Pipeline:
             torch.manual_seed(r.seed + i)
             model = build_model(cfg, task.num_classes, role, task.model_defaults())
             task.prepare_model(model)
-            live = guide(guides if dense else guides[-1:])
-            fp = {**kd_fp, "guides": list(guide_fps if dense else guide_fps[-1:])}  # the guides say the mode
+            live = guide(guides)
+            fp = {**kd_fp, "guides": guided_by(guide_fps)}  # the guides say the mode
             stages[role] = self.stage(role, model, task, cfg.train.apply(r.stage_train("student")), loss,
                                       teacher=live, model_cfg=cfg, extra_fp=fp)
             del live
@@ -424,8 +428,7 @@ class Pipeline:
             self.role_models[role] = cfg.model
             guides.append(stages[role].model.to("cpu"))
             guide_fps.append(self._stage_fp(role))
-        student_guides = guides if dense else guides[-1:]
-        return guide(student_guides), {**kd_fp, "guides": list(guide_fps if dense else guide_fps[-1:])}
+        return guide(guides), {**kd_fp, "guides": guided_by(guide_fps)}
 
     def student_config(self, task: Task) -> ModelConfig:
         """The student's model settings, with `layer_strategy: auto` resolved to explicit layer indices: the

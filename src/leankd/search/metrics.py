@@ -7,9 +7,10 @@ time stay the student's: quantization keeps the operation count and does not ret
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from ..errors import RecipeError
+from .space import get_path
 
 # name -> dotted path into a report model entry
 ALIASES = {
@@ -46,11 +47,7 @@ def resolve(metric: str, where: str) -> str:
 
 
 def _get(entry: dict, path: str) -> Optional[float]:
-    node: Any = entry
-    for part in path.split("."):
-        if not isinstance(node, dict) or node.get(part) is None:
-            return None
-        node = node[part]
+    node = get_path(entry, path)
     return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
 
 

@@ -22,7 +22,7 @@ from ..report.schema import load_report
 from .metrics import candidate_metrics, resolve
 from .pareto import pareto_front
 from .runner import last_val_accuracy, selection_value
-from .space import FAMILY, _get, _MISSING
+from .space import FAMILY, MISSING, get_path
 from .study import RUNGS
 
 QUALITY_POINTS = 2.0  # "within N points of the teacher" in the conclusion
@@ -59,7 +59,6 @@ def _pct(v: Optional[float]) -> str:
 def trial_rows(search) -> list[dict]:
     """One row per trial of every rung, metrics read from the trial's report.json."""
     rows = []
-    targets_of = {}
     for rung in RUNGS:
         for t in search.studies[rung].get_trials(deepcopy=False):
             params = t.user_attrs.get("params") or {}
@@ -75,10 +74,7 @@ def trial_rows(search) -> list[dict]:
                 path = search.dir / row["run_dir"] / "report.json"
                 if path.exists():
                     report = load_report(path)
-                    raw = search.trial_recipe(params, rung, row["seed"] if rung == "confirm" else None,
-                                             baseline=rung == "confirm")
-                    targets = list(raw.get("compress", {}).get("targets", []))
-                    targets_of[row["run_dir"]] = targets
+                    targets = search.targets_of(params)
                     run_dir = search.dir / row["run_dir"]
                     row["metrics"] = {**candidate_metrics(report, targets, search.metrics),
                                       "val_accuracy": last_val_accuracy(run_dir / "student" / "metrics.jsonl")}
@@ -173,8 +169,8 @@ def recipe_diff(params: dict, search) -> list[tuple[str, Any, Any]]:
         if path == FAMILY:  # the alpha-mix is the kd family
             start = "kd" if search.base_raw.get("distill", {}).get("loss") is None else "explicit loss"
         else:
-            start = _get(search.base_raw, path)
-            start = "(default)" if start is _MISSING else start
+            start = get_path(search.base_raw, path)
+            start = "(default)" if start is MISSING else start
         if start != value:
             out.append((path, start, value))
     return out

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
@@ -180,6 +179,10 @@ class Search:
             pipe.epoch_hook = hook
             report = pipe.run()
         return run_dir, report
+
+    def targets_of(self, params: dict) -> list[str]:
+        """The compression targets a trial with `params` builds (its candidate is the first one's artifact)."""
+        return list(apply_params(self.base_raw, params).get("compress", {}).get("targets", []))
 
     def _measure(self, report: dict, raw: dict, run_dir: Path, role: str = "student") -> dict:
         """The candidate's metrics, plus its last epoch's validation accuracy (what the search selects on)."""
@@ -331,7 +334,7 @@ class Search:
 
     def confirm(self) -> None:
         """The best full-budget front candidates with more seeds, each beside a same-budget baseline."""
-        full, confirm = self.studies["full"], self.studies["confirm"]
+        confirm = self.studies["confirm"]
         with self._lock("queue"):
             keys = {t.user_attrs.get("key") for t in active(confirm.get_trials(deepcopy=False))}
             for trial in self.best_full_candidates():
@@ -343,7 +346,6 @@ class Search:
                                                               "params": trial.user_attrs["params"]})
         self._drain(confirm, lambda job: (self.trial_recipe(job["params"], "confirm", job["seed"], baseline=True),
                                           True))
-        del full
 
     def best_full_candidates(self) -> list[FrozenTrial]:
         """The full-budget Pareto front (of the selection values), best first by the first objective,
@@ -433,14 +435,4 @@ def _short(d: dict) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in d.items() if v is not None)
 
 
-def load_search_recipe(path: Path, overrides: Optional[list[str]] = None) -> Recipe:
-    from ..recipe import load_recipe
-
-    recipe = load_recipe(path, overrides)
-    if recipe.search is None:
-        raise RecipeError(f"{path} has no search: section; add search.space (the settings to vary), "
-                          "search.objectives and search.trials")
-    return recipe
-
-
-__all__ = ["Search", "SearchConfig", "load_search_recipe", "yaml"]
+__all__ = ["Search", "SearchConfig"]

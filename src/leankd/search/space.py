@@ -145,7 +145,7 @@ def check_space(recipe, search: SearchConfig) -> None:
             except ValidationError as e:
                 raise RecipeError(format_validation_error(e, f"{where} = {value!r} makes a recipe that") +
                                   "\n(fix the range or choices)") from None
-            if _get(trial_recipe.model_dump(), path) is _MISSING and not path.startswith("student.kwargs."):
+            if get_path(trial_recipe.model_dump(), path) is MISSING and not path.startswith("student.kwargs."):
                 raise RecipeError(f"{where}: the recipe has no setting {path}")
             name = trial_recipe.student.model
             if path.startswith("student.") and name in list_models():  # hub models would load files: not here
@@ -156,10 +156,11 @@ def check_space(recipe, search: SearchConfig) -> None:
                     raise RecipeError(f"{where} = {value!r}: the student cannot be built: {e}") from None
 
 
-_MISSING = object()
+MISSING = object()
 
 
-def _get(raw: Any, path: str) -> Any:
+def get_path(raw: Any, path: str) -> Any:
+    """raw[a][b][0][c] for path "a.b.0.c", or MISSING."""
     node = raw
     for part in path.split("."):
         if isinstance(node, dict) and part in node:
@@ -167,5 +168,5 @@ def _get(raw: Any, path: str) -> Any:
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
-            return _MISSING
+            return MISSING
     return node
