@@ -231,3 +231,23 @@ def test_every_model_is_measured_in_the_inputs_memory_layout(tmp_path, data, mon
     model = create_model("resnet8", num_classes=4)  # NCHW
     pipeline.measure_models({"teacher": model}, task, MeasureConfig(latency_batch_sizes=[1, 2]))
     assert seen == [True]
+
+
+def test_split_seed_keeps_the_examples_when_the_seed_changes(tmp_path, data):
+    """data.split_seed pins which examples train and validate (and so the normalization a loaded teacher was
+    trained with); without it, the run's seed picks the split."""
+    from leankd.pipeline import Pipeline
+    from leankd.recipe import load_recipe
+
+    def val_split(seed: int, split_seed=None):
+        over = {"seed": seed, "data": {"split_seed": split_seed}} if split_seed is not None else {"seed": seed}
+        r = load_recipe(write_recipe(tmp_path, data, **over))
+        task = Pipeline(r, tmp_path / f"run{seed}-{split_seed}", quiet=True).build_task()
+        x, y = zip(*[(b.inputs, b.targets) for b in task.eval_batches("val", 100)])
+        return torch.cat(x), task.transform.mean
+
+    x0, mean0 = val_split(0)
+    x1, mean1 = val_split(1)
+    assert x0.shape == x1.shape and not torch.equal(x0, x1)  # another seed, other examples
+    pinned, pinned_mean = val_split(1, split_seed=0)
+    assert torch.equal(pinned, x0) and tuple(pinned_mean) == tuple(mean0)

@@ -294,7 +294,7 @@ class Pipeline:
         from .tasks import build_task
 
         channels_last = self.recipe.train.channels_last or self.recipe.stage_train("teacher").channels_last
-        return build_task(self.recipe.data, self.device, self.recipe.seed, channels_last=channels_last)
+        return build_task(self.recipe.data, self.device, self.recipe.split_seed, channels_last=channels_last)
 
     def run(self) -> dict:
         r = self.recipe
@@ -336,7 +336,7 @@ class Pipeline:
         if r.teacher.limit_train is not None and r.teacher.limit_train >= task.split_size("train"):
             teacher_cfg = r.teacher.model_copy(update={"limit_train": None})  # keeps every row: same as no limit
         elif r.teacher.limit_train is not None:
-            teacher_task = task.with_train_subset(r.teacher.limit_train, r.seed)
+            teacher_task = task.with_train_subset(r.teacher.limit_train, r.split_seed)
             self.teacher_examples = teacher_task.split_size("train")
             self.log(f"teacher: fine-tuned on a stratified {teacher_task.split_size('train')} of the "
                      f"{task.split_size('train')} training examples (teacher.limit_train); students use all")

@@ -122,6 +122,9 @@ class DataConfig(Strict):
     in_memory: bool | Literal["auto"] = Field("auto", description="uint8 tensors on the device when they fit")
     cache_dir: Optional[str] = Field(None, description="where decoded images are cached (default ~/.cache/leankd)")
     num_workers: int = Field(2, ge=0, description="DataLoader workers when the data does not fit in memory")
+    split_seed: Optional[int] = Field(None, ge=0, description="seed of the train/val(/test) split and of the "
+                                      "limit_* subsets (default: the run's seed). Pin it to compare seeds on the same "
+                                      "examples: `leankd search` does, so its seeds vary training only")
     limit_train: Optional[int] = Field(None, gt=0, description="train on N examples only: a stratified subset of "
                                                                "images, a random subset of audio clips")
     limit_test: Optional[int] = Field(None, gt=0, description="report on a stratified subset of N test images (quick "
@@ -504,6 +507,11 @@ class Recipe(Strict):
                                      f"{err['msg']}" for err in e.errors())
                 raise ValueError(problems) from None
         return self
+
+    @property
+    def split_seed(self) -> int:
+        """The seed that decides which examples train, validate and test (data.split_seed, else the run's)."""
+        return self.seed if self.data.split_seed is None else self.data.split_seed
 
     def stage_train(self, stage: str) -> TrainConfig:
         """Resolved training settings of a stage: the shared `train:` plus that model's overrides."""

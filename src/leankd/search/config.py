@@ -84,6 +84,9 @@ class SearchConfig(_Strict):
     rung_fraction: float = Field(0.34, gt=0, le=1, description="first rung: this share of the trial's epochs")
     promote_max: Optional[int] = Field(None, ge=1, description="most candidates promoted to the full budget "
                                                                "(default: a third of the trials)")
+    full_seeds: int = Field(1, ge=1, description="seeds per promoted candidate at the full budget; the front and "
+                                                 "the choice of what to confirm use their mean (2 keeps one lucky "
+                                                 "or unlucky seed from deciding)")
     confirm_top: int = Field(2, ge=0, description="best front candidates re-run with extra seeds, beside a "
                                                   "same-budget baseline of the same student")
     confirm_seeds: int = Field(2, ge=1, description="extra seeds per confirmed candidate (mean and spread)")

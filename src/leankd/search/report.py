@@ -110,9 +110,34 @@ def _feasible(row: dict) -> bool:
     return all(v <= 0 for v in row.get("violations") or [])
 
 
+def full_candidates(rows: list[dict]) -> list[dict]:
+    """Full-budget candidates: the complete runs of one setting over its seeds, as one row of mean metrics (the
+    first run's number names it; `runs` keeps each seed's row). Mirrors Search.full_candidates."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["rung"] == "full" and r["state"] == "complete":
+            groups.setdefault(json.dumps(r["params"], sort_keys=True, default=str), []).append(r)
+    out = []
+    for runs in groups.values():
+        runs.sort(key=lambda r: r["trial"])
+        keys = dict.fromkeys(k for r in runs for k in r["metrics"])
+        metrics = {k: _mean([r["metrics"].get(k) for r in runs]) for k in keys}
+        violations = [max((v for r in runs for v in r.get("violations") or []), default=0.0)]  # worst seed
+        out.append({**runs[0], "metrics": metrics, "violations": violations, "runs": runs,
+                    "seeds": [r["seed"] for r in runs]})
+    return out
+
+
+def _mean(values: list) -> Any:
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
+        return values[0] if len(set(map(str, values))) == 1 else None
+    return statistics.fmean(values)
+
+
 def front_rows(rows: list[dict], search, rung: str) -> list[dict]:
-    done = [r for r in rows if r["rung"] == rung and r["state"] == "complete" and _feasible(r)
-            and _objective_values(r, search) is not None]
+    """The Pareto front of a rung (full budget: of the candidates' means over their seeds), best first."""
+    pool = full_candidates(rows) if rung == "full" else [r for r in rows if r["rung"] == rung]
+    done = [r for r in pool if r["state"] == "complete" and _feasible(r) and _objective_values(r, search) is not None]
     idx = pareto_front([_objective_values(r, search) for r in done], search.directions)
     front = [done[i] for i in idx]
     first = search.cfg.objectives[0]
@@ -134,7 +159,7 @@ def confirmations(rows: list[dict], search) -> list[dict]:
     for r in rows:
         if r["rung"] == "confirm" and r["state"] == "complete":
             by_source.setdefault(r["source"], []).append(r)
-    full = {r["trial"]: r for r in rows if r["rung"] == "full"}
+    full = {r["trial"]: r for r in full_candidates(rows)}
     for source, runs in sorted(by_source.items()):
         runs.sort(key=lambda r: r["seed"])
         acc = [r["metrics"].get("accuracy") for r in runs]  # as deployed (an artifact when the trial compresses)
@@ -143,12 +168,14 @@ def confirmations(rows: list[dict], search) -> list[dict]:
         m, sd = _mean_sd(acc)
         sm, ssd = _mean_sd(fp32)
         bm, bsd = _mean_sd(base)
-        search_time = full.get(source, {}).get("metrics", {}).get("accuracy")
+        search_time = full.get(source, {}).get("metrics", {}).get("accuracy")  # its mean over the full seeds
         entry = {"full_trial": source, "params": runs[0]["params"], "seeds": [r["seed"] for r in runs],
                  "accuracy": acc, "accuracy_mean": m, "accuracy_sd": sd,
                  "student_accuracy": fp32, "student_mean": sm, "student_sd": ssd,
                  "baseline_accuracy": base, "baseline_mean": bm, "baseline_sd": bsd,
-                 "search_time_accuracy": search_time, "metrics": runs[0]["metrics"]}
+                 "search_time_accuracy": search_time, "search_time_seeds": full.get(source, {}).get("seeds"),
+                 "search_time_per_seed": [r["metrics"].get("accuracy") for r in full.get(source, {}).get("runs", [])],
+                 "metrics": runs[0]["metrics"]}
         if sm is not None and bm is not None:  # the KD gain: fp32 student against fp32 baseline, same seeds
             gain = sm - bm
             entry["gain_points"] = 100 * gain
@@ -256,7 +283,8 @@ def write_search_report(search) -> dict:
     conclusion = conclude(front or explore_front, confirmed, base, search, "full budget" if front else "first rung")
     summary = {"name": search.recipe.name, "objectives": [o.model_dump() for o in search.cfg.objectives],
                "constraints": [c.model_dump() for c in search.cfg.constraints], "trials": rows,
-               "front": [{"rung": r["rung"], "trial": r["trial"]} for r in front],
+               "front": [{"rung": r["rung"], "trial": r["trial"], "runs": [x["trial"] for x in r.get("runs", [r])],
+                          "metrics": r["metrics"]} for r in front],
                "first_rung_front": [r["trial"] for r in explore_front], "base": base, "confirmations": confirmed,
                "conclusion": conclusion, "plots": plots, "budget_stop": search.budget_stop,
                "wall_time_s": round(time.perf_counter() - search.started, 1)}
@@ -304,7 +332,9 @@ def conclude(front: list[dict], confirmed: list[dict], base: dict, search, budge
             where = (" lies within" if c["search_time_within_spread"] else
                      " lies ABOVE (the selected run was a lucky one: selection bias)" if above else
                      " lies BELOW (the search's own seed did worse than fresh ones)")
-            text += (" Its search-time accuracy " + _pct(c["search_time_accuracy"]) + where +
+            seeds_used = c.get("search_time_seeds") or []
+            text += (" Its search-time accuracy " + _pct(c["search_time_accuracy"])
+                     + (f" (mean of seeds {', '.join(map(str, seeds_used))})" if len(seeds_used) > 1 else "") + where +
                      f" the fresh seeds' spread ({_pct(c['accuracy_mean'])} +- {100 * c['accuracy_sd']:.2f}, range "
                      f"{_pct(min(a for a in c['accuracy'] if a is not None))} - "
                      f"{_pct(max(a for a in c['accuracy'] if a is not None))}).")
@@ -340,9 +370,13 @@ def render(search, rows, front, explore_front, confirmed, base, conclusion, plot
              f"- {cfg.trials} first-rung trials at {cfg.rung_fraction:.0%} of the epochs (sampler: "
              f"{cfg.sampler if cfg.sampler != 'auto' else 'TPE, multivariate'}, seed {cfg.seed})"
              + (f", time budget {cfg.time_budget_min:g} min" if cfg.time_budget_min else "") + ".",
-             f"- The non-dominated first-rung candidates (at most {search.promote_limit()}) re-run at the full budget.",
+             f"- The non-dominated first-rung candidates (at most {search.promote_limit()}) re-run at the full budget"
+             + (f" with {cfg.full_seeds} seeds each; a candidate's numbers are their mean." if cfg.full_seeds > 1
+                else "."),
              f"- The best {cfg.confirm_top} full-budget front candidates re-run with {cfg.confirm_seeds} more seeds, "
              "each beside its student trained alone (same budget, data and seed).",
+             f"- Every run uses the same data split (`data.split_seed` = {search.recipe.split_seed}): seeds vary "
+             "training only.",
              "- The teacher is trained once (`base/`) and loaded by every trial; every number below comes from a "
              "run's report.json.",
              "- Selection (sampler, promotion, front, what is confirmed) uses validation accuracy; the test split is "
@@ -360,8 +394,9 @@ def render(search, rows, front, explore_front, confirmed, base, conclusion, plot
                         ("student", "starting recipe's KD student")):
         if role in base:
             lines.append(f"| {label} | " + " | ".join(_metric(m, base[role].get(m)) for m in show) + " |")
-    lines += ["", "### Pareto front (full budget)" if front else "### Pareto front (first rung; nothing reached the "
-              "full budget)", ""]
+    mean_of = f", mean of {cfg.full_seeds} seeds" if cfg.full_seeds > 1 else ""
+    lines += ["", f"### Pareto front (full budget{mean_of})" if front else "### Pareto front (first rung; nothing "
+              "reached the full budget)", ""]
     shown = front or explore_front
     params = list(dict.fromkeys(k for r in shown for k in r["params"]))
     lines += ["| trial | " + " | ".join(show) + " | " + " | ".join(f"`{p}`" for p in params) + " |",
@@ -381,7 +416,9 @@ def render(search, rows, front, explore_front, confirmed, base, conclusion, plot
                          f"{100 * (c['accuracy_sd'] or 0):.2f} | {_pct(c['student_mean'])} +- "
                          f"{100 * (c['student_sd'] or 0):.2f} | {_pct(c['baseline_mean'])} +- "
                          f"{100 * (c['baseline_sd'] or 0):.2f} | {_num(c.get('gain_points'), 3)} | "
-                         f"{_pct(c['search_time_accuracy'])} | "
+                         f"{_pct(c['search_time_accuracy'])}"
+                         + (" (" + ", ".join(map(_pct, c["search_time_per_seed"])) + ")"
+                            if len(c.get("search_time_per_seed") or []) > 1 else "") + " | "
                          + ", ".join(_pct(a) for a in c["accuracy"]) + " |")
     else:
         lines.append("No candidate was confirmed (no full-budget front, or search.confirm_top = 0).")

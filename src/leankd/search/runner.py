@@ -9,9 +9,11 @@ Where the time goes (and why the search is honest):
    `<dir>/trials/<hash>` that loads the teacher. Single-objective searches also prune trials by their
    per-epoch validation accuracy (Optuna's median pruner); multi-objective Optuna cannot prune.
 3. **full** - successive halving by hand: the non-dominated first-rung candidates (at most `promote_max`, the
-   most isolated first) re-run at the full budget.
-4. **confirm** - the best `confirm_top` full-budget front candidates re-run with `confirm_seeds` more seeds, each
+   most isolated first) re-run at the full budget, with `full_seeds` seeds each (a candidate = their mean).
+4. **confirm** - the best `confirm_top` full-budget front candidates re-run with `confirm_seeds` fresh seeds, each
    beside a baseline of the same student trained alone with the same budget and seed.
+
+Every run uses the base run's data split (`data.split_seed`): a seed changes the training, not the examples.
 5. **report** - leaderboard, Pareto front (table + plots) and the experiment report, every number read from the
    runs' report.json files (report.py).
 
@@ -157,6 +159,9 @@ class Search:
         if teacher.get("cache"):
             teacher["cache_dir"] = str((self.dir / "teacher_cache").resolve())
         raw["baseline"] = baseline
+        # every trial and seed on the base run's examples: seeds vary training, not which images validate (the
+        # selection's yardstick) or train (a loaded teacher's normalization and memorized examples come with them)
+        raw.setdefault("data", {})["split_seed"] = self.recipe.split_seed
         if seed is not None:
             raw["seed"] = seed
         full = parse_recipe(raw, origin="a search trial").stage_train("student").epochs
@@ -300,7 +305,8 @@ class Search:
             return True
         per_trial = statistics.median(durations)
         ratio = 1 / self.cfg.rung_fraction  # a full-budget run costs about this many first-rung trials
-        runs_later = self.promote_limit() + self.cfg.confirm_top * self.cfg.confirm_seeds * 2  # + baselines
+        runs_later = (self.promote_limit() * self.cfg.full_seeds
+                      + self.cfg.confirm_top * self.cfg.confirm_seeds * 2)  # + their baselines
         later = runs_later * per_trial * ratio
         elapsed = time.perf_counter() - self.started
         return elapsed + per_trial + later <= 60 * self.cfg.time_budget_min
@@ -324,13 +330,19 @@ class Search:
                 chosen = order[:self.promote_limit()]
             else:
                 chosen = select_for_promotion(points, self.directions, self.promote_limit())
-            queued = {_params_key(t.user_attrs.get("params")) for t in active(full.get_trials(deepcopy=False))}
+            queued = {(_params_key(t.user_attrs.get("params")), t.user_attrs.get("seed", self.recipe.seed))
+                      for t in active(full.get_trials(deepcopy=False))}
             for i in chosen:  # the same settings sampled twice are promoted once
-                key = _params_key(done[i].user_attrs["params"])
-                if key not in queued:
-                    queued.add(key)
-                    full.enqueue_trial({}, user_attrs={"source": done[i].number, "params": done[i].user_attrs["params"]})
-        self._drain(full, lambda job: (self.trial_recipe(job["params"], "full"), None))
+                for seed in self.full_seeds():
+                    key = (_params_key(done[i].user_attrs["params"]), seed)
+                    if key not in queued:
+                        queued.add(key)
+                        full.enqueue_trial({}, user_attrs={"source": done[i].number, "seed": seed,
+                                                           "params": done[i].user_attrs["params"]})
+        self._drain(full, lambda job: (self.trial_recipe(job["params"], "full", job.get("seed")), None))
+
+    def full_seeds(self) -> list[int]:
+        return [self.recipe.seed + k for k in range(self.cfg.full_seeds)]
 
     def confirm(self) -> None:
         """The best full-budget front candidates with more seeds, each beside a same-budget baseline."""
@@ -338,8 +350,8 @@ class Search:
         with self._lock("queue"):
             keys = {t.user_attrs.get("key") for t in active(confirm.get_trials(deepcopy=False))}
             for trial in self.best_full_candidates():
-                for k in range(1, self.cfg.confirm_seeds + 1):  # fresh seeds only: the search-time run was selected
-                    seed = self.recipe.seed + k
+                for k in range(self.cfg.confirm_seeds):  # fresh seeds only: the search-time runs were selected
+                    seed = self.recipe.seed + self.cfg.full_seeds + k
                     key = f"{trial.number}:{seed}"
                     if key not in keys:
                         confirm.enqueue_trial({}, user_attrs={"key": key, "source": trial.number, "seed": seed,
@@ -350,10 +362,24 @@ class Search:
     def best_full_candidates(self) -> list[FrozenTrial]:
         """The full-budget Pareto front (of the selection values), best first by the first objective,
         `confirm_top` of them."""
-        done = self._feasible_complete(self.studies["full"])
-        front = [done[i] for i in pareto_front([list(t.values) for t in done], self.directions)]
-        front.sort(key=lambda t: t.values[0], reverse=self.directions[0] == "maximize")
-        return front[:self.cfg.confirm_top]
+        done = self.full_candidates()
+        front = [done[i] for i in pareto_front([values for _, values in done], self.directions)]
+        front.sort(key=lambda c: c[1][0], reverse=self.directions[0] == "maximize")
+        return [trial for trial, _ in front[:self.cfg.confirm_top]]
+
+    def full_candidates(self) -> list[tuple[FrozenTrial, list[float]]]:
+        """Each full-budget candidate as (its first run, its selection values averaged over its seeds); one whose
+        run broke a constraint at any seed is left out."""
+        groups: dict[str, list[FrozenTrial]] = {}
+        for t in active(self.studies["full"].get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+            groups.setdefault(_params_key(t.user_attrs.get("params")), []).append(t)
+        out = []
+        for runs in groups.values():
+            if any(v > 0 for t in runs for v in t.user_attrs.get("violations", [])):
+                continue
+            runs.sort(key=lambda t: t.number)
+            out.append((runs[0], [statistics.fmean(v) for v in zip(*(t.values for t in runs))]))
+        return out
 
     def _drain(self, study: optuna.Study, recipe_of: Callable[[dict], tuple[dict, Optional[str]]]) -> None:
         """Run queued jobs until none is waiting, then wait for other workers' running ones."""
