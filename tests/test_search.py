@@ -381,3 +381,28 @@ def test_two_workers_share_a_postgresql_study(tmp_path, data, postgres_url):
     assert not (s / "study.journal").exists()  # the study lives in PostgreSQL only
     summary = json.loads((s / "search.json").read_text())
     assert sum(r["rung"] == "explore" for r in summary["trials"]) == 6
+
+
+def test_time_budget_counts_full_runs_from_the_training_share_of_a_trial():
+    """Only the training grows with epochs: a full-budget run costs a first-rung trial plus the extra epochs; the
+    first trials (one-off teacher cache) never stop the search on their own."""
+    import time as _time
+
+    from leankd.search.runner import Search
+
+    def search(budget):
+        r = parse_recipe({**BASE, "search": {"space": {"train.lr": {"low": 0.01, "high": 0.1}}, "trials": 24,
+                                             "time_budget_min": budget, "rung_fraction": 0.375, "promote_max": 5,
+                                             "full_seeds": 2, "confirm_top": 1, "confirm_seeds": 3}})
+        s = Search(r, Path("unused"), quiet=True)
+        s.started = _time.perf_counter()
+        return s
+
+    def trial(duration, train):
+        return optuna.trial.create_trial(values=[0.5, 1.0], user_attrs={"duration_s": duration,
+                                                                         "metrics": {"train_time_s": train}})
+    trials = [trial(20.0, 15.0)] * 3
+    # a full run: 20 + 15 * (1/0.375 - 1) = 45 s; later: (5 * 2 + 1 * 3 * 2) * 45 = 720 s, + one more trial 20 s
+    assert not search(10)._time_left_for_another(trials)  # 740 s > 600 s
+    assert search(12.5)._time_left_for_another(trials)  # 740 s <= 750 s
+    assert search(1)._time_left_for_another(trials[:2])  # two trials: too early to judge

@@ -300,16 +300,17 @@ class Search:
     def _time_left_for_another(self, trials: list[FrozenTrial]) -> bool:
         if self.cfg.time_budget_min is None:
             return True
-        durations = [t.user_attrs["duration_s"] for t in trials if "duration_s" in t.user_attrs]
-        if not durations:
+        done = [t.user_attrs for t in trials if "duration_s" in t.user_attrs]
+        if len(done) < min(3, self.cfg.trials):  # the first trial carries one-off costs (the shared teacher cache)
             return True
-        per_trial = statistics.median(durations)
-        ratio = 1 / self.cfg.rung_fraction  # a full-budget run costs about this many first-rung trials
+        per_trial = statistics.median(a["duration_s"] for a in done)
+        training = statistics.median(min(a["duration_s"], a.get("metrics", {}).get("train_time_s") or 0.0)
+                                     for a in done)
+        full_run = per_trial + training * (1 / self.cfg.rung_fraction - 1)  # only the training grows with epochs
         runs_later = (self.promote_limit() * self.cfg.full_seeds
                       + self.cfg.confirm_top * self.cfg.confirm_seeds * 2)  # + their baselines
-        later = runs_later * per_trial * ratio
         elapsed = time.perf_counter() - self.started
-        return elapsed + per_trial + later <= 60 * self.cfg.time_budget_min
+        return elapsed + per_trial + runs_later * full_run <= 60 * self.cfg.time_budget_min
 
     def promote_limit(self) -> int:
         return self.cfg.promote_max or max(1, math.ceil(self.cfg.trials / 3))
