@@ -251,3 +251,15 @@ def test_split_seed_keeps_the_examples_when_the_seed_changes(tmp_path, data):
     assert x0.shape == x1.shape and not torch.equal(x0, x1)  # another seed, other examples
     pinned, pinned_mean = val_split(1, split_seed=0)
     assert torch.equal(pinned, x0) and tuple(pinned_mean) == tuple(mean0)
+
+
+def test_split_seed_at_its_default_leaves_fingerprints_unchanged():
+    """Runs made before data.split_seed existed keep their stages (the setting is absent from the fingerprint when
+    unset or equal to the run's seed); another split is another fingerprint."""
+    from leankd.pipeline import _data_settings
+    from leankd.recipe import DataConfig
+
+    unset = _data_settings(DataConfig().model_dump(), seed=3)
+    assert "split_seed" not in unset
+    assert _data_settings(DataConfig(split_seed=3).model_dump(), seed=3) == unset
+    assert _data_settings(DataConfig(split_seed=0).model_dump(), seed=3) != unset

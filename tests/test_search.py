@@ -406,3 +406,35 @@ def test_time_budget_counts_full_runs_from_the_training_share_of_a_trial():
     assert not search(10)._time_left_for_another(trials)  # 740 s > 600 s
     assert search(12.5)._time_left_for_another(trials)  # 740 s <= 750 s
     assert search(1)._time_left_for_another(trials[:2])  # two trials: too early to judge
+
+
+def test_full_budget_candidates_are_judged_on_their_seeds_mean():
+    """Promoted candidates run with full_seeds seeds; the choice of what to confirm and the report's front use
+    their mean, where seed 0 alone would choose differently; a candidate with a failed seed is left out."""
+    from leankd.search.report import front_rows
+    from leankd.search.runner import Search
+
+    r = parse_recipe({**BASE, "search": {"space": {"train.lr": {"low": 0.01, "high": 0.1}}, "full_seeds": 2,
+                                         "confirm_top": 1}})
+    search = Search(r, Path("unused"), quiet=True)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    runs = [({"w": 8}, 0, 0.70), ({"w": 8}, 1, 0.50),  # best at seed 0, mean 0.60
+            ({"w": 8, "t": 2}, 0, 0.65), ({"w": 8, "t": 2}, 1, 0.64),  # mean 0.645: the better candidate
+            ({"w": 16}, 0, 0.90)]  # its seed 1 failed
+    rows = []
+    for number, (params, seed, val) in enumerate(runs):
+        metrics = {"val_accuracy": val, "accuracy": val - 0.05, "macs": 1e6}
+        study.add_trial(optuna.trial.create_trial(values=[val, 1e6], user_attrs={
+            "params": params, "seed": seed, "violations": [], "metrics": metrics}))
+        rows.append({"rung": "full", "trial": number, "state": "complete", "params": params, "seed": seed,
+                     "metrics": metrics, "violations": []})
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={
+        "params": {"w": 16}, "seed": 1}))
+    rows.append({"rung": "full", "trial": 5, "state": "fail", "params": {"w": 16}, "seed": 1, "metrics": {},
+                 "violations": None})
+    search.studies = {"full": study}
+    best = search.best_full_candidates()
+    assert [t.number for t in best] == [2]  # the first run of {"w": 8, "t": 2}
+    front = front_rows(rows, search, "full")
+    assert [f["trial"] for f in front] == [2] and [x["trial"] for x in front[0]["runs"]] == [2, 3]
+    assert front[0]["metrics"]["accuracy"] == pytest.approx((0.60 + 0.59) / 2)

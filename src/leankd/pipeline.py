@@ -70,9 +70,12 @@ ADDED_TEXT_DEFAULTS = {"word_min_freq": 1, "word_max_size": None}
 WORD_SETTINGS = {"word_min_freq": True, "word_max_size": True}  # read by word-level students only
 
 
-def _data_settings(data: dict) -> dict:
-    """The data settings a stage depends on, without settings added later at their defaults (old runs stay valid)."""
-    data = _stable(data, {"text": None})
+def _data_settings(data: dict, seed: int) -> dict:
+    """The data settings a stage depends on, without settings added later at their defaults (old runs stay valid);
+    a split_seed equal to the run's seed is the default split, so it is left out too."""
+    data = _stable(data, {"text": None, "split_seed": seed})
+    if data.get("split_seed") is None:
+        data.pop("split_seed", None)
     if data.get("text") is not None:
         data["text"] = _stable(data["text"], ADDED_TEXT_DEFAULTS)
     return data
@@ -310,9 +313,9 @@ class Pipeline:
         # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target)
         ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"},
                    "seq": {"beam", "length_penalty", "max_decode_len"}}  # seq: how the report decodes
-        data_fp = {"data": _data_settings(r.data.model_dump(exclude=ignored)), "dataset": task.info.get("fingerprint")}
+        data_fp = {"data": _data_settings(r.data.model_dump(exclude=ignored), r.seed), "dataset": task.info.get("fingerprint")}
         # the teacher (and its cache) never read the word vocabulary: its settings must not retrain the teacher
-        teacher_data_fp = {"data": _data_settings(r.data.model_dump(exclude={**ignored, "text": WORD_SETTINGS})),
+        teacher_data_fp = {"data": _data_settings(r.data.model_dump(exclude={**ignored, "text": WORD_SETTINGS}), r.seed),
                            "dataset": data_fp["dataset"]}
         self.log(f"[bold]leankd[/] run '{r.name}' on {self.device} -> {self.run_dir}")
         self.log(f"data: {r.data.source}: {task.split_size('train')} train / {task.split_size('val')} val / "
@@ -452,7 +455,7 @@ class Pipeline:
         with torch.random.fork_rng(devices=[]):  # building the probe model must not shift the student's init
             full = create_model(cfg.model, num_classes=task.num_classes, **kwargs).to(task.device)
         task.prepare_model(full)
-        batches = task.train_batches(0, 64, self.recipe.seed)
+        batches = task.train_batches(0, 64, self.recipe.split_seed)  # the same layers whatever the run's seed
         sample = [task.model_inputs(full, next(batches).inputs) for _ in range(min(4, task.steps_per_epoch(64)))]
         influence = rank_layers(full, sample)
         del full, sample

@@ -23,7 +23,7 @@ def collect(dirs: list[Path]) -> list[dict]:
             for t in summary["trials"]:
                 if t["state"] != "complete":
                     continue
-                label = f"{t['rung']} {t['trial']}" + (f" seed {t['seed']}" if t["rung"] == "confirm" else "")
+                label = f"{t['rung']} {t['trial']}" + (f" seed {t['seed']}" if t["rung"] != "explore" else "")
                 rows.append({"source": str(d), "kind": "search trial", "label": label,
                              "settings": ", ".join(f"{k}={v}" for k, v in t["params"].items()),
                              **{c: t["metrics"].get(c) for c in COLUMNS}})

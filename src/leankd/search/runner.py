@@ -12,10 +12,10 @@ Where the time goes (and why the search is honest):
    most isolated first) re-run at the full budget, with `full_seeds` seeds each (a candidate = their mean).
 4. **confirm** - the best `confirm_top` full-budget front candidates re-run with `confirm_seeds` fresh seeds, each
    beside a baseline of the same student trained alone with the same budget and seed.
-
-Every run uses the base run's data split (`data.split_seed`): a seed changes the training, not the examples.
 5. **report** - leaderboard, Pareto front (table + plots) and the experiment report, every number read from the
    runs' report.json files (report.py).
+
+Every run uses the base run's data split (`data.split_seed`): a seed changes the training, not the examples.
 
 A killed search resumes with `--resume`: finished trials are in the study; a trial cut off mid-training is queued
 again and, having the same settings, resumes from its run directory's checkpoint.
@@ -99,7 +99,7 @@ class Search:
         saved = self.dir / "recipe.yaml"
         text = dump_recipe(self.recipe)
         if saved.exists() and not self.force:
-            if saved.read_text() != text:
+            if not _same_recipe(saved, self.recipe):
                 raise LeanKDError(f"{self.dir} holds a search of another recipe ({saved}): use another directory, "
                                   "or --force to start over")
             if not self.resume and self.storage_url is None:
@@ -239,8 +239,7 @@ class Search:
         with self._lock("base"):
             report_path = base_dir / "report.json"
             recipe_path = base_dir / "recipe.yaml"
-            if report_path.exists() and recipe_path.exists() and recipe_path.read_text() == dump_recipe(
-                    parse_recipe(self.base_raw)):
+            if report_path.exists() and _same_recipe(recipe_path, parse_recipe(self.base_raw)):
                 return load_report(report_path)
             self.log(f"[bold]search[/] base: the starting recipe (teacher, baseline, KD student) -> {base_dir}")
             return Pipeline(parse_recipe(self.base_raw), base_dir, resume=True, quiet=True,
@@ -369,13 +368,15 @@ class Search:
         return [trial for trial, _ in front[:self.cfg.confirm_top]]
 
     def full_candidates(self) -> list[tuple[FrozenTrial, list[float]]]:
-        """Each full-budget candidate as (its first run, its selection values averaged over its seeds); one whose
-        run broke a constraint at any seed is left out."""
+        """Each full-budget candidate as (its first run, its selection values averaged over its seeds); one with a
+        failed seed, or whose run broke a constraint at any seed, is left out."""
         groups: dict[str, list[FrozenTrial]] = {}
         for t in active(self.studies["full"].get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
             groups.setdefault(_params_key(t.user_attrs.get("params")), []).append(t)
         out = []
         for runs in groups.values():
+            if len(runs) < self.cfg.full_seeds:  # a seed failed: one seed's luck would decide again
+                continue
             if any(v > 0 for t in runs for v in t.user_attrs.get("violations", [])):
                 continue
             runs.sort(key=lambda t: t.number)
@@ -442,6 +443,19 @@ class Search:
         self.prepare()
         self.work()
         return self.write_report()
+
+
+def _same_recipe(path: Path, recipe: Recipe) -> bool:
+    """Whether the recipe saved at `path` means `recipe`: compared as parsed by this version, so settings that a
+    newer leankd added (at their defaults) do not make an older search "another recipe"."""
+    import yaml
+
+    if not path.exists():
+        return False
+    try:
+        return parse_recipe(yaml.safe_load(path.read_text()), origin=str(path)).model_dump() == recipe.model_dump()
+    except (LeanKDError, yaml.YAMLError):
+        return False
 
 
 def _params_key(params: Optional[dict]) -> str:
