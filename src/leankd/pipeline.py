@@ -73,8 +73,8 @@ WORD_SETTINGS = {"word_min_freq": True, "word_max_size": True}  # read by word-l
 def _data_settings(data: dict, seed: int) -> dict:
     """The data settings a stage depends on, without settings added later at their defaults (old runs stay valid);
     a split_seed equal to the run's seed is the default split, so it is left out too."""
-    data = _stable(data, {"text": None, "split_seed": seed})
-    if data.get("split_seed") is None:
+    data = _stable(data, {"text": None})
+    if data.get("split_seed") in (None, seed):
         data.pop("split_seed", None)
     if data.get("text") is not None:
         data["text"] = _stable(data["text"], ADDED_TEXT_DEFAULTS)

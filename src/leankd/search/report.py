@@ -21,7 +21,7 @@ from ..io import atomic_path, write_json_atomic, write_text_atomic
 from ..report.schema import load_report
 from .metrics import candidate_metrics, resolve
 from .pareto import pareto_front
-from .runner import last_val_accuracy, selection_value
+from .runner import _params_key, last_val_accuracy, selection_value
 from .space import FAMILY, MISSING, get_path
 from .study import RUNGS
 
@@ -117,7 +117,7 @@ def full_candidates(rows: list[dict], seeds: int = 1) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for r in rows:
         if r["rung"] == "full" and r["state"] == "complete":
-            groups.setdefault(json.dumps(r["params"], sort_keys=True, default=str), []).append(r)
+            groups.setdefault(_params_key(r["params"]), []).append(r)
     out = []
     for runs in groups.values():
         if len(runs) < seeds:
@@ -131,10 +131,9 @@ def full_candidates(rows: list[dict], seeds: int = 1) -> list[dict]:
     return out
 
 
-def _mean(values: list) -> Any:
-    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
-        return values[0] if len(set(map(str, values))) == 1 else None
-    return statistics.fmean(values)
+def _mean(values: list) -> Optional[float]:
+    """The seeds' mean, or None when a seed lacks the number."""
+    return None if any(v is None for v in values) else statistics.fmean(values)
 
 
 def front_rows(rows: list[dict], search, rung: str) -> list[dict]:
