@@ -19,7 +19,7 @@ from leankd.models.seq2seq import Seq2SeqRNN
 from leankd.seq2seq.decode import beam_search, greedy
 from leankd.seq2seq.distill import TeacherOutputs, build_or_load_outputs, training_pairs
 from leankd.seq2seq.metrics import edit_distance, sequence_metrics
-from leankd.tasks.seq2seq import Seq2SeqTask
+from leankd.tasks.seq2seq import Seq2SeqTask, build_seq2seq_task
 
 
 def _reversal_pairs(n: int, seed: int = 0) -> Pairs:
@@ -341,11 +341,12 @@ def test_end_to_end_tiny_g2p_run_on_cmudict_words(tmp_path):
         teacher={"model": "seq2seq_rnn", "kwargs": {"hidden": 32, "embed_dim": 16}},
         student={"model": "seq2seq_rnn", "kwargs": {"hidden": 16, "embed_dim": 8}},
         train={"epochs": 1, "batch_size": 64, "optimizer": "adamw", "lr": 0.003},
-        distill={"alpha": 0.5, "temperature": 1.0, "seq": {"students": ["word", "seq", "interp"], "beam": 2}},
+        distill={"alpha": 0.5, "temperature": 1.0, "seq": {"students": ["word", "seq", "interp", "seq+extra"],
+                                                           "beam": 2, "extra_sources": {"count": 50, "order": 3}}},
         measure={"latency_runs": 30, "latency_warmup": 1}, compress={"targets": ["int8-dynamic"]})
     report = Pipeline(recipe, tmp_path, quiet=True).run()
     models = report["models"]
-    assert set(models) == {"teacher", "baseline", "student_word", "student", "student_interp",
+    assert set(models) == {"teacher", "baseline", "student_word", "student", "student_interp", "student_seq_extra",
                            "student_int8_dynamic"}
     assert models["student"]["label"] == "seq-KD student"
     for entry in models.values():
@@ -355,6 +356,13 @@ def test_end_to_end_tiny_g2p_run_on_cmudict_words(tmp_path):
         searches = {(r["search"], r["batch_size"]) for r in entry["decoding"]["latency"]}
         assert searches == {("greedy", 1), ("greedy", 64), ("beam2", 1), ("beam2", 64)}
     assert models["student"]["training"]["seq_kd_data"]["teacher_outputs"]["reused"] is False
+    plain, extra = models["student"]["training"]["seq_kd_data"], models["student_seq_extra"]["training"]["seq_kd_data"]
+    assert plain["extra_pairs"] == 0 and extra["extra_outputs"]["made_up"] == 50 and extra["extra_pairs"] == 50
+    assert extra["pairs"] == plain["pairs"] + 50 and extra["extra_outputs"]["reused"] is False
+    extra_cache = json.loads(next((tmp_path / "teacher_cache").glob("seq-extra-*.json")).read_text())
+    task = build_seq2seq_task(recipe.data, torch.device("cpu"), recipe.split_seed)
+    known = {k for split in task.splits.values() for k in split.pairs.keys}
+    assert len(extra_cache["nbest"]) == 50 and not known & set(extra_cache["nbest"])
     assert (tmp_path / "source_vocab.txt").exists() and (tmp_path / "target_vocab.txt").exists()
     cache = list((tmp_path / "teacher_cache").glob("seq-outputs-*.json"))
     assert len(cache) == 1 and json.loads(cache[0].read_text())["beam"] == 2
@@ -362,5 +370,6 @@ def test_end_to_end_tiny_g2p_run_on_cmudict_words(tmp_path):
     weights = {role: (tmp_path / role / "model.safetensors").stat().st_mtime_ns for role in models if "int8" not in role}
     again = Pipeline(recipe, tmp_path, quiet=True).run()
     assert again["models"]["student"]["quality"]["ser"] == models["student"]["quality"]["ser"]
+    assert again["models"]["student_seq_extra"]["training"]["seq_kd_data"]["extra_outputs"]["reused"] is True
     assert cache[0].stat().st_mtime_ns == mtime  # the teacher's outputs were read, not decoded again
     assert {role: (tmp_path / role / "model.safetensors").stat().st_mtime_ns for role in weights} == weights

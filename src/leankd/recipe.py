@@ -296,23 +296,43 @@ class TextAugmentConfig(Strict):
         return self
 
 
-SEQ_METHODS = ("word", "seq", "interp", "seq+word", "interp+word")
+SEQ_METHODS = ("word", "seq", "interp", "seq+word", "interp+word", "seq+extra", "seq+word+extra")
+SeqMethod = Literal["word", "seq", "interp", "seq+word", "interp+word", "seq+extra", "seq+word+extra"]
+
+
+class ExtraSourcesConfig(Strict):
+    """Sources without references that the teacher labels for the `+extra` students (transfer-set augmentation,
+    Tang et al. 2019): made-up ones from an n-gram model of the training sources, and/or a file of real ones.
+    Sources found in any split are dropped (validation/test ones would leak)."""
+
+    count: int = Field(0, ge=0, description="made-up sources sampled from an n-gram model of the training "
+                                            "sources' symbols (G2P: pronounceable non-words)")
+    order: int = Field(5, ge=1, le=12, description="n of that n-gram model: the last n-1 symbols pick the next")
+    file: Optional[str] = Field(None, description="a text file of unlabeled sources, one per line")
+
+    @model_validator(mode="after")
+    def _some_sources(self) -> "ExtraSourcesConfig":
+        if self.count == 0 and self.file is None:
+            raise ValueError("distill.seq.extra_sources gives no sources: set count (made-up sources) and/or file")
+        return self
 
 
 class SeqDistillConfig(Strict):
     """Sequence-to-sequence distillation (Kim & Rush 2016): which students to train and how the teacher decodes
     the training set for the sequence-level ones (once; its outputs are cached and fingerprinted)."""
 
-    students: list[Literal["word", "seq", "interp", "seq+word", "interp+word"]] = Field(
+    students: list[SeqMethod] = Field(
         default_factory=lambda: ["word", "seq", "interp"],
         description="word: per-token KD under teacher forcing (distill.alpha / temperature); seq: trained on the "
-                    "teacher's beam output; interp: on the n-best hypothesis closest to the reference; x+word: both")
-    main: Literal["word", "seq", "interp", "seq+word", "interp+word"] = Field(
-        "seq", description="the student reported as 'student' (compressed, compared in ratios)")
+                    "teacher's beam output; interp: on the n-best hypothesis closest to the reference; x+word: both; "
+                    "seq+extra: seq plus the teacher's outputs on distill.seq.extra_sources")
+    main: SeqMethod = Field("seq", description="the student reported as 'student' (compressed, compared in ratios)")
     beam: int = Field(5, ge=1, description="the teacher's beam when it decodes the training set")
     n_best: Optional[int] = Field(None, ge=1, description="interp: hypotheses considered (default: beam)")
     keep_references: bool = Field(False, description="seq / interp: train on the references too (beside the "
                                                      "teacher's outputs) instead of on the outputs only")
+    extra_sources: Optional[ExtraSourcesConfig] = Field(None, description="for the +extra students: unlabeled "
+                                                                          "sources the teacher labels")
 
     @model_validator(mode="after")
     def _main_is_trained(self) -> "SeqDistillConfig":
@@ -323,6 +343,13 @@ class SeqDistillConfig(Strict):
         if self.n_best is not None and self.n_best > self.beam:
             raise ValueError(f"distill.seq.n_best {self.n_best} exceeds distill.seq.beam {self.beam}: a beam of "
                              f"{self.beam} yields at most {self.beam} hypotheses")
+        extra = [m for m in self.students if m.endswith("+extra")]
+        if extra and self.extra_sources is None:
+            raise ValueError(f"distill.seq.students {extra} train on extra sources, but distill.seq.extra_sources is "
+                             "not set: give it a count (made-up sources) and/or a file")
+        if self.extra_sources is not None and not extra:
+            raise ValueError("distill.seq.extra_sources is set but no student uses it: add seq+extra (or "
+                             "seq+word+extra) to distill.seq.students, or remove extra_sources")
         return self
 
 

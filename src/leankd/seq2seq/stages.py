@@ -4,15 +4,18 @@ checkpoints, `--resume`), differing only in the training pairs (a data step) and
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 
 import torch
 
 from ..pipeline import Pipeline, StageResult, _logit_loss, fingerprint, supervised_loss
 from .distill import build_or_load_outputs, training_pairs
+from .extra_sources import file_sources, ngram_sources, source_key
 
 LABELS = {"word": "word-KD student", "seq": "seq-KD student", "interp": "seq-interp student",
-          "seq+word": "seq-KD + word-KD student", "interp+word": "seq-interp + word-KD student"}
+          "seq+word": "seq-KD + word-KD student", "interp+word": "seq-interp + word-KD student",
+          "seq+extra": "seq-KD + extra sources student", "seq+word+extra": "seq-KD + word-KD + extra sources student"}
 
 
 def role_of(method: str, main: str) -> str:
@@ -26,17 +29,20 @@ def train_students(pipe: Pipeline, task, teacher: StageResult, student_init, stu
     cfg = r.distill.seq
     student_cfg = r.stage_train("student")
     teacher_fp = pipe._stage_fp("teacher")
-    outputs = None
+    outputs = extra = None
     if any(not m.startswith("word") for m in cfg.students):
         outputs = teacher_outputs(pipe, task, teacher.model, teacher_data_fp)
+    if any(m.endswith("+extra") for m in cfg.students):
+        extra = teacher_extra_outputs(pipe, task, teacher.model, teacher_data_fp)
     teacher.model.to("cpu")
     for method in cfg.students:
         role = role_of(method, cfg.main)
-        step = method.split("+")[0]
-        word = "word" in method
+        parts = method.split("+")
+        step, word, uses_extra = parts[0], "word" in parts, "extra" in parts
         kd_task, data_info = task, None
         if step != "word":
-            pairs, data_info = training_pairs(task.splits["train"].pairs, outputs, step, cfg.keep_references)
+            pairs, data_info = training_pairs(task.splits["train"].pairs, outputs, step, cfg.keep_references,
+                                              extra if uses_extra else None, task.tokenization)
             kd_task = task.with_train_pairs(pairs)
             pipe.log(f"{role} ({LABELS[method]}): {data_info['pairs']} training pairs from the teacher's outputs "
                      f"({data_info['original_pairs']} references)")
@@ -46,12 +52,15 @@ def train_students(pipe: Pipeline, task, teacher: StageResult, student_init, stu
               "teacher_precision": r.teacher.precision if word else None,  # sequence-level: decoded in fp32
               "seq_outputs": outputs.fingerprint if step != "word" else None,
               "keep_references": cfg.keep_references if step != "word" else None}
+        if uses_extra:
+            fp["extra_outputs"] = extra.fingerprint
         live = pipe.live_teacher(teacher.model, kd_task, channels_last=False) if word else None
         make_teacher = None
         if word and r.teacher.cache:  # offline word-level KD: the teacher's distribution at every target token
             fp["teacher_cache_top_k"] = r.teacher.cache_top_k
             cache_fp = {**teacher_data_fp, "seq_method": method, "seq_outputs": fp["seq_outputs"],
-                        "keep_references": fp["keep_references"]}
+                        "keep_references": fp["keep_references"], **({"extra_outputs": extra.fingerprint}
+                                                                       if uses_extra else {})}
             make_teacher = (lambda t=kd_task, lv=live, c=cache_fp, m=method:
                             pipe.cached_teacher(t, lv, c, subdir=f"token-logits-{m.replace('+', '_')}"))
         stages[role] = pipe.stage(role, copy.deepcopy(student_init), kd_task, student_cfg, loss, teacher=live,
@@ -59,21 +68,54 @@ def train_students(pipe: Pipeline, task, teacher: StageResult, student_init, stu
         del live, make_teacher
         pipe.role_labels[role] = LABELS[method]
         if data_info is not None:
-            stages[role].training_extra["seq_kd_data"] = {**data_info, "teacher_outputs": outputs.as_dict()}
+            stages[role].training_extra["seq_kd_data"] = {
+                **data_info, "teacher_outputs": outputs.as_dict(),
+                **({"extra_outputs": extra.as_dict()} if uses_extra else {})}
 
 
 def teacher_outputs(pipe: Pipeline, task, teacher_model, teacher_data_fp: dict):
     """The teacher's n-best lists on the training sources: from the cache, or decoded now (on the run's device)."""
-    r = pipe.recipe
-    cfg = r.distill.seq
+    cfg = pipe.recipe.distill.seq
     n_best = cfg.n_best or cfg.beam
     fp = fingerprint({"cache": "teacher-seq-outputs", **teacher_data_fp, "teacher": pipe._stage_fp("teacher"),
                       "beam": cfg.beam, "n_best": n_best, "length_penalty": task.length_penalty,
                       "max_len": task.max_len})
+    return _decode_once(pipe, task, teacher_model, fp, n_best)
+
+
+def teacher_extra_outputs(pipe: Pipeline, task, teacher_model, teacher_data_fp: dict):
+    """The teacher's best output on every extra source (made-up and/or from a file; none found in any split),
+    from the cache or decoded now. The made-up ones are drawn with the split's seed: the same for every run seed
+    of a search, so one decode serves them all."""
+    cfg = pipe.recipe.distill.seq
+    x = cfg.extra_sources
+    exclude = {tuple(s) for split in task.splits.values() for s in split.pairs.sources}
+    sources: list[list[str]] = []
+    made_up = 0
+    if x.count:
+        sources = ngram_sources(task.splits["train"].pairs.sources, x.count, x.order, pipe.recipe.split_seed, exclude)
+        made_up = len(sources)
+        if made_up < x.count:
+            pipe.log(f"[yellow]note:[/] distill.seq.extra_sources: the {x.order}-gram model made only {made_up} new "
+                     f"sources of the {x.count} asked (a small training set); going on with those")
+    from_file = file_sources(x.file, task.tokenization, exclude | {tuple(s) for s in sources}) if x.file else []
+    sources += from_file
+    digest = hashlib.sha256("\n".join(source_key(s, task.tokenization) for s in sources).encode()).hexdigest()[:16]
+    fp = fingerprint({"cache": "teacher-seq-extra", **teacher_data_fp, "teacher": pipe._stage_fp("teacher"),
+                      "beam": cfg.beam, "length_penalty": task.length_penalty, "max_len": task.max_len,
+                      "sources": digest})
+    out = _decode_once(pipe, task, teacher_model, fp, 1, sources)
+    out.info = {"made_up": made_up, "from_file": len(from_file), "order": x.order if x.count else None}
+    return out
+
+
+def _decode_once(pipe: Pipeline, task, teacher_model, fp: str, n_best: int, sources=None):
+    r = pipe.recipe
     directory = Path(r.teacher.cache_dir) if r.teacher.cache_dir else pipe.run_dir / "teacher_cache"
     model = copy.deepcopy(teacher_model).to(task.device).eval()
     try:
-        return build_or_load_outputs(directory, fp, task, model, cfg.beam, n_best, log=pipe.log)
+        return build_or_load_outputs(directory, fp, task, model, r.distill.seq.beam, n_best, log=pipe.log,
+                                     sources=sources)
     finally:
         del model
         if task.device.type == "cuda":

@@ -82,7 +82,7 @@ class Seq2SeqTask(Task):
     def __init__(self, splits: dict[str, Pairs], src_vocab: SymbolVocab, tgt_vocab: SymbolVocab,
                  device: torch.device, beam: int = 5, length_penalty: float = 1.0, max_len: Optional[int] = None,
                  text_scores: bool = False, info: Optional[dict] = None, notes: Optional[list[str]] = None,
-                 bucket: bool = True):
+                 bucket: bool = True, tokenization: str = "chars"):
         if not len(splits.get("train", ())):
             raise DataError("a seq2seq task needs training pairs")
         self.device = torch.device(device)
@@ -91,6 +91,7 @@ class Seq2SeqTask(Task):
         self.class_names = list(tgt_vocab.symbols)
         self.beam, self.length_penalty, self.text_scores = beam, length_penalty, text_scores
         self.bucket = bucket
+        self.tokenization = tokenization  # of the sources: how extra (unlabeled) sources are read and keyed
         longest = max(len(t) for t in splits["train"].targets)
         self.max_len = max_len or int(1.5 * longest) + 5  # decoding stops here if EOS never comes
         self.splits = {name: EncodedSplit(p, src_vocab, tgt_vocab, self.device) for name, p in splits.items() if len(p)}
@@ -190,13 +191,25 @@ class Seq2SeqTask(Task):
     def decode_split(self, model, split: str, beam: int, batch_size: int = 256, device: Any = None,
                      n_best: Optional[int] = None) -> tuple[list[str], list, list[list[list[str]]]]:
         """(keys, hypotheses, references) of every distinct source: hypotheses are token-id lists of the best
-        output, or with `n_best` set, lists of `Hypothesis` (beam search, any beam including 1). Sources are decoded longest-first in batches (exact at any padding)."""
+        output, or with `n_best` set, lists of `Hypothesis` (beam search, any beam including 1)."""
+        keys, src, src_len, refs = self.sources(split)
+        return keys, self.decode_ids(model, src, src_len, beam, batch_size, device, n_best), refs
+
+    def decode_sources(self, model, sources: Sequence[Sequence[str]], beam: int, batch_size: int = 256,
+                       device: Any = None, n_best: Optional[int] = None) -> list:
+        """Hypotheses (as `decode_split`) for sources given as symbol lists, e.g. unlabeled extra sources."""
+        ids = [self.src_vocab.encode(list(s), bos=False, eos=False) for s in sources]
+        src_len = torch.tensor([max(len(i), 1) for i in ids], dtype=torch.long)
+        return self.decode_ids(model, _pad(ids, 0), src_len, beam, batch_size, device, n_best)
+
+    def decode_ids(self, model, src: Tensor, src_len: Tensor, beam: int, batch_size: int = 256, device: Any = None,
+                   n_best: Optional[int] = None) -> list:
+        """Decode padded source ids longest-first in batches (exact at any padding), results in input order."""
         from ..seq2seq.decode import beam_search, decode
 
-        keys, src, src_len, refs = self.sources(split)
         device = torch.device(device) if device is not None else self.device
         order = torch.argsort(src_len, descending=True, stable=True)
-        out: list = [None] * len(keys)
+        out: list = [None] * len(src_len)
         was_training = getattr(model, "training", False)
         if isinstance(model, nn.Module):
             model.eval()
@@ -215,7 +228,7 @@ class Seq2SeqTask(Task):
         finally:
             if isinstance(model, nn.Module):
                 model.train(was_training)
-        return keys, out, refs
+        return out
 
     def quality(self, model, split: str, cpu: bool = False) -> dict:
         """Greedy and beam-search error rates over the split's distinct sources (+ teacher-forced loss)."""
@@ -332,7 +345,7 @@ def build_seq2seq_task(cfg, device: torch.device, seed: int, channels_last: bool
     target_tok = seq.target_tokenization or seq.tokenization
     return Seq2SeqTask(splits, src_vocab, tgt_vocab, device, beam=seq.beam, length_penalty=seq.length_penalty,
                        max_len=seq.max_decode_len, text_scores=target_tok == "whitespace", info=info, notes=notes,
-                       bucket=seq.bucket)
+                       bucket=seq.bucket, tokenization=seq.tokenization)
 
 
 def _first_groups(keys: Sequence[str], rows: list[int], limit: int, seed: int) -> list[int]:
