@@ -147,4 +147,16 @@ def seq2seq_notes(models: dict) -> list[str]:
     if parts:
         notes.append("Sequence error rates: " + "; ".join(parts) + ". One seed: differences under about one "
                      "point are within seed-to-seed variation.")
+    for role, entry in models.items():
+        data = ((entry.get("training") or {}).get("seq_kd_data") or {})
+        extra = data.get("extra_outputs")
+        if extra and data.get("extra_pairs"):
+            made = (f"{extra['made_up']} made up by a {extra['order']}-gram model of the training sources"
+                    if extra.get("made_up") else "")
+            read = f"{extra['from_file']} from a file" if extra.get("from_file") else ""
+            notes.append(f"{entry.get('label', role)}: besides the teacher's outputs on the {data['sources']} training "
+                         f"sources, it learned the teacher's outputs on {data['extra_pairs']} extra sources without "
+                         f"references ({' and '.join(p for p in (made, read) if p)}; none occurs in any split), so "
+                         f"each of its epochs holds {data['pairs'] / data['original_pairs']:.2f}x the pairs of the "
+                         "baseline's: same epochs, more training steps.")
     return notes
