@@ -6,7 +6,7 @@ form. Errors name the field path, the bad value and what is allowed (`RecipeErro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -296,8 +296,8 @@ class TextAugmentConfig(Strict):
         return self
 
 
-SEQ_METHODS = ("word", "seq", "interp", "seq+word", "interp+word", "seq+extra", "seq+word+extra")
 SeqMethod = Literal["word", "seq", "interp", "seq+word", "interp+word", "seq+extra", "seq+word+extra"]
+SEQ_METHODS = get_args(SeqMethod)
 
 
 class ExtraSourcesConfig(Strict):
@@ -314,6 +314,9 @@ class ExtraSourcesConfig(Strict):
     def _some_sources(self) -> "ExtraSourcesConfig":
         if self.count == 0 and self.file is None:
             raise ValueError("distill.seq.extra_sources gives no sources: set count (made-up sources) and/or file")
+        if self.file is not None and not Path(self.file).is_file():  # now, not after the teacher has trained
+            raise ValueError(f"distill.seq.extra_sources.file: {self.file} not found: give a text file with one "
+                             "unlabeled source per line")
         return self
 
 
@@ -325,7 +328,7 @@ class SeqDistillConfig(Strict):
         default_factory=lambda: ["word", "seq", "interp"],
         description="word: per-token KD under teacher forcing (distill.alpha / temperature); seq: trained on the "
                     "teacher's beam output; interp: on the n-best hypothesis closest to the reference; x+word: both; "
-                    "seq+extra: seq plus the teacher's outputs on distill.seq.extra_sources")
+                    "seq+extra / seq+word+extra: plus the teacher's outputs on distill.seq.extra_sources")
     main: SeqMethod = Field("seq", description="the student reported as 'student' (compressed, compared in ratios)")
     beam: int = Field(5, ge=1, description="the teacher's beam when it decodes the training set")
     n_best: Optional[int] = Field(None, ge=1, description="interp: hypotheses considered (default: beam)")
@@ -501,8 +504,9 @@ class Recipe(Strict):
         elif self.distill.seq is not None:
             raise ValueError(f"distill.seq is for data.task: seq2seq, not {task!r}: remove it")
         if self.distill.augment is not None and not task.startswith("text_"):
-            raise ValueError(f"distill.augment makes new texts, but data.task is {task}: remove it (images and audio "
-                             "augment through data.augment)")
+            hint = ("seq2seq students learn from extra, unlabeled sources through distill.seq.extra_sources"
+                    if task == "seq2seq" else "images and audio augment through data.augment")
+            raise ValueError(f"distill.augment makes new texts, but data.task is {task}: remove it ({hint})")
         if task == "text_regression":
             bad = [t.kind for t in self.distill.loss or [] if t.kind in ("kd", "soft_ce")]
             if bad:

@@ -3,9 +3,10 @@ beam search; students then train on its outputs (seq-KD), or on the n-best hypot
 (seq-interp), with any loss (`+word` adds word-level KD on those targets); `+extra` adds the teacher's outputs on
 sources without references (`extra_sources.py`).
 
-The teacher's n-best lists (and its outputs on the extra sources) are cached in JSON files named by a fingerprint of everything that shapes them (the
-teacher stage, the data, beam, n-best, length penalty, maximum length), written atomically; a rerun with the same
-fingerprint reads the file and never loads the teacher for it.
+The teacher's n-best lists, and its outputs on the extra sources, are cached in JSON files named by a fingerprint
+of everything that shapes them (the teacher stage, the data, beam, n-best, length penalty, maximum length; for
+extra sources, a hash of their list), written atomically; a rerun with the same fingerprint reads the file and
+never loads the teacher for it.
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def training_pairs(train: Pairs, outputs: TeacherOutputs, method: str, keep_refe
     `seq`: each distinct source with the teacher's best hypothesis. `interp`: for each reference, the n-best
     hypothesis nearest to it by edit distance (the first, i.e. the more likely, on ties); repeats dropped.
     `keep_references` adds the original pairs. Sources the teacher left empty keep their references. `extra`
-    (the teacher's outputs on sources without references, keyed by their text) adds one pair per source."""
+    (the teacher's outputs on sources without references, keyed by their text) adds a pair for each of its
+    sources that is not a training source and got a non-empty output."""
     if method not in ("seq", "interp"):
         raise ValueError(f"unknown sequence-level method {method!r}")
     first_source: dict[str, list[str]] = {}
@@ -113,9 +115,11 @@ def training_pairs(train: Pairs, outputs: TeacherOutputs, method: str, keep_refe
             for ref in refs:
                 add(key, ref)
     extra_pairs = 0
+    training_sources = {tuple(src) for src in train.sources}
     for key, hyps in (extra.nbest.items() if extra is not None else ()):
-        if key not in refs_of and hyps and hyps[0]:
-            first_source[key] = tokenize(key, tokenization)
+        symbols = tokenize(key, tokenization)
+        if key not in refs_of and tuple(symbols) not in training_sources and hyps and hyps[0]:
+            first_source[key] = symbols
             before = len(sources)
             add(key, hyps[0])
             extra_pairs += len(sources) - before

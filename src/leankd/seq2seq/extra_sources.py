@@ -17,7 +17,7 @@ import bisect
 import random
 from itertools import accumulate
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 from ..data.seq2seq import tokenize
 from ..errors import DataError
@@ -32,20 +32,22 @@ def source_key(symbols: Sequence[str], tokenization: str) -> str:
 
 def ngram_sources(sources: Iterable[Sequence[str]], count: int, order: int, seed: int,
                   exclude: set[tuple[str, ...]]) -> list[list[str]]:
-    """Up to `count` distinct sources sampled from an `order`-gram model of `sources` (the last `order - 1`
-    symbols predict the next one, or the end), none in `exclude`, none longer than the longest training source.
-    Seeded: the same data, count, order and seed give the same list. Fewer come back when a small training set
-    cannot make that many new ones (after 20 tries per wanted source)."""
+    """Up to `count` distinct sources sampled from an `order`-gram model of the distinct `sources` (the last
+    `order - 1` symbols predict the next one, or the end), none in `exclude`, none longer than the longest
+    training source. Seeded: the same data, count, order and seed give the same list. Fewer come back when a small
+    training set cannot make that many new ones (after 20 tries per wanted source)."""
     if order < 1:
         raise ValueError(f"n-gram order must be >= 1, got {order}")
     table: dict[tuple[str, ...], dict[str, int]] = {}
     longest = 0
-    for src in sources:
+    for src in dict.fromkeys(tuple(s) for s in sources):  # a word with several pronunciations counts once
         seq = [_START] * (order - 1) + list(src) + [_END]
         longest = max(longest, len(src))
         for i in range(order - 1, len(seq)):
             nxt = table.setdefault(tuple(seq[i - order + 1:i]), {})
             nxt[seq[i]] = nxt.get(seq[i], 0) + 1
+    if not table:
+        return []
     # per context: its symbols and cumulative counts, for one bisect per sampled symbol
     model = {ctx: (list(nxt), list(accumulate(nxt.values()))) for ctx, nxt in table.items()}
     rng = random.Random(seed)
@@ -81,3 +83,36 @@ def file_sources(path: str | Path, tokenization: str, exclude: set[tuple[str, ..
             seen.add(tuple(symbols))
             out.append(symbols)
     return out
+
+
+def collect_extra_sources(task, count: int, order: int, file: Optional[str], seed: int
+                          ) -> tuple[list[list[str]], dict, list[str]]:
+    """The extra sources of a seq2seq task (made-up ones first, then the file's), their counts for the report, and
+    warnings for the log. Excluded: every training source and the whole validation and test pools
+    (`task.held_out_sources`); file lines with a symbol the training sources never use (the student could only
+    read it as <unk>: e.g. capitals when the training words are lower case). Raises if nothing is left, since the
+    +extra student would then be the plain seq-KD one under another name."""
+    exclude = {tuple(s) for s in task.splits["train"].pairs.sources} | set(task.held_out_sources)
+    warnings: list[str] = []
+    made_up = ngram_sources(task.splits["train"].pairs.sources, count, order, seed, exclude) if count else []
+    if len(made_up) < count:
+        warnings.append(f"the {order}-gram model made only {len(made_up)} new sources of the {count} asked (a small "
+                        "training set); going on with those")
+    from_file, unknown = [], 0
+    if file:
+        known = set(task.src_vocab.index)
+        for src in file_sources(file, task.tokenization, exclude | {tuple(s) for s in made_up}):
+            if set(src) <= known:
+                from_file.append(src)
+            else:
+                unknown += 1
+        if unknown:
+            warnings.append(f"{file}: {unknown} sources use symbols the training sources never do (e.g. another "
+                            "case or alphabet) and were left out")
+    if not made_up and not from_file:
+        raise DataError("distill.seq.extra_sources: no new sources (every one is a training, validation or test "
+                        "source, or unreadable): the +extra students would equal seq; give other sources or remove "
+                        "them")
+    info = {"made_up": len(made_up), "from_file": len(from_file), "order": order if count else None,
+            "file_unknown_symbols": unknown if file else None}
+    return made_up + from_file, info, warnings

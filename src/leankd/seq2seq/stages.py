@@ -11,7 +11,7 @@ import torch
 
 from ..pipeline import Pipeline, StageResult, _logit_loss, fingerprint, supervised_loss
 from .distill import build_or_load_outputs, training_pairs
-from .extra_sources import file_sources, ngram_sources, source_key
+from .extra_sources import collect_extra_sources, source_key
 
 LABELS = {"word": "word-KD student", "seq": "seq-KD student", "interp": "seq-interp student",
           "seq+word": "seq-KD + word-KD student", "interp+word": "seq-interp + word-KD student",
@@ -44,8 +44,9 @@ def train_students(pipe: Pipeline, task, teacher: StageResult, student_init, stu
             pairs, data_info = training_pairs(task.splits["train"].pairs, outputs, step, cfg.keep_references,
                                               extra if uses_extra else None, task.tokenization)
             kd_task = task.with_train_pairs(pairs)
+            extra_text = f", {data_info['extra_pairs']} of them on extra sources" if uses_extra else ""
             pipe.log(f"{role} ({LABELS[method]}): {data_info['pairs']} training pairs from the teacher's outputs "
-                     f"({data_info['original_pairs']} references)")
+                     f"({data_info['original_pairs']} references{extra_text})")
         loss = (_logit_loss(r.distill, student_cfg.label_smoothing) if word
                 else supervised_loss(student_cfg.label_smoothing, False))
         fp = {**data_fp, "teacher": teacher_fp, "seq_method": method,
@@ -84,28 +85,19 @@ def teacher_outputs(pipe: Pipeline, task, teacher_model, teacher_data_fp: dict):
 
 
 def teacher_extra_outputs(pipe: Pipeline, task, teacher_model, teacher_data_fp: dict):
-    """The teacher's best output on every extra source (made-up and/or from a file; none found in any split),
-    from the cache or decoded now. The made-up ones are drawn with the split's seed: the same for every run seed
-    of a search, so one decode serves them all."""
+    """The teacher's best output on every extra source (made up and/or from a file; none from any split), from
+    the cache or decoded now. The made-up ones are drawn with the split's seed: they do not change with the run's."""
     cfg = pipe.recipe.distill.seq
     x = cfg.extra_sources
-    exclude = {tuple(s) for split in task.splits.values() for s in split.pairs.sources}
-    sources: list[list[str]] = []
-    made_up = 0
-    if x.count:
-        sources = ngram_sources(task.splits["train"].pairs.sources, x.count, x.order, pipe.recipe.split_seed, exclude)
-        made_up = len(sources)
-        if made_up < x.count:
-            pipe.log(f"[yellow]note:[/] distill.seq.extra_sources: the {x.order}-gram model made only {made_up} new "
-                     f"sources of the {x.count} asked (a small training set); going on with those")
-    from_file = file_sources(x.file, task.tokenization, exclude | {tuple(s) for s in sources}) if x.file else []
-    sources += from_file
+    sources, info, warnings = collect_extra_sources(task, x.count, x.order, x.file, pipe.recipe.split_seed)
+    for warning in warnings:
+        pipe.log(f"[yellow]note:[/] distill.seq.extra_sources: {warning}")
     digest = hashlib.sha256("\n".join(source_key(s, task.tokenization) for s in sources).encode()).hexdigest()[:16]
     fp = fingerprint({"cache": "teacher-seq-extra", **teacher_data_fp, "teacher": pipe._stage_fp("teacher"),
                       "beam": cfg.beam, "length_penalty": task.length_penalty, "max_len": task.max_len,
                       "sources": digest})
     out = _decode_once(pipe, task, teacher_model, fp, 1, sources)
-    out.info = {"made_up": made_up, "from_file": len(from_file), "order": x.order if x.count else None}
+    out.info = info
     return out
 
 

@@ -82,7 +82,7 @@ class Seq2SeqTask(Task):
     def __init__(self, splits: dict[str, Pairs], src_vocab: SymbolVocab, tgt_vocab: SymbolVocab,
                  device: torch.device, beam: int = 5, length_penalty: float = 1.0, max_len: Optional[int] = None,
                  text_scores: bool = False, info: Optional[dict] = None, notes: Optional[list[str]] = None,
-                 bucket: bool = True, tokenization: str = "chars"):
+                 bucket: bool = True, tokenization: str = "chars", held_out: Optional[set] = None):
         if not len(splits.get("train", ())):
             raise DataError("a seq2seq task needs training pairs")
         self.device = torch.device(device)
@@ -92,6 +92,9 @@ class Seq2SeqTask(Task):
         self.beam, self.length_penalty, self.text_scores = beam, length_penalty, text_scores
         self.bucket = bucket
         self.tokenization = tokenization  # of the sources: how extra (unlabeled) sources are read and keyed
+        # sources of the whole validation and test pools (before data.limit_test): never used as extra sources
+        self.held_out_sources = held_out if held_out is not None else {
+            tuple(src) for name, p in splits.items() if name != "train" for src in p.sources}
         longest = max(len(t) for t in splits["train"].targets)
         self.max_len = max_len or int(1.5 * longest) + 5  # decoding stops here if EOS never comes
         self.splits = {name: EncodedSplit(p, src_vocab, tgt_vocab, self.device) for name, p in splits.items() if len(p)}
@@ -323,6 +326,7 @@ def build_seq2seq_task(cfg, device: torch.device, seed: int, channels_last: bool
                            seq.target_tokenization, seq.format)
         origin = source
     parts = grouped_split(pairs.keys, cfg.val_fraction, seq.test_fraction, seed)
+    held_out = {tuple(pairs.sources[i]) for name in ("val", "test") for i in parts.get(name, [])}
     notes = []
     if cfg.limit_train is not None and cfg.limit_train < len(parts["train"]):
         g = torch.Generator().manual_seed(seed + 1)
@@ -345,7 +349,7 @@ def build_seq2seq_task(cfg, device: torch.device, seed: int, channels_last: bool
     target_tok = seq.target_tokenization or seq.tokenization
     return Seq2SeqTask(splits, src_vocab, tgt_vocab, device, beam=seq.beam, length_penalty=seq.length_penalty,
                        max_len=seq.max_decode_len, text_scores=target_tok == "whitespace", info=info, notes=notes,
-                       bucket=seq.bucket, tokenization=seq.tokenization)
+                       bucket=seq.bucket, tokenization=seq.tokenization, held_out=held_out)
 
 
 def _first_groups(keys: Sequence[str], rows: list[int], limit: int, seed: int) -> list[int]:
