@@ -45,19 +45,20 @@ def build_or_load_outputs(directory: Path, fingerprint: str, task, teacher, beam
                           sources: Optional[list[list[str]]] = None) -> TeacherOutputs:
     """Read the cached n-best lists, or decode the training split (or `sources`, symbol lists: extra sources
     without references, keyed by their text) with `teacher` and cache them."""
-    what = "training set" if sources is None else "extra sources"
-    path = Path(directory) / f"seq-{'outputs' if sources is None else 'extra'}-{fingerprint}.json"
+    training = sources is None
+    path = Path(directory) / f"seq-{'outputs' if training else 'extra'}-{fingerprint}.json"
     if path.exists():
         blob = json.loads(path.read_text())
         if blob.get("fingerprint") == fingerprint:
-            log(f"seq-KD: reusing the teacher's decoded {what} {path} (same fingerprint)")
+            log(f"seq-KD: reusing the teacher's decoded {'training set' if training else 'extra sources'} {path} "
+                "(same fingerprint)")
             return TeacherOutputs(fingerprint, path, {k: [h.split() for h in v] for k, v in blob["nbest"].items()},
                                   blob["beam"], None)
-    count = len(task.sources("train")[0]) if sources is None else len(sources)
-    log(f"seq-KD: the teacher decodes {count} {'training' if sources is None else 'extra'} sources (beam {beam}, "
+    count = len(task.sources("train")[0]) if training else len(sources)
+    log(f"seq-KD: the teacher decodes {count} {'training' if training else 'extra'} sources (beam {beam}, "
         f"{n_best}-best), once ...")
     t0 = time.perf_counter()
-    if sources is None:
+    if training:
         keys, hyps, _ = task.decode_split(teacher, "train", beam, batch_size=batch_size, n_best=n_best)
     else:
         keys = [source_key(s, task.tokenization) for s in sources]
@@ -118,7 +119,7 @@ def training_pairs(train: Pairs, outputs: TeacherOutputs, method: str, keep_refe
     training_sources = {tuple(src) for src in train.sources}
     for key, hyps in (extra.nbest.items() if extra is not None else ()):
         symbols = tokenize(key, tokenization)
-        if key not in refs_of and tuple(symbols) not in training_sources and hyps and hyps[0]:
+        if tuple(symbols) not in training_sources and hyps and hyps[0]:  # a training key has its source's symbols
             first_source[key] = symbols
             before = len(sources)
             add(key, hyps[0])

@@ -53,15 +53,14 @@ def train_students(pipe: Pipeline, task, teacher: StageResult, student_init, stu
               "teacher_precision": r.teacher.precision if word else None,  # sequence-level: decoded in fp32
               "seq_outputs": outputs.fingerprint if step != "word" else None,
               "keep_references": cfg.keep_references if step != "word" else None}
-        if uses_extra:
-            fp["extra_outputs"] = extra.fingerprint
+        extra_fp = {"extra_outputs": extra.fingerprint} if uses_extra else {}  # absent otherwise: old stages stay
+        fp.update(extra_fp)
         live = pipe.live_teacher(teacher.model, kd_task, channels_last=False) if word else None
         make_teacher = None
         if word and r.teacher.cache:  # offline word-level KD: the teacher's distribution at every target token
             fp["teacher_cache_top_k"] = r.teacher.cache_top_k
             cache_fp = {**teacher_data_fp, "seq_method": method, "seq_outputs": fp["seq_outputs"],
-                        "keep_references": fp["keep_references"], **({"extra_outputs": extra.fingerprint}
-                                                                       if uses_extra else {})}
+                        "keep_references": fp["keep_references"], **extra_fp}
             make_teacher = (lambda t=kd_task, lv=live, c=cache_fp, m=method:
                             pipe.cached_teacher(t, lv, c, subdir=f"token-logits-{m.replace('+', '_')}"))
         stages[role] = pipe.stage(role, copy.deepcopy(student_init), kd_task, student_cfg, loss, teacher=live,
