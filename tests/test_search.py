@@ -299,8 +299,10 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path, data):
 def _slower(path: Path) -> Path:
     """A base run long enough for a second worker process to start (imports) before the first trials go."""
     recipe = yaml.safe_load(path.read_text())
-    recipe["teacher"]["train"]["epochs"] = 30  # the children import torch meanwhile (seconds on a busy machine)
-    recipe["train"]["epochs"] = 6
+    # the children import torch meanwhile: 5-15 s on a busy 2-core machine. With 30 / 6 epochs the first worker
+    # once took all six trials before the second was up (a flaky failure); the window is now about twice as long.
+    recipe["teacher"]["train"]["epochs"] = 60
+    recipe["train"]["epochs"] = 12
     path.write_text(yaml.safe_dump(recipe))
     return path
 
