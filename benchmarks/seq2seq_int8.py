@@ -11,8 +11,8 @@ is never chosen: every decode runs exactly `--steps` decoder steps, the work a t
 many phonemes. fp32 and int8 are timed in alternation (`--rounds` rounds, median of `--reps` decodes each; which
 goes first swaps every round), so machine drift hits both alike; the JSON keeps every round's figure, because on a
 shared 2-core machine rounds scatter by 10-30 % (batch 1: more). The JSON also lists what was quantized: every LSTM
-and Linear (the script stops if one stays float; the embeddings do, as lookups). Shapes are `name:hidden:embed:enc_layers:dec_layers`; vocabularies are CMUdict's (30 letters,
-73 phoneme symbols).
+and Linear (the script stops if one stays float; the embeddings do, as lookups). Shapes are
+`name:hidden:embed:enc_layers:dec_layers`; vocabularies are CMUdict's (30 letters, 73 phoneme symbols).
 """
 from __future__ import annotations
 
