@@ -61,9 +61,13 @@ class DistillResult:
 # ---------------------------------------------------------------------------------------------------- run
 def run(recipe: Union[str, Path, dict, Recipe], *, run_dir: Optional[Union[str, Path]] = None, force: bool = False,
         resume: bool = False, quiet: bool = False, console: Optional[Console] = None,
-        stop_after_epoch: Optional[int] = None) -> RunResult:
-    """Run a recipe (path, dict or `Recipe`): teacher -> baseline -> KD student -> measure -> report."""
+        stop_after_epoch: Optional[int] = None, seeds: Optional[list[int]] = None) -> RunResult:
+    """Run a recipe (path, dict or `Recipe`): teacher -> baseline -> KD student -> measure -> report. `seeds`
+    replaces the recipe's `seeds:` (students trained once per seed on one split, reported as mean ± sd and paired
+    differences)."""
     recipe = _as_recipe(recipe)
+    if seeds is not None:
+        recipe = with_seeds(recipe, seeds)
     run_dir = Path(run_dir) if run_dir else Path(recipe.output_dir) / recipe.name
     pipeline = Pipeline(recipe, run_dir, force=force, resume=resume, quiet=quiet, console=console,
                         stop_after_epoch=stop_after_epoch)
@@ -127,6 +131,15 @@ def search(recipe: Union[str, Path, dict, Recipe], *, overrides: Optional[list[s
         return None
     summary = s.write_report()
     return {**summary, "dir": str(run_dir)}
+
+
+def with_seeds(recipe: Recipe, seeds: list[int]) -> Recipe:
+    """The recipe with `seeds` set, validated again (the main seed defaults to the first unless `seed` was given)."""
+    raw = recipe.model_dump(mode="json")
+    if "seed" not in recipe.model_fields_set:
+        raw.pop("seed")
+    raw["seeds"] = list(seeds)
+    return parse_recipe(raw, origin="recipe with --seeds")
 
 
 def _as_recipe(recipe: Union[str, Path, dict, Recipe]) -> Recipe:

@@ -34,6 +34,16 @@ def friendly_errors(fn):
     return wrapper
 
 
+def _parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2]; anything else is a clear error before any work."""
+    from .errors import RecipeError
+
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise RecipeError(f"--seeds {text!r}: give comma-separated integers >= 0, e.g. --seeds 0,1,2")
+    return [int(p) for p in parts]
+
+
 @app.command()
 @friendly_errors
 def run(
@@ -43,13 +53,15 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="continue a stage that was interrupted"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars (CI, logs)"),
     overrides: List[str] = typer.Option([], "--set", help="override a recipe value: --set train.epochs=5"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="train the students once per seed on one split and "
+                                        "report mean ± sd and paired KD-vs-baseline differences: --seeds 0,1,2"),
 ):
     """Run a recipe: teacher -> baseline student -> distilled student -> measure -> report."""
     from .api import run as run_recipe
     from .recipe import load_recipe
 
     result = run_recipe(load_recipe(recipe, overrides), run_dir=run_dir, force=force, resume=resume, quiet=quiet,
-                        console=console)
+                        console=console, seeds=_parse_seeds(seeds) if seeds is not None else None)
     _print_result(result)
 
 

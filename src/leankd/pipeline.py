@@ -81,6 +81,20 @@ def _data_settings(data: dict, seed: int) -> dict:
     return data
 
 
+def data_fingerprints(recipe: Recipe, task: Task) -> tuple[dict, dict]:
+    """(students' data fingerprint, teacher's data fingerprint) of a recipe's run on `task`."""
+    # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target)
+    ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"},
+               "seq": {"beam", "length_penalty", "max_decode_len"}}  # seq: how the report decodes
+    seed = recipe.seed
+    data_fp = {"data": _data_settings(recipe.data.model_dump(exclude=ignored), seed),
+               "dataset": task.info.get("fingerprint")}
+    # the teacher (and its cache) never read the word vocabulary: its settings must not retrain the teacher
+    teacher_data_fp = {"data": _data_settings(recipe.data.model_dump(exclude={**ignored, "text": WORD_SETTINGS}), seed),
+                       "dataset": data_fp["dataset"]}
+    return data_fp, teacher_data_fp
+
+
 def fingerprint(obj) -> str:
     blob = json.dumps({"v": FINGERPRINT_VERSION, **obj}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -288,6 +302,7 @@ class Pipeline:
         self.role_labels: dict[str, str] = {}  # report labels of roles a task kind adds (seq2seq students)
         self.epoch_hook: Optional[Callable[[str, dict], None]] = None  # (stage, epoch row): a search's pruner
         self.role_models: dict[str, str] = {}  # architecture of roles other than teacher and students (assistants)
+        self.stage_dirs: dict[str, Path] = {}  # stages living outside run_dir (a seed's shared teacher)
 
     def log(self, msg: str) -> None:
         self.console.print(msg, highlight=False, soft_wrap=True)
@@ -310,13 +325,7 @@ class Pipeline:
         write_text_atomic(self.run_dir / "recipe.yaml", dump_recipe(r))
         torch.manual_seed(r.seed)
         task = self.build_task()
-        # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target)
-        ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"},
-                   "seq": {"beam", "length_penalty", "max_decode_len"}}  # seq: how the report decodes
-        data_fp = {"data": _data_settings(r.data.model_dump(exclude=ignored), r.seed), "dataset": task.info.get("fingerprint")}
-        # the teacher (and its cache) never read the word vocabulary: its settings must not retrain the teacher
-        teacher_data_fp = {"data": _data_settings(r.data.model_dump(exclude={**ignored, "text": WORD_SETTINGS}), r.seed),
-                           "dataset": data_fp["dataset"]}
+        data_fp, teacher_data_fp = data_fingerprints(r, task)
         self.log(f"[bold]leankd[/] run '{r.name}' on {self.device} -> {self.run_dir}")
         self.log(f"data: {r.data.source}: {task.split_size('train')} train / {task.split_size('val')} val / "
                  f"{task.split_size(task.eval_split)} {task.eval_split}, {task.num_classes} classes")
@@ -335,6 +344,15 @@ class Pipeline:
                               f"({r.teacher.model}): drop the feature losses (logit KD works across vocabularies) or "
                               "use a student with the teacher's tokenizer")
 
+        teacher = self.teacher_stage(task, teacher_model, teacher_data_fp)
+        stages = {"teacher": teacher}
+        self.student_stages(task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)
+        seed_values = self.other_seeds(task, teacher, student_model_cfg) if r.seeds and len(r.seeds) > 1 else None
+        return self.report(task, stages, seed_values)
+
+    def teacher_stage(self, task: Task, teacher_model: nn.Module, teacher_data_fp: dict) -> StageResult:
+        """The teacher: trained (or loaded from its checkpoint) on the training split or its `limit_train` subset."""
+        r = self.recipe
         teacher_task, teacher_cfg = task, r.teacher
         if r.teacher.limit_train is not None and r.teacher.limit_train >= task.split_size("train"):
             teacher_cfg = r.teacher.model_copy(update={"limit_train": None})  # keeps every row: same as no limit
@@ -343,11 +361,15 @@ class Pipeline:
             self.teacher_examples = teacher_task.split_size("train")
             self.log(f"teacher: fine-tuned on a stratified {teacher_task.split_size('train')} of the "
                      f"{task.split_size('train')} training examples (teacher.limit_train); students use all")
-        teacher = self.stage("teacher", teacher_model, teacher_task, r.stage_train("teacher"),
-                             supervised_loss(r.stage_train("teacher").label_smoothing, task.regression),
-                             extra_fp=teacher_data_fp, model_cfg=teacher_cfg)
+        return self.stage("teacher", teacher_model, teacher_task, r.stage_train("teacher"),
+                          supervised_loss(r.stage_train("teacher").label_smoothing, task.regression),
+                          extra_fp=teacher_data_fp, model_cfg=teacher_cfg)
+
+    def student_stages(self, task: Task, teacher: StageResult, student_init: nn.Module, student_model_cfg: ModelConfig,
+                       data_fp: dict, teacher_data_fp: dict, stages: dict) -> None:
+        """The baseline and the KD student(s) of this pipeline's seed, added to `stages` (trained or reused)."""
+        r = self.recipe
         student_cfg = r.stage_train("student")
-        stages = {"teacher": teacher}
         if r.baseline:
             stages["baseline"] = self.stage("baseline", copy.deepcopy(student_init), task, student_cfg,
                                             supervised_loss(student_cfg.label_smoothing, task.regression),
@@ -356,7 +378,7 @@ class Pipeline:
             from .seq2seq.stages import train_students
 
             train_students(self, task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)
-            return self.report(task, stages)
+            return
         reference = stages["baseline"].model if "baseline" in stages else student_init
         self.feature_pairs = self.resolve_feature_pairs(task, teacher.model, reference, trained="baseline" in stages)
         kd_loss = build_loss(r.distill, student_cfg.label_smoothing, self.feature_pairs, task.regression)
@@ -396,7 +418,72 @@ class Pipeline:
                 feature_terms(r.distill, self.feature_pairs), kd_task, live, student_cfg.batch_size,
                 student_cfg.precision, seed=r.seed)
         del live
-        return self.report(task, stages)
+
+    # ------------------------------------------------------------------------------------------ seeds
+    def other_seeds(self, task: Task, teacher: StageResult, student_model_cfg: ModelConfig
+                    ) -> dict[int, dict[str, Optional[float]]]:
+        """`seeds:` the students (and with `seeds_teacher: per_seed` the teacher) of every seed but the main one,
+        each in `<run>/seed<k>/`, on the main seed's split; returns their headline quality per seed and role."""
+        return {seed: self.seed_pipeline(seed).train_seed(task, teacher, student_model_cfg)
+                for seed in self.recipe.seeds if seed != self.recipe.seed}
+
+    def seed_pipeline(self, seed: int) -> "Pipeline":
+        """A pipeline for one more seed: the recipe with that seed and the main split pinned (data.split_seed), so its
+        stage fingerprints are those of a standalone run of that seed on this split. With `seeds_teacher: once` it
+        reads the main teacher's stage."""
+        r = self.recipe
+        recipe = r.model_copy(update={"seed": seed, "seeds": None,
+                                      "data": r.data.model_copy(update={"split_seed": r.split_seed})})
+        child = Pipeline(recipe, self.run_dir / f"seed{seed}", force=self.force, resume=self.resume, quiet=self.quiet,
+                         console=self.console, stop_after_epoch=self.stop_after_epoch)
+        child.epoch_hook = self.epoch_hook
+        if r.seeds_teacher == "once":
+            child.stage_dirs["teacher"] = self.run_dir / "teacher"
+        return child
+
+    def train_seed(self, task: Task, teacher: StageResult, student_model_cfg: ModelConfig
+                   ) -> dict[str, Optional[float]]:
+        """Train (or reuse) this seed's stages the way `run` does, then measure their quality (only: cost and latency
+        do not depend on the seed and are measured once, on the main seed's models)."""
+        r = self.recipe
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log(f"[bold]seed {r.seed}[/] (split of seed {r.split_seed}) -> {self.run_dir}")
+        data_fp, teacher_data_fp = data_fingerprints(r, task)
+        stages = {}
+        if "teacher" not in self.stage_dirs:  # seeds_teacher: per_seed
+            torch.manual_seed(r.seed)  # the same initial weights as a standalone run with this seed
+            teacher_model = build_model(r.teacher, task.num_classes, "teacher", task.model_defaults())
+            task.prepare_model(teacher_model)
+            teacher = stages["teacher"] = self.teacher_stage(task, teacher_model, teacher_data_fp)
+        torch.manual_seed(r.seed)
+        student_init = build_model(student_model_cfg, task.num_classes, "student", task.model_defaults())
+        task.prepare_model(student_init)
+        self.student_stages(task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)
+        values = {}
+        for role, st in stages.items():
+            model = load_weights(copy.deepcopy(st.model), self.run_dir / role / "model.safetensors")
+            values[role] = headline({"quality": task.quality(_prepare_for_measuring(model, task), task.eval_split)})
+        return values
+
+    def seeds_block(self, task: Task, models: dict, seed_values: dict[int, dict[str, Optional[float]]]) -> dict:
+        """The report's `seeds` block: each seed-trained role's quality per seed, mean and sd, and every KD student
+        paired with the baseline seed by seed."""
+        from .seeds import seeds_summary
+
+        r = self.recipe
+        once = r.seeds_teacher == "once"
+        roles = [role for role, m in models.items() if not m.get("artifact") and not (once and role == "teacher")]
+        values = {role: [headline(models[role]) if seed == r.seed else seed_values[seed].get(role) for seed in r.seeds]
+                  for role in roles}
+        compared = [role for role in roles if role not in ("teacher", "baseline") and not role.startswith("assistant")]
+        teacher = ("trained once, with the main seed, and shared by every seed's students" if once
+                   else "trained once per seed")
+        note = (f"{len(r.seeds)} seeds ({', '.join(map(str, r.seeds))}) on one split (split seed {r.split_seed}); "
+                f"the teacher was {teacher}. Quality is measured for every seed's models; cost, latency and memory "
+                f"once per architecture, on the main seed's ({r.seed}) models, which the results table shows.")
+        return seeds_summary(r.seeds, values, main_seed=r.seed, split_seed=r.split_seed,
+                             metric="pearson" if task.regression else "accuracy", teacher=r.seeds_teacher,
+                             compared=compared, note=note)
 
     def assistants(self, task: Task, teacher: StageResult, stages: dict, kd_fp: dict, channels_last: bool):
         """Teacher-assistant stages (Mirzadeh et al. 2020), each an ordinary cached stage distilled with the
@@ -591,7 +678,7 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------------------------
     def _stage_fp(self, stage: str) -> Optional[str]:
-        path = self.run_dir / stage / "stage.json"
+        path = self.stage_dirs.get(stage, self.run_dir / stage) / "stage.json"
         return json.loads(path.read_text())["fingerprint"] if path.exists() else None
 
     def stage(self, name: str, model: nn.Module, task: Task, cfg: TrainConfig, loss: Loss, *, model_cfg: ModelConfig,
@@ -665,7 +752,8 @@ class Pipeline:
         return StageResult(model, origin, training, reused=False)
 
     # ---------------------------------------------------------------------------------------------------
-    def report(self, task: Task, stages: dict[str, StageResult]) -> dict:
+    def report(self, task: Task, stages: dict[str, StageResult],
+               seed_values: Optional[dict[int, dict[str, Optional[float]]]] = None) -> dict:
         r = self.recipe
         self.log(f"measuring {', '.join(stages)} (from the saved weights) ...")
         saved = {}
@@ -719,9 +807,12 @@ class Pipeline:
         if r.distill.features and {"qat", "qat-control"} & built_targets:
             notes.append("QAT fine-tuning distils the logits only: BatchNorm folding traces the student into a flat "
                          "graph, so the feature losses' module taps would not find their modules.")
+        seeds = self.seeds_block(task, models, seed_values) if seed_values else None
+        if seeds:
+            notes.append(seeds["note"])
         report = finish_report(r.name, self.run_dir, r.seed, task, models, self.device,
                                extra_notes=notes + qat_notes(models) + feature_notes(models) + cache_notes(models)
-                               + transfer_notes(models))
+                               + transfer_notes(models), seeds=seeds)
         return report
 
     def finetune_setup(self, task: Task, teacher: nn.Module):
@@ -773,12 +864,14 @@ class Pipeline:
 
 
 def finish_report(name: str, run_dir: Optional[Path], seed: int, task: Task, models: dict, device,
-                  extra_notes: Optional[list[str]] = None) -> dict:
-    """Build report.json from the model blocks; write it, its markdown and plots when there is a run dir."""
-    notes = list(getattr(task, "notes", [])) + report_notes(models, seed) + list(extra_notes or [])
+                  extra_notes: Optional[list[str]] = None, seeds: Optional[dict] = None) -> dict:
+    """Build report.json from the model blocks (and the `seeds` block of a run over seeds); write it, its markdown
+    and plots when there is a run dir."""
+    notes = (list(getattr(task, "notes", [])) + report_notes(models, seed, several_seeds=bool(seeds))
+             + list(extra_notes or []))
     run = {"name": name, "run_dir": str(run_dir) if run_dir else None, "seed": seed, "task": task.kind,
            "dataset": task.describe(), "environment": environment(torch.device(device))}
-    report = build_report(run, models, notes)
+    report = build_report(run, models, notes, seeds=seeds)
     if run_dir is not None:
         write_report(run_dir, report)
         write_markdown(run_dir, report, plots=write_plots(report, run_dir))
@@ -850,9 +943,9 @@ def feature_notes(models: dict) -> list[str]:
     return ["; ".join(parts) + ". Per-term step costs are in the layer-distillation table." + caveat]
 
 
-def report_notes(models: dict, seed: int) -> list[str]:
+def report_notes(models: dict, seed: int, several_seeds: bool = False) -> list[str]:
     notes = []
-    if "baseline" in models and "student" in models:
+    if "baseline" in models and "student" in models and not several_seeds:
         notes.append(f"The KD gain is measured with one seed ({seed}); KD gains are often around one point, "
                      "within seed-to-seed variation, so claims need at least 2 seeds.")
     energy_sources = {m["training"]["energy_source"] for m in models.values() if m.get("training")}

@@ -455,6 +455,12 @@ class Recipe(Strict):
     compress: CompressConfig = CompressConfig()
     search: Optional[SearchConfig] = Field(None, description="what `leankd search` varies and optimizes "
                                                              "(ignored by `leankd run`)")
+    seeds: Optional[list[int]] = Field(None, description="train the students once per seed, all on the same split "
+                                       "(data.split_seed, else the main seed's), and report mean ± sd and the paired "
+                                       "KD-vs-baseline comparison. `seed` is the main seed (default: the first of "
+                                       "these): its stages and cost/latency measurements are the run's usual ones")
+    seeds_teacher: Literal["once", "per_seed"] = Field("once", description="with seeds: train the teacher once (with "
+                                                       "the main seed) or once per seed")
 
     @field_validator("device")
     @classmethod
@@ -537,6 +543,29 @@ class Recipe(Strict):
                 problems = "; ".join(f"{role}.train.{'.'.join(map(str, err['loc']))} = {err.get('input')!r}: "
                                      f"{err['msg']}" for err in e.errors())
                 raise ValueError(problems) from None
+        return self
+
+    @model_validator(mode="after")
+    def _seeds(self) -> "Recipe":
+        """The seed list is checked when the recipe is read; the main seed defaults to the first of the list."""
+        if self.seeds is None:
+            return self
+        if not self.seeds:
+            raise ValueError("seeds is empty: list the seeds to run (seeds: [0, 1, 2]) or remove it")
+        negative = [s for s in self.seeds if s < 0]
+        if negative:
+            raise ValueError(f"seeds: {negative} are negative; seeds are integers >= 0")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seeds lists {repeated} more than once: each seed trains the same models, list it once")
+        if self.seed not in self.seeds:
+            if "seed" in self.model_fields_set:
+                raise ValueError(f"seed is {self.seed} but seeds is {self.seeds}: the main seed must be one of the "
+                                 f"seeds (add {self.seed} to seeds, or remove seed to make {self.seeds[0]} the main one)")
+            object.__setattr__(self, "seed", self.seeds[0])
+        if self.seeds_teacher == "per_seed" and self.teacher.checkpoint:
+            raise ValueError("seeds_teacher: per_seed trains a teacher per seed, but teacher.checkpoint loads a "
+                             "trained one: remove seeds_teacher (or the checkpoint)")
         return self
 
     @property

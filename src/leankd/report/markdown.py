@@ -346,6 +346,9 @@ def kd_gain_sentence(report: dict) -> str:
     else:
         budget = "(training budgets not recorded)"
 
+    seeded = seeds_kd_sentence(report, s_label, budget)
+    if seeded:
+        return seeded
     if abs(gain) < KD_TIE_POINTS:
         verdict = f"{s_label} is within {KD_TIE_POINTS:g} points of the baseline trained alone {budget}"
     elif gain > 0:
@@ -360,6 +363,8 @@ def kd_gain_sentence(report: dict) -> str:
 
 def _kd_noise_sentence(report: dict) -> Optional[str]:
     """Rough scale of eval noise: standard error of the accuracy difference, treating the two as independent."""
+    if _paired_seeds(report):
+        return None  # the seeds' confidence interval covers eval noise and seed spread together
     models = report["models"]
     gain = _g(report, "ratios", "kd_gain_points")
     s_acc, b_acc = _g(models, STUDENT_ROLE, "quality", "accuracy"), _g(models, BASELINE_ROLE, "quality", "accuracy")
@@ -381,11 +386,92 @@ def _kd_noise_sentence(report: dict) -> Optional[str]:
 
 
 def _seed_caveat(report: dict) -> Optional[str]:
+    if _paired_seeds(report):
+        return None
     seed = _g(report, "run", "seed")
     if isinstance(seed, list) and len(seed) > 1:
         return None
     shown = f" (seed {seed})" if seed is not None else ""
     return f"Measured on one seed{shown}: repeat with other seeds before relying on a difference of this size."
+
+
+# ------------------------------------------------------------------------------------------------- seeds
+def _paired_seeds(report: dict) -> Optional[dict]:
+    """The KD student's paired comparison with the baseline over two or more seeds, if the run has one."""
+    paired = _g(report, "seeds", "paired", STUDENT_ROLE)
+    return paired if paired and paired.get("n", 0) >= 2 and _is_num(paired.get("mean_points")) else None
+
+
+def _paired_stats(p: dict) -> str:
+    """'mean paired difference +1.00 points over 3 seeds, 95 % CI [-1.48, +3.48], paired t-test p = 0.225; ...'"""
+    parts = [f"mean paired difference {fmt_points(p['mean_points'])} points over {p['n']} seeds"]
+    if _is_num(p.get("ci_low_points")) and _is_num(p.get("ci_high_points")):
+        parts[0] += (f", {100 * p['ci_level']:g} % CI [{fmt_points(p['ci_low_points'])}, "
+                     f"{fmt_points(p['ci_high_points'])}]")
+    if _is_num(p.get("p_value")):
+        parts[0] += f", paired t-test p = {p['p_value']:.3f}"
+    ties = f", tied in {p['ties']}" if p.get("ties") else ""
+    parts.append(f"KD better in {p['better']} of {p['n']} seeds, worse in {p['worse']}{ties}")
+    return "; ".join(parts)
+
+
+def seeds_kd_sentence(report: dict, s_label: str, budget: str) -> Optional[str]:
+    """The KD verdict over seeds: the mean paired difference and its t interval; an interval that contains 0 is
+    'within seed spread', whatever the sign of the mean."""
+    p = _paired_seeds(report)
+    if p is None:
+        return None
+    mean, lo, hi = p["mean_points"], p.get("ci_low_points"), p.get("ci_high_points")
+    if not (_is_num(lo) and _is_num(hi)) or lo <= 0 <= hi:
+        verdict = f"{s_label} is within seed spread of the baseline trained alone {budget}"
+    elif mean > 0:
+        verdict = f"{s_label} is {abs(mean):.2f} points above the baseline trained alone {budget}"
+    else:
+        verdict = f"{s_label} is {abs(mean):.2f} points below the baseline trained alone {budget}"
+    roles = _g(report, "seeds", "roles") or {}
+    s_mean, b_mean = _g(roles, STUDENT_ROLE, "mean"), _g(roles, p["reference"], "mean")
+    name = "Pearson r (x100)" if _g(report, "seeds", "metric") == "pearson" else "accuracy"
+    return f"{verdict} ({_paired_stats(p)}): {fmt_pct(s_mean)} % vs {fmt_pct(b_mean)} % mean {name}."
+
+
+def seeds_tables(report: dict) -> list[str]:
+    """Markdown of a run over seeds: quality per seed with mean ± sd, and each KD student paired with the baseline."""
+    seeds = report.get("seeds")
+    if not seeds:
+        return []
+    models = report["models"]
+
+    def label(role: str) -> str:
+        return model_label(role, models[role]) if role in models else DEFAULT_LABELS.get(role, role)
+
+    metric = "Pearson r (x100)" if seeds.get("metric") == "pearson" else "accuracy (%)"
+    header = ["model", f"{metric} mean ± sd"] + [f"seed {s}" + (" (main)" if s == seeds["main_seed"] else "")
+                                                  for s in seeds["seeds"]]
+    rows = [[label(role), f"{fmt_pct(st.get('mean'))} ± {fmt_pct(st.get('sd'))}"] + [fmt_pct(v) for v in st["values"]]
+            for role, st in seeds["roles"].items()]
+    for role, p in seeds.get("paired", {}).items():
+        if p["n"] == len(seeds["seeds"]):  # one difference per seed: a row under the values it came from
+            rows.append([f"{label(role)} − {label(p['reference'])} (points)",
+                         f"{fmt_points(p.get('mean_points'))} ± {fmt_points(p.get('sd_points'), signed=False)}"]
+                        + [fmt_points(d) for d in p["differences_points"]])
+    lines = _md_table(header, rows)
+    paired = seeds.get("paired") or {}
+    if paired:
+        level = f"{100 * next(iter(paired.values()))['ci_level']:g} % CI (t)"
+        prow = []
+        for role, p in paired.items():
+            t = (f"{fmt_fixed(p.get('t'), 2)} ({p.get('df')}), p = {p['p_value']:.3f}"
+                 if _is_num(p.get("t")) and _is_num(p.get("p_value")) else DASH)
+            ci = (f"[{fmt_points(p.get('ci_low_points'))}, {fmt_points(p.get('ci_high_points'))}]"
+                  if _is_num(p.get("ci_low_points")) else DASH)
+            sign = f"{p['sign_p_value']:.3f}" if _is_num(p.get("sign_p_value")) else DASH
+            prow.append([f"{label(role)} vs {label(p['reference'])}", fmt_points(p.get("mean_points")), ci, t,
+                         f"{p['better']} / {p['worse']} / {p['ties']}", sign])
+        lines += [""] + _md_table(["paired over seeds", "mean Δ (points)", level, "paired t (df), p",
+                                   "better / worse / tied", "sign test p"], prow)
+    if seeds.get("note"):
+        lines += ["", seeds["note"]]
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------- per class
@@ -457,6 +543,8 @@ def _run_summary(report: dict) -> list[str]:
         sw.append(env["platform"])
     lines.append(f"- **Software:** {', '.join(sw)}")
     lines.append(f"- **Seed:** {run.get('seed') if run.get('seed') is not None else DASH}")
+    if report.get("seeds"):
+        lines[-1] += f" (main; students also trained with seeds {', '.join(map(str, report['seeds']['seeds']))})"
     lines.append(f"- **Created:** {report.get('created_utc', DASH)}")
     origins = [f"{model_label(r, e)}: {e['origin']}" for r, e in report["models"].items() if e.get("origin")]
     if origins:
@@ -519,7 +607,8 @@ def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optiona
     kd = [kd_gain_sentence(report)]
     f1 = _g(report, "ratios", "kd_gain_macro_f1_points")
     if _is_num(f1):
-        kd.append(f"Macro-F1 difference: {fmt_points(f1)} points.")
+        main = f" (main seed {report['seeds']['main_seed']})" if report.get("seeds") else ""
+        kd.append(f"Macro-F1 difference{main}: {fmt_points(f1)} points.")
     if _is_num(_g(report, "ratios", "kd_gain_points")):
         noise = _kd_noise_sentence(report)
         if noise:
@@ -528,6 +617,10 @@ def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optiona
         if seed:
             kd.append(seed)
     lines.append(" ".join(kd))
+
+    seed_lines = seeds_tables(report)
+    if seed_lines:
+        lines += ["", "## Seeds", ""] + seed_lines
 
     speed = _speedup_lines(report)
     if speed:
@@ -579,7 +672,10 @@ def render_console(report: dict):
     for r in rows:
         table.add_row(*r)
     gain = _g(report, "ratios", "kd_gain_points")
-    if _is_num(gain):
+    paired = _paired_seeds(report)
+    if paired:
+        table.caption = f"KD gain over baseline: {_paired_stats(paired)}"
+    elif _is_num(gain):
         table.caption = f"KD gain over baseline: {fmt_points(gain)} points (one seed)"
     return table
 

@@ -87,24 +87,40 @@ def plot_curves(report: dict, run_dir: Path, path: Path) -> Optional[Path]:
     return _save(fig, path)
 
 
+def _seed_spread(report: dict, role: str) -> Optional[tuple[float, float, int]]:
+    """(mean, sd, n) of a role's quality over a run's seeds, in points; None without seeds (or one value)."""
+    st = ((report.get("seeds") or {}).get("roles") or {}).get(role) or {}
+    mean, sd = _finite(st.get("mean")), _finite(st.get("sd"))
+    return (100.0 * mean, 100.0 * sd, st["n"]) if mean is not None and sd is not None else None
+
+
 def _scatter(report: dict, path: Path, xs_fn, xlabel: str, title: str) -> Optional[Path]:
+    """Quality against a cost; a role trained over several seeds is drawn at its mean with ± 1 sd error bars (its
+    cost is measured once, on the main seed's model)."""
     pts = []
     for role, entry in report["models"].items():
         x = _finite(xs_fn(entry))
         y = _finite(headline(entry))  # accuracy, or Pearson r for regression
         if x is not None and x > 0 and y is not None:
-            pts.append((x, 100.0 * y, model_label(role, entry)))
+            spread = _seed_spread(report, role)
+            if spread:
+                pts.append((x, spread[0], f"{model_label(role, entry)} (mean ± sd, {spread[2]} seeds)", spread[1]))
+            else:
+                pts.append((x, 100.0 * y, model_label(role, entry), 0.0))
     if not pts:
         return None
     fig = _figure(figsize=(5.5, 4.0))
     ax = fig.subplots()
-    for x, y, label in pts:
-        ax.scatter([x], [y], s=40, zorder=3)
+    for x, y, label, err in pts:
+        if err:
+            ax.errorbar([x], [y], yerr=[err], fmt="o", markersize=6, capsize=4, zorder=3)
+        else:
+            ax.scatter([x], [y], s=40, zorder=3)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9)
     ax.set_xscale("log")
     lo, hi = min(p[0] for p in pts), max(p[0] for p in pts)
     ax.set_xlim(lo / 2, hi * 2)  # room for labels, and a sane range when there is a single point
-    ylo, yhi = min(p[1] for p in pts), max(p[1] for p in pts)
+    ylo, yhi = min(p[1] - p[3] for p in pts), max(p[1] + p[3] for p in pts)
     pad = max(1.0, 0.15 * (yhi - ylo))
     ax.set_ylim(ylo - pad, yhi + pad)
     ax.set_xlabel(xlabel)

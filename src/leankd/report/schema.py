@@ -313,6 +313,46 @@ class Ratios(_Strict):
     kd_gain_macro_f1_points: Optional[float] = None
 
 
+# ------------------------------------------------------------------------------------------------------- seeds
+class SeedRole(_Strict):
+    """One role's headline quality (fraction, like `quality.accuracy`) per seed, aligned with `SeedRuns.seeds`."""
+    values: list[Optional[float]]
+    n: int
+    mean: Optional[float] = None
+    sd: Optional[float] = None  # sample standard deviation (n - 1); null for one value
+
+
+class PairedComparison(_Strict):
+    """A KD student minus its `reference` (the baseline), seed by seed, in points; t interval and tests."""
+    reference: str
+    differences_points: list[float]
+    n: int
+    mean_points: Optional[float] = None
+    sd_points: Optional[float] = None
+    ci_level: float
+    ci_low_points: Optional[float] = None
+    ci_high_points: Optional[float] = None
+    t: Optional[float] = None
+    df: Optional[int] = None
+    p_value: Optional[float] = None  # paired t-test, two-sided
+    better: int
+    worse: int
+    ties: int
+    sign_p_value: Optional[float] = None  # exact two-sided sign test, ties dropped
+
+
+class SeedRuns(_Strict):
+    """`seeds:` runs: the models of every seed on one split (`models` holds the main seed's)."""
+    seeds: list[int]
+    main_seed: int
+    split_seed: int
+    metric: str  # the headline quality compared: accuracy, or pearson for regression
+    teacher: str  # once | per_seed
+    roles: dict[str, SeedRole]
+    paired: dict[str, PairedComparison] = Field(default_factory=dict)
+    note: Optional[str] = None
+
+
 # ------------------------------------------------------------------------------------------------------ report
 class Report(_Strict):
     schema_version: int
@@ -322,6 +362,7 @@ class Report(_Strict):
     models: dict[str, ModelEntry]
     ratios: Ratios = Field(default_factory=Ratios)
     notes: list[str] = Field(default_factory=list)
+    seeds: Optional[SeedRuns] = None  # runs over several seeds (optional: older reports have none)
 
     @field_validator("schema_version")
     @classmethod
@@ -384,7 +425,10 @@ def validate_report(report: Any, what: str = "report") -> dict:
         model = Report.model_validate(_to_plain(report))
     except ValidationError as e:
         raise ReportSchemaError(format_validation_error(e, what)) from None
-    return model.model_dump(mode="json")
+    out = model.model_dump(mode="json")
+    if out.get("seeds") is None:  # a one-seed report keeps the shape it always had
+        out.pop("seeds", None)
+    return out
 
 
 def _get(d: Any, *keys: str) -> Any:
@@ -499,7 +543,7 @@ def utc_now_stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build_report(run: dict, models: dict, notes: Optional[list[str]] = None) -> dict:
+def build_report(run: dict, models: dict, notes: Optional[list[str]] = None, seeds: Optional[dict] = None) -> dict:
     """Assemble, compute ratios, validate and return a plain report dict (schema version 1).
 
     `run` and `models` may be dicts or the pydantic models above. Notes are kept in order, duplicates dropped.
@@ -524,6 +568,8 @@ def build_report(run: dict, models: dict, notes: Optional[list[str]] = None) -> 
         "ratios": compute_ratios(models_plain),
         "notes": clean_notes,
     }
+    if seeds is not None:
+        report["seeds"] = _to_plain(seeds)
     return validate_report(report)
 
 
