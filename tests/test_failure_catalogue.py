@@ -107,3 +107,22 @@ def test_tiny_recipe_runs(tmp_path):
     result = cli("run", path, "--quiet")
     assert result.code == 0, result.text[-3000:]
     assert (tmp_path / "runs" / "tiny" / "report.json").exists()
+
+
+# ===== seeds (seeds helper): `seeds:` in a recipe and `leankd run --seeds`
+def test_seeds_option_not_integers(tmp_path):
+    path = write_yaml(tmp_path / "r.yaml", tiny_recipe(tmp_path))
+    assert_clean_error(cli("run", path, "--seeds", "0,one"), "--seeds '0,one'", "comma-separated integers",
+                       "--seeds 0,1,2")
+    assert not (tmp_path / "runs").exists()  # refused before any work
+
+
+def test_seeds_repeated_in_recipe(tmp_path):
+    path = write_yaml(tmp_path / "r.yaml", tiny_recipe(tmp_path, seeds=[0, 1, 0]))
+    assert_clean_error(cli("validate", path), "seeds lists [0] more than once", "list it once")
+
+
+def test_seeds_without_the_recipe_seed(tmp_path):
+    path = write_yaml(tmp_path / "r.yaml", tiny_recipe(tmp_path, seed=5))
+    assert_clean_error(cli("run", path, "--seeds", "0,1"), "seed is 5 but seeds is [0, 1]", "add 5 to seeds")
+    assert not (tmp_path / "runs").exists()

@@ -84,10 +84,11 @@ def paired_comparison(values: Sequence[float], reference: Sequence[float], level
     if len(values) != len(reference):
         raise ValueError(f"paired comparison needs one value per seed on both sides, got {len(values)} and "
                          f"{len(reference)}")
-    diffs = [100.0 * (v - r) for v, r in zip(values, reference)]
-    n = len(diffs)
-    mean, sd = mean_sd(diffs)
-    shown = [round(d, 4) for d in diffs]  # signs counted on these: float noise (1e-15) is not a win
+    # rounded to 1e-4 points before anything is computed from them: float noise (1e-15) is neither a win nor spread
+    # (two equal gains would otherwise get a t of 1e14), and the report's statistics follow from its differences
+    shown = [round(100.0 * (v - r), 4) for v, r in zip(values, reference)]
+    n = len(shown)
+    mean, sd = mean_sd(shown)
     out = {"differences_points": shown, "n": n,
            "mean_points": None if mean is None else round(mean, 4), "sd_points": None if sd is None else round(sd, 4),
            "ci_level": level, "ci_low_points": None, "ci_high_points": None, "t": None, "df": n - 1 if n > 1 else None,
@@ -99,7 +100,7 @@ def paired_comparison(values: Sequence[float], reference: Sequence[float], level
     se = sd / math.sqrt(n)
     half = t_quantile(level, n - 1) * se
     out["ci_low_points"], out["ci_high_points"] = round(mean - half, 4), round(mean + half, 4)
-    if se > 0:
+    if sd > 0:
         t = mean / se
         out["t"], out["p_value"] = round(t, 4), round(t_two_sided_p(t, n - 1), 6)
     return out
