@@ -807,9 +807,7 @@ class Pipeline:
         if r.distill.features and {"qat", "qat-control"} & built_targets:
             notes.append("QAT fine-tuning distils the logits only: BatchNorm folding traces the student into a flat "
                          "graph, so the feature losses' module taps would not find their modules.")
-        seeds = self.seeds_block(task, models, seed_values) if seed_values else None
-        if seeds:
-            notes.append(seeds["note"])
+        seeds = self.seeds_block(task, models, seed_values) if seed_values else None  # its note: under its table
         report = finish_report(r.name, self.run_dir, r.seed, task, models, self.device,
                                extra_notes=notes + qat_notes(models) + feature_notes(models) + cache_notes(models)
                                + transfer_notes(models), seeds=seeds)
