@@ -106,6 +106,8 @@ def test_report_seeds_block_and_sentence_when_the_interval_excludes_zero(tmp_pat
     assert "83.33 % vs 80.33 % mean accuracy" in md
     assert "| KD student | 83.33 ± 1.53 | 82.00 | 83.00 | 85.00 |" in md
     assert "| KD student − Baseline student (points) | +3.00 ± 1.00 | +2.00 | +3.00 | +4.00 |" in md
+    # t = 3 / (1 / sqrt 3) = 5.196; p (df 2) = 1 - t / sqrt(t^2 + 2) = 0.035; sign test 2 * (1/2)^3 = 0.25
+    assert "| KD student vs Baseline student | +3.00 | [+0.52, +5.48] | 5.20 (2), p = 0.035 | 3 / 0 / 0 | 0.250 |" in md
     assert "Measured on one seed" not in md and "one standard error of this difference" not in md
 
 

@@ -402,6 +402,10 @@ def _paired_seeds(report: dict) -> Optional[dict]:
     return paired if paired and paired.get("n", 0) >= 2 and _is_num(paired.get("mean_points")) else None
 
 
+def _fmt_p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
 def _paired_stats(p: dict) -> str:
     """'mean paired difference +1.00 points over 3 seeds, 95 % CI [-1.48, +3.48], paired t-test p = 0.225; ...'"""
     parts = [f"mean paired difference {fmt_points(p['mean_points'])} points over {p['n']} seeds"]
@@ -409,7 +413,7 @@ def _paired_stats(p: dict) -> str:
         parts[0] += (f", {100 * p['ci_level']:g} % CI [{fmt_points(p['ci_low_points'])}, "
                      f"{fmt_points(p['ci_high_points'])}]")
     if _is_num(p.get("p_value")):
-        parts[0] += f", paired t-test p = {p['p_value']:.3f}"
+        parts[0] += f", paired t-test p {_fmt_p(p['p_value'])}"
     ties = f", tied in {p['ties']}" if p.get("ties") else ""
     parts.append(f"KD better in {p['better']} of {p['n']} seeds, worse in {p['worse']}{ties}")
     return "; ".join(parts)
@@ -460,11 +464,11 @@ def seeds_tables(report: dict) -> list[str]:
         level = f"{100 * next(iter(paired.values()))['ci_level']:g} % CI (t)"
         prow = []
         for role, p in paired.items():
-            t = (f"{fmt_fixed(p.get('t'), 2)} ({p.get('df')}), p = {p['p_value']:.3f}"
+            t = (f"{fmt_fixed(p.get('t'), 2)} ({p.get('df')}), p {_fmt_p(p['p_value'])}"
                  if _is_num(p.get("t")) and _is_num(p.get("p_value")) else DASH)
             ci = (f"[{fmt_points(p.get('ci_low_points'))}, {fmt_points(p.get('ci_high_points'))}]"
                   if _is_num(p.get("ci_low_points")) else DASH)
-            sign = f"{p['sign_p_value']:.3f}" if _is_num(p.get("sign_p_value")) else DASH
+            sign = _fmt_p(p["sign_p_value"]).lstrip("= ") if _is_num(p.get("sign_p_value")) else DASH
             prow.append([f"{label(role)} vs {label(p['reference'])}", fmt_points(p.get("mean_points")), ci, t,
                          f"{p['better']} / {p['worse']} / {p['ties']}", sign])
         lines += [""] + _md_table(["paired over seeds", "mean Δ (points)", level, "paired t (df), p",
