@@ -132,6 +132,7 @@ def _recipe(**extra) -> dict:
 
 def test_recipe_main_seed_is_the_first_unless_given():
     assert parse_recipe(_recipe(seeds=[3, 1])).seed == 3
+    assert parse_recipe(_recipe(seeds=[2, 0])).seed == 0  # the default seed 0 stays main: its run is extended
     assert parse_recipe(_recipe(seed=1, seeds=[3, 1])).seed == 1
     with pytest.raises(RecipeError, match=r"seed is 5 but seeds is \[0, 1\].*add 5 to seeds"):
         parse_recipe(_recipe(seed=5, seeds=[0, 1]))

@@ -134,7 +134,8 @@ def search(recipe: Union[str, Path, dict, Recipe], *, overrides: Optional[list[s
 
 
 def with_seeds(recipe: Recipe, seeds: list[int]) -> Recipe:
-    """The recipe with `seeds` set, validated again (the main seed defaults to the first unless `seed` was given)."""
+    """The recipe with `seeds` set, validated again (the main seed: `seed` when listed, else the first of `seeds`
+    unless `seed` was given)."""
     raw = recipe.model_dump(mode="json")
     if "seed" not in recipe.model_fields_set:
         raw.pop("seed")

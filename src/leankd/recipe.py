@@ -457,8 +457,9 @@ class Recipe(Strict):
                                                              "(ignored by `leankd run`)")
     seeds: Optional[list[int]] = Field(None, description="train the students once per seed, all on the same split "
                                        "(data.split_seed, else the main seed's), and report mean ± sd and the paired "
-                                       "KD-vs-baseline comparison. `seed` is the main seed (default: the first of "
-                                       "these): its stages and cost/latency measurements are the run's usual ones")
+                                       "KD-vs-baseline comparison. `seed` is the main seed (unset and not listed: "
+                                       "the first of these): its stages and cost/latency measurements are the run's "
+                                       "usual ones")
     seeds_teacher: Literal["once", "per_seed"] = Field("once", description="with seeds: train the teacher once (with "
                                                        "the main seed) or once per seed")
 
@@ -547,7 +548,8 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _seeds(self) -> "Recipe":
-        """The seed list is checked when the recipe is read; the main seed defaults to the first of the list."""
+        """The seed list is checked when the recipe is read. The main seed is `seed` when listed (0 by default, so
+        `--seeds 2,1,0` extends a default seed-0 run), else the first of the list unless `seed` was set."""
         if self.seeds is None:
             return self
         if not self.seeds:
