@@ -66,7 +66,9 @@ def trial_rows(search) -> list[dict]:
                    "seed": t.user_attrs.get("seed", search.recipe.seed), "source": t.user_attrs.get("source"),
                    "run_dir": t.user_attrs.get("run_dir"), "duration_s": t.user_attrs.get("duration_s"),
                    "note": t.user_attrs.get("error") or t.user_attrs.get("pruned")
-                   or ("cut off by a killed worker; queued again" if t.user_attrs.get("stale") else None),
+                   or ("cut off by a killed worker; queued again" if t.user_attrs.get("stale") else None)
+                   or (f"the settings of trial {t.user_attrs['duplicate_of']} again: not run, the sampler was asked "
+                       "for others" if t.user_attrs.get("duplicate_of") is not None else None),
                    "metrics": dict(t.user_attrs.get("metrics") or {}), "metrics_from": "study",
                    "baseline_metrics": t.user_attrs.get("baseline_metrics"),
                    "violations": t.user_attrs.get("violations")}
@@ -289,6 +291,7 @@ def write_search_report(search) -> dict:
                           "metrics": r["metrics"]} for r in front],
                "first_rung_front": [r["trial"] for r in explore_front], "base": base, "confirmations": confirmed,
                "conclusion": conclusion, "plots": plots, "budget_stop": search.budget_stop,
+               "space_exhausted": search.space_exhausted,
                "wall_time_s": round(time.perf_counter() - search.started, 1)}
     write_text_atomic(search.dir / "search_report.md", render(search, rows, front, explore_front, confirmed, base,
                                                               conclusion, plots))
@@ -387,7 +390,10 @@ def render(search, rows, front, explore_front, confirmed, base, conclusion, plot
              f"Trials completed: {counts['explore']} first rung, {counts['full']} full budget, {counts['confirm']} "
              f"confirmation runs (every trial: `leaderboard.md`, `leaderboard.csv`)."
              + (f" The time budget stopped the first rung after {search.budget_stop} trials." if search.budget_stop
-                else ""), ""]
+                else "")
+             + (f" The first rung stopped after {search.space_exhausted} trials: every setting of the space was "
+                "tried, or the sampler kept proposing tried ones." if search.space_exhausted is not None else ""),
+             ""]
     show = list(dict.fromkeys([o.metric for o in cfg.objectives] +
                               ["accuracy", "val_accuracy", "macs", "params", "size_mb", "latency_ms"]))
     lines += ["### Reference points (base run, full budget, one seed)", "",

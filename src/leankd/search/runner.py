@@ -44,8 +44,9 @@ from ..report.schema import load_report
 from .config import SearchConfig
 from .metrics import candidate_metrics, resolve
 from .pareto import pareto_front, select_for_promotion
-from .space import apply_params, check_space, suggest
-from .study import RUNGS, active, claim_waiting, make_sampler, open_storage, recover_stale, worker_id
+from .space import apply_params, check_space, setting_key, space_size, suggest, untried_setting
+from .study import (MAX_RESAMPLE, RUNGS, active, claim_waiting, duplicate_of, make_sampler, open_storage,
+                    recover_stale, sampler_seed, worker_id)
 
 POLL_S = 2.0
 
@@ -77,6 +78,7 @@ class Search:
         # tests: SIGKILL this process in the student's first epoch of the trial after this many explore trials
         self.kill_after_trials = kill_after_trials
         self.budget_stop: Optional[int] = None  # explore trials when the time budget stopped the first rung
+        self.space_exhausted: Optional[int] = None  # explore trials when no untried settings were left
         self.metrics = list(dict.fromkeys([o.metric for o in self.cfg.objectives] +
                                           [c.metric for c in self.cfg.constraints] +
                                           ["accuracy", "macs", "params", "size_mb", "latency_ms", "train_time_s"]))
@@ -259,12 +261,53 @@ class Search:
                         self.log(f"explore: stopping after {len(trials)} trials: the rest of the search would not "
                                  f"fit search.time_budget_min = {self.cfg.time_budget_min}")
                         return
-                trial = study.ask()
-                study._storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
-            params = suggest(trial, self.cfg.space)
+                asked = self._ask(study)
+                if asked is None:
+                    return
+                trial, params = asked
             kill = self.kill_after_trials is not None and done_here >= self.kill_after_trials
             self._run_explore_trial(study, trial, params, kill)
             done_here += 1
+
+    def _ask(self, study: optuna.Study) -> Optional[tuple[optuna.Trial, dict]]:
+        """A new first-rung trial and its parameters, never settings the study already holds. The proposal comes
+        from the sampler seeded by (search seed, trials so far) - a resumed search does not replay the first
+        run's proposals; one that still repeats an earlier trial's settings (complete, running, failed, or cut
+        off by a kill) is recorded as a skipped duplicate, and the next proposal is random (a continuous space)
+        or an untried setting (a finite one: TPE on a few choices converges on its best and repeats it). A
+        re-queued trial keeps its settings (it resumes its checkpoint). None: no untried setting is left. Call
+        under the queue lock, so that two workers see each other's proposals."""
+        storage = study._storage
+        size = space_size(self.cfg.space)
+        for attempt in range(MAX_RESAMPLE):
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            tried = {setting_key(t.params) for t in trials if t.params}
+            if size is not None and not waiting and len(tried) >= size:
+                break  # every setting of a finite space was tried
+            seed = sampler_seed(self.cfg.seed, len(trials))
+            if attempt == 0 or waiting:
+                study.sampler = make_sampler(self.cfg.sampler, len(self.directions), seed, self.cfg.trials)
+            else:
+                study.sampler = optuna.samplers.RandomSampler(seed=seed)
+                untried = untried_setting(self.cfg.space, tried, seed)
+                if untried is not None:
+                    study.enqueue_trial(untried, skip_if_exists=False)
+            trial = study.ask()
+            storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
+            params = suggest(trial, self.cfg.space)
+            twin = None if trial.user_attrs.get("retry_of") is not None else \
+                duplicate_of(trial.params, trials, trial.number)
+            if twin is None:
+                return trial, params
+            storage.set_trial_user_attr(trial._trial_id, "params", params)
+            storage.set_trial_user_attr(trial._trial_id, "duplicate_of", twin)
+            study.tell(trial.number, state=TrialState.FAIL)
+            self.log(f"explore trial {trial.number}: the settings of trial {twin} again: not run, proposing others")
+        self.space_exhausted = len(active(study.get_trials(deepcopy=False)))
+        self.log(f"explore: stopping after {self.space_exhausted} trials: every setting of the space was tried, or "
+                 f"{MAX_RESAMPLE} proposals in a row repeated tried ones")
+        return None
 
     def _run_explore_trial(self, study: optuna.Study, trial: optuna.Trial, params: dict, kill: bool = False) -> None:
         started = time.perf_counter()
