@@ -42,7 +42,7 @@ from ..errors import LeanKDError, RecipeError
 from ..recipe import Recipe, dump_recipe, parse_recipe
 from ..report.schema import load_report
 from .config import SearchConfig
-from .metrics import candidate_metrics, resolve
+from .metrics import CPU_LATENCY, candidate_metrics, latency_fallback_note, reference_ms_per_mac, resolve
 from .pareto import pareto_front, select_for_promotion
 from .space import apply_params, check_space, setting_key, space_size, suggest, untried_setting
 from .study import (MAX_RESAMPLE, RUNGS, active, claim_waiting, duplicate_of, make_sampler, open_storage,
@@ -79,6 +79,7 @@ class Search:
         self.kill_after_trials = kill_after_trials
         self.budget_stop: Optional[int] = None  # explore trials when the time budget stopped the first rung
         self.space_exhausted: Optional[int] = None  # explore trials when no untried settings were left
+        self._ms_per_mac: Optional[dict[str, Optional[float]]] = None  # see ms_per_mac()
         self.metrics = list(dict.fromkeys([o.metric for o in self.cfg.objectives] +
                                           [c.metric for c in self.cfg.constraints] +
                                           ["accuracy", "macs", "params", "size_mb", "latency_ms", "train_time_s"]))
@@ -191,12 +192,25 @@ class Search:
         """The compression targets a trial with `params` builds (its candidate is the first one's artifact)."""
         return list(apply_params(self.base_raw, params).get("compress", {}).get("targets", []))
 
-    def _measure(self, report: dict, raw: dict, run_dir: Path, role: str = "student") -> dict:
-        """The candidate's metrics, plus its last epoch's validation accuracy (what the search selects on)."""
+    def _measure(self, report: dict, raw: dict, run_dir: Path, role: str = "student") -> tuple[dict, Optional[str]]:
+        """The candidate's metrics, plus its last epoch's validation accuracy (what the search selects on), and a
+        note when its CPU latency was noise and an estimate from MACs (or nothing) stands in for it."""
         targets = list(raw.get("compress", {}).get("targets", [])) if role == "student" else []
-        metrics = candidate_metrics(report, targets, self.metrics, None if role == "student" else role)
+        which = None if role == "student" else role
+        metrics = candidate_metrics(report, targets, self.metrics, which, self.ms_per_mac())
         metrics["val_accuracy"] = last_val_accuracy(run_dir / role / "metrics.jsonl")
-        return metrics
+        return metrics, latency_fallback_note(report, targets, self.metrics, which, self.ms_per_mac())
+
+    def ms_per_mac(self) -> dict[str, Optional[float]]:
+        """Per CPU latency metric: milliseconds per MAC of the base run's reliably timed models (what an
+        unreliable trial latency is estimated from); read once, after the base run."""
+        if self._ms_per_mac is None:
+            path = self.dir / "base" / "report.json"
+            if not path.exists():
+                return {}
+            paths = [resolve(m, m) for m in self.metrics if resolve(m, m).startswith(CPU_LATENCY)]
+            self._ms_per_mac = reference_ms_per_mac(load_report(path), paths)
+        return self._ms_per_mac
 
     def _values(self, metrics: dict) -> Optional[list[float]]:
         values = [selection_value(metrics, o.metric) for o in self.cfg.objectives]
@@ -214,20 +228,22 @@ class Search:
         return out
 
     def _finish(self, study: optuna.Study, trial_id: int, number: int, run_dir: Path, metrics: dict,
-                started: float) -> None:
+                started: float, latency_note: Optional[str] = None) -> None:
         storage = study._storage
         violations = self._violations(metrics)
         for key, value in {"run_dir": str(run_dir.relative_to(self.dir)), "metrics": metrics,
-                           "violations": violations,
+                           "violations": violations, "latency_note": latency_note,
                            "duration_s": round(time.perf_counter() - started, 2)}.items():
-            storage.set_trial_user_attr(trial_id, key, value)
+            if value is not None:
+                storage.set_trial_user_attr(trial_id, key, value)
         if study is self.studies["explore"] and self.cfg.constraints:  # the sampler learns what is feasible
             trial = optuna.Trial(study, trial_id)
             for i, v in enumerate(violations):
                 trial.set_constraint(f"c{i}", v)
         values = self._values(metrics)
         if values is None:
-            storage.set_trial_user_attr(trial_id, "error", "an objective was not measured")
+            storage.set_trial_user_attr(trial_id, "error", "an objective was not measured"
+                                        + (f" ({latency_note})" if latency_note else ""))
             study.tell(number, state=TrialState.FAIL)
         else:
             study.tell(number, values)
@@ -335,9 +351,9 @@ class Search:
             study.tell(trial.number, state=TrialState.FAIL)
             self.log(f"[yellow]explore trial {trial.number} failed:[/] {type(e).__name__}: {e}")
             return
-        metrics = self._measure(report, raw, run_dir)
-        self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started)
-        self.log(f"explore trial {trial.number}: {_short(metrics)}")
+        metrics, note = self._measure(report, raw, run_dir)
+        self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started, note)
+        self.log(f"explore trial {trial.number}: {_short(metrics)}" + (f" ({note})" if note else ""))
 
     def _time_left_for_another(self, trials: list[FrozenTrial]) -> bool:
         if self.cfg.time_budget_min is None:
@@ -448,12 +464,12 @@ class Search:
                 study.tell(trial.number, state=TrialState.FAIL)
                 self.log(f"[yellow]{study.study_name} job {trial.number} failed:[/] {type(e).__name__}: {e}")
                 continue
-            metrics = self._measure(report, raw, run_dir)
+            metrics, note = self._measure(report, raw, run_dir)
             if with_baseline:  # the KD gain compares fp32 with fp32, whatever the candidate ships as
                 metrics["student_accuracy"] = report["models"]["student"]["quality"].get("accuracy")
                 study._storage.set_trial_user_attr(trial._trial_id, "baseline_metrics",
-                                                   self._measure(report, raw, run_dir, "baseline"))
-            self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started)
+                                                   self._measure(report, raw, run_dir, "baseline")[0])
+            self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started, note)
 
     def wait_idle(self, study: optuna.Study) -> None:
         """Other workers may still run first-rung trials: promotion needs all of them."""
