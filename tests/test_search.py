@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -482,6 +483,25 @@ def test_a_proposal_that_repeats_tried_settings_is_skipped_and_a_finite_space_ru
     before = len(study.trials)
     assert search._ask(study) is None  # 2, 4, 8 and 16 tried: nothing new to propose, and no trial added
     assert len(study.trials) == before and search.space_exhausted == 3
+
+
+def test_a_requeued_trial_keeps_the_settings_of_the_trial_it_reruns():
+    """The job of a trial cut off by a kill runs again with its settings (to resume its checkpoint): not a repeat."""
+    from leankd.search.runner import Search
+    from leankd.search.study import recover_stale
+
+    r = _recipe({"student.kwargs.width": {"choices": [2, 4, 8, 16]}}, trials=6)
+    search = Search(r, Path("unused"), quiet=True)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial, params = search._ask(study)
+    # its worker: this pid with another start time - a process that died, its pid since reused
+    study._storage.set_trial_user_attr(trial._trial_id, "worker", f"{socket.gethostname()}:{os.getpid()}:1")
+    assert recover_stale(study, lambda msg: None) == 1
+    again, same = search._ask(study)
+    assert same == params and again.user_attrs["retry_of"] == trial.number
+    assert not any(t.user_attrs.get("duplicate_of") is not None for t in study.trials)
+    study.tell(again.number, [0.5, 1.0])
+    assert search._ask(study)[1] != params  # the next proposal is new settings
 
 
 def test_space_size_counts_finite_spaces_only():

@@ -312,8 +312,8 @@ class Search:
             trial = study.ask()
             storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
             params = suggest(trial, self.cfg.space)
-            twin = None if trial.user_attrs.get("retry_of") is not None else \
-                duplicate_of(trial.params, trials, trial.number)
+            twin = duplicate_of(trial.params, [t for t in trials if t.number not in _retried(trial, trials)],
+                                trial.number)
             if twin is None:
                 return trial, params
             storage.set_trial_user_attr(trial._trial_id, "params", params)
@@ -515,6 +515,16 @@ def _same_recipe(path: Path, recipe: Recipe) -> bool:
         return parse_recipe(yaml.safe_load(path.read_text()), origin=str(path)).model_dump() == recipe.model_dump()
     except (LeanKDError, yaml.YAMLError):
         return False
+
+
+def _retried(trial: optuna.Trial, trials: list[FrozenTrial]) -> set[int]:
+    """The trials a re-queued trial re-runs (its stale original, and that one's, ...): it shares their settings."""
+    by_number = {t.number: t for t in trials}
+    out, number = set(), trial.user_attrs.get("retry_of")
+    while number is not None and number not in out:
+        out.add(number)
+        number = by_number[number].user_attrs.get("retry_of") if number in by_number else None
+    return out
 
 
 def _params_key(params: Optional[dict]) -> str:
