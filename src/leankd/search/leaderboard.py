@@ -36,8 +36,9 @@ def collect(dirs: list[Path]) -> list[dict]:
             for role, entry in report["models"].items():
                 metrics = candidate_metrics(report, [], COLUMNS, role)
                 noise = latency_noise(entry)
-                metrics["latency_ms"] = get_path(entry, "latency.cpu.batch_1.median_ms") if noise else \
-                    metrics["latency_ms"]  # shown as measured, flagged: no estimate outside a search
+                if noise:  # shown as measured, flagged: no estimate outside a search
+                    measured = get_path(entry, "latency.cpu.batch_1.median_ms")
+                    metrics["latency_ms"] = measured if isinstance(measured, (int, float)) else None
                 rows.append({"source": str(d), "kind": "run", "label": entry.get("label", role),
                              "settings": entry.get("architecture", ""), **metrics,
                              "latency_flag": "unreliable" if noise else None,

@@ -19,8 +19,8 @@ from optuna.trial import TrialState
 
 from ..io import atomic_path, write_json_atomic, write_text_atomic
 from ..report.schema import load_report
-from .metrics import CPU_LATENCY, candidate_metrics, latency_fallback_note, resolve
 from .evidence import first_rung_sentence, first_rung_signal, selection_bias_sentence, teacher_origin
+from .metrics import CPU_LATENCY, candidate_metrics, latency_fallback_note, resolve
 from .pareto import pareto_front
 from .runner import _params_key, last_val_accuracy, selection_value
 from .space import FAMILY, MISSING, get_path
