@@ -126,3 +126,36 @@ def test_seeds_without_the_recipe_seed(tmp_path):
     path = write_yaml(tmp_path / "r.yaml", tiny_recipe(tmp_path, seed=5))
     assert_clean_error(cli("run", path, "--seeds", "0,1"), "seed is 5 but seeds is [0, 1]", "add 5 to seeds")
     assert not (tmp_path / "runs").exists()
+# ============================================================================================== search (search helper)
+# A killed search resumed without repeating a trial: tests/test_search.py::
+# test_killed_search_resumes_without_losing_a_finished_trial_or_repeating_one (kill -9 mid-trial, then --resume).
+def _existing_search(tmp_path: Path) -> tuple[Path, Path]:
+    """A search directory as a first `leankd search` leaves it (its recipe and study), made without training."""
+    from leankd.recipe import dump_recipe, parse_recipe
+
+    recipe = tiny_recipe(tmp_path, search={"space": {"distill.temperature": {"low": 1.0, "high": 4.0}}, "trials": 2})
+    path = write_yaml(tmp_path / "search.yaml", recipe)
+    search_dir = tmp_path / "s"
+    search_dir.mkdir()
+    (search_dir / "recipe.yaml").write_text(dump_recipe(parse_recipe(recipe)))
+    (search_dir / "study.journal").write_text('{"op_code": 0, "worker_id": "w", "study_name": "tiny:explore"}\n')
+    return path, search_dir
+
+
+def test_search_again_into_an_existing_search_needs_resume_or_force(tmp_path):
+    path, search_dir = _existing_search(tmp_path)
+    before = snapshot(search_dir)
+    result = cli("search", path, "--run-dir", search_dir, "--quiet")
+    assert_clean_error(result, f"a search already exists in {search_dir}", "--resume", "--force")
+    assert_unchanged(before, search_dir, allow_new=False)
+
+
+def test_search_resume_with_another_recipe_is_refused(tmp_path):
+    path, search_dir = _existing_search(tmp_path)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["search"]["space"]["distill.temperature"]["high"] = 8.0
+    write_yaml(path, recipe)
+    before = snapshot(search_dir)
+    result = cli("search", path, "--run-dir", search_dir, "--resume", "--quiet")
+    assert_clean_error(result, "holds a search of another recipe", "use another directory", "--force")
+    assert_unchanged(before, search_dir, allow_new=False)

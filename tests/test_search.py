@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -262,19 +263,21 @@ def test_search_end_to_end_report_numbers_come_from_the_trials(tmp_path, data):
     assert bad.exit_code == 2 and "neither a run directory" in bad.output
 
 
-def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path, data):
-    path = _search_recipe(tmp_path, data, confirm_top=0)
+def test_killed_search_resumes_without_losing_a_finished_trial_or_repeating_one(tmp_path, data):
+    """Killed in its second trial: on resume, the cut-off trial is re-run from its checkpoint, and the new trials
+    are new settings (a fresh sampler seeded as before would propose the first trial's settings again)."""
+    path = _search_recipe(tmp_path, data, confirm_top=0, promote_max=1)
     recipe = yaml.safe_load(path.read_text())
     recipe["train"]["epochs"] = 4  # first rung: 2 epochs, so the killed trial has a checkpoint to resume from
     path.write_text(yaml.safe_dump(recipe))
     s = tmp_path / "s"
     cmd = [sys.executable, "-m", "leankd.cli", "search", str(path), "--run-dir", str(s), "--quiet"]
-    killed = subprocess.run(cmd + ["--kill-after-trials", "2"], capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(cmd + ["--kill-after-trials", "1"], capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(s / "study.journal")))
     before = optuna.load_study(study_name="tiny_search:explore", storage=storage).trials
     finished = {t.number: t.values for t in before if t.state == optuna.trial.TrialState.COMPLETE}
-    assert len(finished) == 2 and before[-1].state == optuna.trial.TrialState.RUNNING
+    assert len(finished) == 1 and before[-1].state == optuna.trial.TrialState.RUNNING
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "--resume" in again.stderr
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
@@ -292,6 +295,15 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path, data):
     assert training["epochs"] == 2 and training["energy_source"].startswith("not available: run was resumed")
     complete = [t for t in after if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 4
+    # no settings twice: the four trials that ran are four different settings (the stale trial and its re-run are
+    # one job); a proposal that repeated tried settings, if any, was recorded as skipped and never ran
+    settings = [json.dumps(t.params, sort_keys=True) for t in complete]
+    assert len(set(settings)) == 4, settings
+    skipped = [t for t in after if t.user_attrs.get("duplicate_of") is not None]
+    for t in skipped:
+        assert t.state == optuna.trial.TrialState.FAIL and "run_dir" not in t.user_attrs
+        assert t.params == after[t.user_attrs["duplicate_of"]].params
+    assert len(after) == len(finished) + 1 + 3 + len(skipped)  # finished, killed, its re-run, two new, skipped
     summary = json.loads((s / "search.json").read_text())
     assert sum(r["state"] == "complete" for r in summary["trials"] if r["rung"] == "explore") == 4
 
@@ -440,3 +452,66 @@ def test_full_budget_candidates_are_judged_on_their_seeds_mean():
     front = front_rows(rows, search, "full")
     assert [f["trial"] for f in front] == [2] and [x["trial"] for x in front[0]["runs"]] == [2, 3]
     assert front[0]["metrics"]["accuracy"] == pytest.approx((0.60 + 0.59) / 2)
+
+
+def test_a_proposal_that_repeats_tried_settings_is_skipped_and_a_finite_space_runs_out():
+    """Settings already in the study are never run again: a repeat is recorded as skipped (not counted, never
+    run) and an untried setting is proposed instead; once every setting of a finite space was tried, the first rung
+    stops. Multivariate TPE, past its random startup trials, proposes the best tried width again here."""
+    from leankd.search.runner import Search
+    from leankd.search.study import active
+
+    choices = [2, 4, 8, 16]
+    r = _recipe({"student.kwargs.width": {"choices": choices}}, trials=6)
+    search = Search(r, Path("unused"), quiet=True)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dist = {"student.kwargs.width": optuna.distributions.CategoricalDistribution(choices)}
+    for width, state in ((2, "COMPLETE"), (4, "FAIL"), (8, "COMPLETE")):  # 4 was cut off by a kill (stale)
+        study.add_trial(optuna.trial.create_trial(
+            params={"student.kwargs.width": width}, distributions=dist, state=optuna.trial.TrialState[state],
+            values=[0.5, float(width)] if state == "COMPLETE" else None,
+            user_attrs={"stale": True} if state == "FAIL" else {}))
+    trial, params = search._ask(study)
+    assert params == {"student.kwargs.width": 16}  # the one setting not tried
+    skipped = [t for t in study.trials if t.user_attrs.get("duplicate_of") is not None]
+    assert skipped  # TPE did repeat a tried width
+    for t in skipped:  # every repeat points at the earlier trial with its settings, and never ran
+        assert t.state == optuna.trial.TrialState.FAIL and t.params["student.kwargs.width"] != 16
+        assert t.params == study.trials[t.user_attrs["duplicate_of"]].params
+    assert [t.number for t in active(study.trials)] == [0, 2, trial.number]  # the stale one, repeats: not counted
+    study.tell(trial.number, [0.6, 16.0])
+    before = len(study.trials)
+    assert search._ask(study) is None  # 2, 4, 8 and 16 tried: nothing new to propose, and no trial added
+    assert len(study.trials) == before and search.space_exhausted == 3
+
+
+def test_a_requeued_trial_keeps_the_settings_of_the_trial_it_reruns():
+    """The job of a trial cut off by a kill runs again with its settings (to resume its checkpoint): not a repeat."""
+    from leankd.search.runner import Search
+    from leankd.search.study import recover_stale
+
+    r = _recipe({"student.kwargs.width": {"choices": [2, 4, 8, 16]}}, trials=6)
+    search = Search(r, Path("unused"), quiet=True)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial, params = search._ask(study)
+    # its worker: this pid with another start time - a process that died, its pid since reused
+    study._storage.set_trial_user_attr(trial._trial_id, "worker", f"{socket.gethostname()}:{os.getpid()}:1")
+    assert recover_stale(study, lambda msg: None) == 1
+    again, same = search._ask(study)
+    assert same == params and again.user_attrs["retry_of"] == trial.number
+    assert not any(t.user_attrs.get("duplicate_of") is not None for t in study.trials)
+    study.tell(again.number, [0.5, 1.0])
+    assert search._ask(study)[1] != params  # the next proposal is new settings
+
+
+def test_space_size_counts_finite_spaces_only():
+    from leankd.search.space import setting_key, space_size
+
+    space = _recipe({"student.kwargs.width": {"choices": [2, 4, 8]}, "train.epochs": {"low": 2, "high": 6},
+                     "distill.alpha": {"low": 0.1, "high": 0.9, "step": 0.2}}).search.space
+    assert space_size(space) == 3 * 5 * 5  # 0.1, 0.3, 0.5, 0.7, 0.9
+    space = _recipe({"student.kwargs.width": {"choices": [2, 4]}, "distill.alpha": {"low": 0.1, "high": 0.9}})
+    assert space_size(space.search.space) is None  # a continuous range never runs out
+    # a stepped value computed twice may differ in its last bit: still the same setting
+    assert setting_key({"distill.alpha": 0.1 * 3}) == setting_key({"distill.alpha": 0.3})  # 0.30000000000000004
+    assert setting_key({"distill.alpha": 0.5}) != setting_key({"distill.alpha": 0.7})

@@ -1,6 +1,7 @@
 """`leankd leaderboard DIR...`: runs and searches side by side - every model of every run directory and every
 completed trial of every search directory, with the same candidate metrics, and the accuracy-vs-MACs front
-across all of them."""
+across all of them. A CPU latency the run's timer marked unreliable is shown as such (a search's trial shows the
+MACs-based estimate it was selected on), never as a plain number."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,9 @@ from pathlib import Path
 
 from ..errors import LeanKDError
 from ..report.schema import load_report
-from .metrics import candidate_metrics
+from .metrics import candidate_metrics, latency_noise
 from .pareto import pareto_front
+from .space import get_path
 
 COLUMNS = ["accuracy", "macs", "params", "size_mb", "latency_ms", "train_time_s"]
 
@@ -26,13 +28,21 @@ def collect(dirs: list[Path]) -> list[dict]:
                 label = f"{t['rung']} {t['trial']}" + (f" seed {t['seed']}" if t["rung"] != "explore" else "")
                 rows.append({"source": str(d), "kind": "search trial", "label": label,
                              "settings": ", ".join(f"{k}={v}" for k, v in t["params"].items()),
-                             **{c: t["metrics"].get(c) for c in COLUMNS}})
+                             **{c: t["metrics"].get(c) for c in COLUMNS},
+                             "latency_flag": "est. from MACs" if t.get("latency_note") else None,
+                             "note": t.get("latency_note")})
         elif (d / "report.json").exists():
             report = load_report(d / "report.json")
             for role, entry in report["models"].items():
                 metrics = candidate_metrics(report, [], COLUMNS, role)
+                noise = latency_noise(entry)
+                if noise:  # shown as measured, flagged: no estimate outside a search
+                    measured = get_path(entry, "latency.cpu.batch_1.median_ms")
+                    metrics["latency_ms"] = measured if isinstance(measured, (int, float)) else None
                 rows.append({"source": str(d), "kind": "run", "label": entry.get("label", role),
-                             "settings": entry.get("architecture", ""), **metrics})
+                             "settings": entry.get("architecture", ""), **metrics,
+                             "latency_flag": "unreliable" if noise else None,
+                             "note": f"CPU latency unreliable: {'; '.join(noise)}" if noise else None})
         else:
             raise LeanKDError(f"{d} is neither a run directory (report.json) nor a search directory (search.json): "
                               "pass directories that `leankd run` or `leankd search` made")
@@ -51,9 +61,12 @@ def to_markdown(rows: list[dict]) -> str:
             return f"{v:.4g}"
         return str(v)
 
-    head = ["source", "model / trial", "settings", *COLUMNS, "front"]
+    head = ["source", "model / trial", "settings", *COLUMNS, "front", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([r["source"], r["label"], r["settings"], *[fmt(r[c]) for c in COLUMNS],
-                                        "*" if r["front"] else ""]) + " |")
+        cells = {c: fmt(r[c]) for c in COLUMNS}
+        if r.get("latency_flag") and r["latency_ms"] is not None:
+            cells["latency_ms"] += f" ({r['latency_flag']})"
+        lines.append("| " + " | ".join([r["source"], r["label"], r["settings"], *cells.values(),
+                                        "*" if r["front"] else "", r.get("note") or ""]) + " |")
     return "\n".join(lines) + "\n"

@@ -4,6 +4,13 @@ named metrics that objectives and constraints refer to.
 The candidate is what would be deployed: the KD student, or - when the trial compresses it (`compress.targets`)
 - its first artifact, whose quality, size and latency replace the fp32 student's (MACs, parameters and training
 time stay the student's: quantization keeps the operation count and does not retrain).
+
+A CPU latency that the run's timer flagged as unreliable (`latency.cpu.reliable: false` in report.json: a busy
+machine, rounds that disagree) is not used as a number to select on: one noisy 700 ms timing of a tiny student
+would reject it under a latency constraint or sink it on a latency objective. It is replaced by an estimate from
+the candidate's MACs - its MACs times the milliseconds per MAC of the base run's reliably timed models - and the
+search report and leaderboard say which numbers are estimates and why. Without a reliably timed reference the
+latency is left out (the trial then says it could not be judged) rather than guessed.
 """
 from __future__ import annotations
 
@@ -62,16 +69,70 @@ def candidate_role(report: dict, targets: list[str]) -> str:
     return "student"
 
 
-def candidate_metrics(report: dict, targets: list[str], names: list[str], role: Optional[str] = None) -> dict:
-    """{metric name: value} of the candidate (None where the report has no number)."""
+def candidate_metrics(report: dict, targets: list[str], names: list[str], role: Optional[str] = None,
+                      ms_per_mac: Optional[dict[str, Optional[float]]] = None) -> dict:
+    """{metric name: value} of the candidate (None where the report has no number). An unreliable CPU latency is
+    replaced by MACs x `ms_per_mac[path]` (see `reference_ms_per_mac`), or None without that figure."""
     models = report["models"]
     role = role or candidate_role(report, targets)
     entry, student = models[role], models.get("student", {})
+    noisy = latency_noise(entry) is not None
     out = {}
     for name in names:
         path = resolve(name, name)
         value = _get(entry, path)
         if value is None and role != "student" and path in FROM_STUDENT:
             value = _get(student, path)
+        if noisy and path.startswith(CPU_LATENCY):
+            scale, macs = (ms_per_mac or {}).get(path), _get(entry, "cost.macs") or _get(student, "cost.macs")
+            value = macs * scale if scale is not None and macs else None
         out[name] = value
     return out
+
+
+CPU_LATENCY = "latency.cpu."
+
+
+def latency_noise(entry: dict) -> Optional[list[str]]:
+    """None when a model entry's CPU latency can be trusted (`latency.cpu.reliable` true, or absent: reports older
+    than the flag); else the timer's reasons (`latency.cpu.noise`), never empty."""
+    cpu = get_path(entry, "latency.cpu")
+    if not isinstance(cpu, dict) or cpu.get("reliable", True) is not False:
+        return None
+    return [str(r) for r in cpu.get("noise") or []] or ["the timer marked it unreliable"]
+
+
+def reference_ms_per_mac(report: dict, paths: list[str]) -> dict[str, Optional[float]]:
+    """Per CPU latency path: the median of latency / MACs over the report's fp32 models whose latency is reliable
+    (the base run's teacher, baseline and KD student) - what turns a candidate's MACs into a latency estimate
+    when its own timing is noise. None for a path no reliable model has."""
+    import statistics
+
+    out: dict[str, Optional[float]] = {}
+    for path in paths:
+        ratios = [_get(e, path) / _get(e, "cost.macs") for e in report["models"].values()
+                  if not e.get("artifact") and latency_noise(e) is None and _get(e, path) and _get(e, "cost.macs")]
+        out[path] = statistics.median(ratios) if ratios else None
+    return out
+
+
+def latency_fallback_note(report: dict, targets: list[str], names: list[str], role: Optional[str] = None,
+                          ms_per_mac: Optional[dict[str, Optional[float]]] = None) -> Optional[str]:
+    """What `candidate_metrics` did with an unreliable CPU latency, for the leaderboard and report; None when the
+    candidate's latency was used as measured (or no latency metric is asked for)."""
+    role = role or candidate_role(report, targets)
+    reasons = latency_noise(report["models"][role])
+    latency = [n for n in names if resolve(n, n).startswith(CPU_LATENCY)]
+    if reasons is None or not latency:
+        return None
+    scales = ms_per_mac or {}
+    estimated = [n for n in latency if scales.get(resolve(n, n)) is not None]
+    missing = [n for n in latency if n not in estimated]
+    text = f"CPU latency unreliable ({'; '.join(reasons)}): "
+    if estimated:
+        text += ", ".join(f"{n} estimated from MACs x {scales[resolve(n, n)]:.3g} ms/MAC" for n in estimated) + \
+            " (the base run's reliably timed models)"
+    if missing:
+        text += ("; " if estimated else "") + ", ".join(missing) + " left out (no reliably timed model to " \
+            "estimate it from): time the runs again on a quiet machine"
+    return text

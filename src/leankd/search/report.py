@@ -19,7 +19,8 @@ from optuna.trial import TrialState
 
 from ..io import atomic_path, write_json_atomic, write_text_atomic
 from ..report.schema import load_report
-from .metrics import candidate_metrics, resolve
+from .evidence import first_rung_sentence, first_rung_signal, selection_bias_sentence, teacher_origin
+from .metrics import CPU_LATENCY, candidate_metrics, latency_fallback_note, resolve
 from .pareto import pareto_front
 from .runner import _params_key, last_val_accuracy, selection_value
 from .space import FAMILY, MISSING, get_path
@@ -66,22 +67,26 @@ def trial_rows(search) -> list[dict]:
                    "seed": t.user_attrs.get("seed", search.recipe.seed), "source": t.user_attrs.get("source"),
                    "run_dir": t.user_attrs.get("run_dir"), "duration_s": t.user_attrs.get("duration_s"),
                    "note": t.user_attrs.get("error") or t.user_attrs.get("pruned")
-                   or ("cut off by a killed worker; queued again" if t.user_attrs.get("stale") else None),
+                   or ("cut off by a killed worker; queued again" if t.user_attrs.get("stale") else None)
+                   or (f"the settings of trial {t.user_attrs['duplicate_of']} again: not run, the sampler was asked "
+                       "for others" if t.user_attrs.get("duplicate_of") is not None else None),
                    "metrics": dict(t.user_attrs.get("metrics") or {}), "metrics_from": "study",
                    "baseline_metrics": t.user_attrs.get("baseline_metrics"),
-                   "violations": t.user_attrs.get("violations")}
+                   "violations": t.user_attrs.get("violations"), "latency_note": t.user_attrs.get("latency_note")}
             if row["run_dir"] and t.state == TrialState.COMPLETE:
                 path = search.dir / row["run_dir"] / "report.json"
                 if path.exists():
                     report = load_report(path)
                     targets = search.targets_of(params)
                     run_dir = search.dir / row["run_dir"]
-                    row["metrics"] = {**candidate_metrics(report, targets, search.metrics),
+                    scales = search.ms_per_mac()
+                    row["metrics"] = {**candidate_metrics(report, targets, search.metrics, ms_per_mac=scales),
                                       "val_accuracy": last_val_accuracy(run_dir / "student" / "metrics.jsonl")}
+                    row["latency_note"] = latency_fallback_note(report, targets, search.metrics, ms_per_mac=scales)
                     if rung == "confirm":
                         row["metrics"]["student_accuracy"] = report["models"]["student"]["quality"].get("accuracy")
                         row["baseline_metrics"] = {
-                            **candidate_metrics(report, [], search.metrics, "baseline"),
+                            **candidate_metrics(report, [], search.metrics, "baseline", scales),
                             "val_accuracy": last_val_accuracy(run_dir / "baseline" / "metrics.jsonl")}
                     row["metrics_from"] = str(Path(row["run_dir"]) / "report.json")
             rows.append(row)
@@ -95,8 +100,12 @@ def base_numbers(search) -> dict:
     out = {}
     for role in ("teacher", "baseline", "student"):
         if role in report["models"]:
-            out[role] = {**candidate_metrics(report, targets if role == "student" else [], search.metrics, role),
+            which = targets if role == "student" else []
+            out[role] = {**candidate_metrics(report, which, search.metrics, role, search.ms_per_mac()),
                          "val_accuracy": last_val_accuracy(search.dir / "base" / role / "metrics.jsonl")}
+            note = latency_fallback_note(report, which, search.metrics, role, search.ms_per_mac())
+            if note:
+                out.setdefault("latency_notes", {})[role] = note
     return out
 
 
@@ -127,6 +136,7 @@ def full_candidates(rows: list[dict], seeds: int = 1) -> list[dict]:
         metrics = {k: _mean([r["metrics"].get(k) for r in runs]) for k in keys}
         violations = [max((v for r in runs for v in r.get("violations") or []), default=0.0)]  # worst seed
         out.append({**runs[0], "metrics": metrics, "violations": violations, "runs": runs,
+                    "latency_note": next((r["latency_note"] for r in runs if r.get("latency_note")), None),
                     "seeds": [r["seed"] for r in runs]})
     return out
 
@@ -183,10 +193,12 @@ def confirmations(rows: list[dict], search) -> list[dict]:
             entry["gain_points"] = 100 * gain
             entry["gain_exceeds_spread"] = gain > 0 and gain > max(ssd or 0.0, bsd or 0.0)
         valid = [a for a in acc if a is not None]
-        if search_time is not None and valid:  # the selected run against fresh seeds: selection bias shows here
+        if search_time is not None and valid:  # the selected run against fresh seeds: selection bias would show here
             lo, hi = min(valid), max(valid)
             entry["search_time_within_spread"] = (lo - 1e-12 <= search_time <= hi + 1e-12
                                                   or abs(search_time - m) <= (sd or 0.0))
+            entry["search_time_minus_fresh_points"] = 100 * (search_time - m)
+            entry["fresh_sd_points"] = 100 * (sd or 0.0)
         out.append(entry)
     return out
 
@@ -215,12 +227,22 @@ def leaderboard_table(rows: list[dict], metrics: list[str]) -> tuple[str, str]:
     writer.writerow(head)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        note = "; ".join(n for n in (r["note"], r.get("latency_note")) if n) or None
         cells = [r["rung"], r["trial"], r["state"], r["seed"], *[r["params"].get(p) for p in params],
-                 *[r["metrics"].get(m) for m in metrics], r["duration_s"], r["run_dir"], r["note"]]
+                 *[r["metrics"].get(m) for m in metrics], r["duration_s"], r["run_dir"], note]
         writer.writerow(["" if c is None else (json.dumps(c) if isinstance(c, (list, dict)) else c) for c in cells])
-        lines.append("| " + " | ".join(_num(c) if not isinstance(c, (list, dict)) else json.dumps(c)
-                                         for c in cells) + " |")
+        shown = [_num(c) if not isinstance(c, (list, dict)) else json.dumps(c) for c in cells]
+        for i, m in enumerate(metrics):  # the markdown says which latencies are estimates (the note says why)
+            if _estimated(r, m):
+                shown[4 + len(params) + i] += " (est. from MACs)"
+        lines.append("| " + " | ".join(shown) + " |")
     return "\n".join(lines) + "\n", buf.getvalue()
+
+
+def _estimated(row: dict, metric: str) -> bool:
+    """Whether a row's value of `metric` is a CPU latency estimated from MACs (its own timing was noise)."""
+    return bool(row.get("latency_note")) and row["metrics"].get(metric) is not None \
+        and metric != "val_accuracy" and resolve(metric, metric).startswith(CPU_LATENCY)
 
 
 def plot_fronts(rows: list[dict], search, base: dict) -> list[str]:
@@ -271,9 +293,27 @@ def plot_fronts(rows: list[dict], search, base: dict) -> list[str]:
     return files
 
 
+def first_rung_check(rows: list[dict], search, base_report: dict) -> tuple[Optional[dict], Optional[str]]:
+    """Whether the first rung's accuracies can tell its trials apart (evidence.first_rung_signal), judged on what
+    the search selected on (validation accuracy, else test), and the report's warning when they cannot."""
+    if "accuracy" not in [o.metric for o in search.cfg.objectives]:
+        return None, None
+    done = [r for r in rows if r["rung"] == "explore" and r["state"] == "complete"]
+    on_val = all(r["metrics"].get("val_accuracy") is not None for r in done)
+    dataset = (base_report.get("run") or {}).get("dataset") or {}
+    n = dataset.get("val_size") if on_val else dataset.get("eval_size")
+    signal = first_rung_signal([selection_value(r["metrics"], "accuracy") for r in done],
+                               dataset.get("num_classes"), n)
+    if signal:
+        signal["split"] = "validation" if on_val else "test"
+    return signal, first_rung_sentence(signal, search.cfg.rung_fraction, "validation" if on_val else "test")
+
+
 def write_search_report(search) -> dict:
     rows = trial_rows(search)
     base = base_numbers(search)
+    base_report = load_report(search.dir / "base" / "report.json")
+    signal, warning = first_rung_check(rows, search, base_report)
     metrics = list(dict.fromkeys(["val_accuracy", *search.metrics]))
     front = front_rows(rows, search, "full")
     explore_front = front_rows(rows, search, "explore")
@@ -282,25 +322,34 @@ def write_search_report(search) -> dict:
     write_text_atomic(search.dir / "leaderboard.csv", csv_text)
     write_text_atomic(search.dir / "leaderboard.md", md_table)
     plots = plot_fronts(rows, search, base)
-    conclusion = conclude(front or explore_front, confirmed, base, search, "full budget" if front else "first rung")
+    conclusion = conclude(front or explore_front, confirmed, base, search, "full budget" if front else "first rung",
+                          warning)
+    latency_notes = latency_summary(rows, base)
     summary = {"name": search.recipe.name, "objectives": [o.model_dump() for o in search.cfg.objectives],
                "constraints": [c.model_dump() for c in search.cfg.constraints], "trials": rows,
                "front": [{"rung": r["rung"], "trial": r["trial"], "runs": [x["trial"] for x in r.get("runs", [r])],
                           "metrics": r["metrics"]} for r in front],
                "first_rung_front": [r["trial"] for r in explore_front], "base": base, "confirmations": confirmed,
                "conclusion": conclusion, "plots": plots, "budget_stop": search.budget_stop,
+               "space_exhausted": search.space_exhausted, "first_rung_signal": signal,
+               "latency_notes": latency_notes,
                "wall_time_s": round(time.perf_counter() - search.started, 1)}
     write_text_atomic(search.dir / "search_report.md", render(search, rows, front, explore_front, confirmed, base,
-                                                              conclusion, plots))
+                                                              conclusion, plots, warning, latency_notes,
+                                                              teacher_origin(base_report,
+                                                                             search.recipe.teacher.checkpoint)))
     write_json_atomic(search.dir / "search.json", summary)
     return summary
 
 
-def conclude(front: list[dict], confirmed: list[dict], base: dict, search, budget: str = "full budget") -> dict:
+def conclude(front: list[dict], confirmed: list[dict], base: dict, search, budget: str = "full budget",
+             first_rung_warning: Optional[str] = None) -> dict:
     """Sentences computed from the numbers: what was found, and whether distillation measurably helped."""
     teacher = base.get("teacher", {})
     out: dict[str, Any] = {"sentences": []}
     say = out["sentences"].append
+    if first_rung_warning:
+        say(first_rung_warning)
     t_acc, t_macs = teacher.get("accuracy"), teacher.get("macs")
     if t_acc is not None and t_macs:
         good = [r for r in front if r["metrics"].get("accuracy") is not None and r["metrics"].get("macs")
@@ -330,16 +379,7 @@ def conclude(front: list[dict], confirmed: list[dict], base: dict, search, budge
         else:
             text += f"{c['gain_points']:+.2f} points: distillation did not help this student here."
         if c.get("search_time_within_spread") is not None:
-            above = c["search_time_accuracy"] > c["accuracy_mean"]
-            where = (" lies within" if c["search_time_within_spread"] else
-                     " lies ABOVE (the selected runs were lucky ones: selection bias)" if above else
-                     " lies BELOW (the search's own seeds did worse than fresh ones)")
-            seeds_used = c.get("search_time_seeds") or []
-            text += (" Its search-time accuracy " + _pct(c["search_time_accuracy"])
-                     + (f" (mean of seeds {', '.join(map(str, seeds_used))})" if len(seeds_used) > 1 else "") + where +
-                     f" the fresh seeds' spread ({_pct(c['accuracy_mean'])} +- {100 * c['accuracy_sd']:.2f}, range "
-                     f"{_pct(min(a for a in c['accuracy'] if a is not None))} - "
-                     f"{_pct(max(a for a in c['accuracy'] if a is not None))}).")
+            text += selection_bias_sentence(c["search_time_accuracy"], c["accuracy"], c.get("search_time_seeds") or [])
         say(text)
     start = base.get("student", {})
     if front and start.get("accuracy") is not None:
@@ -353,7 +393,14 @@ def conclude(front: list[dict], confirmed: list[dict], base: dict, search, budge
     return out
 
 
-def render(search, rows, front, explore_front, confirmed, base, conclusion, plots) -> str:
+def latency_summary(rows: list[dict], base: dict) -> list[str]:
+    """One line per run whose CPU latency was noise (what stood in for it, and why), base run first."""
+    lines = [f"base {role}: {note}" for role, note in (base.get("latency_notes") or {}).items()]
+    return lines + [f"{r['rung']} trial {r['trial']}: {r['latency_note']}" for r in rows if r.get("latency_note")]
+
+
+def render(search, rows, front, explore_front, confirmed, base, conclusion, plots, first_rung_warning=None,
+           latency_notes=(), teacher_line="The teacher is trained once (`base/`) and loaded by every trial") -> str:
     cfg = search.cfg
     objectives = ", ".join(f"{o.direction} {o.metric}" for o in cfg.objectives)
     constraints = ", ".join(f"{c.metric} {'<= ' + _num(c.max) if c.max is not None else ''}"
@@ -379,15 +426,23 @@ def render(search, rows, front, explore_front, confirmed, base, conclusion, plot
              "each beside its student trained alone (same budget, data and seed).",
              f"- Every run uses the same data split (`data.split_seed` = {search.recipe.split_seed}): seeds vary "
              "training only.",
-             "- The teacher is trained once (`base/`) and loaded by every trial; every number below comes from a "
-             "run's report.json.",
+             f"- {teacher_line}; every number below comes from a run's report.json.",
              "- Selection (sampler, promotion, front, what is confirmed) uses validation accuracy; the test split is "
              "only reported.", "",
              "## Results",
              f"Trials completed: {counts['explore']} first rung, {counts['full']} full budget, {counts['confirm']} "
              f"confirmation runs (every trial: `leaderboard.md`, `leaderboard.csv`)."
              + (f" The time budget stopped the first rung after {search.budget_stop} trials." if search.budget_stop
-                else ""), ""]
+                else "")
+             + (f" The first rung stopped after {search.space_exhausted} trials: every setting of the space was "
+                "tried, or the sampler kept proposing tried ones." if search.space_exhausted is not None else ""),
+             ""]
+    if first_rung_warning:
+        lines += [f"**{first_rung_warning}**", ""]
+    if latency_notes:
+        lines += ["CPU latencies that the timer marked unreliable were not selected on: an estimate from the "
+                  "run's MACs stands in for each (no value where no model was timed reliably), marked \"est. from "
+                  "MACs\" below and in the leaderboard:", ""] + [f"- {n}" for n in latency_notes] + [""]
     show = list(dict.fromkeys([o.metric for o in cfg.objectives] +
                               ["accuracy", "val_accuracy", "macs", "params", "size_mb", "latency_ms"]))
     lines += ["### Reference points (base run, full budget, one seed)", "",
@@ -395,7 +450,10 @@ def render(search, rows, front, explore_front, confirmed, base, conclusion, plot
     for role, label in (("teacher", "teacher"), ("baseline", "baseline student (no KD)"),
                         ("student", "starting recipe's KD student")):
         if role in base:
-            lines.append(f"| {label} | " + " | ".join(_metric(m, base[role].get(m)) for m in show) + " |")
+            marked = {"latency_note": (base.get("latency_notes") or {}).get(role), "metrics": base[role]}
+            lines.append(f"| {label} | " + " | ".join(_metric(m, base[role].get(m))
+                                                       + (" (est. from MACs)" if _estimated(marked, m) else "")
+                                                       for m in show) + " |")
     mean_of = f", mean of {cfg.full_seeds} seeds" if cfg.full_seeds > 1 else ""
     lines += ["", f"### Pareto front (full budget{mean_of})" if front else "### Pareto front (first rung; nothing "
               "reached the full budget)", ""]
@@ -404,8 +462,9 @@ def render(search, rows, front, explore_front, confirmed, base, conclusion, plot
     lines += ["| trial | " + " | ".join(show) + " | " + " | ".join(f"`{p}`" for p in params) + " |",
               "|---|" + "---|" * (len(show) + len(params))]
     for r in shown:
-        lines.append(f"| {r['rung']} {r['trial']} | " + " | ".join(_metric(m, r["metrics"].get(m)) for m in show) + " | "
-                     + " | ".join(_num(r["params"].get(p)) for p in params) + " |")
+        lines.append(f"| {r['rung']} {r['trial']} | " + " | ".join(
+            _metric(m, r["metrics"].get(m)) + (" (est. from MACs)" if _estimated(r, m) else "") for m in show)
+            + " | " + " | ".join(_num(r["params"].get(p)) for p in params) + " |")
     lines += [""] + [f"![{p}]({p})" for p in plots] + [""]
     lines += ["## Comparison with the baseline", ""]
     if confirmed:

@@ -42,10 +42,11 @@ from ..errors import LeanKDError, RecipeError
 from ..recipe import Recipe, dump_recipe, parse_recipe
 from ..report.schema import load_report
 from .config import SearchConfig
-from .metrics import candidate_metrics, resolve
+from .metrics import CPU_LATENCY, candidate_metrics, latency_fallback_note, reference_ms_per_mac, resolve
 from .pareto import pareto_front, select_for_promotion
-from .space import apply_params, check_space, suggest
-from .study import RUNGS, active, claim_waiting, make_sampler, open_storage, recover_stale, worker_id
+from .space import apply_params, check_space, setting_key, space_size, suggest, untried_setting
+from .study import (MAX_RESAMPLE, RUNGS, active, claim_waiting, duplicate_of, make_sampler, open_storage,
+                    recover_stale, sampler_seed, worker_id)
 
 POLL_S = 2.0
 
@@ -77,6 +78,8 @@ class Search:
         # tests: SIGKILL this process in the student's first epoch of the trial after this many explore trials
         self.kill_after_trials = kill_after_trials
         self.budget_stop: Optional[int] = None  # explore trials when the time budget stopped the first rung
+        self.space_exhausted: Optional[int] = None  # explore trials when no untried settings were left
+        self._ms_per_mac: Optional[dict[str, Optional[float]]] = None  # see ms_per_mac()
         self.metrics = list(dict.fromkeys([o.metric for o in self.cfg.objectives] +
                                           [c.metric for c in self.cfg.constraints] +
                                           ["accuracy", "macs", "params", "size_mb", "latency_ms", "train_time_s"]))
@@ -189,12 +192,25 @@ class Search:
         """The compression targets a trial with `params` builds (its candidate is the first one's artifact)."""
         return list(apply_params(self.base_raw, params).get("compress", {}).get("targets", []))
 
-    def _measure(self, report: dict, raw: dict, run_dir: Path, role: str = "student") -> dict:
-        """The candidate's metrics, plus its last epoch's validation accuracy (what the search selects on)."""
+    def _measure(self, report: dict, raw: dict, run_dir: Path, role: str = "student") -> tuple[dict, Optional[str]]:
+        """The candidate's metrics, plus its last epoch's validation accuracy (what the search selects on), and a
+        note when its CPU latency was noise and an estimate from MACs (or nothing) stands in for it."""
         targets = list(raw.get("compress", {}).get("targets", [])) if role == "student" else []
-        metrics = candidate_metrics(report, targets, self.metrics, None if role == "student" else role)
+        which = None if role == "student" else role
+        metrics = candidate_metrics(report, targets, self.metrics, which, self.ms_per_mac())
         metrics["val_accuracy"] = last_val_accuracy(run_dir / role / "metrics.jsonl")
-        return metrics
+        return metrics, latency_fallback_note(report, targets, self.metrics, which, self.ms_per_mac())
+
+    def ms_per_mac(self) -> dict[str, Optional[float]]:
+        """Per CPU latency metric: milliseconds per MAC of the base run's reliably timed models (what an
+        unreliable trial latency is estimated from); read once, after the base run."""
+        if self._ms_per_mac is None:
+            path = self.dir / "base" / "report.json"
+            if not path.exists():
+                return {}
+            paths = [resolve(m, m) for m in self.metrics if resolve(m, m).startswith(CPU_LATENCY)]
+            self._ms_per_mac = reference_ms_per_mac(load_report(path), paths)
+        return self._ms_per_mac
 
     def _values(self, metrics: dict) -> Optional[list[float]]:
         values = [selection_value(metrics, o.metric) for o in self.cfg.objectives]
@@ -212,20 +228,22 @@ class Search:
         return out
 
     def _finish(self, study: optuna.Study, trial_id: int, number: int, run_dir: Path, metrics: dict,
-                started: float) -> None:
+                started: float, latency_note: Optional[str] = None) -> None:
         storage = study._storage
         violations = self._violations(metrics)
         for key, value in {"run_dir": str(run_dir.relative_to(self.dir)), "metrics": metrics,
-                           "violations": violations,
+                           "violations": violations, "latency_note": latency_note,
                            "duration_s": round(time.perf_counter() - started, 2)}.items():
-            storage.set_trial_user_attr(trial_id, key, value)
+            if value is not None:
+                storage.set_trial_user_attr(trial_id, key, value)
         if study is self.studies["explore"] and self.cfg.constraints:  # the sampler learns what is feasible
             trial = optuna.Trial(study, trial_id)
             for i, v in enumerate(violations):
                 trial.set_constraint(f"c{i}", v)
         values = self._values(metrics)
         if values is None:
-            storage.set_trial_user_attr(trial_id, "error", "an objective was not measured")
+            storage.set_trial_user_attr(trial_id, "error", "an objective was not measured"
+                                        + (f" ({latency_note})" if latency_note else ""))
             study.tell(number, state=TrialState.FAIL)
         else:
             study.tell(number, values)
@@ -259,12 +277,53 @@ class Search:
                         self.log(f"explore: stopping after {len(trials)} trials: the rest of the search would not "
                                  f"fit search.time_budget_min = {self.cfg.time_budget_min}")
                         return
-                trial = study.ask()
-                study._storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
-            params = suggest(trial, self.cfg.space)
+                asked = self._ask(study)
+                if asked is None:
+                    return
+                trial, params = asked
             kill = self.kill_after_trials is not None and done_here >= self.kill_after_trials
             self._run_explore_trial(study, trial, params, kill)
             done_here += 1
+
+    def _ask(self, study: optuna.Study) -> Optional[tuple[optuna.Trial, dict]]:
+        """A new first-rung trial and its parameters, never settings the study already holds. The proposal comes
+        from the sampler seeded by (search seed, trials so far) - a resumed search does not replay the first
+        run's proposals; one that still repeats an earlier trial's settings (complete, running, failed, or cut
+        off by a kill) is recorded as a skipped duplicate, and the next proposal is random (a continuous space)
+        or an untried setting (a finite one: TPE on a few choices converges on its best and repeats it). A
+        re-queued trial keeps its settings (it resumes its checkpoint). None: no untried setting is left. Call
+        under the queue lock, so that two workers see each other's proposals."""
+        storage = study._storage
+        size = space_size(self.cfg.space)
+        for attempt in range(MAX_RESAMPLE):
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            tried = {setting_key(t.params) for t in trials if t.params}
+            if size is not None and not waiting and len(tried) >= size:
+                break  # every setting of a finite space was tried
+            seed = sampler_seed(self.cfg.seed, len(trials))
+            if attempt == 0 or waiting:
+                study.sampler = make_sampler(self.cfg.sampler, len(self.directions), seed, self.cfg.trials)
+            else:
+                study.sampler = optuna.samplers.RandomSampler(seed=seed)
+                untried = untried_setting(self.cfg.space, tried, seed)
+                if untried is not None:
+                    study.enqueue_trial(untried, skip_if_exists=False)
+            trial = study.ask()
+            storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
+            params = suggest(trial, self.cfg.space)
+            twin = duplicate_of(trial.params, [t for t in trials if t.number not in _retried(trial, trials)],
+                                trial.number)
+            if twin is None:
+                return trial, params
+            storage.set_trial_user_attr(trial._trial_id, "params", params)
+            storage.set_trial_user_attr(trial._trial_id, "duplicate_of", twin)
+            study.tell(trial.number, state=TrialState.FAIL)
+            self.log(f"explore trial {trial.number}: the settings of trial {twin} again: not run, proposing others")
+        self.space_exhausted = len(active(study.get_trials(deepcopy=False)))
+        self.log(f"explore: stopping after {self.space_exhausted} trials: every setting of the space was tried, or "
+                 f"{MAX_RESAMPLE} proposals in a row repeated tried ones")
+        return None
 
     def _run_explore_trial(self, study: optuna.Study, trial: optuna.Trial, params: dict, kill: bool = False) -> None:
         started = time.perf_counter()
@@ -292,9 +351,9 @@ class Search:
             study.tell(trial.number, state=TrialState.FAIL)
             self.log(f"[yellow]explore trial {trial.number} failed:[/] {type(e).__name__}: {e}")
             return
-        metrics = self._measure(report, raw, run_dir)
-        self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started)
-        self.log(f"explore trial {trial.number}: {_short(metrics)}")
+        metrics, note = self._measure(report, raw, run_dir)
+        self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started, note)
+        self.log(f"explore trial {trial.number}: {_short(metrics)}" + (f" ({note})" if note else ""))
 
     def _time_left_for_another(self, trials: list[FrozenTrial]) -> bool:
         if self.cfg.time_budget_min is None:
@@ -405,12 +464,12 @@ class Search:
                 study.tell(trial.number, state=TrialState.FAIL)
                 self.log(f"[yellow]{study.study_name} job {trial.number} failed:[/] {type(e).__name__}: {e}")
                 continue
-            metrics = self._measure(report, raw, run_dir)
+            metrics, note = self._measure(report, raw, run_dir)
             if with_baseline:  # the KD gain compares fp32 with fp32, whatever the candidate ships as
                 metrics["student_accuracy"] = report["models"]["student"]["quality"].get("accuracy")
                 study._storage.set_trial_user_attr(trial._trial_id, "baseline_metrics",
-                                                   self._measure(report, raw, run_dir, "baseline"))
-            self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started)
+                                                   self._measure(report, raw, run_dir, "baseline")[0])
+            self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started, note)
 
     def wait_idle(self, study: optuna.Study) -> None:
         """Other workers may still run first-rung trials: promotion needs all of them."""
@@ -456,6 +515,16 @@ def _same_recipe(path: Path, recipe: Recipe) -> bool:
         return parse_recipe(yaml.safe_load(path.read_text()), origin=str(path)).model_dump() == recipe.model_dump()
     except (LeanKDError, yaml.YAMLError):
         return False
+
+
+def _retried(trial: optuna.Trial, trials: list[FrozenTrial]) -> set[int]:
+    """The trials a re-queued trial re-runs (its stale original, and that one's, ...): it shares their settings."""
+    by_number = {t.number: t for t in trials}
+    out, number = set(), trial.user_attrs.get("retry_of")
+    while number is not None and number not in out:
+        out.add(number)
+        number = by_number[number].user_attrs.get("retry_of") if number in by_number else None
+    return out
 
 
 def _params_key(params: Optional[dict]) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+from typing import Any, Optional
 
 import optuna
 
@@ -49,6 +49,63 @@ def distribution(dim: Dimension) -> optuna.distributions.BaseDistribution:
                                                     step=int(dim.step or 1))
     return optuna.distributions.FloatDistribution(float(dim.low), float(dim.high), log=dim.log,
                                                   step=None if dim.step is None else float(dim.step))
+
+
+def space_size(space: dict[str, Dimension]) -> Optional[int]:
+    """How many distinct settings the space holds, or None when a dimension is continuous (a float range without
+    a step): the first rung stops proposing once every setting of a finite space was tried."""
+    size = 1
+    for dim in space.values():
+        dist = distribution(dim)
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            size *= len(dist.choices)
+        elif isinstance(dist, optuna.distributions.IntDistribution):
+            size *= (dist.high - dist.low) // dist.step + 1
+        elif isinstance(dist, optuna.distributions.FloatDistribution) and dist.step is not None:
+            size *= int(round((dist.high - dist.low) / dist.step)) + 1
+        else:
+            return None
+    return size
+
+
+def _values(dist: optuna.distributions.BaseDistribution) -> list:
+    """Every value a finite distribution holds (Optuna's stored form: choices encoded)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return list(range(dist.low, dist.high + 1, dist.step))
+    n = int(round((dist.high - dist.low) / dist.step)) + 1
+    return [min(dist.high, dist.low + k * dist.step) for k in range(n)]
+
+
+def setting_key(params: dict[str, Any]) -> str:
+    """Optuna parameters as one comparable string (floats to 12 significant digits: a stepped value computed
+    twice may differ in its last bit)."""
+    return json.dumps({k: float(f"{v:.12g}") if isinstance(v, float) else v for k, v in params.items()},
+                      sort_keys=True, default=str)
+
+
+def untried_setting(space: dict[str, Dimension], tried: set[str], seed: int) -> Optional[dict[str, Any]]:
+    """A setting of a finite space (Optuna's stored form) whose `setting_key` is not in `tried`, drawn at random
+    with `seed`; None when every setting was tried or the space is continuous. What the first rung falls back to
+    when the sampler keeps proposing tried settings (TPE on a small categorical space converges on its best)."""
+    import itertools
+    import random
+
+    size = space_size(space)
+    if size is None:
+        return None
+    rng = random.Random(seed)
+    dists = {path: distribution(dim) for path, dim in space.items()}
+    if size <= 100_000:
+        left = [dict(zip(dists, combo)) for combo in itertools.product(*(_values(d) for d in dists.values()))]
+        left = [c for c in left if setting_key(c) not in tried]
+        return rng.choice(left) if left else None
+    for _ in range(1000):  # a huge space: a random draw is almost surely new
+        combo = {path: rng.choice(_values(d)) for path, d in dists.items()}
+        if setting_key(combo) not in tried:
+            return combo
+    return None
 
 
 def suggest(trial: optuna.Trial, space: dict[str, Dimension]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import psutil
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import LeanKDError
+from .space import setting_key
 
 JOURNAL = "study.journal"
 RUNGS = ("explore", "full", "confirm")
@@ -59,6 +60,18 @@ def make_sampler(kind: str, n_objectives: int, seed: int, trials: int) -> optuna
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=max(3, min(10, trials // 3)))
+
+
+def sampler_seed(seed: int, trials_so_far: int) -> int:
+    """The seed of the sampler that proposes the study's next trial: a function of the search's seed and of how
+    many trials the study already holds. A sampler's random state lives only in its process, so a resumed search
+    (or a second worker) with a fresh sampler seeded `seed` would replay the first run's proposals - duplicates
+    of trials already in the study. Seeding each proposal from (seed, trials so far) makes the proposals depend
+    on the study's history alone, not on which process (first run, resumed run, second worker) proposes them;
+    `duplicate_of` still guards against a proposal that repeats tried settings."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
 
 
 def _started(pid: int) -> Optional[float]:
@@ -148,6 +161,21 @@ def recover_stale(study: optuna.Study, log) -> int:
     return n
 
 
+MAX_RESAMPLE = 5  # proposals in a row that repeat tried settings before the first rung gives up
+
+
+def duplicate_of(params: dict, trials: list[FrozenTrial], number: int) -> Optional[int]:
+    """The number of an earlier trial (complete, running, pruned, failed or cut off by a kill) whose Optuna
+    parameters equal `params`, or None. A re-queued trial's parameters are its stale original's, already in
+    the list."""
+    key = setting_key(params)
+    for t in trials:
+        if t.number != number and t.params and setting_key(t.params) == key:
+            return t.number
+    return None
+
+
 def active(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Trials that count toward the budget: all but the stale ones a killed worker left (their job is re-queued)."""
-    return [t for t in trials if not t.user_attrs.get("stale")]
+    """Trials that count toward the budget: all but the stale ones a killed worker left (their job is re-queued)
+    and the proposals that repeated tried settings (never run: the sampler was asked again)."""
+    return [t for t in trials if not t.user_attrs.get("stale") and t.user_attrs.get("duplicate_of") is None]
