@@ -107,3 +107,31 @@ def test_tiny_recipe_runs(tmp_path):
     result = cli("run", path, "--quiet")
     assert result.code == 0, result.text[-3000:]
     assert (tmp_path / "runs" / "tiny" / "report.json").exists()
+
+
+# ============================================================================================== timing (timing helper)
+def _report_only_run(tmp_path):
+    """A run directory holding only a valid report.json (no recipe, no weights)."""
+    import json
+
+    from leankd.report import build_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    report = build_report({"name": "r"}, {"teacher": {"role": "teacher", "latency": {"cpu": {"batch_1": {"median_ms": 1.0}}}}})
+    (run / "report.json").write_text(json.dumps(report))
+    return run
+
+
+def test_remeasure_without_recipe_names_it(tmp_path):
+    run = _report_only_run(tmp_path)
+    before = snapshot(run)
+    assert_clean_error(cli("report", run, "--remeasure"), "recipe.yaml", "leankd run")
+    assert_unchanged(before, run, allow_new=False)
+
+
+def test_report_threads_needs_remeasure(tmp_path):
+    run = _report_only_run(tmp_path)
+    before = snapshot(run)
+    assert_clean_error(cli("report", run, "--threads", "2"), "--threads", "--remeasure")
+    assert_unchanged(before, run, allow_new=False)

@@ -165,8 +165,8 @@ def timing_noise_lines(report: dict) -> list[str]:
             load = block.get("load_avg")
             threads = threads or block.get("threads")
             state = (f"load average {'/'.join(f'{x:g}' for x in load)} (1/5/15 min) on {block.get('cpu_count') or '?'} "
-                     f"CPUs, {block.get('threads') or '?'} threads" if load else
-                     f"{block.get('threads') or '?'} threads")
+                     f"CPUs, {block.get('threads') or '?'} thread(s)" if load else
+                     f"{block.get('threads') or '?'} thread(s)")
             reasons = "; ".join(block.get("noise") or []) or "flagged"
             lines.append(f"- {model_label(role, e)}, {what}: {reasons} ({state}).")
     if not lines:
