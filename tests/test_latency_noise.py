@@ -26,10 +26,11 @@ class MLP(nn.Module):
     def __init__(self, sleepy: bool = False, seed: int = 0):
         super().__init__()
         self.body = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
-        self.sleepy, self.rng = sleepy, random.Random(seed)
+        self.sleepy, self.rng, self.calls = sleepy, random.Random(seed), 0
 
     def forward(self, x):
-        if self.sleepy and self.rng.random() < 0.5:  # a busy machine, as the sleepy twin experiences it
+        self.calls += 1
+        if self.sleepy and self.calls % 4:  # 3 calls of 4 sleep a random amount: a busy machine, as this twin sees it
             time.sleep(self.rng.uniform(0.5e-3, 3e-3))
         return self.body(x)
 
@@ -97,12 +98,12 @@ def test_a_model_that_sleeps_at_random_is_flagged_and_its_ratio_is_not_a_fact(on
 
 def test_identical_models_time_equal_on_a_quiet_run(one_thread):
     """The robust figure (median over rounds of each round's fastest block) of two copies of one model agrees
-    within TWIN_MAX even on a shared 2-core CI machine: noise only adds time, and the fastest block of a round is
-    its least disturbed one."""
+    within TWIN_MAX even on a shared 2-core CI machine: noise only adds time, the fastest of a round's short blocks
+    is its least disturbed one, and with 5 rounds three would have to be disturbed throughout to move the median."""
     torch.manual_seed(0)
     a = MLP()
     out = interleaved_latency({"a": a, "b": copy.deepcopy(a)}, lambda bs: torch.randn(bs, 32), [1, 16], runs=30,
-                              warmup=2)
+                              warmup=2, rounds=5)
     for bs in (1, 16):
         x, y = out["a"][f"batch_{bs}"]["median_ms"], out["b"][f"batch_{bs}"]["median_ms"]
         assert max(x, y) / min(x, y) <= TWIN_MAX, (bs, x, y)
@@ -252,3 +253,26 @@ def test_streaming_timing_carries_the_verdict_and_the_report_marks_it(one_thread
     md = render_markdown(report)
     assert "| streaming: real-time factor |" in md and md.count("(noisy)") >= 2
     assert "KD student, streaming: streaming chunk: rounds disagree (hand-made)" in md
+
+
+# ------------------------------------------------------------------------------------------- seq2seq decoding
+def test_decoding_timing_carries_the_verdict_and_names_disagreeing_twins(one_thread, monkeypatch):
+    import leankd.measure.timing as timing
+    from leankd.tasks.seq2seq import decoding_latency
+    from test_seq2seq import _model, _task
+
+    task = _task(n_train=60, beam=2)
+    small = _model(task, hidden=16, embed_dim=8)
+    out = decoding_latency({"a": small, "b": copy.deepcopy(small), "big": _model(task)}, task, batch_sizes=(1,),
+                           runs=3, warmup=1)
+    block = out["a"]
+    assert [r["search"] for r in block["latency"]] == ["greedy", "beam2"]
+    assert block["threads"] == 1 and len(block["load_avg"]) == 3 and block["reliable"] is (not block["noise"])
+    assert all(r["median_batch_ms"] > 0 and r["ms_per_sequence"] == round(r["median_batch_ms"], 4)
+               for r in block["latency"])  # batch 1: per sequence = per batch
+    # twins are told apart from other architectures: with no tolerance at all, a and b disagree, big has no twin
+    monkeypatch.setattr(timing, "TWIN_MAX", 1.0)
+    out = decoding_latency({"a": small, "b": copy.deepcopy(small), "big": _model(task)}, task, batch_sizes=(1,),
+                           runs=3, warmup=1)
+    assert any("identical models" in n for n in out["a"]["noise"]) and out["a"]["reliable"] is False
+    assert not any("identical models" in n for n in out["big"]["noise"])

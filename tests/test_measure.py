@@ -547,7 +547,7 @@ def test_interleaved_latency_gives_every_model_the_same_runs_and_rotates_order()
     assert out["a"]["batch_1"]["runs"] >= 30 and out["b"]["batch_1"]["runs"] >= 30
     assert out["b"]["batch_1"]["median_ms"] > out["a"]["batch_1"]["median_ms"] + 2
     for bs in (1, 3):
-        seq = [name for name, b in calls if b == bs][6:]  # after 2 warm-up calls + 1 sizing call each
+        seq = [name for name, b in calls if b == bs][8:]  # after 2 warm-up calls + 2 sizing calls each
         segments = [n for i, n in enumerate(seq) if i == 0 or seq[i - 1] != n]
         # rounds a,b | b,a | a,b: the middle round's first model continues the first round's last
         assert segments == ["a", "b", "a", "b"], segments

@@ -60,7 +60,7 @@ def _timed_in_inference(models: list[nn.Module], fns: dict, **kwargs) -> dict:
 
 def measure_latency(
     model: nn.Module, inputs: Any, forward: Forward | None = None, runs: int = 30, warmup: int = 5, rounds: int = 3,
-    round_s: float = 0.05,
+    round_s: float = 0.1,
 ) -> dict:
     """Time at least `runs` forward calls on `inputs` (in `rounds` rounds of `blocked_autorange`) after `warmup`
     untimed calls.
@@ -87,7 +87,7 @@ def measure_latency(
 
 def interleaved_latency(
     models: dict[str, nn.Module], make_inputs, batch_sizes, forward: Forward | None = None, runs: int = 30,
-    warmup: int = 5, rounds: int = 3, round_s: float = 0.05,
+    warmup: int = 5, rounds: int = 3, round_s: float = 0.1,
 ) -> dict[str, dict]:
     """Latency of several models compared fairly: for each batch size, all models get the SAME input batch and
     are timed in `rounds` interleaved rounds (model order rotated every round), at least `runs` calls each.

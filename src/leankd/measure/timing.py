@@ -37,6 +37,9 @@ SPREAD_MAX = 0.25  # IQR / median of the blocks; = torch.utils.benchmark.utils.c
 ROUNDS_MAX = 1.5  # slowest round's fastest block / fastest round's fastest block
 TWIN_MAX = 1.5  # identical architecture, same input: figures may differ by at most this factor
 MAX_ROUND_S = 5.0  # one callable's share of one round never exceeds this, whatever `calls` asks for
+BLOCK_S = 0.0005  # short blocks (see `time_interleaved`): 0.5 to 5 ms each
+LONG_CALL_S = 0.01  # from here on blocked_autorange times single calls by itself
+SIZING_CALLS = 2
 METHOD = "torch.utils.benchmark blocked_autorange, interleaved rounds; median_ms = median of per-round fastest blocks"
 
 
@@ -60,10 +63,18 @@ def machine_state() -> dict:
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, calls: int = 30, rounds: int = 3, warmup: int = 2,
-                     round_s: float = 0.05) -> dict[str, Samples]:
+                     round_s: float = 0.1) -> dict[str, Samples]:
     """Time every zero-argument callable in `fns` with `blocked_autorange`, interleaved over `rounds` rounds (order
-    rotated each round). Each callable gets `warmup` untimed calls first, then per round at least `round_s`
-    seconds of blocks and (as far as `MAX_ROUND_S` allows) at least `calls / rounds` timed calls."""
+    rotated each round). Each callable gets `warmup` untimed calls and `SIZING_CALLS` sizing calls first, then per
+    round at least `round_s` seconds of blocks and (as far as `MAX_ROUND_S` allows) at least `calls / rounds` timed
+    calls.
+
+    Blocks are kept short. Left alone, `blocked_autorange` grows a block until the timer's overhead is 1e-4 of it
+    (10 ms and more); on a loaded machine (load average 17 on 2 cores, seen) no such block runs without being
+    descheduled, so even the fastest block of a round is inflated, and identical models came out 10x apart. So a
+    callable faster than `LONG_CALL_S` is timed by repeated `blocked_autorange(min_run_time=BLOCK_S)` calls (each
+    sizes its block anew — a few untimed calls that double as warm-up — and returns one block of 0.5 to 5 ms),
+    and a slower one by one `blocked_autorange` per round, whose blocks are then single calls."""
     if calls < 1 or rounds < 1 or warmup < 0 or round_s <= 0:
         raise ValueError(f"need calls >= 1, rounds >= 1, warmup >= 0, round_s > 0; got {calls}, {rounds}, "
                          f"{warmup}, {round_s}")
@@ -74,19 +85,27 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, calls: int = 30, roun
     for n in names:
         for _ in range(warmup):
             fns[n]()
-        start = time.perf_counter()  # one more call: a rough cost, to size the rounds
-        fns[n]()
-        per_call[n] = time.perf_counter() - start
+        sizes = []
+        for _ in range(SIZING_CALLS):  # the least disturbed of a few calls: a rough cost, to size the rounds
+            start = time.perf_counter()
+            fns[n]()
+            sizes.append(time.perf_counter() - start)
+        per_call[n] = min(sizes)
     want = math.ceil(calls / rounds)
     out = {n: Samples() for n in names}
     for r in range(rounds):
         k = r % len(names)
         for n in names[k:] + names[:k]:
             budget = min(MAX_ROUND_S, max(round_s, 1.1 * want * per_call[n]))
-            m = timers[n].blocked_autorange(min_run_time=budget)
-            out[n].rounds.append([t * 1e3 for t in m.times])
-            out[n].calls += m.number_per_run * len(m.times)
-            out[n].calls_per_block.append(m.number_per_run)
+            times, done, start = [], 0, time.perf_counter()
+            while not times or (time.perf_counter() - start < budget or done < want) \
+                    and time.perf_counter() - start < MAX_ROUND_S:
+                m = timers[n].blocked_autorange(min_run_time=budget if per_call[n] >= LONG_CALL_S else BLOCK_S)
+                times += [t * 1e3 for t in m.times]
+                done += m.number_per_run * len(m.times)
+                out[n].calls_per_block.append(m.number_per_run)
+            out[n].rounds.append(times)
+            out[n].calls += done
     return out
 
 

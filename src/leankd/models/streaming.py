@@ -146,7 +146,7 @@ class StreamingKWS:
 
 
 def chunk_latency(streamer: StreamingKWS, chunk_samples: int, runs: int = 100, warmup: int = 10, rounds: int = 3,
-                  round_s: float = 0.05) -> dict:
+                  round_s: float = 0.2) -> dict:
     """Compute time per `step` on random audio, CPU wall clock, by the shared timer (`measure.timing`:
     `blocked_autorange` in rounds, robust figure, noise check).
 

@@ -564,9 +564,11 @@ def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optiona
             r[1:] = [f"`{c}`" if c != DASH else c for c in r[1:]]
     lines += _md_table(header, rows)
     lines.append("")
+    robust = any(_g(e, "latency", "cpu", "method") for e in report["models"].values())  # older reports: plain medians
     lines.append(
-        "Latency is per batch (torch.utils.benchmark blocks timed in interleaved rounds after warm-up; median of each "
-        "round's fastest block); MACs/FLOPs are per sample; "
+        ("Latency is per batch (torch.utils.benchmark blocks timed in interleaved rounds after warm-up; median of each "
+         "round's fastest block); " if robust else "Latency is per batch (median of timed runs after warm-up); ")
+        + "MACs/FLOPs are per sample; "
         "\"—\" means not measured or not applicable (e.g. no training time for a teacher loaded from a checkpoint)."
     )
 
