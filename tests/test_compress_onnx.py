@@ -252,14 +252,14 @@ def test_latency_helpers(cnn_onnx):
     onnx_model = OnnxModel(path, threads=1)
     x = torch.randn(4, 3, 16, 16)
     result = onnx_latency(onnx_model, x, runs=3, warmup=1)
-    assert set(result) == LATENCY_KEYS
-    assert result["runs"] == 3 and result["batch_size"] == 4 and result["threads"] == 1
+    assert LATENCY_KEYS <= set(result)  # + the timer's spread, rounds and noise verdict (measure.timing)
+    assert result["runs"] >= 3 and result["batch_size"] == 4 and result["threads"] == 1
     assert 0 < result["min_ms"] <= result["median_ms"] <= result["p90_ms"]
-    assert set(onnx_latency(path, x, runs=2, warmup=0)) == LATENCY_KEYS  # a path works too
-    assert set(measure_latency(onnx_model, x, runs=2, warmup=0)) == LATENCY_KEYS
+    assert LATENCY_KEYS <= set(onnx_latency(path, x, runs=2, warmup=0))  # a path works too
+    assert LATENCY_KEYS <= set(measure_latency(onnx_model, x, runs=2, warmup=0))
     both = interleaved_latency({"torch": model, "onnx": onnx_model}, lambda n: torch.randn(n, 3, 16, 16), [1, 2],
                                runs=2, warmup=1, rounds=2)
-    assert set(both["onnx"]) == {"batch_1", "batch_2"} and both["onnx"]["batch_2"]["runs"] == 2
+    assert {"batch_1", "batch_2", "reliable"} <= set(both["onnx"]) and both["onnx"]["batch_2"]["runs"] >= 2
 
 
 def test_static_int8_cnn_keeps_predictions_and_shrinks(tmp_path):

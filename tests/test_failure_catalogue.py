@@ -159,3 +159,29 @@ def test_search_resume_with_another_recipe_is_refused(tmp_path):
     result = cli("search", path, "--run-dir", search_dir, "--resume", "--quiet")
     assert_clean_error(result, "holds a search of another recipe", "use another directory", "--force")
     assert_unchanged(before, search_dir, allow_new=False)
+# ============================================================================================== timing (timing helper)
+def _report_only_run(tmp_path):
+    """A run directory holding only a valid report.json (no recipe, no weights)."""
+    import json
+
+    from leankd.report import build_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    report = build_report({"name": "r"}, {"teacher": {"role": "teacher", "latency": {"cpu": {"batch_1": {"median_ms": 1.0}}}}})
+    (run / "report.json").write_text(json.dumps(report))
+    return run
+
+
+def test_remeasure_without_recipe_names_it(tmp_path):
+    run = _report_only_run(tmp_path)
+    before = snapshot(run)
+    assert_clean_error(cli("report", run, "--remeasure"), "recipe.yaml", "leankd run")
+    assert_unchanged(before, run, allow_new=False)
+
+
+def test_report_threads_needs_remeasure(tmp_path):
+    run = _report_only_run(tmp_path)
+    before = snapshot(run)
+    assert_clean_error(cli("report", run, "--threads", "2"), "--threads", "--remeasure")
+    assert_unchanged(before, run, allow_new=False)

@@ -143,6 +143,16 @@ def with_seeds(recipe: Recipe, seeds: list[int]) -> Recipe:
     return parse_recipe(raw, origin="recipe with --seeds")
 
 
+def remeasure(run_dir: Union[str, Path], *, threads: Optional[int] = None, quiet: bool = False,
+              console: Optional[Console] = None) -> Report:
+    """Re-time the CPU latency of a finished run's models from the weights on disk and rewrite its report
+    (`leankd report RUN --remeasure`); the old report stays until the new one is complete. See `leankd.remeasure`."""
+    from .remeasure import remeasure_latency
+
+    log = None if quiet else (console or Console()).print
+    return Report(remeasure_latency(run_dir, threads, log=log))
+
+
 def _as_recipe(recipe: Union[str, Path, dict, Recipe]) -> Recipe:
     if isinstance(recipe, (str, Path)):
         return load_recipe(recipe)

@@ -230,13 +230,26 @@ def _check_model_names(r) -> None:
 
 @app.command()
 @friendly_errors
-def report(run_dir: Path = typer.Argument(..., help="a run directory holding report.json")):
-    """Re-render report.md and the plots of a finished run from its report.json."""
+def report(run_dir: Path = typer.Argument(..., help="a run directory holding report.json"),
+           remeasure: bool = typer.Option(False, "--remeasure", help="re-time the models' CPU latency from the weights "
+                                          "on disk (e.g. after timings were flagged noisy) and rewrite the report"),
+           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for --remeasure "
+                                                 "(default: the recipe's measure.threads, else torch's setting)")):
+    """Re-render report.md and the plots of a finished run from its report.json; with --remeasure, time its models
+    again first (the old report is kept until the new one is complete)."""
     from .report import load_report, write_markdown, write_plots
     from .report.markdown import render_console
 
-    rep = load_report(run_dir)
-    write_markdown(run_dir, rep, plots=write_plots(rep, run_dir))
+    if threads is not None and not remeasure:
+        raise LeanKDError("--threads sets the threads of a re-measure: add --remeasure "
+                          f"(`leankd report {run_dir} --remeasure --threads {threads}`)")
+    if remeasure:
+        from .api import remeasure as remeasure_run
+
+        rep = remeasure_run(run_dir, threads=threads, console=console)
+    else:
+        rep = load_report(run_dir)
+        write_markdown(run_dir, rep, plots=write_plots(rep, run_dir))
     console.print(render_console(rep))
     console.print(f"report: {run_dir / 'report.md'}", highlight=False)
 

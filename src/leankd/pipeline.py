@@ -238,15 +238,27 @@ def measure_models(models: dict[str, nn.Module], task: Task, measure: MeasureCon
                          "memory": {"inference_peak_mb": None, "inference_delta_mb": None,
                                     "kind": "not measured for deployment artifacts", "batch_size": None}}
             cpu_models[role] = runnable
-        for role, extra in task.joint_measurements(cpu_models).items():
-            out[role].update(extra)
-        cpu = interleaved_latency(cpu_models, lambda bs: to_device(task.example_inputs(bs), "cpu", torch.float32),
-                                  measure.latency_batch_sizes, forward=task.forward, runs=measure.latency_runs,
-                                  warmup=measure.latency_warmup)
-        for role in out:
-            out[role]["latency"] = {"cpu": {"threads": torch.get_num_threads(), **cpu[role]}, **out[role]["latency"]}
+        for role, timed in time_on_cpu(cpu_models, task, measure).items():
+            latency = timed.pop("latency")
+            out[role].update(timed)
+            out[role]["latency"] = {**latency, **out[role]["latency"]}
     finally:
         torch.set_num_threads(previous_threads)
+    return out
+
+
+def time_on_cpu(cpu_models: dict[str, nn.Module], task: Task, measure: MeasureConfig) -> dict[str, dict]:
+    """The CPU timings of a report, all models and artifacts together: the task's joint measurements (seq2seq
+    decoding), then the interleaved forward latency. `{role: {"latency": {"cpu": ...}, **joint}}`. Shared by
+    `measure_models` and `remeasure_latency`, so a re-measured report is timed exactly like a fresh one."""
+    out: dict[str, dict] = {role: {} for role in cpu_models}
+    for role, extra in task.joint_measurements(cpu_models).items():
+        out[role].update(extra)
+    cpu = interleaved_latency(cpu_models, lambda bs: to_device(task.example_inputs(bs), "cpu", torch.float32),
+                              measure.latency_batch_sizes, forward=task.forward, runs=measure.latency_runs,
+                              warmup=measure.latency_warmup)
+    for role in out:
+        out[role]["latency"] = {"cpu": cpu[role]}
     return out
 
 

@@ -12,8 +12,10 @@ from .devices import cpu_fp32_copy, model_device, to_device
 from .latency import measure_latency
 from .memory import inference_peak_memory, tensor_memory
 from .runner import Forward
+from .timing import METHOD, machine_state
 
-_LATENCY_KEYS = ("median_ms", "p90_ms", "mean_ms", "min_ms", "runs")
+_LATENCY_KEYS = ("median_ms", "p90_ms", "mean_ms", "min_ms", "runs", "pooled_median_ms", "spread", "round_spread",
+                 "round_ms")
 
 
 def _is_cpu_fp32(model: nn.Module) -> bool:
@@ -23,11 +25,12 @@ def _is_cpu_fp32(model: nn.Module) -> bool:
 
 def _latency_by_batch(model: nn.Module, inputs_for: Callable[[int], Any], batch_sizes: Sequence[int],
                       forward: Forward | None, runs: int, warmup: int) -> dict:
-    out = {}
+    out, noise = {}, []
     for bs in batch_sizes:
         result = measure_latency(model, inputs_for(bs), forward=forward, runs=runs, warmup=warmup)
         out[f"batch_{bs}"] = {k: result[k] for k in _LATENCY_KEYS}
-    return out
+        noise += result["noise"]
+    return {**out, **machine_state(), "method": METHOD, "reliable": not noise, "noise": noise}
 
 
 def profile_model(
@@ -45,7 +48,8 @@ def profile_model(
     Returns::
 
         {"cost": {"params", "trainable_params", "size_mb", "size_bytes", "macs", "flops"},   # MACs/FLOPs per sample
-         "latency": {"cpu":  {"threads": int, "batch_<bs>": {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs"}},
+         "latency": {"cpu":  {"threads": int, "load_avg", "reliable", "noise", ...,
+                              "batch_<bs>": {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs", ...}},
                      "cuda": {"device_name": str, "batch_<bs>": {...}}},   # "cuda" only for a CUDA model,
                                                                            # "cpu" only when cpu_latency=True
          "memory": {"inference_peak_mb", "inference_delta_mb", "kind", "batch_size"}}
@@ -75,8 +79,7 @@ def profile_model(
 
     latency: dict[str, Any] = {}
     if cpu_latency:
-        latency["cpu"] = {"threads": torch.get_num_threads(),
-                          **_latency_by_batch(cpu_model, cpu_inputs, batch_sizes, forward, runs, warmup)}
+        latency["cpu"] = _latency_by_batch(cpu_model, cpu_inputs, batch_sizes, forward, runs, warmup)
     del cpu_model
     if device.type == "cuda":
         latency["cuda"] = {"device_name": torch.cuda.get_device_name(device),

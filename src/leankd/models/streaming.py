@@ -25,9 +25,6 @@ in eval mode.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 from torch import nn
 
@@ -148,15 +145,20 @@ class StreamingKWS:
         return audio
 
 
-def chunk_latency(streamer: StreamingKWS, chunk_samples: int, runs: int = 100, warmup: int = 10) -> dict:
-    """Compute time per `step` on random audio, CPU wall clock (`time.perf_counter`).
+def chunk_latency(streamer: StreamingKWS, chunk_samples: int, runs: int = 100, warmup: int = 10, rounds: int = 3,
+                  round_s: float = 0.2) -> dict:
+    """Compute time per `step` on random audio, CPU wall clock, by the shared timer (`measure.timing`:
+    `blocked_autorange` in rounds, robust figure, noise check).
 
-    Returns `{"median_ms", "p90_ms", "chunk_ms", "real_time_factor"}`, real_time_factor = median compute per
-    chunk / chunk duration (< 1: faster than real time). Warm-up runs at least `warmup` chunks and until the
-    streamer produces probabilities, so the timed steps are steady-state ones. Resets the streamer before and
-    after. The incremental path with `window_frames=None` pools over a growing history; set a window to time a
-    long-running stream.
+    Returns `{"median_ms", "p90_ms", "min_ms", "pooled_median_ms", "spread", "round_spread", "runs", "chunk_ms",
+    "real_time_factor", "reliable", "noise", "load_avg", "threads", ...}`; `median_ms` is the robust figure,
+    real_time_factor = median_ms / chunk duration (< 1: faster than real time). Warm-up runs at least `warmup`
+    chunks and until the streamer produces probabilities, so the timed steps are steady-state ones; timed steps
+    cycle through `warmup + runs` chunks of random audio. Resets the streamer before and after. The incremental
+    path with `window_frames=None` pools over a growing history; set a window to time a long-running stream.
     """
+    from ..measure.timing import machine_state, noise_reasons, summarize_rounds, time_interleaved
+
     if chunk_samples < 1 or runs < 1 or warmup < 0:
         raise ValueError(f"need chunk_samples >= 1, runs >= 1, warmup >= 0; got {chunk_samples}, {runs}, {warmup}")
     gen = torch.Generator().manual_seed(0)
@@ -167,15 +169,18 @@ def chunk_latency(streamer: StreamingKWS, chunk_samples: int, runs: int = 100, w
     while i < warmup or (streamer._probs is None and i < max_warm):
         streamer.step(chunks[i % len(chunks)])
         i += 1
-    times = []
-    for r in range(runs):
-        chunk = chunks[r]
-        start = time.perf_counter()
-        streamer.step(chunk)
-        times.append(time.perf_counter() - start)
+    position = [i]
+
+    def step():
+        streamer.step(chunks[position[0] % len(chunks)])
+        position[0] += 1
+
+    stats = summarize_rounds(time_interleaved({"stream": step}, calls=runs, rounds=max(1, min(rounds, runs)),
+                                              warmup=0, round_s=round_s)["stream"])
     streamer.reset()
-    times_ms = sorted(t * 1e3 for t in times)
-    median = statistics.median(times_ms)
-    p90 = times_ms[min(len(times_ms) - 1, round(0.9 * (len(times_ms) - 1)))]
+    stats.pop("round_ms")
+    stats.pop("mean_ms")
     chunk_ms = 1e3 * chunk_samples / streamer.features.sample_rate
-    return {"median_ms": median, "p90_ms": p90, "chunk_ms": chunk_ms, "real_time_factor": median / chunk_ms}
+    reasons = noise_reasons(stats, "streaming chunk")
+    return {**stats, "chunk_ms": chunk_ms, "real_time_factor": stats["median_ms"] / chunk_ms,
+            "reliable": not reasons, "noise": reasons, **machine_state()}

@@ -133,6 +133,52 @@ def _threads_note(report: dict, device: str) -> str:
     return ""
 
 
+NOISY = "(noisy)"  # marks a timing flagged unreliable (measure.timing); the "Timing noise" section says why
+
+
+def _noisy(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("reliable") is False
+
+
+def _mark(text: str, block: Any) -> str:
+    """`text`, marked when the timing table `block` is flagged unreliable (and something was measured)."""
+    return f"{text} {NOISY}" if _noisy(block) and text != DASH else text
+
+
+def _timing_tables(entry: dict) -> list[tuple[str, Any]]:
+    """(what, block) of every timing table of a model entry that carries the noise verdict."""
+    out = [(f"{d.upper()} latency", _g(entry, "latency", d)) for d in ("cpu", "cuda")]
+    out += [("streaming", entry.get("streaming")), ("decoding", entry.get("decoding"))]
+    return [(what, b) for what, b in out if isinstance(b, dict)]
+
+
+def timing_noise_lines(report: dict) -> list[str]:
+    """Why timings are marked (noisy), with the machine load and threads they were timed with, and how to
+    re-measure; [] when no timing is flagged."""
+    lines, threads = [], None
+    for role, e in report["models"].items():
+        tables = _timing_tables(e) + [(f"step cost of {r.get('loss')}", r)
+                                      for r in (_g(e, "training", "feature_costs") or [])]
+        for what, block in tables:
+            if not _noisy(block):
+                continue
+            load = block.get("load_avg")
+            threads = threads or block.get("threads")
+            state = (f"load average {'/'.join(f'{x:g}' for x in load)} (1/5/15 min) on {block.get('cpu_count') or '?'} "
+                     f"CPUs, {block.get('threads') or '?'} thread(s)" if load else
+                     f"{block.get('threads') or '?'} thread(s)")
+            reasons = "; ".join(block.get("noise") or []) or "flagged"
+            lines.append(f"- {model_label(role, e)}, {what}: {reasons} ({state}).")
+    if not lines:
+        return []
+    hint = "--threads 1" if threads and threads > 1 else "--threads N"
+    return lines + ["", f"Timings marked {NOISY} may be spoiled by other work on the machine (each reason above "
+                    "names its limit); speed ratios built from them are not shown (n/a " + NOISY + "; null in "
+                    "report.json, listed under `unreliable_latency`). To re-measure from the saved weights, on a quiet "
+                    f"machine: `leankd report RUN_DIR --remeasure {hint}` (fewer threads than cores keeps the "
+                    "timing off the cores other processes use; a busy core stalls every thread of a parallel op)."]
+
+
 def _energy(entry: dict) -> str:
     tr = entry.get("training")
     if tr is None:
@@ -207,30 +253,32 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             if b == 1:
                 row(
                     f"{dev_name} latency b{b} median / p90 (ms{note})",
-                    lambda e, k=key, d=device: (
+                    lambda e, k=key, d=device: _mark(
                         f"{fmt_fixed(_g(e, 'latency', d, k, 'median_ms'))} / {fmt_fixed(_g(e, 'latency', d, k, 'p90_ms'))}"
                         if _g(e, "latency", d, k) is not None
-                        else DASH
+                        else DASH, _g(e, "latency", d)
                     ),
                 )
             else:
                 row(
                     f"{dev_name} latency b{b} median (ms{note})",
-                    lambda e, k=key, d=device: fmt_fixed(_g(e, "latency", d, k, "median_ms")),
+                    lambda e, k=key, d=device: _mark(fmt_fixed(_g(e, "latency", d, k, "median_ms")), _g(e, "latency", d)),
                 )
     row("inference peak memory (MB)", lambda e: fmt_auto(_g(e, "memory", "inference_peak_mb")))
     row("model memory b1: params + peak activations (MB)", lambda e: fmt_auto(_g(e, "memory", "model_memory_mb")))
     if any(e.get("streaming") for _, e in entries):
         chunk = next(_g(e, "streaming", "chunk_ms") for _, e in entries if e.get("streaming"))
         row(f"streaming: CPU ms per {fmt_auto(chunk)} ms chunk (median)",
-            lambda e: fmt_fixed(_g(e, "streaming", "median_ms"), 3))
-        row("streaming: real-time factor", lambda e: fmt_fixed(_g(e, "streaming", "real_time_factor"), 4))
+            lambda e: _mark(fmt_fixed(_g(e, "streaming", "median_ms"), 3), e.get("streaming")))
+        row("streaming: real-time factor",
+            lambda e: _mark(fmt_fixed(_g(e, "streaming", "real_time_factor"), 4), e.get("streaming")))
     decoded = [(search, b) for _, e in entries for search, b in
                [(r["search"], r["batch_size"]) for r in (_g(e, "decoding", "latency") or [])]]
     for search, b in dict.fromkeys(decoded):
         row(f"decoding, {search} b{b}: CPU ms per sequence (median)",
-            lambda e, s_=search, b_=b: fmt_fixed(next((r["ms_per_sequence"] for r in _g(e, "decoding", "latency") or []
-                                                       if r["search"] == s_ and r["batch_size"] == b_), None), 3))
+            lambda e, s_=search, b_=b: _mark(fmt_fixed(next((r["ms_per_sequence"] for r in _g(e, "decoding", "latency") or []
+                                                             if r["search"] == s_ and r["batch_size"] == b_), None), 3),
+                                             e.get("decoding")))
     row("train wall time (s, incl. validation)", lambda e: fmt_auto(_g(e, "training", "wall_time_s")))
     row("epochs", lambda e: fmt_int(_g(e, "training", "epochs")))
     row("samples/s", lambda e: fmt_auto(_g(e, "training", "samples_per_s")))
@@ -247,6 +295,11 @@ _RATIO_ROWS = [
     ("macs_x_fewer", f"MACs ({TIMES} fewer)", fmt_times),
     ("memory_x_less", f"model memory b1 ({TIMES} less)", fmt_times),
 ]
+
+
+def _ratio_cell(ratios: dict, key: str) -> str:
+    """A latency ratio, or "n/a (noisy)" where a timing it is built from is flagged unreliable."""
+    return f"n/a {NOISY}" if key in (ratios.get("unreliable_latency") or []) else fmt_times(ratios.get(key))
 
 
 def _ratio_table(report: dict) -> list[str]:
@@ -269,7 +322,7 @@ def _ratio_table(report: dict) -> list[str]:
 
     for k in sorted(lat_keys, key=lat_order):
         dev, b = k[len("latency_"):].split("_x_faster_batch_")
-        rows.append([f"{dev.upper()} latency b{b} ({TIMES} faster)"] + [fmt_times(vs[r].get(k)) for r in roles])
+        rows.append([f"{dev.upper()} latency b{b} ({TIMES} faster)"] + [_ratio_cell(vs[r], k) for r in roles])
     name = "Pearson r" if _regression(report) else "accuracy"
     rows.append([f"{name} retention (%)"] + [fmt_fixed(vs[r].get("accuracy_retention_pct"), 2) for r in roles])
     rows.append([f"{name} vs teacher (points)"] + [fmt_points(vs[r].get("accuracy_delta_points")) for r in roles])
@@ -301,7 +354,8 @@ def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[s
         e = models[base]
         rows.append([f"{model_label(base, e)} (fp32)", "torch", fmt_pct(_headline(e)), DASH,
                      fmt_fixed(_g(e, "cost", "size_mb"), 2), DASH]
-                    + [fmt_fixed(_g(e, "latency", "cpu", f"batch_{b}", "median_ms")) for b in sizes]
+                    + [_mark(fmt_fixed(_g(e, "latency", "cpu", f"batch_{b}", "median_ms")), _g(e, "latency", "cpu"))
+                       for b in sizes]
                     + [DASH for _ in sizes] + [DASH, DASH] + ([DASH] if trained else []) + ["reference"])
     for role, e in arts:
         a, r = e["artifact"], vs.get(role, {})
@@ -313,8 +367,9 @@ def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[s
         rows.append([a["target"], a["format"], fmt_pct(_headline(e)),
                      fmt_points(r.get("accuracy_delta_points")), fmt_fixed(_g(e, "cost", "size_mb"), 2),
                      fmt_times(r.get("size_x_smaller"))]
-                    + [fmt_fixed(_g(e, "latency", "cpu", f"batch_{b}", "median_ms")) for b in sizes]
-                    + [fmt_times(r.get(f"latency_cpu_x_faster_batch_{b}")) for b in sizes]
+                    + [_mark(fmt_fixed(_g(e, "latency", "cpu", f"batch_{b}", "median_ms")), _g(e, "latency", "cpu"))
+                       for b in sizes]
+                    + [_ratio_cell(r, f"latency_cpu_x_faster_batch_{b}") for b in sizes]
                     + [fmt_fixed(a.get("max_abs_diff"), 4) if a.get("max_abs_diff") is not None else DASH,
                        left_text or DASH]
                     + ([fmt_fixed(_g(e, "training", "wall_time_s"), 0)] if trained else [])
@@ -484,12 +539,25 @@ def _feature_cost_table(report: dict) -> list[str]:
     rows = _g(report, "models", STUDENT_ROLE, "training", "feature_costs")
     if not rows:
         return []
-    body = [[_md_cell(r["loss"]), fmt_fixed(r.get("ms_per_step")), fmt_fixed(r.get("extra_ms_per_step"), 1),
-             fmt_fixed(r.get("peak_mb"), 1), fmt_fixed(r.get("extra_mb"), 1)] for r in rows]
     kind = rows[0].get("memory_kind") or "memory"
-    return _md_table(["loss", "ms / step", "extra ms", "step peak MB", "extra MB"], body) + [
-        "", f"First row: the logit loss alone; each other row adds one feature loss to it. Median of 10 interleaved steps on one "
-            f"training batch (forward, teacher, loss, backward); memory: {kind}."]
+    unmeasurable = kind.startswith("not measurable") or kind.startswith("not available")
+
+    def mb(r: dict, key: str) -> str:
+        return "not measurable" if unmeasurable or r.get(key) is None and r.get("peak_mb") is None else fmt_fixed(r.get(key), 2)
+
+    held = any(r.get("held_mb") is not None for r in rows)
+    body = [[_md_cell(r["loss"]), _mark(fmt_fixed(r.get("ms_per_step")), r), _mark(fmt_fixed(r.get("extra_ms_per_step"), 1), r),
+             mb(r, "peak_mb"), mb(r, "extra_mb")] + ([mb(r, "held_mb"), mb(r, "extra_held_mb")] if held else [])
+            for r in rows]
+    header = ["loss", "ms / step", "extra ms", "step peak MB", "extra MB at peak"]
+    header += ["held for backward MB", "extra held MB"] if held else []
+    return _md_table(header, body) + [
+        "", "First row: the logit loss alone; each other row adds one feature loss to it. Time: interleaved rounds of "
+            "steps on one training batch (forward, teacher, loss, backward), median of each round's fastest block; "
+            f"memory: {kind}" + (" (the step's peak, and the bytes alive when the loss is computed: what autograd "
+                                 "keeps for backward; a feature term often stays under the peak the teacher's "
+                                 "forward sets, but always holds its kept feature maps and adapter activations)"
+                                 if held and not unmeasurable else "") + "."]
 
 
 def _per_class_table(report: dict) -> list[str]:
@@ -588,8 +656,11 @@ def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optiona
             r[1:] = [f"`{c}`" if c != DASH else c for c in r[1:]]
     lines += _md_table(header, rows)
     lines.append("")
+    robust = any(_g(e, "latency", "cpu", "method") for e in report["models"].values())  # older reports: plain medians
     lines.append(
-        "Latency is per batch (median of timed runs after warm-up); MACs/FLOPs are per sample; "
+        ("Latency is per batch (torch.utils.benchmark blocks timed in interleaved rounds after warm-up; median of each "
+         "round's fastest block); " if robust else "Latency is per batch (median of timed runs after warm-up); ")
+        + "MACs/FLOPs are per sample; "
         "\"—\" means not measured or not applicable (e.g. no training time for a teacher loaded from a checkpoint)."
     )
 
@@ -637,6 +708,10 @@ def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optiona
     pc = _per_class_table(report)
     if pc:
         lines += ["", "## Per-class accuracy (%)", ""] + pc
+
+    noise = timing_noise_lines(report)
+    if noise:
+        lines += ["", "## Timing noise", ""] + noise
 
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]

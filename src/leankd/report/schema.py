@@ -119,11 +119,20 @@ class Cost(_Strict):
 
 
 class LatencyStats(_Strict):
+    """Timings of one batch size (`measure.timing`). Since the robust timer, `median_ms` is the median over the
+    interleaved rounds of each round's fastest block (older reports: the median of single calls); the others are
+    over all blocks. `spread` = interquartile range / median of the blocks, `round_spread` = slowest / fastest of the
+    per-round fastest blocks, `round_ms[r]` = round r's block means (ms per call)."""
+
     median_ms: Optional[float] = None
     p90_ms: Optional[float] = None
     mean_ms: Optional[float] = None
     min_ms: Optional[float] = None
     runs: Optional[int] = None
+    pooled_median_ms: Optional[float] = None
+    spread: Optional[float] = None
+    round_spread: Optional[float] = None
+    round_ms: Optional[list[list[float]]] = None
 
 
 class DeviceLatency(BaseModel):
@@ -134,12 +143,22 @@ class DeviceLatency(BaseModel):
 
     threads: Optional[int] = None
     device_name: Optional[str] = None  # GPU name on the cuda block
+    # the noise contract (read by `leankd search`): reliable False -> the figures may be spoiled by machine noise,
+    # `noise` says why; None/absent (reports from before the robust timer) = not assessed, read as reliable
+    reliable: Optional[bool] = None
+    noise: Optional[list[str]] = None
+    load_avg: Optional[list[float]] = None  # os.getloadavg() (1, 5, 15 min) when the table was timed
+    interop_threads: Optional[int] = None
+    cpu_count: Optional[int] = None
+    rounds: Optional[int] = None
+    method: Optional[str] = None
 
     @model_validator(mode="after")
     def _only_batch_keys(self) -> "DeviceLatency":
         bad = [k for k in (self.__pydantic_extra__ or {}) if not _BATCH_KEY.match(k)]
         if bad:
-            raise ValueError(f"unknown key(s) {bad}; allowed: 'threads', 'device_name' and 'batch_<n>' (e.g. 'batch_1', 'batch_64')")
+            raise ValueError(f"unknown key(s) {bad}; allowed: {', '.join(repr(f) for f in type(self).model_fields)} "
+                             "and 'batch_<n>' (e.g. 'batch_1', 'batch_64')")
         return self
 
     def batches(self) -> dict[int, Optional[LatencyStats]]:
@@ -161,14 +180,29 @@ class Memory(_Strict):
     model_memory_mb: Optional[float] = None  # parameters + peak activations for one input (tensor bytes)
 
 
-class FeatureCost(_Strict):
-    """One step (forward, teacher, loss, backward) with the logit loss alone or plus one feature term."""
+class TimingNoise(_Strict):
+    """What every timing table carries since the robust timer (`measure.timing`): the noise verdict and the machine
+    state it was timed in. All optional: older reports have none of it (absent `reliable` = reliable)."""
+
+    reliable: Optional[bool] = None
+    noise: Optional[list[str]] = None
+    load_avg: Optional[list[float]] = None
+    threads: Optional[int] = None
+    interop_threads: Optional[int] = None
+    cpu_count: Optional[int] = None
+
+
+class FeatureCost(TimingNoise):
+    """One step (forward, teacher, loss, backward) with the logit loss alone or plus one feature term. `extra_mb`
+    None with `memory_kind` "not measurable: ..." when no memory figure could be taken."""
 
     loss: str
     ms_per_step: Optional[float] = None
     extra_ms_per_step: Optional[float] = None
     peak_mb: Optional[float] = None
-    extra_mb: Optional[float] = None
+    extra_mb: Optional[float] = None  # extra at the step's peak: often 0 (a term's tensors fit under the peak)
+    held_mb: Optional[float] = None  # tensor bytes alive when the loss is computed (kept for backward)
+    extra_held_mb: Optional[float] = None  # what the feature term keeps alive for backward
     memory_kind: Optional[str] = None
 
 
@@ -230,30 +264,36 @@ class Artifact(_Strict):
     notes: list[str] = Field(default_factory=list)
 
 
-class Streaming(_Strict):
+class Streaming(TimingNoise):
     """Chunk-by-chunk inference on the CPU (keyword spotting), features included."""
 
     chunk_ms: Optional[float] = None
     mode: Optional[str] = None  # "incremental" (GRU state carried) or "window" (recomputed over a sliding window)
-    median_ms: Optional[float] = None
+    median_ms: Optional[float] = None  # robust figure (median of per-round fastest blocks), as LatencyStats
     p90_ms: Optional[float] = None
+    min_ms: Optional[float] = None
+    pooled_median_ms: Optional[float] = None
+    spread: Optional[float] = None
+    round_spread: Optional[float] = None
+    runs: Optional[int] = None
     real_time_factor: Optional[float] = None  # compute time per chunk / chunk duration (< 1: faster than real time)
 
 
 class DecodeLatency(_Strict):
     search: str  # "greedy" or "beam<k>"
     batch_size: int
-    median_batch_ms: float
+    median_batch_ms: float  # robust figure (median of per-round fastest blocks) since the robust timer
     ms_per_sequence: float
+    spread: Optional[float] = None
+    round_spread: Optional[float] = None
 
 
-class Decoding(_Strict):
+class Decoding(TimingNoise):
     """Seq2seq: CPU wall time of decoding whole sequences (encoder + every decoder step), per sequence."""
 
     beam: int
     length_penalty: float
     max_len: int
-    threads: Optional[int] = None
     runs: Optional[int] = None
     interleaved: Optional[bool] = None  # timed round-robin with the run's other models and artifacts
     latency: list[DecodeLatency] = Field(default_factory=list)
@@ -297,6 +337,9 @@ class RoleRatios(BaseModel):
     latency_cpu_x_faster_batch_64: Optional[float] = None
     accuracy_retention_pct: Optional[float] = None
     accuracy_delta_points: Optional[float] = None
+    # latency ratios set to null because one of the two timings is flagged unreliable (noise), e.g.
+    # ["latency_cpu_x_faster_batch_1"]; absent when none was
+    unreliable_latency: Optional[list[str]] = None
 
     @model_validator(mode="after")
     def _only_latency_keys(self) -> "RoleRatios":
@@ -474,7 +517,12 @@ def _batch_sort_key(k: str) -> int:
     return int(_BATCH_KEY.match(k).group(1))
 
 
-def _versus(ref: Optional[dict], entry: dict) -> dict[str, Optional[float]]:
+def latency_reliable(entry: Any, device: str = "cpu") -> bool:
+    """False only when the entry's latency block on `device` says `reliable: false` (absent = reliable)."""
+    return _get(entry, "latency", device, "reliable") is not False
+
+
+def _versus(ref: Optional[dict], entry: dict) -> dict[str, Any]:
     """`entry` against a reference model: × smaller / fewer / faster and accuracy retention and delta."""
     r: dict[str, Optional[float]] = {
         "size_x_smaller": _ratio(_get(ref, "cost", "size_bytes"), _get(entry, "cost", "size_bytes")),
@@ -484,10 +532,18 @@ def _versus(ref: Optional[dict], entry: dict) -> dict[str, Optional[float]]:
         "latency_cpu_x_faster_batch_1": None,
         "latency_cpu_x_faster_batch_64": None,
     }
+    noisy = []
     for device in ("cpu", "cuda"):
         t_b, s_b = _latency_batches(ref, device), _latency_batches(entry, device)
+        unreliable = not latency_reliable(ref, device) or not latency_reliable(entry, device)
         for key in sorted(set(t_b) & set(s_b), key=_batch_sort_key):
-            r[f"latency_{device}_x_faster_{key}"] = _ratio(_get(t_b[key], "median_ms"), _get(s_b[key], "median_ms"))
+            ratio = _ratio(_get(t_b[key], "median_ms"), _get(s_b[key], "median_ms"))
+            if unreliable and ratio is not None:  # not a fact: left out, and named so the report can say why
+                noisy.append(f"latency_{device}_x_faster_{key}")
+                ratio = None
+            r[f"latency_{device}_x_faster_{key}"] = ratio
+    if noisy:
+        r["unreliable_latency"] = noisy
     t_acc, s_acc = headline(ref), headline(entry)
     r["accuracy_retention_pct"] = _ratio(s_acc, t_acc)
     if r["accuracy_retention_pct"] is not None:

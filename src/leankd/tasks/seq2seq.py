@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -270,12 +269,16 @@ class Seq2SeqTask(Task):
 
 
 def decoding_latency(models: dict, task: Seq2SeqTask, batch_sizes: Sequence[int] = (1, 64), runs: int = 10,
-                     warmup: int = 2) -> dict:
-    """Median wall time per sequence of decoding a batch of evaluation sources on the CPU, greedy and beam, for
-    every model in `models` (role -> model or runnable). Interleaved: each timed run decodes with every model in
-    turn (the first one rotating), so a slower moment of the machine lands on all of them alike."""
+                     warmup: int = 2, rounds: int = 3, round_s: float = 0.05) -> dict:
+    """Wall time per sequence of decoding a batch of evaluation sources on the CPU, greedy and beam, for every model
+    in `models` (role -> model or runnable), by the shared timer (`measure.timing`): interleaved rounds of
+    `blocked_autorange`, the first model rotating, so a slower moment of the machine lands on all of them alike;
+    `median_batch_ms` is the robust figure (median of per-round fastest blocks). A role's block gets
+    `reliable: false` and the reasons in `noise` when its blocks spread widely, its rounds disagree, or a model of
+    identical architecture was timed differently; the machine load and thread settings are recorded."""
     from ..measure.devices import cpu_fp32_copy
-    from ..measure.latency import summarize_ms
+    from ..measure.timing import (architecture_signature, machine_state, noise_reasons, summarize_rounds,
+                                  time_interleaved, twin_reasons)
     from ..seq2seq.decode import decode
 
     prepared = {}
@@ -286,29 +289,33 @@ def decoding_latency(models: dict, task: Seq2SeqTask, batch_sizes: Sequence[int]
             model.eval()
         prepared[role] = model
     roles = list(prepared)
+    signatures = {role: architecture_signature(m) for role, m in prepared.items()}
     _, src, src_len, _ = task.sources(task.eval_split)
     rows: dict[str, list[dict]] = {role: [] for role in roles}
+    reasons: dict[str, list[str]] = {role: [] for role in roles}
     with torch.inference_mode():
         for b in batch_sizes:
             idx = torch.arange(b) % len(src_len)
             x, n = src[idx.to(src.device)].cpu(), src_len[idx.to(src.device)].cpu()
             x = x[:, :int(n.max())]
             for beam in (1, task.beam):
-                times: dict[str, list[float]] = {role: [] for role in roles}
-                for i in range(warmup + runs):
-                    for j in range(len(roles)):
-                        role = roles[(i + j) % len(roles)]
-                        t0 = time.perf_counter()
-                        decode(prepared[role], x, n, beam, task.max_len, task.length_penalty)
-                        if i >= warmup:
-                            times[role].append((time.perf_counter() - t0) * 1e3)
+                search = "greedy" if beam == 1 else f"beam{beam}"
+                fns = {role: (lambda m=prepared[role], k=beam: decode(m, x, n, k, task.max_len, task.length_penalty))
+                       for role in roles}
+                samples = time_interleaved(fns, calls=runs, rounds=max(1, min(rounds, runs)), warmup=warmup,
+                                           round_s=round_s)
+                stats = {role: summarize_rounds(samples[role]) for role in roles}
+                twins = twin_reasons({r: s["median_ms"] for r, s in stats.items()}, signatures, f"{search} b{b}")
                 for role in roles:
-                    median = summarize_ms(times[role])["median_ms"]
-                    rows[role].append({"search": "greedy" if beam == 1 else f"beam{beam}", "batch_size": b,
-                                       "median_batch_ms": round(median, 3), "ms_per_sequence": round(median / b, 4)})
+                    s = stats[role]
+                    reasons[role] += noise_reasons(s, f"{search} b{b}") + twins[role]
+                    rows[role].append({"search": search, "batch_size": b, "median_batch_ms": round(s["median_ms"], 3),
+                                       "ms_per_sequence": round(s["median_ms"] / b, 4), "spread": s["spread"],
+                                       "round_spread": s["round_spread"]})
+    state = machine_state()
     return {role: {"beam": task.beam, "length_penalty": task.length_penalty, "max_len": task.max_len,
-                   "threads": torch.get_num_threads(), "runs": runs, "interleaved": len(roles) > 1,
-                   "latency": rows[role]} for role in roles}
+                   "runs": runs, "interleaved": len(roles) > 1, "latency": rows[role],
+                   "reliable": not reasons[role], "noise": reasons[role], **state} for role in roles}
 
 
 def build_seq2seq_task(cfg, device: torch.device, seed: int, channels_last: bool = False) -> Seq2SeqTask:

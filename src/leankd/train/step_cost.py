@@ -4,14 +4,19 @@ with each feature term added, on the same batch, same model, same teacher.
 Why a separate measurement: the KD stage's epoch time says what all its losses cost together; a user deciding
 whether attention transfer is worth it needs the price of each term. A step here is forward (student + teacher
 with its taps) + loss + backward; the optimizer update is left out (the same for every variant, adapters aside).
-Time: median of `steps` timed steps after one warm-up, synchronized on CUDA, interleaved across the variants. Memory: on CUDA the allocator's peak
-above the step's starting point; on CPU the peak of live tensor storages during the step (`measure.memory`).
+
+Time: the shared timer (`measure.timing`: torch.utils.benchmark's `blocked_autorange` in interleaved rounds,
+robust figure = median of per-round fastest blocks, noise flagged, machine load recorded).
+Memory: on CUDA the allocator's peak above the step's starting point; on CPU live tensor storages counted by
+`measure.memory`'s dispatch-mode counter, two figures: the step's peak, and the bytes held when the loss is
+computed (everything autograd keeps for backward: kept feature maps, adapter activations). A feature term often
+does not raise the peak (its tensors fit in the space the teacher's forward briefly used), but it always holds
+memory for backward, so `extra_held_mb` shows what the peak cannot. Where no counter works the figures are None
+with `memory_kind` "not measurable: ...", never 0.0.
 """
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from typing import Optional
 
 import torch
@@ -19,14 +24,19 @@ from torch import nn
 
 from ..kd.losses import Loss
 from ..measure.memory import _make_live_storage_counter
+from ..measure.timing import machine_state, noise_reasons, summarize_rounds, time_interleaved
 from ..tasks.base import Task
 from .loop import _setup_feature_loss, _sync, autocast_context, loss_inputs
 
 
-def _one_step(model: nn.Module, loss: Loss, taps, teacher, batch, task: Task, precision: str) -> None:
+def _forward_loss(model: nn.Module, loss: Loss, taps, teacher, batch, task: Task, precision: str):
     with autocast_context(task.device, precision):
         logits = task.forward(model, batch.inputs)
-    loss(loss_inputs(logits, batch, loss, teacher, taps)).backward()
+    return loss(loss_inputs(logits, batch, loss, teacher, taps))
+
+
+def _one_step(model: nn.Module, loss: Loss, taps, teacher, batch, task: Task, precision: str) -> None:
+    _forward_loss(model, loss, taps, teacher, batch, task, precision).backward()
 
 
 class _Variant:
@@ -38,54 +48,44 @@ class _Variant:
         self.taps = _setup_feature_loss(self.loss, self.model, task, teacher)
         self.teacher_names = self.loss.teacher_taps()
 
-    def step(self, teacher, batch, task: Task, precision: str, measure=None):
+    def prepare(self, teacher) -> None:
         if hasattr(teacher, "tap"):
             teacher.tap(self.teacher_names if self.taps is not None else [])
         self.model.zero_grad(set_to_none=True)
-        if measure is not None:
-            return measure(lambda: _one_step(self.model, self.loss, self.taps, teacher, batch, task, precision))
+
+    def step(self, teacher, batch, task: Task, precision: str) -> None:
+        self.prepare(teacher)
         _one_step(self.model, self.loss, self.taps, teacher, batch, task, precision)
+        _sync(task.device)
 
     def close(self):
         if self.taps is not None:
             self.taps.close()
 
 
-def _timed(device: torch.device):
-    def run(fn) -> float:
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        return 1000 * (time.perf_counter() - t0)
-    return run
-
-
 def step_costs(model: nn.Module, losses: list[Loss], task: Task, teacher, batch_size: int, precision: str = "fp32",
-               steps: int = 10, seed: int = 0) -> list[dict]:
-    """ms per step (median) and peak step memory of each loss, each on a copy of `model` (left untouched).
+               steps: int = 10, seed: int = 0, round_s: float = 0.05) -> list[dict]:
+    """ms per step (robust figure) and step memory of each loss, each on a copy of `model` (left untouched).
 
-    The variants' steps are interleaved (round r times every variant once) on the same batch, so machine drift —
-    a 2-core VM easily varies by 20 % over a minute — lands on all of them alike instead of on whichever ran last."""
+    The variants' steps are interleaved (`measure.timing.time_interleaved`, at least `steps` timed steps each) on
+    the same batch, so machine drift — a 2-core VM easily varies by 20 % over a minute — lands on all of them alike
+    instead of on whichever ran last. Each row carries `reliable`/`noise`, the load average and thread settings."""
     variants = []
     batch = next(iter(task.train_batches(0, batch_size, seed)))
     try:
         for loss in losses:
             variants.append(_Variant(model, loss, task, teacher))
-        for v in variants:  # warm-up: lazy init, allocator, kernels
-            v.step(teacher, batch, task, precision)
-        times = [[] for _ in variants]
-        for _ in range(steps):
-            for v, t in zip(variants, times):
-                t.append(v.step(teacher, batch, task, precision, measure=_timed(task.device)))
+        fns = {i: (lambda v=v: v.step(teacher, batch, task, precision)) for i, v in enumerate(variants)}
+        samples = time_interleaved(fns, calls=steps, rounds=max(1, min(3, steps)), warmup=1, round_s=round_s)
+        state = machine_state()
         rows = []
-        for v, t in zip(variants, times):
-            if hasattr(teacher, "tap"):
-                teacher.tap(v.teacher_names if v.taps is not None else [])
-            v.model.zero_grad(set_to_none=True)
-            peak_mb, kind = _step_memory(v.model, v.loss, v.taps, teacher, batch, task, precision)
-            rows.append({"loss": v.loss.describe(), "ms_per_step": round(statistics.median(t), 3),
-                         "peak_mb": None if peak_mb is None else round(peak_mb, 3), "memory_kind": kind})
+        for i, v in enumerate(variants):
+            stats = summarize_rounds(samples[i])
+            reasons = noise_reasons(stats, "step time")
+            v.prepare(teacher)
+            memory = _step_memory(v.model, v.loss, v.taps, teacher, batch, task, precision)
+            rows.append({"loss": v.loss.describe(), "ms_per_step": round(stats["median_ms"], 3), **memory,
+                         "reliable": not reasons, "noise": reasons, **state})
         return rows
     finally:
         for v in variants:
@@ -94,36 +94,55 @@ def step_costs(model: nn.Module, losses: list[Loss], task: Task, teacher, batch_
             teacher.tap([])
 
 
-def _step_memory(model, loss, taps, teacher, batch, task, precision) -> tuple[Optional[float], str]:
+def _mb(x: Optional[int]) -> Optional[float]:
+    return None if x is None else round(x / 1e6, 3)
+
+
+def _step_memory(model, loss, taps, teacher, batch, task, precision) -> dict:
+    """`{"peak_mb", "held_mb", "memory_kind"}` of one step (see the module docstring)."""
     if task.device.type == "cuda":
         torch.cuda.synchronize(task.device)
         start = torch.cuda.memory_allocated(task.device)
         torch.cuda.reset_peak_memory_stats(task.device)
-        _one_step(model, loss, taps, teacher, batch, task, precision)
+        value = _forward_loss(model, loss, taps, teacher, batch, task, precision)
         torch.cuda.synchronize(task.device)
-        return (torch.cuda.max_memory_allocated(task.device) - start) / 1e6, "cuda_allocated_above_start"
+        held = torch.cuda.memory_allocated(task.device) - start
+        value.backward()
+        torch.cuda.synchronize(task.device)
+        return {"peak_mb": _mb(torch.cuda.max_memory_allocated(task.device) - start), "held_mb": _mb(held),
+                "memory_kind": "cuda_allocated_above_start"}
     try:
         counter = _make_live_storage_counter()
     except Exception as exc:  # noqa: BLE001 - a private PyTorch API: report, never fail the run
-        return None, f"not available: {type(exc).__name__}"
-    with counter:
-        _one_step(model, loss, taps, teacher, batch, task, precision)
-    counter.close()
+        return {"peak_mb": None, "held_mb": None, "memory_kind": f"not measurable: {type(exc).__name__}"}
+    try:
+        with counter:
+            value = _forward_loss(model, loss, taps, teacher, batch, task, precision)
+            held = counter.live_bytes
+            value.backward()
+            del value
+    finally:
+        counter.close()
     if counter.error is not None:
-        return None, f"not available: {type(counter.error).__name__}"
-    return counter.peak_bytes / 1e6, "tensor_bytes"
+        return {"peak_mb": None, "held_mb": None, "memory_kind": f"not measurable: {type(counter.error).__name__}"}
+    return {"peak_mb": _mb(counter.peak_bytes), "held_mb": _mb(held), "memory_kind": "tensor_bytes"}
 
 
 def feature_costs(model: nn.Module, logit_loss: Loss, terms: list[Loss], task: Task, teacher, batch_size: int,
                   precision: str = "fp32", steps: int = 10, seed: int = 0) -> list[dict]:
-    """The logit loss alone, then logit loss + each feature term: absolute and extra ms/step and MB."""
+    """The logit loss alone, then logit loss + each feature term: absolute and extra ms/step and MB (at the step's
+    peak and held for backward); extra MB is None, not 0.0, where memory was not measurable."""
     rows = step_costs(model, [logit_loss] + [logit_loss + term for term in terms], task, teacher, batch_size,
                       precision, steps, seed)
     base = rows[0]
-    base.update(extra_ms_per_step=0.0, extra_mb=0.0 if base["peak_mb"] is not None else None)
+
+    def extra(row: dict, key: str) -> Optional[float]:
+        return round(row[key] - base[key], 3) if row[key] is not None and base[key] is not None else None
+
+    base.update(extra_ms_per_step=0.0, extra_mb=0.0 if base["peak_mb"] is not None else None,
+                extra_held_mb=0.0 if base["held_mb"] is not None else None)
     for row, term in zip(rows[1:], terms):
         row["loss"] = term.describe()
         row["extra_ms_per_step"] = round(row["ms_per_step"] - base["ms_per_step"], 3)
-        row["extra_mb"] = (round(row["peak_mb"] - base["peak_mb"], 3)
-                           if row["peak_mb"] is not None and base["peak_mb"] is not None else None)
+        row["extra_mb"], row["extra_held_mb"] = extra(row, "peak_mb"), extra(row, "held_mb")
     return rows
