@@ -4,8 +4,9 @@ after the third stage, so the last stages see no spatial structure at all).
 
 The stride is read from shapes, not from module attributes: forward hooks record every 4-D output, and the last
 feature map is the smallest one above 1x1 that is not a global (adaptive) pooling. At the data's own size a collapsed map
-(1x1) hides how much further the network would have downsampled, so the model is also run once on a larger probe
-input; models that only accept their training size fall back to the data's size (a lower bound on the stride).
+(1x1 or 2x2) hides how much further the network would have downsampled, so the model is then also run once on a
+larger probe input; models that only accept their training size fall back to the data's size (a lower bound on the
+stride). Maps that are not collapsed give the stride at the data's size, which costs one small forward.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-PROBE_SIZE = 256  # spatial size of the large probe input: every stride up to 128 leaves at least 2x2
+PROBE_SIZE = 128  # spatial size of the large probe input: every stride up to 64 leaves at least 2x2
 
 
 def _feature_sizes(model: nn.Module, inputs: Tensor, forward: Callable[[nn.Module, Any], Tensor]) -> list[tuple]:
@@ -57,11 +58,13 @@ def probe_model(model: nn.Module, example: Any, forward: Callable[[nn.Module, An
         out: dict = {"input_size": [h, w], "batchnorm_layers": bn}
         if not own:
             return out
-        big = torch.nn.functional.interpolate(x, size=(PROBE_SIZE, PROBE_SIZE), mode="nearest")
-        try:
-            probe, ref = _feature_sizes(model, big, forward), PROBE_SIZE
-        except Exception:  # noqa: BLE001 - fixed-size models: the data's own size gives a lower bound
-            probe, ref = own, h
+        probe, ref = own, h
+        if min(s[0] for s in own) <= 2 and max(h, w) < PROBE_SIZE:  # maybe collapsed: how far would it go?
+            big = torch.nn.functional.interpolate(x, size=(PROBE_SIZE, PROBE_SIZE), mode="nearest")
+            try:
+                probe, ref = _feature_sizes(model, big, forward), PROBE_SIZE
+            except Exception:  # noqa: BLE001 - fixed-size models: the data's own size gives a lower bound
+                pass
         # 1x1 maps after a global pooling (squeeze-excitation gates) are not feature maps: the smallest map above
         # 1x1 on the probe input is the last feature map; the same call at the data's size gives its size there
         spatial = [i for i, s in enumerate(probe) if s[0] * s[1] > 1] or list(range(len(probe)))
