@@ -697,10 +697,9 @@ def sanity_kd_paragraph(report: dict) -> Optional[str]:
         parts.append(f"{other}: {_fmt_metric(other, _g(models, STUDENT_ROLE, 'quality', other))} vs "
                      f"{_fmt_metric(other, _g(models, BASELINE_ROLE, 'quality', other))}.")
     acc = _g(report, "ratios", "kd_gain_points")
-    if _is_num(acc):
-        agree = (acc > 0) == (gain > 0) or abs(acc) < KD_TIE_POINTS
-        parts.append(f"Accuracy ({fmt_points(acc)} points) is not what this task is judged by"
-                     + ("." if agree else ", and here it points the other way."))
+    if _is_num(acc) and abs(acc) >= KD_TIE_POINTS and abs(gain) >= KD_TIE_POINTS and (acc > 0) != (gain > 0):
+        parts.append(f"Accuracy ({fmt_points(acc)} points) points the other way, but it is not what this task is "
+                     "judged by.")
     s_ep, b_ep = _g(models, STUDENT_ROLE, "training", "epochs"), _g(models, BASELINE_ROLE, "training", "epochs")
     if s_ep is not None and b_ep is not None and s_ep != b_ep:
         parts.append(f"Note: different budgets ({s_ep} vs {b_ep} epochs), so this is not like-for-like.")

@@ -101,10 +101,10 @@ def likely_causes(entry: dict, history: list[dict]) -> list[str]:
     bn = probe.get("batchnorm_layers")
     steps = _steps(training, history)
     if steps is not None and steps < MIN_STEPS_WITH_BN and (bn is None or bn > 0):
-        with_bn = f" with {bn} BatchNorm layers" if bn else ""
-        causes.append(f"only {steps} optimizer steps{with_bn}: weights and BatchNorm running statistics (momentum "
-                      "0.1) have barely moved from their start; train for more steps (more epochs, or a smaller "
-                      "batch)")
+        what = (f" with {bn} BatchNorm layers: weights and BatchNorm running statistics (momentum 0.1) have" if bn
+                else ": the weights may have")
+        causes.append(f"only {steps} optimizer steps{what} barely moved from their start; train for more steps (more "
+                      "epochs, or a smaller batch)")
     losses = [r.get("train_loss") for r in history if "train_loss" in r]
     bad = next((i for i, v in enumerate(losses) if v is None or not math.isfinite(float(v))), None)
     lr = _num(history[0].get("lr")) if history else None

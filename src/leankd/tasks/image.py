@@ -81,10 +81,10 @@ def _preprocessing(cfg: DataConfig, train_images: Optional[torch.Tensor]) -> lis
     if cfg.image_size is not None:
         steps.append({"what": f"every image resized to {cfg.image_size}x{cfg.image_size} (antialiased; data.image_size)"})
     if train_images is not None and len(train_images) and train_images.shape[1] == 3:
-        gray = _gray_share(train_images)
-        if gray > 0:
-            steps.append({"what": f"{100 * gray:.0f}% of the training images are grayscale replicated to 3 RGB channels "
-                                  "(the models see three identical channels)"})
+        gray = _gray_count(train_images)
+        if gray:
+            steps.append({"what": f"{gray} of {len(train_images)} training images checked ({100 * gray / len(train_images):.3g}%) "
+                                  "are grayscale replicated to 3 RGB channels (the models see three identical channels)"})
     if aug.crop_padding > 0:
         steps.append({"what": f"training augmentation: random crop after {aug.pad_mode} padding by {aug.crop_padding} px",
                       "by_default": "crop_padding" not in asked})
@@ -95,13 +95,13 @@ def _preprocessing(cfg: DataConfig, train_images: Optional[torch.Tensor]) -> lis
     return steps
 
 
-def _gray_share(images: torch.Tensor, chunk: int = 4096) -> float:
-    """Share of uint8 [N, 3, H, W] images whose three channels are equal (grayscale stored as RGB)."""
+def _gray_count(images: torch.Tensor, chunk: int = 4096) -> int:
+    """How many uint8 [N, 3, H, W] images have three equal channels (grayscale stored or decoded as RGB)."""
     gray = 0
     for start in range(0, len(images), chunk):
         x = images[start:start + chunk]
         gray += int(((x[:, 0] == x[:, 1]) & (x[:, 1] == x[:, 2])).flatten(1).all(1).sum())
-    return gray / len(images)
+    return gray
 
 
 def _build_memory_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool) -> TensorTask:
