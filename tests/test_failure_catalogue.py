@@ -109,7 +109,7 @@ def test_tiny_recipe_runs(tmp_path):
     assert (tmp_path / "runs" / "tiny" / "report.json").exists()
 
 
-# ============================================================================================== data (sanity helper: speaker splits)
+# ================================================================================ data (sanity helper: speaker splits)
 def _fsdd_recipe(tmp_path: Path, **audio) -> Path:
     """A keyword-spotting recipe on a tiny FSDD-style folder (<digit>/<digit>_<speaker>_<n>.wav)."""
     import numpy as np

@@ -151,7 +151,7 @@ def test_keyword_primary_metric_decides_the_verdict_when_accuracy_disagrees():
     gain = md.split("## Distillation gain", 1)[1].split("##", 1)[0]
     assert ("KD student is 50.90 points worse than the baseline trained alone on the task's primary metric, false "
             "rejections at 1% false alarms (lower is better): 83.60 % vs 32.70 %.") in gain
-    assert "fa_fr_auc: 0.0800 vs 0.0300." in gain
+    assert "FA/FR AUC (lower is better): 0.0800 vs 0.0300." in gain
     assert "Accuracy (+1.00 points) points the other way, but it is not what this task is judged by." in gain
     assert "points above the baseline" not in gain
     assert "Baseline student +16.40, KD student -34.50" in md

@@ -3,8 +3,8 @@ than the model's total stride" as a cause (28x28 digits into a stride-32 ImageNe
 after the third stage, so the last stages see no spatial structure at all).
 
 The stride is read from shapes, not from module attributes: forward hooks record every 4-D output, and the last
-feature map is the smallest one above 1x1 that is not a global (adaptive) pooling. At the data's own size a collapsed map
-(1x1 or 2x2) hides how much further the network would have downsampled, so the model is then also run once on a
+feature map is the smallest one above 1x1 that is not a global (adaptive) pooling. At the data's own size a collapsed
+map (1x1 or 2x2) hides how much further the network would have downsampled, so the model is then also run once on a
 larger probe input; models that only accept their training size fall back to the data's size (a lower bound on the
 stride). Maps that are not collapsed give the stride at the data's size, which costs one small forward.
 """

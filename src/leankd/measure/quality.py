@@ -14,9 +14,9 @@ def classification_metrics(logits: Tensor, targets: Tensor, class_names: list[st
 
     Returns `{"accuracy": float, "macro_f1": float, "per_class_accuracy": {name: float}, "loss": float,
     "num_samples": int, "top_prediction_share": float, "majority_class_share": float}` (the largest share of
-    predictions, and of targets, that one class takes); accuracies are fractions in 0..1. Macro-F1 follows torchmetrics: a class that appears
-    in neither targets nor predictions is left out of the average. A class with no targets gets per-class
-    accuracy 0.0 (torchmetrics' convention), so read it together with the class counts.
+    predictions, and of targets, that one class takes); accuracies are fractions in 0..1. Macro-F1 follows
+    torchmetrics: a class that appears in neither targets nor predictions is left out of the average. A class with
+    no targets gets per-class accuracy 0.0 (torchmetrics' convention), so read it together with the class counts.
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be [N, C], got shape {tuple(logits.shape)}")

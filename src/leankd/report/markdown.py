@@ -622,6 +622,7 @@ def print_console(report: dict, console: Any = None) -> None:
 # task's `primary_metric` / `split_method` / `preprocessing` in run.dataset). Kept apart from the shared renderers
 # above: they only add sections and, when the verdict would mislead, replace it.
 ACCURACY_LIKE = {"accuracy", "pearson"}  # primary metrics the classic verdict (kd_gain_points) already speaks of
+SECONDARY_LABELS = {"fa_fr_auc": "FA/FR AUC (lower is better)", "ter": "token error rate (lower is better)"}
 
 
 def _primary(report: dict) -> Optional[dict]:
@@ -670,8 +671,8 @@ def sanity_kd_paragraph(report: dict) -> Optional[str]:
         return None
     broken = _flagged(models, (TEACHER_ROLE, BASELINE_ROLE, STUDENT_ROLE))
     if broken:
-        who = [f"{model_label(r, models[r])} ({' and '.join(f['kind'].replace('_', ' ') for f in models[r]['quality_flags'])})"
-               for r in broken]
+        kinds = {r: " and ".join(f["kind"].replace("_", " ") for f in models[r]["quality_flags"]) for r in broken}
+        who = [f"{model_label(r, models[r])} ({kinds[r]})" for r in broken]
         why = ("the teacher has nothing to teach, so the students' difference says nothing about distillation"
                if broken == [TEACHER_ROLE] else
                "a difference involving a model that learned nothing measures noise, not distillation")
@@ -686,16 +687,19 @@ def sanity_kd_paragraph(report: dict) -> Optional[str]:
     s_val, b_val = _g(models, STUDENT_ROLE, "quality", name), _g(models, BASELINE_ROLE, "quality", name)
     s_label = model_label(STUDENT_ROLE, models[STUDENT_ROLE])
     if not _is_num(gain):
-        return f"KD gain over the baseline on the primary metric, {_primary_label(primary)}: not available (not measured)."
+        return (f"KD gain over the baseline on the primary metric, {_primary_label(primary)}: not available (not "
+                "measured).")
     if abs(gain) < KD_TIE_POINTS:
         verdict = f"{s_label} is within {KD_TIE_POINTS:g} points of the baseline trained alone"
     else:
-        verdict = f"{s_label} is {abs(gain):.2f} points {'better' if gain > 0 else 'worse'} than the baseline trained alone"
+        verdict = (f"{s_label} is {abs(gain):.2f} points {'better' if gain > 0 else 'worse'} than the baseline "
+                   "trained alone")
     parts = [f"{verdict} on the task's primary metric, {_primary_label(primary)}: {_fmt_metric(name, s_val)} vs "
              f"{_fmt_metric(name, b_val)}."]
     for other in primary.get("also") or []:
-        parts.append(f"{other}: {_fmt_metric(other, _g(models, STUDENT_ROLE, 'quality', other))} vs "
-                     f"{_fmt_metric(other, _g(models, BASELINE_ROLE, 'quality', other))}.")
+        s_other, b_other = _g(models, STUDENT_ROLE, "quality", other), _g(models, BASELINE_ROLE, "quality", other)
+        parts.append(f"{SECONDARY_LABELS.get(other, other)}: {_fmt_metric(other, s_other)} vs "
+                     f"{_fmt_metric(other, b_other)}.")
     acc = _g(report, "ratios", "kd_gain_points")
     if _is_num(acc) and abs(acc) >= KD_TIE_POINTS and abs(gain) >= KD_TIE_POINTS and (acc > 0) != (gain > 0):
         parts.append(f"Accuracy ({fmt_points(acc)} points) points the other way, but it is not what this task is "

@@ -79,15 +79,17 @@ def _preprocessing(cfg: DataConfig, train_images: Optional[torch.Tensor]) -> lis
     asked = aug.model_fields_set if "augment" in cfg.model_fields_set else set()
     steps = []
     if cfg.image_size is not None:
-        steps.append({"what": f"every image resized to {cfg.image_size}x{cfg.image_size} (antialiased; data.image_size)"})
+        size = cfg.image_size
+        steps.append({"what": f"every image resized to {size}x{size} (antialiased; data.image_size)"})
     if train_images is not None and len(train_images) and train_images.shape[1] == 3:
         gray = _gray_count(train_images)
         if gray:
-            steps.append({"what": f"{gray} of {len(train_images)} training images checked ({100 * gray / len(train_images):.3g}%) "
-                                  "are grayscale replicated to 3 RGB channels (the models see three identical channels)"})
+            n = len(train_images)
+            steps.append({"what": f"{gray} of {n} training images checked ({100 * gray / n:.3g}%) are grayscale "
+                                  "replicated to 3 RGB channels (the models see three identical channels)"})
     if aug.crop_padding > 0:
-        steps.append({"what": f"training augmentation: random crop after {aug.pad_mode} padding by {aug.crop_padding} px",
-                      "by_default": "crop_padding" not in asked})
+        steps.append({"what": f"training augmentation: random crop after {aug.pad_mode} padding by "
+                              f"{aug.crop_padding} px", "by_default": "crop_padding" not in asked})
     if aug.hflip:
         default = "hflip" not in asked
         steps.append({"what": "training augmentation: random horizontal flip (p=0.5)", "by_default": default,
