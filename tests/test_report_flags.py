@@ -88,7 +88,9 @@ def test_collapsed_model_on_input_smaller_than_its_stride_is_flagged(tiny_digits
             "here (1/10 for 10 classes)") in md
     assert "  - likely cause: the input (8x8) is smaller than the model's total stride (32)" in md
     gain = md.split("## Distillation gain", 1)[1].split("##", 1)[0]
-    assert "KD gain over the baseline: not meaningful." in gain
+    assert ("KD gain over the baseline: not meaningful (Teacher: at chance, collapsed; Baseline student: at chance, "
+            "collapsed; KD student: at chance, collapsed): a difference involving a model that learned nothing "
+            "measures noise, not distillation, so the accuracy gap (+0.00 points) is not a result.") in gain
     assert "within noise" not in gain and "points above" not in gain and "within 0.1 points" not in gain
 
 
@@ -251,3 +253,25 @@ def test_recipe_named_metric_becomes_primary():
     untouched = Fake()
     apply_named_metric(SimpleNamespace(search=None), untouched)
     assert "primary_metric" not in untouched.info
+
+
+def test_teacher_at_chance_and_healthy_runs_keep_the_classic_verdict():
+    def entry(role, acc):
+        return {"role": role, "training": {"epochs": 3},
+                "quality": {"accuracy": acc, "macro_f1": acc - 0.01, "num_samples": 1000,
+                            "top_prediction_share": 0.12, "majority_class_share": 0.1}}
+
+    dataset = {"num_classes": 10, "primary_metric": {"name": "accuracy", "higher_is_better": True}}
+    models = {"teacher": entry("teacher", 0.11), "baseline": entry("baseline", 0.80), "student": entry("student", 0.82)}
+    for m in models.values():
+        flags = quality_flags(m, dataset, [])
+        if flags:
+            m["quality_flags"] = flags
+    assert list(k for k, m in models.items() if "quality_flags" in m) == ["teacher"]
+    gain = render_markdown(build_report({"name": "x", "dataset": dataset}, models)).split("## Distillation gain")[1]
+    assert "not meaningful (Teacher: at chance): the teacher has nothing to teach" in gain
+
+    del models["teacher"]["quality_flags"]
+    models["teacher"]["quality"]["accuracy"] = 0.9
+    gain = render_markdown(build_report({"name": "x", "dataset": dataset}, models)).split("## Distillation gain")[1]
+    assert "KD student is 2.00 points above the baseline trained alone with the same budget (3 epochs)" in gain

@@ -671,13 +671,12 @@ def sanity_kd_paragraph(report: dict) -> Optional[str]:
         return None
     broken = _flagged(models, (TEACHER_ROLE, BASELINE_ROLE, STUDENT_ROLE))
     if broken:
-        kinds = {r: " and ".join(f["kind"].replace("_", " ") for f in models[r]["quality_flags"]) for r in broken}
-        who = [f"{model_label(r, models[r])} ({kinds[r]})" for r in broken]
+        kinds = {r: ", ".join(f["kind"].replace("_", " ") for f in models[r]["quality_flags"]) for r in broken}
+        who = "; ".join(f"{model_label(r, models[r])}: {kinds[r]}" for r in broken)
         why = ("the teacher has nothing to teach, so the students' difference says nothing about distillation"
                if broken == [TEACHER_ROLE] else
                "a difference involving a model that learned nothing measures noise, not distillation")
-        return (f"KD gain over the baseline: not meaningful. {', '.join(who)} "
-                f"{'is' if len(broken) == 1 else 'are'} at chance or collapsed, and {why}; the accuracy gap "
+        return (f"KD gain over the baseline: not meaningful ({who}): {why}, so the accuracy gap "
                 f"({fmt_points(_g(report, 'ratios', 'kd_gain_points'))} points) is not a result. Fix the cause listed "
                 "under \"Results that cannot be right\" and run again before reading any gain.")
     primary = _primary(report)
