@@ -650,3 +650,34 @@ def test_leaderboard_of_a_directory_that_is_neither_run_nor_search(tmp_path):
     (tmp_path / "stuff").mkdir()
     result = cli("leaderboard", tmp_path / "stuff")
     assert_clean_error(result, "is neither a run directory (report.json) nor a search directory (search.json)")
+# ================================================================================ data (sanity helper: speaker splits)
+def _fsdd_recipe(tmp_path: Path, **audio) -> Path:
+    """A keyword-spotting recipe on a tiny FSDD-style folder (<digit>/<digit>_<speaker>_<n>.wav)."""
+    import numpy as np
+    import soundfile as sf
+
+    for d in ("0", "1"):
+        (tmp_path / "clips" / d).mkdir(parents=True, exist_ok=True)
+        for s in ("ann", "bob", "cid"):
+            sf.write(tmp_path / "clips" / d / f"{d}_{s}_0.wav", np.zeros(2000, dtype="float32"), 8000)
+    recipe = tiny_recipe(tmp_path, data={"task": "keyword_spotting", "source": str(tmp_path / "clips"),
+                                         "limit_test": None, "audio": {"sample_rate": 8000, "clip_seconds": 0.25,
+                                                                       "n_fft": 256, "win_length": 256, **audio}},
+                         teacher={"model": "dscnn_s"}, student={"model": "dscnn_s"})
+    return write_yaml(tmp_path / "r.yaml", recipe)
+
+
+def test_speaker_pattern_not_a_regex(tmp_path):
+    assert_clean_error(cli("validate", _fsdd_recipe(tmp_path, speaker_pattern="(?P<speaker>[a-z")),
+                       "data.audio.speaker_pattern", "not a valid regular expression")
+
+
+def test_speaker_pattern_without_speaker_group(tmp_path):
+    assert_clean_error(cli("validate", _fsdd_recipe(tmp_path, speaker_pattern=r"_(\w+)_\d+")),
+                       "speaker_pattern", "no named group 'speaker'", "(?P<speaker>...)")
+
+
+def test_speaker_pattern_matching_no_clip_fails_before_training(tmp_path):
+    result = cli("run", _fsdd_recipe(tmp_path, speaker_pattern=r"(?P<speaker>spk\d+)"), "--quiet")
+    assert_clean_error(result, "data.audio.speaker_pattern", "matches none of the 6 clip paths", "0/0_ann_0.wav")
+    assert not list((tmp_path / "runs").rglob("*.safetensors"))  # nothing trained

@@ -117,7 +117,7 @@ def leaderboard(
 
 
 def _print_result(result) -> None:
-    from .report.markdown import render_console, render_console_deployment
+    from .report.markdown import render_console, render_console_deployment, sanity_console_caption
 
     console.print(render_console(result.report))
     deployment = render_console_deployment(result.report)
@@ -125,7 +125,8 @@ def _print_result(result) -> None:
         console.print(deployment)
     gain = result.report.get("ratios", {}).get("kd_gain_points")
     if gain is not None:
-        console.print(f"KD gain over the baseline: {gain:+.2f} points", highlight=False)
+        console.print(sanity_console_caption(result.report) or f"KD gain over the baseline: {gain:+.2f} points",
+                      highlight=False)
     console.print(f"report: {result.run_dir / 'report.md'}  (json: {result.run_dir / 'report.json'})", highlight=False)
 
 

@@ -5,6 +5,7 @@ form. Errors name the field path, the bad value and what is allowed (`RecipeErro
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
@@ -46,6 +47,25 @@ class AudioConfig(Strict):
     noise_prob: float = Field(0.8, ge=0, le=1, description="chance a training clip gets background noise mixed in")
     noise_snr_db: tuple[float, float] = Field((5.0, 20.0), description="SNR range of the mixed-in noise")
     far_target: float = Field(0.01, gt=0, lt=1, description="binary task: report the false-rejection rate here")
+    speaker_pattern: Optional[str] = Field(
+        None, description="regex with a named group 'speaker', searched in each clip's path relative to the data "
+                          "root (e.g. '^[^/]+/\\d+_(?P<speaker>[a-z]+)_\\d+\\.wav$'); unset: Speech Commands "
+                          "(<speaker>_nohash_<n>) and FSDD (<digit>_<speaker>_<n>) names are recognised")
+
+    @field_validator("speaker_pattern")
+    @classmethod
+    def _speaker_regex(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        try:
+            compiled = re.compile(v)
+        except re.error as e:
+            raise ValueError(f"speaker_pattern {v!r} is not a valid regular expression ({e}); e.g. "
+                             "'(?P<speaker>[a-z]+)_\\d+\\.wav$'") from None
+        if "speaker" not in compiled.groupindex:
+            raise ValueError(f"speaker_pattern {v!r} has no named group 'speaker'; mark the speaker id with "
+                             "(?P<speaker>...), e.g. '_(?P<speaker>[a-z]+)_\\d+\\.wav$'")
+        return v
 
     @field_validator("keyword", mode="before")
     @classmethod

@@ -28,7 +28,8 @@ from leankd.data.readers import _clean_member_name, file_identity, is_tar_path
 from leankd.data.tarstream import read_tar
 from leankd.errors import DataError
 
-__all__ = ["STANDARD_LABELS", "AudioClips", "kws_targets", "load_clips", "resample", "speaker_of", "speaker_split"]
+__all__ = ["STANDARD_LABELS", "AudioClips", "kws_targets", "load_clips", "resample", "speaker_of", "speaker_split",
+           "speakers_of", "split_statement"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 NOISE_FOLDER = "_background_noise_"
@@ -36,6 +37,13 @@ SPLIT_LIST_FILES = {"validation_list.txt": "val", "testing_list.txt": "test"}  #
 STANDARD_LABELS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "_silence_", "_unknown_")
 AUDIO_CACHE_VERSION = 1  # bump when the decoded result for the same key could change
 _NAME = re.compile(r"^(?:(?P<word>.+)_)?(?P<speaker>[^_]+)_nohash_\d+$")  # [<word>_]<speakerhash>_nohash_<n>
+# file-name layouts whose speaker leankd finds without a data.audio.speaker_pattern (matched on the file's stem)
+SPEECH_COMMANDS_LAYOUT = "Speech Commands (<speaker>_nohash_<n>)"
+SPEAKER_LAYOUTS = {
+    SPEECH_COMMANDS_LAYOUT: _NAME,
+    "Free Spoken Digit Dataset (<digit>_<speaker>_<n>)":
+        re.compile(r"^\d+_(?P<speaker>[A-Za-z][A-Za-z0-9-]*)_\d+$"),
+}
 
 
 @dataclass
@@ -308,10 +316,58 @@ def _sinc_kernel(orig: int, new: int, zeros: int, rolloff: float) -> tuple[Tenso
 
 
 # ------------------------------------------------------------------------------------------- splits / targets
-def speaker_of(file: str) -> str | None:
-    """Speaker hash of a Speech Commands name (`<hash>_nohash_<n>` or `<word>_<hash>_nohash_<n>`), else None."""
-    m = _NAME.match(Path(file).stem)
-    return m.group("speaker") if m else None
+def speaker_of(file: str, pattern: str | re.Pattern | None = None) -> str | None:
+    """The speaker of a clip, else None. With `pattern` (a regex with a named group `speaker`, e.g.
+    `data.audio.speaker_pattern`): searched in the clip's relative path. Without: the stem of a Speech Commands name
+    (`[<word>_]<hash>_nohash_<n>`) or of a Free Spoken Digit Dataset name (`<digit>_<speaker>_<n>`)."""
+    return speakers_of([file], pattern)[0][0]
+
+
+def speakers_of(files: list[str], pattern: str | re.Pattern | None = None) -> tuple[list[str | None], list[str]]:
+    """(speaker of each clip or None, how they were found: the names of the layouts that matched, or the pattern;
+    empty if no clip has one). Per clip the first known layout that matches wins, so a folder that mixes the two
+    still splits by voice."""
+    if pattern is not None:
+        rx = re.compile(pattern)
+        found = [(m.group("speaker") or None) if (m := rx.search(f)) else None for f in files]
+        return found, [f"data.audio.speaker_pattern {rx.pattern!r}"] if any(found) else []
+    found: list[str | None] = []
+    used: list[str] = []
+    for f in files:
+        stem = Path(f).stem
+        for name, rx in SPEAKER_LAYOUTS.items():
+            if m := rx.match(stem):
+                found.append(m.group("speaker"))
+                if name not in used:
+                    used.append(name)
+                break
+        else:
+            found.append(None)
+    return found, used
+
+
+def split_statement(files: list[str], idx: Mapping[str, Tensor], pattern: str | re.Pattern | None = None,
+                    official_lists: bool = False) -> dict:
+    """How `speaker_split` split these clips, for the report (`report.schema.SplitMethod`): by speaker with the
+    count of speakers per split, or by clip with a warning when no clip names a speaker."""
+    speakers, how = speakers_of(files, pattern)
+    examples = {name: len(i) for name, i in idx.items()}
+    if not how:
+        where = (f"data.audio.speaker_pattern {pattern!r} matched no clip" if pattern is not None else
+                 "no clip name matched a known speaker layout (Speech Commands <speaker>_nohash_<n>, FSDD "
+                 "<digit>_<speaker>_<n>)")
+        return {"method": "by clip", "unit": "clips", "examples": examples, "detail": where,
+                "leak_warning": "no speaker or group id was found, so each clip was split on its own: one voice can be "
+                                "in train and test, which inflates test accuracy. Set data.audio.speaker_pattern "
+                                "(a regex with a named group 'speaker') if the file names carry one."}
+    groups = {name: len({speakers[j] for j in i.tolist() if speakers[j] is not None}) for name, i in idx.items()}
+    detail = "speakers from " + " and ".join(how) + ("" if pattern is not None else " file names")
+    with_speaker = sum(s is not None for s in speakers)
+    if with_speaker < len(files):
+        detail += f"; {len(files) - with_speaker} of {len(files)} clips name no speaker and were split one by one"
+    if official_lists:
+        detail += "; val/test from the source's validation_list.txt / testing_list.txt"
+    return {"method": "by speaker", "unit": "speakers", "groups": groups, "examples": examples, "detail": detail}
 
 
 def _word_of(file: str, label: str) -> str:
@@ -326,7 +382,7 @@ def _bucket(seed: int, key: str) -> float:
 
 def speaker_split(files: list[str], labels: list[str], val_fraction: float = 0.1, test_fraction: float = 0.2,
                   seed: int = 0, split_lists: Mapping[str, Iterable[str]] | None = None,
-                  balanced: bool = True) -> dict[str, Tensor]:
+                  balanced: bool = True, speaker_pattern: str | re.Pattern | None = None) -> dict[str, Tensor]:
     """Indices of train / val / test (sorted int64) with no speaker in two splits, so test accuracy is measured on
     unseen voices. Clips with no speaker (`_silence_/12.flac`) are units of their own.
 
@@ -336,7 +392,8 @@ def speaker_split(files: list[str], labels: list[str], val_fraction: float = 0.1
     cuts the same hash order where the *clip* count reaches the fractions: close to the fractions, and adding
     clips only moves speakers that sit near a cut. `split_lists` ({"val": [...], "test": [...]}, e.g.
     `AudioClips.split_lists`) wins for the files it names and pulls their speakers' other clips along; for the
-    official Speech Commands protocol (everything unlisted is training) pass val_fraction=test_fraction=0."""
+    official Speech Commands protocol (everything unlisted is training) pass val_fraction=test_fraction=0.
+    `speaker_pattern` says where the speaker is when the names follow no known layout (see `speakers_of`)."""
     if len(files) != len(labels):
         raise DataError(f"speaker_split got {len(files)} files but {len(labels)} labels; pass the same clips' lists.")
     if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
@@ -347,7 +404,8 @@ def speaker_split(files: list[str], labels: list[str], val_fraction: float = 0.1
         if split not in ("val", "test"):
             raise DataError(f"split_lists keys must be 'val' and/or 'test', got {split!r}.")
         named.update((n, split) for n in names)
-    units = [f"speaker:{spk}" if (spk := speaker_of(f)) is not None else f"file:{f}" for f in files]
+    speakers, _ = speakers_of(files, speaker_pattern)
+    units = [f"speaker:{spk}" if spk is not None else f"file:{f}" for f, spk in zip(files, speakers)]
     fixed: dict[str, str] = {}
     for f, unit in sorted(zip(files, units), key=lambda fu: named.get(fu[0]) != "test"):  # in both lists: test
         if f in named:

@@ -13,9 +13,10 @@ def classification_metrics(logits: Tensor, targets: Tensor, class_names: list[st
     """Accuracy, macro-F1, per-class accuracy and mean cross-entropy of `logits` [N, C] against `targets` [N].
 
     Returns `{"accuracy": float, "macro_f1": float, "per_class_accuracy": {name: float}, "loss": float,
-    "num_samples": int}`; accuracies are fractions in 0..1. Macro-F1 follows torchmetrics: a class that appears
-    in neither targets nor predictions is left out of the average. A class with no targets gets per-class
-    accuracy 0.0 (torchmetrics' convention), so read it together with the class counts.
+    "num_samples": int, "top_prediction_share": float, "majority_class_share": float}` (the largest share of
+    predictions, and of targets, that one class takes); accuracies are fractions in 0..1. Macro-F1 follows
+    torchmetrics: a class that appears in neither targets nor predictions is left out of the average. A class with
+    no targets gets per-class accuracy 0.0 (torchmetrics' convention), so read it together with the class counts.
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be [N, C], got shape {tuple(logits.shape)}")
@@ -45,6 +46,9 @@ def classification_metrics(logits: Tensor, targets: Tensor, class_names: list[st
         "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class.tolist())},
         "loss": float(F.cross_entropy(logits, targets)),
         "num_samples": int(n),
+        # what tells a collapsed model (everything predicted as one class) from one that learned little
+        "top_prediction_share": float(torch.bincount(preds, minlength=num_classes).max()) / n,
+        "majority_class_share": float(torch.bincount(targets, minlength=num_classes).max()) / n,
     }
 
 

@@ -649,6 +649,7 @@ def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optiona
     report = validate_report(report)
     lines = [f"# leankd report: {report['run']['name']}", ""]
     lines += _run_summary(report)
+    lines += ["", "## Data: split and preprocessing", ""] + data_statement_lines(report)
     lines += ["", "## Results", ""]
     header, rows = main_table_rows(report)
     for r in rows:
@@ -663,10 +664,13 @@ def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optiona
         + "MACs/FLOPs are per sample; "
         "\"—\" means not measured or not applicable (e.g. no training time for a teacher loaded from a checkpoint)."
     )
+    flags = quality_flag_lines(report)
+    if flags:
+        lines += ["", "## Results that cannot be right", ""] + flags
 
     ratio_lines = _ratio_table(report)
     if ratio_lines:
-        lines += ["", "## Versus the teacher", ""] + ratio_lines
+        lines += ["", "## Versus the teacher", ""] + ratio_lines + primary_versus_lines(report)
 
     deployment = deployment_table_rows(report)
     if deployment:
@@ -692,6 +696,7 @@ def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optiona
         if seed:
             kd.append(seed)
     lines.append(" ".join(kd))
+    lines[-1] = sanity_kd_paragraph(report) or lines[-1]  # models at chance, or a primary metric other than accuracy
 
     seed_lines = seeds_tables(report)
     if seed_lines:
@@ -756,6 +761,7 @@ def render_console(report: dict):
         table.caption = f"KD gain over baseline: {_paired_stats(paired)}"
     elif _is_num(gain):
         table.caption = f"KD gain over baseline: {fmt_points(gain)} points (one seed)"
+    table.caption = sanity_console_caption(report) or table.caption
     return table
 
 
@@ -784,3 +790,158 @@ def print_console(report: dict, console: Any = None) -> None:
     from rich.console import Console
 
     (console or Console()).print(render_console(report))
+
+
+# ------------------------------------------------------------------------------------------------- sanity
+# Results that cannot be right, the task's primary metric, and what was done to the data (report.sanity and the
+# task's `primary_metric` / `split_method` / `preprocessing` in run.dataset). Kept apart from the shared renderers
+# above: they only add sections and, when the verdict would mislead, replace it.
+ACCURACY_LIKE = {"accuracy", "pearson"}  # primary metrics the classic verdict (kd_gain_points) already speaks of
+SECONDARY_LABELS = {"fa_fr_auc": "FA/FR AUC (lower is better)", "ter": "token error rate (lower is better)"}
+
+
+def _primary(report: dict) -> Optional[dict]:
+    return _g(report, "run", "dataset", "primary_metric")
+
+
+def _primary_label(primary: dict) -> str:
+    label = primary.get("label") or primary["name"]
+    return f"{label} ({'higher' if primary.get('higher_is_better') else 'lower'} is better)"
+
+
+def _fmt_metric(name: str, value: Any) -> str:
+    """Fractions as percent; FA/FR AUC (an area in 0..1, 0 best) with 4 decimals."""
+    if name == "fa_fr_auc":
+        return fmt_fixed(value, 4)
+    return f"{fmt_pct(value)} %" if _is_num(value) else DASH
+
+
+def quality_flag_lines(report: dict) -> list[str]:
+    """One block per flagged model: what is wrong and the likely causes found in the run's data."""
+    lines = []
+    for role, e in report["models"].items():
+        flags = e.get("quality_flags") or []
+        if not flags:
+            continue
+        lines.append(f"- **{model_label(role, e)}**: " + "; ".join(f["message"] for f in flags) + ".")
+        causes = list(dict.fromkeys(c for f in flags for c in f.get("causes") or []))
+        for cause in causes:
+            lines.append(f"  - likely cause: {cause}.")
+        if not causes:
+            lines.append("  - no likely cause is visible in the run's data (checked: input size against the model's "
+                         "total stride, optimizer steps with BatchNorm, the training-loss history); check the labels "
+                         "and the learning rate.")
+    return lines
+
+
+def _flagged(models: dict, roles: tuple) -> list[str]:
+    return [r for r in roles if r in models and models[r].get("quality_flags")]
+
+
+def sanity_kd_paragraph(report: dict) -> Optional[str]:
+    """The KD verdict when the classic one would mislead, else None: a comparison between models at chance is
+    called meaningless (with why), and a task whose primary metric is not accuracy is judged on that metric."""
+    models = report["models"]
+    if BASELINE_ROLE not in models or STUDENT_ROLE not in models:
+        return None
+    broken = _flagged(models, (TEACHER_ROLE, BASELINE_ROLE, STUDENT_ROLE))
+    if broken:
+        kinds = {r: ", ".join(f["kind"].replace("_", " ") for f in models[r]["quality_flags"]) for r in broken}
+        who = "; ".join(f"{model_label(r, models[r])}: {kinds[r]}" for r in broken)
+        why = ("the teacher has nothing to teach, so the students' difference says nothing about distillation"
+               if broken == [TEACHER_ROLE] else
+               "a difference involving a model that learned nothing measures noise, not distillation")
+        return (f"KD gain over the baseline: not meaningful ({who}): {why}, so the accuracy gap "
+                f"({fmt_points(_g(report, 'ratios', 'kd_gain_points'))} points) is not a result. Fix the cause listed "
+                "under \"Results that cannot be right\" and run again before reading any gain.")
+    primary = _primary(report)
+    if not primary or primary.get("name") in ACCURACY_LIKE:
+        return None
+    name, gain = primary["name"], _g(report, "ratios", "kd_gain_primary_points")
+    s_val, b_val = _g(models, STUDENT_ROLE, "quality", name), _g(models, BASELINE_ROLE, "quality", name)
+    s_label = model_label(STUDENT_ROLE, models[STUDENT_ROLE])
+    if not _is_num(gain):
+        return (f"KD gain over the baseline on the primary metric, {_primary_label(primary)}: not available (not "
+                "measured).")
+    if abs(gain) < KD_TIE_POINTS:
+        verdict = f"{s_label} is within {KD_TIE_POINTS:g} points of the baseline trained alone"
+    else:
+        verdict = (f"{s_label} is {abs(gain):.2f} points {'better' if gain > 0 else 'worse'} than the baseline "
+                   "trained alone")
+    parts = [f"{verdict} on the task's primary metric, {_primary_label(primary)}: {_fmt_metric(name, s_val)} vs "
+             f"{_fmt_metric(name, b_val)}."]
+    for other in primary.get("also") or []:
+        s_other, b_other = _g(models, STUDENT_ROLE, "quality", other), _g(models, BASELINE_ROLE, "quality", other)
+        parts.append(f"{SECONDARY_LABELS.get(other, other)}: {_fmt_metric(other, s_other)} vs "
+                     f"{_fmt_metric(other, b_other)}.")
+    acc = _g(report, "ratios", "kd_gain_points")
+    if _is_num(acc) and abs(acc) >= KD_TIE_POINTS and abs(gain) >= KD_TIE_POINTS and (acc > 0) != (gain > 0):
+        parts.append(f"Accuracy ({fmt_points(acc)} points) points the other way, but it is not what this task is "
+                     "judged by.")
+    s_ep, b_ep = _g(models, STUDENT_ROLE, "training", "epochs"), _g(models, BASELINE_ROLE, "training", "epochs")
+    if s_ep is not None and b_ep is not None and s_ep != b_ep:
+        parts.append(f"Note: different budgets ({s_ep} vs {b_ep} epochs), so this is not like-for-like.")
+    seed = _seed_caveat(report)
+    return " ".join(parts + ([seed] if seed else []))
+
+
+def sanity_console_caption(report: dict) -> Optional[str]:
+    """The console table's caption when the accuracy gain would mislead (models at chance, another primary metric)."""
+    models = report["models"]
+    if _flagged(models, (TEACHER_ROLE, BASELINE_ROLE, STUDENT_ROLE)):
+        return "KD gain: not meaningful (a model is at chance or collapsed; see report.md)"
+    primary, gain = _primary(report), _g(report, "ratios", "kd_gain_primary_points")
+    if primary and primary.get("name") not in ACCURACY_LIKE and _is_num(gain):
+        return f"KD gain over baseline on {_primary_label(primary)}: {fmt_points(gain)} points, + = better (one seed)"
+    return None
+
+
+def primary_versus_lines(report: dict) -> list[str]:
+    """Each model against the teacher on the primary metric, when it is not accuracy (the ratio table's rows are)."""
+    primary, vs = _primary(report), _g(report, "ratios", "vs_teacher") or {}
+    if not primary or primary.get("name") in ACCURACY_LIKE or TEACHER_ROLE not in report["models"]:
+        return []
+    parts = [f"{model_label(r, report['models'][r])} {fmt_points(v.get('primary_delta_points'))}"
+             for r, v in vs.items() if not report["models"].get(r, {}).get("artifact")]
+    if not parts:
+        return []
+    return ["", f"On the primary metric, {_primary_label(primary)}, versus the teacher in points (+ = better): "
+                + ", ".join(parts) + "."]
+
+
+def data_statement_lines(report: dict) -> list[str]:
+    """How the splits were made, what was done to the data, and metrics that could not be computed."""
+    ds = _g(report, "run", "dataset") or {}
+    lines = []
+    split = ds.get("split_method")
+    if split:
+        counts = []
+        for name in ("train", "val", "test"):
+            n_ex = (split.get("examples") or {}).get(name)
+            n_gr = (split.get("groups") or {}).get(name)
+            if n_ex is None and n_gr is None:
+                continue
+            shown = f"{name} {fmt_int(n_ex)}" if n_ex is not None else name
+            if n_gr is not None:
+                shown += f" ({fmt_int(n_gr)} {split.get('unit') or 'groups'})"
+            counts.append(shown)
+        line = f"- **Split:** {split['method']}"
+        line += f": {', '.join(counts)}" if counts else ""
+        line += f" ({split['detail']})" if split.get("detail") else ""
+        lines.append(line + ".")
+        if split.get("leak_warning"):
+            lines.append(f"- **Warning:** {split['leak_warning']}")
+    else:
+        lines.append("- **Split:** not recorded by this task.")
+    for step in ds.get("preprocessing") or []:
+        line = f"- **Preprocessing:** {step['what']}" + (" (on by default)" if step.get("by_default") else "")
+        lines.append(line + ".")
+        if step.get("warning"):
+            lines.append(f"- **Warning:** {step['warning']}.")
+    for m in ds.get("unavailable_metrics") or []:
+        fix = f": `{m['fix']}`" if m.get("fix") else ""
+        lines.append(f"- **Not computed:** {m['name']} ({m['why']}){fix}.")
+    primary = _primary(report)
+    if primary and primary.get("name") not in ACCURACY_LIKE:
+        lines.append(f"- **Primary metric:** {_primary_label(primary)}; the KD verdict is judged on it.")
+    return lines

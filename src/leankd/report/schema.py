@@ -46,6 +46,43 @@ class _Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------------- run
+class PrimaryMetric(_Strict):
+    """The quality figure a task is judged by (its plug-in declares it): the KD verdict and the primary ratios use
+    it. `name` is a key of `Quality`; `label` is how the report names it."""
+
+    name: str
+    higher_is_better: bool
+    label: Optional[str] = None
+    also: Optional[list[str]] = None  # secondary figures shown beside it (keyword spotting: fa_fr_auc)
+
+
+class PreprocessingStep(_Strict):
+    """Something the data source did to the data that changes what the models see (augmentation, channel
+    replication, resizing, resampling...), recorded by the source itself."""
+
+    what: str
+    by_default: bool = False  # on because of a default, not because the recipe asked for it
+    warning: Optional[str] = None
+
+
+class SplitMethod(_Strict):
+    """How train / val / test were made, so a reader can tell whether test examples share speakers or groups with
+    training ones. `groups` counts the distinct grouping units (speakers, sources) per split."""
+
+    method: str  # e.g. "by speaker", "by group", "by clip", "by example (stratified)"
+    unit: Optional[str] = None  # "speakers", "sources", ...
+    groups: Optional[dict[str, int]] = None
+    examples: Optional[dict[str, int]] = None
+    detail: Optional[str] = None
+    leak_warning: Optional[str] = None  # set when no grouping was found: test examples may share a source
+
+
+class UnavailableMetric(_Strict):
+    name: str
+    why: str
+    fix: Optional[str] = None
+
+
 class DatasetInfo(BaseModel):
     """Task-specific descriptors (image size, normalization, tokenizer...) may be added, so extra keys are allowed."""
 
@@ -57,6 +94,10 @@ class DatasetInfo(BaseModel):
     val_size: Optional[int] = None
     eval_split: Optional[str] = None
     eval_size: Optional[int] = None
+    primary_metric: Optional[PrimaryMetric] = None
+    preprocessing: Optional[list[PreprocessingStep]] = None
+    split_method: Optional[SplitMethod] = None
+    unavailable_metrics: Optional[list[UnavailableMetric]] = None
 
 
 class EnvironmentInfo(_Strict):
@@ -107,6 +148,10 @@ class Quality(_Strict):
     chrf: Optional[float] = None
     bleu_beam: Optional[float] = None
     chrf_beam: Optional[float] = None
+    # classification: share of all predictions that go to the most predicted class, and the share of the most
+    # frequent true class (what always answering that class would score)
+    top_prediction_share: Optional[float] = None
+    majority_class_share: Optional[float] = None
 
 
 class Cost(_Strict):
@@ -246,6 +291,8 @@ class Training(_Strict):
     seq_kd_data: Optional[dict] = None  # seq2seq: the teacher-decoded training pairs a sequence-level student used
     speedups: Optional[list[str]] = None  # throughput switches the stage trained with (train/speed.py)
     speedup_notes: Optional[list[str]] = None  # requested switches that did not apply, and why
+    batch_size: Optional[int] = None
+    steps: Optional[int] = None  # optimizer steps taken over all epochs
 
 
 class Artifact(_Strict):
@@ -299,6 +346,23 @@ class Decoding(TimingNoise):
     latency: list[DecodeLatency] = Field(default_factory=list)
 
 
+class ModelProbe(_Strict):
+    """What one forward of a probe batch shows about a model (measure.probe): how far it downsamples its input."""
+
+    input_size: Optional[list[int]] = None  # spatial size of the input, e.g. [28, 28]
+    feature_size: Optional[list[int]] = None  # spatial size of the last feature map before global pooling
+    total_stride: Optional[int] = None  # input size / last feature map size, measured on a large probe input
+    batchnorm_layers: Optional[int] = None
+
+
+class QualityFlag(_Strict):
+    """A result that cannot be right (report.sanity): what was seen, and the likely causes the run's data shows."""
+
+    kind: str  # "at_chance" or "collapsed"
+    message: str
+    causes: list[str] = Field(default_factory=list)
+
+
 class ModelEntry(_Strict):
     role: str
     label: Optional[str] = None
@@ -313,6 +377,8 @@ class ModelEntry(_Strict):
     artifact: Optional[Artifact] = None  # set for compressed/exported models
     streaming: Optional[Streaming] = None
     decoding: Optional[Decoding] = None
+    probe: Optional[ModelProbe] = None
+    quality_flags: Optional[list[QualityFlag]] = None
 
     @field_validator("history")
     @classmethod
@@ -340,6 +406,9 @@ class RoleRatios(BaseModel):
     # latency ratios set to null because one of the two timings is flagged unreliable (noise), e.g.
     # ["latency_cpu_x_faster_batch_1"]; absent when none was
     unreliable_latency: Optional[list[str]] = None
+    # the task's primary metric (run.dataset.primary_metric): change versus the reference in points, signed so that
+    # positive is better whatever the metric's direction (a lower false-rejection rate is a positive change)
+    primary_delta_points: Optional[float] = None
 
     @model_validator(mode="after")
     def _only_latency_keys(self) -> "RoleRatios":
@@ -354,6 +423,9 @@ class Ratios(_Strict):
     vs_base: dict[str, RoleRatios] = Field(default_factory=dict)  # artifacts vs the fp32 model they came from
     kd_gain_points: Optional[float] = None
     kd_gain_macro_f1_points: Optional[float] = None
+    # KD gain on the task's primary metric, in points, positive = KD better (also for lower-is-better metrics)
+    primary_metric: Optional[str] = None
+    kd_gain_primary_points: Optional[float] = None
 
 
 # ------------------------------------------------------------------------------------------------------- seeds
@@ -522,7 +594,22 @@ def latency_reliable(entry: Any, device: str = "cpu") -> bool:
     return _get(entry, "latency", device, "reliable") is not False
 
 
-def _versus(ref: Optional[dict], entry: dict) -> dict[str, Any]:
+def primary_value(entry: Any, primary: Optional[dict]) -> Optional[float]:
+    """The entry's value of the task's primary metric (None when the task declared none or it was not measured)."""
+    name = _get(primary, "name")
+    return _num(_get(entry, "quality", name)) if name else None
+
+
+def primary_gain(better: Any, worse: Any, primary: Optional[dict]) -> Optional[float]:
+    """`better` minus `worse` on the primary metric in points (x100), signed so positive means `better` is better."""
+    a, b = primary_value(better, primary), primary_value(worse, primary)
+    if a is None or b is None:
+        return None
+    sign = 1.0 if _get(primary, "higher_is_better") is not False else -1.0
+    return round(100.0 * sign * (a - b), 4)
+
+
+def _versus(ref: Optional[dict], entry: dict, primary: Optional[dict] = None) -> dict[str, Any]:
     """`entry` against a reference model: × smaller / fewer / faster and accuracy retention and delta."""
     r: dict[str, Optional[float]] = {
         "size_x_smaller": _ratio(_get(ref, "cost", "size_bytes"), _get(entry, "cost", "size_bytes")),
@@ -549,23 +636,26 @@ def _versus(ref: Optional[dict], entry: dict) -> dict[str, Any]:
     if r["accuracy_retention_pct"] is not None:
         r["accuracy_retention_pct"] = round(100.0 * s_acc / t_acc, 4)
     r["accuracy_delta_points"] = round(100.0 * (s_acc - t_acc), 4) if s_acc is not None and t_acc is not None else None
+    if primary is not None:
+        r["primary_delta_points"] = primary_gain(entry, ref, primary)
     return r
 
 
-def compute_ratios(models: dict) -> dict:
+def compute_ratios(models: dict, primary: Optional[dict] = None) -> dict:
     """Every non-teacher role versus the teacher, every artifact versus the fp32 model it came from, plus the KD
-    gain of `student` over `baseline` (in points).
+    gain of `student` over `baseline` (in points). `primary` (the task's `run.dataset.primary_metric`) adds the same
+    comparisons on that metric, signed so that positive is better.
 
     Missing, null, non-finite or zero inputs make that ratio null; nothing here raises on incomplete data.
     """
     models = models or {}
     teacher = models.get(TEACHER_ROLE)
-    vs_teacher = {role: _versus(teacher, entry) for role, entry in models.items() if role != TEACHER_ROLE}
+    vs_teacher = {role: _versus(teacher, entry, primary) for role, entry in models.items() if role != TEACHER_ROLE}
     vs_base = {}
     for role, entry in models.items():
         base = _get(entry, "artifact", "base_role")
         if base is not None:
-            vs_base[role] = _versus(models.get(base), entry)
+            vs_base[role] = _versus(models.get(base), entry, primary)
 
     def gain(metric: str) -> Optional[float]:
         s = _num(_get(models.get(STUDENT_ROLE), "quality", metric))
@@ -575,7 +665,10 @@ def compute_ratios(models: dict) -> dict:
     s, b = headline(models.get(STUDENT_ROLE)), headline(models.get(BASELINE_ROLE))
     return {"vs_teacher": vs_teacher, "vs_base": vs_base,
             "kd_gain_points": round(100.0 * (s - b), 4) if s is not None and b is not None else None,
-            "kd_gain_macro_f1_points": gain("macro_f1")}
+            "kd_gain_macro_f1_points": gain("macro_f1"),
+            **({"primary_metric": _get(primary, "name"),
+                "kd_gain_primary_points": primary_gain(models.get(STUDENT_ROLE), models.get(BASELINE_ROLE), primary)}
+               if primary is not None else {})}
 
 
 def headline(entry: Optional[dict]) -> Optional[float]:
@@ -621,7 +714,7 @@ def build_report(run: dict, models: dict, notes: Optional[list[str]] = None, see
         "created_utc": utc_now_stamp(),
         "run": run_plain,
         "models": models_plain,
-        "ratios": compute_ratios(models_plain),
+        "ratios": compute_ratios(models_plain, _get(run_plain, "dataset", "primary_metric")),
         "notes": clean_notes,
     }
     if seeds is not None:

@@ -93,8 +93,17 @@ class Task:
             "val_size": self.split_size("val"),
             "eval_split": self.eval_split,
             "eval_size": self.split_size(self.eval_split),
+            "primary_metric": self.primary_metric(),
             **getattr(self, "info", {}),
         }
+
+    def primary_metric(self) -> dict:
+        """The quality figure this task is judged by (`{name, higher_is_better, label}`, `name` a key of the report's
+        quality block): the KD verdict and the primary ratios read it from the report, so the report never has to
+        know which modality it describes. Default: accuracy (Pearson r for regression)."""
+        if self.regression:
+            return {"name": "pearson", "higher_is_better": True, "label": "Pearson r"}
+        return {"name": "accuracy", "higher_is_better": True, "label": "accuracy"}
 
     # model -------------------------------------------------------------------------------------------------
     def model_defaults(self) -> dict:

@@ -16,7 +16,11 @@ from ..data.stream import ImageFolderStream
 from ..errors import DataError
 from ..recipe import DataConfig
 from .base import LoaderTask, Task, TensorTask
-from .splits import choose_eval_split, limit_test, split_train
+from .splits import choose_eval_split, example_split_statement, limit_test, split_train
+
+HFLIP_DEFAULT_WARNING = ("horizontal flip is on only because it is the default: it mirrors digits, letters and other "
+                         "text-like images into different symbols; set data.augment.hflip: false for such data (or "
+                         "true to keep it and silence this warning)")
 
 IN_MEMORY_LIMIT_BYTES = 4 * 1024**3  # `in_memory: auto` streams image folders whose uint8 pixels exceed this
 STATS_SAMPLE = 2000  # images used to compute mean/std when streaming
@@ -60,10 +64,46 @@ def _augment(cfg: DataConfig, train_images: torch.Tensor, channels_last: bool) -
                         channels_last=channels_last)
 
 
-def _info(cfg: DataConfig, augment: ImageAugment, image_shape, fingerprint: Optional[str], streamed: bool) -> dict:
+def _info(cfg: DataConfig, augment: ImageAugment, image_shape, fingerprint: Optional[str], streamed: bool,
+          train_images: Optional[torch.Tensor] = None, split: Optional[dict] = None) -> dict:
     return {"source": cfg.source, "image_size": list(image_shape[-2:]),
             "mean": [round(m, 4) for m in augment.mean], "std": [round(s, 4) for s in augment.std],
-            "fingerprint": fingerprint, "storage": "streamed from disk" if streamed else "in memory on the device"}
+            "fingerprint": fingerprint, "storage": "streamed from disk" if streamed else "in memory on the device",
+            "preprocessing": _preprocessing(cfg, train_images), **({"split_method": split} if split else {})}
+
+
+def _preprocessing(cfg: DataConfig, train_images: Optional[torch.Tensor]) -> list[dict]:
+    """What the images went through before a model saw them (report.schema.PreprocessingStep). `by_default` says the
+    recipe did not ask for it, so a default that does not suit the data (hflip on digits) is called out."""
+    aug = cfg.augment
+    asked = aug.model_fields_set if "augment" in cfg.model_fields_set else set()
+    steps = []
+    if cfg.image_size is not None:
+        size = cfg.image_size
+        steps.append({"what": f"every image resized to {size}x{size} (antialiased; data.image_size)"})
+    if train_images is not None and len(train_images) and train_images.shape[1] == 3:
+        gray = _gray_count(train_images)
+        if gray:
+            n = len(train_images)
+            steps.append({"what": f"{gray} of {n} training images checked ({100 * gray / n:.3g}%) are grayscale "
+                                  "replicated to 3 RGB channels (the models see three identical channels)"})
+    if aug.crop_padding > 0:
+        steps.append({"what": f"training augmentation: random crop after {aug.pad_mode} padding by "
+                              f"{aug.crop_padding} px", "by_default": "crop_padding" not in asked})
+    if aug.hflip:
+        default = "hflip" not in asked
+        steps.append({"what": "training augmentation: random horizontal flip (p=0.5)", "by_default": default,
+                      **({"warning": HFLIP_DEFAULT_WARNING} if default else {})})
+    return steps
+
+
+def _gray_count(images: torch.Tensor, chunk: int = 4096) -> int:
+    """How many uint8 [N, 3, H, W] images have three equal channels (grayscale stored or decoded as RGB)."""
+    gray = 0
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk]
+        gray += int(((x[:, 0] == x[:, 1]) & (x[:, 1] == x[:, 2])).flatten(1).all(1).sum())
+    return gray
 
 
 def _build_memory_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool) -> TensorTask:
@@ -79,8 +119,10 @@ def _build_memory_task(cfg: DataConfig, device: torch.device, seed: int, channel
         splits["test"] = (source.test.images[test_idx], source.test.labels[test_idx])
     eval_split = choose_eval_split(cfg, "val" in splits, "test" in splits, notes)
     augment = _augment(cfg, splits["train"][0], channels_last)
+    split = example_split_statement({k: len(v[1]) for k, v in splits.items()}, source.test is not None, "images")
     task = TensorTask(splits, num_classes=len(source.classes), class_names=list(source.classes), transform=augment,
-                      device=device, info=_info(cfg, augment, images.shape, source.fingerprint, streamed=False))
+                      device=device, info=_info(cfg, augment, images.shape, source.fingerprint, streamed=False,
+                                                train_images=splits["train"][0], split=split))
     task.kind, task.eval_split = "image_classification", eval_split
     task.notes += notes
     return task
@@ -116,7 +158,10 @@ def _build_stream_task(cfg: DataConfig, device: torch.device, seed: int, channel
     augment = _augment(cfg, sample, channels_last)
     task = LoaderTask(datasets, num_classes=len(full.classes), class_names=list(full.classes), transform=augment,
                       device=device, num_workers=cfg.num_workers,
-                      info=_info(cfg, augment, sample.shape, _folder_fingerprint(cfg.source), streamed=True))
+                      info=_info(cfg, augment, sample.shape, _folder_fingerprint(cfg.source), streamed=True,
+                                 train_images=sample,
+                                 split=example_split_statement({k: len(v) for k, v in datasets.items()},
+                                                               "test" in datasets, "images")))
     task.kind, task.eval_split = "image_classification", eval_split
     task.notes += notes + ["images were streamed from disk with a DataLoader (data.in_memory)"]
     return task

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..data.audio import kws_targets, load_clips, speaker_split
+from ..data.audio import SPEECH_COMMANDS_LAYOUT, kws_targets, load_clips, speaker_split, speakers_of, split_statement
 from ..data.audio_augment import WaveAugment
 from ..data.melspec import LogMel
 from ..errors import DataError
@@ -47,6 +47,14 @@ class KeywordSpottingTask(TensorTask):
 
         return binary_kws_metrics(logits, targets, self.class_names, far=self.audio.far_target)
 
+    def primary_metric(self) -> dict:
+        """Keyword mode: false rejections at the target false-alarm rate (lower is better), with the FA/FR AUC beside
+        it; accuracy is meaningless there (answering 'other' always scores the share of non-keyword clips)."""
+        if self.keyword is None:
+            return super().primary_metric()
+        return {"name": "frr_at_far", "higher_is_better": False, "also": ["fa_fr_auc"],
+                "label": f"false rejections at {100 * self.audio.far_target:g}% false alarms"}
+
     def model_defaults(self) -> dict:
         return {"n_mels": self.audio.n_mels}
 
@@ -77,8 +85,14 @@ def build_kws_task(cfg: DataConfig, device: torch.device, seed: int, channels_la
     test_fraction = 0.0 if lists and lists.get("test") else audio.test_fraction
     if lists:
         notes.append("val/test splits from the source's validation_list.txt / testing_list.txt (official protocol)")
+    speakers, found_by = speakers_of(clips.files, audio.speaker_pattern)
+    if audio.speaker_pattern is not None and not found_by:
+        raise DataError(f"data.audio.speaker_pattern {audio.speaker_pattern!r} matches none of the {len(clips.files)} "
+                        f"clip paths (e.g. {clips.files[0]!r}); it is searched in the path relative to the data root, "
+                        "so fix the pattern or remove it to use the known layouts")
     idx = speaker_split(clips.files, clips.labels, val_fraction=val_fraction, test_fraction=test_fraction,
-                        seed=seed, split_lists=lists)
+                        seed=seed, split_lists=lists, speaker_pattern=audio.speaker_pattern)
+    split_method = split_statement(clips.files, idx, audio.speaker_pattern, official_lists=bool(lists))
     train_idx = idx["train"]
     if cfg.limit_train is not None and cfg.limit_train < len(train_idx):
         g = torch.Generator().manual_seed(seed)
@@ -108,10 +122,16 @@ def build_kws_task(cfg: DataConfig, device: torch.device, seed: int, channels_la
                           snr_db=tuple(audio.noise_snr_db))
     features = LogMel(sample_rate=audio.sample_rate, n_fft=audio.n_fft, win_length=audio.win_length,
                       hop_length=audio.hop_length, n_mels=audio.n_mels)
-    info = {"fingerprint": clips.info.get("fingerprint"), "source": cfg.source, "sample_rate": audio.sample_rate,
+    fingerprint = clips.info.get("fingerprint")
+    if audio.speaker_pattern is None and set(found_by) - {SPEECH_COMMANDS_LAYOUT}:
+        # speakers found in names that earlier versions split clip by clip: the split changed, so must the stages
+        fingerprint = f"{fingerprint}:speakers={'+'.join(sorted(found_by))}"
+    info = {"fingerprint": fingerprint, "source": cfg.source, "sample_rate": audio.sample_rate,
             "features": f"log-mel {audio.n_mels} bands, window {audio.win_length}, hop {audio.hop_length}, "
                         f"{features.num_frames(clip_samples)} frames per clip",
-            "augmentation": augment.describe(), "split": "speaker-disjoint",
+            "augmentation": augment.describe(),
+            "split": "speaker-disjoint" if split_method["method"] == "by speaker" else "clip-level (no speaker found)",
+            "split_method": split_method, "preprocessing": _preprocessing(clips.info, audio, augment),
             **({"keyword": audio.keyword} if audio.keyword else {})}
     task = KeywordSpottingTask(splits, class_names, features, augment, audio, device, info, audio.keyword)
     task.eval_split = cfg.eval_split
@@ -119,6 +139,20 @@ def build_kws_task(cfg: DataConfig, device: torch.device, seed: int, channels_la
         "MACs and latency are for the model on log-mel features; the feature extraction (STFT + mel filterbank) is the "
         "same for every model and not included. The streaming rows include it."]
     return task
+
+
+def _preprocessing(clip_info: dict, audio: AudioConfig, augment: WaveAugment) -> list[dict]:
+    """What loading and training did to the clips (report.schema.PreprocessingStep), from the loader's counts."""
+    n = clip_info.get("num_clips")
+    steps = []
+    for key, what in (("resampled", f"resampled to {audio.sample_rate} Hz"), ("downmixed", "stereo averaged to mono"),
+                      ("padded", f"zero-padded at the end to {audio.clip_seconds:g} s"),
+                      ("trimmed", f"centre-trimmed to {audio.clip_seconds:g} s")):
+        if clip_info.get(key):
+            steps.append({"what": f"{clip_info[key]} of {n} clips {what}"})
+    steps.append({"what": f"training augmentation: {augment.describe()}",
+                  "by_default": not {"time_shift_ms", "noise_prob"} & audio.model_fields_set})
+    return steps
 
 
 def _noise_bank(clips, train_idx: Tensor) -> Optional[Tensor]:

@@ -154,7 +154,12 @@ class Seq2SeqTask(Task):
         return {"num_classes": self.num_classes, "train_size": self.split_size("train"),
                 "val_size": self.split_size("val"), "eval_split": self.eval_split,
                 "eval_size": self.split_size(self.eval_split), "source_vocab": len(self.src_vocab),
-                "target_vocab": len(self.tgt_vocab), "beam": self.beam, **self.info}
+                "target_vocab": len(self.tgt_vocab), "beam": self.beam, "primary_metric": self.primary_metric(),
+                **self.info}
+
+    def primary_metric(self) -> dict:
+        """Sequence error rate, greedy (WER for G2P): whole outputs right or wrong, lower is better."""
+        return {"name": "ser", "higher_is_better": False, "label": "sequence error rate (greedy)", "also": ["ter"]}
 
     # model ---------------------------------------------------------------------------------------------------
     def model_defaults(self) -> dict:
@@ -352,8 +357,15 @@ def build_seq2seq_task(cfg, device: torch.device, seed: int, channels_last: bool
     info = {"source": origin, "fingerprint": digest.hexdigest()[:16],  # the data's content: an edit retrains
             **{f"all_{k}": v for k, v in describe(pairs).items()},
             "split": "grouped by source (alternative targets of one source stay together), seeded",
-            "test_size_sources": len(set(splits["test"].keys)) if len(splits["test"]) else 0}
+            "test_size_sources": len(set(splits["test"].keys)) if len(splits["test"]) else 0,
+            "split_method": {"method": "by group", "unit": "sources",
+                             "groups": {k: len(set(v.keys)) for k, v in splits.items()},
+                             "examples": {k: len(v) for k, v in splits.items()},
+                             "detail": "all targets of one source stay in one split (seeded)"}}
     target_tok = seq.target_tokenization or seq.tokenization
+    if target_tok == "whitespace" and not _has_sacrebleu():
+        info["unavailable_metrics"] = [{"name": "BLEU / chrF", "why": "the optional package sacrebleu is not installed",
+                                        "fix": "pip install sacrebleu"}]
     return Seq2SeqTask(splits, src_vocab, tgt_vocab, device, beam=seq.beam, length_penalty=seq.length_penalty,
                        max_len=seq.max_decode_len, text_scores=target_tok == "whitespace", info=info, notes=notes,
                        bucket=seq.bucket, tokenization=seq.tokenization, held_out=held_out)
@@ -372,3 +384,10 @@ def _first_groups(keys: Sequence[str], rows: list[int], limit: int, seed: int) -
             break
         kept += groups[names[j]]
     return sorted(kept)
+
+
+def _has_sacrebleu() -> bool:
+    """Whether BLEU / chrF can be computed (seq2seq.metrics.text_scores returns None without sacrebleu)."""
+    import importlib.util
+
+    return importlib.util.find_spec("sacrebleu") is not None

@@ -48,3 +48,12 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
         return torch.arange(len(labels))
     keep, _ = stratified_split(labels.cpu(), 1.0 - n / len(labels), seed)
     return torch.sort(keep).values
+
+
+def example_split_statement(sizes: dict[str, int], test_from_source: bool, unit: str = "examples") -> dict:
+    """How a labelled-file task split its data, for the report (`report.schema.SplitMethod`): held-out examples drawn
+    per class (no grouping: near-duplicates of one source can sit on both sides), the test split the source's own."""
+    detail = (f"validation held out of the training {unit} per class (seeded); "
+              + ("the test split is the source's own" if test_from_source else "the source has no test split"))
+    return {"method": "by example (stratified)", "unit": unit, "examples": {k: v for k, v in sizes.items()},
+            "detail": detail}

@@ -385,7 +385,7 @@ def build_text_task(cfg, device: torch.device, seed: int, channels_last: bool = 
     `val_fraction` of train is held out, stratified (regression: by score quintile)."""
     from ..data.text import class_names_of, encode_labels, find_split_files, read_table
     from ..models.hf import resolve_checkpoint
-    from .splits import choose_eval_split, limit_test, split_train
+    from .splits import choose_eval_split, example_split_statement, limit_test, split_train
 
     text = cfg.text
     files = find_split_files(Path(cfg.source))
@@ -404,7 +404,8 @@ def build_text_task(cfg, device: torch.device, seed: int, channels_last: bool = 
         strata = labels
     notes: list[str] = []
     rows: dict[str, torch.Tensor] = {}
-    if "val" in tables:  # a dev file: the whole train file trains (limit_train still applies)
+    has_dev = "val" in tables
+    if has_dev:  # a dev file: the whole train file trains (limit_train still applies)
         held = cfg.model_copy(update={"val_fraction": 0.0})
         rows["train"], _ = split_train(strata["train"], held, seed, notes, unit="sentences")
         rows["val"] = torch.arange(len(labels["val"]))
@@ -432,6 +433,12 @@ def build_text_task(cfg, device: torch.device, seed: int, channels_last: bool = 
     task.eval_split = eval_split
     task.notes += notes
     truncated = int((train_enc.lengths >= text.max_length).sum())
+    split = example_split_statement({k: len(v.texts) for k, v in splits.items()}, "test" in tables, "sentences")
+    if has_dev:
+        split["detail"] = "validation is the source's dev file; " + split["detail"].split("; ", 1)[1]
+    task.info["split_method"] = split
+    task.info["preprocessing"] = ([{"what": f"{truncated} of {len(train_enc)} training texts truncated to "
+                                            f"{text.max_length} tokens (data.text.max_length)"}] if truncated else [])
     if truncated:
         task.notes.append(f"{truncated} training texts were truncated to data.text.max_length = {text.max_length} "
                           "tokens")
