@@ -76,7 +76,8 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run", log: Optional[Callab
     """Hold `<run_dir>/.leankd.lock` for the body (the directory is created if needed, and removed again if it was
     made here and is still empty, so a refused or failed first run leaves nothing behind)."""
     run_dir = Path(run_dir)
-    created = not run_dir.exists()
+    # the folders made here (run_dir and missing parents): removed again at the end if still empty
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -109,8 +110,8 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run", log: Optional[Callab
         except OSError:
             pass
         os.close(fd)  # releases the flock
-        if created:
+        for folder in created:  # innermost first; stops at the first that is not empty
             try:
-                run_dir.rmdir()  # only if empty
+                folder.rmdir()
             except OSError:
-                pass
+                break
