@@ -292,6 +292,7 @@ class Pipeline:
         # `leankd compress`/`export`: build only these targets into the finished run's report, timed beside the fp32
         # student (None: a full run builds the recipe's targets and measures every model)
         self.add_targets = add_targets
+        self.replaced_files: list[str] = []  # artifact files (relative) a rebuilt target no longer uses
 
     def log(self, msg: str) -> None:
         self.console.print(msg, highlight=False, soft_wrap=True)
@@ -306,10 +307,12 @@ class Pipeline:
     def run(self) -> dict:
         """Run the recipe holding the run directory's lock (one process per run dir; see runlock.py). A full or
         read-only disk anywhere in the run becomes a clear error naming the directory."""
+        from .rundir import recover
         from .runlock import run_lock
 
         try:
             with run_lock(self.run_dir, "compress" if self.add_targets is not None else "run", log=self.log):
+                recover(self.run_dir)  # a kill in the middle of the last commit
                 return self._run()
         except OSError as e:
             if e.errno in WRITE_ERRNOS:
@@ -728,7 +731,7 @@ class Pipeline:
             else:
                 report = self.full_report(task, stages)
             commit(self.run_dir, report, dump_recipe(self.recipe),
-                   artifacts="merge" if previous is not None else "replace")
+                   artifacts="merge" if previous is not None else "replace", remove=self.replaced_files)
         except BaseException:
             discard_staging(self.run_dir)
             raise
@@ -794,16 +797,17 @@ class Pipeline:
         for entry in added.values():
             entry["artifact"]["reference_latency"] = reference
         models = {**previous["models"], **added}  # a rebuilt target replaces its earlier entry in place
-        rebuilt = {info["target"] for _, info in built.values()}
-        notes = [n for n in previous.get("notes", [])
+        self.replaced_files = [old["artifact"]["path"] for role, old in previous["models"].items()  # removed at commit
+                               if role in added and old.get("artifact")
+                               and old["artifact"]["path"] != added[role]["artifact"]["path"]]
+        tried = {info["target"] for _, info in built.values()} | set(self.failed_targets)
+        notes = [n for n in previous.get("notes", [])  # this call's outcome replaces an earlier failure note
                  if not n.startswith("Quantization-aware distillation")
-                 and not any(n.startswith(f"compression target {t} failed") for t in rebuilt)]
-        notes += [f"compression target {t} failed: {why}" for t, why in self.failed_targets.items()]
-        if self.failed_targets:
-            kept = [t for t in self.failed_targets if any((m.get("artifact") or {}).get("target") == t
-                                                          for m in previous["models"].values())]
-            if kept:
-                notes.append(f"{', '.join(kept)}: the artifact built earlier is kept in the report")
+                 and not any(n.startswith(f"compression target {t} failed") for t in tried)]
+        earlier = {(m.get("artifact") or {}).get("target") for m in previous["models"].values()}
+        notes += [f"compression target {t} failed: {why}"
+                  + (" (the artifact built earlier is kept in the report)" if t in earlier else "")
+                  for t, why in self.failed_targets.items()]
         if added:
             b1 = (reference.get("cpu") or {}).get("batch_1", {}).get("median_ms")
             row = (((previous["models"].get("student") or {}).get("latency") or {}).get("cpu") or {}).get(
@@ -816,7 +820,7 @@ class Pipeline:
                          "re-timing; its ratios against the teacher use the teacher's earlier timing. "
                          "`leankd compress --remeasure` measures every model and artifact together.")
         notes += qat_notes(models)
-        return build_report(previous["run"], models, notes)
+        return build_report({**previous["run"], "run_dir": str(self.run_dir)}, models, notes)
 
     def full_report(self, task: Task, stages: dict[str, StageResult]) -> dict:
         r = self.recipe

@@ -12,13 +12,23 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
-
+from typing import Iterable
 from .io import write_text_atomic
 
 COMPRESSED = "compressed"
 STAGING = ".compressed.partial"  # artifacts of the run in progress
 RETIRED = ".compressed.old"  # the previous artifacts while the new ones are swapped in
+
+
+def recover(run_dir: Path) -> None:
+    """Undo what a kill in the middle of `commit` left: previous artifacts moved aside but the new ones not yet in
+    place (the report on disk is still the previous one, so they go back), or a retired folder not yet removed."""
+    current, retired = Path(run_dir) / COMPRESSED, Path(run_dir) / RETIRED
+    if retired.is_dir():
+        if current.exists():
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(retired, current)
 
 
 def staging_dir(run_dir: Path) -> Path:
@@ -34,10 +44,11 @@ def final_path(run_dir: Path, staged_file: Path) -> str:
     return str(Path(COMPRESSED) / Path(staged_file).relative_to(Path(run_dir) / STAGING))
 
 
-def commit(run_dir: Path, report: dict, recipe_text: str, *, artifacts: str) -> None:
+def commit(run_dir: Path, report: dict, recipe_text: str, *, artifacts: str, remove: Iterable[str] = ()) -> None:
     """Put the finished run's results in place. `artifacts`: "replace" (compressed/ becomes exactly what this run
     staged: a full run), "merge" (staged files are added to compressed/, replacing files of the same name; earlier
-    artifacts stay: `leankd compress`/`export` adding targets)."""
+    artifacts stay: `leankd compress`/`export` adding targets). `remove`: files (relative to the run dir) the new
+    report no longer uses, deleted once it is written."""
     from .report import write_markdown, write_plots, write_report
 
     run_dir = Path(run_dir)
@@ -56,12 +67,16 @@ def commit(run_dir: Path, report: dict, recipe_text: str, *, artifacts: str) -> 
     write_report(run_dir, report)
     write_markdown(run_dir, report, plots=write_plots(report, run_dir))
     write_text_atomic(run_dir / "recipe.yaml", recipe_text)
+    for rel in remove:
+        stale = (run_dir / rel).resolve()
+        if stale.is_relative_to((run_dir / COMPRESSED).resolve()) and stale.is_file():
+            stale.unlink()
     if artifacts == "replace" and not has_staged:
         shutil.rmtree(current, ignore_errors=True)  # the new report has no artifacts: the old ones are stale now
     shutil.rmtree(retired, ignore_errors=True)
     shutil.rmtree(staged, ignore_errors=True)
 
 
-def discard_staging(run_dir: Path) -> Optional[None]:
+def discard_staging(run_dir: Path) -> None:
     """A failed run's staged artifacts are of no use (the previous ones stay in compressed/)."""
     shutil.rmtree(Path(run_dir) / STAGING, ignore_errors=True)
