@@ -130,16 +130,26 @@ def _print_result(result) -> None:
     console.print(f"report: {result.run_dir / 'report.md'}  (json: {result.run_dir / 'report.json'})", highlight=False)
 
 
-def _rerun_with_targets(run_dir: Path, targets: list[str], quiet: bool, overrides: Optional[list[str]] = None):
-    """Re-open a finished run with other compression targets: every training stage is reused (same fingerprint)."""
+def _rerun_with_targets(run_dir: Path, targets: list[str], quiet: bool, overrides: Optional[list[str]] = None,
+                        remeasure: bool = False):
+    """Re-open a finished run to add compression targets: every training stage is reused (same fingerprint).
+    The targets are added to the run's report and compressed/ (earlier ones stay); only the new artifacts and the
+    fp32 student they are timed against are measured, unless `remeasure` (or a measure.* override, which would
+    make the old numbers incomparable) rebuilds every target and re-measures every model."""
     from .api import run as run_recipe
     from .recipe import load_recipe
 
     recipe_path = run_dir / "recipe.yaml"
     if not recipe_path.exists():
         raise LeanKDError(f"{run_dir} is not a run directory (no recipe.yaml): pass the directory `leankd run` made")
-    r = load_recipe(recipe_path, [f"compress.targets=[{', '.join(targets)}]", *(overrides or [])])
-    return run_recipe(r, run_dir=run_dir, quiet=quiet, console=console)
+    base = load_recipe(recipe_path)
+    everything = list(dict.fromkeys([*base.compress.targets, *targets]))
+    r = load_recipe(recipe_path, [f"compress.targets=[{', '.join(everything)}]", *(overrides or [])])
+    remeasure = remeasure or any(o.startswith("measure.") for o in overrides or [])
+    added = None
+    if not remeasure:  # what the requested targets expand to (qat brings int8-static and qat-control)
+        added = type(r.compress)(**{**r.compress.model_dump(), "targets": targets}).targets
+    return run_recipe(r, run_dir=run_dir, quiet=quiet, console=console, add_targets=added)
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -150,16 +160,19 @@ def compress(
     to: List[str] = typer.Option(..., "--to", help="targets: fp16 bf16 int8-dynamic int8-static onnx onnx-int8-dynamic "
                                                    "qat qat-control vocab-trim vocab-trim-int8"),
     overrides: List[str] = typer.Option([], "--set", help="compression settings: --set compress.qat.epochs=3"),
+    remeasure: bool = typer.Option(False, "--remeasure", help="rebuild every target of the run (earlier ones too) "
+                                                              "and re-measure every model together"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Make deployment artifacts of the KD student and measure them beside the fp32 models:
     `leankd compress runs/demo --to fp16 int8-dynamic int8-static qat`. `qat` fine-tunes with the teacher
-    (quantization-aware distillation) and is reported beside int8-static and its same-budget control."""
+    (quantization-aware distillation) and is reported beside int8-static and its same-budget control.
+    Artifacts are added to the run's earlier ones; each new one is timed interleaved with the fp32 student."""
     for o in overrides:
         if not o.startswith(("compress.", "measure.")):
             raise LeanKDError(f"--set {o}: `leankd compress` changes only compress.* and measure.* settings (anything "
                               "else would retrain the stages); use `leankd run --set ...` for the rest")
-    _print_result(_rerun_with_targets(run_dir, list(to) + list(ctx.args), quiet, overrides))
+    _print_result(_rerun_with_targets(run_dir, list(to) + list(ctx.args), quiet, overrides, remeasure))
 
 
 @app.command()
@@ -167,13 +180,16 @@ def compress(
 def export(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
     format: str = typer.Option("onnx", "--format", help="onnx (fp32), int8 (ONNX Runtime static int8)"),
+    remeasure: bool = typer.Option(False, "--remeasure", help="rebuild every target of the run and re-measure "
+                                                              "every model together"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Export the KD student for the edge (ONNX, checked against PyTorch and timed with ONNX Runtime)."""
+    """Export the KD student for the edge (ONNX, checked against PyTorch and timed with ONNX Runtime); earlier
+    artifacts of the run stay."""
     targets = {"onnx": ["onnx"], "int8": ["onnx", "int8-static"]}
     if format not in targets:
         raise LeanKDError(f"--format {format!r} is not supported; choose one of: {', '.join(targets)}")
-    result = _rerun_with_targets(run_dir, targets[format], quiet)
+    result = _rerun_with_targets(run_dir, targets[format], quiet, remeasure=remeasure)
     _print_result(result)
     console.print(f"artifacts: {run_dir / 'compressed'}", highlight=False)
 

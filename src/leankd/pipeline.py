@@ -27,7 +27,7 @@ from .kd.losses import CE, KD, MSE, LabelMSE, Loss, SoftCE, mix
 from .kd.teacher import LiveTeacher
 from .errors import LeanKDError, ModelError, RecipeError
 from .data.readers import file_identity
-from .io import write_json_atomic, write_text_atomic
+from .io import WRITE_ERRNOS, write_error, write_json_atomic, write_text_atomic
 from .measure.devices import cpu_fp32_copy, to_device
 from .measure.latency import interleaved_latency
 from .measure.probe import probe_model
@@ -46,7 +46,6 @@ from .train.progress import RichProgress
 
 FINGERPRINT_VERSION = 1
 LOGIT_KD_ROLE = "logit_kd"  # the logit-only KD control trained beside a student with feature losses
-REPORT_PLOTS = ("curves.png", "quality_vs_macs.png", "quality_vs_latency.png")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -317,7 +316,8 @@ class Pipeline:
     """Runs one recipe in one run directory."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, force: bool = False, resume: bool = False,
-                 quiet: bool = False, console: Optional[Console] = None, stop_after_epoch: Optional[int] = None):
+                 quiet: bool = False, console: Optional[Console] = None, stop_after_epoch: Optional[int] = None,
+                 add_targets: Optional[list[str]] = None):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.force, self.resume, self.quiet = force, resume, quiet
@@ -332,6 +332,10 @@ class Pipeline:
         self.epoch_hook: Optional[Callable[[str, dict], None]] = None  # (stage, epoch row): a search's pruner
         self.role_models: dict[str, str] = {}  # architecture of roles other than teacher and students (assistants)
         self.stage_dirs: dict[str, Path] = {}  # stages living outside run_dir (a seed's shared teacher)
+        # `leankd compress`/`export`: build only these targets into the finished run's report, timed beside the fp32
+        # student (None: a full run builds the recipe's targets and measures every model)
+        self.add_targets = add_targets
+        self.replaced_files: list[str] = []  # artifact files (relative) a rebuilt target no longer uses
 
     def log(self, msg: str) -> None:
         self.console.print(msg, highlight=False, soft_wrap=True)
@@ -346,14 +350,22 @@ class Pipeline:
         return task
 
     def run(self) -> dict:
+        """Run the recipe holding the run directory's lock (one process per run dir; see runlock.py). A full or
+        read-only disk anywhere in the run becomes a clear error naming the directory."""
+        from .rundir import recover
+        from .runlock import run_lock
+
+        try:
+            with run_lock(self.run_dir, "compress" if self.add_targets is not None else "run", log=self.log):
+                recover(self.run_dir)  # a kill in the middle of the last commit
+                return self._run()
+        except OSError as e:
+            if e.errno in WRITE_ERRNOS:
+                raise write_error(e, self.run_dir) from None
+            raise
+
+    def _run(self) -> dict:
         r = self.recipe
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("report.json", "report.md", *REPORT_PLOTS):  # never leave an old report beside a new recipe
-            (self.run_dir / stale).unlink(missing_ok=True)
-        shutil.rmtree(self.run_dir / "compressed", ignore_errors=True)  # artifacts are rebuilt from the student
-        if self.force:  # --force redoes everything of this run, its own teacher cache too (a shared cache_dir stays)
-            shutil.rmtree(self.run_dir / "teacher_cache", ignore_errors=True)
-        write_text_atomic(self.run_dir / "recipe.yaml", dump_recipe(r))
         torch.manual_seed(r.seed)
         task = self.build_task()
         data_fp, teacher_data_fp = data_fingerprints(r, task)
@@ -368,12 +380,14 @@ class Pipeline:
         student_init = build_model(student_model_cfg, task.num_classes, "student", task.model_defaults())
         for model in (teacher_model, student_init):
             task.prepare_model(model)  # e.g. text: tokenize the data the way each model reads it
+        self.preflight(task, teacher_model, student_init)
+        # everything the recipe alone decides is checked: only now is the run directory written. A finished run's
+        # report, recipe.yaml and artifacts stay until the new report replaces them (rundir.commit).
+        if self.force:  # --force redoes everything of this run, its own teacher cache too (a shared cache_dir stays)
+            shutil.rmtree(self.run_dir / "teacher_cache", ignore_errors=True)
+        if not (self.run_dir / "report.json").exists():  # nothing finished to disagree with: record the recipe now
+            write_text_atomic(self.run_dir / "recipe.yaml", dump_recipe(r))
         task.save(self.run_dir)
-        if r.distill.features and not task.same_inputs(teacher_model, student_init):
-            raise RecipeError("distill.features compare teacher and student position by position, but the student "
-                              f"({r.student.model}) reads the text with another tokenizer than the teacher "
-                              f"({r.teacher.model}): drop the feature losses (logit KD works across vocabularies) or "
-                              "use a student with the teacher's tokenizer")
 
         teacher = self.teacher_stage(task, teacher_model, teacher_data_fp)
         stages = {"teacher": teacher}
@@ -515,6 +529,41 @@ class Pipeline:
         return seeds_summary(r.seeds, values, main_seed=r.seed, split_seed=r.split_seed,
                              metric="pearson" if task.regression else "accuracy", teacher=r.seeds_teacher,
                              compared=compared, note=note)
+
+    def preflight(self, task: Task, teacher: nn.Module, student: nn.Module) -> None:
+        """Every check the recipe, the data and the built (untrained) models decide, before any training or any
+        write: a mistake found after the teacher has trained wastes that training."""
+        from .kd.layer_choice import pick_candidates
+        from .kd.taps import resolve_module
+
+        r = self.recipe
+        if r.distill.features and not task.same_inputs(teacher, student):
+            raise RecipeError("distill.features compare teacher and student position by position, but the student "
+                              f"({r.student.model}) reads the text with another tokenizer than the teacher "
+                              f"({r.teacher.model}): drop the feature losses (logit KD works across vocabularies) or "
+                              "use a student with the teacher's tokenizer")
+        for i, term in enumerate(r.distill.features):  # module names are the same before and after training
+            if term.pairs == "auto":
+                if task.regression:
+                    raise RecipeError(f"distill.features[{i}].pairs: auto scores teacher layers with a classification "
+                                      "probe, which a regression task has no classes for: name the pairs")
+                pick_candidates(student, term.candidates.student, "student")
+                pick_candidates(teacher, term.candidates.teacher, "teacher")
+                continue
+            for s_name, t_name in term.pairs:
+                resolve_module(student, s_name, f"distill.features[{i}].pairs: the student ({r.student.model})")
+                resolve_module(teacher, t_name, f"distill.features[{i}].pairs: the teacher ({r.teacher.model})")
+        k = r.teacher.cache_top_k
+        if r.teacher.cache and k is not None and not 1 <= k < task.num_classes:
+            raise RecipeError(f"teacher.cache_top_k = {k} must be between 1 and {task.num_classes - 1} (the task has "
+                              f"{task.num_classes} classes): lower it, or leave it unset to store every logit")
+        if r.distill.augment is not None and not hasattr(task, "with_transfer_set"):
+            raise RecipeError(f"distill.augment makes new texts, but data.task is {task.kind}: remove distill.augment "
+                              "(images and audio augment through data.augment)")
+        build_loss(r.distill, r.stage_train("student").label_smoothing, regression=task.regression)  # loss vs task
+        with torch.random.fork_rng(devices=[]):  # building them here must not shift any later initialization
+            for i, cfg in enumerate(r.distill.assistants, start=1):
+                build_model(cfg, task.num_classes, f"assistant{i}", task.model_defaults())
 
     def assistants(self, task: Task, teacher: StageResult, stages: dict, kd_fp: dict, channels_last: bool):
         """Teacher-assistant stages (Mirzadeh et al. 2020), each an ordinary cached stage distilled with the
@@ -785,11 +834,117 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------------------
     def report(self, task: Task, stages: dict[str, StageResult],
                seed_values: Optional[dict[int, dict[str, Optional[float]]]] = None) -> dict:
+        """Measure, build the report and put it in place (with its artifacts) in one commit at the end."""
+        from .rundir import commit, discard_staging
+
+        previous = self._previous_report() if self.add_targets is not None else None
+        if self.add_targets is not None and previous is None:
+            self.log("no finished report to add to: building every target and measuring every model")
+        elif previous is not None and not all(st.reused for st in stages.values()):
+            self.log("a stage was trained again: re-measuring every model and rebuilding every target")
+            previous = None
+        try:
+            if previous is not None:
+                report = self.added_artifacts_report(task, stages, previous)
+            else:
+                report = self.full_report(task, stages, seed_values)
+            commit(self.run_dir, report, dump_recipe(self.recipe),
+                   artifacts="merge" if previous is not None else "replace", remove=self.replaced_files)
+        except BaseException:
+            discard_staging(self.run_dir)
+            raise
+        return report
+
+    def _previous_report(self) -> Optional[dict]:
+        from .report import load_report
+
+        if not (self.run_dir / "report.json").exists():
+            return None
+        try:
+            return load_report(self.run_dir)
+        except LeanKDError as e:
+            self.log(f"the run's report.json cannot be extended ({e})")
+            return None
+
+    def _saved(self, stages: dict[str, StageResult], roles) -> dict[str, nn.Module]:
+        return {role: load_weights(copy.deepcopy(stages[role].model), self.run_dir / role / "model.safetensors")
+                for role in roles}
+
+    def _artifact_entries(self, task: Task, built: dict, measured: dict) -> dict:
+        """The report blocks of built artifacts, with their accuracy drop against the fp32 student."""
+        r = self.recipe
+        models = {}
+        for role, (_, info) in built.items():
+            drop = 100 * (headline(measured["student"]) - headline(measured[role]))  # accuracy (regression: r)
+            info.update(accuracy_drop_points=round(drop, 4), max_drop_points=r.compress.max_accuracy_drop,
+                        flagged=drop > r.compress.max_accuracy_drop)
+            if info["flagged"]:
+                self.log(f"[bold yellow]warning:[/] {info['target']} loses {drop:.2f} points "
+                         f"({'Pearson r x100' if task.regression else 'accuracy'}) against the fp32 "
+                         f"student (threshold {r.compress.max_accuracy_drop}): flagged in the report")
+            art = built[role][0]
+            training = info.pop("training", None)  # targets that fine-tune (QAT) report their training like stages
+            history = info.pop("history", None)
+            models[role] = model_entry(role, r.student.model, f"{info['target']} of the KD student", measured[role],
+                                       training, history)
+            models[role]["label"] = f"KD student {info['target']}"
+            models[role]["artifact"] = info
+            if art.params is not None:  # a target that removes weights (vocab-trim): its own count, not the base's
+                models[role]["cost"] = {**models[role]["cost"], "params": art.params, "trainable_params": art.params}
+        return models
+
+    def added_artifacts_report(self, task: Task, stages: dict[str, StageResult], previous: dict) -> dict:
+        """`leankd compress`/`export` on a finished run: build the requested targets and add them to the report,
+        keeping every model and artifact already there. The fp32 models are not measured again; each new artifact
+        is timed interleaved with the fp32 student, re-timed beside it, and its x-faster figures compare with that
+        re-timing (`artifact.reference_latency`), so machine drift since the run cannot pose as a speed-up."""
+        from .compress.targets import TRAINING_TARGETS
+
+        r = self.recipe
+        targets = [t for t in r.compress.targets if t in set(self.add_targets)]
+        roles = ["student"] + (["teacher"] if TRAINING_TARGETS.intersection(targets) else [])
+        saved = self._saved(stages, roles)
+        built = self.compress(task, saved["student"], saved.get("teacher"), targets=targets)
+        self.log(f"measuring {', '.join(role for role in built) or 'nothing new'} beside the fp32 student "
+                 "(the other models keep their numbers; --remeasure re-times everything) ...")
+        measured = measure_models({"student": saved["student"]}, task, r.measure,
+                                  artifacts={role: (a.runnable, "student", a.files or a.path)
+                                             for role, (a, _) in built.items()})
+        added = self._artifact_entries(task, built, measured)
+        reference = {k: v for k, v in measured["student"]["latency"].items() if k == "cpu"}
+        for entry in added.values():
+            entry["artifact"]["reference_latency"] = reference
+        models = {**previous["models"], **added}  # a rebuilt target replaces its earlier entry in place
+        self.replaced_files = [old["artifact"]["path"] for role, old in previous["models"].items()  # removed at commit
+                               if role in added and old.get("artifact")
+                               and old["artifact"]["path"] != added[role]["artifact"]["path"]]
+        tried = {info["target"] for _, info in built.values()} | set(self.failed_targets)
+        notes = [n for n in previous.get("notes", [])  # this call's outcome replaces an earlier failure note
+                 if not n.startswith("Quantization-aware distillation")
+                 and not any(n.startswith(f"compression target {t} failed") for t in tried)]
+        earlier = {(m.get("artifact") or {}).get("target") for m in previous["models"].values()}
+        notes += [f"compression target {t} failed: {why}"
+                  + (" (the artifact built earlier is kept in the report)" if t in earlier else "")
+                  for t, why in self.failed_targets.items()]
+        if added:
+            b1 = (reference.get("cpu") or {}).get("batch_1", {}).get("median_ms")
+            row = (((previous["models"].get("student") or {}).get("latency") or {}).get("cpu") or {}).get(
+                "batch_1", {}).get("median_ms")
+            timing = (f" (CPU batch 1: {b1:.3f} ms now, {row:.3f} ms in the student's row)"
+                      if b1 is not None and row is not None else "")
+            notes.append(f"{', '.join(a['artifact']['target'] for a in added.values())} added to the finished run "
+                         "without re-measuring the fp32 models: each was timed interleaved with the fp32 student, "
+                         f"re-timed beside it{timing}, and its x-faster figures against the student compare with that "
+                         "re-timing; its ratios against the teacher use the teacher's earlier timing. "
+                         "`leankd compress --remeasure` measures every model and artifact together.")
+        notes += qat_notes(models)
+        return build_report({**previous["run"], "run_dir": str(self.run_dir)}, models, notes)
+
+    def full_report(self, task: Task, stages: dict[str, StageResult],
+                    seed_values: Optional[dict[int, dict[str, Optional[float]]]] = None) -> dict:
         r = self.recipe
         self.log(f"measuring {', '.join(stages)} (from the saved weights) ...")
-        saved = {}
-        for role, st in stages.items():
-            saved[role] = load_weights(copy.deepcopy(st.model), self.run_dir / role / "model.safetensors")
+        saved = self._saved(stages, stages)
         built = self.compress(task, saved["student"], saved["teacher"]) if r.compress.targets else {}
         measured = measure_models(saved, task, r.measure,
                                   artifacts={role: (a.runnable, "student", a.files or a.path)
@@ -803,23 +958,7 @@ class Pipeline:
                                        f"{role}/metrics.jsonl" if history.exists() else None)
             if role in self.role_labels:
                 models[role]["label"] = self.role_labels[role]
-        for role, (_, info) in built.items():
-            drop = 100 * (headline(measured["student"]) - headline(measured[role]))  # accuracy (regression: r)
-            info.update(accuracy_drop_points=round(drop, 4), max_drop_points=r.compress.max_accuracy_drop,
-                        flagged=drop > r.compress.max_accuracy_drop)
-            if info["flagged"]:
-                self.log(f"[bold yellow]warning:[/] {info['target']} loses {drop:.2f} points "
-                         f"({'Pearson r x100' if task.regression else 'accuracy'}) against the fp32 "
-                         f"student (threshold {r.compress.max_accuracy_drop}): flagged in the report")
-            art = built[role][0]
-            training = info.pop("training", None)  # targets that fine-tune (QAT) report their training like stages
-            history = str(art.metrics_path.relative_to(self.run_dir)) if art.metrics_path else None
-            models[role] = model_entry(role, r.student.model, f"{info['target']} of the KD student", measured[role],
-                                       training, history)
-            models[role]["label"] = f"KD student {info['target']}"
-            models[role]["artifact"] = info
-            if art.params is not None:  # a target that removes weights (vocab-trim): its own count, not the base's
-                models[role]["cost"] = {**models[role]["cost"], "params": art.params, "trainable_params": art.params}
+        models.update(self._artifact_entries(task, built, measured))
         notes = [f"compression target {t} failed: {why}" for t, why in self.failed_targets.items()]
         if self.auto_layers is not None:
             a = self.auto_layers
@@ -839,10 +978,9 @@ class Pipeline:
             notes.append("QAT fine-tuning distils the logits only: BatchNorm folding traces the student into a flat "
                          "graph, so the feature losses' module taps would not find their modules.")
         seeds = self.seeds_block(task, models, seed_values) if seed_values else None  # its note: under its table
-        report = finish_report(r.name, self.run_dir, r.seed, task, models, self.device,
-                               extra_notes=notes + qat_notes(models) + feature_notes(models) + cache_notes(models)
-                               + transfer_notes(models), seeds=seeds)
-        return report
+        return finish_report(r.name, self.run_dir, r.seed, task, models, self.device, write=False,
+                             extra_notes=notes + qat_notes(models) + feature_notes(models) + cache_notes(models)
+                             + transfer_notes(models), seeds=seeds)
 
     def finetune_setup(self, task: Task, teacher: nn.Module):
         """Teacher, loss and schedule for the compression targets that train (QAT): the student stage's distillation
@@ -862,13 +1000,16 @@ class Pipeline:
             live = self.live_teacher(teacher, task, channels_last=False)
         return Finetune(cfg, loss, live, r.seed, progress=lambda name: RichProgress(name, self.console, quiet=self.quiet))
 
-    def compress(self, task: Task, student: nn.Module, teacher: Optional[nn.Module] = None) -> dict[str, tuple]:
-        """Build every `compress.targets` artifact from the saved student. A target that fails is reported, never
-        fatal: the run keeps its other results."""
+    def compress(self, task: Task, student: nn.Module, teacher: Optional[nn.Module] = None,
+                 targets: Optional[list[str]] = None) -> dict[str, tuple]:
+        """Build `targets` (default: every `compress.targets` artifact) from the saved student, into a staging
+        folder that replaces compressed/ only with the new report (rundir.commit). A target that fails is
+        reported, never fatal: the run keeps its other results."""
         from .compress.targets import TRAINING_TARGETS, build_artifact, max_abs_diff
+        from .rundir import final_path, staging_dir
 
-        out_dir = self.run_dir / "compressed"
-        targets = self.recipe.compress.targets
+        out_dir = staging_dir(self.run_dir)
+        targets = self.recipe.compress.targets if targets is None else targets
         finetune = (self.finetune_setup(task, teacher)
                     if teacher is not None and TRAINING_TARGETS.intersection(targets) else None)
         built = {}
@@ -883,26 +1024,29 @@ class Pipeline:
                 self.failed_targets[target] = why
                 continue
             info = {"target": target, "base_role": "student", "format": art.format,
-                    "path": str(art.path.relative_to(self.run_dir)), "quantized": art.quantized,
+                    "path": final_path(self.run_dir, art.path), "quantized": art.quantized,
                     "left_in_float": art.left_in_float, "notes": list(art.notes),
                     "max_abs_diff": round(max_abs_diff(student, art.runnable, task, task.forward), 6)}
             if art.training is not None:
                 info["training"] = training_entry(art.training, finetune.loss, finetune.cfg, task.device)
+            if art.metrics_path:
+                info["history"] = final_path(self.run_dir, art.metrics_path)
             built["student_" + target.replace("-", "_")] = (art, info)
         return built
 
 
 def finish_report(name: str, run_dir: Optional[Path], seed: int, task: Task, models: dict, device,
-                  extra_notes: Optional[list[str]] = None, seeds: Optional[dict] = None) -> dict:
+                  extra_notes: Optional[list[str]] = None, seeds: Optional[dict] = None, write: bool = True) -> dict:
     """Build report.json from the model blocks (and the `seeds` block of a run over seeds); write it, its markdown
-    and plots when there is a run dir."""
+    and plots when there is a run dir (and `write`: the pipeline writes its report with its artifacts in one commit,
+    rundir.commit)."""
     notes = (list(getattr(task, "notes", [])) + report_notes(models, seed, several_seeds=bool(seeds))
              + list(extra_notes or []))
     run = {"name": name, "run_dir": str(run_dir) if run_dir else None, "seed": seed, "task": task.kind,
            "dataset": task.describe(), "environment": environment(torch.device(device))}
     add_quality_flags(models, run["dataset"], run_dir)  # at chance / collapsed, with the causes the run shows
     report = build_report(run, models, notes, seeds=seeds)
-    if run_dir is not None:
+    if run_dir is not None and write:
         write_report(run_dir, report)
         write_markdown(run_dir, report, plots=write_plots(report, run_dir))
     return report

@@ -78,6 +78,14 @@ def remeasure_latency(run_dir: str | Path, threads: Optional[int] = None, *, log
     log = log or (lambda msg: None)
     if threads is not None and threads < 1:
         raise LeanKDError(f"--threads must be at least 1, got {threads}")
+    load_report(run_dir)  # a missing or unreadable report is the first thing to say
+    from .runlock import run_lock
+
+    with run_lock(run_dir, "remeasure", log=log):  # not while a run or a compress writes this directory
+        return _remeasure(run_dir, threads, log)
+
+
+def _remeasure(run_dir: Path, threads: Optional[int], log) -> dict:
     old = load_report(run_dir)
     recipe_path = run_dir / "recipe.yaml"
     if not recipe_path.is_file():
@@ -119,7 +127,7 @@ def remeasure_latency(run_dir: str | Path, threads: Optional[int] = None, *, log
             f"average {load}); quality, size, memory and training figures are from the original run.")
     notes = [n for n in old.get("notes", []) if not n.startswith(REMEASURED)] + [note]
     run = dict(old["run"], environment={**(old["run"].get("environment") or {}), "cpu_threads": cpu.get("threads")})
-    report = build_report(run, models, notes)
+    report = build_report(run, models, notes, seeds=old.get("seeds"))
     # everything is ready before anything is replaced; then the json and the md, each atomically, then the plots
     markdown = render_markdown(report, run_dir=run_dir)
     write_json_atomic(run_dir / REPORT_FILENAME, report)

@@ -309,6 +309,9 @@ class Artifact(_Strict):
     max_drop_points: Optional[float] = None  # the recipe's threshold
     flagged: bool = False  # accuracy dropped more than the threshold
     notes: list[str] = Field(default_factory=list)
+    # added to a finished run (`leankd compress`/`export` without --remeasure): the base model's latency re-timed
+    # interleaved with this artifact; its x-faster ratios against the base use it instead of the base's own row
+    reference_latency: Optional[Latency] = None
 
 
 class Streaming(TimingNoise):
@@ -655,7 +658,11 @@ def compute_ratios(models: dict, primary: Optional[dict] = None) -> dict:
     for role, entry in models.items():
         base = _get(entry, "artifact", "base_role")
         if base is not None:
-            vs_base[role] = _versus(models.get(base), entry, primary)
+            ref = models.get(base)
+            timed_with = _get(entry, "artifact", "reference_latency")  # the base re-timed beside this artifact
+            if isinstance(ref, dict) and timed_with is not None:
+                ref = {**ref, "latency": timed_with}
+            vs_base[role] = _versus(ref, entry, primary)
 
     def gain(metric: str) -> Optional[float]:
         s = _num(_get(models.get(STUDENT_ROLE), "quality", metric))

@@ -4,6 +4,7 @@ The file is written to a temporary name and renamed over the old one: a kill at 
 previous checkpoint or the new one, never a torn one."""
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -26,8 +27,26 @@ def _cpu_tensors(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 
 def save_weights(path: str | Path, model: nn.Module, metadata: Optional[dict[str, str]] = None) -> None:
     """Weights only (the shippable artifact)."""
-    with atomic_path(path) as tmp:
-        save_file(_cpu_tensors(unwrap(model).state_dict(), ""), str(tmp), metadata=metadata or {})
+    tensors = _cpu_tensors(unwrap(model).state_dict(), "")
+    with atomic_path(path, size_hint=_nbytes(tensors)) as tmp:
+        _save_file(tensors, tmp, metadata or {})
+
+
+def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    """About what the file needs on disk: the tensor bytes (the JSON header is small beside them)."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' writer, with a full disk reported as the OSError it is (the Rust writer wraps it in a
+    SafetensorError), so `atomic_path` turns it into a clear error naming the directory."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        text = str(e)
+        if "StorageFull" in text or "os error 28" in text or "code: 28" in text:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+        raise
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -105,8 +124,8 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={_STATE_KEY: json.dumps(meta)})
+    with atomic_path(path, size_hint=_nbytes(tensors)) as tmp:
+        _save_file(tensors, tmp, {_STATE_KEY: json.dumps(meta)})
 
 
 def load_checkpoint(

@@ -1,0 +1,82 @@
+"""Replacing a run directory's results only once their replacement is ready.
+
+A re-run that fails (bad input, a crash, Ctrl-C, kill -9) must leave the finished run's report, its recipe and its
+deployment artifacts as they were. So a run builds its artifacts into a staging folder beside `compressed/`, and
+`commit` swaps everything in at the end, in this order: artifacts, then `report.json`, `report.md` and plots (each
+written atomically; a plot the new report does not make is removed then, see `report.plots.write_plots`), then
+`recipe.yaml` (the recipe that report describes), then what the new report no longer uses. A kill between two of
+these steps leaves a report beside artifacts of the same name (the only window, and a short one).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+from .io import write_text_atomic
+
+COMPRESSED = "compressed"
+STAGING = ".compressed.partial"  # artifacts of the run in progress
+RETIRED = ".compressed.old"  # the previous artifacts while the new ones are swapped in
+
+
+def recover(run_dir: Path) -> None:
+    """Undo what a kill in the middle of `commit` left: previous artifacts moved aside but the new ones not yet in
+    place (the report on disk is still the previous one, so they go back), or a retired folder not yet removed."""
+    current, retired = Path(run_dir) / COMPRESSED, Path(run_dir) / RETIRED
+    if retired.is_dir():
+        if current.exists():
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(retired, current)
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """An empty folder for this run's artifacts (a killed run's leftovers are removed first)."""
+    staged = Path(run_dir) / STAGING
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    return staged
+
+
+def final_path(run_dir: Path, staged_file: Path) -> str:
+    """Where a staged artifact file will live, relative to the run dir (what the report records)."""
+    return str(Path(COMPRESSED) / Path(staged_file).relative_to(Path(run_dir) / STAGING))
+
+
+def commit(run_dir: Path, report: dict, recipe_text: str, *, artifacts: str, remove: Iterable[str] = ()) -> None:
+    """Put the finished run's results in place. `artifacts`: "replace" (compressed/ becomes exactly what this run
+    staged: a full run), "merge" (staged files are added to compressed/, replacing files of the same name; earlier
+    artifacts stay: `leankd compress`/`export` adding targets). `remove`: files (relative to the run dir) the new
+    report no longer uses, deleted once it is written."""
+    from .report import write_markdown, write_plots, write_report
+
+    run_dir = Path(run_dir)
+    staged, current, retired = run_dir / STAGING, run_dir / COMPRESSED, run_dir / RETIRED
+    has_staged = staged.is_dir() and any(staged.iterdir())
+    if artifacts == "merge" and has_staged:
+        for src in sorted(p for p in staged.rglob("*") if p.is_file()):
+            dst = current / src.relative_to(staged)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+    elif artifacts == "replace" and has_staged:
+        shutil.rmtree(retired, ignore_errors=True)
+        if current.exists():
+            os.replace(current, retired)
+        os.replace(staged, current)
+    write_report(run_dir, report)
+    write_markdown(run_dir, report, plots=write_plots(report, run_dir))
+    write_text_atomic(run_dir / "recipe.yaml", recipe_text)
+    for rel in remove:
+        stale = (run_dir / rel).resolve()
+        if stale.is_relative_to((run_dir / COMPRESSED).resolve()) and stale.is_file():
+            stale.unlink()
+    if artifacts == "replace" and not has_staged:
+        shutil.rmtree(current, ignore_errors=True)  # the new report has no artifacts: the old ones are stale now
+    shutil.rmtree(retired, ignore_errors=True)
+    shutil.rmtree(staged, ignore_errors=True)
+
+
+def discard_staging(run_dir: Path) -> None:
+    """A failed run's staged artifacts are of no use (the previous ones stay in compressed/)."""
+    shutil.rmtree(Path(run_dir) / STAGING, ignore_errors=True)
