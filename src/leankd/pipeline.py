@@ -938,7 +938,8 @@ class Pipeline:
                          "re-timing; its ratios against the teacher use the teacher's earlier timing. "
                          "`leankd compress --remeasure` measures every model and artifact together.")
         notes += qat_notes(models)
-        return build_report({**previous["run"], "run_dir": str(self.run_dir)}, models, notes)
+        return build_report({**previous["run"], "run_dir": str(self.run_dir)}, models, notes,
+                            seeds=previous.get("seeds"))
 
     def full_report(self, task: Task, stages: dict[str, StageResult],
                     seed_values: Optional[dict[int, dict[str, Optional[float]]]] = None) -> dict:
