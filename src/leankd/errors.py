@@ -5,15 +5,18 @@ class LeanKDError(Exception):
     """A problem the user can fix: the message names the thing and the fix. The CLI prints it without a traceback."""
 
 
-class RecipeError(LeanKDError):
+# RecipeError, ModelError and DataError are also ValueErrors: a bad value (a setting, a model keyword, a file's
+# contents). Library functions that used to raise ValueError raise them now, so the CLI prints a message instead
+# of a traceback, and Python callers that caught ValueError keep working.
+class RecipeError(LeanKDError, ValueError):
     """The recipe is malformed: the message names the field path, the bad value and what is allowed."""
 
 
-class ModelError(LeanKDError):
+class ModelError(LeanKDError, ValueError):
     """A model cannot be built or loaded (unknown name, bad keyword, missing or mismatched weights)."""
 
 
-class DataError(LeanKDError):
+class DataError(LeanKDError, ValueError):
     """A data source is missing, empty or inconsistent."""
 
 
