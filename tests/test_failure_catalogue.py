@@ -109,7 +109,7 @@ def test_tiny_recipe_runs(tmp_path):
     assert (tmp_path / "runs" / "tiny" / "report.json").exists()
 
 
-# ============================================================================================== data and recipe inputs (inputs helper)
+# ============================================================================ data and recipe inputs (inputs helper)
 def _text_recipe(tmp_path: Path, source: Path, **text) -> dict:
     """Word-level text models: the data is read (and fails) before any tokenizer or teacher is needed."""
     return {"name": "txt", "output_dir": str(tmp_path / "runs"),

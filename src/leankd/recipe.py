@@ -606,7 +606,8 @@ def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> Reci
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise RecipeError(f"cannot read the recipe {path} ({e.strerror or e}); check that it is a readable file") from None
+        raise RecipeError(f"cannot read the recipe {path} ({e.strerror or e}); check that it is a readable "
+                          "file") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

