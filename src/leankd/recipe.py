@@ -5,6 +5,7 @@ form. Errors name the field path, the bad value and what is allowed (`RecipeErro
 """
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Optional, Union, get_args, get_origin
@@ -32,7 +33,8 @@ class Strict(BaseModel):
         if isinstance(v, int):
             return str(v)
         raise ValueError(f"YAML reads the unquoted {v!r} as a number, but this field is text: quote it as you meant "
-                         f"it, e.g. '{v}' (on the command line: --set \"key='{v}'\")")
+                         f"it, e.g. {info.field_name}: '{v}' (on the command line: "
+                         f"--set \"...{info.field_name}='{v}'\")")
 
 
 def _wants_text(annotation: Any) -> bool:
@@ -41,6 +43,15 @@ def _wants_text(annotation: Any) -> bool:
         return True
     args = [a for a in get_args(annotation) if a is not type(None)]
     return get_origin(annotation) in (Union, UnionType) and args == [str]
+
+
+def _known_encoding(name: str) -> str:
+    """A text encoding Python can decode with, checked when the recipe is read (not when the data is)."""
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        raise ValueError(f"{name!r} is not a known text encoding; use e.g. utf-8, latin-1 or cp1252") from None
+    return name
 
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -117,6 +128,11 @@ class TextConfig(Strict):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str) -> str:
+        return _known_encoding(v)
+
 
 class SeqConfig(Strict):
     """Sequence-to-sequence (`data.task: seq2seq`): columns, tokenization, held-out share, decoding settings."""
@@ -137,6 +153,11 @@ class SeqConfig(Strict):
     max_decode_len: Optional[int] = Field(None, ge=1, description="default: 1.5 x the longest training target + 5")
     bucket: bool = Field(True, description="training batches of similar lengths (seeded chunks sorted by length, "
                                            "batch order shuffled): far fewer padded RNN steps")
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str) -> str:
+        return _known_encoding(v)
 
     @model_validator(mode="after")
     def _columns(self) -> "SeqConfig":
