@@ -48,6 +48,12 @@ def test_csv_with_nel_in_a_text_is_one_row(tmp_path):
     assert table.texts == ["so\x85 dull", "good"]
 
 
+def test_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes("label,text\n1,a\n0,b\n".encode("utf-8-sig"))
+    assert read_table(path, text_column=["text"]).labels == ["1", "0"]
+
+
 def test_csv_quoted_newline_and_row_numbers(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text('label,text\n1,"two\nlines"\n0,x,extra\n', encoding="utf-8")

@@ -33,7 +33,7 @@ def read_text(path: Path, encoding: str = "utf-8", setting: str = "") -> str:
     except OSError as e:
         raise DataError(f"cannot read {path} ({e.strerror or e}); check that it exists and is readable") from None
     try:
-        return data.decode(encoding)
+        return data.decode(encoding).removeprefix("\ufeff")  # a byte-order mark (Excel's CSVs) is not header text
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         fix = (f"set {setting} to the file's encoding (e.g. latin-1 or cp1252)" if setting
