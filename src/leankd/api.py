@@ -182,7 +182,7 @@ def _cached_teacher(live: LiveTeacher, task: Task, views: int, seed: int, run_di
     for tensor in list(live.model.state_dict().values()) + list(task.splits["train"]):
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     directory = run_dir / "teacher_cache" if run_dir else Path(tempfile.mkdtemp(prefix="leankd-teacher-cache-"))
-    log = (lambda m: None) if quiet else (console or Console()).print
+    log = (lambda m: None) if quiet else (lambda m: (console or Console()).print(m, markup=False, highlight=False))
     cached, info = build_or_load(directory, h.hexdigest()[:16], live, task, views, seed, log=log)
     live.model.to("cpu")  # the student trains alone on the device
     return cached, info.as_dict()

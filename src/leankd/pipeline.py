@@ -67,7 +67,8 @@ def _stable(settings: dict, added_defaults: dict) -> dict:
     return {k: v for k, v in settings.items() if not (k in added_defaults and v == added_defaults[k])}
 
 
-ADDED_TEXT_DEFAULTS = {"word_min_freq": 1, "word_max_size": None}
+ADDED_TEXT_DEFAULTS = {"word_min_freq": 1, "word_max_size": None, "encoding": "utf-8"}
+ADDED_SEQ_DEFAULTS = {"header": True, "encoding": "utf-8"}
 ADDED_AUDIO_DEFAULTS = {"speaker_pattern": None}
 WORD_SETTINGS = {"word_min_freq": True, "word_max_size": True}  # read by word-level students only
 
@@ -82,6 +83,8 @@ def _data_settings(data: dict, seed: int) -> dict:
         data["text"] = _stable(data["text"], ADDED_TEXT_DEFAULTS)
     if data.get("audio") is not None:
         data["audio"] = _stable(data["audio"], ADDED_AUDIO_DEFAULTS)
+    if data.get("seq") is not None:
+        data["seq"] = _stable(data["seq"], ADDED_SEQ_DEFAULTS)
     return data
 
 
@@ -338,7 +341,10 @@ class Pipeline:
         self.replaced_files: list[str] = []  # artifact files (relative) a rebuilt target no longer uses
 
     def log(self, msg: str) -> None:
-        self.console.print(msg, highlight=False, soft_wrap=True)
+        """Print a log line: brackets in it are text (a path, `leankd[text]`), only leankd's own style tags style."""
+        from .markup import safe
+
+        self.console.print(safe(msg), highlight=False, soft_wrap=True)
 
     # ---------------------------------------------------------------------------------------------------
     def build_task(self) -> Task:

@@ -5,12 +5,15 @@ form. Errors name the field path, the bad value and what is allowed (`RecipeErro
 """
 from __future__ import annotations
 
+import codecs
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+from types import UnionType
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
 from .errors import RecipeError
 from .search.config import SearchConfig
@@ -18,6 +21,38 @@ from .search.config import SearchConfig
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_numbers_as_text(cls, v: Any, info: ValidationInfo) -> Any:
+        """YAML reads an unquoted `3` as a number, also where text is meant (`--set data.audio.keyword=3`, a run
+        named 2024): a whole number is taken as its digits. A float is not (YAML turns `1.50` into 1.5 and `1e3`
+        into 1000.0, so its text is lost): the message says to quote it. Booleans stay errors (yes/no/on/off)."""
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not _wants_text(cls.model_fields[
+                info.field_name].annotation):
+            return v
+        if isinstance(v, int):
+            return str(v)
+        raise ValueError(f"YAML reads the unquoted {v!r} as a number, but this field is text: quote it as you meant "
+                         f"it, e.g. {info.field_name}: '{v}' (on the command line: "
+                         f"--set \"...{info.field_name}='{v}'\")")
+
+
+def _wants_text(annotation: Any) -> bool:
+    """str or Optional[str] (not unions that accept numbers themselves, such as a column name or position)."""
+    if annotation is str:
+        return True
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    return get_origin(annotation) in (Union, UnionType) and args == [str]
+
+
+def _known_encoding(name: str) -> str:
+    """A text encoding Python can decode with, checked when the recipe is read (not when the data is)."""
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        raise ValueError(f"{name!r} is not a known text encoding; use e.g. utf-8, latin-1 or cp1252") from None
+    return name
 
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -96,6 +131,8 @@ class TextConfig(Strict):
                                    description="the text column: the first of these names found in a file's header")
     pair_column: Optional[str] = Field(None, description="second sentence of sentence-pair tasks (e.g. MRPC, QNLI)")
     label_column: str = "label"
+    encoding: str = Field("utf-8", description="text encoding of TSV/CSV/JSONL files (e.g. latin-1, cp1252 for "
+                                               "older corpora); TREC .label files are always latin-1")
     tokenizer: Optional[str] = Field(None, description="a local Hugging Face checkpoint folder (or alias) whose fast "
                                                        "tokenizer is used; default: the teacher's (hf:...)")
     max_length: int = Field(128, ge=8, description="longer texts are truncated")
@@ -111,14 +148,22 @@ class TextConfig(Strict):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str) -> str:
+        return _known_encoding(v)
+
 
 class SeqConfig(Strict):
     """Sequence-to-sequence (`data.task: seq2seq`): columns, tokenization, held-out share, decoding settings."""
 
     format: Literal["auto", "tsv", "csv", "jsonl"] = Field("auto", description="of a pairs file (data.source "
                                                                              "cmudict needs none)")
-    source_column: str = "source"
-    target_column: str = "target"
+    source_column: str | int = Field("source", description="a header name, or a 0-based column position")
+    target_column: str | int = Field("target", description="a header name, or a 0-based column position")
+    header: bool = Field(True, description="false: the file has no header row (e.g. SIGMORPHON G2P TSVs), columns "
+                                           "are positions; left at their names, the columns are 0 and 1")
+    encoding: str = Field("utf-8", description="text encoding of the pairs files")
     tokenization: Literal["chars", "whitespace"] = Field("chars", description="how sources are split into symbols")
     target_tokenization: Optional[Literal["chars", "whitespace"]] = Field(None, description="default: tokenization")
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="sources held out for the test split (all "
@@ -128,6 +173,25 @@ class SeqConfig(Strict):
     max_decode_len: Optional[int] = Field(None, ge=1, description="default: 1.5 x the longest training target + 5")
     bucket: bool = Field(True, description="training batches of similar lengths (seeded chunks sorted by length, "
                                            "batch order shuffled): far fewer padded RNN steps")
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str) -> str:
+        return _known_encoding(v)
+
+    @model_validator(mode="after")
+    def _columns(self) -> "SeqConfig":
+        """A file without a header has no column names: the default names mean the first two columns."""
+        for name, default, position in (("source_column", "source", 0), ("target_column", "target", 1)):
+            value = getattr(self, name)
+            if isinstance(value, int) and value < 0:
+                raise ValueError(f"{name} = {value}: a column position counts from 0")
+            if not self.header and isinstance(value, str):
+                if value != default:
+                    raise ValueError(f"{name} = {value!r} is a column name, but header is false (the file has no "
+                                     f"header row): give its 0-based position, e.g. {name}: {position}")
+                object.__setattr__(self, name, position)  # not `self.x =`: validate_assignment would recurse
+        return self
 
 
 class DataConfig(Strict):
@@ -607,8 +671,23 @@ def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> Reci
     path = Path(path)
     if not path.exists():
         raise RecipeError(f"recipe file not found: {path}")
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.y*ml"))[:8]
+        raise RecipeError(f"{path} is a folder, not a recipe file: give the path of a .yaml file"
+                          + (f" (this folder holds {', '.join(found)})" if found else ""))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except OSError as e:
+        raise RecipeError(f"cannot read the recipe {path} ({e.strerror or e}); check that it is a readable "
+                          "file") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise RecipeError(f"{path}, line {line}: byte {data[e.start:e.start + 1].hex()!r} is not UTF-8; a recipe is "
+                          "UTF-8 text: re-save it as UTF-8 (an editor's 'encoding' setting)") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"{path} is not valid YAML: {e}") from None
     if overrides and isinstance(raw, dict):
@@ -665,7 +744,10 @@ def format_validation_error(e: ValidationError, origin: str) -> str:
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"  - {where} = {shown}: {err['msg'].removeprefix('Value error, ')}")
+        msg = err['msg'].removeprefix('Value error, ')
+        if kind == "string_type" and isinstance(value, bool):
+            msg += " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote the text, e.g. 'yes')"
+        lines.append(f"  - {where} = {shown}: {msg}")
     return "\n".join(lines)
 
 

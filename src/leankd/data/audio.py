@@ -24,6 +24,7 @@ from torch import Tensor
 
 from leankd.data.cache import load_cached, save_cached
 from leankd.data.layout import is_hidden
+from leankd.data.lines import split_lines
 from leankd.data.readers import _clean_member_name, file_identity, is_tar_path
 from leankd.data.tarstream import read_tar
 from leankd.errors import DataError
@@ -267,7 +268,7 @@ def _read_list(data: bytes, name: str, where: str) -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise DataError(f"{where}: {name} is not UTF-8 text; it should list one clip path per line.") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in split_lines(text) if line.strip()]
 
 
 def _fingerprint(waveforms: Tensor, labels: list[str], files: list[str], noise: list[Tensor],
@@ -433,7 +434,8 @@ def speaker_split(files: list[str], labels: list[str], val_fraction: float = 0.1
     return {k: torch.tensor(v, dtype=torch.int64) for k, v in out.items()}
 
 
-def kws_targets(labels: list[str], files: list[str], keyword: str | None = None) -> tuple[Tensor, list[str]]:
+def kws_targets(labels: list[str], files: list[str], keyword: str | None = None,
+                where: str = "the audio data") -> tuple[Tensor, list[str]]:
     """(int64 targets, class names). No keyword: the 12-class Speech Commands task in its standard order when the
     labels are exactly those, else the sorted label names. With `keyword`: binary ["other", keyword], where the
     keyword is a label folder or a word inside `_unknown_` (recognised by the `<word>_<hash>_nohash_<n>` name)."""
@@ -441,10 +443,17 @@ def kws_targets(labels: list[str], files: list[str], keyword: str | None = None)
         raise DataError(f"kws_targets got {len(files)} files but {len(labels)} labels; pass the same clips' lists.")
     if keyword is None:
         names = list(STANDARD_LABELS) if set(labels) == set(STANDARD_LABELS) else sorted(set(labels))
+        if len(names) < 2:
+            raise DataError(f"{where}: one label folder ({names[0]}/); keyword spotting needs at least two: add "
+                            "a folder of clips per label (<root>/<label>/<clip>.wav), or set data.audio.keyword to "
+                            "a word inside _unknown_")
         index = {n: i for i, n in enumerate(names)}
         return torch.tensor([index[lab] for lab in labels], dtype=torch.int64), names
     words = [_word_of(f, lab) for f, lab in zip(files, labels)]
     if keyword not in set(words):
         raise DataError(f"keyword {keyword!r} is not in this dataset; available words: "
                         f"{', '.join(sorted(set(words)))}.")
+    if all(w == keyword for w in words):
+        raise DataError(f"{where}: every clip is the keyword {keyword!r}, so there is nothing to tell it from: add "
+                        "clips of other words (other label folders or _unknown_/)")
     return torch.tensor([w == keyword for w in words], dtype=torch.int64), ["other", keyword]

@@ -8,6 +8,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import DataError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -29,7 +31,7 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator | None = Non
         raise ValueError(f"pad mode must be one of {PAD_MODES}, got {mode!r}")
     b, c, h, w = x.shape
     if mode == "reflect" and (padding >= h or padding >= w):
-        raise ValueError(f"reflect padding {padding} needs images larger than that, got {h}x{w}; use mode='constant'")
+        raise DataError(f"reflect padding {padding} needs images larger than that, got {h}x{w}; use mode='constant'")
     dy = torch.randint(0, 2 * padding + 1, (b, 1), device=x.device, generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (b, 1), device=x.device, generator=generator)
     rows = dy + torch.arange(h, device=x.device) - padding  # [B,H] source rows, may fall outside [0,H)
@@ -63,7 +65,7 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float], dtype: tor
     """(x/255 - mean) / std per channel for uint8 x, as one fused multiply-add; low-precision dtypes are computed in
     fp32 and cast at the end."""
     if len(mean) != x.shape[1] or len(std) != x.shape[1]:
-        raise ValueError(f"mean/std have {len(mean)}/{len(std)} values but the images have {x.shape[1]} channels")
+        raise DataError(f"mean/std have {len(mean)}/{len(std)} values but the images have {x.shape[1]} channels")
     work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     m = torch.as_tensor(mean, dtype=torch.float64)
     s = torch.as_tensor(std, dtype=torch.float64)

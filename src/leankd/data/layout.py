@@ -77,12 +77,14 @@ def find_layout(files: Iterable[str], dirs: Iterable[str], where: str) -> Layout
             prefix = _join(prefix, children[0])  # a wrapping folder, e.g. `cifar10/train/...` in a tar
             continue
         classes = _class_files(tree, prefix, where)
+        _at_least_two(classes, prefix, where)
         return Layout(sorted(classes), {"train": classes}, {"train": prefix})
 
 
 def _split_layout(tree: "_Tree", prefix: str, by_lower: dict[str, str], where: str) -> Layout:
     train_dir = _join(prefix, by_lower["train"])
     splits = {"train": _class_files(tree, train_dir, where)}
+    _at_least_two(splits["train"], train_dir, where)
     split_dirs = {"train": train_dir}
     test_name = next((by_lower[n] for n in TEST_SPLIT_NAMES if n in by_lower), None)
     if test_name is not None:
@@ -124,6 +126,16 @@ def _class_files(tree: "_Tree", folder: str, where: str) -> dict[str, list[str]]
             )
         out[cls] = found
     return out
+
+
+def _at_least_two(classes: dict[str, list[str]], folder: str, where: str) -> None:
+    """Classification needs two classes; one class folder fails here, before a teacher trains on it."""
+    if len(classes) < 2:
+        found = ", ".join(f"{c}/ ({len(f)} images)" for c, f in classes.items())
+        raise DataError(
+            f"{where}: only one class folder in {_show(folder)} ({found}); image classification needs at least two: "
+            f"put each class's images in its own folder, <root>/<class>/<image> (e.g. cat/, dog/)."
+        )
 
 
 class _Tree:

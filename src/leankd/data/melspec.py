@@ -18,6 +18,8 @@ import warnings
 import torch
 from torch import nn
 
+from ..errors import DataError
+
 __all__ = ["LogMel", "hz_to_mel", "mel_filterbank", "mel_to_hz"]
 
 
@@ -72,16 +74,16 @@ class LogMel(nn.Module):
         for name, value in (("sample_rate", sample_rate), ("n_fft", n_fft), ("win_length", win_length),
                             ("hop_length", hop_length), ("n_mels", n_mels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LogMel {name} must be a positive integer, got {value!r}")
+                raise DataError(f"LogMel {name} must be a positive integer, got {value!r}")
         if win_length > n_fft:
-            raise ValueError(f"LogMel win_length ({win_length}) must be <= n_fft ({n_fft})")
+            raise DataError(f"LogMel win_length ({win_length}) must be <= n_fft ({n_fft})")
         if not 0.0 <= f_min < f_max:
-            raise ValueError(f"LogMel needs 0 <= f_min < f_max, got f_min={f_min}, f_max={f_max}")
+            raise DataError(f"LogMel needs 0 <= f_min < f_max, got f_min={f_min}, f_max={f_max}")
         if f_max > sample_rate / 2:
-            raise ValueError(f"LogMel f_max ({f_max}) must be <= sample_rate / 2 ({sample_rate / 2}), the Nyquist "
-                             f"frequency")
+            raise DataError(f"LogMel f_max ({f_max}) must be <= sample_rate / 2 ({sample_rate / 2}), the Nyquist "
+                            f"frequency")
         if not eps > 0:
-            raise ValueError(f"LogMel eps must be > 0 (it keeps log away from -inf), got {eps}")
+            raise DataError(f"LogMel eps must be > 0 (it keeps log away from -inf), got {eps}")
         self.sample_rate, self.n_fft, self.win_length, self.hop_length = sample_rate, n_fft, win_length, hop_length
         self.n_mels, self.f_min, self.f_max, self.center, self.eps = n_mels, float(f_min), float(f_max), center, eps
         fb = mel_filterbank(n_fft // 2 + 1, sample_rate, n_mels, self.f_min, self.f_max)
@@ -106,7 +108,7 @@ class LogMel(nn.Module):
         squeeze = waveform.dim() == 1
         x = waveform.unsqueeze(0) if squeeze else waveform
         if not self.center and x.shape[-1] < self.n_fft:
-            raise ValueError(f"LogMel needs at least n_fft={self.n_fft} samples for one frame, got {x.shape[-1]}")
+            raise DataError(f"LogMel needs at least n_fft={self.n_fft} samples for one frame, got {x.shape[-1]}")
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.to(torch.float32)
             spec = torch.stft(x, self.n_fft, hop_length=self.hop_length, win_length=self.win_length,

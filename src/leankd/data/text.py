@@ -1,25 +1,22 @@
 """Text tables: GLUE-style TSV, CSV, JSON lines and TREC's `LABEL:fine text` lines -> texts, optional second texts
 (sentence pairs), labels.
 
-Why this module reads files itself instead of `datasets`: nothing may be downloaded, the files are small, and GLUE's
-TSVs are not valid CSV (unbalanced quotes inside sentences), so they are split on tabs with no quoting at all.
+Why this module reads files itself instead of `datasets`: nothing may be downloaded and the files are small; folders
+of split files and the rows of TSV/CSV/JSONL files are found and read by `tables.py`, shared with seq2seq data.
 Columns are found by name in the header; `text_column` may list alternatives, because one dataset often names the
 same column differently per file (SST-2: `sentence` in train, `content` in dev/test).
 """
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import DataError
+from .lines import read_text, split_lines
+from .tables import SPLIT_STEMS, columns_of, find_split_files, format_of, read_rows  # noqa: F401 (re-exported)
 
 FORMATS = ("tsv", "csv", "jsonl", "trec")
-_SUFFIX_FORMAT = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".label": "trec"}
-# split name -> file stems that hold it (GLUE: dev; Hugging Face exports: validation)
-SPLIT_STEMS = {"train": ("train",), "val": ("dev", "validation", "val"), "test": ("test",)}
 
 
 @dataclass
@@ -34,47 +31,18 @@ class TextTable:
         return len(self.texts)
 
 
-def format_of(path: Path, fmt: str = "auto") -> str:
-    if fmt != "auto":
-        return fmt
-    try:
-        return _SUFFIX_FORMAT[path.suffix.lower()]
-    except KeyError:
-        raise DataError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; set data.text.format to one "
-                        f"of {', '.join(FORMATS)}") from None
-
-
-def find_split_files(source: Path) -> dict[str, Path]:
-    """{split: file} in a folder laid out as train.tsv / dev.tsv / test.tsv (any supported suffix)."""
-    if not source.exists():
-        raise DataError(f"data.source {str(source)!r} does not exist: give a folder with train.tsv (and dev/test "
-                        "files) or a single train file")
-    if source.is_file():
-        return {"train": source}
-    found: dict[str, Path] = {}
-    for split, stems in SPLIT_STEMS.items():
-        for stem in stems:
-            hits = sorted(p for p in source.iterdir() if p.stem == stem and p.suffix.lower() in _SUFFIX_FORMAT)
-            if hits:
-                found[split] = hits[0]
-                break
-    if "train" not in found:
-        raise DataError(f"{source}: no train file (train.tsv, train.csv, train.jsonl or train.label); found "
-                        f"{sorted(p.name for p in source.iterdir())[:10]}")
-    return found
-
-
 def read_table(path: Path, fmt: str = "auto", text_column: Sequence[str] = ("sentence",),
-               pair_column: Optional[str] = None, label_column: str = "label") -> TextTable:
-    """Read one split. Errors name the file, the row and what to set in the recipe."""
+               pair_column: Optional[str] = None, label_column: str = "label", encoding: str = "utf-8") -> TextTable:
+    """Read one split. Errors name the file, the row and what to set in the recipe. `encoding`: of TSV/CSV/JSONL
+    files (data.text.encoding); TREC files are latin-1 by definition."""
     path = Path(path)
     fmt = format_of(path, fmt)
     if fmt == "trec":
         return _read_trec(path)
-    rows = _read_rows(path, fmt)
+    rows = read_rows(path, fmt, encoding)
     if not rows:
         raise DataError(f"{path}: no rows")
-    columns = list(rows[0].keys())
+    columns = columns_of(rows)
     text_key = next((c for c in text_column if c in columns), None)
     if text_key is None:
         raise DataError(f"{path}: none of the text columns {list(text_column)} is in its header {columns}; set "
@@ -83,52 +51,23 @@ def read_table(path: Path, fmt: str = "auto", text_column: Sequence[str] = ("sen
         if key is not None and key not in columns:
             raise DataError(f"{path}: column {key!r} (data.text.{what}) is not in its header {columns}")
     texts, pairs, labels = [], [] if pair_column else None, []
-    for i, row in enumerate(rows):
-        line = i + 2 if fmt != "jsonl" else i + 1
-        text, label = row.get(text_key), row.get(label_column)
-        if text is None or label is None or (pair_column and row.get(pair_column) is None):
-            raise DataError(f"{path}, row {line}: missing a value (columns {columns}); is the file cut short or a "
-                            "separator missing?")
+    for row in rows:
+        values = row.values
+        text, label = values.get(text_key), values.get(label_column)
+        if text is None or label is None or (pair_column and values.get(pair_column) is None):
+            raise DataError(f"{path}, row {row.line}: missing a value (columns {columns}); is the file cut short or "
+                            "a separator missing?")
         texts.append(str(text))
         labels.append(str(label).strip())
         if pairs is not None:
-            pairs.append(str(row[pair_column]))
+            pairs.append(str(values[pair_column]))
     return TextTable(str(path), texts, labels, pairs)
-
-
-def _read_rows(path: Path, fmt: str) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    if fmt == "jsonl":
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}, line {i}: not JSON ({e.msg})") from None
-        return rows
-    lines = text.splitlines()
-    if fmt == "tsv":  # GLUE TSVs: split on tabs, no quoting (sentences contain unbalanced quotes)
-        reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.reader(lines)
-    table = [r for r in reader if r]
-    if not table:
-        return []
-    header, body = table[0], table[1:]
-    rows = []
-    for i, r in enumerate(body, 2):
-        if len(r) != len(header):
-            raise DataError(f"{path}, row {i}: {len(r)} fields but the header has {len(header)} ({header}); a tab or "
-                            "comma inside a text? use the csv or jsonl format for texts that contain separators")
-        rows.append(dict(zip(header, r)))
-    return rows
 
 
 def _read_trec(path: Path) -> TextTable:
     """TREC question classification: `COARSE:fine question words` per line, latin-1; the coarse label is the class."""
     texts, labels = [], []
-    for i, line in enumerate(path.read_text(encoding="latin-1").splitlines(), 1):
+    for i, line in enumerate(split_lines(read_text(path, "latin-1")), 1):
         if not line.strip():
             continue
         label, sep, rest = line.partition(" ")

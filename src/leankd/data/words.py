@@ -34,7 +34,7 @@ class WordVocab:
 
     def __init__(self, words: list[str]):
         if list(words[:len(SPECIALS)]) != list(SPECIALS):
-            raise ValueError(f"a WordVocab starts with {SPECIALS}")
+            raise DataError(f"a WordVocab starts with {SPECIALS}")
         self.words = list(words)
         self.index = {w: i for i, w in enumerate(self.words)}
 

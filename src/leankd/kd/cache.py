@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import RecipeError
 from ..io import atomic_path, write_json_atomic
 from ..tasks.base import Batch, Task
 
@@ -132,8 +133,8 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
     teacher) over every view. With `prune` (a run directory's own cache), caches of other fingerprints there are
     stale: reported and removed; a shared directory (`prune=False`) keeps one cache per fingerprint."""
     if not task.supports_views:
-        raise ValueError("teacher.cache needs the training data in memory (augmentation views are replayed from "
-                         "it): set data.in_memory: true, or turn teacher.cache off")
+        raise RecipeError("teacher.cache needs the training data in memory (augmentation views are replayed from "
+                          "it): set data.in_memory: true, or turn teacher.cache off")
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".lock", "w") as lock:  # processes sharing a cache_dir build each cache once
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -157,8 +158,8 @@ def _build_or_load(directory, fingerprint, teacher, task, views, seed, batch_siz
         leftover.unlink()
     n, c = task.cache_size(), task.num_classes
     if top_k is not None and not 1 <= top_k < c:
-        raise ValueError(f"teacher.cache_top_k = {top_k} must be between 1 and {c - 1} (the task has {c} classes); "
-                         "leave it unset to store every logit")
+        raise RecipeError(f"teacher.cache_top_k = {top_k} must be between 1 and {c - 1} (the task has {c} classes); "
+                          "leave it unset to store every logit")
     width, dtype = (c, np.float16) if top_k is None else (2 * top_k + 1, np.float32)
 
     def cached(build_s):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import DataError
 from ..tasks.base import Task, concat_inputs, take_inputs
 from .layers import LayerAnalysis, analyze
 from .taps import FeatureTaps, TapError, candidate_layers, first_tensor, module_names
@@ -99,7 +100,8 @@ def analyze_layers(student: nn.Module, teacher: nn.Module, task: Task, *, studen
     s_feats, _, _ = capture(student, student_layers, task, batches, batch_size, "student", seed)
     t_feats, t_logits, targets = capture(teacher, teacher_layers, task, batches, batch_size, "teacher", seed)
     if targets.unique().numel() < 2:
-        raise ValueError("layer analysis needs examples of at least 2 classes; the training split has fewer")
+        raise DataError("layer analysis (pairs: auto) needs examples of at least 2 classes; the training split has "
+                        "fewer: use more training data, or name the layer pairs")
     return analyze(s_feats, t_feats, targets, t_logits, task.num_classes, top_k=top_k)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import DataError
 from .taps import first_tensor
 
 # Centered values this small relative to the raw ones are rounding noise of the mean: a constant representation.
@@ -54,7 +55,7 @@ def _centered_gram(x: Tensor, debiased: bool = False) -> tuple[Tensor, float]:
     """
     n = x.shape[0]
     if n < (4 if debiased else 2):
-        raise ValueError(f"CKA needs at least {4 if debiased else 2} examples, got n={n}")
+        raise DataError(f"CKA needs at least {4 if debiased else 2} examples, got n={n}")
     xc = x - x.mean(dim=0, keepdim=True)
     if xc.abs().max().item() <= _DEGENERATE * x.abs().max().item():  # also catches all-zero x
         return torch.zeros(n, n, dtype=x.dtype, device=x.device), 0.0
@@ -152,7 +153,7 @@ def probe_accuracy(
     if folds < 2:
         raise ValueError(f"folds must be >= 2 to hold out data, got {folds}")
     if n < 2 * folds:
-        raise ValueError(f"need at least {2 * folds} examples for {folds} folds, got n={n}")
+        raise DataError(f"need at least {2 * folds} examples for {folds} folds, got n={n}")
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min().item()}, {labels.max().item()}]")
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import RecipeError
+
 
 @dataclass
 class LossInputs:
@@ -185,7 +187,7 @@ class KD(Loss):
     def __init__(self, temperature: float = 4.0):
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"KD temperature must be > 0, got {temperature}")
+            raise RecipeError(f"KD temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
     def compute(self, inputs: LossInputs) -> Tensor:
@@ -210,7 +212,7 @@ class SoftCE(Loss):
     def __init__(self, temperature: float = 1.0):
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"SoftCE temperature must be > 0, got {temperature}")
+            raise RecipeError(f"SoftCE temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
     def compute(self, inputs: LossInputs) -> Tensor:
@@ -254,7 +256,7 @@ class LabelMSE(Loss):
 def mix(alpha: float = 0.9, temperature: float = 4.0, label_smoothing: float = 0.0) -> WeightedSum:
     """The classic α-mix: α·KD(T) + (1−α)·CE."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise RecipeError(f"alpha must be in [0, 1], got {alpha}")
     return alpha * KD(temperature) + (1.0 - alpha) * CE(label_smoothing)
 
 

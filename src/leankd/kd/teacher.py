@@ -7,6 +7,7 @@ from typing import Optional, Protocol
 import torch
 from torch import Tensor, nn
 
+from ..errors import RecipeError
 from ..tasks.base import Batch, Task
 from .taps import FeatureTaps, tree_map
 
@@ -28,7 +29,7 @@ class LiveTeacher:
         """`device`: where the teacher lives (default: the task's device). `cpu` keeps it off a small GPU while the
         student trains there (memory-aware mode): inputs go to the CPU, logits come back to the student's device."""
         if precision not in DTYPES:
-            raise ValueError(f"teacher precision must be one of {sorted(DTYPES)}, got {precision!r}")
+            raise RecipeError(f"teacher precision must be one of {sorted(DTYPES)}, got {precision!r}")
         self.dtype = DTYPES[precision]
         self.device = torch.device(device) if device is not None else task.device
         self.model = model.to(device=self.device, dtype=self.dtype).eval()

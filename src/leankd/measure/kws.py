@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from leankd.errors import DataError
 from leankd.measure.quality import classification_metrics
 
 __all__ = ["FAR_TARGET", "binary_kws_metrics", "fa_fr_auc", "fa_fr_curve", "frr_at_far"]
@@ -81,5 +82,5 @@ def _check(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError("targets must be 0 (other) or 1 (keyword)")
     n_pos = int(targets.sum())
     if n_pos == 0 or n_pos == targets.numel():
-        raise ValueError(f"FA/FR needs both classes: got {n_pos} keyword and {targets.numel() - n_pos} other samples")
+        raise DataError(f"FA/FR needs both classes: got {n_pos} keyword and {targets.numel() - n_pos} other samples")
     return scores, targets

@@ -8,6 +8,8 @@ from torch import Tensor
 from torchmetrics.functional.classification import (binary_f1_score, multiclass_accuracy, multiclass_f1_score,
                                                     multiclass_matthews_corrcoef)
 
+from ..errors import DataError
+
 
 def classification_metrics(logits: Tensor, targets: Tensor, class_names: list[str] | None = None) -> dict:
     """Accuracy, macro-F1, per-class accuracy and mean cross-entropy of `logits` [N, C] against `targets` [N].
@@ -24,9 +26,11 @@ def classification_metrics(logits: Tensor, targets: Tensor, class_names: list[st
         raise ValueError(f"targets must be [N] with N={logits.shape[0]}, got shape {tuple(targets.shape)}")
     n, num_classes = logits.shape
     if n == 0:
-        raise ValueError("cannot compute metrics on zero samples")
+        raise DataError("cannot compute metrics on zero samples: the split is empty (raise data.limit_test or the "
+                        "held-out fraction, or add test data)")
     if num_classes < 2:
-        raise ValueError(f"need at least 2 classes, got {num_classes}")
+        raise DataError(f"classification metrics need at least 2 classes, got {num_classes}: give the data a "
+                        "second class")
     if class_names is None:
         class_names = [str(i) for i in range(num_classes)]
     if len(class_names) != num_classes:

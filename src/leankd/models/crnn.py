@@ -108,12 +108,13 @@ class CRNN(nn.Module):
         `[j * st, j * st + kt)` only, so columns can be computed chunk by chunk."""
         if not is_fx_symbolic_tracing():  # torch.fx (BatchNorm folding for QAT) cannot trace shape checks
             if feats.dim() != 3:
-                raise ValueError(f"CRNN expects log-mel features [B, n_mels, T] (n_mels={self.n_mels}), "
+                raise ModelError(f"CRNN expects log-mel features [B, n_mels, T] (n_mels={self.n_mels}), "
                                  f"got shape {tuple(feats.shape)}")
             if feats.shape[1] != self.n_mels:
-                raise ValueError(f"CRNN expects [B, n_mels, T] with n_mels={self.n_mels}, got shape {tuple(feats.shape)}")
+                raise ModelError(f"CRNN expects [B, n_mels, T] with n_mels={self.n_mels}, got shape "
+                                 f"{tuple(feats.shape)}")
             if feats.shape[2] < self.min_frames:
-                raise ValueError(f"CRNN needs at least {self.min_frames} frames (its conv's time kernel), "
+                raise ModelError(f"CRNN needs at least {self.min_frames} frames (its conv's time kernel), "
                                  f"got shape {tuple(feats.shape)}")
         x = self.conv_post(self.conv(feats.unsqueeze(1)))  # [B, C, F', T']
         return x.flatten(1, 2).transpose(1, 2)

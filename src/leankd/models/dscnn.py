@@ -84,7 +84,7 @@ class DSCNN(nn.Module):
 
     def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
         if not is_fx_symbolic_tracing() and (feats.dim() != 3 or feats.shape[1] != self.n_mels):  # fx: see crnn.py
-            raise ValueError(f"DS-CNN expects log-mel features [B, n_mels, T] (n_mels={self.n_mels}), "
+            raise ModelError(f"DS-CNN expects log-mel features [B, n_mels, T] (n_mels={self.n_mels}), "
                              f"got shape {tuple(feats.shape)}")
         return self.blocks(self.stem(feats.unsqueeze(1)))
 

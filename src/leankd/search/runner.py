@@ -93,7 +93,9 @@ class Search:
 
     def log(self, msg: str) -> None:
         if not self.quiet:
-            self.console.print(msg, highlight=False, soft_wrap=True)
+            from ..markup import safe  # brackets in messages are text, not markup
+
+            self.console.print(safe(msg), highlight=False, soft_wrap=True)
 
     # ---------------------------------------------------------------------------------------------- set-up
     def prepare(self) -> None:

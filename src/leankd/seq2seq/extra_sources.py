@@ -19,6 +19,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from ..data.lines import read_text, split_lines
 from ..data.seq2seq import tokenize
 from ..errors import DataError
 
@@ -77,7 +78,7 @@ def file_sources(path: str | Path, tokenization: str, exclude: set[tuple[str, ..
         raise DataError(f"distill.seq.extra_sources.file: {path} not found: give a text file with one unlabeled "
                         "source per line")
     out, seen = [], set(exclude)
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in split_lines(read_text(path, "utf-8")):  # not splitlines(): U+0085 inside a line is text
         symbols = tokenize(line, tokenization)
         if symbols and tuple(symbols) not in seen:
             seen.add(tuple(symbols))

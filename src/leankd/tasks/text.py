@@ -389,8 +389,8 @@ def build_text_task(cfg, device: torch.device, seed: int, channels_last: bool = 
 
     text = cfg.text
     files = find_split_files(Path(cfg.source))
-    tables = {split: read_table(path, text.format, text.text_column, text.pair_column, text.label_column)
-              for split, path in files.items()}
+    tables = {split: read_table(path, text.format, text.text_column, text.pair_column, text.label_column,
+                                encoding=text.encoding) for split, path in files.items()}
     if regression:
         classes = ["score"]
         labels = {split: _scores(t) for split, t in tables.items()}

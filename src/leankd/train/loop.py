@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import RecipeError
 from ..kd.losses import CE, Loss, LossInputs
 from ..kd.taps import FeatureTaps, use_eager_attention
 from ..kd.teacher import DTYPES, Teacher
@@ -103,7 +104,7 @@ def fit(
         _make_deterministic()
     loss = loss if loss is not None else CE(cfg.label_smoothing)
     if loss.needs_teacher and teacher is None:
-        raise ValueError(f"loss '{loss.describe()}' needs a teacher, but none was given")
+        raise RecipeError(f"loss '{loss.describe()}' needs a teacher, but none was given")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
