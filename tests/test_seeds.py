@@ -223,9 +223,14 @@ def test_seeds_end_to_end_teacher_once_and_an_existing_run_extended(tmp_path):
 
     md = (run_dir / "report.md").read_text()
     assert "## Seeds" in md and "| model | accuracy (%) mean ± sd | seed 0 (main) | seed 1 | seed 2 |" in md
-    assert "over 3 seeds" in md and "Measured on one seed" not in md
-    within = not (p["ci_low_points"] > 0 or p["ci_high_points"] < 0)
-    assert ("within seed spread" in md) == within
+    assert "Measured on one seed" not in md
+    if any(report["models"][role].get("quality_flags") for role in ("baseline", "student")):
+        # one epoch on 40 images may leave a model at chance: then no gain is claimed, over seeds or not
+        assert "KD gain over the baseline: not meaningful" in md
+    else:
+        assert "over 3 seeds" in md
+        within = not (p["ci_low_points"] > 0 or p["ci_high_points"] < 0)
+        assert ("within seed spread" in md) == within
 
     # seeds_teacher: per_seed on the same run: the main teacher stays, seed 1 trains its own teacher and (since their
     # teacher changed) its students; seed 2 is not asked for and left alone
