@@ -560,8 +560,6 @@ def test_export_to_an_unknown_format_loses_nothing(tmp_path, finished_run):
     assert_unchanged(before, run_dir, allow_new=False)
 
 
-@pytest.mark.xfail(strict=True, reason="today `leankd compress` on a run whose student/ is gone silently trains a new "
-                                      "student (exit 0) instead of asking for `leankd run` first")
 def test_compress_a_run_without_a_trained_student(tmp_path, finished_run):
     run_dir, before = _copy(finished_run, tmp_path / "run")
     shutil.rmtree(run_dir / "student")

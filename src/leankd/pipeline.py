@@ -786,6 +786,8 @@ class Pipeline:
             fp = fingerprint({"stage": name, "model": model_fp, "loss": loss.describe(), "seed": self.recipe.seed,
                               "train": _stable(cfg.model_dump(), ADDED_TRAIN_DEFAULTS), **extra_fp})
         stage_json, weights, ckpt = sdir / "stage.json", sdir / "model.safetensors", sdir / "checkpoint.safetensors"
+        if self.add_targets is not None and not (model_cfg.checkpoint and name == "teacher"):
+            self._check_finished(name, stage_json, weights, fp)
         if self.force and sdir.exists():
             shutil.rmtree(sdir)
         if stage_json.exists():
@@ -836,6 +838,16 @@ class Pipeline:
         if ckpt.exists():
             ckpt.unlink()  # the stage is complete: its final weights are in model.safetensors
         return StageResult(model, origin, training, reused=False)
+
+    def _check_finished(self, name: str, stage_json: Path, weights: Path, fp: str) -> None:
+        """`leankd compress`/`export` add artifacts to a finished run: a stage they would have to train (missing,
+        unfinished, or made with other settings) is an error before any training, not a silent retrain."""
+        if stage_json.exists() and weights.exists() and json.loads(stage_json.read_text())["fingerprint"] == fp:
+            return
+        why = ("was made with other settings" if stage_json.exists() and weights.exists() else "is not finished")
+        raise LeanKDError(f"stage '{name}' of {self.run_dir} {why}, so there is no trained {name} to compress: "
+                          f"run `leankd run {self.run_dir / 'recipe.yaml'} --run-dir {self.run_dir}` first "
+                          "(add --resume if it was interrupted)")
 
     # ---------------------------------------------------------------------------------------------------
     def report(self, task: Task, stages: dict[str, StageResult],
