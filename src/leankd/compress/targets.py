@@ -86,8 +86,16 @@ def _half(precision: str):
     return build
 
 
+def _size_note(path: Path, model: nn.Module) -> str:
+    """The saved file against the fp32 tensors it replaces (each shared tensor counted once, as a file stores it)."""
+    tensors = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()
+               if isinstance(t, torch.Tensor)}
+    fp32, size = sum(tensors.values()), path.stat().st_size
+    return f"file {size:,} bytes against {fp32:,} bytes of fp32 tensors ({fp32 / max(size, 1):.2f}x smaller)"
+
+
 def _int8_dynamic(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
-    from .quantize import quantize_dynamic_int8, save_quantized
+    from .quantize import embedding_notes, quantize_dynamic_int8, save_quantized
 
     # with example inputs, a module whose int8 version breaks the forward pass is put back in float and named
     result = quantize_dynamic_int8(model, example_inputs=_cpu_inputs(ctx.task, 2, model),
@@ -96,16 +104,18 @@ def _int8_dynamic(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
     save_quantized(path, result.model)
     notes = []
     if not result.quantized:
-        notes.append("no Linear/GRU/LSTM module to quantize: the artifact is the float model (use int8-static)")
+        notes.append("no Linear/GRU/LSTM/Embedding module to quantize: the artifact is the float model (use "
+                     "int8-static)")
+    notes += [*embedding_notes(result, model), _size_note(path, model)]
     return BuiltArtifact(result.model, path, "torch", result.quantized, result.skipped, notes)
 
 
 def _vocab_trim(int8: bool):
     """Text students: the word embedding cut to the tokens of the training texts (compress/vocab.py), then
-    optionally int8-dynamic like `int8-dynamic` (the embedding stays float there, so the two savings add up)."""
+    optionally int8-dynamic like `int8-dynamic` (the trimmed embedding is int8 too, so the two savings multiply)."""
     def build(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
         from ..train.checkpoint import save_weights
-        from .quantize import quantize_dynamic_int8, save_quantized
+        from .quantize import embedding_notes, quantize_dynamic_int8, save_quantized
         from .vocab import trim_vocabulary
 
         if not hasattr(ctx.task, "tokens_in_use"):
@@ -123,7 +133,8 @@ def _vocab_trim(int8: bool):
                                        forward=ctx.task.forward)
         path = ctx.out_dir / "vocab-trim-int8.pt"
         save_quantized(path, result.model)
-        return BuiltArtifact(result.model, path, "torch", result.quantized, result.skipped, [note], params=params)
+        notes = [note, *embedding_notes(result, trimmed), _size_note(path, trimmed)]
+        return BuiltArtifact(result.model, path, "torch", result.quantized, result.skipped, notes, params=params)
 
     return build
 
