@@ -96,7 +96,8 @@ def measure_student(student: str, args, out: Path, teacher_checkpoint: Path | No
                "finite": all(math.isfinite(x) for x in losses), "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps({"student": student, **row}), flush=True)
         rows.append(row)
-    return {"student": student, "teacher_checkpoint": str(pipe.run_dir / "teacher" / "model.safetensors"), "fp32_accuracy": round(fp32_acc, 4), "student_lr": recipe.train.lr,
+    return {"student": student, "teacher_checkpoint": str(pipe.run_dir / "teacher" / "model.safetensors"),
+            "fp32_accuracy": round(fp32_acc, 4), "student_lr": recipe.train.lr,
             "momentum": ft.cfg.momentum, "optimizer": ft.cfg.optimizer, "weight_decay": ft.cfg.weight_decay,
             "qat_epochs": args.qat_epochs, "train_examples": task.split_size("train"),
             "eval_examples": task.split_size(task.eval_split), "prepare_s": round(prepare_s, 1), "factors": rows}
@@ -112,6 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-epochs", type=positive_int, default=4)
     p.add_argument("--student-epochs", type=positive_int, default=4)
     p.add_argument("--qat-epochs", type=positive_int, default=1)
+    p.add_argument("--teacher-checkpoint", type=Path, default=None,
+                   help="load the teacher from here instead of training it with the first student's run")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/qat_lr"))
     args = p.parse_args(argv)
@@ -120,10 +123,10 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"load_average_start": os.getloadavg(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "students": []}
-    teacher = None
+    teacher = args.teacher_checkpoint
     for student in args.students:
         result["students"].append(measure_student(student, args, args.out, teacher))
-        teacher = Path(result["students"][0]["teacher_checkpoint"])
+        teacher = teacher or Path(result["students"][0]["teacher_checkpoint"])
     result["load_average_end"] = os.getloadavg()
     write_text_atomic(args.out / "qat_lr.json", json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

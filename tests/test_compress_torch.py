@@ -494,5 +494,6 @@ def test_onnx_int8_says_when_the_embedding_lookup_stays_float(tmp_path):
     art = build_artifact("onnx-int8-dynamic", BagOfWords(padding_idx=None).eval(), _IdsTask(), tmp_path)
     notes = [n for n in art.notes if "Gather stay fp32" in n]
     # 1,280,000 of 1,281,040 bytes of weights (the head's 64 x 4 int8 weights are smaller still): 100 %
-    assert len(notes) == 1 and notes[0].startswith("1 embedding table(s) looked up by Gather stay fp32") \
+    assert len(notes) == 1 and notes[0].startswith("1 embedding table(s) looked up by Gather stay fp32 in "
+                                                   "int8-dynamic.onnx") \
         and "about 100% of its weight bytes" in notes[0]

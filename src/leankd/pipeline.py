@@ -733,16 +733,17 @@ class Pipeline:
         student_cfg = r.stage_train("student")
         qat = r.compress.qat
         cfg = student_cfg.model_copy(update=dict(
-            epochs=qat.epochs, lr=qat.lr or student_cfg.effective_lr * qat.lr_factor, lr_scaling="none", schedule="cosine",
+            epochs=qat.epochs, lr=qat.lr or student_cfg.effective_lr * qat.lr_factor, lr_scaling="none",
+            schedule="cosine",
             warmup_epochs=0.0, precision="fp32", compile=False, cuda_graphs=False, channels_last=False))
         # logits only: BatchNorm folding (torch.fx) flattens the student, so layer taps would not find their modules
         loss = build_loss(r.distill, student_cfg.label_smoothing, regression=task.regression)
         live = None
         if loss.needs_teacher:
             live = self.live_teacher(teacher, task, channels_last=False)
-        return Finetune(cfg, loss, live, r.seed, progress=lambda name: RichProgress(name, self.console, quiet=self.quiet),
-                        log=self.log, retries=qat.retries, divergence_margin=qat.divergence_margin,
-                        loss_factor=qat.loss_factor)
+        return Finetune(cfg, loss, live, r.seed,
+                        progress=lambda name: RichProgress(name, self.console, quiet=self.quiet), log=self.log,
+                        retries=qat.retries, divergence_margin=qat.divergence_margin, loss_factor=qat.loss_factor)
 
     def compress(self, task: Task, student: nn.Module, teacher: Optional[nn.Module] = None) -> dict[str, tuple]:
         """Build every `compress.targets` artifact from the saved student. A target that fails is reported, never

@@ -43,7 +43,7 @@ class QATDiverged(Exception):
 class StartPoint:
     """Where QAT starts: the fake-quantized student before any optimizer step."""
 
-    loss: float  # mean training loss over the first training batches (eval mode: no dropout, observers frozen)
+    loss: float  # mean training loss over the first training batches (dropout on; observers and BatchNorm frozen)
     accuracy: Optional[float]  # None for regression tasks: then only the loss is watched
     split: str  # "val", or "train" (un-augmented, at most TRAIN_CHECK_BATCHES batches) when there is no val split
     examples: int
@@ -82,10 +82,19 @@ def check_accuracy(model: nn.Module, task: Task, split: str) -> tuple[Optional[f
 @torch.no_grad()
 def measure_start(model: nn.Module, task: Task, loss, teacher, batch_size: int, seed: int,
                   precision: str = "fp32") -> StartPoint:
-    """The fake-quantized student's loss on the first training batches fit() will see, and its accuracy."""
+    """The fake-quantized student's loss on the first training batches fit() will see, and its accuracy.
+
+    The loss is taken in training mode (dropout on, as in the losses fit() reports: a student with heavy dropout
+    would otherwise look diverged at its first step) with the observers and any unfolded BatchNorm frozen, so
+    measuring moves no activation range and no running statistic."""
+    from .qat import ActivationFakeQuant
+
     model.to(task.device)
     was_training = model.training
-    model.eval()  # no dropout, and the activation observers keep their calibrated range
+    model.train()
+    for m in model.modules():
+        if isinstance(m, (ActivationFakeQuant, nn.modules.batchnorm._BatchNorm)):
+            m.eval()
     total, seen = 0.0, 0
     try:
         for batch in islice(task.train_batches(0, batch_size, seed), START_LOSS_BATCHES):

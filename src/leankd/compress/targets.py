@@ -161,6 +161,7 @@ def _seq2seq_onnx(model: nn.Module, ctx: BuildContext, int8: bool) -> BuiltArtif
     left = None
     if int8:
         files = quantize_seq2seq_onnx(*files, ctx.out_dir)
+        notes += [n for n in map(_float_lookup_note, files) if n]
         if getattr(model, "cell", None) == "gru":
             left = {"GRU": "ONNX Runtime dynamic quantization covers LSTM, MatMul and Gemm, not GRU"}
     runnable = OnnxSeq2Seq(*files)
@@ -205,16 +206,19 @@ def _float_lookup_note(path: Path) -> Optional[str]:
 
     from .onnx_common import load_proto
 
-    graph = load_proto(path, external=True).graph
-    nbytes = {t.name: math.prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-              for t in graph.initializer}
+    try:
+        graph = load_proto(path, external=True).graph
+        nbytes = {t.name: math.prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                  for t in graph.initializer}
+    except Exception as e:  # noqa: BLE001 - a note must not cost the artifact
+        return f"{path.name}: could not check whether embedding lookups stay fp32 ({type(e).__name__}: {e})"
     floats = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
     tables = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in floats
               and nbytes[n.input[0]] >= 4096}  # a table, not a handful of constants
     if not tables:
         return None
     share = sum(nbytes[t] for t in tables) / max(sum(nbytes.values()), 1)
-    return (f"{len(tables)} embedding table(s) looked up by Gather stay fp32 in this int8 ONNX model (about "
+    return (f"{len(tables)} embedding table(s) looked up by Gather stay fp32 in {path.name} (about "
             f"{share:.0%} of its weight bytes): ONNX Runtime's int8 here quantizes the matrix products, not the "
             "lookups; int8-dynamic (PyTorch) stores embeddings as int8")
 
