@@ -5,10 +5,16 @@ import json
 import math
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 from typer.testing import CliRunner
 
 from leankd.cli import app
-from leankd.compress.qat_guard import DivergenceWatch, QATDiverged, StartPoint
+from leankd.compress.qat import prepare_qat
+from leankd.compress.qat_guard import DivergenceWatch, QATDiverged, StartPoint, measure_start
+from leankd.kd.losses import CE
+from leankd.tasks.base import Batch
 from test_compress_pipeline import data, finished_run  # noqa: F401 - fixtures: a finished tiny resnet8 run
 
 runner = CliRunner()
@@ -78,3 +84,49 @@ def test_diverging_qat_falls_back_to_int8_static_and_says_so(finished_run):  # n
     assert qat.get("training") is None  # no fine-tuned model stands behind it
     md = (finished_run / "report.md").read_text()
     assert "qat: QAT FELL BACK TO int8-static" in md
+
+
+class _Task:
+    """A 3-class task of 40 fixed examples (two batches of 16, one of 8), no validation split."""
+
+    device = torch.device("cpu")
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+
+    def _batches(self, bs):
+        for i in range(0, 40, bs):
+            yield Batch(self.x[i:i + bs], self.y[i:i + bs])
+
+    def train_batches(self, epoch, bs, seed):
+        return self._batches(bs)
+
+    def eval_batches(self, split, bs):
+        assert split == "train"  # no val split: the train split, never the test split
+        return self._batches(bs)
+
+    def has_split(self, split):
+        return split == "train"
+
+    def forward(self, model, inputs):
+        return model(inputs)
+
+    def metrics(self, logits, targets):
+        return {"accuracy": float((logits.argmax(1) == targets).float().mean())}
+
+
+def test_start_point_is_the_fake_quantized_loss_and_accuracy_and_moves_no_observer():
+    torch.manual_seed(0)
+    task = _Task()
+    qat = prepare_qat(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
+    qat.calibrate([task.x[:16]], lambda m, x: m(x))
+    qat.set_quantize(True)
+    ranges = [(fq.min_val.item(), fq.max_val.item()) for fq in qat.fake_quants()]
+    start = measure_start(qat.model, task, CE(), None, batch_size=16, seed=0)
+    assert [(fq.min_val.item(), fq.max_val.item()) for fq in qat.fake_quants()] == ranges
+    with torch.no_grad():
+        logits = qat.model.eval()(task.x)
+    assert start.loss == pytest.approx(F.cross_entropy(logits, task.y).item(), rel=1e-5)  # all 40, batch-weighted
+    assert start.accuracy == pytest.approx((logits.argmax(1) == task.y).float().mean().item())
+    assert (start.split, start.examples) == ("train", 40)
