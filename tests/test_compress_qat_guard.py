@@ -82,6 +82,9 @@ def test_diverging_qat_falls_back_to_int8_static_and_says_so(finished_run):  # n
     assert qat["quality"]["accuracy"] == ptq["quality"]["accuracy"]
     assert qat["quality"]["accuracy"] > 0.3  # 4 classes: chance is 25 %
     assert qat.get("training") is None  # no fine-tuned model stands behind it
+    assert [n for n in rep["notes"] if n.startswith("Quantization-aware distillation")] == [
+        "Quantization-aware distillation diverged at every lr tried: the qat artifact is the int8-static model (see "
+        "its note), so it measures PTQ, not QAT."]
     md = (finished_run / "report.md").read_text()
     assert "qat: QAT FELL BACK TO int8-static" in md
 

@@ -793,6 +793,9 @@ def qat_notes(models: dict) -> list[str]:
     acc = {role: m["quality"]["accuracy"] for role, m in models.items() if m.get("quality", {}).get("accuracy") is not None}
     if "student_qat" not in acc:
         return []
+    if any(n.startswith("QAT FELL BACK") for n in models["student_qat"].get("artifact", {}).get("notes", [])):
+        return ["Quantization-aware distillation diverged at every lr tried: the qat artifact is the int8-static "
+                "model (see its note), so it measures PTQ, not QAT."]
     parts = [f"QAT int8 {100 * acc['student_qat']:.2f}%"]
     for role, what in (("student_int8_static", "PTQ of the same student (int8-static)"),
                        ("student_qat_control", "the same fine-tuning in fp32 then PTQ (qat-control)")):

@@ -308,10 +308,10 @@ def _qat(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
                         float_model)
         art.notes = [f"QAT: {_describe_finetune(ctx, cfg)}, with int8 fake quantization of {len(qat.quantized)} "
                      f"Conv/Linear weights and inputs on ONNX Runtime's grid; {qat.folded_batchnorms} BatchNorm(s) "
-                     f"folded first", *qat.notes, _start_note(start)]
+                     f"folded first", *qat.notes, _start_note(start), *art.notes]
         if diverged:
             art.notes.append(f"QAT diverged first ({'; '.join(diverged)}; {spent:.0f} s spent) and was retried at lr "
-                             f"{cfg.lr:g}, which held; qat-control fine-tuned at lr {ft.cfg.lr:g}")
+                             f"{cfg.lr:g}, which held; the same-budget control (qat-control) keeps lr {ft.cfg.lr:g}")
         art.training, art.metrics_path = result, metrics
         return art
     return _qat_fallback(model, ctx, diverged, spent)
@@ -328,10 +328,12 @@ def _qat_fallback(model: nn.Module, ctx: BuildContext, diverged: list[str], spen
     """Every QAT attempt diverged: the qat artifact is the int8-static (PTQ) model of the untouched student, so the
     report never shows a collapsed model as QAT's result - and it says that this is not QAT."""
     art = _ort_int8(_export(model, ctx, "qat-fp32.onnx"), ctx.out_dir / "qat-int8.onnx", ctx, "static", model)
+    kept = sorted(p.name for p in ctx.out_dir.glob("qat-diverged-*-metrics.jsonl"))
+    epochs = f"; the diverged attempts' finished epochs are in compressed/{', '.join(kept)}" if kept else ""
     art.notes = [f"QAT FELL BACK TO int8-static: quantization-aware fine-tuning diverged at every lr tried "
                  f"({'; '.join(diverged)}; {spent:.0f} s spent), so this artifact is the int8-static (PTQ) model of "
-                 "the same student, not a QAT one. Try a smaller compress.qat.lr or more compress.qat.retries; the "
-                 "diverged attempts' finished epochs are in compressed/qat-diverged-*-metrics.jsonl"]
+                 f"the same student, not a QAT one. Try a smaller compress.qat.lr or more compress.qat.retries{epochs}",
+                 *art.notes]
     return art
 
 
@@ -342,7 +344,7 @@ def _qat_control(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
     model = model.cpu().eval()
     art = _ort_int8(_export(model, ctx, "qat-control-fp32.onnx"), ctx.out_dir / "qat-control-int8.onnx", ctx,
                     "static", model)
-    art.notes = [f"same-budget control for QAT: {_describe_finetune(ctx)} in fp32, then int8-static"]
+    art.notes = [f"same-budget control for QAT: {_describe_finetune(ctx)} in fp32, then int8-static", *art.notes]
     art.training, art.metrics_path = result, metrics
     return art
 
