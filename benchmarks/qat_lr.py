@@ -10,7 +10,7 @@ after. Writes `<out>/qat_lr.json` and prints it.
 Sized for a shared 2-core CPU (1,350 training images, 4-epoch resnet8 teacher, 1 QAT epoch = 11 steps): measured
 there (load 9-17, 2 threads), no factor diverged - 0.02 lowered the loss (resnet8 0.211 -> 0.206, resnet14 0.253 ->
 0.242) and moved accuracy most (-1.2 / +1.8 points vs PTQ on 500 test images, within their noise), 0.005 and 0.001
-barely trained. The divergence seen once (a 95 % ResNet-8, loss 23.4 after a full QAT epoch at 0.02) needs many
+barely trained (resnet14 with --student-epochs 3). The divergence seen once (a 95 % ResNet-8, loss 23.4 after a full QAT epoch at 0.02) needs many
 more steps on a well-trained student than this measures; the qat target's guard catches it. mobilenetv2_x0_5 was
 too slow for this machine's load (no epoch in 6 minutes).
 

@@ -133,3 +133,15 @@ def test_start_point_is_the_fake_quantized_loss_and_accuracy_and_moves_no_observ
     assert start.loss == pytest.approx(F.cross_entropy(logits, task.y).item(), rel=1e-5)  # all 40, batch-weighted
     assert start.accuracy == pytest.approx((logits.argmax(1) == task.y).float().mean().item())
     assert (start.split, start.examples) == ("train", 40)
+
+
+def test_start_point_never_reads_the_split_the_report_is_measured_on():
+    class ReportsOnVal(_Task):
+        eval_split = "val"
+
+        def has_split(self, split):
+            return split in ("train", "val")  # eval_batches still refuses anything but train
+
+    qat = prepare_qat(nn.Sequential(nn.Linear(4, 3)))
+    start = measure_start(qat.model, ReportsOnVal(), CE(), None, batch_size=16, seed=0)
+    assert (start.split, start.examples) == ("train", 40)

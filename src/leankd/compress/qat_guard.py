@@ -10,8 +10,8 @@ accuracy, which is what int8-static (PTQ) computes - and stops an attempt as soo
     errors of the reference split when that is more).
 The caller (targets.py) then retries at a lower lr and finally keeps the int8-static model, saying so.
 
-The accuracy is read on the validation split (the loop's own per-epoch row) or, without one, on up to
-`TRAIN_CHECK_BATCHES` un-augmented training batches: never on the evaluation split the report is measured on.
+The accuracy is read on the validation split (the loop's own per-epoch row) or, without one (or when the report is
+measured on it), on up to `TRAIN_CHECK_BATCHES` un-augmented training batches: never on the report's split.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class StartPoint:
 
     loss: float  # mean training loss over the first training batches (dropout on; observers and BatchNorm frozen)
     accuracy: Optional[float]  # None for regression tasks: then only the loss is watched
-    split: str  # "val", or "train" (un-augmented, at most TRAIN_CHECK_BATCHES batches) when there is no val split
+    split: str  # "val", or "train" (un-augmented, at most TRAIN_CHECK_BATCHES batches): never the report's split
     examples: int
 
     def margin_points(self, floor_points: float) -> float:
@@ -105,7 +105,8 @@ def measure_start(model: nn.Module, task: Task, loss, teacher, batch_size: int, 
             seen += batch.size
     finally:
         model.train(was_training)
-    split = "val" if task.has_split("val") else "train"
+    # never the split the report is measured on (a recipe may report on val): choosing QAT by it would leak it
+    split = "val" if task.has_split("val") and getattr(task, "eval_split", "test") != "val" else "train"
     accuracy, examples = check_accuracy(model, task, split)
     return StartPoint(total / max(seen, 1), accuracy, split, examples)
 
