@@ -121,13 +121,15 @@ def test_int8_gru_classifier_close_to_fp32():
     assert diff < 0.02
 
 
-def test_int8_lstm_seq2seq_close_to_fp32_and_embedding_named():
+def test_int8_lstm_seq2seq_close_to_fp32_embedding_included():
     torch.manual_seed(0)
     model = Seq2Seq().eval()
     src, tgt = torch.randint(0, 50, (4, 10)), torch.randint(0, 50, (4, 7))
     result = quantize_dynamic_int8(model, example_inputs=(src, tgt), forward=lambda m, inp: m(*inp))
-    assert result.quantized == ["enc", "dec", "out"]
-    assert result.skipped == {"emb": EMBEDDING_NOT_SUPPORTED}
+    assert result.quantized == ["emb", "enc", "dec", "out"]
+    assert result.skipped == {}
+    # without example inputs nothing checks that no code reads emb.weight as a tensor: the embedding stays float
+    assert quantize_dynamic_int8(model).skipped == {"emb": EMBEDDING_NOT_SUPPORTED}
     with torch.no_grad():
         diff = (model(src, tgt) - result.model(src, tgt)).abs().max().item()
     # measured: 0.0017-0.0024 max abs logit diff over seeds 0-4
@@ -376,3 +378,122 @@ def test_cast_inputs_casts_only_floating_tensors_in_containers():
     assert out["logits"].dtype == torch.float32 and out["ids"].dtype == torch.long
     with pytest.raises(LeanKDError, match="unknown precision"):
         to_precision(DictModel(), "int4")
+
+
+# ------------------------------------------------------------------------------------------------ int8 embeddings
+
+
+class BagOfWords(nn.Module):
+    """A text student that is mostly embedding: 5,000 x 64 table (320,000 weights) and a 64 -> 4 head (260)."""
+
+    def __init__(self, padding_idx=0):
+        super().__init__()
+        self.embed = nn.Embedding(5000, 64, padding_idx=padding_idx)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids).mean(1))
+
+
+class _IdsTask:
+    """What the int8 targets ask of a task: typical inputs, a model's part of them, a forward (+ ONNX's batch axis)."""
+
+    def example_inputs(self, n):
+        return torch.randint(0, 5000, (n, 12), generator=torch.Generator().manual_seed(n))
+
+    def model_inputs(self, model, inputs):
+        return inputs
+
+    def forward(self, model, inputs):
+        return model(inputs)
+
+    def dynamic_dims(self):
+        return {0: "batch"}
+
+
+def test_int8_dynamic_target_quantizes_a_big_embedding_and_says_so(tmp_path):
+    from leankd.compress.targets import build_artifact
+
+    torch.manual_seed(0)
+    model = BagOfWords().eval()
+    save_weights(tmp_path / "fp32.safetensors", model)
+    art = build_artifact("int8-dynamic", model, _IdsTask(), tmp_path / "out")
+    assert art.quantized == ["embed", "head"] and not art.left_in_float
+    fp32, int8 = artifact_size_bytes(tmp_path / "fp32.safetensors"), artifact_size_bytes(art.path)
+    # measured: 1,281,296 vs 364,091 bytes = 3.52x (a byte per weight + 8 bytes of scale and zero point per 64-d
+    # row: 72 vs 256 bytes); with the embedding left in float the int8 file was about as big as the fp32 one
+    assert fp32 / int8 >= 3.3
+    assert any(n.startswith("Embedding embed (5,000 x 64, 100% of the parameters) is int8") for n in art.notes)
+    assert any(n.startswith(f"file {int8:,} bytes against 1,281,040 bytes of fp32 tensors") for n in art.notes)
+    ids = torch.randint(0, 5000, (32, 12))
+    with torch.no_grad():
+        ref, out = model(ids), art.runnable(ids)
+    # per-row uint8: error <= scale / 2 = (max - min) / 510 per weight; N(0, 1) rows span ~5 -> ~0.01, averaged
+    assert (ref - out).abs().max().item() < 0.02
+    assert torch.equal(ref.argmax(1), out.argmax(1))
+    loaded = load_quantized(art.path, BagOfWords, art.quantized)  # the artifact loads back as saved
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), out)
+
+
+def test_int8_embedding_padding_row_stays_zero():
+    model = BagOfWords(padding_idx=0).eval()
+    result = quantize_dynamic_int8(model, example_inputs=torch.randint(0, 5000, (2, 12)))
+    assert "embed" in result.quantized
+    with torch.no_grad():
+        assert torch.equal(result.model.embed(torch.zeros(1, 3, dtype=torch.long)), torch.zeros(1, 3, 64))
+
+
+def test_embeddings_int8_cannot_reproduce_are_left_float_and_named():
+    class Bags(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.total = nn.EmbeddingBag(300, 16, mode="sum")
+            self.mean = nn.EmbeddingBag(300, 16, mode="mean")
+            self.padded = nn.EmbeddingBag(300, 16, mode="sum", padding_idx=0)
+            self.normed = nn.Embedding(300, 16, max_norm=1.0)
+
+        def forward(self, ids):
+            return self.total(ids) + self.mean(ids) + self.padded(ids) + self.normed(ids).sum(1)
+
+    torch.manual_seed(0)
+    model = Bags().eval()
+    ids = torch.randint(0, 300, (4, 9))
+    ids[:, 0] = 0  # padding entries, which a float bag with padding_idx leaves out
+    result = quantize_dynamic_int8(model, example_inputs=ids)
+    assert result.quantized == ["total"]
+    assert "always sums" in result.skipped["mean"] and "mode='mean'" in result.skipped["mean"]
+    assert "padding entries" in result.skipped["padded"]
+    assert "max_norm" in result.skipped["normed"]
+    with torch.no_grad():  # the int8 sum bag matches float; the three kept in float keep the model right
+        assert (model(ids) - result.model(ids)).abs().max().item() < 0.05
+    notes = quantize_mod.embedding_notes(result, model)
+    assert notes[0].startswith("EmbeddingBag total (300 x 16, 25% of the parameters) is int8")
+    assert notes[1].startswith("EmbeddingBag mean (300 x 16, 25% of the parameters) stays in float: EmbeddingBag "
+                               "with mode='mean'")
+
+
+def test_embedding_read_as_a_tensor_elsewhere_is_put_back_in_float():
+    torch.manual_seed(0)
+    model = HandTiedDecoder().eval()
+    ids = torch.randint(0, 40, (2, 6))
+    result = quantize_dynamic_int8(model, example_inputs=ids)
+    assert result.quantized == ["rnn"]
+    assert result.skipped["emb"].startswith("kept in float: other code reads this module's weights as tensors")
+    with torch.no_grad():
+        assert (model(ids) - result.model(ids)).abs().max().item() < 0.05
+
+
+def test_onnx_int8_says_when_the_embedding_lookup_stays_float(tmp_path):
+    """ORT's dynamic int8 (MatMul/Gemm/LSTM/Attention) leaves Gather - the embedding - in fp32: the note says how
+    much of the file that is, instead of a silent 1.0x."""
+    pytest.importorskip("onnxruntime")
+    from leankd.compress.targets import build_artifact
+
+    torch.manual_seed(0)
+    art = build_artifact("onnx-int8-dynamic", BagOfWords(padding_idx=None).eval(), _IdsTask(), tmp_path)
+    notes = [n for n in art.notes if "Gather stay fp32" in n]
+    # 1,280,000 of 1,281,040 bytes of weights (the head's 64 x 4 int8 weights are smaller still): 100 %
+    assert len(notes) == 1 and notes[0].startswith("1 embedding table(s) looked up by Gather stay fp32 in "
+                                                   "int8-dynamic.onnx") \
+        and "about 100% of its weight bytes" in notes[0]

@@ -1010,14 +1010,17 @@ class Pipeline:
         student_cfg = r.stage_train("student")
         qat = r.compress.qat
         cfg = student_cfg.model_copy(update=dict(
-            epochs=qat.epochs, lr=qat.lr or student_cfg.effective_lr * 0.02, lr_scaling="none", schedule="cosine",
+            epochs=qat.epochs, lr=qat.lr or student_cfg.effective_lr * qat.lr_factor, lr_scaling="none",
+            schedule="cosine",
             warmup_epochs=0.0, precision="fp32", compile=False, cuda_graphs=False, channels_last=False))
         # logits only: BatchNorm folding (torch.fx) flattens the student, so layer taps would not find their modules
         loss = build_loss(r.distill, student_cfg.label_smoothing, regression=task.regression)
         live = None
         if loss.needs_teacher:
             live = self.live_teacher(teacher, task, channels_last=False)
-        return Finetune(cfg, loss, live, r.seed, progress=lambda name: RichProgress(name, self.console, quiet=self.quiet))
+        return Finetune(cfg, loss, live, r.seed,
+                        progress=lambda name: RichProgress(name, self.console, quiet=self.quiet), log=self.log,
+                        retries=qat.retries, divergence_margin=qat.divergence_margin, loss_factor=qat.loss_factor)
 
     def compress(self, task: Task, student: nn.Module, teacher: Optional[nn.Module] = None,
                  targets: Optional[list[str]] = None) -> dict[str, tuple]:
@@ -1095,6 +1098,9 @@ def qat_notes(models: dict) -> list[str]:
     acc = {role: m["quality"]["accuracy"] for role, m in models.items() if m.get("quality", {}).get("accuracy") is not None}
     if "student_qat" not in acc:
         return []
+    if any(n.startswith("QAT FELL BACK") for n in models["student_qat"].get("artifact", {}).get("notes", [])):
+        return ["Quantization-aware distillation diverged at every lr tried: the qat artifact is the int8-static "
+                "model (see its note), so it measures PTQ, not QAT."]
     parts = [f"QAT int8 {100 * acc['student_qat']:.2f}%"]
     for role, what in (("student_int8_static", "PTQ of the same student (int8-static)"),
                        ("student_qat_control", "the same fine-tuning in fp32 then PTQ (qat-control)")):

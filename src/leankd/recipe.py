@@ -496,8 +496,18 @@ class QATConfig(Strict):
     keeps distilling (same loss as the student stage), then quantized like int8-static."""
 
     epochs: int = Field(2, ge=1)
-    lr: Optional[float] = Field(None, gt=0, description="default: the student's lr x 0.02 (lr 0.01 after a 0.1 "
-                                                          "schedule collapsed accuracy in our tests)")
+    lr: Optional[float] = Field(None, gt=0, description="default: the student's lr x lr_factor")
+    lr_factor: float = Field(0.02, gt=0, le=1, description="the default QAT lr as a fraction of the student's lr. "
+                             "benchmarks/qat_lr.py (ResNet-8/-14, demo subset, 1 epoch): 0.02 lowered the loss and "
+                             "moved accuracy most (-1.2/+1.8 points vs PTQ), 0.005/0.001 barely trained; a long QAT on "
+                             "a well-trained student diverged at 0.02 once, which the divergence guard catches")
+    retries: int = Field(2, ge=0, le=5, description="a QAT attempt that diverges is retried at a tenth of its lr this "
+                                                     "many times; then the qat artifact is int8-static (said so)")
+    divergence_margin: float = Field(2.0, ge=0, description="points: QAT has diverged when its validation accuracy "
+                                                             "falls this far (or two standard errors, if more) "
+                                                             "below the fake-quantized start (= int8-static)")
+    loss_factor: float = Field(2.0, gt=1, description="QAT has diverged when its running training loss exceeds "
+                                                       "this multiple of its starting loss (or is not finite)")
     control: bool = Field(True, description="also build qat-control: the same fine-tuning in fp32, then int8-static, "
                                             "so QAT is compared with a same-budget PTQ")
 

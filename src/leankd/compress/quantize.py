@@ -1,5 +1,8 @@
 """Dynamic int8 quantization in PyTorch (weights int8, activations quantized on the fly): the CPU path for
-Linear- and RNN-heavy models (LSTM/GRU seq2seq, MLPs, transformer heads).
+Linear- and RNN-heavy models (LSTM/GRU seq2seq, MLPs, transformer heads). Embeddings are quantized too, weight-only
+(int8 rows with one float scale and zero point per row, PyTorch's float-qparams embedding quantization): a word-level
+text student is mostly its embedding (a BiLSTM's 17,641 x 300 table was 90 % of its parameters, and leaving it in
+float made its "int8" file only 1.08x smaller).
 
 Quantization is done ONE MODULE AT A TIME, so a module that PyTorch cannot quantize is named and left in float
 instead of crashing the whole model, and `QuantizationResult` says exactly what runs in int8 and what does not.
@@ -20,6 +23,12 @@ producing a broken model:
 - Linear layers inside `nn.TransformerEncoderLayer` / `nn.MultiheadAttention`: their parent's forward reads
   `child.weight` directly, which a quantized Linear does not have ("'function' object has no attribute
   'device'"). Left in float, named.
+- Embeddings: the int8 `EmbeddingBag` always sums (it ignores mode="mean"/"max": outputs off by a factor), ignores
+  `padding_idx` (float excludes those entries from the bag) and `max_norm` (float renormalizes looked-up rows), as
+  does the int8 `Embedding` for max_norm. Those are left in float, named. `padding_idx` of an `nn.Embedding` only
+  stops its row's gradient, so it is quantized (the all-zero padding row stays exactly zero). An embedding whose
+  weight other code reads as a tensor (an output layer tied by hand, `F.linear(x, emb.weight)`) breaks when
+  quantized, so embeddings are quantized only when example inputs let the forward pass be checked.
 """
 from __future__ import annotations
 
@@ -50,9 +59,14 @@ QUANTIZABLE_TYPES: dict[str, type] = {
     "LSTMCell": nn.LSTMCell,
     "GRUCell": nn.GRUCell,
     "RNNCell": nn.RNNCell,
+    "Embedding": nn.Embedding,  # weight-only: int8 rows, per-row float scale and zero point
+    "EmbeddingBag": nn.EmbeddingBag,
 }
+EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+DEFAULT_MODULE_TYPES = ("Linear", "GRU", "LSTM", "Embedding", "EmbeddingBag")
 NOT_COVERED = "not covered by dynamic int8 (use int8-static / ONNX Runtime for convolutions)"
-EMBEDDING_NOT_SUPPORTED = "embedding: not supported by dynamic int8"
+EMBEDDING_NOT_SUPPORTED = ("embedding: quantized only when example inputs check the forward pass (other code may read "
+                           "its .weight as a tensor, e.g. an output layer tied to it)")
 
 # Parents whose own forward reads `child.weight` (fast-path checks, F.multi_head_attention_forward): a quantized
 # Linear child breaks them, so their Linear children stay in float.
@@ -104,18 +118,24 @@ def _quiet_quantization_warnings() -> Iterator[None]:
 
 def _to_dynamic_int8(module: nn.Module) -> nn.Module:
     """THE one call of `torch.ao.quantization.quantize_dynamic` in leankd: the dynamic int8 version of one float
-    module (Linear / LSTM / GRU / cells), or an exception. Replace this function to move to another backend.
+    module (Linear / LSTM / GRU / cells), or the weight-only int8 version of an Embedding / EmbeddingBag (uint8 rows
+    with a float scale and zero point per row: `float_qparams_weight_only_qconfig`, what torchao's embedding
+    quantization also does), or an exception. Replace this function to move to another backend.
 
     The module is put in a throwaway parent because quantize_dynamic only swaps children; its deprecation warning
     is suppressed locally (`_quiet_quantization_warnings`)."""
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import float_qparams_weight_only_qconfig, quantize_dynamic
 
     holder = nn.Module()
     holder.add_module("m", module)
     had_qconfig = "qconfig" in module.__dict__  # a user-set qconfig is respected by quantize_dynamic and kept
+    if isinstance(module, EMBEDDING_TYPES):
+        spec, dtype = {"m": float_qparams_weight_only_qconfig}, torch.quint8
+    else:
+        spec, dtype = {"m"}, torch.qint8
     try:
         with _quiet_quantization_warnings():
-            quantize_dynamic(holder, qconfig_spec={"m"}, dtype=torch.qint8, inplace=True)
+            quantize_dynamic(holder, qconfig_spec=spec, dtype=dtype, inplace=True)
     finally:
         if not had_qconfig:  # the float module may stay in the model: leave no trace on it
             module.__dict__.pop("qconfig", None)
@@ -190,6 +210,15 @@ def _precheck(module: nn.Module, cls: type) -> str | None:
                 "(its forward would fail)")
     if issubclass(cls, (nn.RNNBase, nn.RNNCellBase)) and not module.bias:
         return f"{cls.__name__} with bias=False: the dynamic int8 {cls.__name__} requires biases"
+    if issubclass(cls, EMBEDDING_TYPES) and module.max_norm is not None:
+        return (f"{cls.__name__} with max_norm: the int8 {cls.__name__} does not renormalize looked-up rows "
+                "(kept in float)")
+    if issubclass(cls, nn.EmbeddingBag) and module.mode != "sum":
+        return (f"EmbeddingBag with mode={module.mode!r}: the int8 EmbeddingBag always sums (kept in float; "
+                "mode='sum' is quantized)")
+    if issubclass(cls, nn.EmbeddingBag) and module.padding_idx is not None:
+        return ("EmbeddingBag with padding_idx: the int8 EmbeddingBag would count the padding entries in the bag "
+                "(kept in float)")
     return None
 
 
@@ -236,18 +265,19 @@ def _copy_for_quantization(model: nn.Module) -> nn.Module:
 
 def quantize_dynamic_int8(
     model: nn.Module,
-    module_types: Sequence[str] = ("Linear", "GRU", "LSTM"),
+    module_types: Sequence[str] = DEFAULT_MODULE_TYPES,
     example_inputs: Any = None,
     forward: Forward | None = None,
 ) -> QuantizationResult:
     """A dynamic-int8 copy of `model` (CPU, eval mode); the original model is not modified.
 
-    `module_types`: names from `QUANTIZABLE_TYPES` ("Linear", "LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell").
+    `module_types`: names from `QUANTIZABLE_TYPES` ("Linear", "LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell",
+    "Embedding", "EmbeddingBag"); embeddings are quantized only with `example_inputs` (see the module docstring).
     Only modules of exactly these types are swapped (a subclass may have its own forward; it is listed in
     `skipped`). Each module is quantized on its own through `_to_dynamic_int8`, the single call of the deprecated
     `torch.ao.quantization.quantize_dynamic` (whose DeprecationWarning is suppressed there); a module whose
     quantization raises is named in `skipped` ("failed: <exception>") and kept in float. Leaf modules with
-    parameters of other types (Conv, BatchNorm, Embedding...) are listed in `skipped` too, aggregated as
+    parameters of other types (Conv, BatchNorm, ...) are listed in `skipped` too, aggregated as
     "Conv2d x 19" when there are more than 3 of a type.
 
     With `example_inputs` (and `forward(model, inputs)`, default `model(inputs)`), the model is run after every
@@ -303,6 +333,8 @@ def quantize_dynamic_int8(
                 skipped[name] = f"{cls.__name__} not in module_types {tuple(module_types)}"
             elif (why := _precheck(module, cls)) is not None:
                 skipped[name] = why
+            elif issubclass(cls, EMBEDDING_TYPES) and run is None:
+                skipped[name] = EMBEDDING_NOT_SUPPORTED
             else:
                 try:
                     _bake_parametrizations(module)
@@ -321,8 +353,7 @@ def quantize_dynamic_int8(
                 quantized.append(name)
             continue
         if any(True for _ in module.parameters(recurse=False)):
-            reason = EMBEDDING_NOT_SUPPORTED if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) else NOT_COVERED
-            not_covered[type(module).__name__].append((name, reason))
+            not_covered[type(module).__name__].append((name, NOT_COVERED))
 
     for type_name, entries in not_covered.items():
         if len(entries) > _AGGREGATE_ABOVE:
@@ -336,6 +367,25 @@ def quantize_dynamic_int8(
     if not quantized:
         result.notes.append("no module was quantized: the model runs entirely in float")
     return result
+
+
+def embedding_notes(result: QuantizationResult, float_model: nn.Module) -> list[str]:
+    """One sentence per embedding of `float_model`: int8 or float (and why), with its share of the parameters - the
+    embedding usually decides how much smaller a text student's int8 file is."""
+    total = sum(p.numel() for p in float_model.parameters()) or 1
+    notes = []
+    for name, m in unwrap(float_model).named_modules():
+        if not isinstance(m, EMBEDDING_TYPES) or m.weight is None:
+            continue
+        name = name or _ROOT_NAME
+        what = f"{type(m).__name__} {name} ({m.num_embeddings:,} x {m.embedding_dim}, {m.weight.numel() / total:.0%} " \
+               "of the parameters)"
+        if name in result.quantized:
+            notes.append(f"{what} is int8: one byte per weight plus a float scale and zero point per row "
+                         "(weight-only: looked-up rows are dequantized to float)")
+        else:
+            notes.append(f"{what} stays in float: {result.skipped.get(name, 'not quantized')}")
+    return notes
 
 
 def save_quantized(path: str | Path, qmodel: nn.Module | QuantizationResult) -> None:
@@ -409,12 +459,14 @@ def artifact_size_bytes(path: str | Path) -> int:
 
 
 __all__ = [
+    "DEFAULT_MODULE_TYPES",
     "EMBEDDING_NOT_SUPPORTED",
     "NOT_COVERED",
     "QUANTIZABLE_TYPES",
     "SCHEME",
     "QuantizationResult",
     "artifact_size_bytes",
+    "embedding_notes",
     "load_quantized",
     "quantize_dynamic_int8",
     "save_quantized",

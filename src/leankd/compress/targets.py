@@ -45,6 +45,11 @@ class Finetune:
     teacher: Optional[Any] = None  # a LiveTeacher when the loss needs one
     seed: int = 0
     progress: Optional[Callable[[str], Any]] = None  # name -> progress hook for fit()
+    log: Optional[Callable[[str], Any]] = None  # console line (a QAT attempt that diverged is said as it happens)
+    # QAT's divergence guard (qat_guard.py; recipe compress.qat): retries at lr/10, then int8-static
+    retries: int = 2
+    divergence_margin: float = 2.0  # accuracy points below the fake-quantized start
+    loss_factor: float = 2.0  # running loss above this x its start
 
 
 @dataclass
@@ -81,8 +86,16 @@ def _half(precision: str):
     return build
 
 
+def _size_note(path: Path, model: nn.Module) -> str:
+    """The saved file against the fp32 tensors it replaces (each shared tensor counted once, as a file stores it)."""
+    tensors = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()
+               if isinstance(t, torch.Tensor)}
+    fp32, size = sum(tensors.values()), path.stat().st_size
+    return f"file {size:,} bytes against {fp32:,} bytes of fp32 tensors ({fp32 / max(size, 1):.2f}x smaller)"
+
+
 def _int8_dynamic(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
-    from .quantize import quantize_dynamic_int8, save_quantized
+    from .quantize import embedding_notes, quantize_dynamic_int8, save_quantized
 
     # with example inputs, a module whose int8 version breaks the forward pass is put back in float and named
     result = quantize_dynamic_int8(model, example_inputs=_cpu_inputs(ctx.task, 2, model),
@@ -91,16 +104,18 @@ def _int8_dynamic(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
     save_quantized(path, result.model)
     notes = []
     if not result.quantized:
-        notes.append("no Linear/GRU/LSTM module to quantize: the artifact is the float model (use int8-static)")
+        notes.append("no Linear/GRU/LSTM/Embedding module to quantize: the artifact is the float model (use "
+                     "int8-static)")
+    notes += [*embedding_notes(result, model), _size_note(path, model)]
     return BuiltArtifact(result.model, path, "torch", result.quantized, result.skipped, notes)
 
 
 def _vocab_trim(int8: bool):
     """Text students: the word embedding cut to the tokens of the training texts (compress/vocab.py), then
-    optionally int8-dynamic like `int8-dynamic` (the embedding stays float there, so the two savings add up)."""
+    optionally int8-dynamic like `int8-dynamic` (the trimmed embedding is int8 too, so the two savings multiply)."""
     def build(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
         from ..train.checkpoint import save_weights
-        from .quantize import quantize_dynamic_int8, save_quantized
+        from .quantize import embedding_notes, quantize_dynamic_int8, save_quantized
         from .vocab import trim_vocabulary
 
         if not hasattr(ctx.task, "tokens_in_use"):
@@ -118,7 +133,8 @@ def _vocab_trim(int8: bool):
                                        forward=ctx.task.forward)
         path = ctx.out_dir / "vocab-trim-int8.pt"
         save_quantized(path, result.model)
-        return BuiltArtifact(result.model, path, "torch", result.quantized, result.skipped, [note], params=params)
+        notes = [note, *embedding_notes(result, trimmed), _size_note(path, trimmed)]
+        return BuiltArtifact(result.model, path, "torch", result.quantized, result.skipped, notes, params=params)
 
     return build
 
@@ -145,6 +161,7 @@ def _seq2seq_onnx(model: nn.Module, ctx: BuildContext, int8: bool) -> BuiltArtif
     left = None
     if int8:
         files = quantize_seq2seq_onnx(*files, ctx.out_dir)
+        notes += [n for n in map(_float_lookup_note, files) if n]
         if getattr(model, "cell", None) == "gru":
             left = {"GRU": "ONNX Runtime dynamic quantization covers LSTM, MatMul and Gemm, not GRU"}
     runnable = OnnxSeq2Seq(*files)
@@ -176,7 +193,34 @@ def _ort_int8(src: Path, dst: Path, ctx: BuildContext, mode: str, model: nn.Modu
         info = quantize_onnx_dynamic(src, dst)
     quantized = [f"{op} x {n}" for op, n in (info.get("quantized_ops") or {}).items()]
     left = {op: f"{n} node(s) kept in float by ONNX Runtime" for op, n in (info.get("float_ops") or {}).items()}
-    return BuiltArtifact(OnnxModel(dst), dst, "onnx", quantized, left)
+    note = _float_lookup_note(dst)
+    return BuiltArtifact(OnnxModel(dst), dst, "onnx", quantized, left, [note] if note else [])
+
+
+def _float_lookup_note(path: Path) -> Optional[str]:
+    """ORT's int8 modes used here do not quantize Gather (an embedding lookup): when a float table is still looked
+    up in the int8 graph, say what share of the file's weights it is, so a small size gain is not a mystery."""
+    import math
+
+    from onnx import TensorProto, helper
+
+    from .onnx_common import load_proto
+
+    try:
+        graph = load_proto(path, external=True).graph
+        nbytes = {t.name: math.prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                  for t in graph.initializer}
+    except Exception as e:  # noqa: BLE001 - a note must not cost the artifact
+        return f"{path.name}: could not check whether embedding lookups stay fp32 ({type(e).__name__}: {e})"
+    floats = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
+    tables = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in floats
+              and nbytes[n.input[0]] >= 4096}  # a table, not a handful of constants
+    if not tables:
+        return None
+    share = sum(nbytes[t] for t in tables) / max(sum(nbytes.values()), 1)
+    return (f"{len(tables)} embedding table(s) looked up by Gather stay fp32 in {path.name} (about "
+            f"{share:.0%} of its weight bytes): ONNX Runtime's int8 here quantizes the matrix products, not the "
+            "lookups; int8-dynamic (PyTorch) stores embeddings as int8")
 
 
 def _onnx_int8(mode: str):
@@ -194,39 +238,102 @@ def _onnx_int8(mode: str):
     return build
 
 
-def _finetune(model: nn.Module, ctx: BuildContext, name: str) -> tuple[FitResult, Path]:
-    ft = ctx.finetune
-    if ft is None:
+def _needs_finetune(ctx: BuildContext, name: str) -> Finetune:
+    if ctx.finetune is None:
         raise LeanKDError(f"compression target {name} fine-tunes the student with its teacher: it runs from a recipe "
                           "(`leankd run` / `leankd compress RUN_DIR --to qat`), which supplies the teacher and loss")
+    return ctx.finetune
+
+
+def _finetune(model: nn.Module, ctx: BuildContext, name: str, cfg: Optional[TrainConfig] = None,
+              watch: Optional[Callable[[Any], Any]] = None) -> tuple[FitResult, Path]:
+    """`fit` with the finetune's loss and teacher; `watch(display_hook) -> hook` may wrap the progress display."""
+    ft = _needs_finetune(ctx, name)
     metrics = ctx.out_dir / f"{name}-metrics.jsonl"
     metrics.unlink(missing_ok=True)
-    result = fit(model, ctx.task, ft.cfg, loss=ft.loss, teacher=ft.teacher, seed=ft.seed, metrics_path=metrics,
-                 progress=ft.progress(name) if ft.progress else None)
+    progress = ft.progress(name) if ft.progress else None
+    if watch is not None:
+        progress = watch(progress)
+    result = fit(model, ctx.task, cfg or ft.cfg, loss=ft.loss, teacher=ft.teacher, seed=ft.seed,
+                 metrics_path=metrics, progress=progress)
     return result, metrics
 
 
-def _describe_finetune(ctx: BuildContext) -> str:
+def _describe_finetune(ctx: BuildContext, cfg: Optional[TrainConfig] = None) -> str:
     ft = ctx.finetune
-    return (f"{ft.cfg.epochs} epoch(s) of fine-tuning with the distillation loss {ft.loss.describe()}, "
-            f"{ft.cfg.optimizer} lr {ft.cfg.lr:g} ({ft.cfg.schedule}), teacher {'live' if ft.teacher else 'none'}")
+    cfg = cfg or ft.cfg
+    return (f"{cfg.epochs} epoch(s) of fine-tuning with the distillation loss {ft.loss.describe()}, "
+            f"{cfg.optimizer} lr {cfg.lr:g} ({cfg.schedule}), teacher {'live' if ft.teacher else 'none'}")
 
 
 def _qat(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
-    """Quantization-aware distillation (see qat.py), exported through the same ORT static path as int8-static."""
-    from .qat import prepare_qat
+    """Quantization-aware distillation (see qat.py), exported through the same ORT static path as int8-static.
 
-    qat = prepare_qat(model)
-    qat.calibrate(_calibration(ctx.task, ctx.calibration_batches, model), ctx.task.forward)
-    qat.set_quantize(True)
-    result, metrics = _finetune(qat.model, ctx, "qat")
-    float_model = qat.strip().cpu().eval()
-    art = _ort_int8(_export(float_model, ctx, "qat-fp32.onnx"), ctx.out_dir / "qat-int8.onnx", ctx, "static",
-                    float_model)
-    art.notes = [f"QAT: {_describe_finetune(ctx)}, with int8 fake quantization of {len(qat.quantized)} Conv/Linear "
-                 f"weights and inputs on ONNX Runtime's grid; {qat.folded_batchnorms} BatchNorm(s) folded first",
-                 *qat.notes]
-    art.training, art.metrics_path = result, metrics
+    Guarded (qat_guard.py): an attempt whose loss rises or whose accuracy falls below the fake-quantized starting
+    point (= PTQ) is stopped and retried at a tenth of the lr, `retries` times; if every attempt diverges, the
+    artifact is the int8-static model of the same student, and its notes say so."""
+    import time
+
+    from .qat import prepare_qat
+    from .qat_guard import DivergenceWatch, QATDiverged, measure_start
+
+    ft = _needs_finetune(ctx, "qat")
+    calibration = _calibration(ctx.task, ctx.calibration_batches, model)
+    diverged: list[str] = []
+    spent = 0.0
+    for attempt in range(ft.retries + 1):
+        cfg = ft.cfg.model_copy(update={"lr": ft.cfg.lr / 10 ** attempt})
+        qat = prepare_qat(model)
+        qat.calibrate(calibration, ctx.task.forward)
+        qat.set_quantize(True)
+        start = measure_start(qat.model, ctx.task, ft.loss, ft.teacher, cfg.batch_size, ft.seed, cfg.precision)
+        t0 = time.perf_counter()
+        try:
+            result, metrics = _finetune(qat.model, ctx, "qat", cfg, watch=lambda inner: DivergenceWatch(
+                start, qat.model, ctx.task, loss_factor=ft.loss_factor, margin_points=ft.divergence_margin,
+                inner=inner))
+        except QATDiverged as e:
+            spent += time.perf_counter() - t0
+            history = ctx.out_dir / "qat-metrics.jsonl"
+            if history.exists():  # its finished epochs, kept beside the artifact
+                history.replace(ctx.out_dir / f"qat-diverged-{attempt + 1}-metrics.jsonl")
+            diverged.append(f"lr {cfg.lr:g}: {e.reason}")
+            if ft.log:
+                retry = (f"retrying at lr {cfg.lr / 10:g}" if attempt < ft.retries
+                         else "keeping the int8-static model as the qat artifact")
+                ft.log(f"[bold yellow]warning:[/] qat diverged at lr {cfg.lr:g} ({e.reason}); {retry}")
+            continue
+        float_model = qat.strip().cpu().eval()
+        art = _ort_int8(_export(float_model, ctx, "qat-fp32.onnx"), ctx.out_dir / "qat-int8.onnx", ctx, "static",
+                        float_model)
+        art.notes = [f"QAT: {_describe_finetune(ctx, cfg)}, with int8 fake quantization of {len(qat.quantized)} "
+                     f"Conv/Linear weights and inputs on ONNX Runtime's grid; {qat.folded_batchnorms} BatchNorm(s) "
+                     f"folded first", *qat.notes, _start_note(start), *art.notes]
+        if diverged:
+            art.notes.append(f"QAT diverged first ({'; '.join(diverged)}; {spent:.0f} s spent) and was retried at lr "
+                             f"{cfg.lr:g}, which held; the same-budget control (qat-control) keeps lr {ft.cfg.lr:g}")
+        art.training, art.metrics_path = result, metrics
+        return art
+    return _qat_fallback(model, ctx, diverged, spent)
+
+
+def _start_note(start) -> str:
+    acc = "" if start.accuracy is None else (
+        f", {start.split} accuracy {100 * start.accuracy:.2f}% on {start.examples} examples")
+    return (f"divergence guard: the fake-quantized student started at loss {start.loss:.4g}{acc}; training stops "
+            "if the loss rises or the accuracy falls below that start (then a lower lr, then int8-static)")
+
+
+def _qat_fallback(model: nn.Module, ctx: BuildContext, diverged: list[str], spent: float) -> BuiltArtifact:
+    """Every QAT attempt diverged: the qat artifact is the int8-static (PTQ) model of the untouched student, so the
+    report never shows a collapsed model as QAT's result - and it says that this is not QAT."""
+    art = _ort_int8(_export(model, ctx, "qat-fp32.onnx"), ctx.out_dir / "qat-int8.onnx", ctx, "static", model)
+    kept = sorted(p.name for p in ctx.out_dir.glob("qat-diverged-*-metrics.jsonl"))
+    epochs = f"; the diverged attempts' finished epochs are in compressed/{', '.join(kept)}" if kept else ""
+    art.notes = [f"QAT FELL BACK TO int8-static: quantization-aware fine-tuning diverged at every lr tried "
+                 f"({'; '.join(diverged)}; {spent:.0f} s spent), so this artifact is the int8-static (PTQ) model of "
+                 f"the same student, not a QAT one. Try a smaller compress.qat.lr or more compress.qat.retries{epochs}",
+                 *art.notes]
     return art
 
 
@@ -237,7 +344,7 @@ def _qat_control(model: nn.Module, ctx: BuildContext) -> BuiltArtifact:
     model = model.cpu().eval()
     art = _ort_int8(_export(model, ctx, "qat-control-fp32.onnx"), ctx.out_dir / "qat-control-int8.onnx", ctx,
                     "static", model)
-    art.notes = [f"same-budget control for QAT: {_describe_finetune(ctx)} in fp32, then int8-static"]
+    art.notes = [f"same-budget control for QAT: {_describe_finetune(ctx)} in fp32, then int8-static", *art.notes]
     art.training, art.metrics_path = result, metrics
     return art
 
