@@ -158,7 +158,8 @@ def test_wrong_pair_name_fails_before_training(tmp_path, data):
     recipe = write_recipe(tmp_path, data, distill={"features": [{"kind": "hint", "pairs": [["layer2", "layer9"]]}]})
     res = runner.invoke(app, ["run", str(recipe), "-q", "--set", "teacher.train.epochs=1"])
     assert res.exit_code == 2
-    assert "teacher has no module named 'layer9'" in res.output
+    assert "the teacher (resnet14) has no module named 'layer9'" in " ".join(res.output.split())
+    assert "training" not in res.output  # found from the built models, before the teacher trains
 
 
 def test_layers_command_without_a_run_says_weights_are_random(tmp_path, data):
