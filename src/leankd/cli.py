@@ -126,9 +126,11 @@ def _print_result(result) -> None:
     if deployment is not None:
         console.print(deployment)
     gain = result.report.get("ratios", {}).get("kd_gain_points")
-    if gain is not None:
-        console.print(sanity_console_caption(result.report) or f"KD gain over the baseline: {gain:+.2f} points",
-                      highlight=False, markup=False)
+    if gain is not None:  # over seeds, the table's caption already gave the paired figure: no one-seed line here
+        line = sanity_console_caption(result.report) or (
+            None if result.report.get("seeds") else f"KD gain over the baseline: {gain:+.2f} points")
+        if line:
+            console.print(line, highlight=False, markup=False)
     console.print(f"report: {result.run_dir / 'report.md'}  (json: {result.run_dir / 'report.json'})", highlight=False,
                   markup=False)
 
