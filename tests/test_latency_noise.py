@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from leankd.cli import app
 from leankd.measure.latency import interleaved_latency
-from leankd.measure.timing import (ROUNDS_MAX, SPREAD_MAX, TWIN_MAX, Samples, noise_reasons, summarize_rounds,
-                                   twin_reasons)
+from leankd.measure.timing import (ROUNDS_MAX, SPREAD_MAX, TWIN_MAX, Samples, architecture_signature, noise_reasons,
+                                   summarize_rounds, twin_reasons)
 from leankd.report import build_report, render_markdown
 from test_failure_catalogue import assert_unchanged, snapshot
 
@@ -67,6 +67,21 @@ def test_twins_disagreeing_are_named_and_other_architectures_are_not():
     assert out["c"] == []  # another architecture may be as slow as it likes
     assert len(out["a"]) == 1 and "b 1.6 ms" in out["a"][0] and len(out["b"]) == 1
     assert twin_reasons({"a": 1.0, "b": 1.4}, sig, "batch 1") == {"a": [], "b": []}
+
+
+def test_opaque_runtimes_are_never_twins(tmp_path):
+    """An ONNX Runtime session has no parameters to compare: an fp32 and an int8 graph of one student (seen: 23.3 vs
+    11.2 ms at batch 64 on a quiet machine) must not be called identical models that disagree."""
+    from leankd.compress.onnx import OnnxModel, export_onnx
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    export_onnx(model, torch.randn(2, 8), tmp_path / "m.onnx")
+    assert architecture_signature(OnnxModel(tmp_path / "m.onnx")) is None
+    assert architecture_signature(model) == architecture_signature(copy.deepcopy(model))  # real twins still are
+    assert architecture_signature(model) != architecture_signature(copy.deepcopy(model).half())
+    sigs = {"onnx": None, "int8": None, "a": architecture_signature(model), "b": architecture_signature(model)}
+    out = twin_reasons({"onnx": 23.3, "int8": 11.2, "a": 1.0, "b": 1.0}, sigs, "batch 64")
+    assert out == {"onnx": [], "int8": [], "a": [], "b": []}
 
 
 # ------------------------------------------------------------------------------------------- timing

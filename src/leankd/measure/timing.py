@@ -158,12 +158,17 @@ def noise_reasons(stats: dict, label: str) -> list[str]:
 
 def architecture_signature(model: Any) -> Optional[tuple]:
     """Module types and parameter/buffer shapes and dtypes: two models with equal signatures do the same work on the
-    same input, so their latencies must agree. None for something that is not an `nn.Module`."""
+    same input, so their latencies must agree. None for something that is not an `nn.Module`, and for a module
+    without parameters or buffers: an opaque runtime (an ONNX Runtime session in `OnnxModel`) whose work cannot be
+    read from the module — an fp32 and an int8 ONNX graph would otherwise look like twins."""
     if not isinstance(model, nn.Module):
         return None
+    params = tuple((n, tuple(p.shape), str(p.dtype), p.device.type) for n, p in model.named_parameters())
+    buffers = tuple((n, tuple(b.shape), str(b.dtype)) for n, b in model.named_buffers())
+    if not params and not buffers:
+        return None
     return (tuple((name, type(m).__module__, type(m).__qualname__) for name, m in model.named_modules()),
-            tuple((n, tuple(p.shape), str(p.dtype), p.device.type) for n, p in model.named_parameters()),
-            tuple((n, tuple(b.shape), str(b.dtype)) for n, b in model.named_buffers()))
+            params, buffers)
 
 
 def twin_reasons(figures: dict[str, Optional[float]], signatures: dict[str, Optional[tuple]],
