@@ -126,6 +126,8 @@ def test_seeds_without_the_recipe_seed(tmp_path):
     path = write_yaml(tmp_path / "r.yaml", tiny_recipe(tmp_path, seed=5))
     assert_clean_error(cli("run", path, "--seeds", "0,1"), "seed is 5 but seeds is [0, 1]", "add 5 to seeds")
     assert not (tmp_path / "runs").exists()
+
+
 # ============================================================================================== search (search helper)
 # A killed search resumed without repeating a trial: tests/test_search.py::
 # test_killed_search_resumes_without_losing_a_finished_trial_or_repeating_one (kill -9 mid-trial, then --resume).
@@ -159,6 +161,8 @@ def test_search_resume_with_another_recipe_is_refused(tmp_path):
     result = cli("search", path, "--run-dir", search_dir, "--resume", "--quiet")
     assert_clean_error(result, "holds a search of another recipe", "use another directory", "--force")
     assert_unchanged(before, search_dir, allow_new=False)
+
+
 # ============================================================================================== timing (timing helper)
 def _report_only_run(tmp_path):
     """A run directory holding only a valid report.json (no recipe, no weights)."""
@@ -185,6 +189,8 @@ def test_report_threads_needs_remeasure(tmp_path):
     before = snapshot(run)
     assert_clean_error(cli("report", run, "--threads", "2"), "--threads", "--remeasure")
     assert_unchanged(before, run, allow_new=False)
+
+
 # ===== cases that already end cleanly (catalogue helper)
 # Every case below ended in a clean exit-2 error (130 for Ctrl-C) when the catalogue was written. Recipe mistakes go
 # through `leankd validate` (no torch import, about 2 s a case) unless the point is what a `run` into a finished run
@@ -648,6 +654,8 @@ def test_leaderboard_of_a_directory_that_is_neither_run_nor_search(tmp_path):
     (tmp_path / "stuff").mkdir()
     result = cli("leaderboard", tmp_path / "stuff")
     assert_clean_error(result, "is neither a run directory (report.json) nor a search directory (search.json)")
+
+
 # ================================================================================ data (sanity helper: speaker splits)
 def _fsdd_recipe(tmp_path: Path, **audio) -> Path:
     """A keyword-spotting recipe on a tiny FSDD-style folder (<digit>/<digit>_<speaker>_<n>.wav)."""
@@ -679,6 +687,8 @@ def test_speaker_pattern_matching_no_clip_fails_before_training(tmp_path):
     result = cli("run", _fsdd_recipe(tmp_path, speaker_pattern=r"(?P<speaker>spk\d+)"), "--quiet")
     assert_clean_error(result, "data.audio.speaker_pattern", "matches none of the 6 clip paths", "0/0_ann_0.wav")
     assert not list((tmp_path / "runs").rglob("*.safetensors"))  # nothing trained
+
+
 # ============================================================================================== run directory (rundir helper)
 # A run directory holds finished work: a re-run that fails keeps it, two processes never share it, and every mistake
 # the recipe alone decides is found before the teacher trains. Cases that fake a full disk or a read-only directory
@@ -859,6 +869,8 @@ def test_read_only_parent_for_real(tmp_path):
     finally:
         parent.chmod(0o755)
     assert_clean_error(result, "permission denied", str(parent / "tiny"))
+
+
 # ============================================================================ data and recipe inputs (inputs helper)
 def _text_recipe(tmp_path: Path, source: Path, **text) -> dict:
     """Word-level text models: the data is read (and fails) before any tokenizer or teacher is needed."""
