@@ -69,12 +69,18 @@ def test_flagged_artifact_and_failing_target(finished_run, monkeypatch):
         path.write_bytes(b"x" * 100)
         return targets.BuiltArtifact(Garbage(), path, "torch")
 
-    def failing_export(model, ctx):
+    earlier_onnx = json.loads((finished_run / "report.json").read_text())["models"]["student_onnx"]
+    earlier_file = finished_run / earlier_onnx["artifact"]["path"]
+    earlier_bytes = earlier_file.read_bytes()
+
+    def failing_export(model, ctx):  # dies after writing part of a file of the same name as the good one
+        partial = ctx.out_dir / earlier_file.relative_to(finished_run / "compressed")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(b"half an onnx file")
         raise LeanKDError("ONNX export failed at operator 'aten::weird_op': replace it or use dynamo=False")
 
     monkeypatch.setitem(targets.TARGETS, "fp16", broken_half)
     monkeypatch.setitem(targets.TARGETS, "onnx", failing_export)
-    earlier_onnx = json.loads((finished_run / "report.json").read_text())["models"]["student_onnx"]
     out = runner.invoke(app, ["compress", str(finished_run), "--to", "fp16", "onnx", "--quiet"])
     assert out.exit_code == 0, out.output
     assert "aten::weird_op" in out.output and "flagged" in out.output
@@ -83,7 +89,7 @@ def test_flagged_artifact_and_failing_target(finished_run, monkeypatch):
     assert rep["models"]["student_fp16"]["artifact"]["flagged"] is True
     assert not (finished_run / "compressed" / "fp16.safetensors").exists()  # the rebuilt fp16's earlier file
     assert rep["models"]["student_onnx"] == earlier_onnx  # the failed rebuild keeps the earlier artifact
-    assert (finished_run / earlier_onnx["artifact"]["path"]).exists()
+    assert earlier_file.read_bytes() == earlier_bytes  # the failed target's partial file was not merged over it
     assert any(n.startswith("compression target onnx failed") and "aten::weird_op" in n
                and n.endswith("(the artifact built earlier is kept in the report)") for n in rep["notes"])
     assert "FLAGGED" in (finished_run / "report.md").read_text()

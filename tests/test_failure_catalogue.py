@@ -566,13 +566,14 @@ def test_export_to_an_unknown_format_loses_nothing(tmp_path, finished_run):
     assert_unchanged(before, run_dir, allow_new=False)
 
 
-def test_compress_a_run_without_a_trained_student(tmp_path, finished_run):
+@pytest.mark.parametrize("extra", [[], ["--remeasure"]])
+def test_compress_a_run_without_a_trained_student(tmp_path, finished_run, extra):
     run_dir, before = _copy(finished_run, tmp_path / "run")
     shutil.rmtree(run_dir / "student")
     before = {k: v for k, v in before.items() if not k.startswith("student/")}
     with open(tmp_path / "stdout", "w+") as out, open(tmp_path / "stderr", "w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "leankd.cli", "compress", str(run_dir), "--to", "fp16",
-                                 "--quiet"], stdout=out, stderr=err, text=True,
+                                 "--quiet", *extra], stdout=out, stderr=err, text=True,
                                 env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
         try:
             while proc.poll() is None and not (run_dir / "student").exists():

@@ -172,3 +172,15 @@ def test_validate_builds_word_students_with_a_stand_in_vocabulary(tmp_path, monk
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     assert "not checked" not in result.output
+
+
+def test_plain_split_files_win_over_prefixed_extras(tmp_path):
+    """train.tsv beside augmented_train.tsv (a user's extra file) is the dataset, as it was before dataset prefixes
+    were recognised; two prefixed datasets and no plain one are still refused."""
+    for name in ("train.tsv", "dev.tsv", "augmented_train.tsv", "old-train.tsv"):
+        (tmp_path / name).write_text("sentence\tlabel\nok\t1\n")
+    assert {s: p.name for s, p in find_split_files(tmp_path).items()} == {"train": "train.tsv", "val": "dev.tsv"}
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / name).unlink()
+    with pytest.raises(DataError, match="split files of 2 datasets"):
+        find_split_files(tmp_path)

@@ -271,7 +271,7 @@ def test_streaming_timing_carries_the_verdict_and_the_report_marks_it(one_thread
 
 
 # ------------------------------------------------------------------------------------------- seq2seq decoding
-def test_decoding_timing_carries_the_verdict_and_names_disagreeing_twins(one_thread, monkeypatch):
+def test_decoding_timing_carries_the_verdict_without_a_twin_check(one_thread, monkeypatch):
     import leankd.measure.timing as timing
     from leankd.tasks.seq2seq import decoding_latency
     from test_seq2seq import _model, _task
@@ -285,9 +285,8 @@ def test_decoding_timing_carries_the_verdict_and_names_disagreeing_twins(one_thr
     assert block["threads"] == 1 and len(block["load_avg"]) == 3 and block["reliable"] is (not block["noise"])
     assert all(r["median_batch_ms"] > 0 and r["ms_per_sequence"] == pytest.approx(r["median_batch_ms"], abs=1e-3)
                for r in block["latency"])  # batch 1: per sequence = per batch
-    # twins are told apart from other architectures: with no tolerance at all, a and b disagree, big has no twin
+    # no twin check for decoding: a same-shape model that emits its end symbol later legitimately takes longer
     monkeypatch.setattr(timing, "TWIN_MAX", 1.0)
     out = decoding_latency({"a": small, "b": copy.deepcopy(small), "big": _model(task)}, task, batch_sizes=(1,),
                            runs=3, warmup=1)
-    assert any("identical models" in n for n in out["a"]["noise"]) and out["a"]["reliable"] is False
-    assert not any("identical models" in n for n in out["big"]["noise"])
+    assert not any("identical models" in n for role in out for n in out[role]["noise"])

@@ -120,6 +120,15 @@ def test_report_sentence_says_within_seed_spread_when_the_interval_holds_zero(tm
     assert "points above" not in md
 
 
+def test_identical_differences_are_not_called_a_gain_on_a_zero_width_interval(tmp_path):
+    rep = _seeds_report(student=[0.81, 0.81, 0.82], baseline=[0.80, 0.80, 0.81])  # +1 point at each of 3 seeds
+    p = rep["seeds"]["paired"]["student"]
+    assert p["ci_low_points"] == p["ci_high_points"] == pytest.approx(1.0)  # sd 0: no spread to build a t interval
+    assert p["sign_p_value"] == pytest.approx(0.25)  # 3 of 3 better: 2 * (1/2)^3, not below 0.05
+    md = render_markdown(rep, run_dir=tmp_path)
+    assert "KD student is within seed spread of the baseline trained alone" in md and "points above" not in md
+
+
 def test_one_seed_report_has_no_seeds_key():
     rep = build_report({"name": "s", "seed": 0}, {"student": _entry("student", 0.8)}, [])
     assert "seeds" not in rep

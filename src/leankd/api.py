@@ -62,19 +62,20 @@ class DistillResult:
 def run(recipe: Union[str, Path, dict, Recipe], *, run_dir: Optional[Union[str, Path]] = None, force: bool = False,
         resume: bool = False, quiet: bool = False, console: Optional[Console] = None,
         stop_after_epoch: Optional[int] = None, seeds: Optional[list[int]] = None,
-        add_targets: Optional[list[str]] = None) -> RunResult:
+        add_targets: Optional[list[str]] = None, require_finished: bool = False) -> RunResult:
     """Run a recipe (path, dict or `Recipe`): teacher -> baseline -> KD student -> measure -> report.
 
     `seeds` replaces the recipe's `seeds:` (students trained once per seed on one split, reported as mean ± sd and
     paired differences). `add_targets` (`leankd compress`/`export`): on a finished run, build only these compression
     targets and add them to its report (timed beside the fp32 student), keeping every earlier model and artifact;
-    the recipe's `compress.targets` should list them too (it is what recipe.yaml records)."""
+    the recipe's `compress.targets` should list them too (it is what recipe.yaml records). `require_finished`: a
+    stage that would have to be trained is an error (compress/export with --remeasure)."""
     recipe = _as_recipe(recipe)
     if seeds is not None:
         recipe = with_seeds(recipe, seeds)
     run_dir = Path(run_dir) if run_dir else Path(recipe.output_dir) / recipe.name
     pipeline = Pipeline(recipe, run_dir, force=force, resume=resume, quiet=quiet, console=console,
-                        stop_after_epoch=stop_after_epoch, add_targets=add_targets)
+                        stop_after_epoch=stop_after_epoch, add_targets=add_targets, require_finished=require_finished)
     return RunResult(Report(pipeline.run()), run_dir)
 
 

@@ -154,7 +154,7 @@ def _rerun_with_targets(run_dir: Path, targets: list[str], quiet: bool, override
     added = None
     if not remeasure:  # what the requested targets expand to (qat brings int8-static and qat-control)
         added = type(r.compress)(**{**r.compress.model_dump(), "targets": targets}).targets
-    return run_recipe(r, run_dir=run_dir, quiet=quiet, console=console, add_targets=added)
+    return run_recipe(r, run_dir=run_dir, quiet=quiet, console=console, add_targets=added, require_finished=True)
 
 
 @app.command(context_settings={"allow_extra_args": True})

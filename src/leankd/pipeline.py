@@ -320,7 +320,7 @@ class Pipeline:
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, force: bool = False, resume: bool = False,
                  quiet: bool = False, console: Optional[Console] = None, stop_after_epoch: Optional[int] = None,
-                 add_targets: Optional[list[str]] = None):
+                 add_targets: Optional[list[str]] = None, require_finished: bool = False):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.force, self.resume, self.quiet = force, resume, quiet
@@ -338,6 +338,8 @@ class Pipeline:
         # `leankd compress`/`export`: build only these targets into the finished run's report, timed beside the fp32
         # student (None: a full run builds the recipe's targets and measures every model)
         self.add_targets = add_targets
+        # compress/export (with or without --remeasure) only measure and build: a stage they would train is an error
+        self.require_finished = require_finished or add_targets is not None
         self.replaced_files: list[str] = []  # artifact files (relative) a rebuilt target no longer uses
 
     def log(self, msg: str) -> None:
@@ -398,7 +400,8 @@ class Pipeline:
         teacher = self.teacher_stage(task, teacher_model, teacher_data_fp)
         stages = {"teacher": teacher}
         self.student_stages(task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)
-        seed_values = self.other_seeds(task, teacher, student_model_cfg) if r.seeds and len(r.seeds) > 1 else None
+        several = r.seeds and len(r.seeds) > 1 and self.add_targets is None  # compress/export keep the seeds block
+        seed_values = self.other_seeds(task, teacher, student_model_cfg) if several else None
         return self.report(task, stages, seed_values)
 
     def teacher_stage(self, task: Task, teacher_model: nn.Module, teacher_data_fp: dict) -> StageResult:
@@ -488,6 +491,7 @@ class Pipeline:
         child = Pipeline(recipe, self.run_dir / f"seed{seed}", force=self.force, resume=self.resume, quiet=self.quiet,
                          console=self.console, stop_after_epoch=self.stop_after_epoch)
         child.epoch_hook = self.epoch_hook
+        child.require_finished = self.require_finished
         if r.seeds_teacher == "once":
             child.stage_dirs["teacher"] = self.run_dir / "teacher"
         return child
@@ -786,7 +790,7 @@ class Pipeline:
             fp = fingerprint({"stage": name, "model": model_fp, "loss": loss.describe(), "seed": self.recipe.seed,
                               "train": _stable(cfg.model_dump(), ADDED_TRAIN_DEFAULTS), **extra_fp})
         stage_json, weights, ckpt = sdir / "stage.json", sdir / "model.safetensors", sdir / "checkpoint.safetensors"
-        if self.add_targets is not None and not (model_cfg.checkpoint and name == "teacher"):
+        if self.require_finished and not (model_cfg.checkpoint and name == "teacher"):
             self._check_finished(name, stage_json, weights, fp)
         if self.force and sdir.exists():
             shutil.rmtree(sdir)
@@ -1037,10 +1041,13 @@ class Pipeline:
         built = {}
         for target in targets:
             self.log(f"compress: building {target} ...")
+            staged_before = {p for p in out_dir.rglob("*") if p.is_file()}
             try:
                 art = build_artifact(target, student, task, out_dir, self.recipe.compress.calibration_batches,
                                      finetune=finetune if target in TRAINING_TARGETS else None)
             except Exception as e:  # noqa: BLE001 - a failing artifact (even a torch/ORT error) never loses the run
+                for partial in {p for p in out_dir.rglob("*") if p.is_file()} - staged_before:
+                    partial.unlink()  # never merged over the good artifact an earlier call built
                 why = str(e) if isinstance(e, LeanKDError) else f"{type(e).__name__}: {e}"
                 self.log(f"[bold red]compress: {target} failed:[/] {why}")
                 self.failed_targets[target] = why

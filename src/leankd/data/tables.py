@@ -84,6 +84,8 @@ def find_split_files(source: Path, suffixes: Optional[tuple[str, ...]] = None) -
     if not with_train:
         raise DataError(f"data.source {str(source)!r}: no training file; expected {wanted}, optionally with a "
                         f"dataset prefix (eng_train.tsv); found {found_names}")
+    if len(with_train) > 1 and "" in with_train:  # train.tsv beside e.g. augmented_train.tsv: the plain one, as
+        with_train = {"": with_train[""]}             # before dataset prefixes were recognised
     if len(with_train) > 1:
         names = sorted(f"{prefix or '(no prefix)'}: {', '.join(p.name for _, p in found.values())}"
                        for prefix, found in with_train.items())

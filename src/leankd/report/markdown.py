@@ -481,6 +481,8 @@ def seeds_kd_sentence(report: dict, s_label: str, budget: str) -> Optional[str]:
     if p is None:
         return None
     mean, lo, hi = p["mean_points"], p.get("ci_low_points"), p.get("ci_high_points")
+    if _is_num(lo) and lo == hi and not (_is_num(p.get("sign_p_value")) and p["sign_p_value"] < 0.05):
+        lo = hi = None  # every seed gave the same difference: a zero-width interval, not certainty (sign test decides)
     if not (_is_num(lo) and _is_num(hi)) or lo <= 0 <= hi:
         verdict = f"{s_label} is within seed spread of the baseline trained alone {budget}"
     elif mean > 0:
@@ -870,6 +872,10 @@ def sanity_kd_paragraph(report: dict) -> Optional[str]:
                    "trained alone")
     parts = [f"{verdict} on the task's primary metric, {_primary_label(primary)}: {_fmt_metric(name, s_val)} vs "
              f"{_fmt_metric(name, b_val)}."]
+    if report.get("seeds"):  # the seeds block pairs the headline (accuracy): this verdict is one seed's
+        parts.append(f"This is the main seed ({_g(report, 'seeds', 'main_seed')}) only: the Seeds section pairs "
+                     "accuracy over the seeds, not this metric, so repeat the comparison per seed before relying "
+                     "on a difference of this size.")
     for other in primary.get("also") or []:
         s_other, b_other = _g(models, STUDENT_ROLE, "quality", other), _g(models, BASELINE_ROLE, "quality", other)
         parts.append(f"{SECONDARY_LABELS.get(other, other)}: {_fmt_metric(other, s_other)} vs "
