@@ -501,17 +501,25 @@ def test_checkpoint_with_another_class_count(tmp_path, finished_run):
 
 
 # ---------------------------------------------------------------------------------------------- signals
+def sigint_as_in_a_terminal() -> None:
+    """preexec_fn of a child that a test interrupts: SIGINT at its default disposition. A shell that starts a job in
+    the background (`cmd &`, as a CI runner may) makes the job ignore SIGINT, and a process started with SIGINT
+    ignored never sees Ctrl-C; a user's terminal never does that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def interrupted_run(tmp_path_factory):
     """A run stopped by a real Ctrl-C (SIGINT) once its teacher has a checkpoint: (exit code, stderr, run dir,
     recipe). The teacher has epochs to spare, so the signal lands while it trains."""
     tmp = tmp_path_factory.mktemp("interrupted")
-    recipe = write_yaml(tmp / "r.yaml", tiny_recipe(tmp, teacher={"train": {"epochs": 40}}))
+    recipe = write_yaml(tmp / "r.yaml", tiny_recipe(tmp, teacher={"train": {"epochs": 400}}))
     run_dir = tmp / "runs" / "tiny"
     ckpt = run_dir / "teacher" / "checkpoint.safetensors"
     with open(tmp / "stdout", "w+") as out, open(tmp / "stderr", "w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "leankd.cli", "run", str(recipe), "--quiet"], stdout=out,
-                                stderr=err, text=True, env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+                                stderr=err, text=True, env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+                                preexec_fn=sigint_as_in_a_terminal)
         try:
             deadline = time.monotonic() + 600
             while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -765,7 +773,8 @@ def test_second_run_on_the_same_directory_is_refused(tmp_path):
     run_dir = tmp_path / "runs" / "tiny"
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     first = subprocess.Popen([sys.executable, "-m", "leankd.cli", "run", str(path), "--quiet"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=sigint_as_in_a_terminal)
     try:
         deadline = _time.monotonic() + 120
         while not (run_dir / "teacher").exists() and first.poll() is None and _time.monotonic() < deadline:
