@@ -182,3 +182,26 @@ def test_search_report_says_what_its_numbers_cannot_show(tmp_path, monkeypatch):
     table = to_markdown(collect([tmp_path, tmp_path / "run"]))
     assert "0.45 (est. from MACs)" in table and "700 (unreliable)" in table
     assert "CPU latency unreliable: rounds disagree" in table
+
+
+def test_two_workers_creating_the_schema_at_once_retry(monkeypatch, tmp_path):
+    """Two workers opening a new PostgreSQL study race to create Optuna's tables and enum types; the loser gets
+    IntegrityError or "type ... already exists" (psycopg DuplicateObject) and must retry, not stop the search."""
+    import optuna
+
+    from leankd.search import study
+
+    class ProgrammingError(Exception):
+        pass
+
+    calls = []
+
+    def racing_storage(url):
+        calls.append(url)
+        if len(calls) == 1:
+            raise ProgrammingError('(psycopg.errors.DuplicateObject) type "studydirection" already exists')
+        return "storage"
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing_storage)
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    assert study.open_storage(tmp_path, "postgresql://u@h/db") == "storage" and len(calls) == 2

@@ -41,7 +41,8 @@ def open_storage(search_dir: Path, url: Optional[str]) -> optuna.storages.BaseSt
         try:
             return optuna.storages.RDBStorage(url)
         except Exception as e:  # noqa: BLE001 - driver missing, server down, bad URL: all the user's to fix
-            if "IntegrityError" in type(e).__name__ and attempt < 3:  # two workers creating Optuna's tables at once
+            racing = "IntegrityError" in type(e).__name__ or "already exists" in str(e)  # e.g. DuplicateObject on
+            if racing and attempt < 3:  # Optuna's enum types: two workers creating Optuna's tables at once
                 time.sleep(1.0 + attempt)
                 continue
             raise LeanKDError(f"--storage {url}: cannot open the study storage ({type(e).__name__}: {e}); is the "
