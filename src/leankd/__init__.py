@@ -1,5 +1,5 @@
 """leankd: resource-efficient knowledge distillation with an honest quality-vs-cost report."""
-__version__ = "0.1.0"
+from .core.version import __version__ as __version__
 
 from . import losses as losses  # noqa: E402  (leankd.losses.KD(...) + 0.1 * leankd.losses.CE())
 

@@ -11,7 +11,6 @@ the report compare like with like and describe the artifact a user would ship.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import platform
 import shutil
@@ -23,6 +22,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from .core.fingerprint import FINGERPRINT_VERSION, fingerprint  # noqa: F401  (re-exported: leankd.pipeline.fingerprint)
 from .kd.losses import CE, KD, MSE, LabelMSE, Loss, SoftCE, mix
 from .kd.teacher import LiveTeacher
 from .errors import LeanKDError, ModelError, RecipeError
@@ -44,7 +44,6 @@ from .train.loop import FitResult, fit
 from .train.step_cost import feature_costs
 from .train.progress import RichProgress
 
-FINGERPRINT_VERSION = 1
 LOGIT_KD_ROLE = "logit_kd"  # the logit-only KD control trained beside a student with feature losses
 
 
@@ -100,11 +99,6 @@ def data_fingerprints(recipe: Recipe, task: Task) -> tuple[dict, dict]:
     teacher_data_fp = {"data": _data_settings(recipe.data.model_dump(exclude={**ignored, "text": WORD_SETTINGS}), seed),
                        "dataset": data_fp["dataset"]}
     return data_fp, teacher_data_fp
-
-
-def fingerprint(obj) -> str:
-    blob = json.dumps({"v": FINGERPRINT_VERSION, **obj}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_loss(cfg: DistillConfig, label_smoothing: float = 0.0,

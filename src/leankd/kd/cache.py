@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.task import Batch, Task
 from ..errors import RecipeError
 from ..io import atomic_path, write_json_atomic
-from ..tasks.base import Batch, Task
 
 CACHE_FORMAT = 1
 

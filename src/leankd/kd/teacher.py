@@ -1,21 +1,21 @@
-"""The teacher as a function from a batch to logits. The student's loop cannot tell a live teacher from a cached
-one (issue: cheap distillation), so anything that maps `Batch -> Tensor` can stand here."""
+"""Teachers: a frozen live model, and a dense ensemble of guides. The contract (`Teacher`: any `Batch -> logits`
+callable, so the student's loop cannot tell a live teacher from a cached one) is `leankd.core.teacher`,
+re-exported here."""
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..core.task import Batch, Task
+from ..core.teacher import Teacher
 from ..errors import RecipeError
-from ..tasks.base import Batch, Task
 from .taps import FeatureTaps, tree_map
 
+__all__ = ["DTYPES", "Teacher", "LiveTeacher", "GuideEnsemble"]
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class Teacher(Protocol):
-    def __call__(self, batch: Batch) -> Tensor: ...
 
 
 class LiveTeacher:

@@ -15,7 +15,7 @@ from typing import Callable, TypeVar
 from torch import nn
 
 from leankd.errors import ModelError
-from leankd.models import hub
+import leankd.models.hub as hub  # the module, not the package: the package imports us
 from leankd.models._kwargs import check_kwargs
 from leankd.models.weights import infer_num_classes, load_weights
 

@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from leankd.core.version import __version__
 from leankd.errors import LeanKDError
 from leankd.io import write_json_atomic
 
@@ -686,13 +687,7 @@ def headline(entry: Optional[dict]) -> Optional[float]:
 
 
 def _leankd_version() -> str:
-    try:
-        import leankd
-
-        v = getattr(leankd, "__version__", None)
-    except Exception:  # pragma: no cover - the package is importable if we are
-        v = None
-    return str(v) if v else "0.1.0"
+    return __version__  # from leankd.core.version: `import leankd` here would import the API, which imports us
 
 
 def utc_now_stamp() -> str:

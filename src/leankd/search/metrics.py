@@ -14,6 +14,8 @@ latency is left out (the trial then says it could not be judged) rather than gue
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Optional
 
 from ..errors import RecipeError
@@ -136,3 +138,25 @@ def latency_fallback_note(report: dict, targets: list[str], names: list[str], ro
         text += ("; " if estimated else "") + ", ".join(missing) + " left out (no reliably timed model to " \
             "estimate it from): time the runs again on a quiet machine"
     return text
+
+
+# ------------------------------------------ read by both the runner and the search report (neither imports the other)
+def selection_value(metrics: dict, metric: str) -> Optional[float]:
+    """What the search selects on: validation accuracy where an objective says accuracy (the test split is only
+    reported, never optimized), else the metric itself."""
+    if metric == "accuracy" and metrics.get("val_accuracy") is not None:
+        return metrics["val_accuracy"]
+    return metrics.get(metric)
+
+
+def params_key(params: Optional[dict]) -> str:
+    """A candidate's settings as one key: the runs of one candidate (its seeds) group under it."""
+    return json.dumps(params or {}, sort_keys=True, default=str)
+
+
+def last_val_accuracy(history: Path) -> Optional[float]:
+    """The last epoch's validation accuracy of a stage (None without a validation split or history)."""
+    if not history.exists():
+        return None
+    lines = [line for line in history.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1]).get("val_accuracy") if lines else None

@@ -20,9 +20,9 @@ from optuna.trial import TrialState
 from ..io import atomic_path, write_json_atomic, write_text_atomic
 from ..report.schema import load_report
 from .evidence import first_rung_sentence, first_rung_signal, selection_bias_sentence, teacher_origin
-from .metrics import CPU_LATENCY, candidate_metrics, latency_fallback_note, resolve
+from .metrics import (CPU_LATENCY, candidate_metrics, last_val_accuracy, latency_fallback_note, params_key, resolve,
+                      selection_value)
 from .pareto import pareto_front
-from .runner import _params_key, last_val_accuracy, selection_value
 from .space import FAMILY, MISSING, get_path
 from .study import RUNGS
 
@@ -126,7 +126,7 @@ def full_candidates(rows: list[dict], seeds: int = 1) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for r in rows:
         if r["rung"] == "full" and r["state"] == "complete":
-            groups.setdefault(_params_key(r["params"]), []).append(r)
+            groups.setdefault(params_key(r["params"]), []).append(r)
     out = []
     for runs in groups.values():
         if len(runs) < seeds:

@@ -42,7 +42,8 @@ from ..errors import LeanKDError, RecipeError
 from ..recipe import Recipe, dump_recipe, parse_recipe
 from ..report.schema import load_report
 from .config import SearchConfig
-from .metrics import CPU_LATENCY, candidate_metrics, latency_fallback_note, reference_ms_per_mac, resolve
+from .metrics import (CPU_LATENCY, candidate_metrics, last_val_accuracy, latency_fallback_note, reference_ms_per_mac,
+                      params_key, resolve, selection_value)
 from .pareto import pareto_front, select_for_promotion
 from .space import apply_params, check_space, setting_key, space_size, suggest, untried_setting
 from .study import (MAX_RESAMPLE, RUNGS, active, claim_waiting, duplicate_of, make_sampler, open_storage,
@@ -53,14 +54,6 @@ POLL_S = 2.0
 
 def trial_key(raw: dict) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def selection_value(metrics: dict, metric: str) -> Optional[float]:
-    """What the search selects on: validation accuracy where an objective says accuracy (the test split is only
-    reported, never optimized), else the metric itself."""
-    if metric == "accuracy" and metrics.get("val_accuracy") is not None:
-        return metrics["val_accuracy"]
-    return metrics.get(metric)
 
 
 class Search:
@@ -391,11 +384,11 @@ class Search:
                 chosen = order[:self.promote_limit()]
             else:
                 chosen = select_for_promotion(points, self.directions, self.promote_limit())
-            queued = {(_params_key(t.user_attrs.get("params")), t.user_attrs.get("seed", self.recipe.seed))
+            queued = {(params_key(t.user_attrs.get("params")), t.user_attrs.get("seed", self.recipe.seed))
                       for t in active(full.get_trials(deepcopy=False))}
             for i in chosen:  # the same settings sampled twice are promoted once
                 for seed in self.full_seeds():
-                    key = (_params_key(done[i].user_attrs["params"]), seed)
+                    key = (params_key(done[i].user_attrs["params"]), seed)
                     if key not in queued:
                         queued.add(key)
                         full.enqueue_trial({}, user_attrs={"source": done[i].number, "seed": seed,
@@ -433,7 +426,7 @@ class Search:
         failed seed, or whose run broke a constraint at any seed, is left out."""
         groups: dict[str, list[FrozenTrial]] = {}
         for t in active(self.studies["full"].get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
-            groups.setdefault(_params_key(t.user_attrs.get("params")), []).append(t)
+            groups.setdefault(params_key(t.user_attrs.get("params")), []).append(t)
         out = []
         for runs in groups.values():
             if len(runs) < self.cfg.full_seeds:  # a seed failed: one seed's luck would decide again
@@ -527,18 +520,6 @@ def _retried(trial: optuna.Trial, trials: list[FrozenTrial]) -> set[int]:
         out.add(number)
         number = by_number[number].user_attrs.get("retry_of") if number in by_number else None
     return out
-
-
-def _params_key(params: Optional[dict]) -> str:
-    return json.dumps(params or {}, sort_keys=True, default=str)
-
-
-def last_val_accuracy(history: Path) -> Optional[float]:
-    """The last epoch's validation accuracy of a stage (None without a validation split or history)."""
-    if not history.exists():
-        return None
-    lines = [line for line in history.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1]).get("val_accuracy") if lines else None
 
 
 def _short(d: dict) -> str:

@@ -1,181 +1,22 @@
-"""The task contract: everything modality-specific lives behind it, so the training loop, the measurements and
-the report never branch on images vs audio vs text.
+"""The in-memory and streamed tasks every modality builds on. The contract itself (`Batch`, `Task`, `CpuView`)
+is `leankd.core.task`, re-exported here for the code and users that import it from this module.
 
-A task yields `Batch`es already on the training device (augmented for training), runs a model on a batch's
-inputs, and turns logits into metrics. `TensorTask` covers every dataset that fits in memory as tensors: the
-whole epoch (shuffle, gather, augment) happens on the device with no DataLoader, which is where most of the
-speed of airbench-style training comes from.
+`TensorTask` covers every dataset that fits in memory as tensors: the whole epoch (shuffle, gather, augment)
+happens on the device with no DataLoader, which is where most of the speed of airbench-style training comes from.
+`LoaderTask` streams from disk through a DataLoader and augments on the device the same way.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..errors import DataError, LeanKDError
-from ..measure.quality import classification_metrics
+from ..core.task import Batch, CpuView, Task
+from ..errors import DataError
 
-
-@dataclass
-class Batch:
-    inputs: Any  # a tensor, or a dict of tensors for tasks whose models take several inputs
-    targets: Tensor
-    index: Optional[Tensor] = None  # positions in the split (lets a cache find the teacher's outputs)
-    count: Optional[int] = None  # examples in the batch when targets are not one per example (seq2seq: tokens)
-
-    @property
-    def size(self) -> int:
-        return self.count if self.count is not None else int(self.targets.shape[0])
-
-
-class Task:
-    """Base class: subclasses fill the data and may override `forward` / `metrics`."""
-
-    kind: str = "classification"
-    regression: bool = False  # one float output per example (text_regression) instead of class logits
-    eval_split: str = "test"  # the split the final report is measured on
-    notes: list[str] = []
-    num_classes: int
-    class_names: list[str]
-    device: torch.device
-
-    # data ----------------------------------------------------------------------------------------------
-    supports_views: bool = False  # whether train_batches can replay a fixed augmentation view (teacher cache)
-    max_views: Optional[int] = None  # distinct views there are (1: the task does not augment, e.g. text)
-    VIEW_CHUNK: Optional[int] = None  # views augmented in chunks of this many samples (part of a cache's identity)
-
-    def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
-        """Shuffled, augmented training batches of one epoch. `view=v` replays augmentation view v instead of a
-        fresh draw: the same augmented input for every sample whenever v comes back, whatever the batch order —
-        what a cached teacher's logits were computed on."""
-        raise NotImplementedError
-
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
-        raise NotImplementedError
-
-    def view_batches(self, view: int, seed: int, batch_size: int) -> Iterator[Batch]:
-        """Every training sample once, under augmentation view `view`, each batch with its `index`: what the teacher
-        cache labels (tasks with `supports_views`)."""
-        raise NotImplementedError
-
-    def cache_size(self) -> int:
-        """Rows a teacher cache of the training split holds: one per example by default (seq2seq: one per target
-        token, since word-level KD needs the teacher's distribution at every position)."""
-        return self.split_size("train")
-
-    def cache_rows(self, index: Tensor) -> Tensor:
-        """The cache rows of training examples `index`, in the order `forward` returns their logits."""
-        return index
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        """Full batches only (fixed shapes, no tiny noisy last step); one step when the split is smaller."""
-        n = self.split_size("train")
-        return max(1, n // batch_size) if n >= batch_size else 1
-
-    def split_size(self, split: str) -> int:
-        raise NotImplementedError
-
-    def has_split(self, split: str) -> bool:
-        return self.split_size(split) > 0
-
-    def example_inputs(self, batch_size: int) -> Any:
-        """A batch of evaluation inputs for profiling (FLOPs, latency), repeated if the split is small."""
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {
-            "num_classes": self.num_classes,
-            "classes": list(self.class_names),
-            "train_size": self.split_size("train"),
-            "val_size": self.split_size("val"),
-            "eval_split": self.eval_split,
-            "eval_size": self.split_size(self.eval_split),
-            "primary_metric": self.primary_metric(),
-            **getattr(self, "info", {}),
-        }
-
-    def primary_metric(self) -> dict:
-        """The quality figure this task is judged by (`{name, higher_is_better, label}`, `name` a key of the report's
-        quality block): the KD verdict and the primary ratios read it from the report, so the report never has to
-        know which modality it describes. Default: accuracy (Pearson r for regression)."""
-        if self.regression:
-            return {"name": "pearson", "higher_is_better": True, "label": "Pearson r"}
-        return {"name": "accuracy", "higher_is_better": True, "label": "accuracy"}
-
-    # model -------------------------------------------------------------------------------------------------
-    def model_defaults(self) -> dict:
-        """Keyword arguments the data implies for models that accept them (e.g. `n_mels`); the recipe's own
-        `kwargs` win."""
-        return {}
-
-    def quality(self, model, split: str, cpu: bool = False) -> dict:
-        """The report's quality block for `model` on `split`; `cpu`: run on the CPU in fp32 (deployment artifacts).
-        Default: the metrics of the logits; a task whose outputs must be decoded first (seq2seq) overrides it."""
-        from ..train.loop import evaluate
-
-        return evaluate(model, CpuView(self) if cpu else self, split)
-
-    def joint_measurements(self, models: dict) -> dict[str, dict]:
-        """Task-specific measurements timed across every model and artifact at once (role -> block to merge into
-        its entry), e.g. seq2seq decoding latency, interleaved; default none."""
-        return {}
-
-    def extra_measurements(self, model: nn.Module) -> dict:
-        """Task-specific measurements that join a model's report block (e.g. streaming latency)."""
-        return {}
-
-    def with_train_subset(self, n: int, seed: int) -> "Task":
-        """A copy whose training split is a stratified subset of `n` examples (`teacher.limit_train`)."""
-        raise LeanKDError(f"teacher.limit_train needs the training data in memory; {type(self).__name__} streams it: "
-                          "drop teacher.limit_train or use data.limit_train (which limits every stage)")
-
-    def prepare_model(self, model: nn.Module) -> None:
-        """Get the data ready for `model` before it trains or is measured (text: tokenize the way it reads)."""
-
-    def model_inputs(self, model: nn.Module, inputs: Any) -> Any:
-        """What `model` takes from a batch's inputs (text: one of several tokenizations); default: all of it."""
-        return inputs
-
-    def same_inputs(self, a: nn.Module, b: nn.Module) -> bool:
-        """Whether two models read the same input positions (what layer and attention losses compare)."""
-        return True
-
-    def save(self, run_dir) -> None:
-        """Write what a deployed model needs besides its weights into the run directory (text: a word vocabulary)."""
-
-    def forward(self, model: nn.Module, inputs: Any) -> Tensor:
-        return model(inputs)
-
-    def dynamic_dims(self) -> dict[int, str]:
-        """Input dimensions that vary between batches (ONNX export declares them dynamic)."""
-        return {0: "batch"}
-
-    def metrics(self, logits: Tensor, targets: Tensor) -> dict:
-        return classification_metrics(logits, targets, self.class_names)
-
-
-class CpuView:
-    """A view of a task whose evaluation batches are moved to the CPU in fp32 (deployment artifacts run there)."""
-
-    def __init__(self, task: Task):
-        self.task = task
-
-    def eval_batches(self, split: str, batch_size: int):
-        from ..measure.devices import to_device
-
-        for batch in self.task.eval_batches(split, batch_size):
-            batch.inputs = to_device(batch.inputs, "cpu", torch.float32)
-            batch.targets = batch.targets.cpu()
-            yield batch
-
-    def forward(self, model, inputs):
-        return self.task.forward(model, inputs)
-
-    def metrics(self, logits, targets):
-        return self.task.metrics(logits, targets)
+__all__ = ["Batch", "CpuView", "Task", "TensorTask", "LoaderTask", "take_inputs", "concat_inputs"]
 
 
 def take_inputs(inputs: Any, idx: Tensor) -> Any:

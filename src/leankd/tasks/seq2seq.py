@@ -21,9 +21,9 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..core.task import Batch, CpuView, Task, evaluate
 from ..data.seq2seq import Pairs, SymbolVocab
 from ..errors import DataError
-from .base import Batch, CpuView, Task
 
 UNLABELED = -100
 
@@ -240,7 +240,6 @@ class Seq2SeqTask(Task):
     def quality(self, model, split: str, cpu: bool = False) -> dict:
         """Greedy and beam-search error rates over the split's distinct sources (+ teacher-forced loss)."""
         from ..seq2seq.metrics import sequence_metrics, text_scores
-        from ..train.loop import evaluate
 
         device = "cpu" if cpu else None
         forced = evaluate(model, CpuView(self) if cpu else self, split)

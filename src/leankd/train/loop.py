@@ -19,15 +19,16 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..core.task import Task, evaluate, predict  # noqa: F401  (evaluate, predict re-exported: leankd.train.loop)
+from ..core.teacher import Teacher
 from ..errors import RecipeError
 from ..kd.losses import CE, Loss, LossInputs
 from ..kd.taps import FeatureTaps, use_eager_attention
-from ..kd.teacher import DTYPES, Teacher
+from ..kd.teacher import DTYPES
 from ..io import write_text_atomic
 from ..measure.energy import EnergyMeter
 from ..measure.memory import PeakMemory
 from ..recipe import TrainConfig
-from ..tasks.base import Task
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler, param_groups
 from .speed import describe_optimizer, mark_step_begin, plan_step
@@ -51,26 +52,6 @@ def autocast_context(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
-
-
-@torch.no_grad()
-def predict(model: nn.Module, task: Task, split: str, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (fp32, CPU) and targets of a whole split, model in eval mode; restores the model's mode."""
-    was_training = model.training
-    model.eval()
-    logits, targets = [], []
-    try:
-        for batch in task.eval_batches(split, batch_size):
-            logits.append(task.forward(model, batch.inputs).float().cpu())
-            targets.append(batch.targets.cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(logits), torch.cat(targets)
-
-
-def evaluate(model: nn.Module, task: Task, split: str, batch_size: int = 256) -> dict:
-    logits, targets = predict(model, task, split, batch_size)
-    return task.metrics(logits, targets)
 
 
 def _channels_last(x, enabled: bool):
