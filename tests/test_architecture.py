@@ -124,7 +124,7 @@ def strongly_connected(graph: dict[str, dict[str, int]]) -> list[set[str]]:
 
 
 def cycle_path(graph: dict[str, dict[str, int]], group: set[str]) -> str:
-    """One shortest cycle through the group's first module, with the line of each import: what to cut."""
+    """One shortest cycle through the group's first module, each arrow with the line of the import: what to cut."""
     start = min(group)
     previous = {start: None}
     queue = [start]
@@ -144,7 +144,7 @@ def cycle_path(graph: dict[str, dict[str, int]], group: set[str]) -> str:
         path.insert(1, node)
         node = previous[node]
     path.append(start)
-    return " -> ".join(f"{a} (line {graph[a][b]})" for a, b in zip(path, path[1:])) + f" -> {start}"
+    return path[0] + "".join(f" --line {graph[a][b]}--> {b}" for a, b in zip(path, path[1:]))
 
 
 def describe_cycles(graph: dict[str, dict[str, int]], groups: list[set[str]]) -> str:
@@ -172,8 +172,7 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
     assert graph["leankd.c"] == {"leankd": 1, "leankd.a": 1}
     groups = strongly_connected(graph)
     assert groups == [{"leankd.a", "leankd.sub.b", "leankd.c"}]
-    assert cycle_path(graph, groups[0]) == ("leankd.a (line 2) -> leankd.sub.b (line 1) -> leankd.c (line 1) "
-                                            "-> leankd.a")
+    assert cycle_path(graph, groups[0]) == "leankd.a --line 2--> leankd.sub.b --line 1--> leankd.c --line 1--> leankd.a"
 
 
 def test_no_import_cycles():
