@@ -267,7 +267,7 @@ def test_vocab_trim_keeps_training_tokens_exactly_and_maps_the_rest_to_unk(tmp_p
 def test_narrower_transformer_student_distils_through_learned_projections(tmp_path):
     """Half the teacher's width: pretrained weights cannot be copied (a clear error says so); from random weights
     the TinyBERT hidden-state loss learns a 16 -> 32 projection and MiniLM's losses need none."""
-    from leankd.kd.features import FEATURE_LOSSES
+    from leankd.kd.registry import feature_loss
     from leankd.kd.losses import KD
     from leankd.kd.teacher import LiveTeacher
     from leankd.recipe import TrainConfig
@@ -283,7 +283,7 @@ def test_narrower_transformer_student_distils_through_learned_projections(tmp_pa
     student = create_model(r.teacher.model, num_classes=2, layers=2, pretrained=False, config=narrow)
     hidden = [("hf.bert.embeddings", "hf.bert.embeddings"), ("hf.bert.encoder.layer.1", "hf.bert.encoder.layer.3")]
     attention = [("hf.bert.encoder.layer.1.attention.self", "hf.bert.encoder.layer.3.attention.self")]
-    loss = KD(2.0) + FEATURE_LOSSES["hidden_mse"](hidden) + FEATURE_LOSSES["minilm"](attention)
+    loss = KD(2.0) + feature_loss("hidden_mse", hidden) + feature_loss("minilm", attention)
     result = fit(student, task, TrainConfig(epochs=2, batch_size=16, optimizer="adamw", lr=3e-3), loss=loss,
                  teacher=LiveTeacher(teacher, task))
     losses = [row["train_loss"] for row in result.history]

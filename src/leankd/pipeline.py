@@ -23,7 +23,8 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from .kd.losses import CE, KD, MSE, LabelMSE, Loss, SoftCE, mix
+from .kd.losses import CE, LabelMSE, Loss
+from .kd.registry import LOGIT_LOSSES, BuildContext, build_logit_loss, default_terms, feature_loss
 from .kd.teacher import LiveTeacher
 from .errors import LeanKDError, ModelError, RecipeError
 from .data.readers import file_identity
@@ -112,7 +113,7 @@ def build_loss(cfg: DistillConfig, label_smoothing: float = 0.0,
     """The recipe's logit loss plus its feature (layer) terms. `feature_pairs` gives the resolved pairs of each
     `distill.features` term (needed for `pairs: auto`); None = logits only (the logit-KD control). `regression`:
     one output per example, so KD is the MSE to the teacher's output and "ce" the MSE to the label."""
-    total = _logit_loss(cfg, label_smoothing, regression)
+    total = logit_loss(cfg, label_smoothing, regression)
     for term in feature_terms(cfg, feature_pairs or []):
         total = total + term
     return total
@@ -120,15 +121,13 @@ def build_loss(cfg: DistillConfig, label_smoothing: float = 0.0,
 
 def feature_terms(cfg: DistillConfig, feature_pairs: list[list[tuple[str, str]]]) -> list[Loss]:
     """`weight * kind(pairs)` for each `distill.features` term, with its resolved pairs."""
-    from .kd.features import FEATURE_LOSSES
-
-    return [term.weight * FEATURE_LOSSES[term.kind](pairs) for term, pairs in zip(cfg.features, feature_pairs)]
+    return [term.weight * feature_loss(term.kind, pairs) for term, pairs in zip(cfg.features, feature_pairs)]
 
 
 def _guide_temperature(cfg: DistillConfig) -> float:
-    """The temperature dense guides are averaged at: that of the recipe's KD / soft-CE term."""
+    """The temperature dense guides are averaged at: that of the recipe's first temperature-taking term."""
     for term in cfg.loss or []:
-        if term.kind in ("kd", "soft_ce"):
+        if "temperature" in type(term).model_fields:
             return term.temperature or cfg.temperature
     return cfg.temperature
 
@@ -138,30 +137,25 @@ def supervised_loss(label_smoothing: float, regression: bool) -> Loss:
     return LabelMSE() if regression else CE(label_smoothing)
 
 
-def _logit_loss(cfg: DistillConfig, label_smoothing: float, regression: bool = False) -> Loss:
-    if cfg.loss is None:
-        if regression:  # Tang et al.'s distillation objective: MSE between the outputs
-            return cfg.alpha * MSE() + (1.0 - cfg.alpha) * LabelMSE()
-        return mix(cfg.alpha, cfg.temperature, label_smoothing)
-    total = None
-    for term in cfg.loss:
-        if regression and term.kind in ("kd", "soft_ce"):
-            raise RecipeError(f"distill.loss: {term.kind} compares class distributions, but this task is a "
-                              "regression with one output: use mse (to the teacher's output) and ce (the squared "
-                              "error to the label)")
-        if regression and term.kind == "ce":
-            part = LabelMSE()
-        elif term.kind == "ce":
-            part = CE(term.label_smoothing if term.label_smoothing is not None else label_smoothing)
-        elif term.kind == "kd":
-            part = KD(term.temperature or cfg.temperature)
-        elif term.kind == "soft_ce":
-            part = SoftCE(term.temperature or cfg.temperature)
-        else:
-            part = MSE()
-        part = term.weight * part
-        total = part if total is None else total + part
-    return total
+def logit_loss(cfg: DistillConfig, label_smoothing: float, regression: bool = False) -> Loss:
+    """The recipe's logit loss, every term built by its registered kind. No `distill.loss`: the classic alpha-mix
+    (for a regression task alpha x mse + (1 - alpha) x the label's squared error, Tang et al.)."""
+    ctx = BuildContext(temperature=cfg.temperature, label_smoothing=label_smoothing, transform=cfg.transform,
+                       regression=regression)
+    if cfg.loss is not None:
+        terms = cfg.loss
+    elif regression:
+        terms = [LOGIT_LOSSES.get("mse").params(kind="mse", weight=cfg.alpha),
+                 LOGIT_LOSSES.get("ce").params(kind="ce", weight=1.0 - cfg.alpha)]
+    else:
+        terms = default_terms(cfg.alpha)
+    try:
+        return build_logit_loss(terms, ctx)
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+
+
+_logit_loss = logit_loss  # the name seq2seq/stages.py imports
 
 
 def build_model(cfg: ModelConfig, num_classes: int, role: str, defaults: Optional[dict] = None) -> nn.Module:
