@@ -8,11 +8,11 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import yaml
-from pydantic import (BaseModel, Field, SerializeAsAny, ValidationError, create_model, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, Field, GetJsonSchemaHandler, SerializeAsAny, ValidationError,
+                      create_model, field_validator, model_validator)
 
 from .core.params import Strict
 from .kd.registry import (FEATURE_LOSSES, RAW, TRANSFORMS, LossTerm, check_terms, distribution_kinds,
@@ -464,8 +464,27 @@ class MeasureConfig(Strict):
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for latency (default: torch's setting)")
 
 
-CompressTarget = Literal["fp16", "bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8-dynamic", "qat", "qat-control",
-                         "vocab-trim", "vocab-trim-int8"]
+def _registered_target(name: str) -> str:
+    """A compression target is a name in the registry (leankd.compress.targets), the single source of the names:
+    a target that is registered is accepted here, a typo is a recipe error naming close names and every known one.
+    (Imported on use: the targets' package is the heavier one, and a recipe without targets never needs it.)"""
+    from .compress.targets import TARGETS
+
+    if name not in TARGETS:
+        raise ValueError(TARGETS.unknown_message(name))
+    return name
+
+
+class _TargetNames:
+    """The JSON schema of a target name lists the registered ones (read when the schema is made)."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: GetJsonSchemaHandler) -> dict:
+        from .compress.targets import TARGETS
+
+        return {**handler(core_schema), "enum": TARGETS.names()}
+
+
+CompressTarget = Annotated[str, AfterValidator(_registered_target), _TargetNames()]
 
 
 class QATConfig(Strict):
