@@ -37,7 +37,7 @@ from .models.registry import model_accepts
 from .recipe import DistillConfig, MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
 from .report import build_report, write_markdown, write_plots, write_report
 from .report.sanity import add_quality_flags
-from .report.schema import DEFAULT_LABELS, headline
+from .report.schema import DEFAULT_LABELS, headline, primary_value
 from .tasks.base import Task
 from .train.checkpoint import read_state, save_weights
 from .train.loop import FitResult, fit
@@ -477,7 +477,7 @@ class Pipeline:
     def other_seeds(self, task: Task, teacher: StageResult, student_model_cfg: ModelConfig
                     ) -> dict[int, dict[str, Optional[float]]]:
         """`seeds:` the students (and with `seeds_teacher: per_seed` the teacher) of every seed but the main one,
-        each in `<run>/seed<k>/`, on the main seed's split; returns their headline quality per seed and role."""
+        each in `<run>/seed<k>/`, on the main seed's split; returns their primary metric per seed and role."""
         return {seed: self.seed_pipeline(seed).train_seed(task, teacher, student_model_cfg)
                 for seed in self.recipe.seeds if seed != self.recipe.seed}
 
@@ -514,21 +514,25 @@ class Pipeline:
         student_init = build_model(student_model_cfg, task.num_classes, "student", task.model_defaults())
         task.prepare_model(student_init)
         self.student_stages(task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)
-        values = {}
+        values, primary = {}, task_primary(task)
         for role, st in stages.items():
             model = load_weights(copy.deepcopy(st.model), self.run_dir / role / "model.safetensors")
-            values[role] = headline({"quality": task.quality(_prepare_for_measuring(model, task), task.eval_split)})
+            values[role] = primary_value({"quality": task.quality(_prepare_for_measuring(model, task),
+                                                                  task.eval_split)}, primary)
         return values
 
     def seeds_block(self, task: Task, models: dict, seed_values: dict[int, dict[str, Optional[float]]]) -> dict:
-        """The report's `seeds` block: each seed-trained role's quality per seed, mean and sd, and every KD student
-        paired with the baseline seed by seed."""
+        """The report's `seeds` block: each seed-trained role's primary metric per seed (accuracy, false rejections
+        at the target false-alarm rate, sequence error...), mean and sd, and every KD student paired with the
+        baseline seed by seed (+ = KD better, whatever the metric's direction)."""
         from .seeds import seeds_summary
 
         r = self.recipe
+        primary = task_primary(task)
         once = r.seeds_teacher == "once"
         roles = [role for role, m in models.items() if not m.get("artifact") and not (once and role == "teacher")]
-        values = {role: [headline(models[role]) if seed == r.seed else seed_values[seed].get(role) for seed in r.seeds]
+        values = {role: [primary_value(models[role], primary) if seed == r.seed else seed_values[seed].get(role)
+                         for seed in r.seeds]
                   for role in roles}
         compared = [role for role in roles if role not in ("teacher", "baseline") and not role.startswith("assistant")]
         teacher = ("trained once, with the main seed, and shared by every seed's students" if once
@@ -536,9 +540,9 @@ class Pipeline:
         note = (f"{len(r.seeds)} seeds ({', '.join(map(str, r.seeds))}) on one split (split seed {r.split_seed}); "
                 f"the teacher was {teacher}. Quality is measured for every seed's models; cost, latency and memory "
                 f"once per architecture, on the main seed's ({r.seed}) models, which the results table shows.")
-        return seeds_summary(r.seeds, values, main_seed=r.seed, split_seed=r.split_seed,
-                             metric="pearson" if task.regression else "accuracy", teacher=r.seeds_teacher,
-                             compared=compared, note=note)
+        return seeds_summary(r.seeds, values, main_seed=r.seed, split_seed=r.split_seed, metric=primary["name"],
+                             higher_is_better=primary.get("higher_is_better") is not False,
+                             label=primary.get("label"), teacher=r.seeds_teacher, compared=compared, note=note)
 
     def preflight(self, task: Task, teacher: nn.Module, student: nn.Module) -> None:
         """Every check the recipe, the data and the built (untrained) models decide, before any training or any
@@ -1079,6 +1083,11 @@ def finish_report(name: str, run_dir: Optional[Path], seed: int, task: Task, mod
         write_report(run_dir, report)
         write_markdown(run_dir, report, plots=write_plots(report, run_dir))
     return report
+
+
+def task_primary(task: Task) -> dict:
+    """The task's primary metric as its report will state it: a recipe's choice (`apply_named_metric`) if any."""
+    return (getattr(task, "info", None) or {}).get("primary_metric") or task.primary_metric()
 
 
 def apply_named_metric(recipe: Recipe, task: Task) -> None:
