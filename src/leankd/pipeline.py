@@ -90,14 +90,16 @@ def _data_settings(data: dict, seed: int) -> dict:
 
 def data_fingerprints(recipe: Recipe, task: Task) -> tuple[dict, dict]:
     """(students' data fingerprint, teacher's data fingerprint) of a recipe's run on `task`."""
-    # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target)
+    # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target,
+    # the text metric the report judges by)
     ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"},
-               "seq": {"beam", "length_penalty", "max_decode_len"}}  # seq: how the report decodes
+               "seq": {"beam", "length_penalty", "max_decode_len"}, "text": {"metric": True}}  # seq: how it decodes
     seed = recipe.seed
     data_fp = {"data": _data_settings(recipe.data.model_dump(exclude=ignored), seed),
                "dataset": task.info.get("fingerprint")}
     # the teacher (and its cache) never read the word vocabulary: its settings must not retrain the teacher
-    teacher_data_fp = {"data": _data_settings(recipe.data.model_dump(exclude={**ignored, "text": WORD_SETTINGS}), seed),
+    teacher_ignored = {**ignored, "text": {**ignored["text"], **WORD_SETTINGS}}
+    teacher_data_fp = {"data": _data_settings(recipe.data.model_dump(exclude=teacher_ignored), seed),
                        "dataset": data_fp["dataset"]}
     return data_fp, teacher_data_fp
 
@@ -1085,17 +1087,35 @@ def finish_report(name: str, run_dir: Optional[Path], seed: int, task: Task, mod
     return report
 
 
+# how the report names a text metric chosen by `data.text.metric` (recipe.TEXT_METRICS; all higher-is-better)
+TEXT_METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "mcc": "MCC", "f1_positive": "F1 of class 1",
+                      "pearson": "Pearson r", "spearman": "Spearman rho"}
+
+
 def task_primary(task: Task) -> dict:
     """The task's primary metric as its report will state it: a recipe's choice (`apply_named_metric`) if any."""
     return (getattr(task, "info", None) or {}).get("primary_metric") or task.primary_metric()
 
 
 def apply_named_metric(recipe: Recipe, task: Task) -> None:
-    """A recipe that names the quality metric it optimizes (its first `search.objectives` entry on a quality figure,
-    e.g. `{metric: mcc, direction: maximize}` for CoLA) makes that the primary metric of a task whose own default is
-    plain accuracy, so the KD verdict judges what the user judges; other tasks keep the metric they declare."""
+    """The primary metric a recipe names for a text task: `data.text.metric` outright; else its first
+    `search.objectives` entry on a quality figure (e.g. `{metric: mcc, direction: maximize}` for CoLA), when the
+    task's own default is plain accuracy. Either way the KD verdict judges what the user judges; other tasks keep the
+    metric they declare. The metric is only measured: it enters no fingerprint (`data_fingerprints`)."""
     info = getattr(task, "info", None) or {}
-    if recipe.search is None or task.primary_metric().get("name") != "accuracy" or "primary_metric" in info:
+    if "primary_metric" in info:
+        return
+    named = getattr(getattr(getattr(recipe, "data", None), "text", None), "metric", None)
+    if named is not None:  # recipe validation checked it against data.task
+        if named == "f1_positive" and task.num_classes != 2:
+            raise RecipeError(f"data.text.metric: f1_positive is the F1 of class 1 of a two-class task, but this data "
+                              f"has {task.num_classes} classes: use macro_f1, mcc or accuracy")
+        if named != task.primary_metric().get("name"):
+            task.info = {**info, "primary_metric": {"name": named, "higher_is_better": True,
+                                                    "label": f"{TEXT_METRIC_LABELS.get(named, named)} "
+                                                             "(data.text.metric)"}}
+        return
+    if getattr(recipe, "search", None) is None or task.primary_metric().get("name") != "accuracy":
         return
     from .search.metrics import resolve
 
