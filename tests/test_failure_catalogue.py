@@ -343,6 +343,16 @@ def test_recipe_text_task_without_a_tokenizer(tmp_path):
     assert_clean_error(result, "data.text.tokenizer", "name the tokenizer's folder")
 
 
+def test_recipe_text_metric_the_task_does_not_compute_lists_the_allowed_ones(tmp_path):
+    text = {"task": "text_classification", "text": {"tokenizer": "words"}}
+    result = _validate(tmp_path, "data.text.metric=auc", data=text)
+    assert_clean_error(result, "data.text.metric = 'auc'", "allowed: accuracy, macro_f1, mcc, f1_positive for "
+                       "text_classification; pearson, spearman for text_regression")
+    result = _validate(tmp_path, "data.text.metric=spearman", data=text)
+    assert_clean_error(result, "data.text.metric 'spearman' is not computed by data.task text_classification",
+                       "allowed: accuracy, macro_f1, mcc, f1_positive")
+
+
 def test_recipe_not_a_mapping(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("- teacher\n- student\n")

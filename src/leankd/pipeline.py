@@ -38,7 +38,7 @@ from .models.registry import model_accepts
 from .recipe import DistillConfig, MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
 from .report import build_report, write_markdown, write_plots, write_report
 from .report.sanity import add_quality_flags
-from .report.schema import DEFAULT_LABELS, headline
+from .report.schema import DEFAULT_LABELS, headline, primary_value
 from .tasks.base import Task
 from .train.checkpoint import read_state, save_weights
 from .train.loop import FitResult, fit
@@ -91,14 +91,16 @@ def _data_settings(data: dict, seed: int) -> dict:
 
 def data_fingerprints(recipe: Recipe, task: Task) -> tuple[dict, dict]:
     """(students' data fingerprint, teacher's data fingerprint) of a recipe's run on `task`."""
-    # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target)
+    # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target,
+    # the text metric the report judges by)
     ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"},
-               "seq": {"beam", "length_penalty", "max_decode_len"}}  # seq: how the report decodes
+               "seq": {"beam", "length_penalty", "max_decode_len"}, "text": {"metric": True}}  # seq: how it decodes
     seed = recipe.seed
     data_fp = {"data": _data_settings(recipe.data.model_dump(exclude=ignored), seed),
                "dataset": task.info.get("fingerprint")}
     # the teacher (and its cache) never read the word vocabulary: its settings must not retrain the teacher
-    teacher_data_fp = {"data": _data_settings(recipe.data.model_dump(exclude={**ignored, "text": WORD_SETTINGS}), seed),
+    teacher_ignored = {**ignored, "text": {**ignored["text"], **WORD_SETTINGS}}
+    teacher_data_fp = {"data": _data_settings(recipe.data.model_dump(exclude=teacher_ignored), seed),
                        "dataset": data_fp["dataset"]}
     return data_fp, teacher_data_fp
 
@@ -471,7 +473,7 @@ class Pipeline:
     def other_seeds(self, task: Task, teacher: StageResult, student_model_cfg: ModelConfig
                     ) -> dict[int, dict[str, Optional[float]]]:
         """`seeds:` the students (and with `seeds_teacher: per_seed` the teacher) of every seed but the main one,
-        each in `<run>/seed<k>/`, on the main seed's split; returns their headline quality per seed and role."""
+        each in `<run>/seed<k>/`, on the main seed's split; returns their primary metric per seed and role."""
         return {seed: self.seed_pipeline(seed).train_seed(task, teacher, student_model_cfg)
                 for seed in self.recipe.seeds if seed != self.recipe.seed}
 
@@ -508,21 +510,25 @@ class Pipeline:
         student_init = build_model(student_model_cfg, task.num_classes, "student", task.model_defaults())
         task.prepare_model(student_init)
         self.student_stages(task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)
-        values = {}
+        values, primary = {}, task_primary(task)
         for role, st in stages.items():
             model = load_weights(copy.deepcopy(st.model), self.run_dir / role / "model.safetensors")
-            values[role] = headline({"quality": task.quality(_prepare_for_measuring(model, task), task.eval_split)})
+            values[role] = primary_value({"quality": task.quality(_prepare_for_measuring(model, task),
+                                                                  task.eval_split)}, primary)
         return values
 
     def seeds_block(self, task: Task, models: dict, seed_values: dict[int, dict[str, Optional[float]]]) -> dict:
-        """The report's `seeds` block: each seed-trained role's quality per seed, mean and sd, and every KD student
-        paired with the baseline seed by seed."""
+        """The report's `seeds` block: each seed-trained role's primary metric per seed (accuracy, false rejections
+        at the target false-alarm rate, sequence error...), mean and sd, and every KD student paired with the
+        baseline seed by seed (+ = KD better, whatever the metric's direction)."""
         from .seeds import seeds_summary
 
         r = self.recipe
+        primary = task_primary(task)
         once = r.seeds_teacher == "once"
         roles = [role for role, m in models.items() if not m.get("artifact") and not (once and role == "teacher")]
-        values = {role: [headline(models[role]) if seed == r.seed else seed_values[seed].get(role) for seed in r.seeds]
+        values = {role: [primary_value(models[role], primary) if seed == r.seed else seed_values[seed].get(role)
+                         for seed in r.seeds]
                   for role in roles}
         compared = [role for role in roles if role not in ("teacher", "baseline") and not role.startswith("assistant")]
         teacher = ("trained once, with the main seed, and shared by every seed's students" if once
@@ -530,9 +536,9 @@ class Pipeline:
         note = (f"{len(r.seeds)} seeds ({', '.join(map(str, r.seeds))}) on one split (split seed {r.split_seed}); "
                 f"the teacher was {teacher}. Quality is measured for every seed's models; cost, latency and memory "
                 f"once per architecture, on the main seed's ({r.seed}) models, which the results table shows.")
-        return seeds_summary(r.seeds, values, main_seed=r.seed, split_seed=r.split_seed,
-                             metric="pearson" if task.regression else "accuracy", teacher=r.seeds_teacher,
-                             compared=compared, note=note)
+        return seeds_summary(r.seeds, values, main_seed=r.seed, split_seed=r.split_seed, metric=primary["name"],
+                             higher_is_better=primary.get("higher_is_better") is not False,
+                             label=primary.get("label"), teacher=r.seeds_teacher, compared=compared, note=note)
 
     def preflight(self, task: Task, teacher: nn.Module, student: nn.Module) -> None:
         """Every check the recipe, the data and the built (untrained) models decide, before any training or any
@@ -1075,12 +1081,35 @@ def finish_report(name: str, run_dir: Optional[Path], seed: int, task: Task, mod
     return report
 
 
+# how the report names a text metric chosen by `data.text.metric` (recipe.TEXT_METRICS; all higher-is-better)
+TEXT_METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "mcc": "MCC", "f1_positive": "F1 of class 1",
+                      "pearson": "Pearson r", "spearman": "Spearman rho"}
+
+
+def task_primary(task: Task) -> dict:
+    """The task's primary metric as its report will state it: a recipe's choice (`apply_named_metric`) if any."""
+    return (getattr(task, "info", None) or {}).get("primary_metric") or task.primary_metric()
+
+
 def apply_named_metric(recipe: Recipe, task: Task) -> None:
-    """A recipe that names the quality metric it optimizes (its first `search.objectives` entry on a quality figure,
-    e.g. `{metric: mcc, direction: maximize}` for CoLA) makes that the primary metric of a task whose own default is
-    plain accuracy, so the KD verdict judges what the user judges; other tasks keep the metric they declare."""
+    """The primary metric a recipe names for a text task: `data.text.metric` outright; else its first
+    `search.objectives` entry on a quality figure (e.g. `{metric: mcc, direction: maximize}` for CoLA), when the
+    task's own default is plain accuracy. Either way the KD verdict judges what the user judges; other tasks keep the
+    metric they declare. The metric is only measured: it enters no fingerprint (`data_fingerprints`)."""
     info = getattr(task, "info", None) or {}
-    if recipe.search is None or task.primary_metric().get("name") != "accuracy" or "primary_metric" in info:
+    if "primary_metric" in info:
+        return
+    named = getattr(getattr(getattr(recipe, "data", None), "text", None), "metric", None)
+    if named is not None:  # recipe validation checked it against data.task
+        if named == "f1_positive" and task.num_classes != 2:
+            raise RecipeError(f"data.text.metric: f1_positive is the F1 of class 1 of a two-class task, but this data "
+                              f"has {task.num_classes} classes: use macro_f1, mcc or accuracy")
+        if named != task.primary_metric().get("name"):
+            task.info = {**info, "primary_metric": {"name": named, "higher_is_better": True,
+                                                    "label": f"{TEXT_METRIC_LABELS.get(named, named)} "
+                                                             "(data.text.metric)"}}
+        return
+    if getattr(recipe, "search", None) is None or task.primary_metric().get("name") != "accuracy":
         return
     from .search.metrics import resolve
 

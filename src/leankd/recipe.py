@@ -97,6 +97,16 @@ class AudioConfig(Strict):
         return self
 
 
+# the quality figures each text task computes (measure/quality.py: text_metrics, regression_metrics) that can be
+# its primary metric (`data.text.metric`); all are higher-is-better
+TEXT_METRICS = {"text_classification": ("accuracy", "macro_f1", "mcc", "f1_positive"),
+                "text_regression": ("pearson", "spearman")}
+
+
+def _text_metric_choices() -> str:
+    return "; ".join(f"{', '.join(names)} for {task}" for task, names in TEXT_METRICS.items())
+
+
 class TextConfig(Strict):
     """Text (`data.task: text_classification` or `text_regression`): which columns hold what, how to tokenize."""
 
@@ -117,6 +127,12 @@ class TextConfig(Strict):
                                                     "times in the training texts read as unknown")
     word_max_size: Optional[int] = Field(None, ge=8, description="word-level students: keep the most frequent words "
                                                                  "only (default: every word of the training texts)")
+    metric: Optional[str] = Field(None, description="the primary metric the KD verdict, ratios, seeds and compare "
+                                                    "judge by: accuracy, macro_f1, mcc or f1_positive (two classes) "
+                                                    "for text_classification; pearson or spearman for "
+                                                    "text_regression. Default: the first quality objective of "
+                                                    "search.objectives, else accuracy (Pearson r); set here, it wins "
+                                                    "over search.objectives. Only measured: it retrains nothing")
 
     @field_validator("text_column", mode="before")
     @classmethod
@@ -127,6 +143,13 @@ class TextConfig(Strict):
     @classmethod
     def _encoding(cls, v: str) -> str:
         return _known_encoding(v)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not any(v in names for names in TEXT_METRICS.values()):
+            raise ValueError(f"unknown text metric {v!r}; allowed: {_text_metric_choices()}")
+        return v
 
 
 class SeqConfig(Strict):
@@ -203,6 +226,10 @@ class DataConfig(Strict):
                 object.__setattr__(self, section, default())
             elif self.task not in tasks and getattr(self, section) is not None:
                 raise ValueError(f"data.{section} is for data.task: {' or '.join(tasks)}, not {self.task!r}: remove it")
+        metric = self.text.metric if self.text is not None else None
+        if metric is not None and metric not in TEXT_METRICS.get(self.task, ()):
+            raise ValueError(f"data.text.metric {metric!r} is not computed by data.task {self.task}; allowed: "
+                             f"{_text_metric_choices()}")
         return self
 
 
