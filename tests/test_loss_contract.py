@@ -55,7 +55,7 @@ def test_a_loss_kind_registered_from_outside_is_usable_everywhere():
     from typing import Literal
 
     from leankd.kd.registry import families
-    from leankd.pipeline import build_loss
+    from leankd.kd.build import build_loss
 
     class L1Term(LossTerm):
         kind: Literal["l1_logits"] = "l1_logits"

@@ -12,7 +12,7 @@ from leankd.kd.methods.dist import DIST
 from leankd.kd.methods.dkd import DKD, decoupled_parts
 from leankd.kd.methods.logit_standardization import standardize
 from leankd.kd.registry import LOGIT_LOSSES, families
-from leankd.pipeline import build_loss
+from leankd.kd.build import build_loss
 from leankd.recipe import DistillConfig, parse_recipe
 
 MINIMAL = {"teacher": {"model": "resnet8"}, "student": {"model": "resnet8"}}

@@ -23,8 +23,8 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from .kd.losses import CE, LabelMSE, Loss
-from .kd.registry import LOGIT_LOSSES, BuildContext, build_logit_loss, default_terms, feature_loss
+from .kd.build import build_loss, feature_terms, guide_temperature, supervised_loss
+from .kd.losses import Loss
 from .kd.teacher import LiveTeacher
 from .errors import LeanKDError, ModelError, RecipeError
 from .data.readers import file_identity
@@ -35,7 +35,7 @@ from .measure.probe import probe_model
 from .measure.profile import profile_model
 from .models import create_model, infer_num_classes, load_weights
 from .models.registry import model_accepts
-from .recipe import DistillConfig, MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
+from .recipe import MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
 from .report import build_report, write_markdown, write_plots, write_report
 from .report.sanity import add_quality_flags
 from .report.schema import DEFAULT_LABELS, headline, primary_value
@@ -110,54 +110,6 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_loss(cfg: DistillConfig, label_smoothing: float = 0.0,
-               feature_pairs: Optional[list[list[tuple[str, str]]]] = None, regression: bool = False) -> Loss:
-    """The recipe's logit loss plus its feature (layer) terms. `feature_pairs` gives the resolved pairs of each
-    `distill.features` term (needed for `pairs: auto`); None = logits only (the logit-KD control). `regression`:
-    one output per example, so KD is the MSE to the teacher's output and "ce" the MSE to the label."""
-    total = logit_loss(cfg, label_smoothing, regression)
-    for term in feature_terms(cfg, feature_pairs or []):
-        total = total + term
-    return total
-
-
-def feature_terms(cfg: DistillConfig, feature_pairs: list[list[tuple[str, str]]]) -> list[Loss]:
-    """`weight * kind(pairs)` for each `distill.features` term, with its resolved pairs."""
-    return [term.weight * feature_loss(term.kind, pairs) for term, pairs in zip(cfg.features, feature_pairs)]
-
-
-def _guide_temperature(cfg: DistillConfig) -> float:
-    """The temperature dense guides are averaged at: that of the recipe's first temperature-taking term."""
-    for term in cfg.loss or []:
-        if "temperature" in type(term).model_fields:
-            return term.temperature or cfg.temperature
-    return cfg.temperature
-
-
-def supervised_loss(label_smoothing: float, regression: bool) -> Loss:
-    """What a model trained alone learns from: cross-entropy, or the squared error for regression."""
-    return LabelMSE() if regression else CE(label_smoothing)
-
-
-def logit_loss(cfg: DistillConfig, label_smoothing: float, regression: bool = False) -> Loss:
-    """The recipe's logit loss, every term built by its registered kind. No `distill.loss`: the classic alpha-mix
-    (for a regression task alpha x mse + (1 - alpha) x the label's squared error, Tang et al.)."""
-    ctx = BuildContext(temperature=cfg.temperature, label_smoothing=label_smoothing, transform=cfg.transform,
-                       regression=regression)
-    if cfg.loss is not None:
-        terms = cfg.loss
-    elif regression:
-        terms = [LOGIT_LOSSES.get("mse").params(kind="mse", weight=cfg.alpha),
-                 LOGIT_LOSSES.get("ce").params(kind="ce", weight=1.0 - cfg.alpha)]
-    else:
-        terms = default_terms(cfg.alpha)
-    try:
-        return build_logit_loss(terms, ctx)
-    except ValueError as e:
-        raise RecipeError(str(e)) from None
-
-
-_logit_loss = logit_loss  # the name seq2seq/stages.py imports
 
 
 def build_model(cfg: ModelConfig, num_classes: int, role: str, defaults: Optional[dict] = None) -> nn.Module:
@@ -592,7 +544,7 @@ class Pipeline:
 
         def guide(models):
             lives = [self.live_teacher(m, task, channels_last=channels_last) for m in guided_by(models)]
-            return lives[0] if len(lives) == 1 else GuideEnsemble(lives, _guide_temperature(r.distill))
+            return lives[0] if len(lives) == 1 else GuideEnsemble(lives, guide_temperature(r.distill))
 
         for i, cfg in enumerate(r.distill.assistants, start=1):
             role = f"assistant{i}"
