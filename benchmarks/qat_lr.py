@@ -33,7 +33,7 @@ import torch
 
 from leankd.compress.qat import prepare_qat
 from leankd.compress.qat_guard import measure_start
-from leankd.compress.targets import _calibration
+from leankd.compress.targets import calibration
 from leankd.io import write_text_atomic
 from leankd.pipeline import Pipeline, build_model
 from leankd.recipe import Recipe
@@ -87,7 +87,7 @@ def measure_student(student: str, args, out: Path, teacher_checkpoint: Path | No
     rows = []
     for factor in args.factors:
         qat = prepare_qat(copy.deepcopy(model))
-        qat.calibrate(_calibration(task, 8, model), task.forward)
+        qat.calibrate(calibration(task, 8, model), task.forward)
         qat.set_quantize(True)
         start = accuracy(qat.model, task, task.eval_split)
         cfg = ft.cfg.model_copy(update={"lr": factor * recipe.train.lr, "epochs": args.qat_epochs})

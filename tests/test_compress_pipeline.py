@@ -79,8 +79,8 @@ def test_flagged_artifact_and_failing_target(finished_run, monkeypatch):
         partial.write_bytes(b"half an onnx file")
         raise LeanKDError("ONNX export failed at operator 'aten::weird_op': replace it or use dynamo=False")
 
-    monkeypatch.setitem(targets.TARGETS, "fp16", broken_half)
-    monkeypatch.setitem(targets.TARGETS, "onnx", failing_export)
+    monkeypatch.setattr(targets.TARGETS.get("fp16"), "build", broken_half)  # the registered entries' builders
+    monkeypatch.setattr(targets.TARGETS.get("onnx"), "build", failing_export)
     out = runner.invoke(app, ["compress", str(finished_run), "--to", "fp16", "onnx", "--quiet"])
     assert out.exit_code == 0, out.output
     assert "aten::weird_op" in out.output and "flagged" in out.output

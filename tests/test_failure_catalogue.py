@@ -282,22 +282,29 @@ def test_recipe_unknown_optimizer_lists_the_choices(tmp_path):
 
 def test_recipe_unknown_loss_kind_lists_the_kinds(tmp_path):
     result = _validate(tmp_path, distill={"loss": [{"kind": "kl"}]})
-    assert_clean_error(result, "distill.loss.0.kind = 'kl'", "'ce', 'kd', 'soft_ce' or 'mse'")
+    assert_clean_error(result, "distill.loss.0.kind = 'kl'", "unknown loss kind 'kl'", "known: ce, dist, dkd, kd, mse, soft_ce")
 
 
 def test_recipe_loss_of_cross_entropy_only_never_uses_the_teacher(tmp_path):
     result = _validate(tmp_path, distill={"loss": [{"kind": "ce"}]})
-    assert_clean_error(result, "every loss term is 'ce', so the teacher is never used", "add a kd, soft_ce or mse term")
+    assert_clean_error(result, "no loss term learns from the teacher (ce only), so the teacher is never used",
+                       "add one of dist, dkd, kd, mse, soft_ce")
 
 
 def test_recipe_temperature_on_a_cross_entropy_term(tmp_path):
     result = _validate(tmp_path, distill={"loss": [{"kind": "ce", "temperature": 2}, {"kind": "kd"}]})
-    assert_clean_error(result, "distill.loss.0", "'temperature' applies to kd and soft_ce, not to ce")
+    assert_clean_error(result, "distill.loss.0.temperature", "ce takes weight, label_smoothing, not 'temperature'")
 
 
 def test_recipe_unknown_compress_target_lists_the_targets(tmp_path):
     result = _validate(tmp_path, compress={"targets": ["int4"]})
-    assert_clean_error(result, "compress.targets.0 = 'int4'", "'int8-dynamic', 'int8-static', 'onnx'")
+    assert_clean_error(result, "compress.targets.0 = 'int4': unknown compression target 'int4'",
+                       "known: fp16, bf16, int8-dynamic, onnx, int8-static")
+
+
+def test_recipe_misspelled_compress_target_suggests_the_close_name(tmp_path):
+    result = _validate(tmp_path, compress={"targets": ["int8-statc"]})
+    assert_clean_error(result, "compress.targets.0 = 'int8-statc'", "did you mean 'int8-static'")
 
 
 def test_recipe_teacher_cache_with_feature_losses(tmp_path):
@@ -334,6 +341,16 @@ def test_recipe_keyword_read_as_a_yaml_boolean(tmp_path):
 def test_recipe_text_task_without_a_tokenizer(tmp_path):
     result = _validate(tmp_path, data={"task": "text_classification"})
     assert_clean_error(result, "data.text.tokenizer", "name the tokenizer's folder")
+
+
+def test_recipe_text_metric_the_task_does_not_compute_lists_the_allowed_ones(tmp_path):
+    text = {"task": "text_classification", "text": {"tokenizer": "words"}}
+    result = _validate(tmp_path, "data.text.metric=auc", data=text)
+    assert_clean_error(result, "data.text.metric = 'auc'", "allowed: accuracy, macro_f1, mcc, f1_positive for "
+                       "text_classification; pearson, spearman for text_regression")
+    result = _validate(tmp_path, "data.text.metric=spearman", data=text)
+    assert_clean_error(result, "data.text.metric 'spearman' is not computed by data.task text_classification",
+                       "allowed: accuracy, macro_f1, mcc, f1_positive")
 
 
 def test_recipe_not_a_mapping(tmp_path):
@@ -555,7 +572,7 @@ def test_interrupted_stage_rerun_without_resume_asks_for_it(tmp_path, interrupte
 def test_compress_to_an_unknown_target_loses_nothing(tmp_path, finished_run):
     run_dir, before = _copy(finished_run, tmp_path / "run")
     result = cli("compress", run_dir, "--to", "int4", "--quiet")
-    assert_clean_error(result, "compress.targets.0 = 'int4'", "'fp16', 'bf16', 'int8-dynamic'")
+    assert_clean_error(result, "compress.targets.0 = 'int4'", "known: fp16, bf16, int8-dynamic")
     assert_unchanged(before, run_dir, allow_new=False)
 
 

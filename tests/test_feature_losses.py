@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from leankd.kd.features import (
-    FEATURE_LOSSES,
     AttentionMapLoss,
     AttentionTransfer,
     HiddenStateMSE,
@@ -18,6 +17,7 @@ from leankd.kd.features import (
     SimilarityPreserving,
 )
 from leankd.kd.losses import KD, LossInputs, WeightedSum
+from leankd.kd.registry import FEATURE_LOSSES
 from leankd.kd.taps import FeatureTaps
 
 
@@ -263,9 +263,10 @@ def test_composition_with_kd():
 
 
 def test_registry():
-    assert FEATURE_LOSSES == {"hint": Hint, "at": AttentionTransfer, "sp": SimilarityPreserving,
-                              "hidden_mse": HiddenStateMSE, "attention_mse": AttentionMapLoss,
-                              "minilm": MiniLMAttention}
+    assert {name: kind.make for name, kind in FEATURE_LOSSES.items()} == {
+        "hint": Hint, "at": AttentionTransfer, "sp": SimilarityPreserving, "hidden_mse": HiddenStateMSE,
+        "attention_mse": AttentionMapLoss, "minilm": MiniLMAttention}
+    assert [n for n, k in FEATURE_LOSSES.items() if not k.auto_pairs] == ["attention_mse", "minilm"]
 
 
 # Transformers (tiny BERTs) -----------------------------------------------------------------------------------------

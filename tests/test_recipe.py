@@ -42,7 +42,7 @@ def test_missing_student_is_named():
 def test_nested_loss_terms_are_checked():
     with pytest.raises(RecipeError, match=r"distill.loss.0.kind"):
         parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "kl"}]}})
-    with pytest.raises(RecipeError, match="temperature' applies to kd and soft_ce"):
+    with pytest.raises(RecipeError, match="ce takes weight, label_smoothing, not 'temperature'; 'temperature' is a parameter of dist, dkd, kd, soft_ce"):
         parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "ce", "temperature": 2}]}})
     with pytest.raises(RecipeError, match="teacher is never used"):
         parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "ce"}]}})

@@ -423,6 +423,81 @@ def test_compare_two_runs(tmp_path):
         compare_runs([a, tmp_path / "missing"])
 
 
+SER = {"name": "ser", "higher_is_better": False, "label": "sequence error rate (greedy)", "also": ["ter"]}
+
+
+def _ser_report(name: str, student_ser: float, student_acc: float, baseline_ser: float = 0.35) -> dict:
+    """A seq2seq-like run judged by its sequence error rate (lower is better); accuracy is set to disagree."""
+    run = _run(name=name)
+    run["dataset"]["primary_metric"] = SER
+    models = _models(student_acc=student_acc)
+    for role, ser in (("teacher", 0.2), ("baseline", baseline_ser), ("student", student_ser)):
+        models[role]["quality"]["ser"] = ser
+    return build_report(run, models, [])
+
+
+def test_compare_picks_the_best_student_on_a_lower_is_better_primary_metric(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_report(a, _ser_report("run-a", student_ser=0.30, student_acc=0.87))  # more accurate, more errors
+    write_report(b, _ser_report("run-b", student_ser=0.25, student_acc=0.80))
+    md = compare_runs([a, b])
+    assert md.splitlines()[0].startswith("| run | role | architecture | primary metric | primary (x100) | accuracy (%) |")
+    assert "KD gain on the primary metric (points, + = better)" in md.splitlines()[0]
+    student = {line.split(" | ")[0][2:]: line for line in md.splitlines() if "| student |" in line}
+    assert "| ser (lower is better) | 30.00 | 87.00 |" in student["run-a"] and student["run-a"].endswith("| +5.00 |")
+    assert "| ser (lower is better) | 25.00 | 80.00 |" in student["run-b"] and student["run-b"].endswith("| +10.00 |")
+    assert ("Best KD student on sequence error rate (greedy) (lower is better): run-b at 25.00 % (of 2 runs)."
+            in md)
+    assert "different primary metrics" not in md
+
+    # the same two runs judged by accuracy (higher is better) pick the other one
+    for d, rep in ((a, _ser_report("run-a", 0.30, 0.87)), (b, _ser_report("run-b", 0.25, 0.80))):
+        del rep["run"]["dataset"]["primary_metric"]
+        write_report(d, build_report(rep["run"], rep["models"], []))
+    md = compare_runs([a, b])
+    assert "Best KD student on accuracy (higher is better): run-a at 87.00 % (of 2 runs)." in md
+    assert "primary metric" not in md.splitlines()[0]
+
+
+def test_compare_still_reads_reports_without_a_primary_metric(tmp_path):
+    """Reports written before tasks declared a primary metric: accuracy stands in, and the KD gain is kd_gain_points."""
+    old = build_report(_run(name="old"), _models(), [])
+    old["run"]["dataset"].pop("primary_metric", None)
+    old["ratios"] = {k: v for k, v in old["ratios"].items() if k not in ("primary_metric", "kd_gain_primary_points")}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "report.json").write_text(json.dumps(old))
+    write_report(tmp_path / "older", build_report(_run(name="older"), _models(student_acc=0.86), []))
+    md = compare_runs([tmp_path / "old", tmp_path / "older"])
+    assert any(line.startswith("| old | student |") and line.endswith("| +1.50 |") for line in md.splitlines())
+    assert "Best KD student on accuracy (higher is better): older at 86.00 % (of 2 runs)." in md
+
+    write_report(tmp_path / "seq", _ser_report("seq", student_ser=0.25, student_acc=0.80))
+    md = compare_runs([tmp_path / "old", tmp_path / "seq"])
+    assert any(line.startswith("| old | student | resnet8 | accuracy (higher is better) | 85.50 | 85.50 |")
+               for line in md.splitlines())
+    assert ("Runs are judged by different primary metrics (accuracy (higher is better), ser (lower is better)): "
+            "their primary values and KD gains are not directly comparable.") in md
+    assert "Best KD student" not in md  # one run per metric: nothing to pick between
+
+
+def test_quality_plots_follow_the_primary_metric(tmp_path, monkeypatch):
+    from leankd.report import plots
+
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.name, fig) and path)
+    write_plots(_ser_report("seq", student_ser=0.25, student_acc=0.80), tmp_path)
+    ax = figures["quality_vs_macs.png"].axes[0]
+    assert ax.get_ylabel() == "sequence error rate (greedy) (%, lower is better)"
+    assert ax.get_title() == "seq: sequence error rate (greedy) vs MACs"
+    ys = sorted(float(c.get_offsets()[0][1]) for c in ax.collections)
+    assert ys == pytest.approx([20.0, 25.0, 35.0])  # teacher, KD student, baseline: their error rates
+
+    figures.clear()
+    write_plots(_report(), tmp_path)  # no primary metric named: accuracy, as before
+    ax = figures["quality_vs_macs.png"].axes[0]
+    assert ax.get_ylabel() == "accuracy (%)" and ax.get_title() == "demo: accuracy vs MACs"
+
+
 def test_artifacts_are_compared_with_the_model_they_came_from():
     import copy
 

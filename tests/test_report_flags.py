@@ -255,6 +255,49 @@ def test_recipe_named_metric_becomes_primary():
     assert "primary_metric" not in untouched.info
 
 
+def test_text_metric_of_the_recipe_wins_over_search_objectives_and_enters_no_fingerprint():
+    from leankd.errors import RecipeError
+    from leankd.pipeline import data_fingerprints
+    from leankd.recipe import parse_recipe
+
+    class Fake:
+        def __init__(self, num_classes=2, regression=False):
+            self.info, self.num_classes, self.regression = {"fingerprint": "abc"}, num_classes, regression
+
+        def primary_metric(self):
+            return {"name": "pearson" if self.regression else "accuracy", "higher_is_better": True}
+
+    def recipe(task="text_classification", **text):
+        return parse_recipe({"data": {"task": task, "text": {"tokenizer": "words", **text}},
+                             "teacher": {"model": "text_cnn"}, "student": {"model": "text_cnn"},
+                             "search": {"space": {"train.lr": {"low": 0.001, "high": 0.01}},
+                                        "objectives": [{"metric": "f1", "direction": "maximize"}]}})
+
+    task = Fake()
+    apply_named_metric(recipe(), task)  # no data.text.metric: search.objectives decide, as before
+    assert task.info["primary_metric"]["name"] == "f1_positive"
+    task = Fake()
+    apply_named_metric(recipe(metric="mcc"), task)
+    assert task.info["primary_metric"] == {"name": "mcc", "higher_is_better": True, "label": "MCC (data.text.metric)"}
+    task = Fake()
+    apply_named_metric(recipe(metric="accuracy"), task)  # the task's own default, named outright: objectives ignored
+    assert "primary_metric" not in task.info
+    task = Fake(regression=True)
+    apply_named_metric(recipe("text_regression", metric="spearman"), task)
+    assert task.info["primary_metric"]["name"] == "spearman"
+    with pytest.raises(RecipeError, match="f1_positive is the F1 of class 1 of a two-class task.*3 classes"):
+        apply_named_metric(recipe(metric="f1_positive"), Fake(num_classes=3))
+    with pytest.raises(RecipeError, match="'pearson' is not computed by data.task text_classification.*allowed: "
+                                          "accuracy, macro_f1, mcc, f1_positive for text_classification"):
+        recipe(metric="pearson")
+
+    # the metric is only measured: no data fingerprint, teacher's or students', depends on it
+    plain = data_fingerprints(recipe(), Fake())
+    for metric in ("mcc", "macro_f1"):
+        assert data_fingerprints(recipe(metric=metric), Fake()) == plain
+    assert "metric" not in plain[0]["data"]["text"] and "metric" not in plain[1]["data"]["text"]
+
+
 def test_teacher_at_chance_and_healthy_runs_keep_the_classic_verdict():
     def entry(role, acc):
         return {"role": role, "training": {"epochs": 3},

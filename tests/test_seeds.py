@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -64,6 +65,17 @@ def test_paired_comparison_by_hand():
     assert p["p_value"] == pytest.approx(1 - math.sqrt(3) / math.sqrt(5), abs=1e-5)  # df 2 closed form
     assert (p["better"], p["worse"], p["ties"]) == (2, 0, 1)
     assert p["sign_p_value"] == pytest.approx(0.5)  # 2 of 2 untied: 2 * (1/2)^2
+
+
+def test_paired_comparison_of_a_lower_is_better_metric_is_signed_kd_better():
+    # false rejections: KD 30, 33, 40 % vs baseline 40, 42, 38 %: KD better by 10 and 9 points, worse by 2
+    p = paired_comparison([0.30, 0.33, 0.40], [0.40, 0.42, 0.38], higher_is_better=False)
+    assert p["differences_points"] == [10.0, 9.0, -2.0]
+    assert p["mean_points"] == pytest.approx(17 / 3, abs=1e-4)
+    assert (p["better"], p["worse"], p["ties"]) == (2, 1, 0)
+    assert p["t"] > 0
+    tie = paired_comparison([0.30], [0.30], higher_is_better=False)
+    assert tie["differences_points"] == [0.0] and math.copysign(1, tie["differences_points"][0]) == 1  # not -0.0
 
 
 def test_paired_comparison_without_spread_or_with_one_seed():
@@ -132,6 +144,76 @@ def test_identical_differences_are_not_called_a_gain_on_a_zero_width_interval(tm
 def test_one_seed_report_has_no_seeds_key():
     rep = build_report({"name": "s", "seed": 0}, {"student": _entry("student", 0.8)}, [])
     assert "seeds" not in rep
+
+
+KWS_PRIMARY = {"name": "frr_at_far", "higher_is_better": False, "label": "false rejections at 1% false alarms",
+               "also": ["fa_fr_auc"]}
+
+
+def _kws_entry(role: str, acc: float, frr: float) -> dict:
+    entry = _entry(role, acc)
+    entry["quality"].update(frr_at_far=frr, fa_fr_auc=frr / 10, far_target=0.01)
+    return entry
+
+
+def _kws_seeds_report(student_frr: list[float], baseline_frr: list[float]) -> dict:
+    """A keyword-mode run over seeds 0, 1, 2 put together by `Pipeline.seeds_block` itself: the main seed's values
+    come from its models, the others from `seed_values` as `train_seed` returns them. Accuracy is made to disagree
+    with the false-rejection rate (KD always a little more accurate)."""
+    from leankd.pipeline import Pipeline
+
+    recipe = parse_recipe(_recipe(seeds=[0, 1, 2]))
+    task = SimpleNamespace(info={"primary_metric": KWS_PRIMARY}, primary_metric=lambda: KWS_PRIMARY)
+    models = {"teacher": _kws_entry("teacher", 0.97, 0.2), "baseline": _kws_entry("baseline", 0.95, baseline_frr[0]),
+              "student": _kws_entry("student", 0.96, student_frr[0])}
+    seed_values = {seed: {"baseline": baseline_frr[seed], "student": student_frr[seed]} for seed in (1, 2)}
+    seeds = Pipeline.seeds_block(SimpleNamespace(recipe=recipe), task, models, seed_values)
+    return build_report({"name": "kws", "seed": 0, "dataset": {"num_classes": 2, "primary_metric": KWS_PRIMARY}},
+                        models, [], seeds=seeds)
+
+
+def test_seeds_block_pairs_the_keyword_primary_metric_with_kd_better_positive(tmp_path):
+    # false rejections KD 30, 33, 31 % vs baseline 40, 42, 38 %: KD better by 10, 9, 7 points
+    rep = _kws_seeds_report(student_frr=[0.30, 0.33, 0.31], baseline_frr=[0.40, 0.42, 0.38])
+    s = rep["seeds"]
+    assert (s["metric"], s["higher_is_better"], s["label"]) == ("frr_at_far", False, KWS_PRIMARY["label"])
+    assert s["roles"]["student"]["values"] == [0.30, 0.33, 0.31]  # the main seed's from its model's quality block
+    p = s["paired"]["student"]
+    assert p["differences_points"] == [10.0, 9.0, 7.0] and p["mean_points"] == pytest.approx(26 / 3, abs=1e-4)
+    assert (p["better"], p["worse"]) == (3, 0) and p["ci_low_points"] > 0 and p["t"] > 0
+    md = render_markdown(rep, run_dir=tmp_path)
+    gain = md.split("## Distillation gain", 1)[1].split("##", 1)[0]
+    assert ("KD student is 8.67 points better than the baseline trained alone on false rejections at 1% false alarms "
+            "(lower is better) with the same budget (3 epochs) (mean paired difference +8.67 points over 3 seeds, "
+            "baseline minus KD student as lower is better") in gain
+    assert "mean 31.33 % vs 40.00 %" in gain and "Main seed (0): 30.00 % vs 40.00 %." in gain
+    assert "pairs accuracy over the seeds" not in gain and "mean accuracy" not in gain
+    assert "| model | false rejections at 1% false alarms (%, lower is better) mean ± sd |" in md
+    assert "| Baseline student − KD student (points) | +8.67 ± 1.53 | +10.00 | +9.00 | +7.00 |" in md
+    assert "| KD student | 31.33 ± 1.53 | 30.00 | 33.00 | 31.00 |" in md
+
+    # KD worse at every seed (false rejections up by 5, 6, 7 points): negative, "worse", never "better"
+    worse = _kws_seeds_report(student_frr=[0.45, 0.48, 0.45], baseline_frr=[0.40, 0.42, 0.38])
+    p = worse["seeds"]["paired"]["student"]
+    assert p["differences_points"] == [-5.0, -6.0, -7.0] and (p["better"], p["worse"]) == (0, 3)
+    assert p["ci_high_points"] < 0
+    md = render_markdown(worse, run_dir=tmp_path)
+    assert "KD student is 6.00 points worse than the baseline trained alone on false rejections" in md
+    assert "Accuracy at the main seed (+1.00 points) points the other way" in md
+
+
+def test_an_older_seeds_block_over_accuracy_still_renders_beside_another_primary_metric(tmp_path):
+    """A report written before seeds followed the primary metric: its block pairs accuracy and has no direction."""
+    rep = _seeds_report(student=[0.82, 0.83, 0.85], baseline=[0.80, 0.80, 0.81])
+    del rep["seeds"]["higher_is_better"], rep["seeds"]["label"]
+    md = render_markdown(rep, run_dir=tmp_path)
+    assert "83.33 % vs 80.33 % mean accuracy" in md
+    rep["run"]["dataset"] = {"primary_metric": KWS_PRIMARY}
+    for role, frr in (("baseline", 0.4), ("student", 0.3)):
+        rep["models"][role]["quality"]["frr_at_far"] = frr
+    rep = build_report(rep["run"], rep["models"], [], seeds=rep["seeds"])
+    md = render_markdown(rep, run_dir=tmp_path)
+    assert "the Seeds section pairs accuracy over the seeds, not this metric" in md
 
 
 # ------------------------------------------------------------------------------------------------ recipe

@@ -341,7 +341,7 @@ def test_minilm_loss_ignores_padding():
 def test_attention_losses_work_with_sdpa_models(tmp_path, kind):
     """Hugging Face's default sdpa attention returns no maps; the loop switches teacher and student to eager while
     distilling and gives the student its own implementation back afterwards (nothing on disk changes)."""
-    from leankd.kd.features import FEATURE_LOSSES
+    from leankd.kd.registry import feature_loss
     from leankd.kd.losses import KD
     from leankd.kd.teacher import LiveTeacher
     from leankd.recipe import TrainConfig
@@ -354,7 +354,7 @@ def test_attention_losses_work_with_sdpa_models(tmp_path, kind):
                            config={"attention_probs_dropout_prob": 0.0})
     assert student.config._attn_implementation == "sdpa"
     pairs = [("hf.bert.encoder.layer.1.attention.self", "hf.bert.encoder.layer.3.attention.self")]
-    loss = KD(2.0) + FEATURE_LOSSES[kind](pairs)
+    loss = KD(2.0) + feature_loss(kind, pairs)
     live = LiveTeacher(teacher, task)
     result = fit(student, task, TrainConfig(epochs=1, batch_size=16, optimizer="adamw", lr=1e-3), loss=loss,
                  teacher=live)

@@ -267,7 +267,7 @@ def test_vocab_trim_keeps_training_tokens_exactly_and_maps_the_rest_to_unk(tmp_p
 def test_narrower_transformer_student_distils_through_learned_projections(tmp_path):
     """Half the teacher's width: pretrained weights cannot be copied (a clear error says so); from random weights
     the TinyBERT hidden-state loss learns a 16 -> 32 projection and MiniLM's losses need none."""
-    from leankd.kd.features import FEATURE_LOSSES
+    from leankd.kd.registry import feature_loss
     from leankd.kd.losses import KD
     from leankd.kd.teacher import LiveTeacher
     from leankd.recipe import TrainConfig
@@ -283,7 +283,7 @@ def test_narrower_transformer_student_distils_through_learned_projections(tmp_pa
     student = create_model(r.teacher.model, num_classes=2, layers=2, pretrained=False, config=narrow)
     hidden = [("hf.bert.embeddings", "hf.bert.embeddings"), ("hf.bert.encoder.layer.1", "hf.bert.encoder.layer.3")]
     attention = [("hf.bert.encoder.layer.1.attention.self", "hf.bert.encoder.layer.3.attention.self")]
-    loss = KD(2.0) + FEATURE_LOSSES["hidden_mse"](hidden) + FEATURE_LOSSES["minilm"](attention)
+    loss = KD(2.0) + feature_loss("hidden_mse", hidden) + feature_loss("minilm", attention)
     result = fit(student, task, TrainConfig(epochs=2, batch_size=16, optimizer="adamw", lr=3e-3), loss=loss,
                  teacher=LiveTeacher(teacher, task))
     losses = [row["train_loss"] for row in result.history]
@@ -464,3 +464,36 @@ def test_layer_analysis_samples_text_batches_of_any_width(tmp_path):
     ids = batch.inputs[task.primary]["input_ids"]
     assert ids.shape[1] == int(task.encodings[task.primary]["train"].lengths[batch.index].max())
     assert batch.inputs["words"]["word_ids"].shape[0] == 40
+
+
+# ---------------------------------------------------------------------------------------------- data.text.metric
+def test_text_metric_makes_mcc_the_primary_metric_of_the_report(tmp_path):
+    """`data.text.metric: mcc` (word-level CNNs, one epoch): the report is judged by MCC, and changing the metric
+    afterwards retrains nothing (it enters no fingerprint)."""
+    from leankd.pipeline import Pipeline
+
+    folder = write_sst2_like(tmp_path / "sst2")
+    ckpt = tiny_bert(tmp_path / "bert")  # its tokenizer is the data's; both CNNs read their own word vocabulary
+    raw = {"data": {"source": str(folder), "task": "text_classification",
+                    "text": {"tokenizer": str(ckpt), "metric": "mcc"}},
+           "teacher": {"model": "text_cnn", "kwargs": {"embed_dim": 16, "filters": 8}},
+           "student": {"model": "text_cnn", "kwargs": {"embed_dim": 8, "filters": 4}},
+           "train": {"epochs": 1, "batch_size": 16, "optimizer": "adamw", "lr": 0.003},
+           "measure": {"latency_runs": 30, "latency_warmup": 1, "latency_batch_sizes": [1]}}
+    run = tmp_path / "run"
+    report = Pipeline(parse_recipe(raw), run, quiet=True).run()
+    primary = report["run"]["dataset"]["primary_metric"]
+    assert (primary["name"], primary["higher_is_better"], primary["label"]) == ("mcc", True, "MCC (data.text.metric)")
+    models = report["models"]
+    gain = 100 * (models["student"]["quality"]["mcc"] - models["baseline"]["quality"]["mcc"])
+    assert report["ratios"]["primary_metric"] == "mcc"
+    assert report["ratios"]["kd_gain_primary_points"] == pytest.approx(gain, abs=1e-3)
+    assert "- **Primary metric:** MCC (data.text.metric) (higher is better)" in (run / "report.md").read_text()
+
+    raw["data"]["text"]["metric"] = "macro_f1"
+    pipeline = Pipeline(parse_recipe(raw), run, quiet=True)
+    logs = []
+    pipeline.log = logs.append
+    again = pipeline.run()
+    assert again["run"]["dataset"]["primary_metric"]["name"] == "macro_f1"
+    assert any("reusing" in line for line in logs) and not any("training" in line for line in logs), logs

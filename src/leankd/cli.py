@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 from rich.markup import escape
 
 from .errors import LeanKDError
@@ -157,13 +158,26 @@ def _rerun_with_targets(run_dir: Path, targets: list[str], quiet: bool, override
     return run_recipe(r, run_dir=run_dir, quiet=quiet, console=console, add_targets=added, require_finished=True)
 
 
-@app.command(context_settings={"allow_extra_args": True})
+class _TargetsHelp(TyperCommand):
+    """`leankd compress --help` lists the registered compression targets (leankd.compress.targets, the single source
+    of their names), read when the help is shown so that every other command starts without importing them."""
+
+    def format_help(self, ctx, formatter):
+        from .compress.targets import TARGETS
+
+        for param in self.params:
+            if param.name == "to":
+                param.help = f"targets: {' '.join(TARGETS.names())}"
+        self.epilog = "Targets:\n\n" + "\n\n".join(f"{name}: {t.description}" for name, t in TARGETS.items())
+        return super().format_help(ctx, formatter)
+
+
+@app.command(cls=_TargetsHelp, context_settings={"allow_extra_args": True})
 @friendly_errors
 def compress(
     ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
-    to: List[str] = typer.Option(..., "--to", help="targets: fp16 bf16 int8-dynamic int8-static onnx onnx-int8-dynamic "
-                                                   "qat qat-control vocab-trim vocab-trim-int8"),
+    to: List[str] = typer.Option(..., "--to", help="targets (listed below)"),
     overrides: List[str] = typer.Option([], "--set", help="compression settings: --set compress.qat.epochs=3"),
     remeasure: bool = typer.Option(False, "--remeasure", help="rebuild every target of the run (earlier ones too) "
                                                               "and re-measure every model together"),

@@ -23,7 +23,8 @@ from rich.console import Console
 from torch import nn
 
 from .core.fingerprint import FINGERPRINT_VERSION, fingerprint  # noqa: F401  (re-exported: leankd.pipeline.fingerprint)
-from .kd.losses import CE, KD, MSE, LabelMSE, Loss, SoftCE, mix
+from .kd.build import build_loss, feature_terms, guide_temperature, supervised_loss
+from .kd.losses import Loss
 from .kd.teacher import LiveTeacher
 from .errors import LeanKDError, ModelError, RecipeError
 from .data.readers import file_identity
@@ -34,10 +35,10 @@ from .measure.probe import probe_model
 from .measure.profile import profile_model
 from .models import create_model, infer_num_classes, load_weights
 from .models.registry import model_accepts
-from .recipe import DistillConfig, MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
+from .recipe import MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
 from .report import build_report, write_markdown, write_plots, write_report
 from .report.sanity import add_quality_flags
-from .report.schema import DEFAULT_LABELS, headline
+from .report.schema import DEFAULT_LABELS, headline, primary_value
 from .tasks.base import Task
 from .train.checkpoint import read_state, save_weights
 from .train.loop import FitResult, fit
@@ -89,73 +90,18 @@ def _data_settings(data: dict, seed: int) -> dict:
 
 def data_fingerprints(recipe: Recipe, task: Task) -> tuple[dict, dict]:
     """(students' data fingerprint, teacher's data fingerprint) of a recipe's run on `task`."""
-    # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target)
+    # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target,
+    # the text metric the report judges by)
     ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"},
-               "seq": {"beam", "length_penalty", "max_decode_len"}}  # seq: how the report decodes
+               "seq": {"beam", "length_penalty", "max_decode_len"}, "text": {"metric": True}}  # seq: how it decodes
     seed = recipe.seed
     data_fp = {"data": _data_settings(recipe.data.model_dump(exclude=ignored), seed),
                "dataset": task.info.get("fingerprint")}
     # the teacher (and its cache) never read the word vocabulary: its settings must not retrain the teacher
-    teacher_data_fp = {"data": _data_settings(recipe.data.model_dump(exclude={**ignored, "text": WORD_SETTINGS}), seed),
+    teacher_ignored = {**ignored, "text": {**ignored["text"], **WORD_SETTINGS}}
+    teacher_data_fp = {"data": _data_settings(recipe.data.model_dump(exclude=teacher_ignored), seed),
                        "dataset": data_fp["dataset"]}
     return data_fp, teacher_data_fp
-
-
-def build_loss(cfg: DistillConfig, label_smoothing: float = 0.0,
-               feature_pairs: Optional[list[list[tuple[str, str]]]] = None, regression: bool = False) -> Loss:
-    """The recipe's logit loss plus its feature (layer) terms. `feature_pairs` gives the resolved pairs of each
-    `distill.features` term (needed for `pairs: auto`); None = logits only (the logit-KD control). `regression`:
-    one output per example, so KD is the MSE to the teacher's output and "ce" the MSE to the label."""
-    total = _logit_loss(cfg, label_smoothing, regression)
-    for term in feature_terms(cfg, feature_pairs or []):
-        total = total + term
-    return total
-
-
-def feature_terms(cfg: DistillConfig, feature_pairs: list[list[tuple[str, str]]]) -> list[Loss]:
-    """`weight * kind(pairs)` for each `distill.features` term, with its resolved pairs."""
-    from .kd.features import FEATURE_LOSSES
-
-    return [term.weight * FEATURE_LOSSES[term.kind](pairs) for term, pairs in zip(cfg.features, feature_pairs)]
-
-
-def _guide_temperature(cfg: DistillConfig) -> float:
-    """The temperature dense guides are averaged at: that of the recipe's KD / soft-CE term."""
-    for term in cfg.loss or []:
-        if term.kind in ("kd", "soft_ce"):
-            return term.temperature or cfg.temperature
-    return cfg.temperature
-
-
-def supervised_loss(label_smoothing: float, regression: bool) -> Loss:
-    """What a model trained alone learns from: cross-entropy, or the squared error for regression."""
-    return LabelMSE() if regression else CE(label_smoothing)
-
-
-def _logit_loss(cfg: DistillConfig, label_smoothing: float, regression: bool = False) -> Loss:
-    if cfg.loss is None:
-        if regression:  # Tang et al.'s distillation objective: MSE between the outputs
-            return cfg.alpha * MSE() + (1.0 - cfg.alpha) * LabelMSE()
-        return mix(cfg.alpha, cfg.temperature, label_smoothing)
-    total = None
-    for term in cfg.loss:
-        if regression and term.kind in ("kd", "soft_ce"):
-            raise RecipeError(f"distill.loss: {term.kind} compares class distributions, but this task is a "
-                              "regression with one output: use mse (to the teacher's output) and ce (the squared "
-                              "error to the label)")
-        if regression and term.kind == "ce":
-            part = LabelMSE()
-        elif term.kind == "ce":
-            part = CE(term.label_smoothing if term.label_smoothing is not None else label_smoothing)
-        elif term.kind == "kd":
-            part = KD(term.temperature or cfg.temperature)
-        elif term.kind == "soft_ce":
-            part = SoftCE(term.temperature or cfg.temperature)
-        else:
-            part = MSE()
-        part = term.weight * part
-        total = part if total is None else total + part
-    return total
 
 
 def build_model(cfg: ModelConfig, num_classes: int, role: str, defaults: Optional[dict] = None) -> nn.Module:
@@ -471,7 +417,7 @@ class Pipeline:
     def other_seeds(self, task: Task, teacher: StageResult, student_model_cfg: ModelConfig
                     ) -> dict[int, dict[str, Optional[float]]]:
         """`seeds:` the students (and with `seeds_teacher: per_seed` the teacher) of every seed but the main one,
-        each in `<run>/seed<k>/`, on the main seed's split; returns their headline quality per seed and role."""
+        each in `<run>/seed<k>/`, on the main seed's split; returns their primary metric per seed and role."""
         return {seed: self.seed_pipeline(seed).train_seed(task, teacher, student_model_cfg)
                 for seed in self.recipe.seeds if seed != self.recipe.seed}
 
@@ -508,21 +454,25 @@ class Pipeline:
         student_init = build_model(student_model_cfg, task.num_classes, "student", task.model_defaults())
         task.prepare_model(student_init)
         self.student_stages(task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)
-        values = {}
+        values, primary = {}, task_primary(task)
         for role, st in stages.items():
             model = load_weights(copy.deepcopy(st.model), self.run_dir / role / "model.safetensors")
-            values[role] = headline({"quality": task.quality(_prepare_for_measuring(model, task), task.eval_split)})
+            values[role] = primary_value({"quality": task.quality(_prepare_for_measuring(model, task),
+                                                                  task.eval_split)}, primary)
         return values
 
     def seeds_block(self, task: Task, models: dict, seed_values: dict[int, dict[str, Optional[float]]]) -> dict:
-        """The report's `seeds` block: each seed-trained role's quality per seed, mean and sd, and every KD student
-        paired with the baseline seed by seed."""
+        """The report's `seeds` block: each seed-trained role's primary metric per seed (accuracy, false rejections
+        at the target false-alarm rate, sequence error...), mean and sd, and every KD student paired with the
+        baseline seed by seed (+ = KD better, whatever the metric's direction)."""
         from .seeds import seeds_summary
 
         r = self.recipe
+        primary = task_primary(task)
         once = r.seeds_teacher == "once"
         roles = [role for role, m in models.items() if not m.get("artifact") and not (once and role == "teacher")]
-        values = {role: [headline(models[role]) if seed == r.seed else seed_values[seed].get(role) for seed in r.seeds]
+        values = {role: [primary_value(models[role], primary) if seed == r.seed else seed_values[seed].get(role)
+                         for seed in r.seeds]
                   for role in roles}
         compared = [role for role in roles if role not in ("teacher", "baseline") and not role.startswith("assistant")]
         teacher = ("trained once, with the main seed, and shared by every seed's students" if once
@@ -530,9 +480,9 @@ class Pipeline:
         note = (f"{len(r.seeds)} seeds ({', '.join(map(str, r.seeds))}) on one split (split seed {r.split_seed}); "
                 f"the teacher was {teacher}. Quality is measured for every seed's models; cost, latency and memory "
                 f"once per architecture, on the main seed's ({r.seed}) models, which the results table shows.")
-        return seeds_summary(r.seeds, values, main_seed=r.seed, split_seed=r.split_seed,
-                             metric="pearson" if task.regression else "accuracy", teacher=r.seeds_teacher,
-                             compared=compared, note=note)
+        return seeds_summary(r.seeds, values, main_seed=r.seed, split_seed=r.split_seed, metric=primary["name"],
+                             higher_is_better=primary.get("higher_is_better") is not False,
+                             label=primary.get("label"), teacher=r.seeds_teacher, compared=compared, note=note)
 
     def preflight(self, task: Task, teacher: nn.Module, student: nn.Module) -> None:
         """Every check the recipe, the data and the built (untrained) models decide, before any training or any
@@ -586,7 +536,7 @@ class Pipeline:
 
         def guide(models):
             lives = [self.live_teacher(m, task, channels_last=channels_last) for m in guided_by(models)]
-            return lives[0] if len(lives) == 1 else GuideEnsemble(lives, _guide_temperature(r.distill))
+            return lives[0] if len(lives) == 1 else GuideEnsemble(lives, guide_temperature(r.distill))
 
         for i, cfg in enumerate(r.distill.assistants, start=1):
             role = f"assistant{i}"
@@ -1075,12 +1025,35 @@ def finish_report(name: str, run_dir: Optional[Path], seed: int, task: Task, mod
     return report
 
 
+# how the report names a text metric chosen by `data.text.metric` (recipe.TEXT_METRICS; all higher-is-better)
+TEXT_METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "mcc": "MCC", "f1_positive": "F1 of class 1",
+                      "pearson": "Pearson r", "spearman": "Spearman rho"}
+
+
+def task_primary(task: Task) -> dict:
+    """The task's primary metric as its report will state it: a recipe's choice (`apply_named_metric`) if any."""
+    return (getattr(task, "info", None) or {}).get("primary_metric") or task.primary_metric()
+
+
 def apply_named_metric(recipe: Recipe, task: Task) -> None:
-    """A recipe that names the quality metric it optimizes (its first `search.objectives` entry on a quality figure,
-    e.g. `{metric: mcc, direction: maximize}` for CoLA) makes that the primary metric of a task whose own default is
-    plain accuracy, so the KD verdict judges what the user judges; other tasks keep the metric they declare."""
+    """The primary metric a recipe names for a text task: `data.text.metric` outright; else its first
+    `search.objectives` entry on a quality figure (e.g. `{metric: mcc, direction: maximize}` for CoLA), when the
+    task's own default is plain accuracy. Either way the KD verdict judges what the user judges; other tasks keep the
+    metric they declare. The metric is only measured: it enters no fingerprint (`data_fingerprints`)."""
     info = getattr(task, "info", None) or {}
-    if recipe.search is None or task.primary_metric().get("name") != "accuracy" or "primary_metric" in info:
+    if "primary_metric" in info:
+        return
+    named = getattr(getattr(getattr(recipe, "data", None), "text", None), "metric", None)
+    if named is not None:  # recipe validation checked it against data.task
+        if named == "f1_positive" and task.num_classes != 2:
+            raise RecipeError(f"data.text.metric: f1_positive is the F1 of class 1 of a two-class task, but this data "
+                              f"has {task.num_classes} classes: use macro_f1, mcc or accuracy")
+        if named != task.primary_metric().get("name"):
+            task.info = {**info, "primary_metric": {"name": named, "higher_is_better": True,
+                                                    "label": f"{TEXT_METRIC_LABELS.get(named, named)} "
+                                                             "(data.text.metric)"}}
+        return
+    if getattr(recipe, "search", None) is None or task.primary_metric().get("name") != "accuracy":
         return
     from .search.metrics import resolve
 

@@ -8,42 +8,17 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, Field, GetJsonSchemaHandler, SerializeAsAny, ValidationError,
+                      create_model, field_validator, model_validator)
 
+from .core.params import Strict
+from .kd.registry import (FEATURE_LOSSES, RAW, TRANSFORMS, LossTerm, check_terms, distribution_kinds,
+                          parse_terms)
 from .errors import RecipeError
 from .search.config import SearchConfig
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _yaml_numbers_as_text(cls, v: Any, info: ValidationInfo) -> Any:
-        """YAML reads an unquoted `3` as a number, also where text is meant (`--set data.audio.keyword=3`, a run
-        named 2024): a whole number is taken as its digits. A float is not (YAML turns `1.50` into 1.5 and `1e3`
-        into 1000.0, so its text is lost): the message says to quote it. Booleans stay errors (yes/no/on/off)."""
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not _wants_text(cls.model_fields[
-                info.field_name].annotation):
-            return v
-        if isinstance(v, int):
-            return str(v)
-        raise ValueError(f"YAML reads the unquoted {v!r} as a number, but this field is text: quote it as you meant "
-                         f"it, e.g. {info.field_name}: '{v}' (on the command line: "
-                         f"--set \"...{info.field_name}='{v}'\")")
-
-
-def _wants_text(annotation: Any) -> bool:
-    """str or Optional[str] (not unions that accept numbers themselves, such as a column name or position)."""
-    if annotation is str:
-        return True
-    args = [a for a in get_args(annotation) if a is not type(None)]
-    return get_origin(annotation) in (Union, UnionType) and args == [str]
 
 
 def _known_encoding(name: str) -> str:
@@ -122,6 +97,16 @@ class AudioConfig(Strict):
         return self
 
 
+# the quality figures each text task computes (measure/quality.py: text_metrics, regression_metrics) that can be
+# its primary metric (`data.text.metric`); all are higher-is-better
+TEXT_METRICS = {"text_classification": ("accuracy", "macro_f1", "mcc", "f1_positive"),
+                "text_regression": ("pearson", "spearman")}
+
+
+def _text_metric_choices() -> str:
+    return "; ".join(f"{', '.join(names)} for {task}" for task, names in TEXT_METRICS.items())
+
+
 class TextConfig(Strict):
     """Text (`data.task: text_classification` or `text_regression`): which columns hold what, how to tokenize."""
 
@@ -142,6 +127,12 @@ class TextConfig(Strict):
                                                     "times in the training texts read as unknown")
     word_max_size: Optional[int] = Field(None, ge=8, description="word-level students: keep the most frequent words "
                                                                  "only (default: every word of the training texts)")
+    metric: Optional[str] = Field(None, description="the primary metric the KD verdict, ratios, seeds and compare "
+                                                    "judge by: accuracy, macro_f1, mcc or f1_positive (two classes) "
+                                                    "for text_classification; pearson or spearman for "
+                                                    "text_regression. Default: the first quality objective of "
+                                                    "search.objectives, else accuracy (Pearson r); set here, it wins "
+                                                    "over search.objectives. Only measured: it retrains nothing")
 
     @field_validator("text_column", mode="before")
     @classmethod
@@ -152,6 +143,13 @@ class TextConfig(Strict):
     @classmethod
     def _encoding(cls, v: str) -> str:
         return _known_encoding(v)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not any(v in names for names in TEXT_METRICS.values()):
+            raise ValueError(f"unknown text metric {v!r}; allowed: {_text_metric_choices()}")
+        return v
 
 
 class SeqConfig(Strict):
@@ -228,6 +226,10 @@ class DataConfig(Strict):
                 object.__setattr__(self, section, default())
             elif self.task not in tasks and getattr(self, section) is not None:
                 raise ValueError(f"data.{section} is for data.task: {' or '.join(tasks)}, not {self.task!r}: remove it")
+        metric = self.text.metric if self.text is not None else None
+        if metric is not None and metric not in TEXT_METRICS.get(self.task, ()):
+            raise ValueError(f"data.text.metric {metric!r} is not computed by data.task {self.task}; allowed: "
+                             f"{_text_metric_choices()}")
         return self
 
 
@@ -307,24 +309,6 @@ class TeacherConfig(ModelConfig):
                                                                "cached outputs cover the full set)")
 
 
-class LossTerm(Strict):
-    kind: Literal["ce", "kd", "soft_ce", "mse"]
-    weight: float = Field(1.0, ge=0)
-    temperature: Optional[float] = Field(None, gt=0)
-    label_smoothing: Optional[float] = Field(None, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _check_args(self) -> "LossTerm":
-        if self.temperature is not None and self.kind not in ("kd", "soft_ce"):
-            raise ValueError(f"'temperature' applies to kd and soft_ce, not to {self.kind}")
-        if self.label_smoothing is not None and self.kind != "ce":
-            raise ValueError(f"'label_smoothing' applies to ce, not to {self.kind}")
-        return self
-
-
-FeatureKind = Literal["hint", "at", "sp", "hidden_mse", "attention_mse", "minilm"]
-
-
 class LayerCandidates(Strict):
     """Module-name patterns (fnmatch, e.g. `layer*.?`) the automatic layer choice may pick from; default: the
     blocks of each network (children of its Sequential/ModuleList containers)."""
@@ -340,15 +324,22 @@ class FeatureTerm(Strict):
     measures linear CKA between candidate layers on a few batches and distills the `top_k` best pairs of a
     monotonic student->teacher matching (`leankd layers RECIPE` shows the table)."""
 
-    kind: FeatureKind
+    kind: str = Field(description="a registered feature loss kind (leankd.kd.registry.FEATURE_LOSSES)")
     weight: float = Field(1.0, gt=0, description="at: the paper's beta = 1000 is the usual weight")
     pairs: list[tuple[str, str]] | Literal["auto"]
     top_k: Optional[int] = Field(None, ge=1, description="with pairs: auto, distill only the k best pairs")
     candidates: LayerCandidates = LayerCandidates()
 
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in FEATURE_LOSSES:
+            raise ValueError(FEATURE_LOSSES.unknown_message(v))
+        return v
+
     @model_validator(mode="after")
     def _pairs(self) -> "FeatureTerm":
-        if self.pairs == "auto" and self.kind in ("attention_mse", "minilm"):
+        if self.pairs == "auto" and not FEATURE_LOSSES.get(self.kind).auto_pairs:
             raise ValueError(f"{self.kind} reads attention modules, which pairs: auto (CKA over blocks) does not "
                              "choose: list the self-attention modules, e.g. [[hf.bert.encoder.layer.2.attention.self, "
                              "hf.bert.encoder.layer.5.attention.self]]")
@@ -446,7 +437,12 @@ class DistillConfig(Strict):
 
     alpha: float = Field(0.9, ge=0, le=1, description="weight of KD; 1 - alpha goes to cross-entropy")
     temperature: float = Field(4.0, gt=0)
-    loss: Optional[list[LossTerm]] = Field(None, description="explicit terms; overrides alpha/temperature")
+    loss: Optional[list[SerializeAsAny[LossTerm]]] = Field(
+        None, description="explicit terms {kind, weight, <the kind's parameters>}; overrides alpha. Kinds: "
+                          "leankd.kd.registry.LOGIT_LOSSES (ce, kd, soft_ce, mse, dkd, dist, ...)")
+    transform: str = Field(RAW, description="logits before every distribution-comparing term's softmax (the alpha-"
+                                            "mix's kd included, unless a term sets its own): raw, or standardize "
+                                            "(logit standardization, Sun et al. 2024)")
     features: list[FeatureTerm] = Field(default_factory=list, description="layer distillation terms (hint, at, ...)")
     analysis_batches: int = Field(4, ge=1, description="batches (of batch_size) for the CKA analysis of pairs: auto")
     feature_control: bool = Field(True, description="with features: also train a logit-only KD student (same "
@@ -468,15 +464,23 @@ class DistillConfig(Strict):
         """`assistants: [resnet32, resnet14]` is short for [{model: resnet32}, {model: resnet14}]."""
         return [{"model": a} if isinstance(a, str) else a for a in v] if isinstance(v, list) else v
 
+    @field_validator("loss", mode="wrap")
+    @classmethod
+    def _terms(cls, v: Any, handler: Any) -> Any:
+        """Each term is validated by its registered kind's own parameter model."""
+        return handler(parse_terms(v))
+
+    @field_validator("transform")
+    @classmethod
+    def _known_transform(cls, v: str) -> str:
+        if v != RAW and v not in TRANSFORMS:
+            raise ValueError(TRANSFORMS.unknown_message(v, [RAW, *TRANSFORMS.names()]))
+        return v
+
     @model_validator(mode="after")
     def _needs_teacher(self) -> "DistillConfig":
         if self.loss is not None:
-            if not self.loss:
-                raise ValueError("'loss' is an empty list: give at least one term, e.g. [{kind: kd, temperature: 4}]")
-            if sum(t.weight for t in self.loss) <= 0:
-                raise ValueError("every loss term has weight 0: give at least one term a positive weight")
-            if all(t.kind == "ce" for t in self.loss):
-                raise ValueError("every loss term is 'ce', so the teacher is never used: add a kd, soft_ce or mse term")
+            check_terms(self.loss)
         return self
 
 
@@ -487,8 +491,27 @@ class MeasureConfig(Strict):
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for latency (default: torch's setting)")
 
 
-CompressTarget = Literal["fp16", "bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8-dynamic", "qat", "qat-control",
-                         "vocab-trim", "vocab-trim-int8"]
+def _registered_target(name: str) -> str:
+    """A compression target is a name in the registry (leankd.compress.targets), the single source of the names:
+    a target that is registered is accepted here, a typo is a recipe error naming close names and every known one.
+    (Imported on use: the targets' package is the heavier one, and a recipe without targets never needs it.)"""
+    from .compress.targets import TARGETS
+
+    if name not in TARGETS:
+        raise ValueError(TARGETS.unknown_message(name))
+    return name
+
+
+class _TargetNames:
+    """The JSON schema of a target name lists the registered ones (read when the schema is made)."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: GetJsonSchemaHandler) -> dict:
+        from .compress.targets import TARGETS
+
+        return {**handler(core_schema), "enum": TARGETS.names()}
+
+
+CompressTarget = Annotated[str, AfterValidator(_registered_target), _TargetNames()]
 
 
 class QATConfig(Strict):
@@ -609,10 +632,13 @@ class Recipe(Strict):
                     if task == "seq2seq" else "images and audio augment through data.augment")
             raise ValueError(f"distill.augment makes new texts, but data.task is {task}: remove it ({hint})")
         if task == "text_regression":
-            bad = [t.kind for t in self.distill.loss or [] if t.kind in ("kd", "soft_ce")]
+            bad = distribution_kinds(self.distill.loss or [])
             if bad:
                 raise ValueError(f"distill.loss: {bad[0]} compares class distributions, but a text_regression task has "
                                  "one output: use mse (to the teacher's output) and ce (the squared error to the label)")
+            if self.distill.transform != RAW:
+                raise ValueError(f"distill.transform: {self.distill.transform} changes class logits before a softmax, "
+                                 "but a text_regression task has one output: remove it")
             if any(t.pairs == "auto" for t in self.distill.features):
                 raise ValueError("distill.features pairs: auto scores teacher layers with a classification probe, which "
                                  "a regression task has no classes for: name the pairs")

@@ -1,5 +1,5 @@
-"""Statistics of a run over several seeds (`seeds:` in a recipe): mean and spread of each model's quality, and the
-paired comparison of a KD student with the baseline trained alone.
+"""Statistics of a run over several seeds (`seeds:` in a recipe): mean and spread of each model's primary metric,
+and the paired comparison of a KD student with the baseline trained alone (+ = KD better, whatever the direction).
 
 Why paired: every seed trains the baseline and the KD student from the same initial weights on the same split, so
 seed-to-seed variation (initialization, batch order) is shared by the two; the per-seed differences cancel it and
@@ -78,15 +78,20 @@ def sign_test_p(better: int, worse: int) -> float:
     return min(1.0, 2 * math.fsum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
-def paired_comparison(values: Sequence[float], reference: Sequence[float], level: float = 0.95) -> dict:
+def paired_comparison(values: Sequence[float], reference: Sequence[float], level: float = 0.95,
+                      higher_is_better: bool = True) -> dict:
     """`values` against `reference`, seed by seed, in points (x100 of the fractions given): the differences, their
-    mean and sd, the `level` t confidence interval of the mean, the paired t-test and the sign count."""
+    mean and sd, the `level` t confidence interval of the mean, the paired t-test and the sign count. The differences
+    are signed so that + means `values` is better: `values - reference`, or `reference - values` for a metric where
+    lower is better (an error rate)."""
     if len(values) != len(reference):
         raise ValueError(f"paired comparison needs one value per seed on both sides, got {len(values)} and "
                          f"{len(reference)}")
+    sign = 1.0 if higher_is_better else -1.0
     # rounded to 1e-4 points before anything is computed from them: float noise (1e-15) is neither a win nor spread
-    # (two equal gains would otherwise get a t of 1e14), and the report's statistics follow from its differences
-    shown = [round(100.0 * (v - r), 4) for v, r in zip(values, reference)]
+    # (two equal gains would otherwise get a t of 1e14), and the report's statistics follow from its differences;
+    # + 0.0 turns a negated zero into 0.0
+    shown = [round(sign * 100.0 * (v - r), 4) + 0.0 for v, r in zip(values, reference)]
     n = len(shown)
     mean, sd = mean_sd(shown)
     out = {"differences_points": shown, "n": n,
@@ -108,9 +113,10 @@ def paired_comparison(values: Sequence[float], reference: Sequence[float], level
 
 def seeds_summary(seeds: Sequence[int], values: dict[str, list[Optional[float]]], *, main_seed: int, split_seed: int,
                   metric: str, teacher: str, reference: str = "baseline", compared: Sequence[str] = (),
-                  note: Optional[str] = None) -> dict:
-    """The report's `seeds` block: per role its headline value per seed (aligned with `seeds`), mean and sd; and
-    each role in `compared` paired with `reference` over the seeds where both were measured."""
+                  note: Optional[str] = None, higher_is_better: bool = True, label: Optional[str] = None) -> dict:
+    """The report's `seeds` block: per role its value of `metric` (the task's primary metric) per seed (aligned with
+    `seeds`), mean and sd; and each role in `compared` paired with `reference` over the seeds where both were
+    measured, + = better whatever the metric's direction (`higher_is_better`; `label`: how the report names it)."""
     roles = {}
     for role, vals in values.items():
         known = [v for v in vals if v is not None]
@@ -124,6 +130,8 @@ def seeds_summary(seeds: Sequence[int], values: dict[str, list[Optional[float]]]
         pairs = [(v, r) for v, r in zip(values[role], values[reference]) if v is not None and r is not None]
         if pairs:
             paired[role] = {"reference": reference,
-                            **paired_comparison([v for v, _ in pairs], [r for _, r in pairs])}
+                            **paired_comparison([v for v, _ in pairs], [r for _, r in pairs],
+                                                higher_is_better=higher_is_better)}
     return {"seeds": list(seeds), "main_seed": main_seed, "split_seed": split_seed, "metric": metric,
-            "teacher": teacher, "roles": roles, "paired": paired, "note": note}
+            "higher_is_better": higher_is_better, "label": label, "teacher": teacher, "roles": roles,
+            "paired": paired, "note": note}

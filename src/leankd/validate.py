@@ -28,6 +28,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
     check_checkpoints(recipe)
     unchecked += check_models(recipe)
     unchecked += check_data(recipe)
+    unchecked += check_compress(recipe)
     return unchecked
 
 
@@ -125,3 +126,20 @@ def check_data(recipe: Recipe) -> list[str]:
 
         find_split_files(path, PAIR_SUFFIXES if data.task == "seq2seq" else None)  # no train file: an error
     return []
+
+
+def check_compress(recipe: Recipe) -> list[str]:
+    """Each compression target's optional packages (its registry entry's `needs`): one not installed here is listed
+    as not checked, like a model's weights package (the recipe may be meant for another machine). The names
+    themselves were checked against the registry when the recipe was read."""
+    if not recipe.compress.targets:
+        return []
+    from .compress.targets import TARGETS
+
+    unchecked = []
+    for name in recipe.compress.targets:
+        missing = TARGETS.get(name).missing()
+        if missing:
+            unchecked.append(f"compress.targets {name}: needs {', '.join(missing)}, not installed here (pip install "
+                             f"{' '.join(missing)})")
+    return unchecked

@@ -8,7 +8,7 @@ accuracy, which is what int8-static (PTQ) computes - and stops an attempt as soo
   - the loss is not finite, or its running mean rises above `loss_factor` x its start, or
   - after an epoch, the accuracy is more than a margin below the start (the recipe's points, or two binomial standard
     errors of the reference split when that is more).
-The caller (targets.py) then retries at a lower lr and finally keeps the int8-static model, saying so.
+The caller (targets/qat_finetune.py) then retries at a lower lr and finally keeps the int8-static model, saying so.
 
 The accuracy is read on the validation split (the loop's own per-epoch row) or, without one (or when the report is
 measured on it), on up to `TRAIN_CHECK_BATCHES` un-augmented training batches: never on the report's split.

@@ -75,8 +75,9 @@ class Registry(Generic[T]):
                     importlib.import_module(f"{self._discover}.{info.name}")
 
     def names(self) -> list[str]:
+        """Sorted: registration order depends on which module happened to be imported first."""
         self._load()
-        return list(self._entries)
+        return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
         self._load()
@@ -90,7 +91,7 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         self._load()
-        return list(self._entries.items())
+        return sorted(self._entries.items())
 
     def origin(self, name: str) -> str:
         self._load()

@@ -35,7 +35,6 @@ from .losses import Loss, LossInputs
 from .taps import first_tensor
 
 __all__ = [
-    "FEATURE_LOSSES",
     "AttentionMapLoss",
     "MiniLMAttention",
     "AttentionTransfer",
@@ -486,14 +485,3 @@ class MiniLMAttention(_PairLoss):
                                     _value_relation(v_s, heads, key_mask), key_mask)
                 values.append(attention + relation)
         return torch.stack(values).mean()
-
-
-FEATURE_LOSSES: dict[str, type[Loss]] = {
-    "hint": Hint,
-    "at": AttentionTransfer,
-    "sp": SimilarityPreserving,
-    "hidden_mse": HiddenStateMSE,
-    "attention_mse": AttentionMapLoss,
-    "minilm": MiniLMAttention,
-}
-"""Name → class, for recipes: `{"hint": Hint, "at": AttentionTransfer, ...}`."""

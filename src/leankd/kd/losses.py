@@ -29,6 +29,8 @@ class LossInputs:
     teacher: Optional[Tensor] = None
     student_features: dict = field(default_factory=dict)
     teacher_features: dict = field(default_factory=dict)
+    epoch: Optional[int] = None  # the training epoch in progress, counted from 1 (None outside training): warm-ups
+    epochs: Optional[int] = None  # the run's number of epochs (a warm-up given as a share of training reads it)
 
 
 class Loss(nn.Module):
@@ -258,6 +260,3 @@ def mix(alpha: float = 0.9, temperature: float = 4.0, label_smoothing: float = 0
     if not 0.0 <= alpha <= 1.0:
         raise RecipeError(f"alpha must be in [0, 1], got {alpha}")
     return alpha * KD(temperature) + (1.0 - alpha) * CE(label_smoothing)
-
-
-LOSSES: dict[str, type[Loss]] = {"ce": CE, "kd": KD, "soft_ce": SoftCE, "mse": MSE, "mse_labels": LabelMSE}

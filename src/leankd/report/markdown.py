@@ -15,6 +15,7 @@ from leankd.report.schema import (
     DEFAULT_LABELS,
     STUDENT_ROLE,
     TEACHER_ROLE,
+    seeds_primary,
     validate_report,
 )
 
@@ -22,8 +23,8 @@ DASH = "—"
 TIMES = "×"
 PLOT_FILES = {
     "curves.png": "Training curves",
-    "quality_vs_macs.png": "Accuracy vs MACs",
-    "quality_vs_latency.png": "Accuracy vs CPU latency",
+    "quality_vs_macs.png": "Primary metric vs MACs",
+    "quality_vs_latency.png": "Primary metric vs CPU latency",
 }
 KD_TIE_POINTS = 0.1  # |gain| below this is reported as "within 0.1 points of"
 
@@ -377,6 +378,22 @@ def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[s
     return header, rows
 
 
+def _budget(models: dict) -> str:
+    """How the KD student's training budget compares with the baseline's, as the verdicts word it."""
+    s_ep, b_ep = _g(models, STUDENT_ROLE, "training", "epochs"), _g(models, BASELINE_ROLE, "training", "epochs")
+    transfer = _g(models, STUDENT_ROLE, "training", "transfer_set")
+    if transfer and s_ep is not None and s_ep == b_ep:  # augmentation: same epochs, more examples per epoch
+        seen = transfer["original"] + transfer["augmented"]
+        return (f"with the same {s_ep} epochs, but each KD epoch covers {fmt_int(seen)} texts ({transfer['augmented']:,}"
+                f" augmented) against the baseline's {fmt_int(transfer['original'])}: "
+                f"{seen / transfer['original']:.1f}x its steps")
+    if s_ep is not None and s_ep == b_ep:
+        return f"with the same budget ({s_ep} epochs)"
+    if s_ep is not None and b_ep is not None:
+        return f"(note: different budgets, {s_ep} vs {b_ep} epochs, so this is not like-for-like)"
+    return "(training budgets not recorded)"
+
+
 def kd_gain_sentence(report: dict) -> str:
     """The KD verdict, derived from the sign and size of `ratios.kd_gain_points`."""
     models = report["models"]
@@ -387,20 +404,7 @@ def kd_gain_sentence(report: dict) -> str:
         why = f"no quality figure for {', '.join(missing)}" if missing else "not computed"
         return f"KD gain over the baseline: not available ({why})."
 
-    s_ep, b_ep = _g(models, STUDENT_ROLE, "training", "epochs"), _g(models, BASELINE_ROLE, "training", "epochs")
-    transfer = _g(models, STUDENT_ROLE, "training", "transfer_set")
-    if transfer and s_ep is not None and s_ep == b_ep:  # augmentation: same epochs, more examples per epoch
-        seen = transfer["original"] + transfer["augmented"]
-        budget = (f"with the same {s_ep} epochs, but each KD epoch covers {fmt_int(seen)} texts ({transfer['augmented']:,}"
-                  f" augmented) against the baseline's {fmt_int(transfer['original'])}: "
-                  f"{seen / transfer['original']:.1f}x its steps")
-    elif s_ep is not None and s_ep == b_ep:
-        budget = f"with the same budget ({s_ep} epochs)"
-    elif s_ep is not None and b_ep is not None:
-        budget = f"(note: different budgets, {s_ep} vs {b_ep} epochs, so this is not like-for-like)"
-    else:
-        budget = "(training budgets not recorded)"
-
+    budget = _budget(models)
     seeded = seeds_kd_sentence(report, s_label, budget)
     if seeded:
         return seeded
@@ -461,9 +465,11 @@ def _fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
-def _paired_stats(p: dict) -> str:
-    """'mean paired difference +1.00 points over 3 seeds, 95 % CI [-1.48, +3.48], paired t-test p = 0.225; ...'"""
-    parts = [f"mean paired difference {fmt_points(p['mean_points'])} points over {p['n']} seeds"]
+def _paired_stats(p: dict, higher_is_better: bool = True) -> str:
+    """'mean paired difference +1.00 points over 3 seeds, 95 % CI [-1.48, +3.48], paired t-test p = 0.225; ...'
+    (for a lower-is-better metric the differences are baseline minus KD, and the text says + = KD better)."""
+    parts = [f"mean paired difference {fmt_points(p['mean_points'])} points over {p['n']} seeds"
+             + ("" if higher_is_better else ", baseline minus KD student as lower is better")]
     if _is_num(p.get("ci_low_points")) and _is_num(p.get("ci_high_points")):
         parts[0] += (f", {100 * p['ci_level']:g} % CI [{fmt_points(p['ci_low_points'])}, "
                      f"{fmt_points(p['ci_high_points'])}]")
@@ -480,19 +486,31 @@ def seeds_kd_sentence(report: dict, s_label: str, budget: str) -> Optional[str]:
     p = _paired_seeds(report)
     if p is None:
         return None
+    metric = seeds_primary(report)
+    name, higher = metric["name"], metric["higher_is_better"]
     mean, lo, hi = p["mean_points"], p.get("ci_low_points"), p.get("ci_high_points")
     if _is_num(lo) and lo == hi and not (_is_num(p.get("sign_p_value")) and p["sign_p_value"] < 0.05):
         lo = hi = None  # every seed gave the same difference: a zero-width interval, not certainty (sign test decides)
+    # accuracy (Pearson r) keeps its above / below wording; another metric is named with its direction, and the
+    # paired differences are signed + = KD better whatever that direction
+    on = "" if name in ACCURACY_LIKE else f" on {_primary_label(metric)}"
     if not (_is_num(lo) and _is_num(hi)) or lo <= 0 <= hi:
-        verdict = f"{s_label} is within seed spread of the baseline trained alone {budget}"
-    elif mean > 0:
-        verdict = f"{s_label} is {abs(mean):.2f} points above the baseline trained alone {budget}"
+        verdict = f"{s_label} is within seed spread of the baseline trained alone{on} {budget}"
+    elif name in ACCURACY_LIKE:
+        verdict = (f"{s_label} is {abs(mean):.2f} points {'above' if mean > 0 else 'below'} the baseline trained "
+                   f"alone {budget}")
     else:
-        verdict = f"{s_label} is {abs(mean):.2f} points below the baseline trained alone {budget}"
+        verdict = (f"{s_label} is {abs(mean):.2f} points {'better' if mean > 0 else 'worse'} than the baseline "
+                   f"trained alone{on} {budget}")
     roles = _g(report, "seeds", "roles") or {}
     s_mean, b_mean = _g(roles, STUDENT_ROLE, "mean"), _g(roles, p["reference"], "mean")
-    name = "Pearson r (x100)" if _g(report, "seeds", "metric") == "pearson" else "accuracy"
-    return f"{verdict} ({_paired_stats(p)}): {fmt_pct(s_mean)} % vs {fmt_pct(b_mean)} % mean {name}."
+    if name == "accuracy":
+        values = f"{fmt_pct(s_mean)} % vs {fmt_pct(b_mean)} % mean accuracy"
+    elif name == "pearson":
+        values = f"{fmt_pct(s_mean)} % vs {fmt_pct(b_mean)} % mean Pearson r (x100)"
+    else:
+        values = f"mean {_fmt_metric(name, s_mean)} vs {_fmt_metric(name, b_mean)}"
+    return f"{verdict} ({_paired_stats(p, higher)}): {values}."
 
 
 def seeds_tables(report: dict) -> list[str]:
@@ -505,14 +523,17 @@ def seeds_tables(report: dict) -> list[str]:
     def label(role: str) -> str:
         return model_label(role, models[role]) if role in models else DEFAULT_LABELS.get(role, role)
 
-    metric = "Pearson r (x100)" if seeds.get("metric") == "pearson" else "accuracy (%)"
+    primary = seeds_primary(report)
+    metric = _seeds_heading(primary)
     header = ["model", f"{metric} mean ± sd"] + [f"seed {s}" + (" (main)" if s == seeds["main_seed"] else "")
                                                   for s in seeds["seeds"]]
     rows = [[label(role), f"{fmt_pct(st.get('mean'))} ± {fmt_pct(st.get('sd'))}"] + [fmt_pct(v) for v in st["values"]]
             for role, st in seeds["roles"].items()]
     for role, p in seeds.get("paired", {}).items():
         if p["n"] == len(seeds["seeds"]):  # one difference per seed: a row under the values it came from
-            rows.append([f"{label(role)} − {label(p['reference'])} (points)",
+            # + = KD better: KD minus baseline, or baseline minus KD where lower is better (an error rate)
+            first, second = (role, p["reference"]) if primary["higher_is_better"] else (p["reference"], role)
+            rows.append([f"{label(first)} − {label(second)} (points)",
                          f"{fmt_points(p.get('mean_points'))} ± {fmt_points(p.get('sd_points'), signed=False)}"]
                         + [fmt_points(d) for d in p["differences_points"]])
     lines = _md_table(header, rows)
@@ -528,11 +549,22 @@ def seeds_tables(report: dict) -> list[str]:
             sign = _fmt_p(p["sign_p_value"]).lstrip("= ") if _is_num(p.get("sign_p_value")) else DASH
             prow.append([f"{label(role)} vs {label(p['reference'])}", fmt_points(p.get("mean_points")), ci, t,
                          f"{p['better']} / {p['worse']} / {p['ties']}", sign])
-        lines += [""] + _md_table(["paired over seeds", "mean Δ (points)", level, "paired t (df), p",
+        lines += [""] + _md_table(["paired over seeds", "mean Δ (points, + = KD better)", level, "paired t (df), p",
                                    "better / worse / tied", "sign test p"], prow)
     if seeds.get("note"):
         lines += ["", seeds["note"]]
     return lines
+
+
+def _seeds_heading(primary: dict) -> str:
+    """The seeds table's metric column: accuracy (%), Pearson r (x100), or the primary metric with its direction."""
+    name = primary["name"]
+    if name == "accuracy":
+        return "accuracy (%)"
+    if name == "pearson" and primary.get("label") in (None, "Pearson r"):
+        return "Pearson r (x100)"
+    unit = "x100" if name in CORRELATIONS else "%"
+    return f"{primary.get('label') or name} ({unit}, {'higher' if primary['higher_is_better'] else 'lower'} is better)"
 
 
 # ------------------------------------------------------------------------------------------------- per class
@@ -799,6 +831,7 @@ def print_console(report: dict, console: Any = None) -> None:
 # task's `primary_metric` / `split_method` / `preprocessing` in run.dataset). Kept apart from the shared renderers
 # above: they only add sections and, when the verdict would mislead, replace it.
 ACCURACY_LIKE = {"accuracy", "pearson"}  # primary metrics the classic verdict (kd_gain_points) already speaks of
+CORRELATIONS = {"mcc", "pearson", "spearman"}  # in -1..1: shown x100, not as percent
 SECONDARY_LABELS = {"fa_fr_auc": "FA/FR AUC (lower is better)", "ter": "token error rate (lower is better)"}
 
 
@@ -812,9 +845,12 @@ def _primary_label(primary: dict) -> str:
 
 
 def _fmt_metric(name: str, value: Any) -> str:
-    """Fractions as percent; FA/FR AUC (an area in 0..1, 0 best) with 4 decimals."""
+    """Fractions as percent; correlations (MCC, Pearson, Spearman) x100; FA/FR AUC (an area in 0..1, 0 best) with 4
+    decimals."""
     if name == "fa_fr_auc":
         return fmt_fixed(value, 4)
+    if name in CORRELATIONS:
+        return f"{fmt_pct(value)} (x100)" if _is_num(value) else DASH
     return f"{fmt_pct(value)} %" if _is_num(value) else DASH
 
 
@@ -862,30 +898,40 @@ def sanity_kd_paragraph(report: dict) -> Optional[str]:
     name, gain = primary["name"], _g(report, "ratios", "kd_gain_primary_points")
     s_val, b_val = _g(models, STUDENT_ROLE, "quality", name), _g(models, BASELINE_ROLE, "quality", name)
     s_label = model_label(STUDENT_ROLE, models[STUDENT_ROLE])
-    if not _is_num(gain):
+    # the seeds block pairs this very metric over two or more seeds: that is the verdict, the main seed a detail
+    seeded = _paired_seeds(report) is not None and _g(report, "seeds", "metric") == name
+    if seeded:
+        parts = [seeds_kd_sentence(report, s_label, _budget(models)),
+                 f"Main seed ({_g(report, 'seeds', 'main_seed')}): {_fmt_metric(name, s_val)} vs "
+                 f"{_fmt_metric(name, b_val)}."]
+    elif not _is_num(gain):
         return (f"KD gain over the baseline on the primary metric, {_primary_label(primary)}: not available (not "
                 "measured).")
-    if abs(gain) < KD_TIE_POINTS:
-        verdict = f"{s_label} is within {KD_TIE_POINTS:g} points of the baseline trained alone"
     else:
-        verdict = (f"{s_label} is {abs(gain):.2f} points {'better' if gain > 0 else 'worse'} than the baseline "
-                   "trained alone")
-    parts = [f"{verdict} on the task's primary metric, {_primary_label(primary)}: {_fmt_metric(name, s_val)} vs "
-             f"{_fmt_metric(name, b_val)}."]
-    if report.get("seeds"):  # the seeds block pairs the headline (accuracy): this verdict is one seed's
+        if abs(gain) < KD_TIE_POINTS:
+            verdict = f"{s_label} is within {KD_TIE_POINTS:g} points of the baseline trained alone"
+        else:
+            verdict = (f"{s_label} is {abs(gain):.2f} points {'better' if gain > 0 else 'worse'} than the baseline "
+                       "trained alone")
+        parts = [f"{verdict} on the task's primary metric, {_primary_label(primary)}: {_fmt_metric(name, s_val)} vs "
+                 f"{_fmt_metric(name, b_val)}."]
+    if report.get("seeds") and not seeded:  # an older seeds block pairs accuracy: this verdict is one seed's
+        other = seeds_primary(report)
         parts.append(f"This is the main seed ({_g(report, 'seeds', 'main_seed')}) only: the Seeds section pairs "
-                     "accuracy over the seeds, not this metric, so repeat the comparison per seed before relying "
-                     "on a difference of this size.")
+                     f"{other['label'] if other else 'accuracy'} over the seeds, not this metric, so repeat the "
+                     "comparison per seed before relying on a difference of this size.")
     for other in primary.get("also") or []:
         s_other, b_other = _g(models, STUDENT_ROLE, "quality", other), _g(models, BASELINE_ROLE, "quality", other)
         parts.append(f"{SECONDARY_LABELS.get(other, other)}: {_fmt_metric(other, s_other)} vs "
                      f"{_fmt_metric(other, b_other)}.")
     acc = _g(report, "ratios", "kd_gain_points")
-    if _is_num(acc) and abs(acc) >= KD_TIE_POINTS and abs(gain) >= KD_TIE_POINTS and (acc > 0) != (gain > 0):
-        parts.append(f"Accuracy ({fmt_points(acc)} points) points the other way, but it is not what this task is "
-                     "judged by.")
+    if (_is_num(acc) and _is_num(gain) and abs(acc) >= KD_TIE_POINTS and abs(gain) >= KD_TIE_POINTS
+            and (acc > 0) != (gain > 0)):
+        at = " at the main seed" if seeded else ""
+        parts.append(f"Accuracy{at} ({fmt_points(acc)} points) points the other way, but it is not what this task "
+                     "is judged by.")
     s_ep, b_ep = _g(models, STUDENT_ROLE, "training", "epochs"), _g(models, BASELINE_ROLE, "training", "epochs")
-    if s_ep is not None and b_ep is not None and s_ep != b_ep:
+    if s_ep is not None and b_ep is not None and s_ep != b_ep and not seeded:  # the seeds verdict says it
         parts.append(f"Note: different budgets ({s_ep} vs {b_ep} epochs), so this is not like-for-like.")
     seed = _seed_caveat(report)
     return " ".join(parts + ([seed] if seed else []))
@@ -897,7 +943,12 @@ def sanity_console_caption(report: dict) -> Optional[str]:
     if _flagged(models, (TEACHER_ROLE, BASELINE_ROLE, STUDENT_ROLE)):
         return "KD gain: not meaningful (a model is at chance or collapsed; see report.md)"
     primary, gain = _primary(report), _g(report, "ratios", "kd_gain_primary_points")
-    if primary and primary.get("name") not in ACCURACY_LIKE and _is_num(gain):
+    if not primary or primary.get("name") in ACCURACY_LIKE:
+        return None
+    paired = _paired_seeds(report)
+    if paired is not None and _g(report, "seeds", "metric") == primary["name"]:
+        return f"KD gain over baseline on {_primary_label(primary)}, + = better: {_paired_stats(paired)}"
+    if _is_num(gain):
         return f"KD gain over baseline on {_primary_label(primary)}: {fmt_points(gain)} points, + = better (one seed)"
     return None
 

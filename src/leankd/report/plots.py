@@ -1,4 +1,4 @@
-"""Plots for the report: training curves and quality-vs-cost scatters.
+"""Plots for the report: training curves and scatters of the task's primary metric against a cost.
 
 Uses matplotlib's object-oriented API (`matplotlib.figure.Figure`, rendered by Agg) and never pyplot, so no
 display, no global backend switch and no figure leaks. Every file is written atomically. A plot whose data is
@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from leankd.io import atomic_path, read_jsonl
 from leankd.report.markdown import model_label
-from leankd.report.schema import headline, validate_report
+from leankd.report.schema import primary_value, report_primary, validate_report
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +87,40 @@ def plot_curves(report: dict, run_dir: Path, path: Path) -> Optional[Path]:
     return _save(fig, path)
 
 
-def _seed_spread(report: dict, role: str) -> Optional[tuple[float, float, int]]:
-    """(mean, sd, n) of a role's quality over a run's seeds, in points; None without seeds (or one value)."""
-    st = ((report.get("seeds") or {}).get("roles") or {}).get(role) or {}
+def _seed_spread(report: dict, role: str, metric: str) -> Optional[tuple[float, float, int]]:
+    """(mean, sd, n) of a role's `metric` over a run's seeds, in points; None without seeds (or one value), or when
+    the seeds block compares another metric (an older report: accuracy)."""
+    seeds = report.get("seeds") or {}
+    if seeds.get("metric") != metric:
+        return None
+    st = (seeds.get("roles") or {}).get(role) or {}
     mean, sd = _finite(st.get("mean")), _finite(st.get("sd"))
     return (100.0 * mean, 100.0 * sd, st["n"]) if mean is not None and sd is not None else None
 
 
+def metric_axis(primary: dict) -> tuple[str, str]:
+    """(axis label, short name for titles) of the primary metric: 'accuracy (%)', 'Pearson r (x100)', or its label
+    with the unit and direction ('false rejections at 1% false alarms (%, lower is better)')."""
+    name = primary["name"]
+    if name == "accuracy":
+        return "accuracy (%)", "accuracy"
+    short = primary.get("label") or name
+    unit = "x100" if name in ("pearson", "spearman", "mcc", "fa_fr_auc") else "%"
+    if primary.get("higher_is_better") is False:
+        return f"{short} ({unit}, lower is better)", short
+    return f"{short} ({unit})", short
+
+
 def _scatter(report: dict, path: Path, xs_fn, xlabel: str, title: str) -> Optional[Path]:
-    """Quality against a cost; a role trained over several seeds is drawn at its mean with ± 1 sd error bars (its
-    cost is measured once, on the main seed's model)."""
+    """The task's primary metric against a cost; a role trained over several seeds is drawn at its mean with ± 1 sd
+    error bars (its cost is measured once, on the main seed's model)."""
+    primary = report_primary(report)
     pts = []
     for role, entry in report["models"].items():
         x = _finite(xs_fn(entry))
-        y = _finite(headline(entry))  # accuracy, or Pearson r for regression
+        y = _finite(primary_value(entry, primary))
         if x is not None and x > 0 and y is not None:
-            spread = _seed_spread(report, role)
+            spread = _seed_spread(report, role, primary["name"])
             if spread:
                 pts.append((x, spread[0], f"{model_label(role, entry)} (mean ± sd, {spread[2]} seeds)", spread[1]))
             else:
@@ -124,8 +142,7 @@ def _scatter(report: dict, path: Path, xs_fn, xlabel: str, title: str) -> Option
     pad = max(1.0, 0.15 * (yhi - ylo))
     ax.set_ylim(ylo - pad, yhi + pad)
     ax.set_xlabel(xlabel)
-    regression = any((e.get("quality") or {}).get("pearson") is not None for e in report["models"].values())
-    ax.set_ylabel("Pearson r (x100)" if regression else "accuracy (%)")
+    ax.set_ylabel(metric_axis(primary)[0])
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
@@ -143,12 +160,13 @@ def write_plots(report: dict, run_dir: Path) -> list[Path]:
     name = report["run"]["name"]
     threads = {((e.get("latency") or {}).get("cpu") or {}).get("threads") for e in report["models"].values()} - {None}
     thr = f", {threads.pop()} threads" if len(threads) == 1 else ""
+    metric = metric_axis(report_primary(report))[1]
     jobs = [
         ("curves.png", lambda p: plot_curves(report, run_dir, p)),
-        ("quality_vs_macs.png", lambda p: _scatter(
-            report, p, lambda e: (e.get("cost") or {}).get("macs"), "MACs per sample (log)", f"{name}: accuracy vs MACs")),
+        ("quality_vs_macs.png", lambda p: _scatter(report, p, lambda e: (e.get("cost") or {}).get("macs"),
+                                                   "MACs per sample (log)", f"{name}: {metric} vs MACs")),
         ("quality_vs_latency.png", lambda p: _scatter(
-            report, p, _cpu_b1, f"CPU latency, batch 1, median ms (log{thr})", f"{name}: accuracy vs latency")),
+            report, p, _cpu_b1, f"CPU latency, batch 1, median ms (log{thr})", f"{name}: {metric} vs latency")),
     ]
     written = []
     for fname, job in jobs:

@@ -434,7 +434,8 @@ class Ratios(_Strict):
 
 # ------------------------------------------------------------------------------------------------------- seeds
 class SeedRole(_Strict):
-    """One role's headline quality (fraction, like `quality.accuracy`) per seed, aligned with `SeedRuns.seeds`."""
+    """One role's value of `SeedRuns.metric` (a fraction, like `quality.<metric>`) per seed, aligned with
+    `SeedRuns.seeds`."""
     values: list[Optional[float]]
     n: int
     mean: Optional[float] = None
@@ -442,7 +443,8 @@ class SeedRole(_Strict):
 
 
 class PairedComparison(_Strict):
-    """A KD student minus its `reference` (the baseline), seed by seed, in points; t interval and tests."""
+    """A KD student against its `reference` (the baseline), seed by seed, in points, + = the student is better: the
+    student minus the reference, or the reference minus the student when lower is better; t interval and tests."""
     reference: str
     differences_points: list[float]
     n: int
@@ -465,7 +467,11 @@ class SeedRuns(_Strict):
     seeds: list[int]
     main_seed: int
     split_seed: int
-    metric: str  # the headline quality compared: accuracy, or pearson for regression
+    # the metric compared: the task's primary metric (run.dataset.primary_metric), a key of `Quality`; reports
+    # written before seeds followed it hold accuracy (pearson for regression) and no direction: higher is better
+    metric: str
+    higher_is_better: Optional[bool] = None
+    label: Optional[str] = None
     teacher: str  # once | per_seed
     roles: dict[str, SeedRole]
     paired: dict[str, PairedComparison] = Field(default_factory=dict)
@@ -602,6 +608,33 @@ def primary_value(entry: Any, primary: Optional[dict]) -> Optional[float]:
     """The entry's value of the task's primary metric (None when the task declared none or it was not measured)."""
     name = _get(primary, "name")
     return _num(_get(entry, "quality", name)) if name else None
+
+
+def report_primary(report: Any) -> dict:
+    """The primary metric a report is judged by (`{name, higher_is_better, label, ...}`): `run.dataset.primary_metric`,
+    or, for a report written before tasks declared one, its headline figure: accuracy (Pearson r for regression)."""
+    primary = _get(report, "run", "dataset", "primary_metric")
+    if isinstance(primary, BaseModel):
+        primary = primary.model_dump(exclude_none=True)
+    if isinstance(primary, dict) and primary.get("name"):
+        return primary
+    models = _get(report, "models") or {}
+    regression = any(_get(e, "quality", "accuracy") is None and _num(_get(e, "quality", "pearson")) is not None
+                     for e in models.values())
+    if regression:
+        return {"name": "pearson", "higher_is_better": True, "label": "Pearson r"}
+    return {"name": "accuracy", "higher_is_better": True, "label": "accuracy"}
+
+
+def seeds_primary(report: Any) -> Optional[dict]:
+    """The metric a report's `seeds` block compares, as `{name, higher_is_better, label}` (None without seeds): the
+    primary metric for reports that record its direction, else (older reports) accuracy or Pearson r."""
+    seeds = _get(report, "seeds")
+    name = _get(seeds, "metric")
+    if not name:
+        return None
+    label = _get(seeds, "label") or ("Pearson r" if name == "pearson" else name)
+    return {"name": name, "higher_is_better": _get(seeds, "higher_is_better") is not False, "label": label}
 
 
 def primary_gain(better: Any, worse: Any, primary: Optional[dict]) -> Optional[float]:

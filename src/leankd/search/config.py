@@ -2,16 +2,15 @@
 
 The space is keyed by dotted recipe paths (`distill.temperature`, `student.kwargs.width`, `train.lr`,
 `distill.features.0.weight`), so a trial *is* the starting recipe with a few values changed, and the report can
-show each candidate as a recipe diff. One pseudo-path, `distill.family`, picks the logit-loss family (kd, soft_ce,
-mse) that `distill.alpha` / `distill.temperature` parameterize.
+show each candidate as a recipe diff. One pseudo-path, `distill.family`, picks the logit-loss family (any registered loss
+kind that learns from the teacher: kd, soft_ce, mse, dkd, dist, ...) that `distill.alpha` / `distill.temperature`
+parameterize; `distill.transform` (raw / standardize) is an ordinary path.
 """
 from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-LOSS_FAMILIES = ("kd", "soft_ce", "mse")
 
 
 class _Strict(BaseModel):

@@ -12,7 +12,8 @@ from typing import Any, Optional
 import optuna
 
 from ..errors import RecipeError
-from .config import LOSS_FAMILIES, Dimension, SearchConfig
+from ..kd.registry import LOGIT_LOSSES, families
+from .config import Dimension, SearchConfig
 
 FAMILY = "distill.family"  # pseudo-path: the logit-loss family that distill.alpha / distill.temperature shape
 # shared by every trial (trained or loaded once), or not a training setting at all
@@ -163,7 +164,7 @@ def apply_params(base: dict, params: dict[str, Any]) -> dict:
         distill = raw.setdefault("distill", {})
         alpha, temperature = distill.get("alpha", 0.9), distill.get("temperature", 4.0)
         term = {"kind": family, "weight": alpha}
-        if family in ("kd", "soft_ce"):
+        if family in LOGIT_LOSSES and LOGIT_LOSSES.get(family).takes("temperature"):
             term["temperature"] = temperature
         distill["loss"] = [term] + ([{"kind": "ce", "weight": round(1 - alpha, 10)}] if alpha < 1 else [])
     return raw
@@ -189,10 +190,10 @@ def check_space(recipe, search: SearchConfig) -> None:
             raise RecipeError(f"{where}: {root} cannot be searched ({FORBIDDEN_ROOTS[root]}); search student, "
                               "train, distill or compress settings")
         if path == FAMILY:
-            bad = [c for c in dim.choices or [None] if c not in LOSS_FAMILIES]
+            bad = [c for c in dim.choices or [None] if c not in families()]
             if dim.choices is None or bad:
-                raise RecipeError(f"{where}: choices must be loss families among {list(LOSS_FAMILIES)} "
-                                  f"(got {bad[0]!r})")
+                raise RecipeError(f"{where}: choices must be loss kinds that learn from the teacher, among "
+                                  f"{families()} (got {bad[0]!r})")
             continue
         values = dim.choices if dim.choices is not None else [dim.low, dim.high]
         for value in values:

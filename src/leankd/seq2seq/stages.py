@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..pipeline import Pipeline, StageResult, _logit_loss, fingerprint, supervised_loss
+from ..kd.build import logit_loss, supervised_loss
+from ..pipeline import Pipeline, StageResult, fingerprint
 from .distill import build_or_load_outputs, training_pairs
 from .extra_sources import collect_extra_sources, source_key
 
@@ -47,7 +48,7 @@ def train_students(pipe: Pipeline, task, teacher: StageResult, student_init, stu
             extra_text = f", {data_info['extra_pairs']} of them on extra sources" if uses_extra else ""
             pipe.log(f"{role} ({LABELS[method]}): {data_info['pairs']} training pairs from the teacher's outputs "
                      f"({data_info['original_pairs']} references{extra_text})")
-        loss = (_logit_loss(r.distill, student_cfg.label_smoothing) if word
+        loss = (logit_loss(r.distill, student_cfg.label_smoothing) if word
                 else supervised_loss(student_cfg.label_smoothing, False))
         fp = {**data_fp, "teacher": teacher_fp, "seq_method": method,
               "teacher_precision": r.teacher.precision if word else None,  # sequence-level: decoded in fp32

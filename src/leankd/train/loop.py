@@ -150,7 +150,7 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                     logits = task.forward(plan.model, inputs)
                 hits = (logits.detach().argmax(-1) == batch.targets).sum()  # read before anything replays
                 with_label = (batch.targets >= 0).sum()
-                value = loss(loss_inputs(logits, batch, loss, teacher, student_taps))
+                value = loss(loss_inputs(logits, batch, loss, teacher, student_taps, epoch + 1, cfg.epochs))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(value).backward()
                 if cfg.grad_clip:
@@ -226,10 +226,12 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
     )
 
 
-def loss_inputs(logits, batch, loss: Loss, teacher, student_taps: Optional[FeatureTaps]) -> LossInputs:
+def loss_inputs(logits, batch, loss: Loss, teacher, student_taps: Optional[FeatureTaps],
+                epoch: Optional[int] = None, epochs: Optional[int] = None) -> LossInputs:
     """What the loss sees for one step: the student's logits, the targets, and — only when the loss needs them —
-    the teacher's logits and (layer distillation) both models' tapped features of this very forward."""
-    inputs = LossInputs(student=logits, targets=batch.targets)
+    the teacher's logits and (layer distillation) both models' tapped features of this very forward. `epoch`
+    (from 1) and `epochs` let a loss warm up (DKD); outside a training run they are None."""
+    inputs = LossInputs(student=logits, targets=batch.targets, epoch=epoch, epochs=epochs)
     if student_taps is not None:
         inputs.teacher, inputs.teacher_features = teacher.outputs(batch)
         inputs.student_features = student_taps.take()
