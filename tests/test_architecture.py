@@ -130,8 +130,10 @@ def strongly_connected(graph: dict[str, dict[str, int]]) -> list[set[str]]:
 
 
 def cycle_path(graph: dict[str, dict[str, int]], group: set[str]) -> str:
-    """One shortest cycle through the group's first module, each arrow with the line of the import: what to cut."""
-    start = min(group)
+    """One shortest cycle through the group's first module not in an allowed cycle (the new one), each arrow with the
+    line of the import: what to cut."""
+    allowed = set().union(*(g for g in ALLOWED_CYCLES if g <= group))
+    start = min(group - allowed or group)
     previous = {start: None}
     queue = [start]
     end = None
