@@ -35,7 +35,8 @@ from leankd.compress.qat import prepare_qat
 from leankd.compress.qat_guard import measure_start
 from leankd.compress.targets import calibration
 from leankd.io import write_text_atomic
-from leankd.pipeline import Pipeline, build_model
+from leankd.pipeline import Pipeline
+from leankd.stages import build_model
 from leankd.recipe import Recipe
 from leankd.models import load_weights
 from leankd.train.loop import evaluate, fit

@@ -19,9 +19,6 @@ PACKAGE = "leankd"
 
 # Strongly connected groups of modules allowed to import each other, each exactly (a group that gains a module fails).
 ALLOWED_CYCLES = {
-    # pipeline runs the seq2seq stages, which reuse the pipeline's stage machinery (Pipeline, StageResult) and its
-    # fingerprint import; removed by the lead's pipeline/stages split (issue 24, plug-in core)
-    frozenset({"leankd.pipeline", "leankd.seq2seq.stages"}),
     # the recipe checks compression target names against `TARGETS` in compress/targets/__init__.py (imported on use),
     # which types its build contexts with the recipe, the task and the training loop (`if TYPE_CHECKING:`); removed
     # when the target registry moves to a module that imports only leankd.core.registry and the recipe reads it
@@ -36,7 +33,7 @@ CORE_MAY_IMPORT = {"leankd.errors", "leankd.measure.devices", "leankd.measure.qu
 MAX_LINES = 500
 # file -> its length when it was listed: the most it may have. Shrink these; never raise a ceiling to let a file grow.
 OVERSIZED = {
-    "leankd/pipeline.py": 1164,
+    "leankd/pipeline.py": 667,
     "leankd/report/markdown.py": 1004,
     "leankd/recipe.py": 816,
     "leankd/report/schema.py": 797,

@@ -111,7 +111,7 @@ def test_seq2seq_folder_uses_official_splits(tmp_path):
 
 
 def test_seq_settings_left_at_default_keep_fingerprints():
-    from leankd.pipeline import _data_settings
+    from leankd.stages import _data_settings
 
     before = {"format": "auto", "source_column": "source", "target_column": "target", "tokenization": "chars",
               "target_tokenization": None, "test_fraction": 0.1, "beam": 5, "length_penalty": 1.0,

@@ -214,7 +214,7 @@ def test_streamed_and_in_memory_paths_give_the_same_batches(tmp_path, data):
 
 def test_every_model_is_measured_in_the_inputs_memory_layout(tmp_path, data, monkeypatch):
     """A teacher loaded as NCHW must not be timed against channels_last students."""
-    from leankd import pipeline
+    from leankd.measure import models as measuring
     from leankd.models import create_model
     from leankd.recipe import DataConfig, MeasureConfig
     from leankd.tasks.image import build_image_task
@@ -226,11 +226,11 @@ def test_every_model_is_measured_in_the_inputs_memory_layout(tmp_path, data, mon
         seen.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights))
         return {"cost": {}, "latency": {}, "memory": {}}
 
-    monkeypatch.setattr(pipeline, "profile_model", fake_profile)
+    monkeypatch.setattr(measuring, "profile_model", fake_profile)
     task = build_image_task(DataConfig(source=str(data), cache_dir=str(tmp_path)), torch.device("cpu"), 0,
                             channels_last=True)
     model = create_model("resnet8", num_classes=4)  # NCHW
-    pipeline.measure_models({"teacher": model}, task, MeasureConfig(latency_batch_sizes=[1, 2]))
+    measuring.measure_models({"teacher": model}, task, MeasureConfig(latency_batch_sizes=[1, 2]))
     assert seen == [True]
 
 
@@ -257,7 +257,7 @@ def test_split_seed_keeps_the_examples_when_the_seed_changes(tmp_path, data):
 def test_split_seed_at_its_default_leaves_fingerprints_unchanged():
     """Runs made before data.split_seed existed keep their stages (the setting is absent from the fingerprint when
     unset or equal to the run's seed); another split is another fingerprint."""
-    from leankd.pipeline import _data_settings
+    from leankd.stages import _data_settings
     from leankd.recipe import DataConfig
 
     unset = _data_settings(DataConfig().model_dump(), seed=3)

@@ -14,7 +14,9 @@ import torch
 import torchvision
 from torch import nn
 
-from leankd.pipeline import apply_named_metric, finish_report, measure_models, model_entry
+from leankd.measure.models import measure_models, model_entry
+from leankd.report.metric import apply_named_metric
+from leankd.report.notes import finish_report
 from leankd.recipe import AudioConfig, AugmentConfig, DataConfig, MeasureConfig, SeqConfig
 from leankd.report.markdown import render_markdown
 from leankd.report.sanity import likely_causes, quality_flags
@@ -47,7 +49,7 @@ def tiny_digits(tmp_path_factory):
 def test_collapsed_model_on_input_smaller_than_its_stride_is_flagged(tiny_digits, tmp_path, monkeypatch):
     task = tiny_digits
     # latency is not under test here and is the slow part of measuring: no timed runs
-    monkeypatch.setattr("leankd.pipeline.interleaved_latency", lambda models, *a, **k: {r: {} for r in models})
+    monkeypatch.setattr("leankd.measure.models.interleaved_latency", lambda models, *a, **k: {r: {} for r in models})
     torch.manual_seed(0)
     models = {"teacher": OneClass(), "baseline": OneClass(), "student": OneClass()}
     one = measure_models({"baseline": models["baseline"]}, task, MeasureConfig(latency_batch_sizes=[1],
@@ -257,7 +259,7 @@ def test_recipe_named_metric_becomes_primary():
 
 def test_text_metric_of_the_recipe_wins_over_search_objectives_and_enters_no_fingerprint():
     from leankd.errors import RecipeError
-    from leankd.pipeline import data_fingerprints
+    from leankd.stages import data_fingerprints
     from leankd.recipe import parse_recipe
 
     class Fake:

@@ -18,7 +18,8 @@ import yaml
 
 from leankd.errors import RecipeError
 from leankd.models import create_model, load_weights
-from leankd.pipeline import Pipeline, _prepare_for_measuring
+from leankd.measure.models import prepare_for_measuring
+from leankd.pipeline import Pipeline
 from leankd.recipe import parse_recipe
 from leankd.report import build_report, render_markdown
 from leankd.seeds import mean_sd, paired_comparison, seeds_summary, sign_test_p, t_quantile, t_two_sided_p
@@ -309,7 +310,7 @@ def test_seeds_end_to_end_teacher_once_and_an_existing_run_extended(tmp_path):
     for role in ("baseline", "student"):
         model = load_weights(create_model("resnet8", num_classes=task.num_classes),
                              run_dir / f"seed2/{role}/model.safetensors")
-        quality = task.quality(_prepare_for_measuring(model, task), task.eval_split)
+        quality = task.quality(prepare_for_measuring(model, task), task.eval_split)
         assert quality["accuracy"] == pytest.approx(s["roles"][role]["values"][2], abs=1e-9)
 
     md = (run_dir / "report.md").read_text()

@@ -9,7 +9,8 @@ import torch
 
 from leankd.data.audio import speaker_of, speaker_split, speakers_of, split_statement
 from leankd.errors import DataError
-from leankd.pipeline import _data_settings, fingerprint
+from leankd.core.fingerprint import fingerprint
+from leankd.stages import _data_settings
 from leankd.recipe import AudioConfig, DataConfig
 from leankd.report.markdown import render_markdown
 from leankd.report.schema import build_report

@@ -294,18 +294,18 @@ def test_narrower_transformer_student_distils_through_learned_projections(tmp_pa
 
 # ---------------------------------------------------------------------------------------------- teacher subset
 def test_teacher_fine_tunes_on_a_subset_and_students_on_everything(tmp_path, monkeypatch):
-    import leankd.pipeline as pipeline_module
+    import leankd.stages as stages_module
     from leankd.pipeline import Pipeline
     from leankd.tasks.base import TensorTask
 
     sizes = {}
-    real_fit = pipeline_module.fit
+    real_fit = stages_module.fit
 
     def spy(model, task, cfg, **kwargs):
         sizes[kwargs["checkpoint_path"].parent.name] = (task.split_size("train"), task.splits["train"].labels.sum())
         return real_fit(model, task, cfg, **kwargs)
 
-    monkeypatch.setattr(pipeline_module, "fit", spy)
+    monkeypatch.setattr(stages_module, "fit", spy)
     r = _recipe(tmp_path, teacher={"limit_train": 40, "cache": True})
     report = Pipeline(r, tmp_path / "run", quiet=True).run()
     n = sizes["teacher"][0]

@@ -21,8 +21,10 @@ from torch import Tensor, nn
 from .kd.losses import CE, KD, Loss
 from .kd.teacher import LiveTeacher
 from .errors import DataError, LeanKDError, RecipeError
-from .pipeline import (Pipeline, check_num_classes, finish_report, measure_models, model_entry, resolve_device,
-                       training_entry)
+from .measure.models import measure_models, model_entry, training_entry
+from .pipeline import Pipeline
+from .report.notes import finish_report
+from .stages import check_num_classes, resolve_device
 from pydantic import ValidationError
 
 from .recipe import MeasureConfig, Recipe, TrainConfig, format_validation_error, load_recipe, parse_recipe

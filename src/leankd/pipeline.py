@@ -1,20 +1,19 @@
 """The run pipeline: teacher -> baseline student -> distilled student -> measure -> report.
 
-Each training stage lives in `<run_dir>/<stage>/` and is keyed by a fingerprint of everything that shapes its
-result (model, training settings, data, seed, loss, and the upstream teacher). A finished stage whose
-fingerprint matches is reused (a teacher is trained once); `force` redoes it; an interrupted stage refuses to
-silently start over and asks for `resume` (continue) or `force` (restart).
+`Pipeline` decides which stages a recipe needs (teacher, baseline, KD students, assistants, other seeds) and
+composes the report; the pieces it uses live by job:
 
-Every model is measured by the same code (`measure_model`), from the weights saved on disk, so the ratios in
-the report compare like with like and describe the artifact a user would ship.
+- stages.py: the stage runner (`StageRunner`, which `Pipeline` is): stage fingerprints from each stage's declared
+  inputs, reuse, resume, and the checks of `leankd compress`/`export` that nothing would retrain;
+- measure/models.py: how every model and artifact of a report is measured (`measure_models`) and its report block;
+- report/notes.py, report/metric.py: the notes under the report's tables, `finish_report`, the primary metric.
+
+`Pipeline.run` holds the run directory's lock (runlock.py) for the whole run.
 """
 from __future__ import annotations
 
 import copy
-import json
-import platform
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,240 +21,24 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from .core.fingerprint import FINGERPRINT_VERSION, fingerprint  # noqa: F401  (re-exported: leankd.pipeline.fingerprint)
+from .core.fingerprint import fingerprint  # noqa: F401  (an old import path: leankd.pipeline.fingerprint)
 from .kd.build import build_loss, feature_terms, guide_temperature, supervised_loss
-from .kd.losses import Loss
-from .kd.teacher import LiveTeacher
-from .errors import LeanKDError, ModelError, RecipeError
-from .data.readers import file_identity
+from .errors import LeanKDError, RecipeError
 from .io import WRITE_ERRNOS, write_error, write_json_atomic, write_text_atomic
-from .measure.devices import cpu_fp32_copy, to_device
-from .measure.latency import interleaved_latency
-from .measure.probe import probe_model
-from .measure.profile import profile_model
-from .models import create_model, infer_num_classes, load_weights
-from .models.registry import model_accepts
-from .recipe import MeasureConfig, ModelConfig, Recipe, TrainConfig, dump_recipe
-from .report import build_report, write_markdown, write_plots, write_report
-from .report.sanity import add_quality_flags
-from .report.schema import DEFAULT_LABELS, headline, primary_value
+from .measure.models import measure_models, model_entry, prepare_for_measuring, training_entry
+from .models import create_model, load_weights
+from .recipe import ModelConfig, Recipe, dump_recipe
+from .report import build_report
+from .report.metric import apply_named_metric, task_primary
+from .report.notes import LOGIT_KD_ROLE, cache_notes, feature_notes, finish_report, qat_notes, transfer_notes
+from .report.schema import headline, primary_value
+from .stages import StageResult, StageRunner, build_model, data_fingerprints, resolve_device
 from .tasks.base import Task
-from .train.checkpoint import read_state, save_weights
-from .train.loop import FitResult, fit
 from .train.step_cost import feature_costs
 from .train.progress import RichProgress
 
-LOGIT_KD_ROLE = "logit_kd"  # the logit-only KD control trained beside a student with feature losses
 
-
-# ---------------------------------------------------------------------------------------------- helpers
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LeanKDError(f"device {name!r} was requested but CUDA is not available here: use device: auto or cpu")
-    return device
-
-
-# settings added after runs already existed: left out of a fingerprint while at their default, so an upgrade does
-# not retrain (or refuse to resume) every existing run directory
-ADDED_TRAIN_DEFAULTS = {"cuda_graphs": False, "lr_scaling": "none", "lr_base_batch_size": 128}
-
-
-def _stable(settings: dict, added_defaults: dict) -> dict:
-    return {k: v for k, v in settings.items() if not (k in added_defaults and v == added_defaults[k])}
-
-
-ADDED_TEXT_DEFAULTS = {"word_min_freq": 1, "word_max_size": None, "encoding": "utf-8"}
-ADDED_SEQ_DEFAULTS = {"header": True, "encoding": "utf-8"}
-ADDED_AUDIO_DEFAULTS = {"speaker_pattern": None}
-WORD_SETTINGS = {"word_min_freq": True, "word_max_size": True}  # read by word-level students only
-
-
-def _data_settings(data: dict, seed: int) -> dict:
-    """The data settings a stage depends on, without settings added later at their defaults (old runs stay valid);
-    a split_seed equal to the run's seed is the default split, so it is left out too."""
-    data = _stable(data, {"text": None})
-    if data.get("split_seed") in (None, seed):
-        data.pop("split_seed", None)
-    if data.get("text") is not None:
-        data["text"] = _stable(data["text"], ADDED_TEXT_DEFAULTS)
-    if data.get("audio") is not None:
-        data["audio"] = _stable(data["audio"], ADDED_AUDIO_DEFAULTS)
-    if data.get("seq") is not None:
-        data["seq"] = _stable(data["seq"], ADDED_SEQ_DEFAULTS)
-    return data
-
-
-def data_fingerprints(recipe: Recipe, task: Task) -> tuple[dict, dict]:
-    """(students' data fingerprint, teacher's data fingerprint) of a recipe's run on `task`."""
-    # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target,
-    # the text metric the report judges by)
-    ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"},
-               "seq": {"beam", "length_penalty", "max_decode_len"}, "text": {"metric": True}}  # seq: how it decodes
-    seed = recipe.seed
-    data_fp = {"data": _data_settings(recipe.data.model_dump(exclude=ignored), seed),
-               "dataset": task.info.get("fingerprint")}
-    # the teacher (and its cache) never read the word vocabulary: its settings must not retrain the teacher
-    teacher_ignored = {**ignored, "text": {**ignored["text"], **WORD_SETTINGS}}
-    teacher_data_fp = {"data": _data_settings(recipe.data.model_dump(exclude=teacher_ignored), seed),
-                       "dataset": data_fp["dataset"]}
-    return data_fp, teacher_data_fp
-
-
-def build_model(cfg: ModelConfig, num_classes: int, role: str, defaults: Optional[dict] = None) -> nn.Module:
-    kwargs = {k: v for k, v in (defaults or {}).items() if k not in cfg.kwargs and model_accepts(cfg.model, k)}
-    model = create_model(cfg.model, num_classes=num_classes, **{**kwargs, **cfg.kwargs})
-    if cfg.checkpoint:
-        load_weights(model, cfg.checkpoint)
-    check_num_classes(model, num_classes, f"{role} ({cfg.model})")
-    return model
-
-
-def check_num_classes(model: nn.Module, num_classes: int, who: str) -> None:
-    found = infer_num_classes(model)
-    if found is not None and found != num_classes:
-        raise ModelError(
-            f"{who} predicts {found} classes but the data has {num_classes}: build it with num_classes={num_classes} "
-            "(leankd passes num_classes to registry, torchvision, timm and python: models that accept it)"
-        )
-
-
-def environment(device: torch.device) -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "device": str(device),
-        "torch": torch.__version__.split("+")[0],
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "platform": platform.platform(),
-    }
-
-
-# ---------------------------------------------------------------------------------------------- measuring
-def _prepare_for_measuring(model: nn.Module, task: Task) -> nn.Module:
-    model = model.to(task.device).float().eval()
-    # every model gets the memory layout of the task's inputs, so a teacher loaded from a file (NCHW) is not timed
-    # against students trained channels_last (oneDNN convolutions are ~2x apart between the two on CPU)
-    sample = task.example_inputs(2)
-    if isinstance(sample, torch.Tensor) and sample.dim() == 4:
-        channels_last = sample.is_contiguous(memory_format=torch.channels_last) and not sample.is_contiguous()
-        model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    return model
-
-
-def measure_models(models: dict[str, nn.Module], task: Task, measure: MeasureConfig,
-                   artifacts: Optional[dict[str, tuple[nn.Module, str, Path]]] = None) -> dict[str, dict]:
-    """Quality on the eval split + cost/latency/memory of every model — the one way numbers in a report are made.
-
-    `artifacts` maps a role to (runnable, base role, artifact file): deployment artifacts run on the CPU, get
-    their quality from the same evaluation, their size from the file, their MACs from the base model, and
-    join the interleaved CPU latency timing. CPU latency is timed interleaved across ALL models on the same
-    input batches (see `interleaved_latency`), so machine drift cannot masquerade as a speed-up."""
-    split = task.eval_split
-    artifacts = artifacts or {}
-    prepared = {role: _prepare_for_measuring(m, task) for role, m in models.items()}
-    previous_threads = torch.get_num_threads()
-    if measure.threads:
-        torch.set_num_threads(measure.threads)
-    try:
-        out = {}
-        for role, model in prepared.items():
-            profile = profile_model(model, task.example_inputs, forward=task.forward,
-                                    batch_sizes=tuple(measure.latency_batch_sizes), runs=measure.latency_runs,
-                                    warmup=measure.latency_warmup, cpu_latency=False)
-            out[role] = {"quality": {"split": split, **task.quality(model, split)}, **profile,
-                         **task.extra_measurements(model)}
-        cpu_models = {role: cpu_fp32_copy(m) for role, m in prepared.items()}
-        for role, (runnable, base, path) in artifacts.items():
-            size = sum(Path(p).stat().st_size for p in (path if isinstance(path, list) else [path]))
-            cost = {**out[base]["cost"], "size_bytes": size, "size_mb": size / 1e6}
-            quality = {"split": split, **task.quality(runnable, split, cpu=True)}
-            out[role] = {"quality": quality, "cost": cost, "latency": {},
-                         "memory": {"inference_peak_mb": None, "inference_delta_mb": None,
-                                    "kind": "not measured for deployment artifacts", "batch_size": None}}
-            cpu_models[role] = runnable
-        for role, timed in time_on_cpu(cpu_models, task, measure).items():
-            latency = timed.pop("latency")
-            out[role].update(timed)
-            out[role]["latency"] = {**latency, **out[role]["latency"]}
-    finally:
-        torch.set_num_threads(previous_threads)
-    for role, model in prepared.items():  # how far each model downsamples: a likely cause in report.sanity's flags
-        out[role]["probe"] = probe_model(model, task.example_inputs(1), task.forward)
-    return out
-
-
-def time_on_cpu(cpu_models: dict[str, nn.Module], task: Task, measure: MeasureConfig) -> dict[str, dict]:
-    """The CPU timings of a report, all models and artifacts together: the task's joint measurements (seq2seq
-    decoding), then the interleaved forward latency. `{role: {"latency": {"cpu": ...}, **joint}}`. Shared by
-    `measure_models` and `remeasure_latency`, so a re-measured report is timed exactly like a fresh one."""
-    out: dict[str, dict] = {role: {} for role in cpu_models}
-    for role, extra in task.joint_measurements(cpu_models).items():
-        out[role].update(extra)
-    cpu = interleaved_latency(cpu_models, lambda bs: to_device(task.example_inputs(bs), "cpu", torch.float32),
-                              measure.latency_batch_sizes, forward=task.forward, runs=measure.latency_runs,
-                              warmup=measure.latency_warmup)
-    for role in out:
-        out[role]["latency"] = {"cpu": cpu[role]}
-    return out
-
-
-def model_entry(role: str, architecture: str, origin: str, measured: dict, training: Optional[dict],
-                history: Optional[str]) -> dict:
-    """One model's block of report.json."""
-    return {"role": role, "label": DEFAULT_LABELS.get(role, role), "architecture": architecture, "origin": origin,
-            **measured, "training": training, "history": history}
-
-
-def training_entry(result: FitResult, loss: Loss, cfg: TrainConfig, device: torch.device) -> dict:
-    return {
-        "epochs": result.epochs,
-        "wall_time_s": round(result.wall_time_s, 3),
-        "samples_per_s": round(result.samples_per_s, 2),
-        "peak_memory_mb": result.peak_memory.get("peak_mb"),
-        "memory_kind": result.peak_memory.get("kind"),
-        "energy_j": result.energy.get("joules"),
-        "energy_source": result.energy.get("source", "not measured"),
-        "loss": loss.describe(),
-        "precision": cfg.precision,
-        "device": str(device),
-        "speedups": result.speedups,
-        "speedup_notes": result.speedup_notes or None,
-        "batch_size": cfg.batch_size,
-        "steps": _steps_taken(result.history, cfg.batch_size),
-    }
-
-
-def _steps_taken(history: list[dict], batch_size: int) -> Optional[int]:
-    """Optimizer steps over all epochs, from each epoch's examples (samples/s x epoch time; full batches only)."""
-    try:
-        return int(sum(max(1, round(r["samples_per_s"] * r["epoch_time_s"] / batch_size)) for r in history))
-    except (KeyError, TypeError):
-        return None
-
-
-# ---------------------------------------------------------------------------------------------- stages
-@dataclass
-class StageResult:
-    model: nn.Module
-    origin: str
-    training: Optional[dict]  # None when the weights were loaded, not trained here
-    reused: bool
-    training_extra: dict = field(default_factory=dict)  # joins the report's training block (feature costs, cache)
-
-
-class Pipeline:
+class Pipeline(StageRunner):
     """Runs one recipe in one run directory."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, force: bool = False, resume: bool = False,
@@ -281,12 +64,6 @@ class Pipeline:
         # compress/export (with or without --remeasure) only measure and build: a stage they would train is an error
         self.require_finished = require_finished or add_targets is not None
         self.replaced_files: list[str] = []  # artifact files (relative) a rebuilt target no longer uses
-
-    def log(self, msg: str) -> None:
-        """Print a log line: brackets in it are text (a path, `leankd[text]`), only leankd's own style tags style."""
-        from .markup import safe
-
-        self.console.print(safe(msg), highlight=False, soft_wrap=True)
 
     # ---------------------------------------------------------------------------------------------------
     def build_task(self) -> Task:
@@ -457,7 +234,7 @@ class Pipeline:
         values, primary = {}, task_primary(task)
         for role, st in stages.items():
             model = load_weights(copy.deepcopy(st.model), self.run_dir / role / "model.safetensors")
-            values[role] = primary_value({"quality": task.quality(_prepare_for_measuring(model, task),
+            values[role] = primary_value({"quality": task.quality(prepare_for_measuring(model, task),
                                                                   task.eval_split)}, primary)
         return values
 
@@ -602,31 +379,6 @@ class Pipeline:
             self.log("[yellow]note:[/] without teacher.cache the teacher labels the augmented texts again every epoch")
         return kd_task
 
-    def cached_teacher(self, task: Task, live: LiveTeacher, data_fp: dict, subdir: Optional[str] = None):
-        """Offline KD: the teacher's logits on `teacher.cache_views` augmentation views, from the cache file (built
-        now if missing or stale). The live teacher is moved off the device afterwards: the student trains alone."""
-        from .kd.cache import build_or_load
-
-        r = self.recipe
-        views = min(r.teacher.cache_views, task.max_views or r.teacher.cache_views)
-        if views < r.teacher.cache_views:
-            self.log(f"teacher cache: this task has no per-epoch augmentation views, so {views} view holds everything "
-                     f"(teacher.cache_views = {r.teacher.cache_views} would repeat it)")
-        fp = fingerprint({"cache": "teacher-logits", **data_fp, "teacher": self._stage_fp("teacher"),
-                          "teacher_precision": r.teacher.precision, "views": views, "seed": r.seed,
-                          "top_k": r.teacher.cache_top_k})
-        directory = Path(r.teacher.cache_dir) if r.teacher.cache_dir else self.run_dir / "teacher_cache"
-        if subdir:  # one cache per kind of student data (seq2seq: each word-KD method), each kept up to date
-            directory = directory / subdir
-        cached, info = build_or_load(directory, fp, live, task, views, r.seed, log=self.log,
-                                     describe={"teacher": self._stage_fp("teacher"), "seed": r.seed},
-                                     prune=r.teacher.cache_dir is None, top_k=r.teacher.cache_top_k)
-        live.model.to("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        cached.cache_info = {**info.as_dict(), "augmented": task.max_views != 1}  # the stage's training block
-        return cached
-
     def resolve_feature_pairs(self, task: Task, teacher: nn.Module, student: nn.Module, trained: bool = True
                               ) -> Optional[list[list[tuple[str, str]]]]:
         """The (student, teacher) module pairs of every `distill.features` term; `pairs: auto` terms are chosen by
@@ -657,12 +409,6 @@ class Pipeline:
                      + ", ".join(f"{s}->{t}" for s, t in pairs) + f" (analysis: layers-{i}.json)")
             resolved.append(pairs)
         return resolved
-
-    def live_teacher(self, model: nn.Module, task: Task, channels_last: bool) -> LiveTeacher:
-        """A frozen copy of the teacher that distils: on the CPU with `teacher.device: cpu` (memory-aware mode)."""
-        device = torch.device("cpu") if self.recipe.teacher.device == "cpu" else task.device
-        return LiveTeacher(copy.deepcopy(model), task, self.recipe.teacher.precision, channels_last=channels_last,
-                           device=device)
 
     def _analyze_layers(self, task: Task, student: nn.Module, teacher: nn.Module, top_k: Optional[int],
                         student_patterns: Optional[list[str]], teacher_patterns: Optional[list[str]]):
@@ -709,93 +455,6 @@ class Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.run_dir / "layers.json", {**analysis.as_dict(), "notes": notes})
         return analysis, notes
-
-    # ---------------------------------------------------------------------------------------------------
-    def _stage_fp(self, stage: str) -> Optional[str]:
-        path = self.stage_dirs.get(stage, self.run_dir / stage) / "stage.json"
-        return json.loads(path.read_text())["fingerprint"] if path.exists() else None
-
-    def stage(self, name: str, model: nn.Module, task: Task, cfg: TrainConfig, loss: Loss, *, model_cfg: ModelConfig,
-              extra_fp: dict, teacher=None, make_teacher=None) -> StageResult:
-        """Train (or reuse) one stage. `make_teacher`, when given, builds the teacher only if the stage trains (a
-        teacher cache is not built for a stage that is reused)."""
-        sdir = self.run_dir / name
-        # what shapes this stage's weights: not teacher.precision (it only matters while distilling, and is in the
-        # student's fingerprint), and a checkpoint file by its size and mtime, not just its path
-        model_fp = model_cfg.model_dump(exclude={"train", "precision", "device", "cache", "cache_views", "cache_dir",
-                                                  "cache_top_k"})
-        if model_fp.get("limit_train", 0) is None:
-            del model_fp["limit_train"]  # added later: unset, it leaves older teacher stages valid
-        if model_cfg.checkpoint:
-            model_fp["checkpoint_file"] = file_identity(Path(model_cfg.checkpoint))
-        if model_cfg.checkpoint and name == "teacher":  # loaded, not trained: training settings and seed do not
-            fp = fingerprint({"stage": name, "model": model_fp, **extra_fp})  # change it (nor its cache)
-        else:
-            fp = fingerprint({"stage": name, "model": model_fp, "loss": loss.describe(), "seed": self.recipe.seed,
-                              "train": _stable(cfg.model_dump(), ADDED_TRAIN_DEFAULTS), **extra_fp})
-        stage_json, weights, ckpt = sdir / "stage.json", sdir / "model.safetensors", sdir / "checkpoint.safetensors"
-        if self.require_finished and not (model_cfg.checkpoint and name == "teacher"):
-            self._check_finished(name, stage_json, weights, fp)
-        if self.force and sdir.exists():
-            shutil.rmtree(sdir)
-        if stage_json.exists():
-            info = json.loads(stage_json.read_text())
-            if info["fingerprint"] == fp and weights.exists():
-                load_weights(model, weights)
-                self.log(f"{name}: reusing {weights} (same fingerprint {fp}; --force retrains)")
-                return StageResult(model, info["origin"], info.get("training"), reused=True)
-            self.log(f"{name}: the recipe changed since {stage_json} was written: redoing this stage")
-            shutil.rmtree(sdir)
-
-        if model_cfg.checkpoint and name == "teacher":
-            origin = f"checkpoint: {model_cfg.checkpoint}"
-            self.log(f"{name}: loaded {model_cfg.model} weights from {model_cfg.checkpoint} (not trained here)")
-            training = None
-        else:
-            if ckpt.exists() and not self.resume:
-                epoch = _checkpoint_epoch(ckpt)
-                raise LeanKDError(
-                    f"stage '{name}' in {self.run_dir} was interrupted after epoch {epoch}/{cfg.epochs}: rerun with "
-                    "--resume to continue it, or --force to start the run over"
-                )
-            if ckpt.exists() and _checkpoint_fp(ckpt) != fp:
-                self.log(f"{name}: the interrupted checkpoint {ckpt} was made with other settings: starting this "
-                         "stage over")
-                ckpt.unlink()
-            sdir.mkdir(parents=True, exist_ok=True)
-            for leftover in sdir.glob(".*.tmp"):  # temp files of a write that a kill interrupted
-                leftover.unlink()
-            verb = "resuming" if ckpt.exists() else "training"
-            self.log(f"{name}: {verb} {model_cfg.model} for {cfg.epochs} epochs, loss {loss.describe()}, "
-                     f"{cfg.precision}, batch {cfg.batch_size}")
-            if make_teacher is not None:
-                teacher = make_teacher()
-            hook = self.epoch_hook
-            progress = RichProgress(name, self.console, quiet=self.quiet,
-                                    on_epoch=(lambda row: hook(name, row)) if hook else None)
-            result = fit(model, task, cfg, loss=loss, teacher=teacher, seed=self.recipe.seed, checkpoint_path=ckpt,
-                         metrics_path=sdir / "metrics.jsonl", resume=self.resume, progress=progress,
-                         stop_after_epoch=self.stop_after_epoch, fingerprint=fp)
-            origin = "trained here"
-            training = training_entry(result, loss, cfg, task.device)
-            if getattr(teacher, "cache_info", None):
-                training["teacher_cache"] = teacher.cache_info
-        save_weights(weights, model)
-        write_json_atomic(stage_json, {"fingerprint": fp, "stage": name, "architecture": model_cfg.model,
-                                       "origin": origin, "training": training})
-        if ckpt.exists():
-            ckpt.unlink()  # the stage is complete: its final weights are in model.safetensors
-        return StageResult(model, origin, training, reused=False)
-
-    def _check_finished(self, name: str, stage_json: Path, weights: Path, fp: str) -> None:
-        """`leankd compress`/`export` add artifacts to a finished run: a stage they would have to train (missing,
-        unfinished, or made with other settings) is an error before any training, not a silent retrain."""
-        if stage_json.exists() and weights.exists() and json.loads(stage_json.read_text())["fingerprint"] == fp:
-            return
-        why = ("was made with other settings" if stage_json.exists() and weights.exists() else "is not finished")
-        raise LeanKDError(f"stage '{name}' of {self.run_dir} {why}, so there is no trained {name} to compress: "
-                          f"run `leankd run {self.run_dir / 'recipe.yaml'} --run-dir {self.run_dir}` first "
-                          "(add --resume if it was interrupted)")
 
     # ---------------------------------------------------------------------------------------------------
     def report(self, task: Task, stages: dict[str, StageResult],
@@ -1006,159 +665,3 @@ class Pipeline:
                 info["history"] = final_path(self.run_dir, art.metrics_path)
             built["student_" + target.replace("-", "_")] = (art, info)
         return built
-
-
-def finish_report(name: str, run_dir: Optional[Path], seed: int, task: Task, models: dict, device,
-                  extra_notes: Optional[list[str]] = None, seeds: Optional[dict] = None, write: bool = True) -> dict:
-    """Build report.json from the model blocks (and the `seeds` block of a run over seeds); write it, its markdown
-    and plots when there is a run dir (and `write`: the pipeline writes its report with its artifacts in one commit,
-    rundir.commit)."""
-    notes = (list(getattr(task, "notes", [])) + report_notes(models, seed, several_seeds=bool(seeds))
-             + list(extra_notes or []))
-    run = {"name": name, "run_dir": str(run_dir) if run_dir else None, "seed": seed, "task": task.kind,
-           "dataset": task.describe(), "environment": environment(torch.device(device))}
-    add_quality_flags(models, run["dataset"], run_dir)  # at chance / collapsed, with the causes the run shows
-    report = build_report(run, models, notes, seeds=seeds)
-    if run_dir is not None and write:
-        write_report(run_dir, report)
-        write_markdown(run_dir, report, plots=write_plots(report, run_dir))
-    return report
-
-
-# how the report names a text metric chosen by `data.text.metric` (recipe.TEXT_METRICS; all higher-is-better)
-TEXT_METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "mcc": "MCC", "f1_positive": "F1 of class 1",
-                      "pearson": "Pearson r", "spearman": "Spearman rho"}
-
-
-def task_primary(task: Task) -> dict:
-    """The task's primary metric as its report will state it: a recipe's choice (`apply_named_metric`) if any."""
-    return (getattr(task, "info", None) or {}).get("primary_metric") or task.primary_metric()
-
-
-def apply_named_metric(recipe: Recipe, task: Task) -> None:
-    """The primary metric a recipe names for a text task: `data.text.metric` outright; else its first
-    `search.objectives` entry on a quality figure (e.g. `{metric: mcc, direction: maximize}` for CoLA), when the
-    task's own default is plain accuracy. Either way the KD verdict judges what the user judges; other tasks keep the
-    metric they declare. The metric is only measured: it enters no fingerprint (`data_fingerprints`)."""
-    info = getattr(task, "info", None) or {}
-    if "primary_metric" in info:
-        return
-    named = getattr(getattr(getattr(recipe, "data", None), "text", None), "metric", None)
-    if named is not None:  # recipe validation checked it against data.task
-        if named == "f1_positive" and task.num_classes != 2:
-            raise RecipeError(f"data.text.metric: f1_positive is the F1 of class 1 of a two-class task, but this data "
-                              f"has {task.num_classes} classes: use macro_f1, mcc or accuracy")
-        if named != task.primary_metric().get("name"):
-            task.info = {**info, "primary_metric": {"name": named, "higher_is_better": True,
-                                                    "label": f"{TEXT_METRIC_LABELS.get(named, named)} "
-                                                             "(data.text.metric)"}}
-        return
-    if getattr(recipe, "search", None) is None or task.primary_metric().get("name") != "accuracy":
-        return
-    from .search.metrics import resolve
-
-    for obj in recipe.search.objectives:
-        path = resolve(obj.metric, "search.objectives")
-        if path.startswith("quality.") and path.count(".") == 1:
-            name = path.split(".", 1)[1]
-            if name != "accuracy":
-                task.info = {**info, "primary_metric": {"name": name, "label": f"{obj.metric} (search.objectives)",
-                                                             "higher_is_better": obj.direction == "maximize"}}
-            return
-
-
-def qat_notes(models: dict) -> list[str]:
-    """QAT against PTQ of the same student and against the same-budget control, from the measured accuracies."""
-    acc = {role: m["quality"]["accuracy"] for role, m in models.items() if m.get("quality", {}).get("accuracy") is not None}
-    if "student_qat" not in acc:
-        return []
-    if any(n.startswith("QAT FELL BACK") for n in models["student_qat"].get("artifact", {}).get("notes", [])):
-        return ["Quantization-aware distillation diverged at every lr tried: the qat artifact is the int8-static "
-                "model (see its note), so it measures PTQ, not QAT."]
-    parts = [f"QAT int8 {100 * acc['student_qat']:.2f}%"]
-    for role, what in (("student_int8_static", "PTQ of the same student (int8-static)"),
-                       ("student_qat_control", "the same fine-tuning in fp32 then PTQ (qat-control)")):
-        if role in acc:
-            diff = 100 * (acc["student_qat"] - acc[role])
-            parts.append(f"{diff:+.2f} points vs {what} at {100 * acc[role]:.2f}%")
-    return ["Quantization-aware distillation: " + "; ".join(parts) + ". Differences under about one point are within "
-            "seed-to-seed variation on small evaluation sets."]
-
-
-def cache_notes(models: dict) -> list[str]:
-    """Offline KD: how many views, the disk used and what building the cache cost."""
-    cache = ((models.get("student") or {}).get("training") or {}).get("teacher_cache")
-    if not cache:
-        return []
-    built = (f"built in {cache['build_s']:.1f} s" if cache.get("build_s") is not None
-             else "reused from an earlier stage or run")
-    if cache.get("augmented") is False:
-        return [f"The KD student learned from cached teacher logits of its {cache['samples']} training examples "
-                f"(one fixed input each), {cache['disk_mb']:.2f} MB on disk (fp16), {built}; the teacher was not run while it "
-                "trained."]
-    return [f"The KD student learned from cached teacher logits: {cache['views']} fixed augmentation views x "
-            f"{cache['samples']} samples, {cache['disk_mb']:.2f} MB on disk (fp16), {built}; each epoch replays one "
-            "view, so the student saw those views only, while the baseline saw a fresh augmentation every epoch."]
-
-
-def transfer_notes(models: dict) -> list[str]:
-    """Text augmentation (Tang et al.): how many unlabeled texts the KD student learned from."""
-    t = ((models.get("student") or {}).get("training") or {}).get("transfer_set")
-    if not t:
-        return []
-    s = t["settings"]
-    return [f"The KD student trained on {t['original']} labeled training texts plus {t['augmented']} augmented, "
-            f"unlabeled ones ({s['copies']} tries per text: [MASK] p={s['mask']:g}, word dropout p={s['dropout']:g}, "
-            f"n-gram (n <= {s['ngram_max']}) p={s['ngram']:g}; repeats dropped), which only the teacher's outputs "
-            "teach; the baseline saw the labeled texts only."]
-
-
-def feature_notes(models: dict) -> list[str]:
-    """What the feature (layer) losses bought over the logit-only KD control, and what they cost, measured."""
-    student, control = models.get("student"), models.get(LOGIT_KD_ROLE)
-    if not student or not control:
-        return []
-    acc_s, acc_c = headline(student), headline(control)
-    if acc_s is None or acc_c is None:
-        return []
-    parts = [f"Layer distillation: {100 * acc_s:.2f}% vs {100 * acc_c:.2f}% for logit-only KD at the same budget "
-             f"({100 * (acc_s - acc_c):+.2f} points, one seed)"]
-    ts, tc = student.get("training") or {}, control.get("training") or {}
-    if ts.get("samples_per_s") and tc.get("samples_per_s"):
-        parts.append(f"training throughput {ts['samples_per_s']:.0f} vs {tc['samples_per_s']:.0f} samples/s "
-                     f"({tc['samples_per_s'] / ts['samples_per_s']:.2f}x the time per step)")
-    if ts.get("peak_memory_mb") and tc.get("peak_memory_mb"):
-        parts.append(f"peak training memory {ts['peak_memory_mb']:.0f} vs {tc['peak_memory_mb']:.0f} MB")
-    several = len([t for t in (ts.get("loss") or "").split(" + ") if "(" in t and "->" in t]) > 1
-    caveat = (" The quality difference is for all feature terms together; a control per term would be needed to "
-              "credit each one." if several else "")
-    return ["; ".join(parts) + ". Per-term step costs are in the layer-distillation table." + caveat]
-
-
-def report_notes(models: dict, seed: int, several_seeds: bool = False) -> list[str]:
-    notes = []
-    if "baseline" in models and "student" in models and not several_seeds:
-        notes.append(f"The KD gain is measured with one seed ({seed}); KD gains are often around one point, "
-                     "within seed-to-seed variation, so claims need at least 2 seeds.")
-    energy_sources = {m["training"]["energy_source"] for m in models.values() if m.get("training")}
-    for source in sorted(energy_sources):
-        if source.startswith("not available"):
-            notes.append(f"Training energy {source}; no estimate is shown in its place.")
-    kinds = {m["memory"].get("kind") for m in models.values() if m.get("memory")}
-    if "tensor_bytes" in kinds:
-        notes.append("CPU inference memory = weights + inputs + peak live activation tensors of one forward at the "
-                     "largest latency batch, counted from the storages PyTorch ops allocate; it excludes the "
-                     "Python/PyTorch runtime and kernel scratch space.")
-    train_kinds = {m["training"].get("memory_kind") for m in models.values() if m.get("training")}
-    if "cpu_peak_rss" in train_kinds:
-        notes.append("Training peak memory on CPU is the process's peak resident set size, so it includes the "
-                     "runtime and the data held in memory, not only the model.")
-    return notes
-
-
-def _checkpoint_epoch(path: Path):
-    return read_state(path).get("epoch", "?")
-
-
-def _checkpoint_fp(path: Path):
-    return read_state(path).get("fingerprint")

@@ -25,13 +25,15 @@ from torch import nn
 from .errors import LeanKDError
 from .io import write_json_atomic, write_text_atomic
 from .measure.devices import cpu_fp32_copy
+from .measure.models import prepare_for_measuring, time_on_cpu
 from .models import load_weights
-from .pipeline import Pipeline, _prepare_for_measuring, build_model, time_on_cpu
+from .pipeline import Pipeline
 from .recipe import ModelConfig, load_recipe
 from .report import build_report, load_report
 from .report.markdown import render_markdown
 from .report.plots import write_plots
 from .report.schema import REPORT_FILENAME, utc_now_stamp
+from .stages import build_model
 
 REMEASURED = "CPU timings re-measured"  # prefix of the note a re-measure leaves (an older one is replaced)
 
@@ -106,7 +108,7 @@ def _remeasure(run_dir: Path, threads: Optional[int], log) -> dict:
     try:
         log(f"re-timing {', '.join(old['models'])} with {torch.get_num_threads()} thread(s) ...")
         saved = {role: _load_role(pipe, role, task) for role, e in old["models"].items() if not e.get("artifact")}
-        cpu_models = {role: cpu_fp32_copy(_prepare_for_measuring(m, task)) for role, m in saved.items()}
+        cpu_models = {role: cpu_fp32_copy(prepare_for_measuring(m, task)) for role, m in saved.items()}
         with tempfile.TemporaryDirectory(prefix="leankd-remeasure-") as scratch:
             for role, e in old["models"].items():
                 if e.get("artifact"):

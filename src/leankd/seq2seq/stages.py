@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from ..kd.build import logit_loss, supervised_loss
-from ..pipeline import Pipeline, StageResult, fingerprint
+from ..core.fingerprint import fingerprint
+from ..stages import StageResult, StageRunner
 from .distill import build_or_load_outputs, training_pairs
 from .extra_sources import collect_extra_sources, source_key
 
@@ -23,7 +24,7 @@ def role_of(method: str, main: str) -> str:
     return "student" if method == main else "student_" + method.replace("+", "_")
 
 
-def train_students(pipe: Pipeline, task, teacher: StageResult, student_init, student_model_cfg, data_fp: dict,
+def train_students(pipe: StageRunner, task, teacher: StageResult, student_init, student_model_cfg, data_fp: dict,
                    teacher_data_fp: dict, stages: dict) -> None:
     """Train every `distill.seq.students` method into `stages` (the main one as "student")."""
     r = pipe.recipe
@@ -74,7 +75,7 @@ def train_students(pipe: Pipeline, task, teacher: StageResult, student_init, stu
                 **({"extra_outputs": extra.as_dict()} if uses_extra else {})}
 
 
-def teacher_outputs(pipe: Pipeline, task, teacher_model, teacher_data_fp: dict):
+def teacher_outputs(pipe: StageRunner, task, teacher_model, teacher_data_fp: dict):
     """The teacher's n-best lists on the training sources: from the cache, or decoded now (on the run's device)."""
     cfg = pipe.recipe.distill.seq
     n_best = cfg.n_best or cfg.beam
@@ -84,7 +85,7 @@ def teacher_outputs(pipe: Pipeline, task, teacher_model, teacher_data_fp: dict):
     return _decode_once(pipe, task, teacher_model, fp, n_best)
 
 
-def teacher_extra_outputs(pipe: Pipeline, task, teacher_model, teacher_data_fp: dict):
+def teacher_extra_outputs(pipe: StageRunner, task, teacher_model, teacher_data_fp: dict):
     """The teacher's best output on every extra source (made up and/or from a file; none from any split), from
     the cache or decoded now. The made-up ones are drawn with the split's seed: they do not change with the run's."""
     cfg = pipe.recipe.distill.seq
@@ -101,7 +102,7 @@ def teacher_extra_outputs(pipe: Pipeline, task, teacher_model, teacher_data_fp: 
     return out
 
 
-def _decode_once(pipe: Pipeline, task, teacher_model, fp: str, n_best: int, sources=None):
+def _decode_once(pipe: StageRunner, task, teacher_model, fp: str, n_best: int, sources=None):
     r = pipe.recipe
     directory = Path(r.teacher.cache_dir) if r.teacher.cache_dir else pipe.run_dir / "teacher_cache"
     model = copy.deepcopy(teacher_model).to(task.device).eval()

@@ -1,0 +1,271 @@
+"""The stage runner: one training stage of a run directory, trained or reused.
+
+Each stage lives in `<run_dir>/<stage>/` and is keyed by a fingerprint of everything that shapes its result (model,
+training settings, data, seed, loss, and the upstream teacher). A finished stage whose fingerprint matches is reused
+(a teacher is trained once); `force` redoes it; an interrupted stage refuses to silently start over and asks for
+`resume` (continue) or `force` (restart). The fingerprints are byte-identical to those pipeline.py computed before
+this module was split out of it: existing run directories keep their stages.
+
+`StageRunner` is the part of `Pipeline` (pipeline.py) that runs stages; task-kind stage code (seq2seq/stages.py)
+takes a `StageRunner`, so it needs nothing from pipeline.py. The run directory's lock is taken by `Pipeline.run`
+(runlock.py) around every stage.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from .core.fingerprint import fingerprint
+from .data.readers import file_identity
+from .errors import LeanKDError, ModelError
+from .io import write_json_atomic
+from .kd.losses import Loss
+from .kd.teacher import LiveTeacher
+from .measure.models import training_entry
+from .models import create_model, infer_num_classes, load_weights
+from .models.registry import model_accepts
+from .recipe import ModelConfig, Recipe, TrainConfig
+from .tasks.base import Task
+from .train.checkpoint import read_state, save_weights
+from .train.loop import fit
+from .train.progress import RichProgress
+
+
+# ---------------------------------------------------------------------------------------------- fingerprint parts
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LeanKDError(f"device {name!r} was requested but CUDA is not available here: use device: auto or cpu")
+    return device
+
+
+# settings added after runs already existed: left out of a fingerprint while at their default, so an upgrade does
+# not retrain (or refuse to resume) every existing run directory
+ADDED_TRAIN_DEFAULTS = {"cuda_graphs": False, "lr_scaling": "none", "lr_base_batch_size": 128}
+
+
+def _stable(settings: dict, added_defaults: dict) -> dict:
+    return {k: v for k, v in settings.items() if not (k in added_defaults and v == added_defaults[k])}
+
+
+ADDED_TEXT_DEFAULTS = {"word_min_freq": 1, "word_max_size": None, "encoding": "utf-8"}
+ADDED_SEQ_DEFAULTS = {"header": True, "encoding": "utf-8"}
+ADDED_AUDIO_DEFAULTS = {"speaker_pattern": None}
+WORD_SETTINGS = {"word_min_freq": True, "word_max_size": True}  # read by word-level students only
+
+
+def _data_settings(data: dict, seed: int) -> dict:
+    """The data settings a stage depends on, without settings added later at their defaults (old runs stay valid);
+    a split_seed equal to the run's seed is the default split, so it is left out too."""
+    data = _stable(data, {"text": None})
+    if data.get("split_seed") in (None, seed):
+        data.pop("split_seed", None)
+    if data.get("text") is not None:
+        data["text"] = _stable(data["text"], ADDED_TEXT_DEFAULTS)
+    if data.get("audio") is not None:
+        data["audio"] = _stable(data["audio"], ADDED_AUDIO_DEFAULTS)
+    if data.get("seq") is not None:
+        data["seq"] = _stable(data["seq"], ADDED_SEQ_DEFAULTS)
+    return data
+
+
+def data_fingerprints(recipe: Recipe, task: Task) -> tuple[dict, dict]:
+    """(students' data fingerprint, teacher's data fingerprint) of a recipe's run on `task`."""
+    # what the trained weights depend on: not where data is cached, nor what is only measured (test subset, FA target,
+    # the text metric the report judges by)
+    ignored = {"cache_dir": True, "num_workers": True, "limit_test": True, "audio": {"far_target"},
+               "seq": {"beam", "length_penalty", "max_decode_len"}, "text": {"metric": True}}  # seq: how it decodes
+    seed = recipe.seed
+    data_fp = {"data": _data_settings(recipe.data.model_dump(exclude=ignored), seed),
+               "dataset": task.info.get("fingerprint")}
+    # the teacher (and its cache) never read the word vocabulary: its settings must not retrain the teacher
+    teacher_ignored = {**ignored, "text": {**ignored["text"], **WORD_SETTINGS}}
+    teacher_data_fp = {"data": _data_settings(recipe.data.model_dump(exclude=teacher_ignored), seed),
+                       "dataset": data_fp["dataset"]}
+    return data_fp, teacher_data_fp
+
+
+def build_model(cfg: ModelConfig, num_classes: int, role: str, defaults: Optional[dict] = None) -> nn.Module:
+    kwargs = {k: v for k, v in (defaults or {}).items() if k not in cfg.kwargs and model_accepts(cfg.model, k)}
+    model = create_model(cfg.model, num_classes=num_classes, **{**kwargs, **cfg.kwargs})
+    if cfg.checkpoint:
+        load_weights(model, cfg.checkpoint)
+    check_num_classes(model, num_classes, f"{role} ({cfg.model})")
+    return model
+
+
+def check_num_classes(model: nn.Module, num_classes: int, who: str) -> None:
+    found = infer_num_classes(model)
+    if found is not None and found != num_classes:
+        raise ModelError(
+            f"{who} predicts {found} classes but the data has {num_classes}: build it with num_classes={num_classes} "
+            "(leankd passes num_classes to registry, torchvision, timm and python: models that accept it)"
+        )
+
+
+@dataclass
+class StageResult:
+    model: nn.Module
+    origin: str
+    training: Optional[dict]  # None when the weights were loaded, not trained here
+    reused: bool
+    training_extra: dict = field(default_factory=dict)  # joins the report's training block (feature costs, cache)
+
+
+
+class StageRunner:
+    """Trains or reuses the stages of one run directory. `Pipeline` is one; these attributes are set by its
+    constructor."""
+
+    recipe: Recipe
+    run_dir: Path
+    force: bool
+    resume: bool
+    quiet: bool
+    console: Console
+    stop_after_epoch: Optional[int]
+    require_finished: bool  # compress/export: a stage that would train is an error (`_check_finished`)
+    epoch_hook: Optional[Callable[[str, dict], None]]  # (stage, epoch row): a search's pruner
+    stage_dirs: dict[str, Path]  # stages living outside run_dir (a seed's shared teacher)
+    role_labels: dict[str, str]  # report labels of roles a task kind adds (seq2seq students)
+
+    def log(self, msg: str) -> None:
+        """Print a log line: brackets in it are text (a path, `leankd[text]`), only leankd's own style tags style."""
+        from .markup import safe
+
+        self.console.print(safe(msg), highlight=False, soft_wrap=True)
+
+    def live_teacher(self, model: nn.Module, task: Task, channels_last: bool) -> LiveTeacher:
+        """A frozen copy of the teacher that distils: on the CPU with `teacher.device: cpu` (memory-aware mode)."""
+        device = torch.device("cpu") if self.recipe.teacher.device == "cpu" else task.device
+        return LiveTeacher(copy.deepcopy(model), task, self.recipe.teacher.precision, channels_last=channels_last,
+                           device=device)
+
+    def cached_teacher(self, task: Task, live: LiveTeacher, data_fp: dict, subdir: Optional[str] = None):
+        """Offline KD: the teacher's logits on `teacher.cache_views` augmentation views, from the cache file (built
+        now if missing or stale). The live teacher is moved off the device afterwards: the student trains alone."""
+        from .kd.cache import build_or_load
+
+        r = self.recipe
+        views = min(r.teacher.cache_views, task.max_views or r.teacher.cache_views)
+        if views < r.teacher.cache_views:
+            self.log(f"teacher cache: this task has no per-epoch augmentation views, so {views} view holds everything "
+                     f"(teacher.cache_views = {r.teacher.cache_views} would repeat it)")
+        fp = fingerprint({"cache": "teacher-logits", **data_fp, "teacher": self._stage_fp("teacher"),
+                          "teacher_precision": r.teacher.precision, "views": views, "seed": r.seed,
+                          "top_k": r.teacher.cache_top_k})
+        directory = Path(r.teacher.cache_dir) if r.teacher.cache_dir else self.run_dir / "teacher_cache"
+        if subdir:  # one cache per kind of student data (seq2seq: each word-KD method), each kept up to date
+            directory = directory / subdir
+        cached, info = build_or_load(directory, fp, live, task, views, r.seed, log=self.log,
+                                     describe={"teacher": self._stage_fp("teacher"), "seed": r.seed},
+                                     prune=r.teacher.cache_dir is None, top_k=r.teacher.cache_top_k)
+        live.model.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        cached.cache_info = {**info.as_dict(), "augmented": task.max_views != 1}  # the stage's training block
+        return cached
+
+    def _stage_fp(self, stage: str) -> Optional[str]:
+        path = self.stage_dirs.get(stage, self.run_dir / stage) / "stage.json"
+        return json.loads(path.read_text())["fingerprint"] if path.exists() else None
+
+    def stage(self, name: str, model: nn.Module, task: Task, cfg: TrainConfig, loss: Loss, *, model_cfg: ModelConfig,
+              extra_fp: dict, teacher=None, make_teacher=None) -> StageResult:
+        """Train (or reuse) one stage. `make_teacher`, when given, builds the teacher only if the stage trains (a
+        teacher cache is not built for a stage that is reused)."""
+        sdir = self.run_dir / name
+        # what shapes this stage's weights: not teacher.precision (it only matters while distilling, and is in the
+        # student's fingerprint), and a checkpoint file by its size and mtime, not just its path
+        model_fp = model_cfg.model_dump(exclude={"train", "precision", "device", "cache", "cache_views", "cache_dir",
+                                                  "cache_top_k"})
+        if model_fp.get("limit_train", 0) is None:
+            del model_fp["limit_train"]  # added later: unset, it leaves older teacher stages valid
+        if model_cfg.checkpoint:
+            model_fp["checkpoint_file"] = file_identity(Path(model_cfg.checkpoint))
+        if model_cfg.checkpoint and name == "teacher":  # loaded, not trained: training settings and seed do not
+            fp = fingerprint({"stage": name, "model": model_fp, **extra_fp})  # change it (nor its cache)
+        else:
+            fp = fingerprint({"stage": name, "model": model_fp, "loss": loss.describe(), "seed": self.recipe.seed,
+                              "train": _stable(cfg.model_dump(), ADDED_TRAIN_DEFAULTS), **extra_fp})
+        stage_json, weights, ckpt = sdir / "stage.json", sdir / "model.safetensors", sdir / "checkpoint.safetensors"
+        if self.require_finished and not (model_cfg.checkpoint and name == "teacher"):
+            self._check_finished(name, stage_json, weights, fp)
+        if self.force and sdir.exists():
+            shutil.rmtree(sdir)
+        if stage_json.exists():
+            info = json.loads(stage_json.read_text())
+            if info["fingerprint"] == fp and weights.exists():
+                load_weights(model, weights)
+                self.log(f"{name}: reusing {weights} (same fingerprint {fp}; --force retrains)")
+                return StageResult(model, info["origin"], info.get("training"), reused=True)
+            self.log(f"{name}: the recipe changed since {stage_json} was written: redoing this stage")
+            shutil.rmtree(sdir)
+
+        if model_cfg.checkpoint and name == "teacher":
+            origin = f"checkpoint: {model_cfg.checkpoint}"
+            self.log(f"{name}: loaded {model_cfg.model} weights from {model_cfg.checkpoint} (not trained here)")
+            training = None
+        else:
+            if ckpt.exists() and not self.resume:
+                epoch = _checkpoint_epoch(ckpt)
+                raise LeanKDError(
+                    f"stage '{name}' in {self.run_dir} was interrupted after epoch {epoch}/{cfg.epochs}: rerun with "
+                    "--resume to continue it, or --force to start the run over"
+                )
+            if ckpt.exists() and _checkpoint_fp(ckpt) != fp:
+                self.log(f"{name}: the interrupted checkpoint {ckpt} was made with other settings: starting this "
+                         "stage over")
+                ckpt.unlink()
+            sdir.mkdir(parents=True, exist_ok=True)
+            for leftover in sdir.glob(".*.tmp"):  # temp files of a write that a kill interrupted
+                leftover.unlink()
+            verb = "resuming" if ckpt.exists() else "training"
+            self.log(f"{name}: {verb} {model_cfg.model} for {cfg.epochs} epochs, loss {loss.describe()}, "
+                     f"{cfg.precision}, batch {cfg.batch_size}")
+            if make_teacher is not None:
+                teacher = make_teacher()
+            hook = self.epoch_hook
+            progress = RichProgress(name, self.console, quiet=self.quiet,
+                                    on_epoch=(lambda row: hook(name, row)) if hook else None)
+            result = fit(model, task, cfg, loss=loss, teacher=teacher, seed=self.recipe.seed, checkpoint_path=ckpt,
+                         metrics_path=sdir / "metrics.jsonl", resume=self.resume, progress=progress,
+                         stop_after_epoch=self.stop_after_epoch, fingerprint=fp)
+            origin = "trained here"
+            training = training_entry(result, loss, cfg, task.device)
+            if getattr(teacher, "cache_info", None):
+                training["teacher_cache"] = teacher.cache_info
+        save_weights(weights, model)
+        write_json_atomic(stage_json, {"fingerprint": fp, "stage": name, "architecture": model_cfg.model,
+                                       "origin": origin, "training": training})
+        if ckpt.exists():
+            ckpt.unlink()  # the stage is complete: its final weights are in model.safetensors
+        return StageResult(model, origin, training, reused=False)
+
+    def _check_finished(self, name: str, stage_json: Path, weights: Path, fp: str) -> None:
+        """`leankd compress`/`export` add artifacts to a finished run: a stage they would have to train (missing,
+        unfinished, or made with other settings) is an error before any training, not a silent retrain."""
+        if stage_json.exists() and weights.exists() and json.loads(stage_json.read_text())["fingerprint"] == fp:
+            return
+        why = ("was made with other settings" if stage_json.exists() and weights.exists() else "is not finished")
+        raise LeanKDError(f"stage '{name}' of {self.run_dir} {why}, so there is no trained {name} to compress: "
+                          f"run `leankd run {self.run_dir / 'recipe.yaml'} --run-dir {self.run_dir}` first "
+                          "(add --resume if it was interrupted)")
+
+
+def _checkpoint_epoch(path: Path):
+    return read_state(path).get("epoch", "?")
+
+
+def _checkpoint_fp(path: Path):
+    return read_state(path).get("fingerprint")
