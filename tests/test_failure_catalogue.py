@@ -769,7 +769,7 @@ def test_rerun_with_missing_data_keeps_the_finished_run(finished_tiny, tmp_path)
 
 
 def test_killed_compress_keeps_the_previous_report(finished_tiny, tmp_path, monkeypatch):
-    from leankd import pipeline
+    from leankd.measure import run as measure_run
 
     _, run_dir = copy_of_finished(finished_tiny, tmp_path)
     assert cli_here("compress", run_dir, "--to", "fp16", "--quiet").code == 0  # an artifact to lose
@@ -778,7 +778,7 @@ def test_killed_compress_keeps_the_previous_report(finished_tiny, tmp_path, monk
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "measure_models", interrupted)  # Ctrl-C while the new artifact is measured
+    monkeypatch.setattr(measure_run, "measure_models", interrupted)  # Ctrl-C while the new artifact is measured
     result = cli_here("compress", run_dir, "--to", "int8-dynamic", "--quiet")
     assert_clean_error(result, "interrupted", code=130)
     assert_unchanged(before, run_dir, allow_new=False)  # report and compressed/fp16 kept, staged int8 discarded

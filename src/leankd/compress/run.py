@@ -1,0 +1,87 @@
+"""The compression phase of a run: the recipe's `compress.targets` built from the saved KD student into the run's
+staging folder (rundir), each failure reported rather than fatal, and the fine-tuning setup of the targets that
+train (QAT).
+
+`CompressPhase` is the part of `Pipeline` (pipeline.py) that does this; the attributes below are set by its
+constructor.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.console import Console
+from torch import nn
+
+from ..errors import LeanKDError
+from ..kd.build import build_loss
+from ..measure.models import training_entry
+from ..recipe import Recipe
+from ..tasks.base import Task
+from ..train.progress import RichProgress
+
+
+class CompressPhase:
+    """Builds compression targets. Needs `live_teacher` and `log` (stages.py) beside it."""
+
+    recipe: Recipe
+    console: Console
+    quiet: bool
+    failed_targets: dict[str, str]  # target -> why it failed (a note in the report)
+
+    def finetune_setup(self, task: Task, teacher: nn.Module):
+        """Teacher, loss and schedule for the compression targets that train (QAT): the student stage's distillation
+        continued for `compress.qat.epochs` at a small learning rate, in fp32 (fake quantization is fp32 math)."""
+        from .targets import Finetune
+
+        r = self.recipe
+        student_cfg = r.stage_train("student")
+        qat = r.compress.qat
+        cfg = student_cfg.model_copy(update=dict(
+            epochs=qat.epochs, lr=qat.lr or student_cfg.effective_lr * qat.lr_factor, lr_scaling="none",
+            schedule="cosine",
+            warmup_epochs=0.0, precision="fp32", compile=False, cuda_graphs=False, channels_last=False))
+        # logits only: BatchNorm folding (torch.fx) flattens the student, so layer taps would not find their modules
+        loss = build_loss(r.distill, student_cfg.label_smoothing, regression=task.regression)
+        live = None
+        if loss.needs_teacher:
+            live = self.live_teacher(teacher, task, channels_last=False)
+        return Finetune(cfg, loss, live, r.seed,
+                        progress=lambda name: RichProgress(name, self.console, quiet=self.quiet), log=self.log,
+                        retries=qat.retries, divergence_margin=qat.divergence_margin, loss_factor=qat.loss_factor)
+
+    def compress(self, task: Task, student: nn.Module, teacher: Optional[nn.Module] = None,
+                 targets: Optional[list[str]] = None) -> dict[str, tuple]:
+        """Build `targets` (default: every `compress.targets` artifact) from the saved student, into a staging
+        folder that replaces compressed/ only with the new report (rundir.commit). A target that fails is
+        reported, never fatal: the run keeps its other results."""
+        from .targets import TRAINING_TARGETS, build_artifact, max_abs_diff
+        from ..rundir import final_path, staging_dir
+
+        out_dir = staging_dir(self.run_dir)
+        targets = self.recipe.compress.targets if targets is None else targets
+        finetune = (self.finetune_setup(task, teacher)
+                    if teacher is not None and TRAINING_TARGETS.intersection(targets) else None)
+        built = {}
+        for target in targets:
+            self.log(f"compress: building {target} ...")
+            staged_before = {p for p in out_dir.rglob("*") if p.is_file()}
+            try:
+                art = build_artifact(target, student, task, out_dir, self.recipe.compress.calibration_batches,
+                                     finetune=finetune if target in TRAINING_TARGETS else None)
+            except Exception as e:  # noqa: BLE001 - a failing artifact (even a torch/ORT error) never loses the run
+                for partial in {p for p in out_dir.rglob("*") if p.is_file()} - staged_before:
+                    partial.unlink()  # never merged over the good artifact an earlier call built
+                why = str(e) if isinstance(e, LeanKDError) else f"{type(e).__name__}: {e}"
+                self.log(f"[bold red]compress: {target} failed:[/] {why}")
+                self.failed_targets[target] = why
+                continue
+            info = {"target": target, "base_role": "student", "format": art.format,
+                    "path": final_path(self.run_dir, art.path), "quantized": art.quantized,
+                    "left_in_float": art.left_in_float, "notes": list(art.notes),
+                    "max_abs_diff": round(max_abs_diff(student, art.runnable, task, task.forward), 6)}
+            if art.training is not None:
+                info["training"] = training_entry(art.training, finetune.loss, finetune.cfg, task.device)
+            if art.metrics_path:
+                info["history"] = final_path(self.run_dir, art.metrics_path)
+            built["student_" + target.replace("-", "_")] = (art, info)
+        return built
