@@ -18,14 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "leankd"
 
 # Strongly connected groups of modules allowed to import each other, each exactly (a group that gains a module fails).
-ALLOWED_CYCLES = {
-    # the recipe checks compression target names against `TARGETS` in compress/targets/__init__.py (imported on use),
-    # which types its build contexts with the recipe, the task and the training loop (`if TYPE_CHECKING:`); removed
-    # when the target registry moves to a module that imports only leankd.core.registry and the recipe reads it
-    # there (issue 24, plug-in core: the compression-target registry's follow-up)
-    frozenset({"leankd.recipe", "leankd.compress.targets", "leankd.tasks.base", "leankd.tasks.splits",
-               "leankd.train.loop", "leankd.train.optim", "leankd.train.speed"}),
-}
+ALLOWED_CYCLES: set[frozenset[str]] = set()  # none left (issue 24 removed the last two); keep it that way
 
 # what leankd.core may import besides itself: modules that import nothing of leankd but leankd.errors
 CORE_MAY_IMPORT = {"leankd.errors", "leankd.measure.devices", "leankd.measure.quality"}
