@@ -89,7 +89,7 @@ class Task:
 
     def describe(self) -> dict:
         return {
-            "num_classes": self.num_classes,
+            "num_classes": self.num_classes if self.class_names else None,  # no class names: logits are not classes
             "classes": list(self.class_names),
             "train_size": self.split_size("train"),
             "val_size": self.split_size("val"),
