@@ -160,5 +160,6 @@ def test_a_task_kind_registered_from_a_test_runs_end_to_end(tmp_path, span_kind)
     assert dataset["positions"] == L  # the task's own description joins the dataset block
     md = (run_dir / "report.md").read_text()
     assert "- **Primary metric:** span exact match (higher is better)" in md
-    assert "classes" not in md.split("## Data")[0] and "per-class" not in md.lower()  # (the console log line still counts them)
+    # no class count in the header (the console log line still prints one) and no per-class section
+    assert "classes" not in md.split("## Data")[0] and "per-class" not in md.lower()
     assert "better than the baseline" in md or "worse than the baseline" in md or "ties" in md.lower()
