@@ -22,12 +22,6 @@ ALLOWED_CYCLES = {
     # pipeline runs the seq2seq stages, which reuse the pipeline's stage machinery (Pipeline, StageResult) and its
     # fingerprint import; removed by the lead's pipeline/stages split (issue 24, plug-in core)
     frozenset({"leankd.pipeline", "leankd.seq2seq.stages"}),
-    # the recipe checks compression target names against `TARGETS` in compress/targets/__init__.py (imported on use),
-    # which types its build contexts with the recipe, the task and the training loop (`if TYPE_CHECKING:`); removed
-    # when the target registry moves to a module that imports only leankd.core.registry and the recipe reads it
-    # there (issue 24, plug-in core: the compression-target registry's follow-up)
-    frozenset({"leankd.recipe", "leankd.compress.targets", "leankd.tasks.base", "leankd.tasks.splits",
-               "leankd.train.loop", "leankd.train.optim", "leankd.train.speed"}),
 }
 
 # what leankd.core may import besides itself: modules that import nothing of leankd but leankd.errors

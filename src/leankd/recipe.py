@@ -494,10 +494,10 @@ class MeasureConfig(Strict):
 
 
 def _registered_target(name: str) -> str:
-    """A compression target is a name in the registry (leankd.compress.targets), the single source of the names:
+    """A compression target is a name in the registry (leankd.compress.registry), the single source of the names:
     a target that is registered is accepted here, a typo is a recipe error naming close names and every known one.
-    (Imported on use: the targets' package is the heavier one, and a recipe without targets never needs it.)"""
-    from .compress.targets import TARGETS
+    (Imported on use: reading it imports the heavy targets' package, which a recipe without targets never needs.)"""
+    from .compress.registry import TARGETS
 
     if name not in TARGETS:
         raise ValueError(TARGETS.unknown_message(name))
@@ -508,7 +508,7 @@ class _TargetNames:
     """The JSON schema of a target name lists the registered ones (read when the schema is made)."""
 
     def __get_pydantic_json_schema__(self, core_schema: Any, handler: GetJsonSchemaHandler) -> dict:
-        from .compress.targets import TARGETS
+        from .compress.registry import TARGETS
 
         return {**handler(core_schema), "enum": TARGETS.names()}
 

@@ -13,7 +13,6 @@ the reason; targets that train (`trains=True`: qat, qat-control) take the teache
 from __future__ import annotations
 
 import copy
-import importlib.util
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 from torch import nn
 
-from ...core.registry import Registry, RegistryError
+from ...core.registry import RegistryError
+from ..registry import TARGETS, Builder, Target, register_target  # noqa: F401  (re-exported)
 from ...errors import LeanKDError
 
 if TYPE_CHECKING:  # the recipe, losses, tasks and training loop are imported where they are used
@@ -77,40 +77,6 @@ class Unsupported(LeanKDError):
     """This target does not apply to the model, task or context it was given (vocab-trim on an image model, a
     training target outside a recipe, ...): the message says why and what to use instead. The pipeline reports it
     as the target's failure note; the run keeps its other results."""
-
-
-Builder = Callable[[nn.Module, BuildContext], BuiltArtifact]
-
-
-@dataclass
-class Target:
-    """A registered compression target: how it is built and what the rest of leankd needs to know about it."""
-
-    name: str
-    build: Builder
-    description: str  # one line, for `leankd compress --help` and the docs
-    trains: bool = False  # fine-tunes the student with its teacher (needs `ctx.finetune`; `leankd report
-    #                       --remeasure` re-times its saved file instead of building it again)
-    needs: tuple[str, ...] = ()  # optional packages (import names) it cannot build without
-
-    def missing(self) -> list[str]:
-        """The packages of `needs` that are not installed here."""
-        return [m for m in self.needs if importlib.util.find_spec(m) is None]
-
-
-TARGETS: Registry[Target] = Registry("compression target", discover="leankd.compress.targets")
-
-
-def register_target(name: str, *, description: str, trains: bool = False,
-                    needs: tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
-    """Decorator over `build(model, ctx) -> BuiltArtifact`: registers it as the compression target `name`. A second
-    target under a taken name is refused (`RegistryError`), naming both."""
-    def deco(build: Builder) -> Builder:
-        TARGETS.add(name, Target(name, build, description, trains, tuple(needs)),
-                    origin=f"{build.__module__}.{build.__qualname__}")
-        return build
-
-    return deco
 
 
 def __getattr__(name: str) -> Any:
