@@ -299,7 +299,7 @@ def test_recipe_temperature_on_a_cross_entropy_term(tmp_path):
 def test_recipe_unknown_compress_target_lists_the_targets(tmp_path):
     result = _validate(tmp_path, compress={"targets": ["int4"]})
     assert_clean_error(result, "compress.targets.0 = 'int4': unknown compression target 'int4'",
-                       "known: fp16, bf16, int8-dynamic, onnx, int8-static")
+                       "known: bf16, fp16, int8-dynamic, int8-static, onnx")
 
 
 def test_recipe_misspelled_compress_target_suggests_the_close_name(tmp_path):
@@ -572,7 +572,7 @@ def test_interrupted_stage_rerun_without_resume_asks_for_it(tmp_path, interrupte
 def test_compress_to_an_unknown_target_loses_nothing(tmp_path, finished_run):
     run_dir, before = _copy(finished_run, tmp_path / "run")
     result = cli("compress", run_dir, "--to", "int4", "--quiet")
-    assert_clean_error(result, "compress.targets.0 = 'int4'", "known: fp16, bf16, int8-dynamic")
+    assert_clean_error(result, "compress.targets.0 = 'int4'", "known: bf16, fp16, int8-dynamic")
     assert_unchanged(before, run_dir, allow_new=False)
 
 

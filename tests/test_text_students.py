@@ -71,7 +71,9 @@ def test_augmentation_rules_one_at_a_time():
 
 def test_augment_recipe_errors():
     base = {"teacher": {"model": "resnet20"}, "student": {"model": "resnet20"}}
-    with pytest.raises(LeanKDError, match="distill.augment makes new texts, but data.task is image_classification"):
+    # the section belongs to the text task kinds (TaskKind.distill_sections); the image kind's hint says what it has
+    with pytest.raises(LeanKDError, match="distill.augment is for data.task: text_classification or text_regression, "
+                                          "not 'image_classification': remove it \\(images and audio augment"):
         parse_recipe({**base, "distill": {"augment": {"copies": 2}}})
     with pytest.raises(LeanKDError, match="teacher.checkpoint loads a trained teacher"):
         parse_recipe({**base, "teacher": {"model": "resnet20", "checkpoint": "t.safetensors", "limit_train": 10}})

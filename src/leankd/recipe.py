@@ -15,8 +15,8 @@ from pydantic import (AfterValidator, BaseModel, Field, GetJsonSchemaHandler, Se
                       create_model, field_validator, model_validator)
 
 from .core.params import Strict
-from .kd.registry import (FEATURE_LOSSES, RAW, TRANSFORMS, LossTerm, check_terms, distribution_kinds,
-                          parse_terms)
+from .core.taskkind import TASK_KINDS, owners
+from .kd.registry import FEATURE_LOSSES, RAW, TRANSFORMS, LossTerm, check_terms, parse_terms
 from .errors import RecipeError
 from .search.config import SearchConfig
 
@@ -97,14 +97,11 @@ class AudioConfig(Strict):
         return self
 
 
-# the quality figures each text task computes (measure/quality.py: text_metrics, regression_metrics) that can be
-# its primary metric (`data.text.metric`); all are higher-is-better
-TEXT_METRICS = {"text_classification": ("accuracy", "macro_f1", "mcc", "f1_positive"),
-                "text_regression": ("pearson", "spearman")}
-
-
 def _text_metric_choices() -> str:
-    return "; ".join(f"{', '.join(names)} for {task}" for task, names in TEXT_METRICS.items())
+    """The quality figures a recipe may name as its primary metric (`data.text.metric`), per task kind that
+    declares some (`TaskKind.metric_choices`); all are higher-is-better."""
+    return "; ".join(f"{', '.join(kind.metric_choices)} for {name}" for name, kind in TASK_KINDS.items()
+                     if kind.metric_choices)
 
 
 class TextConfig(Strict):
@@ -147,7 +144,7 @@ class TextConfig(Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not any(v in names for names in TEXT_METRICS.values()):
+        if v is not None and not any(v in kind.metric_choices for _, kind in TASK_KINDS.items()):
             raise ValueError(f"unknown text metric {v!r}; allowed: {_text_metric_choices()}")
         return v
 
@@ -194,7 +191,7 @@ class SeqConfig(Strict):
 
 class DataConfig(Strict):
     source: str = Field("demo", description="'demo', an ImageFolder dir, a .tar/.tar.gz of one, or torchvision:NAME:ROOT")
-    task: str = Field("image_classification", description="a task kind from leankd.tasks.TASKS")
+    task: str = Field("image_classification", description="a registered task kind (leankd.tasks.TASKS)")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of train for per-epoch validation")
     eval_split: Literal["test", "val"] = Field("test", description="split the final report is measured on")
     image_size: Optional[int] = Field(None, gt=0)
@@ -215,21 +212,26 @@ class DataConfig(Strict):
     text: Optional[TextConfig] = Field(None, description="text classification settings (defaults when unset)")
     seq: Optional[SeqConfig] = Field(None, description="sequence-to-sequence settings (defaults when unset)")
 
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in TASK_KINDS:
+            raise ValueError(TASK_KINDS.unknown_message(v))
+        return v
+
     @model_validator(mode="after")
     def _task_settings(self) -> "DataConfig":
-        """A keyword-spotting (text) recipe always carries its resolved audio (text) settings, so a section left out
-        and one written out with the defaults fingerprint the same; other tasks must not carry one."""
-        for section, tasks, default in (("audio", ("keyword_spotting",), AudioConfig),
-                                        ("text", ("text_classification", "text_regression"), TextConfig),
-                                        ("seq", ("seq2seq",), SeqConfig)):
-            if self.task in tasks and getattr(self, section) is None:
-                object.__setattr__(self, section, default())
-            elif self.task not in tasks and getattr(self, section) is not None:
-                raise ValueError(f"data.{section} is for data.task: {' or '.join(tasks)}, not {self.task!r}: remove it")
-        metric = self.text.metric if self.text is not None else None
-        if metric is not None and metric not in TEXT_METRICS.get(self.task, ()):
-            raise ValueError(f"data.text.metric {metric!r} is not computed by data.task {self.task}; allowed: "
-                             f"{_text_metric_choices()}")
+        """A task kind's own sections (`TaskKind.data_sections`, e.g. keyword spotting's audio) are always carried
+        resolved, so a section left out and one written out with the defaults fingerprint the same; other kinds must
+        not carry one. Then the kind's own rules on its data section."""
+        kind = TASK_KINDS.get(self.task)
+        for section in sorted({s for _, k in TASK_KINDS.items() for s in k.data_sections}):
+            if section in kind.data_sections and getattr(self, section) is None:
+                object.__setattr__(self, section, _model_of(type(self).model_fields[section].annotation)())
+            elif section not in kind.data_sections and getattr(self, section, None) is not None:
+                raise ValueError(f"data.{section} is for data.task: {' or '.join(owners(section))}, not "
+                                 f"{self.task!r}: remove it")
+        kind.check_data(self)
         return self
 
 
@@ -562,7 +564,7 @@ class Recipe(Strict):
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     output_dir: str = Field("runs", description="run directories go under this folder")
-    data: DataConfig = DataConfig()
+    data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
     student: ModelConfig
     train: TrainConfig = TrainConfig()
@@ -600,12 +602,17 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _task_fits_distillation(self) -> "Recipe":
-        """Settings that cannot work with this data task fail when the recipe is read, not after the teacher trained."""
+        """Settings that cannot work with this data task fail when the recipe is read, not after the teacher trained:
+        the generic rules here, the task kind's own in its `check` hook (leankd/tasks/kinds/)."""
         task = self.data.task
+        kind = TASK_KINDS.get(task)
+        for section in sorted({s for _, k in TASK_KINDS.items() for s in k.distill_sections}):
+            if section not in kind.distill_sections and getattr(self.distill, section, None) is not None:
+                hint = kind.refusals.get(section)
+                raise ValueError(f"distill.{section} is for data.task: {' or '.join(owners(section, 'distill'))}, "
+                                 f"not {task!r}: remove it" + (f" ({hint})" if hint else ""))
+        kind.check(self)
         if self.distill.assistants:
-            if task == "seq2seq":
-                raise ValueError("distill.assistants (progressive distillation) is not supported for seq2seq yet: "
-                                 "remove it")
             if self.distill.features:
                 raise ValueError("distill.assistants with distill.features: the layer losses pair the student with "
                                  "the teacher's layers, but with assistants the student learns from the last "
@@ -616,32 +623,6 @@ class Recipe(Strict):
             if any(a.checkpoint for a in self.distill.assistants):
                 raise ValueError("distill.assistants[].checkpoint: assistants are distilled here, not loaded: "
                                  "remove the checkpoint")
-        if task == "seq2seq":
-            if self.distill.seq is None:
-                object.__setattr__(self.distill, "seq", SeqDistillConfig())
-            if self.teacher.limit_train is not None:
-                raise ValueError("teacher.limit_train is not supported for seq2seq yet: use data.limit_train (every "
-                                 "stage) or remove it")
-            if self.distill.features:
-                raise ValueError("distill.features (layer losses) are not supported for seq2seq yet: remove them "
-                                 "(word-level KD is distill.seq.students: [word])")
-        elif self.distill.seq is not None:
-            raise ValueError(f"distill.seq is for data.task: seq2seq, not {task!r}: remove it")
-        if self.distill.augment is not None and not task.startswith("text_"):
-            hint = ("seq2seq students learn from extra, unlabeled sources through distill.seq.extra_sources"
-                    if task == "seq2seq" else "images and audio augment through data.augment")
-            raise ValueError(f"distill.augment makes new texts, but data.task is {task}: remove it ({hint})")
-        if task == "text_regression":
-            bad = distribution_kinds(self.distill.loss or [])
-            if bad:
-                raise ValueError(f"distill.loss: {bad[0]} compares class distributions, but a text_regression task has "
-                                 "one output: use mse (to the teacher's output) and ce (the squared error to the label)")
-            if self.distill.transform != RAW:
-                raise ValueError(f"distill.transform: {self.distill.transform} changes class logits before a softmax, "
-                                 "but a text_regression task has one output: remove it")
-            if any(t.pairs == "auto" for t in self.distill.features):
-                raise ValueError("distill.features pairs: auto scores teacher layers with a classification probe, which "
-                                 "a regression task has no classes for: name the pairs")
         if self.teacher.limit_train is not None and self.teacher.checkpoint:
             raise ValueError("teacher.limit_train limits the teacher's fine-tuning, but teacher.checkpoint loads a "
                              "trained teacher: remove one of them")

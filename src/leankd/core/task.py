@@ -89,7 +89,7 @@ class Task:
 
     def describe(self) -> dict:
         return {
-            "num_classes": self.num_classes,
+            "num_classes": self.num_classes if self.class_names else None,  # no class names: logits are not classes
             "classes": list(self.class_names),
             "train_size": self.split_size("train"),
             "val_size": self.split_size("val"),
@@ -155,6 +155,16 @@ class Task:
 
     def metrics(self, logits: Tensor, targets: Tensor) -> dict:
         return classification_metrics(logits, targets, self.class_names)
+
+    def score_batch(self, logits: Tensor, targets: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+        """The training loop's running score of one batch, as tensors (no device sync): (correct, counted). Default:
+        argmax accuracy over targets >= 0 (an augmented text carries no label). None: the task has no per-batch
+        score (a regression), and the history shows none."""
+        return (logits.argmax(-1) == targets).sum(), (targets >= 0).sum()
+
+    def history_metrics(self) -> tuple[str, ...]:
+        """Keys of `metrics` the per-epoch history records besides loss, accuracy and macro-F1 (as `val_<key>`)."""
+        return ()
 
 
 class CpuView:

@@ -122,6 +122,7 @@ class RunInfo(_Strict):
 
 # ------------------------------------------------------------------------------------------------------ models
 class Quality(_Strict):
+    model_config = ConfigDict(extra="allow", strict=True)  # a task plug-in's own figures (a span's exact_match) join
     split: Optional[str] = None
     accuracy: Optional[float] = None
     macro_f1: Optional[float] = None
@@ -149,8 +150,7 @@ class Quality(_Strict):
     chrf: Optional[float] = None
     bleu_beam: Optional[float] = None
     chrf_beam: Optional[float] = None
-    # classification: share of all predictions that go to the most predicted class, and the share of the most
-    # frequent true class (what always answering that class would score)
+    # classification: share of predictions in the most predicted class; of the most frequent true class (a guess's)
     top_prediction_share: Optional[float] = None
     majority_class_share: Optional[float] = None
 

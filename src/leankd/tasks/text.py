@@ -340,6 +340,13 @@ class TextTask(Task):
             return regression_metrics(logits, targets)
         return text_metrics(logits, targets, self.class_names)
 
+    def score_batch(self, logits: Tensor, targets: Tensor):
+        """A regression has no per-batch accuracy (its figure, Pearson r, needs the whole split)."""
+        return None if self.regression else super().score_batch(logits, targets)
+
+    def history_metrics(self) -> tuple[str, ...]:
+        return ("pearson", "spearman") if self.regression else ()
+
 
 def token_stats(enc: Encoded) -> dict:
     lengths = enc.lengths.float().cpu()

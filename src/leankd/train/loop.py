@@ -133,7 +133,7 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             labeled = torch.zeros((), device=device, dtype=torch.long)  # augmented texts carry no label
-            seen = 0
+            seen, scored = 0, False
             if progress:
                 progress.start_epoch(epoch + 1, cfg.epochs, steps_per_epoch)
             _sync(device)
@@ -148,8 +148,7 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                     mark_step_begin()  # CUDA graphs: this step's replay may overwrite the last step's outputs
                 with autocast_context(device, cfg.precision):
                     logits = task.forward(plan.model, inputs)
-                hits = (logits.detach().argmax(-1) == batch.targets).sum()  # read before anything replays
-                with_label = (batch.targets >= 0).sum()
+                score = task.score_batch(logits.detach(), batch.targets)  # read before anything replays
                 value = loss(loss_inputs(logits, batch, loss, teacher, student_taps, epoch + 1, cfg.epochs))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(value).backward()
@@ -160,12 +159,14 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 scaler.update()
                 scheduler.step()
                 loss_sum += value.detach() * batch.size
-                correct += hits
-                labeled += with_label
+                if score is not None:
+                    scored = True
+                    correct += score[0]
+                    labeled += score[1]
                 seen += batch.size
                 if progress and (device.type == "cpu" or step % 20 == 0 or step == steps_per_epoch - 1):
                     elapsed = time.perf_counter() - t0
-                    accuracy = None if task.regression else float(correct) / max(int(labeled), 1)
+                    accuracy = float(correct) / max(int(labeled), 1) if scored else None
                     progress.update(step + 1, loss=float(loss_sum) / seen, accuracy=accuracy,
                                     samples_per_s=seen / max(elapsed, 1e-9))
             _sync(device)
@@ -176,16 +177,15 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 "epoch": epoch + 1,
                 "lr": optimizer.param_groups[0]["lr"],
                 "train_loss": float(loss_sum) / max(seen, 1),
-                # over labeled examples; none for regression
-                "train_accuracy": None if task.regression else float(correct) / max(int(labeled), 1),
+                # the task's batch score over labeled examples; none when it has none (regression)
+                "train_accuracy": float(correct) / max(int(labeled), 1) if scored else None,
                 "epoch_time_s": epoch_time,
                 "samples_per_s": seen / max(epoch_time, 1e-9),
             }
             if task.has_split("val"):
                 val = evaluate(model, task, "val", max(256, cfg.batch_size))
-                row.update(val_loss=val["loss"], val_accuracy=val.get("accuracy"), val_macro_f1=val.get("macro_f1"))
-                if task.regression:
-                    row.update(val_pearson=val["pearson"], val_spearman=val["spearman"])
+                row.update(val_loss=val.get("loss"), val_accuracy=val.get("accuracy"), val_macro_f1=val.get("macro_f1"))
+                row.update({f"val_{name}": val.get(name) for name in task.history_metrics()})
             history.append(row)
             if checkpoint_path is not None:
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, extra_modules=extra_modules, state={

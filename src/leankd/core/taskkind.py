@@ -1,0 +1,67 @@
+"""The registry of task kinds (`data.task`): one module per kind in `leankd/tasks/kinds/` registers a `TaskKind`.
+
+A kind owns how its data becomes a `Task` (`build`), the stand-in keywords `leankd validate` builds models with
+before any data is read (`model_defaults`), the recipe sections that belong to it (`data_sections`,
+`distill_sections`: filled with their defaults for this kind, refused for any other) and its recipe rules (`check`,
+called from one generic Recipe validator). The recipe validates `data.task` against this registry, so a kind that
+is registered (also from outside the package, e.g. a test) is accepted everywhere and one that is not is refused
+with close names.
+
+It lives in core (importing nothing of leankd but the registry) so that recipe.py can read it while the kinds'
+modules import the recipe: the entries take the recipe and its data section as arguments, not as imports.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .registry import Registry
+
+TASK_KINDS: Registry["TaskKind"] = Registry("task kind", discover="leankd.tasks.kinds")
+
+
+def _nothing(_: Any) -> None:
+    return None
+
+
+def _no_defaults(_: Any) -> dict:
+    return {}
+
+
+@dataclass
+class TaskKind:
+    """A registered task kind.
+
+    `build(data_config, device, seed, channels_last) -> Task`; `model_defaults(data_config) -> dict`: placeholders
+    for `Task.model_defaults` (e.g. a vocabulary size) when no data is read; `check(recipe)`: raise ValueError for
+    settings this kind cannot run (read when the recipe is); `check_data(data_config)`: the same for the data section
+    alone. `check_source(data_config)`: what `leankd validate` finds wrong with the data source (a list of
+    what it could not check; an error for a broken one), None for the default (the path exists). `data_sections` / `distill_sections`: `data.<name>` / `distill.<name>` sections this kind owns.
+    `refusals`: section -> a hint shown when a recipe of this kind sets a section another kind owns.
+    `metric_choices`: quality figures a recipe may name as the primary metric (`data.text.metric`)."""
+
+    name: str
+    build: Callable[..., Any]
+    model_defaults: Callable[[Any], dict] = _no_defaults
+    check: Callable[[Any], None] = _nothing
+    check_data: Callable[[Any], None] = _nothing
+    check_source: Callable[[Any], Any] = _nothing
+    data_sections: tuple[str, ...] = ()
+    distill_sections: tuple[str, ...] = ()
+    refusals: dict[str, str] = field(default_factory=dict)
+    metric_choices: tuple[str, ...] = ()
+    summary: str = ""
+
+
+def register_kind(kind: TaskKind) -> TaskKind:
+    return TASK_KINDS.add(kind.name, kind, origin=f"{getattr(kind.build, '__module__', '?')}."
+                                                  f"{getattr(kind.build, '__qualname__', kind.name)}")
+
+
+def owners(section: str, where: str = "data") -> list[str]:
+    """The kinds that own `data.<section>` (where="data") or `distill.<section>` (where="distill")."""
+    attr = "data_sections" if where == "data" else "distill_sections"
+    return [name for name, kind in TASK_KINDS.items() if section in getattr(kind, attr)]
+
+
+__all__ = ["TASK_KINDS", "TaskKind", "register_kind", "owners"]

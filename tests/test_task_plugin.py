@@ -1,0 +1,165 @@
+"""A task kind is a plug-in (issue 24): this file registers a toy span-extraction kind and a toy model of its own,
+with no edit under src/, and runs it end to end through `leankd.run` (teacher, baseline, KD student, report).
+
+The toy task: token sequences of length L in which the answer span is the run between a START marker token and
+an END marker token. A model returns start and end logits over the L positions; the task's `forward` stacks them
+as 2·B rows over L positions (start rows, then end rows) with the gold positions as targets, which is what the
+logit KD losses (kd, ce) read. Its metrics are the span's exact match and the start / end accuracies, and exact
+match is its primary metric.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from leankd.core.registry import RegistryError
+from leankd.errors import RecipeError
+from leankd.models.registry import _MODELS, register_model
+from leankd.recipe import parse_recipe
+from leankd.tasks import TASKS, Batch, TensorTask, register_task
+
+KIND = "toy_span"
+L, VOCAB, OPEN, CLOSE = 12, 16, 1, 2  # tokens 1 and 2 mark the span; words are 3..VOCAB-1
+
+
+def make_split(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(3, VOCAB, (n, L), generator=g)
+    start = torch.randint(1, L - 3, (n,), generator=g)
+    length = torch.randint(0, 3, (n,), generator=g)
+    end = torch.minimum(start + length, torch.full_like(start, L - 2))
+    rows = torch.arange(n)
+    x[rows, start - 1] = OPEN
+    x[rows, end + 1] = CLOSE
+    return x, torch.stack([start, end], 1)
+
+
+class SpanTask(TensorTask):
+    """Splits of (tokens [N, L], gold (start, end) [N, 2]); no class names: each logit row is over positions."""
+
+    kind = KIND
+
+    def __init__(self, device, seed: int):
+        super().__init__({"train": make_split(256, seed), "val": make_split(64, seed + 1),
+                          "test": make_split(128, seed + 2)}, num_classes=L, device=device,
+                         info={"positions": L})
+        self.class_names = []  # positions are not classes: no per-class section
+
+    @staticmethod
+    def _rows(batch: Batch) -> Batch:  # (start, end) per example -> start rows then end rows
+        return Batch(batch.inputs, torch.cat([batch.targets[:, 0], batch.targets[:, 1]]), batch.index,
+                     count=int(batch.targets.shape[0]))
+
+    def train_batches(self, epoch, batch_size, seed, view=None):
+        return map(self._rows, super().train_batches(epoch, batch_size, seed, view))
+
+    def eval_batches(self, split, batch_size):
+        return map(self._rows, super().eval_batches(split, batch_size))
+
+    def view_batches(self, view, seed, batch_size):
+        return map(self._rows, super().view_batches(view, seed, batch_size))
+
+    def cache_size(self) -> int:
+        return 2 * self.split_size("train")
+
+    def cache_rows(self, index: Tensor) -> Tensor:
+        return torch.cat([index, index + self.split_size("train")])
+
+    def forward(self, model, inputs):
+        out = model(inputs)  # [B, 2, L]
+        return torch.cat([out[:, 0], out[:, 1]])
+
+    def metrics(self, logits, targets) -> dict:
+        n = targets.shape[0] // 2
+        hit = logits.argmax(-1) == targets
+        start, end = hit[:n].float(), hit[n:].float()
+        return {"exact_match": float((start * end).mean()), "start_accuracy": float(start.mean()),
+                "end_accuracy": float(end.mean()), "accuracy": float(hit.float().mean()),
+                "loss": float(nn.functional.cross_entropy(logits.float(), targets)), "num_samples": n}
+
+    def primary_metric(self) -> dict:
+        return {"name": "exact_match", "higher_is_better": True, "label": "span exact match"}
+
+
+def build_span_task(cfg, device, seed, channels_last):
+    return SpanTask(device, seed)
+
+
+def toy_span_net(num_classes: int = L, width: int = 32, vocab: int = VOCAB) -> nn.Module:
+    """Embeddings, one 3-wide convolution (sees the markers beside a position), start and end scores per position."""
+    class SpanNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_classes = num_classes  # the width of a logit row (positions): what leankd checks the data against
+            self.embed = nn.Embedding(vocab, width)
+            self.conv = nn.Conv1d(width, width, 3, padding=1)
+            self.head = nn.Linear(width, 2)
+
+        def forward(self, tokens):
+            h = torch.relu(self.conv(self.embed(tokens).transpose(1, 2))).transpose(1, 2)  # [B, L, W]
+            return self.head(h).transpose(1, 2)  # [B, 2, L]
+
+    return SpanNet()
+
+
+@pytest.fixture
+def span_kind():
+    register_task(KIND, build_span_task)
+    if "toy_span_net" not in _MODELS:
+        register_model(toy_span_net)
+    yield KIND
+    TASKS.remove(KIND)
+    _MODELS.pop("toy_span_net", None)
+
+
+def recipe(tmp_path) -> dict:
+    return {"name": "span", "output_dir": str(tmp_path / "runs"), "device": "cpu",
+            "data": {"task": KIND, "source": "generated"},
+            "teacher": {"model": "toy_span_net", "kwargs": {"width": 48}, "train": {"epochs": 4}},
+            "student": {"model": "toy_span_net", "kwargs": {"width": 8}},
+            "train": {"epochs": 3, "batch_size": 32, "lr": 0.05},
+            "distill": {"alpha": 0.7, "temperature": 2},
+            "measure": {"latency_runs": 30, "latency_warmup": 1, "latency_batch_sizes": [1]}}
+
+
+def test_an_unregistered_kind_is_a_recipe_error_with_close_names(tmp_path):
+    with pytest.raises(RecipeError, match="unknown task kind 'keyword_spoting': did you mean 'keyword_spotting'"):
+        parse_recipe({**recipe(tmp_path), "data": {"task": "keyword_spoting"}})
+    with pytest.raises(RecipeError, match=f"unknown task kind '{KIND}'"):
+        parse_recipe(recipe(tmp_path))
+
+
+def test_a_kind_is_registered_once(span_kind):
+    assert span_kind in TASKS.names()
+    register_task(KIND, build_span_task)  # the same builder again: fine
+    with pytest.raises(ValueError, match="already registered"):
+        register_task(KIND, lambda *a: None)
+    with pytest.raises(RegistryError, match="already registered"):
+        from leankd.core.taskkind import TaskKind, register_kind
+        register_kind(TaskKind(KIND, lambda *a: None))
+
+
+def test_a_task_kind_registered_from_a_test_runs_end_to_end(tmp_path, span_kind):
+    import leankd
+
+    result = leankd.run(recipe(tmp_path), quiet=True)
+    run_dir = result.run_dir
+    report = json.loads((run_dir / "report.json").read_text())
+    models = report["models"]
+    assert {"teacher", "baseline", "student"} <= set(models)
+    for role in ("teacher", "baseline", "student"):
+        q = models[role]["quality"]
+        assert 0.0 <= q["exact_match"] <= 1.0 and 0.0 <= q["start_accuracy"] <= 1.0
+    assert models["teacher"]["quality"]["exact_match"] > 0.5  # the markers make the span learnable
+    dataset = report["run"]["dataset"]
+    assert report["run"]["task"] == KIND and dataset["primary_metric"]["name"] == "exact_match"
+    assert dataset["num_classes"] is None and dataset["classes"] == []  # positions are not classes
+    assert dataset["positions"] == L  # the task's own description joins the dataset block
+    md = (run_dir / "report.md").read_text()
+    assert "- **Primary metric:** span exact match (higher is better)" in md
+    # no class count in the header (the console log line still prints one) and no per-class section
+    assert "classes" not in md.split("## Data")[0] and "per-class" not in md.lower()
+    assert "better than the baseline" in md or "worse than the baseline" in md or "ties" in md.lower()
