@@ -209,7 +209,7 @@ def test_schema_rejects_unknown_key():
     with pytest.raises(ReportSchemaError) as ei:
         build_report(_run(), models, [])
     msg = str(ei.value)
-    assert "models.student.quality.acuracy" in msg and "unknown key" in msg
+    assert "models.student.quality" in msg and "'acuracy'" in msg and "unknown key" in msg
     assert isinstance(ei.value, LeanKDError)
     run = _run()
     run["environment"]["colour"] = "blue"

@@ -9,6 +9,7 @@ normalises numpy / torch scalars, tuples and paths into plain JSON values so pro
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -46,7 +47,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-# --------------------------------------------------------------------------------------------------------- run
 class PrimaryMetric(_Strict):
     """The quality figure a task is judged by (its plug-in declares it): the KD verdict and the primary ratios use
     it. `name` is a key of `Quality`; `label` is how the report names it."""
@@ -120,7 +120,6 @@ class RunInfo(_Strict):
     environment: EnvironmentInfo = Field(default_factory=EnvironmentInfo)
 
 
-# ------------------------------------------------------------------------------------------------------ models
 class Quality(_Strict):
     model_config = ConfigDict(extra="allow", strict=True)  # a task plug-in's own figures (a span's exact_match) join
     split: Optional[str] = None
@@ -134,8 +133,7 @@ class Quality(_Strict):
     mse: Optional[float] = None
     mcc: Optional[float] = None  # text: Matthews correlation coefficient
     f1_positive: Optional[float] = None  # text, two classes: F1 of class 1 (GLUE's F1)
-    # binary keyword spotting: area under the false-rejection vs false-alarm curve (lower is better) and the
-    # false-rejection rate at the false-alarm rate `far_target`
+    # binary keyword spotting: area under the FR-vs-FA curve (lower is better), FR rate at FA rate `far_target`
     fa_fr_auc: Optional[float] = None
     frr_at_far: Optional[float] = None
     far_target: Optional[float] = None
@@ -153,6 +151,14 @@ class Quality(_Strict):
     # classification: share of predictions in the most predicted class; of the most frequent true class (a guess's)
     top_prediction_share: Optional[float] = None
     majority_class_share: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _task_figures(self) -> "Quality":  # a task's own figures are numbers; a near-miss of a known key is a typo
+        bad = [k for k, v in (self.__pydantic_extra__ or {}).items() if not isinstance(v, (int, float, type(None)))
+               or difflib.get_close_matches(k, list(type(self).model_fields), n=1, cutoff=0.9)]
+        if bad:
+            raise ValueError(f"unknown key(s) {bad} (a typo of a known key, or not a number)")
+        return self
 
 
 class Cost(_Strict):
@@ -392,7 +398,6 @@ class ModelEntry(_Strict):
         return v
 
 
-# ------------------------------------------------------------------------------------------------------ ratios
 class RoleRatios(BaseModel):
     """One role versus the teacher. CUDA (and other batch sizes) appear as `latency_<dev>_x_faster_batch_<n>`."""
 
@@ -407,8 +412,7 @@ class RoleRatios(BaseModel):
     latency_cpu_x_faster_batch_64: Optional[float] = None
     accuracy_retention_pct: Optional[float] = None
     accuracy_delta_points: Optional[float] = None
-    # latency ratios set to null because one of the two timings is flagged unreliable (noise), e.g.
-    # ["latency_cpu_x_faster_batch_1"]; absent when none was
+    # latency ratios set to null because a timing was flagged unreliable, e.g. ["latency_cpu_x_faster_batch_1"]
     unreliable_latency: Optional[list[str]] = None
     # the task's primary metric (run.dataset.primary_metric): change versus the reference in points, signed so that
     # positive is better whatever the metric's direction (a lower false-rejection rate is a positive change)
@@ -432,7 +436,6 @@ class Ratios(_Strict):
     kd_gain_primary_points: Optional[float] = None
 
 
-# ------------------------------------------------------------------------------------------------------- seeds
 class SeedRole(_Strict):
     """One role's value of `SeedRuns.metric` (a fraction, like `quality.<metric>`) per seed, aligned with
     `SeedRuns.seeds`."""
@@ -467,8 +470,7 @@ class SeedRuns(_Strict):
     seeds: list[int]
     main_seed: int
     split_seed: int
-    # the metric compared: the task's primary metric (run.dataset.primary_metric), a key of `Quality`; reports
-    # written before seeds followed it hold accuracy (pearson for regression) and no direction: higher is better
+    # the task's primary metric (a key of `Quality`); older reports: accuracy (pearson), higher is better
     metric: str
     higher_is_better: Optional[bool] = None
     label: Optional[str] = None
@@ -478,7 +480,6 @@ class SeedRuns(_Strict):
     note: Optional[str] = None
 
 
-# ------------------------------------------------------------------------------------------------------ report
 class Report(_Strict):
     schema_version: int
     leankd_version: str
@@ -511,7 +512,6 @@ class Report(_Strict):
         return self
 
 
-# ----------------------------------------------------------------------------------------------------- helpers
 def _to_plain(obj: Any) -> Any:
     """Plain JSON values: numpy/torch scalars -> Python numbers, tuples -> lists, Paths -> str, models -> dicts."""
     if isinstance(obj, BaseModel):
