@@ -215,9 +215,7 @@ class DataConfig(Strict):
     @field_validator("task")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        if v not in TASK_KINDS:
-            raise ValueError(TASK_KINDS.unknown_message(v))
-        return v
+        return TASK_KINDS.require(v)
 
     @model_validator(mode="after")
     def _task_settings(self) -> "DataConfig":
@@ -335,9 +333,7 @@ class FeatureTerm(Strict):
     @field_validator("kind")
     @classmethod
     def _registered(cls, v: str) -> str:
-        if v not in FEATURE_LOSSES:
-            raise ValueError(FEATURE_LOSSES.unknown_message(v))
-        return v
+        return FEATURE_LOSSES.require(v)
 
     @model_validator(mode="after")
     def _pairs(self) -> "FeatureTerm":
@@ -475,9 +471,7 @@ class DistillConfig(Strict):
     @field_validator("transform")
     @classmethod
     def _known_transform(cls, v: str) -> str:
-        if v != RAW and v not in TRANSFORMS:
-            raise ValueError(TRANSFORMS.unknown_message(v, [RAW, *TRANSFORMS.names()]))
-        return v
+        return TRANSFORMS.require(v, also=(RAW,))
 
     @model_validator(mode="after")
     def _needs_teacher(self) -> "DistillConfig":
@@ -499,9 +493,7 @@ def _registered_target(name: str) -> str:
     (Imported on use: reading it imports the heavy targets' package, which a recipe without targets never needs.)"""
     from .compress.registry import TARGETS
 
-    if name not in TARGETS:
-        raise ValueError(TARGETS.unknown_message(name))
-    return name
+    return TARGETS.require(name)
 
 
 class _TargetNames:

@@ -106,6 +106,13 @@ class Registry(Generic[T]):
 
     __getitem__ = get
 
+    def require(self, name: str, also: tuple[str, ...] = ()) -> str:
+        """`name` when it is registered (or one of `also`, names a caller accepts besides the registry's); else a
+        `RegistryError` (a ValueError, so a pydantic validator turns it into a recipe error) listing close names."""
+        if name not in also and name not in self:
+            raise RegistryError(self.unknown_message(name, [*also, *self.names()] if also else None))
+        return name
+
     def unknown_message(self, name: object, allowed: Optional[list[str]] = None) -> str:
         known = allowed if allowed is not None else self.names()
         close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)

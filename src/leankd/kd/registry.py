@@ -47,9 +47,7 @@ class DistributionTerm(LossTerm):
     @field_validator("transform")
     @classmethod
     def _known_transform(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and v != RAW and v not in TRANSFORMS:
-            raise ValueError(TRANSFORMS.unknown_message(v, [RAW, *TRANSFORMS.names()]))
-        return v
+        return v if v is None else TRANSFORMS.require(v, also=(RAW,))
 
 
 @dataclass
