@@ -29,8 +29,6 @@ OVERSIZED = {
     "leankd/report/markdown.py": 1004,
     "leankd/recipe.py": 816,
     "leankd/report/schema.py": 797,
-    "leankd/search/runner.py": 531,
-    "leankd/compress/onnx.py": 515,
 }
 
 

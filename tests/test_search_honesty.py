@@ -125,9 +125,9 @@ def _search(tmp_path: Path, **search):
 
 def test_a_latency_constraint_judges_the_estimate_not_the_noise(tmp_path, monkeypatch):
     """A tiny student timed at 704 ms on a busy machine would break `latency_ms <= 5`; its MACs say ~0.45 ms."""
-    import leankd.search.runner as runner
+    import leankd.search.scoring as scoring
 
-    monkeypatch.setattr(runner, "load_report", lambda path: json.loads(Path(path).read_text()))
+    monkeypatch.setattr(scoring, "load_report", lambda path: json.loads(Path(path).read_text()))
     s = _search(tmp_path, constraints=[{"metric": "latency_ms", "max": 5.0}])
     trial = {"models": {"student": _entry(2e6, 704.0, reliable=False, noise=["spread 90%"])}}
     metrics, note = s._measure(trial, {}, tmp_path / "nowhere")
@@ -142,11 +142,11 @@ def test_a_latency_constraint_judges_the_estimate_not_the_noise(tmp_path, monkey
 def test_search_report_says_what_its_numbers_cannot_show(tmp_path, monkeypatch):
     """Rows as the study holds them: a first rung at chance, one trial with a noisy latency, a loaded teacher."""
     import leankd.search.report as report
-    import leankd.search.runner as runner
+    import leankd.search.scoring as scoring
 
     loader = lambda path: json.loads(Path(path).read_text())  # noqa: E731 - hand-built reports skip the schema
     monkeypatch.setattr(report, "load_report", loader)
-    monkeypatch.setattr(runner, "load_report", loader)
+    monkeypatch.setattr(scoring, "load_report", loader)
     s = _search(tmp_path, objectives=[{"metric": "accuracy", "direction": "maximize"},
                                       {"metric": "latency_ms", "direction": "minimize"}], rung_fraction=0.25)
     note = "CPU latency unreliable (spread 90%): latency_ms estimated from MACs x 2.25e-07 ms/MAC (the base run's " \

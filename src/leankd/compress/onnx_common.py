@@ -1,5 +1,6 @@
-"""Pieces shared by `onnx.py` (export / runtime) and `onnx_quantize.py`: the error types, lazy imports of the
-optional ONNX packages, turning leankd inputs into an ONNX Runtime feed, and reading op counts / weight bytes."""
+"""Pieces shared by the ONNX modules (export, session, checks, quantization; `onnx.py` re-exports them): the error
+types, lazy imports of the optional ONNX packages, turning leankd inputs into an ONNX Runtime feed, and reading op
+counts / weight bytes."""
 from __future__ import annotations
 
 import os

@@ -28,7 +28,8 @@ producing a broken model:
   does the int8 `Embedding` for max_norm. Those are left in float, named. `padding_idx` of an `nn.Embedding` only
   stops its row's gradient, so it is quantized (the all-zero padding row stays exactly zero). An embedding whose
   weight other code reads as a tensor (an output layer tied by hand, `F.linear(x, emb.weight)`) breaks when
-  quantized, so embeddings are quantized only when example inputs let the forward pass be checked.
+  quantized, so embeddings are quantized only when example inputs let the forward pass be checked. PyTorch's int8
+  embeddings refuse non-contiguous indices (BERT's `expand()`ed token types): `int8_embedding.py` accepts them.
 """
 from __future__ import annotations
 
@@ -126,6 +127,8 @@ def _to_dynamic_int8(module: nn.Module) -> nn.Module:
     is suppressed locally (`_quiet_quantization_warnings`)."""
     from torch.ao.quantization import float_qparams_weight_only_qconfig, quantize_dynamic
 
+    from .int8_embedding import accept_any_indices
+
     holder = nn.Module()
     holder.add_module("m", module)
     had_qconfig = "qconfig" in module.__dict__  # a user-set qconfig is respected by quantize_dynamic and kept
@@ -142,7 +145,7 @@ def _to_dynamic_int8(module: nn.Module) -> nn.Module:
     qmod = holder._modules["m"]
     if qmod is module:
         raise RuntimeError(f"quantize_dynamic has no dynamic int8 version of {type(module).__name__}")
-    return qmod
+    return accept_any_indices(qmod)  # int8 embeddings: non-contiguous indices too (int8_embedding.py)
 
 
 class _Root(nn.Module):

@@ -22,41 +22,33 @@ again and, having the same settings, resumes from its run directory's checkpoint
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
-import math
 import os
 import signal
 import statistics
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from ..errors import LeanKDError, RecipeError
-from ..recipe import Recipe, dump_recipe, parse_recipe
-from ..report.schema import load_report
+from ..recipe import Recipe, dump_recipe
 from .config import SearchConfig
-from .metrics import (CPU_LATENCY, candidate_metrics, last_val_accuracy, latency_fallback_note, reference_ms_per_mac,
-                      params_key, resolve, selection_value)
-from .pareto import pareto_front, select_for_promotion
-from .space import apply_params, check_space, setting_key, space_size, suggest, untried_setting
-from .study import (MAX_RESAMPLE, RUNGS, active, claim_waiting, duplicate_of, make_sampler, open_storage,
-                    recover_stale, sampler_seed, worker_id)
-
-POLL_S = 2.0
-
-
-def trial_key(raw: dict) -> str:
-    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
+from .metrics import resolve
+from .rungs import LaterRungs
+from .runs import TrialRuns, same_recipe, short
+from .scoring import Scoring
+from .space import check_space, setting_key, space_size, suggest, untried_setting
+from .study import (MAX_RESAMPLE, POLL_S, RUNGS, active, duplicate_of, make_sampler, open_storage, recover_stale,
+                    sampler_seed, worker_id)
 
 
-class Search:
+class Search(TrialRuns, Scoring, LaterRungs):
+    """One search: its set-up, the first rung, and the order of the phases. How a trial becomes a run, how it is
+    scored and recorded, and the later rungs' queues are the mixins' (runs.py, scoring.py, rungs.py)."""
+
     def __init__(self, recipe: Recipe, search_dir: Path, *, resume: bool = False, force: bool = False,
                  storage: Optional[str] = None, quiet: bool = False, console: Optional[Console] = None,
                  kill_after_trials: Optional[int] = None):
@@ -97,7 +89,7 @@ class Search:
         saved = self.dir / "recipe.yaml"
         text = dump_recipe(self.recipe)
         if saved.exists() and not self.force:
-            if not _same_recipe(saved, self.recipe):
+            if not same_recipe(saved, self.recipe):
                 raise LeanKDError(f"{self.dir} holds a search of another recipe ({saved}): use another directory, "
                                   "or --force to start over")
             if not self.resume and self.storage_url is None:
@@ -137,127 +129,7 @@ class Search:
         """Single objective on accuracy: per-epoch validation accuracy is a fair early signal of it."""
         return len(self.cfg.objectives) == 1 and self.cfg.objectives[0].metric == "accuracy"
 
-    @contextmanager
-    def _lock(self, name: str, where: Optional[Path] = None):
-        """One process at a time on this machine (the base run, the queues, one trial directory)."""
-        with open((where or self.dir) / f".{name}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    # --------------------------------------------------------------------------------------------- a run
-    def trial_recipe(self, params: dict, rung: str, seed: Optional[int] = None, baseline: bool = False) -> dict:
-        """The recipe of one trial run: the starting recipe with `params`, the shared teacher, its rung's epochs."""
-        raw = apply_params(self.base_raw, params)
-        teacher = raw["teacher"]
-        teacher["checkpoint"] = str((self.dir / "base" / "teacher" / "model.safetensors").resolve())
-        teacher.pop("limit_train", None)
-        if teacher.get("cache"):
-            teacher["cache_dir"] = str((self.dir / "teacher_cache").resolve())
-        raw["baseline"] = baseline
-        # every trial and seed on the base run's examples: seeds vary training, not which images validate (the
-        # selection's yardstick) or train (a loaded teacher's normalization and memorized examples come with them)
-        raw.setdefault("data", {})["split_seed"] = self.recipe.split_seed
-        if seed is not None:
-            raw["seed"] = seed
-        full = parse_recipe(raw, origin="a search trial").stage_train("student").epochs
-        epochs = full if rung != "explore" else max(1, round(full * self.cfg.rung_fraction))
-        raw.setdefault("student", {}).setdefault("train", {})["epochs"] = epochs
-        raw["name"] = f"{self.recipe.name}-{rung}"
-        return raw
-
-    def run_dir_of(self, raw: dict) -> Path:
-        return self.dir / "trials" / trial_key({k: v for k, v in raw.items() if k != "name"})
-
-    def run_trial(self, raw: dict, hook: Optional[Callable[[str, dict], None]] = None) -> tuple[Path, dict]:
-        from ..pipeline import Pipeline
-
-        run_dir = self.run_dir_of(raw)
-        recipe = parse_recipe(raw, origin=str(run_dir / "recipe.yaml"))
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock(f"run-{run_dir.name}", run_dir.parent):  # the same settings twice: the second reuses
-            pipe = Pipeline(recipe, run_dir, resume=True, quiet=True, console=Console(quiet=True))  # a line a trial
-            pipe.epoch_hook = hook
-            report = pipe.run()
-        return run_dir, report
-
-    def targets_of(self, params: dict) -> list[str]:
-        """The compression targets a trial with `params` builds (its candidate is the first one's artifact)."""
-        return list(apply_params(self.base_raw, params).get("compress", {}).get("targets", []))
-
-    def _measure(self, report: dict, raw: dict, run_dir: Path, role: str = "student") -> tuple[dict, Optional[str]]:
-        """The candidate's metrics, plus its last epoch's validation accuracy (what the search selects on), and a
-        note when its CPU latency was noise and an estimate from MACs (or nothing) stands in for it."""
-        targets = list(raw.get("compress", {}).get("targets", [])) if role == "student" else []
-        which = None if role == "student" else role
-        metrics = candidate_metrics(report, targets, self.metrics, which, self.ms_per_mac())
-        metrics["val_accuracy"] = last_val_accuracy(run_dir / role / "metrics.jsonl")
-        return metrics, latency_fallback_note(report, targets, self.metrics, which, self.ms_per_mac())
-
-    def ms_per_mac(self) -> dict[str, Optional[float]]:
-        """Per CPU latency metric: milliseconds per MAC of the base run's reliably timed models (what an
-        unreliable trial latency is estimated from); read once, after the base run."""
-        if self._ms_per_mac is None:
-            path = self.dir / "base" / "report.json"
-            if not path.exists():
-                return {}
-            paths = [resolve(m, m) for m in self.metrics if resolve(m, m).startswith(CPU_LATENCY)]
-            self._ms_per_mac = reference_ms_per_mac(load_report(path), paths)
-        return self._ms_per_mac
-
-    def _values(self, metrics: dict) -> Optional[list[float]]:
-        values = [selection_value(metrics, o.metric) for o in self.cfg.objectives]
-        return None if any(v is None for v in values) else [float(v) for v in values]
-
-    def _violations(self, metrics: dict) -> list[float]:
-        out = []
-        for c in self.cfg.constraints:
-            v = metrics.get(c.metric)
-            if v is None:
-                out.append(1.0)  # not measured: cannot be shown to satisfy it
-                continue
-            out.append(max(v - c.max if c.max is not None else -math.inf,
-                           c.min - v if c.min is not None else -math.inf))
-        return out
-
-    def _finish(self, study: optuna.Study, trial_id: int, number: int, run_dir: Path, metrics: dict,
-                started: float, latency_note: Optional[str] = None) -> None:
-        storage = study._storage
-        violations = self._violations(metrics)
-        for key, value in {"run_dir": str(run_dir.relative_to(self.dir)), "metrics": metrics,
-                           "violations": violations, "latency_note": latency_note,
-                           "duration_s": round(time.perf_counter() - started, 2)}.items():
-            if value is not None:
-                storage.set_trial_user_attr(trial_id, key, value)
-        if study is self.studies["explore"] and self.cfg.constraints:  # the sampler learns what is feasible
-            trial = optuna.Trial(study, trial_id)
-            for i, v in enumerate(violations):
-                trial.set_constraint(f"c{i}", v)
-        values = self._values(metrics)
-        if values is None:
-            storage.set_trial_user_attr(trial_id, "error", "an objective was not measured"
-                                        + (f" ({latency_note})" if latency_note else ""))
-            study.tell(number, state=TrialState.FAIL)
-        else:
-            study.tell(number, values)
-
-    # ------------------------------------------------------------------------------------------- phases
-    def ensure_base(self) -> dict:
-        """The starting recipe's run (teacher, baseline, starting KD student): trained once, reused after."""
-        from ..pipeline import Pipeline
-
-        base_dir = self.dir / "base"
-        with self._lock("base"):
-            report_path = base_dir / "report.json"
-            recipe_path = base_dir / "recipe.yaml"
-            if report_path.exists() and _same_recipe(recipe_path, parse_recipe(self.base_raw)):
-                return load_report(report_path)
-            self.log(f"[bold]search[/] base: the starting recipe (teacher, baseline, KD student) -> {base_dir}")
-            return Pipeline(parse_recipe(self.base_raw), base_dir, resume=True, quiet=True,
-                            console=Console(quiet=True) if self.quiet else self.console).run()
-
+    # ----------------------------------------------------------------------------------- the first rung
     def explore(self) -> None:
         study = self.studies["explore"]
         done_here = 0
@@ -323,7 +195,7 @@ class Search:
     def _run_explore_trial(self, study: optuna.Study, trial: optuna.Trial, params: dict, kill: bool = False) -> None:
         started = time.perf_counter()
         study._storage.set_trial_user_attr(trial._trial_id, "params", params)
-        self.log(f"explore trial {trial.number}: {_short(params)}")
+        self.log(f"explore trial {trial.number}: {short(params)}")
 
         def prune(stage: str, row: dict) -> None:
             if kill and stage == "student":  # tests: the process dies mid-trial, after a checkpoint
@@ -348,7 +220,7 @@ class Search:
             return
         metrics, note = self._measure(report, raw, run_dir)
         self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started, note)
-        self.log(f"explore trial {trial.number}: {_short(metrics)}" + (f" ({note})" if note else ""))
+        self.log(f"explore trial {trial.number}: {short(metrics)}" + (f" ({note})" if note else ""))
 
     def _time_left_for_another(self, trials: list[FrozenTrial]) -> bool:
         if self.cfg.time_budget_min is None:
@@ -364,107 +236,6 @@ class Search:
                       + self.cfg.confirm_top * self.cfg.confirm_seeds * 2)  # + their baselines
         elapsed = time.perf_counter() - self.started
         return elapsed + per_trial + runs_later * full_run <= 60 * self.cfg.time_budget_min
-
-    def promote_limit(self) -> int:
-        return self.cfg.promote_max or max(1, math.ceil(self.cfg.trials / 3))
-
-    def _feasible_complete(self, study: optuna.Study) -> list[FrozenTrial]:
-        return [t for t in active(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-                if all(v <= 0 for v in t.user_attrs.get("violations", []))]
-
-    def promote(self) -> None:
-        """Successive halving over the first rung: its non-dominated feasible candidates go to the full budget."""
-        explore, full = self.studies["explore"], self.studies["full"]
-        with self._lock("queue"):
-            done = self._feasible_complete(explore)
-            points = [list(t.values) for t in done]
-            if len(self.directions) == 1:  # one objective: the best third (the classic halving)
-                order = sorted(range(len(done)), key=lambda i: points[i][0],
-                               reverse=self.directions[0] == "maximize")
-                chosen = order[:self.promote_limit()]
-            else:
-                chosen = select_for_promotion(points, self.directions, self.promote_limit())
-            queued = {(params_key(t.user_attrs.get("params")), t.user_attrs.get("seed", self.recipe.seed))
-                      for t in active(full.get_trials(deepcopy=False))}
-            for i in chosen:  # the same settings sampled twice are promoted once
-                for seed in self.full_seeds():
-                    key = (params_key(done[i].user_attrs["params"]), seed)
-                    if key not in queued:
-                        queued.add(key)
-                        full.enqueue_trial({}, user_attrs={"source": done[i].number, "seed": seed,
-                                                           "params": done[i].user_attrs["params"]})
-        self._drain(full, lambda job: (self.trial_recipe(job["params"], "full", job.get("seed")), None))
-
-    def full_seeds(self) -> list[int]:
-        return [self.recipe.seed + k for k in range(self.cfg.full_seeds)]
-
-    def confirm(self) -> None:
-        """The best full-budget front candidates with more seeds, each beside a same-budget baseline."""
-        confirm = self.studies["confirm"]
-        with self._lock("queue"):
-            keys = {t.user_attrs.get("key") for t in active(confirm.get_trials(deepcopy=False))}
-            for trial in self.best_full_candidates():
-                for k in range(self.cfg.confirm_seeds):  # fresh seeds only: the search-time runs were selected
-                    seed = self.recipe.seed + self.cfg.full_seeds + k
-                    key = f"{trial.number}:{seed}"
-                    if key not in keys:
-                        confirm.enqueue_trial({}, user_attrs={"key": key, "source": trial.number, "seed": seed,
-                                                              "params": trial.user_attrs["params"]})
-        self._drain(confirm, lambda job: (self.trial_recipe(job["params"], "confirm", job["seed"], baseline=True),
-                                          True))
-
-    def best_full_candidates(self) -> list[FrozenTrial]:
-        """The full-budget Pareto front (of the selection values), best first by the first objective,
-        `confirm_top` of them."""
-        done = self.full_candidates()
-        front = [done[i] for i in pareto_front([values for _, values in done], self.directions)]
-        front.sort(key=lambda c: c[1][0], reverse=self.directions[0] == "maximize")
-        return [trial for trial, _ in front[:self.cfg.confirm_top]]
-
-    def full_candidates(self) -> list[tuple[FrozenTrial, list[float]]]:
-        """Each full-budget candidate as (its first run, its selection values averaged over its seeds); one with a
-        failed seed, or whose run broke a constraint at any seed, is left out."""
-        groups: dict[str, list[FrozenTrial]] = {}
-        for t in active(self.studies["full"].get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
-            groups.setdefault(params_key(t.user_attrs.get("params")), []).append(t)
-        out = []
-        for runs in groups.values():
-            if len(runs) < self.cfg.full_seeds:  # a seed failed: one seed's luck would decide again
-                continue
-            if any(v > 0 for t in runs for v in t.user_attrs.get("violations", [])):
-                continue
-            runs.sort(key=lambda t: t.number)
-            out.append((runs[0], [statistics.fmean(v) for v in zip(*(t.values for t in runs))]))
-        return out
-
-    def _drain(self, study: optuna.Study, recipe_of: Callable[[dict], tuple[dict, Optional[str]]]) -> None:
-        """Run queued jobs until none is waiting, then wait for other workers' running ones."""
-        while True:
-            trial = claim_waiting(study)
-            if trial is None:
-                running = active(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-                if not running:
-                    return
-                self.recover()
-                time.sleep(POLL_S)
-                continue
-            started = time.perf_counter()
-            self.log(f"{study.study_name.split(':')[-1]} job {trial.number}: {_short(trial.user_attrs['params'])}"
-                     + (f" seed {trial.user_attrs['seed']}" if "seed" in trial.user_attrs else ""))
-            try:
-                raw, with_baseline = recipe_of(trial.user_attrs)
-                run_dir, report = self.run_trial(raw)
-            except Exception as e:  # noqa: BLE001 - recorded on the trial, the search goes on
-                study._storage.set_trial_user_attr(trial._trial_id, "error", f"{type(e).__name__}: {e}")
-                study.tell(trial.number, state=TrialState.FAIL)
-                self.log(f"[yellow]{study.study_name} job {trial.number} failed:[/] {type(e).__name__}: {e}")
-                continue
-            metrics, note = self._measure(report, raw, run_dir)
-            if with_baseline:  # the KD gain compares fp32 with fp32, whatever the candidate ships as
-                metrics["student_accuracy"] = report["models"]["student"]["quality"].get("accuracy")
-                study._storage.set_trial_user_attr(trial._trial_id, "baseline_metrics",
-                                                   self._measure(report, raw, run_dir, "baseline")[0])
-            self._finish(study, trial._trial_id, trial.number, run_dir, metrics, started, note)
 
     def wait_idle(self, study: optuna.Study) -> None:
         """Other workers may still run first-rung trials: promotion needs all of them."""
@@ -499,19 +270,6 @@ class Search:
         return self.write_report()
 
 
-def _same_recipe(path: Path, recipe: Recipe) -> bool:
-    """Whether the recipe saved at `path` means `recipe`: compared as parsed by this version, so settings that a
-    newer leankd added (at their defaults) do not make an older search "another recipe"."""
-    import yaml
-
-    if not path.exists():
-        return False
-    try:
-        return parse_recipe(yaml.safe_load(path.read_text()), origin=str(path)).model_dump() == recipe.model_dump()
-    except (LeanKDError, yaml.YAMLError):
-        return False
-
-
 def _retried(trial: optuna.Trial, trials: list[FrozenTrial]) -> set[int]:
     """The trials a re-queued trial re-runs (its stale original, and that one's, ...): it shares their settings."""
     by_number = {t.number: t for t in trials}
@@ -520,12 +278,6 @@ def _retried(trial: optuna.Trial, trials: list[FrozenTrial]) -> set[int]:
         out.add(number)
         number = by_number[number].user_attrs.get("retry_of") if number in by_number else None
     return out
-
-
-def _short(d: dict) -> str:
-    def fmt(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-    return ", ".join(f"{k}={fmt(v)}" for k, v in d.items() if v is not None)
 
 
 __all__ = ["Search", "SearchConfig"]

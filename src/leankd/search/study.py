@@ -104,6 +104,9 @@ def worker_is_dead(worker: Optional[str]) -> bool:
         return True
 
 
+POLL_S = 2.0  # seconds between looks at a queue whose jobs other workers are still running
+
+
 def claim_waiting(study: optuna.Study) -> Optional[FrozenTrial]:
     """Take one enqueued (WAITING) trial for this worker, or None when none is left."""
     storage = study._storage
