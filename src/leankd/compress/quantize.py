@@ -65,7 +65,8 @@ QUANTIZABLE_TYPES: dict[str, type] = {
 }
 EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 DEFAULT_MODULE_TYPES = ("Linear", "GRU", "LSTM", "Embedding", "EmbeddingBag")
-NOT_COVERED = "not covered by dynamic int8 (use int8-static / ONNX Runtime for convolutions)"
+NOT_COVERED = ("not covered by dynamic int8, which quantizes Linear, recurrent and embedding layers (int8-static / "
+               "ONNX Runtime also covers convolutions)")
 EMBEDDING_NOT_SUPPORTED = ("embedding: quantized only when example inputs check the forward pass (other code may read "
                            "its .weight as a tensor, e.g. an output layer tied to it)")
 
@@ -303,9 +304,11 @@ def quantize_dynamic_int8(
         fwd = resolve_forward(forward)
         inputs = to_device(example_inputs, "cpu", torch.float32)
 
-        def run() -> Any:
+        def forward_once() -> Any:
             with inference(root.model):
                 return fwd(root.model, inputs)
+
+        run = forward_once
 
         try:
             reference = run()
