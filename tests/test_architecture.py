@@ -26,9 +26,7 @@ CORE_MAY_IMPORT = {"leankd.errors", "leankd.measure.devices", "leankd.measure.qu
 MAX_LINES = 500
 # file -> its length when it was listed: the most it may have. Shrink these; never raise a ceiling to let a file grow.
 OVERSIZED = {
-    "leankd/report/markdown.py": 1004,
     "leankd/recipe.py": 816,
-    "leankd/report/schema.py": 797,
 }
 
 

@@ -518,3 +518,40 @@ def test_artifacts_are_compared_with_the_model_they_came_from():
     bad["student_int8"]["artifact"]["colour"] = 1
     with pytest.raises(ReportSchemaError, match="colour"):
         build_report(_run(), bad, [])
+
+
+def _regression_models(declared_extra_pearson: bool = False) -> dict:
+    """Text-regression entries: Pearson r / Spearman / MSE and no accuracy (or, with `declared_extra_pearson`, the
+    classification entries of `_models` that also carry a Pearson r)."""
+    models = _models()
+    for i, e in enumerate(models.values()):
+        if declared_extra_pearson:
+            e["quality"]["pearson"] = 0.5
+            continue
+        e["quality"].update(accuracy=None, macro_f1=None, per_class_accuracy=None, pearson=0.8 + 0.02 * i,
+                            spearman=0.79, mse=0.4)
+    return models
+
+
+@pytest.mark.parametrize("declared", [{"name": "pearson", "higher_is_better": True, "label": "Pearson r"},
+                                      {"name": "spearman", "higher_is_better": True, "label": "Spearman rho"},
+                                      None])
+def test_regression_layout_reads_the_declared_primary_metric(declared):
+    """A regression report is recognised by the primary metric it declares; a report written before tasks declared
+    one (None) still renders as regression from its quality keys."""
+    run = _run()
+    if declared:
+        run["dataset"]["primary_metric"] = declared
+    md = render_markdown(build_report(run, _regression_models(), []))
+    assert "| Pearson r (x100) (test) |" in md and "| Spearman (x100) |" in md and "| MSE |" in md
+    assert "| Pearson r retention (%) |" in md and "accuracy (%)" not in md
+
+
+def test_declared_accuracy_wins_over_a_stray_pearson_key():
+    """Declared accuracy: the accuracy layout, even where an entry carries a Pearson r the old key guess read as a
+    regression report."""
+    run = _run()
+    run["dataset"]["primary_metric"] = {"name": "accuracy", "higher_is_better": True, "label": "accuracy"}
+    md = render_markdown(build_report(run, _regression_models(declared_extra_pearson=True), []))
+    assert "| accuracy (%) (test) |" in md and "| accuracy retention (%) |" in md
+    assert "Pearson r (x100)" not in md

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from leankd.errors import LeanKDError
-from leankd.report.markdown import (
+from leankd.report.base import STUDENT_ROLE
+from leankd.report.figures import primary_value, report_primary
+from leankd.report.format import (
     ACCURACY_LIKE,
     DASH,
     _fmt_metric,
@@ -19,7 +21,7 @@ from leankd.report.markdown import (
     fmt_pct,
     fmt_points,
 )
-from leankd.report.schema import STUDENT_ROLE, load_report, primary_value, report_primary
+from leankd.report.schema import load_report
 
 COLUMNS = [
     "run", "role", "architecture", "accuracy (%)", "macro-F1 (%)", "params", "size (MB)", "MACs (M)",

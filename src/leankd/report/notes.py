@@ -10,8 +10,8 @@ import torch
 from ..measure.models import environment
 from ..tasks.base import Task
 from . import build_report, write_markdown, write_plots, write_report
+from .figures import headline
 from .sanity import add_quality_flags
-from .schema import headline
 
 LOGIT_KD_ROLE = "logit_kd"  # the logit-only KD control trained beside a student with feature losses
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from leankd.io import atomic_path, read_jsonl
-from leankd.report.markdown import model_label
-from leankd.report.schema import primary_value, report_primary, validate_report
+from leankd.report.figures import primary_value, report_primary
+from leankd.report.format import model_label
+from leankd.report.schema import validate_report
 
 log = logging.getLogger(__name__)
 
