@@ -27,7 +27,6 @@ MAX_LINES = 500
 # file -> its length when it was listed: the most it may have. Shrink these; never raise a ceiling to let a file grow.
 OVERSIZED = {
     "leankd/report/markdown.py": 1004,
-    "leankd/recipe.py": 816,
     "leankd/report/schema.py": 797,
     "leankd/search/runner.py": 531,
     "leankd/compress/onnx.py": 515,
