@@ -5,7 +5,8 @@ The toy task: token sequences of length L in which the answer span is the run be
 an END marker token. A model returns start and end logits over the L positions; the task's `forward` stacks them
 as 2·B rows over L positions (start rows, then end rows) with the gold positions as targets, which is what the
 logit KD losses (kd, ce) read. Its metrics are the span's exact match and the start / end accuracies, and exact
-match is its primary metric.
+match is its primary metric. The kind brings its own data section (`data.span`, the split sizes), which the recipe
+validates with the kind's model.
 """
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import json
 
 import pytest
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from leankd.core.params import Strict
 from leankd.core.registry import RegistryError
 from leankd.errors import RecipeError
 from leankd.models.registry import _MODELS, register_model
-from leankd.recipe import parse_recipe
+from leankd.recipe import dump_recipe, parse_recipe
 from leankd.tasks import TASKS, Batch, TensorTask, register_task
 
 KIND = "toy_span"
@@ -37,14 +40,21 @@ def make_split(n: int, seed: int) -> tuple[Tensor, Tensor]:
     return x, torch.stack([start, end], 1)
 
 
+class SpanData(Strict):
+    """The toy kind's own data section (`data.span`): how many generated examples each split holds."""
+
+    train_examples: int = Field(256, ge=32)
+    test_examples: int = Field(128, ge=8)
+
+
 class SpanTask(TensorTask):
     """Splits of (tokens [N, L], gold (start, end) [N, 2]); no class names: each logit row is over positions."""
 
     kind = KIND
 
-    def __init__(self, device, seed: int):
-        super().__init__({"train": make_split(256, seed), "val": make_split(64, seed + 1),
-                          "test": make_split(128, seed + 2)}, num_classes=L, device=device,
+    def __init__(self, device, seed: int, sizes: SpanData):
+        super().__init__({"train": make_split(sizes.train_examples, seed), "val": make_split(64, seed + 1),
+                          "test": make_split(sizes.test_examples, seed + 2)}, num_classes=L, device=device,
                          info={"positions": L})
         self.class_names = []  # positions are not classes: no per-class section
 
@@ -85,7 +95,7 @@ class SpanTask(TensorTask):
 
 
 def build_span_task(cfg, device, seed, channels_last):
-    return SpanTask(device, seed)
+    return SpanTask(device, seed, cfg.span)
 
 
 def toy_span_net(num_classes: int = L, width: int = 32, vocab: int = VOCAB) -> nn.Module:
@@ -107,7 +117,7 @@ def toy_span_net(num_classes: int = L, width: int = 32, vocab: int = VOCAB) -> n
 
 @pytest.fixture
 def span_kind():
-    register_task(KIND, build_span_task)
+    register_task(KIND, build_span_task, data_sections={"span": SpanData})
     if "toy_span_net" not in _MODELS:
         register_model(toy_span_net)
     yield KIND
@@ -134,7 +144,7 @@ def test_an_unregistered_kind_is_a_recipe_error_with_close_names(tmp_path):
 
 def test_a_kind_is_registered_once(span_kind):
     assert span_kind in TASKS.names()
-    register_task(KIND, build_span_task)  # the same builder again: fine
+    register_task(KIND, build_span_task, data_sections={"span": SpanData})  # the same builder again: fine
     with pytest.raises(ValueError, match="already registered"):
         register_task(KIND, lambda *a: None)
     with pytest.raises(RegistryError, match="already registered"):
@@ -163,3 +173,51 @@ def test_a_task_kind_registered_from_a_test_runs_end_to_end(tmp_path, span_kind)
     # no class count in the header (the console log line still prints one) and no per-class section
     assert "classes" not in md.split("## Data")[0] and "per-class" not in md.lower()
     assert "better than the baseline" in md or "worse than the baseline" in md or "ties" in md.lower()
+
+
+def test_a_kind_brings_its_own_data_section(tmp_path, span_kind):
+    """data.span is validated with the model the kind declares: filled with its defaults when left out, its errors
+    at their place, a typo listing the section's keys; another kind's recipe may not carry it, nor dump it."""
+    r = parse_recipe(recipe(tmp_path))
+    assert r.data.span == SpanData()  # left out: the kind's defaults, carried resolved
+    given = {**recipe(tmp_path), "data": {"task": KIND, "source": "generated", "span": {"train_examples": 64}}}
+    r = parse_recipe(given)
+    assert r.data.span.train_examples == 64 and r.data.span.test_examples == 128
+    dumped = dump_recipe(r)
+    assert "span:\n    train_examples: 64\n    test_examples: 128\n" in dumped
+    import yaml
+    assert parse_recipe(yaml.safe_load(dumped)) == r  # the dump reads back as the same recipe
+
+    typo = {**given, "data": {**given["data"], "span": {"train_exampels": 64}}}
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(typo)
+    assert "data.span.train_exampels: unknown key (typo?); allowed here: train_examples, test_examples" in str(e.value)
+    bad = {**given, "data": {**given["data"], "span": {"train_examples": 4}}}
+    with pytest.raises(RecipeError, match=r"data\.span\.train_examples = 4: Input should be greater than or equal"):
+        parse_recipe(bad)
+    with pytest.raises(RecipeError, match=r"data\.spam: unknown key \(typo\?\); allowed here: .*seq, span"):
+        parse_recipe({**given, "data": {**given["data"], "spam": {}}})
+
+    image = {**recipe(tmp_path), "data": {"source": "demo"}, "teacher": {"model": "resnet8"},
+             "student": {"model": "resnet8"}}
+    assert "span" not in parse_recipe(image).data.model_dump()  # another kind's dump and fingerprint are unchanged
+    with pytest.raises(RecipeError, match="data.span is for data.task: toy_span, not 'image_classification'"):
+        parse_recipe({**image, "data": {"source": "demo", "span": {}}})
+
+
+def test_a_data_section_is_declared_with_its_model(tmp_path, span_kind):
+    from leankd.core.taskkind import TaskKind, register_kind
+
+    with pytest.raises(RegistryError, match="data_sections maps each section name to the model"):
+        TaskKind("toy_bare", build_span_task, data_sections=("span",))
+    other = register_kind(TaskKind("toy_other", build_span_task, data_sections={"span": Strict}))
+    try:  # two kinds, one section, two models: a recipe could not mean both
+        with pytest.raises(RecipeError, match="data.span is declared with different models"):
+            parse_recipe({**recipe(tmp_path), "data": {"task": KIND, "span": {}}})
+    finally:
+        TASKS.remove(other.name)
+
+
+def test_an_unregistered_kinds_section_is_an_unknown_key(tmp_path):
+    with pytest.raises(RecipeError, match=r"data\.span: unknown key \(typo\?\)"):
+        parse_recipe({**recipe(tmp_path), "data": {"source": "demo", "span": {}}})

@@ -4,6 +4,7 @@ It lives at the bottom (not in recipe.py) so a plug-in file can declare its own 
 recipe, which imports the registries that hold the plug-ins."""
 from __future__ import annotations
 
+import codecs
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
@@ -37,3 +38,13 @@ def _wants_text(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, UnionType) and args == [str]
 
 
+
+
+def known_encoding(name: str) -> str:
+    """A text encoding Python can decode with, checked when the recipe is read (not when the data is): for the
+    encoding settings of the task kinds' data sections (text, seq)."""
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        raise ValueError(f"{name!r} is not a known text encoding; use e.g. utf-8, latin-1 or cp1252") from None
+    return name

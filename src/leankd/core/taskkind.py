@@ -1,8 +1,8 @@
 """The registry of task kinds (`data.task`): one module per kind in `leankd/tasks/kinds/` registers a `TaskKind`.
 
 A kind owns how its data becomes a `Task` (`build`), the stand-in keywords `leankd validate` builds models with
-before any data is read (`model_defaults`), the recipe sections that belong to it (`data_sections`,
-`distill_sections`: filled with their defaults for this kind, refused for any other) and its recipe rules (`check`,
+before any data is read (`model_defaults`), the recipe sections that belong to it with the model each is validated
+with (`data_sections`, `distill_sections`: name -> model; refused for any other kind) and its recipe rules (`check`,
 called from one generic Recipe validator). The recipe validates `data.task` against this registry, so a kind that
 is registered (also from outside the package, e.g. a test) is accepted everywhere and one that is not is refused
 with close names.
@@ -13,9 +13,9 @@ modules import the recipe: the entries take the recipe and its data section as a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Optional
 
-from .registry import Registry
+from .registry import Registry, RegistryError
 
 TASK_KINDS: Registry["TaskKind"] = Registry("task kind", discover="leankd.tasks.kinds")
 
@@ -36,8 +36,12 @@ class TaskKind:
     for `Task.model_defaults` (e.g. a vocabulary size) when no data is read; `check(recipe)`: raise ValueError for
     settings this kind cannot run (read when the recipe is); `check_data(data_config)`: the same for the data section
     alone. `check_source(data_config)`: what `leankd validate` finds wrong with the data source (a list of
-    what it could not check; an error for a broken one), None for the default (the path exists). `data_sections` / `distill_sections`: `data.<name>` / `distill.<name>` sections this kind owns.
-    `refusals`: section -> a hint shown when a recipe of this kind sets a section another kind owns.
+    what it could not check; an error for a broken one), None for the default (the path exists).
+    `data_sections` / `distill_sections`: the `data.<name>` / `distill.<name>` sections this kind owns, each with
+    the pydantic model (a `leankd.core.params.Strict`) the recipe validates it with, e.g. {"audio": AudioConfig}.
+    A data section left out is filled with the model's defaults; a distill section stays unset unless `check`
+    fills it. Two kinds may share a section (text_classification and text_regression share `text`) only with the
+    same model. `refusals`: section -> a hint shown when a recipe of this kind sets a section another kind owns.
     `metric_choices`: quality figures a recipe may name as the primary metric (`data.text.metric`)."""
 
     name: str
@@ -46,11 +50,20 @@ class TaskKind:
     check: Callable[[Any], None] = _nothing
     check_data: Callable[[Any], None] = _nothing
     check_source: Callable[[Any], Any] = _nothing
-    data_sections: tuple[str, ...] = ()
-    distill_sections: tuple[str, ...] = ()
+    data_sections: Mapping[str, type] = field(default_factory=dict)
+    distill_sections: Mapping[str, type] = field(default_factory=dict)
     refusals: dict[str, str] = field(default_factory=dict)
     metric_choices: tuple[str, ...] = ()
     summary: str = ""
+
+    def __post_init__(self) -> None:
+        """A bare name (the old `data_sections=("audio",)`) would leave the recipe nothing to validate the section
+        with: say so when the kind is declared, not when a recipe is read."""
+        for where in ("data", "distill"):
+            sections = getattr(self, f"{where}_sections")
+            if not isinstance(sections, Mapping) or not all(isinstance(m, type) for m in sections.values()):
+                raise RegistryError(f"task kind {self.name!r}: {where}_sections maps each section name to the model "
+                                    f"that validates it, e.g. {{'audio': AudioConfig}}; got {sections!r}")
 
 
 def register_kind(kind: TaskKind) -> TaskKind:
@@ -64,4 +77,22 @@ def owners(section: str, where: str = "data") -> list[str]:
     return [name for name, kind in TASK_KINDS.items() if section in getattr(kind, attr)]
 
 
-__all__ = ["TASK_KINDS", "TaskKind", "register_kind", "owners"]
+def section_names(where: str = "data") -> list[str]:
+    """Every `data.<name>` (or `distill.<name>`) section some registered kind owns, sorted."""
+    return sorted({s for _, kind in TASK_KINDS.items() for s in getattr(kind, f"{where}_sections")})
+
+
+def section_model(section: str, where: str = "data") -> Optional[type]:
+    """The model `data.<section>` (or `distill.<section>`) is validated with, None when no registered kind owns
+    it. Kinds that share a section must agree on its model: a recipe could not mean both."""
+    models = {name: getattr(kind, f"{where}_sections")[section] for name, kind in TASK_KINDS.items()
+              if section in getattr(kind, f"{where}_sections")}
+    distinct = set(models.values())
+    if len(distinct) > 1:
+        raise RegistryError(f"{where}.{section} is declared with different models by the task kinds "
+                            + ", ".join(f"{name} ({model.__qualname__})" for name, model in models.items())
+                            + ": one section has one model, rename one of them")
+    return distinct.pop() if distinct else None
+
+
+__all__ = ["TASK_KINDS", "TaskKind", "register_kind", "owners", "section_names", "section_model"]

@@ -17,8 +17,9 @@ from ..data.audio_augment import WaveAugment
 from ..data.melspec import LogMel
 from ..errors import DataError
 from ..measure.devices import cpu_fp32_copy
-from ..recipe import AudioConfig, DataConfig
+from ..recipe import DataConfig
 from .base import Task, TensorTask
+from .kinds.audio_config import AudioConfig
 
 STREAM_CHUNK_MS = 100  # the report's streaming latency is per 100 ms of audio
 

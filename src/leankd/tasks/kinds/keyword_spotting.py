@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ...core.taskkind import TaskKind, register_kind
+from .audio_config import AudioConfig
 
 
 def build(cfg, device, seed: int, channels_last: bool):
@@ -15,6 +16,6 @@ def model_defaults(cfg) -> dict:
 
 
 KIND = register_kind(TaskKind(
-    "keyword_spotting", build, model_defaults=model_defaults, data_sections=("audio",),
+    "keyword_spotting", build, model_defaults=model_defaults, data_sections={"audio": AudioConfig},
     refusals={"augment": "images and audio augment through data.augment"},
     summary="audio clips in label folders (data.audio); accuracy, a binary keyword's FRR at a FAR"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...core.taskkind import TaskKind, register_kind
+from .seq_config import SeqConfig, SeqDistillConfig
 
 
 def build(cfg, device, seed: int, channels_last: bool):
@@ -18,12 +19,10 @@ def model_defaults(cfg) -> dict:
 
 
 def check(recipe) -> None:
-    from ...recipe import SeqDistillConfig
-
     if recipe.distill.assistants:
         raise ValueError("distill.assistants (progressive distillation) is not supported for seq2seq yet: remove it")
     if recipe.distill.seq is None:
-        object.__setattr__(recipe.distill, "seq", SeqDistillConfig())
+        recipe.distill.set_section("seq", SeqDistillConfig())
     if recipe.teacher.limit_train is not None:
         raise ValueError("teacher.limit_train is not supported for seq2seq yet: use data.limit_train (every stage) "
                          "or remove it")
@@ -53,6 +52,7 @@ def check_source(cfg) -> list[str]:
 
 
 KIND = register_kind(TaskKind(
-    "seq2seq", build, model_defaults=model_defaults, check=check, check_source=check_source, data_sections=("seq",), distill_sections=("seq",),
+    "seq2seq", build, model_defaults=model_defaults, check=check, check_source=check_source,
+    data_sections={"seq": SeqConfig}, distill_sections={"seq": SeqDistillConfig},
     refusals={"augment": "seq2seq students learn from extra, unlabeled sources through distill.seq.extra_sources"},
     summary="source -> target sequences (data.seq); word and sequence accuracy, beam search"))

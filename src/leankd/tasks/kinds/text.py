@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...core.taskkind import TaskKind, register_kind
+from ...core.taskkind import TASK_KINDS, TaskKind, register_kind
+from .text_config import TextAugmentConfig, TextConfig, text_metric_choices
 
 
 def build_classification(cfg, device, seed: int, channels_last: bool):
@@ -24,17 +25,26 @@ def model_defaults(cfg) -> dict:
 
 
 def check_data(cfg) -> None:
-    from ...core.taskkind import TASK_KINDS
-    from ...recipe import _text_metric_choices
-
     metric = cfg.text.metric if cfg.text is not None else None
     if metric is not None and metric not in TASK_KINDS.get(cfg.task).metric_choices:
         raise ValueError(f"data.text.metric {metric!r} is not computed by data.task {cfg.task}; allowed: "
-                         f"{_text_metric_choices()}")
+                         f"{text_metric_choices()}")
+
+
+def check_tokenizer(recipe) -> None:
+    """The teacher's own tokenizer unless the recipe names one (written into the resolved recipe, so a recipe that
+    names the teacher's folder and one that leaves it out are the same run)."""
+    text = recipe.data.text
+    if text.tokenizer is None:
+        if not recipe.teacher.model.startswith("hf:"):
+            raise ValueError("data.text.tokenizer: the teacher is not a Hugging Face checkpoint (hf:...), so name "
+                             "the tokenizer's folder")
+        object.__setattr__(text, "tokenizer", recipe.teacher.model[3:])  # validate_assignment would recurse
 
 
 def check_regression(recipe) -> None:
     """One float output: no class distributions to compare, no logits to transform, no classes to probe."""
+    check_tokenizer(recipe)
     from ...kd.registry import RAW, distribution_kinds
 
     bad = distribution_kinds(recipe.distill.loss or [])
@@ -60,10 +70,11 @@ def check_source(cfg) -> list[str]:
     return missing
 
 
-_TEXT = dict(model_defaults=model_defaults, check_data=check_data, check_source=check_source, data_sections=("text",),
-             distill_sections=("augment",))
+_TEXT = dict(model_defaults=model_defaults, check_data=check_data, check_source=check_source,
+             data_sections={"text": TextConfig}, distill_sections={"augment": TextAugmentConfig})
 CLASSIFICATION = register_kind(TaskKind(
-    "text_classification", build_classification, metric_choices=("accuracy", "macro_f1", "mcc", "f1_positive"),
+    "text_classification", build_classification, check=check_tokenizer,
+    metric_choices=("accuracy", "macro_f1", "mcc", "f1_positive"),
     summary="labelled texts (data.text); accuracy, macro-F1, MCC", **_TEXT))
 REGRESSION = register_kind(TaskKind(
     "text_regression", build_regression, check=check_regression, metric_choices=("pearson", "spearman"),
