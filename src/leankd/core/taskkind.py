@@ -13,7 +13,7 @@ modules import the recipe: the entries take the recipe and its data section as a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from .registry import Registry
 
@@ -38,7 +38,12 @@ class TaskKind:
     alone. `check_source(data_config)`: what `leankd validate` finds wrong with the data source (a list of
     what it could not check; an error for a broken one), None for the default (the path exists). `data_sections` / `distill_sections`: `data.<name>` / `distill.<name>` sections this kind owns.
     `refusals`: section -> a hint shown when a recipe of this kind sets a section another kind owns.
-    `metric_choices`: quality figures a recipe may name as the primary metric (`data.text.metric`)."""
+    `metric_choices`: quality figures a recipe may name as the primary metric (`data.text.metric`).
+    `student_stages(ctx) -> {role: report label}`: student stages of the kind's own, trained after the baseline and
+    added to `ctx.stages` (ctx: a `leankd.stages.StudentStages`), each role shown in the report under its label; the
+    pipeline calls it for every kind that has one, so it never names a kind. `replaces_student`: those stages include
+    the run's main `student` (seq2seq: its main `distill.seq` method), so the pipeline trains no logit/feature KD
+    student of its own; otherwise they come after it."""
 
     name: str
     build: Callable[..., Any]
@@ -51,6 +56,8 @@ class TaskKind:
     refusals: dict[str, str] = field(default_factory=dict)
     metric_choices: tuple[str, ...] = ()
     summary: str = ""
+    student_stages: Optional[Callable[[Any], dict[str, str]]] = None
+    replaces_student: bool = False
 
 
 def register_kind(kind: TaskKind) -> TaskKind:
