@@ -59,6 +59,10 @@ class TaskKind:
     student_stages: Optional[Callable[[Any], dict[str, str]]] = None
     replaces_student: bool = False
 
+    def __post_init__(self):
+        if self.replaces_student and self.student_stages is None:  # a run with no KD student at all
+            raise ValueError(f"task kind {self.name!r}: replaces_student needs the student_stages that train it")
+
 
 def register_kind(kind: TaskKind) -> TaskKind:
     return TASK_KINDS.add(kind.name, kind, origin=f"{getattr(kind.build, '__module__', '?')}."
