@@ -154,6 +154,36 @@ def test_descriptions_of_existing_recipes_are_unchanged():
         assert build_loss(DistillConfig(**cfg), ls, pairs, regression).describe() == want
 
 
+def test_the_task_says_which_losses_it_trains_with():
+    """The pipeline hands its task to the loss builders instead of branching on regression itself: a task with one
+    output per example (`Task.regression`) gets the same losses, descriptions (stage fingerprints) included, as
+    `regression=True` always gave; a classification task the same as before. The task also says whether `pairs:
+    auto` has classes to probe."""
+    from leankd.kd.build import logit_loss, supervised_loss
+    from leankd.kd.layer_choice import check_probe
+    from leankd.tasks import TensorTask
+
+    def task(regression: bool) -> TensorTask:
+        t = TensorTask({"train": (torch.zeros(4, 2), torch.zeros(4))}, num_classes=1 if regression else 2)
+        t.regression, t.kind = regression, "toy_score" if regression else "toy_class"
+        return t
+
+    for cfg in ({}, {"alpha": 0.3}, {"loss": [{"kind": "mse"}, {"kind": "ce", "weight": 0.3}]}):
+        for regression in (False, True):
+            d = DistillConfig(**cfg)
+            assert (build_loss(d, 0.1, task=task(regression)).describe()
+                    == build_loss(d, 0.1, None, regression).describe())
+            assert (logit_loss(d, 0.1, task=task(regression)).describe()
+                    == logit_loss(d, 0.1, regression).describe())
+    assert supervised_loss(0.1, task=task(True)).describe() == "mse_labels"
+    assert supervised_loss(0.1, task=task(False)).describe() == supervised_loss(0.1).describe() == "ce(ls=0.1)"
+    with pytest.raises(RecipeError, match="kd compares class distributions"):
+        build_loss(DistillConfig(loss=[{"kind": "kd"}, {"kind": "ce"}]), task=task(True))
+    check_probe(task(False), "distill.features[0].pairs")
+    with pytest.raises(RecipeError, match=r"distill.features\[0\].pairs: auto .* a toy_score task has no classes"):
+        check_probe(task(True), "distill.features[0].pairs")
+
+
 def test_recipe_terms_are_validated_by_their_own_kind():
     r = parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "dkd", "beta": 2, "warmup_epochs": 5},
                                                       {"kind": "ce"}]}})

@@ -33,11 +33,8 @@ ALLOWED: dict[str, dict[str, int]] = {
     "losses.py": {"standardize": 1},  # the public alias module's __all__
     "models/hf.py": {"minilm": 1},  # a model name (MiniLM checkpoints), not the loss
     "models/seq2seq.py": {"seq2seq": 1},  # a model family's registry tag, not the task kind
-    # the recipe names the default task kind (data.task: image_classification); the API and the pipeline still
-    # name seq2seq: removed when the seq2seq kind owns its extra stages (issue 24, task kinds as plug-ins)
+    # the recipe names the default task kind (data.task: image_classification)
     "recipe.py": {"image_classification": 1, "int8-static": 2, "qat": 2, "qat-control": 2},
-    "api.py": {"seq2seq": 1},
-    "pipeline.py": {"seq2seq": 1},
     "measure/run.py": {"seq2seq": 1, "qat": 1, "qat-control": 1},  # the run's report notes (moved out of pipeline.py)
     "cli.py": {"int8-static": 1},  # `leankd export --format int8` means the int8-static target
 }

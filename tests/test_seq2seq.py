@@ -182,6 +182,20 @@ def test_sequence_level_kd_step_decodes_the_teacher_and_reuses_its_cache(tmp_pat
     assert info["sources"] == len(set(task.splits["train"].pairs.keys))
 
 
+def test_distill_refuses_a_teacher_cache_for_data_not_held_as_tensors():
+    """`leankd.distill` keys its teacher cache by the bytes of the training tensors (it has no recipe to
+    fingerprint): sequence pairs are not held as tensors (the task says so, `Task.train_tensors`), so the cache is
+    refused before anything trains."""
+    import leankd
+    from leankd.errors import DataError
+
+    task = _task(n_train=40)
+    assert task.supports_views and task.train_tensors() is None
+    with pytest.raises(DataError, match="teacher_cache_views needs in-memory data"):
+        leankd.distill(_model(task), _model(task, hidden=8), task, baseline=False, epochs=1, device="cpu",
+                       teacher_cache_views=1)
+
+
 def test_interp_prefers_the_hypothesis_nearest_the_reference():
     train = Pairs([list("ab")], [["B", "A"]], ["ab"])
     outputs = TeacherOutputs("x", Path("unused"), {"ab": [["B", "B"], ["B", "A", "A"], ["B", "A"]]}, 3, None)

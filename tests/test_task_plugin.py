@@ -10,6 +10,7 @@ validates with the kind's model.
 """
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -221,3 +222,55 @@ def test_a_data_section_is_declared_with_its_model(tmp_path, span_kind):
 def test_an_unregistered_kinds_section_is_an_unknown_key(tmp_path):
     with pytest.raises(RecipeError, match=r"data\.span: unknown key \(typo\?\)"):
         parse_recipe({**recipe(tmp_path), "data": {"source": "demo", "span": {}}})
+
+
+# ------------------------------------------------------------------------------------ a kind's own student stages
+EXTRA_KIND, EXTRA_ROLE, EXTRA_LABEL = "toy_span_soft", "student_soft", "pure-KD student (no labels)"
+
+
+def soft_student(ctx) -> dict[str, str]:
+    """The toy kind's own student: distilled from the teacher's soft targets alone (KD at T=2, no label term), an
+    ordinary stage of the run (fingerprint, reuse) keyed on the teacher and the data like the run's KD student."""
+    from leankd.kd.losses import KD
+
+    runner = ctx.runner
+    live = runner.live_teacher(ctx.teacher.model, ctx.task, channels_last=False)
+    ctx.stages[EXTRA_ROLE] = runner.stage(
+        EXTRA_ROLE, copy.deepcopy(ctx.student_init), ctx.task, runner.recipe.stage_train("student"), KD(2.0),
+        teacher=live, model_cfg=ctx.model_cfg,
+        extra_fp={**ctx.data_fp, "teacher": runner.stage_fp("teacher"), "method": "soft"})
+    return {EXTRA_ROLE: EXTRA_LABEL}
+
+
+@pytest.fixture
+def soft_kind():
+    register_task(EXTRA_KIND, build_span_task, student_stages=soft_student)
+    if "toy_span_net" not in _MODELS:
+        register_model(toy_span_net)
+    yield EXTRA_KIND
+    TASKS.remove(EXTRA_KIND)
+    _MODELS.pop("toy_span_net", None)
+
+
+def test_a_kinds_own_student_stage_joins_the_run_and_is_reused(tmp_path, soft_kind):
+    """A kind declares an extra student stage (`TaskKind.student_stages`) with no edit under src/: the pipeline
+    trains it beside the ordinary KD student (it does not replace it), the report shows it under the kind's label,
+    and a second run reuses it like any other stage."""
+    import leankd
+
+    raw = {**recipe(tmp_path), "data": {"task": EXTRA_KIND, "source": "generated"}}
+    raw["teacher"]["train"]["epochs"] = 2
+    result = leankd.run(raw, quiet=True)
+    models = json.loads((result.run_dir / "report.json").read_text())["models"]
+    assert list(models)[:4] == ["teacher", "baseline", "student", EXTRA_ROLE]  # after the pipeline's KD student
+    assert models[EXTRA_ROLE]["label"] == EXTRA_LABEL and models["student"]["label"] == "KD student"
+    assert models[EXTRA_ROLE]["training"]["loss"] == "kd(T=2)" and models["student"]["training"]["loss"] != "kd(T=2)"
+    assert 0.0 <= models[EXTRA_ROLE]["quality"]["exact_match"] <= 1.0
+    assert EXTRA_LABEL in (result.run_dir / "report.md").read_text()
+    weights = {role: (result.run_dir / role / "model.safetensors").stat().st_mtime_ns
+               for role in ("teacher", "baseline", "student", EXTRA_ROLE)}
+
+    again = json.loads((leankd.run(raw, quiet=True).run_dir / "report.json").read_text())["models"]
+    assert {role: (result.run_dir / role / "model.safetensors").stat().st_mtime_ns for role in weights} == weights
+    assert again[EXTRA_ROLE]["label"] == EXTRA_LABEL
+    assert again[EXTRA_ROLE]["quality"] == models[EXTRA_ROLE]["quality"]

@@ -178,11 +178,12 @@ def _cached_teacher(live: LiveTeacher, task: Task, views: int, seed: int, run_di
 
     from .kd.cache import build_or_load
 
-    if not task.supports_views or task.kind == "seq2seq":
+    train = task.train_tensors() if task.supports_views else None  # the cache's key: no recipe to fingerprint
+    if train is None:
         raise DataError("teacher_cache_views needs in-memory data (tensors or a TensorTask): augmentation views are "
                         "replayed from it")
     h = hashlib.sha256(f"views={views} seed={seed} precision={live.dtype}".encode())
-    for tensor in list(live.model.state_dict().values()) + list(task.splits["train"]):
+    for tensor in list(live.model.state_dict().values()) + train:
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     directory = run_dir / "teacher_cache" if run_dir else Path(tempfile.mkdtemp(prefix="leankd-teacher-cache-"))
     log = (lambda m: None) if quiet else (lambda m: (console or Console()).print(m, markup=False, highlight=False))

@@ -25,6 +25,7 @@ from torch import nn
 
 from .compress.run import CompressPhase
 from .core.fingerprint import fingerprint  # noqa: F401  (an old import path: leankd.pipeline.fingerprint)
+from .core.taskkind import TASK_KINDS
 from .kd.build import build_loss, feature_terms, guide_temperature, supervised_loss
 from .errors import RecipeError
 from .io import WRITE_ERRNOS, write_error, write_json_atomic, write_text_atomic
@@ -35,7 +36,7 @@ from .recipe import ModelConfig, Recipe, dump_recipe
 from .report.metric import apply_named_metric, task_primary
 from .report.notes import LOGIT_KD_ROLE
 from .report.schema import primary_value
-from .stages import StageResult, StageRunner, build_model, data_fingerprints, resolve_device
+from .stages import StageResult, StageRunner, StudentStages, build_model, data_fingerprints, resolve_device
 from .tasks.base import Task
 from .train.step_cost import feature_costs
 
@@ -56,7 +57,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         self.feature_pairs: Optional[list] = None
         self.teacher_examples: Optional[int] = None  # teacher.limit_train: how many examples the teacher trained on
         self.auto_layers: Optional[dict] = None  # layer_strategy auto: the kept layers and every layer's influence
-        self.role_labels: dict[str, str] = {}  # report labels of roles a task kind adds (seq2seq students)
+        self.role_labels: dict[str, str] = {}  # report labels of assistants and of a task kind's own students
         self.epoch_hook: Optional[Callable[[str, dict], None]] = None  # (stage, epoch row): a search's pruner
         self.role_models: dict[str, str] = {}  # architecture of roles other than teacher and students (assistants)
         self.stage_dirs: dict[str, Path] = {}  # stages living outside run_dir (a seed's shared teacher)
@@ -135,30 +136,37 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
             self.log(f"teacher: fine-tuned on a stratified {teacher_task.split_size('train')} of the "
                      f"{task.split_size('train')} training examples (teacher.limit_train); students use all")
         return self.stage("teacher", teacher_model, teacher_task, r.stage_train("teacher"),
-                          supervised_loss(r.stage_train("teacher").label_smoothing, task.regression),
+                          supervised_loss(r.stage_train("teacher").label_smoothing, task=task),
                           extra_fp=teacher_data_fp, model_cfg=teacher_cfg)
 
     def student_stages(self, task: Task, teacher: StageResult, student_init: nn.Module, student_model_cfg: ModelConfig,
                        data_fp: dict, teacher_data_fp: dict, stages: dict) -> None:
-        """The baseline and the KD student(s) of this pipeline's seed, added to `stages` (trained or reused)."""
+        """This seed's baseline, KD student and the task kind's own students, added to `stages` (trained or reused)."""
         r = self.recipe
         student_cfg = r.stage_train("student")
         if r.baseline:
             stages["baseline"] = self.stage("baseline", copy.deepcopy(student_init), task, student_cfg,
-                                            supervised_loss(student_cfg.label_smoothing, task.regression),
+                                            supervised_loss(student_cfg.label_smoothing, task=task),
                                             extra_fp=data_fp, model_cfg=student_model_cfg)
-        if task.kind == "seq2seq":  # word-, sequence-level KD and interpolation students (seq2seq/stages.py)
-            from .seq2seq.stages import train_students
+        kind = TASK_KINDS.get(r.data.task)
+        if not kind.replaces_student:
+            self.kd_student(task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)
+        if kind.student_stages is not None:
+            self.role_labels.update(kind.student_stages(StudentStages(
+                self, task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)))
 
-            train_students(self, task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)
-            return
+    def kd_student(self, task: Task, teacher: StageResult, student_init: nn.Module, student_model_cfg: ModelConfig,
+                   data_fp: dict, teacher_data_fp: dict, stages: dict) -> None:
+        """The recipe's logit (+ feature) KD student, its logit-only control and its assistants, added to `stages`."""
+        r = self.recipe
+        student_cfg = r.stage_train("student")
         reference = stages["baseline"].model if "baseline" in stages else student_init
         self.feature_pairs = self.resolve_feature_pairs(task, teacher.model, reference, trained="baseline" in stages)
-        kd_loss = build_loss(r.distill, student_cfg.label_smoothing, self.feature_pairs, task.regression)
+        kd_loss = build_loss(r.distill, student_cfg.label_smoothing, self.feature_pairs, task=task)
         teacher.model.to("cpu")  # only the distilling copy below stays resident on the training device (if any)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        kd_fp = {**data_fp, "teacher": self._stage_fp("teacher"), "teacher_precision": r.teacher.precision}
+        kd_fp = {**data_fp, "teacher": self.stage_fp("teacher"), "teacher_precision": r.teacher.precision}
         kd_task, cache_fp = task, dict(teacher_data_fp)  # KD students' data (text: plus augmented, unlabeled texts)
         if r.distill.augment is not None:
             kd_task = self.transfer_set(task)
@@ -166,9 +174,8 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         if r.distill.features and r.distill.feature_control:  # what the feature losses buy, at the same budget
             live = self.live_teacher(teacher.model, kd_task, channels_last=student_cfg.channels_last)
             stages[LOGIT_KD_ROLE] = self.stage(LOGIT_KD_ROLE, copy.deepcopy(student_init), kd_task, student_cfg,
-                                               build_loss(r.distill, student_cfg.label_smoothing,
-                                                          regression=task.regression), teacher=live,
-                                               model_cfg=student_model_cfg, extra_fp=kd_fp)
+                                               build_loss(r.distill, student_cfg.label_smoothing, task=task),
+                                               teacher=live, model_cfg=student_model_cfg, extra_fp=kd_fp)
             del live
         if r.teacher.cache:  # the student's result depends on which views it replays (and on top-k storage)
             kd_fp["teacher_cache_views"] = r.teacher.cache_views
@@ -187,7 +194,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         if self.feature_pairs:
             self.log("measuring what each feature loss costs per step ...")
             stages["student"].training_extra["feature_costs"] = feature_costs(
-                student_init, build_loss(r.distill, student_cfg.label_smoothing, regression=task.regression),
+                student_init, build_loss(r.distill, student_cfg.label_smoothing, task=task),
                 feature_terms(r.distill, self.feature_pairs), kd_task, live, student_cfg.batch_size,
                 student_cfg.precision, seed=r.seed)
         del live
@@ -243,7 +250,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
     def preflight(self, task: Task, teacher: nn.Module, student: nn.Module) -> None:
         """Every check the recipe, the data and the built (untrained) models decide, before any training or any
         write: a mistake found after the teacher has trained wastes that training."""
-        from .kd.layer_choice import pick_candidates
+        from .kd.layer_choice import check_probe, pick_candidates
         from .kd.taps import resolve_module
 
         r = self.recipe
@@ -254,9 +261,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
                               "use a student with the teacher's tokenizer")
         for i, term in enumerate(r.distill.features):  # module names are the same before and after training
             if term.pairs == "auto":
-                if task.regression:
-                    raise RecipeError(f"distill.features[{i}].pairs: auto scores teacher layers with a classification "
-                                      "probe, which a regression task has no classes for: name the pairs")
+                check_probe(task, f"distill.features[{i}].pairs")
                 pick_candidates(student, term.candidates.student, "student")
                 pick_candidates(teacher, term.candidates.teacher, "teacher")
                 continue
@@ -270,7 +275,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         if r.distill.augment is not None and not hasattr(task, "with_transfer_set"):
             raise RecipeError(f"distill.augment makes new texts, but data.task is {task.kind}: remove distill.augment "
                               "(images and audio augment through data.augment)")
-        build_loss(r.distill, r.stage_train("student").label_smoothing, regression=task.regression)  # loss vs task
+        build_loss(r.distill, r.stage_train("student").label_smoothing, task=task)  # the loss fits the task
         with torch.random.fork_rng(devices=[]):  # building them here must not shift any later initialization
             for i, cfg in enumerate(r.distill.assistants, start=1):
                 build_model(cfg, task.num_classes, f"assistant{i}", task.model_defaults())
@@ -284,8 +289,8 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
 
         r = self.recipe
         dense = r.distill.assistant_mode == "dense"
-        guides, guide_fps = [teacher.model], [self._stage_fp("teacher")]
-        loss = build_loss(r.distill, r.stage_train("student").label_smoothing, regression=task.regression)
+        guides, guide_fps = [teacher.model], [self.stage_fp("teacher")]
+        loss = build_loss(r.distill, r.stage_train("student").label_smoothing, task=task)
 
         def guided_by(items: list) -> list:  # who teaches the next stage: all so far (dense) or the last one
             return list(items) if dense else items[-1:]
@@ -307,7 +312,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
             self.role_labels[role] = f"Assistant {i} ({cfg.model})"
             self.role_models[role] = cfg.model
             guides.append(stages[role].model.to("cpu"))
-            guide_fps.append(self._stage_fp(role))
+            guide_fps.append(self.stage_fp(role))
         return guide(guides), {**kd_fp, "guides": guided_by(guide_fps)}
 
     def student_config(self, task: Task) -> ModelConfig:
@@ -347,9 +352,6 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         makes that once)."""
         from .data.text_augment import AugmentSettings
 
-        if not hasattr(task, "with_transfer_set"):
-            raise RecipeError(f"distill.augment makes new texts, but data.task is {task.kind}: remove distill.augment "
-                              "(images and audio augment through data.augment)")
         kd_task = task.with_transfer_set(AugmentSettings(**self.recipe.distill.augment.model_dump()), self.recipe.seed)
         t = kd_task.transfer_set
         self.log(f"augmentation: {t['augmented']} new unlabeled texts from {t['original']} training texts "
@@ -395,9 +397,6 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         from .kd.layer_choice import analyze_layers, pick_candidates
 
         r = self.recipe
-        if task.regression:
-            raise RecipeError("pairs: auto scores teacher layers with a classification probe, which a regression task "
-                              "has no classes for: name the pairs (distill.features[*].pairs)")
         return analyze_layers(student, teacher, task, top_k=top_k, seed=r.seed, batches=r.distill.analysis_batches,
                               batch_size=min(128, r.stage_train("student").batch_size),
                               student_layers=pick_candidates(student, student_patterns, "student"),

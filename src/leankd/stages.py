@@ -6,9 +6,9 @@ training settings, data, seed, loss, and the upstream teacher). A finished stage
 `resume` (continue) or `force` (restart). The fingerprints are byte-identical to those pipeline.py computed before
 this module was split out of it: existing run directories keep their stages.
 
-`StageRunner` is the part of `Pipeline` (pipeline.py) that runs stages; task-kind stage code (seq2seq/stages.py)
-takes a `StageRunner`, so it needs nothing from pipeline.py. The run directory's lock is taken by `Pipeline.run`
-(runlock.py) around every stage.
+`StageRunner` is the part of `Pipeline` (pipeline.py) that runs stages; a task kind's own student stages
+(`TaskKind.student_stages`, e.g. seq2seq/stages.py) get a `StudentStages` holding one, so they need nothing from
+pipeline.py. The run directory's lock is taken by `Pipeline.run` (runlock.py) around every stage.
 """
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ class StageRunner:
     require_finished: bool  # compress/export: a stage that would train is an error (`_check_finished`)
     epoch_hook: Optional[Callable[[str, dict], None]]  # (stage, epoch row): a search's pruner
     stage_dirs: dict[str, Path]  # stages living outside run_dir (a seed's shared teacher)
-    role_labels: dict[str, str]  # report labels of roles a task kind adds (seq2seq students)
+    role_labels: dict[str, str]  # report labels of assistants and of a task kind's own students
 
     def log(self, msg: str) -> None:
         """Print a log line: brackets in it are text (a path, `leankd[text]`), only leankd's own style tags style."""
@@ -161,14 +161,14 @@ class StageRunner:
         if views < r.teacher.cache_views:
             self.log(f"teacher cache: this task has no per-epoch augmentation views, so {views} view holds everything "
                      f"(teacher.cache_views = {r.teacher.cache_views} would repeat it)")
-        fp = fingerprint({"cache": "teacher-logits", **data_fp, "teacher": self._stage_fp("teacher"),
+        fp = fingerprint({"cache": "teacher-logits", **data_fp, "teacher": self.stage_fp("teacher"),
                           "teacher_precision": r.teacher.precision, "views": views, "seed": r.seed,
                           "top_k": r.teacher.cache_top_k})
         directory = Path(r.teacher.cache_dir) if r.teacher.cache_dir else self.run_dir / "teacher_cache"
         if subdir:  # one cache per kind of student data (seq2seq: each word-KD method), each kept up to date
             directory = directory / subdir
         cached, info = build_or_load(directory, fp, live, task, views, r.seed, log=self.log,
-                                     describe={"teacher": self._stage_fp("teacher"), "seed": r.seed},
+                                     describe={"teacher": self.stage_fp("teacher"), "seed": r.seed},
                                      prune=r.teacher.cache_dir is None, top_k=r.teacher.cache_top_k)
         live.model.to("cpu")
         if self.device.type == "cuda":
@@ -176,7 +176,8 @@ class StageRunner:
         cached.cache_info = {**info.as_dict(), "augmented": task.max_views != 1}  # the stage's training block
         return cached
 
-    def _stage_fp(self, stage: str) -> Optional[str]:
+    def stage_fp(self, stage: str) -> Optional[str]:
+        """A finished stage's fingerprint (None if it has none yet): what a stage or cache built from it keys on."""
         path = self.stage_dirs.get(stage, self.run_dir / stage) / "stage.json"
         return json.loads(path.read_text())["fingerprint"] if path.exists() else None
 
@@ -261,6 +262,24 @@ class StageRunner:
         raise LeanKDError(f"stage '{name}' of {self.run_dir} {why}, so there is no trained {name} to compress: "
                           f"run `leankd run {self.run_dir / 'recipe.yaml'} --run-dir {self.run_dir}` first "
                           "(add --resume if it was interrupted)")
+
+
+@dataclass
+class StudentStages:
+    """What a task kind's own student stages (`TaskKind.student_stages`) get from the run: the runner that trains
+    and reuses stages (fingerprints, `--resume`, the teacher cache), the run's task, its teacher stage, the students'
+    initial weights and model settings, the data fingerprints every student / the teacher's caches key on, and
+    `stages` (teacher and baseline so far), which the kind adds its stages to. One object rather than a list of
+    arguments, so a kind's hook keeps working when the run hands over more."""
+
+    runner: StageRunner
+    task: Task
+    teacher: StageResult
+    student_init: nn.Module
+    model_cfg: ModelConfig
+    data_fp: dict
+    teacher_data_fp: dict
+    stages: dict[str, StageResult]
 
 
 def _checkpoint_epoch(path: Path):

@@ -41,7 +41,7 @@ class CompressPhase:
             schedule="cosine",
             warmup_epochs=0.0, precision="fp32", compile=False, cuda_graphs=False, channels_last=False))
         # logits only: BatchNorm folding (torch.fx) flattens the student, so layer taps would not find their modules
-        loss = build_loss(r.distill, student_cfg.label_smoothing, regression=task.regression)
+        loss = build_loss(r.distill, student_cfg.label_smoothing, task=task)
         live = None
         if loss.needs_teacher:
             live = self.live_teacher(teacher, task, channels_last=False)

@@ -83,6 +83,12 @@ class Task:
     def has_split(self, split: str) -> bool:
         return self.split_size(split) > 0
 
+    def train_tensors(self) -> Optional[list[Tensor]]:
+        """The training split as tensors (inputs, targets), or None when it is not held that way (texts, sequence
+        pairs, a stream): `leankd.distill(teacher_cache_views=...)` has no recipe to fingerprint, so its teacher
+        cache is keyed by these tensors' bytes, and a task without them cannot have one."""
+        return None
+
     def example_inputs(self, batch_size: int) -> Any:
         """A batch of evaluation inputs for profiling (FLOPs, latency), repeated if the split is small."""
         raise NotImplementedError
@@ -106,6 +112,12 @@ class Task:
         if self.regression:
             return {"name": "pearson", "higher_is_better": True, "label": "Pearson r"}
         return {"name": "accuracy", "higher_is_better": True, "label": "accuracy"}
+
+    @property
+    def probe_classes(self) -> bool:
+        """Whether the labels are classes a linear probe can be scored on: what `pairs: auto` ranks teacher layers by
+        (a regression's scores are not)."""
+        return not self.regression
 
     # model -------------------------------------------------------------------------------------------------
     def model_defaults(self) -> dict:

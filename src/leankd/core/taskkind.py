@@ -42,7 +42,12 @@ class TaskKind:
     A data section left out is filled with the model's defaults; a distill section stays unset unless `check`
     fills it. Two kinds may share a section (text_classification and text_regression share `text`) only with the
     same model. `refusals`: section -> a hint shown when a recipe of this kind sets a section another kind owns.
-    `metric_choices`: quality figures a recipe may name as the primary metric (`data.text.metric`)."""
+    `metric_choices`: quality figures a recipe may name as the primary metric (`data.text.metric`).
+    `student_stages(ctx) -> {role: report label}`: student stages of the kind's own, trained after the baseline and
+    added to `ctx.stages` (ctx: a `leankd.stages.StudentStages`), each role shown in the report under its label; the
+    pipeline calls it for every kind that has one, so it never names a kind. `replaces_student`: those stages include
+    the run's main `student` (seq2seq: its main `distill.seq` method), so the pipeline trains no logit/feature KD
+    student of its own; otherwise they come after it."""
 
     name: str
     build: Callable[..., Any]
@@ -55,6 +60,12 @@ class TaskKind:
     refusals: dict[str, str] = field(default_factory=dict)
     metric_choices: tuple[str, ...] = ()
     summary: str = ""
+    student_stages: Optional[Callable[[Any], dict[str, str]]] = None
+    replaces_student: bool = False
+
+    def __post_init__(self):
+        if self.replaces_student and self.student_stages is None:  # a run with no KD student at all
+            raise ValueError(f"task kind {self.name!r}: replaces_student needs the student_stages that train it")
 
     def __post_init__(self) -> None:
         """A bare name (the old `data_sections=("audio",)`) would leave the recipe nothing to validate the section

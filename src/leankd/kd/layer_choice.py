@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import DataError
+from ..errors import DataError, RecipeError
 from ..tasks.base import Task, concat_inputs, take_inputs
 from .layers import LayerAnalysis, analyze
 from .taps import FeatureTaps, TapError, candidate_layers, first_tensor, module_names
@@ -93,10 +93,19 @@ def slice_inputs(x, start: int, stop: int):
     return {k: slice_inputs(v, start, stop) for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
 
 
+def check_probe(task: Task, where: str) -> None:
+    """`pairs: auto` (and `leankd layers`) rank teacher layers by a linear probe of the labels: a task whose labels
+    are not classes (`Task.probe_classes`) is refused, before any training, rather than scored on nonsense."""
+    if not task.probe_classes:
+        raise RecipeError(f"{where}: auto scores teacher layers with a classification probe, which a {task.kind} task "
+                          "has no classes for: name the pairs")
+
+
 def analyze_layers(student: nn.Module, teacher: nn.Module, task: Task, *, student_layers: list[str],
                    teacher_layers: list[str], batches: int = 4, batch_size: int = 128,
                    top_k: Optional[int] = None, seed: int = 0) -> LayerAnalysis:
     """CKA table, teacher-layer importance and the proposed (top-k) matching on a few training batches."""
+    check_probe(task, "distill.features[*].pairs")
     s_feats, _, _ = capture(student, student_layers, task, batches, batch_size, "student", seed)
     t_feats, t_logits, targets = capture(teacher, teacher_layers, task, batches, batch_size, "teacher", seed)
     if targets.unique().numel() < 2:

@@ -11,7 +11,7 @@ import torch
 
 from ..kd.build import logit_loss, supervised_loss
 from ..core.fingerprint import fingerprint
-from ..stages import StageResult, StageRunner
+from ..stages import StageRunner, StudentStages
 from .distill import build_or_load_outputs, training_pairs
 from .extra_sources import collect_extra_sources, source_key
 
@@ -24,14 +24,16 @@ def role_of(method: str, main: str) -> str:
     return "student" if method == main else "student_" + method.replace("+", "_")
 
 
-def train_students(pipe: StageRunner, task, teacher: StageResult, student_init, student_model_cfg, data_fp: dict,
-                   teacher_data_fp: dict, stages: dict) -> None:
-    """Train every `distill.seq.students` method into `stages` (the main one as "student")."""
+def train_students(ctx: StudentStages) -> dict[str, str]:
+    """Train every `distill.seq.students` method into `ctx.stages` (the main one as "student"): the seq2seq kind's
+    `student_stages`. Returns each role's report label."""
+    pipe, task, teacher, teacher_data_fp = ctx.runner, ctx.task, ctx.teacher, ctx.teacher_data_fp
     r = pipe.recipe
     cfg = r.distill.seq
     student_cfg = r.stage_train("student")
-    teacher_fp = pipe._stage_fp("teacher")
+    teacher_fp = pipe.stage_fp("teacher")
     outputs = extra = None
+    labels = {}
     if any(not m.startswith("word") for m in cfg.students):
         outputs = teacher_outputs(pipe, task, teacher.model, teacher_data_fp)
     if any(m.endswith("+extra") for m in cfg.students):
@@ -49,9 +51,9 @@ def train_students(pipe: StageRunner, task, teacher: StageResult, student_init, 
             extra_text = f", {data_info['extra_pairs']} of them on extra sources" if uses_extra else ""
             pipe.log(f"{role} ({LABELS[method]}): {data_info['pairs']} training pairs from the teacher's outputs "
                      f"({data_info['original_pairs']} references{extra_text})")
-        loss = (logit_loss(r.distill, student_cfg.label_smoothing) if word
-                else supervised_loss(student_cfg.label_smoothing, False))
-        fp = {**data_fp, "teacher": teacher_fp, "seq_method": method,
+        loss = (logit_loss(r.distill, student_cfg.label_smoothing, task=task) if word
+                else supervised_loss(student_cfg.label_smoothing, task=task))
+        fp = {**ctx.data_fp, "teacher": teacher_fp, "seq_method": method,
               "teacher_precision": r.teacher.precision if word else None,  # sequence-level: decoded in fp32
               "seq_outputs": outputs.fingerprint if step != "word" else None,
               "keep_references": cfg.keep_references if step != "word" else None}
@@ -65,21 +67,23 @@ def train_students(pipe: StageRunner, task, teacher: StageResult, student_init, 
                         "keep_references": fp["keep_references"], **extra_fp}
             make_teacher = (lambda t=kd_task, lv=live, c=cache_fp, m=method:
                             pipe.cached_teacher(t, lv, c, subdir=f"token-logits-{m.replace('+', '_')}"))
-        stages[role] = pipe.stage(role, copy.deepcopy(student_init), kd_task, student_cfg, loss, teacher=live,
-                                  model_cfg=student_model_cfg, extra_fp=fp, make_teacher=make_teacher)
+        stage = ctx.stages[role] = pipe.stage(role, copy.deepcopy(ctx.student_init), kd_task, student_cfg, loss,
+                                              teacher=live, model_cfg=ctx.model_cfg, extra_fp=fp,
+                                              make_teacher=make_teacher)
         del live, make_teacher
-        pipe.role_labels[role] = LABELS[method]
+        labels[role] = LABELS[method]
         if data_info is not None:
-            stages[role].training_extra["seq_kd_data"] = {
+            stage.training_extra["seq_kd_data"] = {
                 **data_info, "teacher_outputs": outputs.as_dict(),
                 **({"extra_outputs": extra.as_dict()} if uses_extra else {})}
+    return labels
 
 
 def teacher_outputs(pipe: StageRunner, task, teacher_model, teacher_data_fp: dict):
     """The teacher's n-best lists on the training sources: from the cache, or decoded now (on the run's device)."""
     cfg = pipe.recipe.distill.seq
     n_best = cfg.n_best or cfg.beam
-    fp = fingerprint({"cache": "teacher-seq-outputs", **teacher_data_fp, "teacher": pipe._stage_fp("teacher"),
+    fp = fingerprint({"cache": "teacher-seq-outputs", **teacher_data_fp, "teacher": pipe.stage_fp("teacher"),
                       "beam": cfg.beam, "n_best": n_best, "length_penalty": task.length_penalty,
                       "max_len": task.max_len})
     return _decode_once(pipe, task, teacher_model, fp, n_best)
@@ -94,7 +98,7 @@ def teacher_extra_outputs(pipe: StageRunner, task, teacher_model, teacher_data_f
     for warning in warnings:
         pipe.log(f"[yellow]note:[/] distill.seq.extra_sources: {warning}")
     digest = hashlib.sha256("\n".join(source_key(s, task.tokenization) for s in sources).encode()).hexdigest()[:16]
-    fp = fingerprint({"cache": "teacher-seq-extra", **teacher_data_fp, "teacher": pipe._stage_fp("teacher"),
+    fp = fingerprint({"cache": "teacher-seq-extra", **teacher_data_fp, "teacher": pipe.stage_fp("teacher"),
                       "beam": cfg.beam, "length_penalty": task.length_penalty, "max_len": task.max_len,
                       "sources": digest})
     out = _decode_once(pipe, task, teacher_model, fp, 1, sources)

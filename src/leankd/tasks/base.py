@@ -77,6 +77,9 @@ class TensorTask(Task):
     def split_size(self, split: str) -> int:
         return len(self.splits[split][1]) if split in self.splits else 0
 
+    def train_tensors(self) -> list[Tensor]:
+        return list(self.splits["train"])  # (inputs, targets) as stored: what keys `leankd.distill`'s teacher cache
+
     supports_views = True
     # a view is augmented in fixed chunks of the stored order, so it never depends on the batch size. Small chunks
     # keep the intermediates in the CPU cache: on 2 cores a Speech Commands view costs what per-batch augmentation

@@ -31,6 +31,14 @@ def check(recipe) -> None:
                          "KD is distill.seq.students: [word])")
 
 
+def student_stages(ctx) -> dict[str, str]:
+    """Word-, sequence-level KD and interpolation students (Kim & Rush 2016), one stage per `distill.seq.students`
+    method, the main one as the run's `student` (seq2seq/stages.py)."""
+    from ...seq2seq.stages import train_students
+
+    return train_students(ctx)
+
+
 def check_source(cfg) -> list[str]:
     """`cmudict` (optionally cmudict:PATH) is a named source; a folder of pairs files must hold a training file."""
     from ...data.seq2seq import PAIR_SUFFIXES, cmudict_path
@@ -54,5 +62,6 @@ def check_source(cfg) -> list[str]:
 KIND = register_kind(TaskKind(
     "seq2seq", build, model_defaults=model_defaults, check=check, check_source=check_source,
     data_sections={"seq": SeqConfig}, distill_sections={"seq": SeqDistillConfig},
+    student_stages=student_stages, replaces_student=True,
     refusals={"augment": "seq2seq students learn from extra, unlabeled sources through distill.seq.extra_sources"},
     summary="source -> target sequences (data.seq); word and sequence accuracy, beam search"))
