@@ -244,7 +244,7 @@ def soft_student(ctx) -> dict[str, str]:
 
 @pytest.fixture
 def soft_kind():
-    register_task(EXTRA_KIND, build_span_task, student_stages=soft_student)
+    register_task(EXTRA_KIND, build_span_task, data_sections={"span": SpanData}, student_stages=soft_student)
     if "toy_span_net" not in _MODELS:
         register_model(toy_span_net)
     yield EXTRA_KIND

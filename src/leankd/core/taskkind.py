@@ -63,13 +63,12 @@ class TaskKind:
     student_stages: Optional[Callable[[Any], dict[str, str]]] = None
     replaces_student: bool = False
 
-    def __post_init__(self):
-        if self.replaces_student and self.student_stages is None:  # a run with no KD student at all
-            raise ValueError(f"task kind {self.name!r}: replaces_student needs the student_stages that train it")
-
     def __post_init__(self) -> None:
-        """A bare name (the old `data_sections=("audio",)`) would leave the recipe nothing to validate the section
-        with: say so when the kind is declared, not when a recipe is read."""
+        """Refuse, when the kind is declared rather than when a recipe is read: a bare section name (the old
+        `data_sections=("audio",)`) leaves the recipe nothing to validate the section with, and `replaces_student`
+        without the `student_stages` that train the student would give a run with no KD student at all."""
+        if self.replaces_student and self.student_stages is None:
+            raise RegistryError(f"task kind {self.name!r}: replaces_student needs the student_stages that train it")
         for where in ("data", "distill"):
             sections = getattr(self, f"{where}_sections")
             if not isinstance(sections, Mapping) or not all(isinstance(m, type) for m in sections.values()):
