@@ -35,7 +35,6 @@ ALLOWED: dict[str, dict[str, int]] = {
     "models/seq2seq.py": {"seq2seq": 1},  # a model family's registry tag, not the task kind
     # the recipe names the default task kind (data.task: image_classification)
     "recipe.py": {"image_classification": 1, "int8-static": 2, "qat": 2, "qat-control": 2},
-    "measure/run.py": {"seq2seq": 1, "qat": 1, "qat-control": 1},  # the run's report notes (moved out of pipeline.py)
     "cli.py": {"int8-static": 1},  # `leankd export --format int8` means the int8-static target
 }
 

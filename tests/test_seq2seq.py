@@ -379,6 +379,8 @@ def test_end_to_end_tiny_g2p_run_on_cmudict_words(tmp_path):
     assert len(extra_cache["nbest"]) == 50 and not known & set(extra_cache["nbest"])
     assert any("outputs on 50 extra sources without references (50 made up by a 3-gram model" in note
                for note in report["notes"])
+    # the seq2seq kind's own report notes (TaskKind.report_notes) reach the report without the pipeline naming it
+    assert any(note.startswith("Sequence accuracy = 1 - sequence error rate") for note in report["notes"])
     assert (tmp_path / "source_vocab.txt").exists() and (tmp_path / "target_vocab.txt").exists()
     cache = list((tmp_path / "teacher_cache").glob("seq-outputs-*.json"))
     assert len(cache) == 1 and json.loads(cache[0].read_text())["beam"] == 2

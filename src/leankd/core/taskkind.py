@@ -47,7 +47,8 @@ class TaskKind:
     added to `ctx.stages` (ctx: a `leankd.stages.StudentStages`), each role shown in the report under its label; the
     pipeline calls it for every kind that has one, so it never names a kind. `replaces_student`: those stages include
     the run's main `student` (seq2seq: its main `distill.seq` method), so the pipeline trains no logit/feature KD
-    student of its own; otherwise they come after it."""
+    student of its own; otherwise they come after it. `report_notes(models) -> [sentence]`: notes the kind adds under
+    the report's tables, from the measured model entries (seq2seq: how its students' decoding compares)."""
 
     name: str
     build: Callable[..., Any]
@@ -62,6 +63,7 @@ class TaskKind:
     summary: str = ""
     student_stages: Optional[Callable[[Any], dict[str, str]]] = None
     replaces_student: bool = False
+    report_notes: Callable[[dict], list[str]] = lambda models: []
 
     def __post_init__(self) -> None:
         """Refuse, when the kind is declared rather than when a recipe is read: a bare section name (the old

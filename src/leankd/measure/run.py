@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..core.taskkind import TASK_KINDS
 from ..errors import LeanKDError
 from ..models import load_weights
 from ..recipe import Recipe, dump_recipe
@@ -180,12 +181,12 @@ class MeasurePhase:
             notes.append(f"The teacher was fine-tuned on a stratified subset of {self.teacher_examples} of the "
                          f"{task.split_size('train')} training examples (teacher.limit_train); the students trained "
                          "on all of them.")
-        if task.kind == "seq2seq":
-            from ..seq2seq.stages import seq2seq_notes
+        if task.kind in TASK_KINDS:  # a task built by hand (leankd.distill with a Task object) has no kind's notes
+            notes += TASK_KINDS.get(task.kind).report_notes(models)
+        from ..compress.targets import TRAINING_TARGETS
 
-            notes += seq2seq_notes(models)
         built_targets = {info["target"] for _, info in built.values()}
-        if r.distill.features and {"qat", "qat-control"} & built_targets:
+        if r.distill.features and TRAINING_TARGETS & built_targets:
             notes.append("QAT fine-tuning distils the logits only: BatchNorm folding traces the student into a flat "
                          "graph, so the feature losses' module taps would not find their modules.")
         seeds = self.seeds_block(task, models, seed_values) if seed_values else None  # its note: under its table

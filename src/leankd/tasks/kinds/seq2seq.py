@@ -31,6 +31,13 @@ def check(recipe) -> None:
                          "KD is distill.seq.students: [word])")
 
 
+def report_notes(models: dict) -> list[str]:
+    """The seq2seq notes under the report's tables (seq2seq/stages.py writes them)."""
+    from ...seq2seq.stages import seq2seq_notes
+
+    return seq2seq_notes(models)
+
+
 def student_stages(ctx) -> dict[str, str]:
     """Word-, sequence-level KD and interpolation students (Kim & Rush 2016), one stage per `distill.seq.students`
     method, the main one as the run's `student` (seq2seq/stages.py)."""
@@ -62,6 +69,6 @@ def check_source(cfg) -> list[str]:
 KIND = register_kind(TaskKind(
     "seq2seq", build, model_defaults=model_defaults, check=check, check_source=check_source,
     data_sections={"seq": SeqConfig}, distill_sections={"seq": SeqDistillConfig},
-    student_stages=student_stages, replaces_student=True,
+    student_stages=student_stages, replaces_student=True, report_notes=report_notes,
     refusals={"augment": "seq2seq students learn from extra, unlabeled sources through distill.seq.extra_sources"},
     summary="source -> target sequences (data.seq); word and sequence accuracy, beam search"))
