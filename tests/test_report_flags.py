@@ -320,3 +320,37 @@ def test_teacher_at_chance_and_healthy_runs_keep_the_classic_verdict():
     models["teacher"]["quality"]["accuracy"] = 0.9
     gain = render_markdown(build_report({"name": "x", "dataset": dataset}, models)).split("## Distillation gain")[1]
     assert "KD student is 2.00 points above the baseline trained alone with the same budget (3 epochs)" in gain
+
+
+def test_a_healthy_model_with_the_same_steps_refutes_the_step_count_cause():
+    """Seen in the logit-methods benchmark: DKD (beta 8, T 4) on a 10-epoch run ended at chance and the report
+    blamed 170 optimizer steps with BatchNorm, while the baseline trained for the same 170 steps reached 48%. The
+    cause named must be what differs between the two (the loss), not the step count; with no healthy peer the step
+    count stays the cause."""
+    from leankd.report.sanity import add_quality_flags
+
+    def entry(acc, f1, loss, steps=170, label=None):
+        e = {"quality": {"accuracy": acc, "macro_f1": f1, "num_samples": 2000},
+             "training": {"steps": steps, "loss": loss}, "probe": {"batchnorm_layers": 21}}
+        return {**e, "label": label} if label else e
+
+    dataset = {"num_classes": 10, "eval_size": 2000}
+    models = {"baseline": entry(0.4845, 0.47, "ce", label="Baseline student"),
+              "student": entry(0.097, 0.0225, "ce + dkd(a=1,b=8,T=4,warmup=paper)", label="KD student")}
+    add_quality_flags(models, dataset, None)
+    assert "quality_flags" not in models["baseline"]
+    flags = models["student"]["quality_flags"]
+    assert [f["kind"] for f in flags] == ["at_chance", "collapsed"]
+    for flag in flags:
+        assert len(flag["causes"]) == 1 and not flag["causes"][0].startswith("only 170 optimizer steps")
+        assert flag["causes"][0].startswith("Baseline student trained for 170 optimizer steps (this model: 170) and "
+                                            "reaches 48.45%, so too few steps is not the cause; what differs is the "
+                                            "loss: `ce + dkd(a=1,b=8,T=4,warmup=paper)` here, `ce` there.")
+
+    # a peer that trained longer proves nothing about this model's steps; nor does a broken one
+    models = {"baseline": entry(0.4845, 0.47, "ce", steps=1000), "student": entry(0.097, 0.0225, "ce + dkd")}
+    add_quality_flags(models, dataset, None)
+    assert models["student"]["quality_flags"][0]["causes"][0].startswith("only 170 optimizer steps with 21 BatchNorm")
+    models = {"baseline": entry(0.10, 0.02, "ce"), "student": entry(0.097, 0.0225, "ce + dkd")}
+    add_quality_flags(models, dataset, None)
+    assert all(m["quality_flags"][0]["causes"][0].startswith("only 170 optimizer steps") for m in models.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -130,9 +131,44 @@ def quality_flags(entry: dict, dataset: dict, history: list[dict]) -> list[dict]
     return [{"kind": kind, "message": msg, "causes": causes} for kind, msg in found]
 
 
+STEPS_CAUSE = re.compile(r"only \d+ optimizer steps")  # how the step-count cause begins (`likely_causes`)
+
+
+def _healthy_peer(role: str, models: dict, flagged: set[str]) -> Optional[tuple[str, dict]]:
+    """A model of the same run that trained for no more optimizer steps than `role` and is not flagged: it shows the
+    step count cannot be what broke `role`. The one with the most steps (the closest budget) is named."""
+    steps = (models[role].get("training") or {}).get("steps")
+    if not isinstance(steps, int):
+        return None
+    peers = [(other, e) for other, e in models.items() if other != role and other not in flagged
+             and isinstance((e.get("training") or {}).get("steps"), int) and e["training"]["steps"] <= steps]
+    return max(peers, key=lambda p: p[1]["training"]["steps"], default=None)
+
+
+def _loss_cause(entry: dict, peer_role: str, peer: dict) -> str:
+    """What differs when a peer with the same budget learned: the loss (e.g. DKD's beta x T^2 = 128 weight on its
+    non-target term swamping the label term of a 10-epoch run), not the step count."""
+    steps, peer_steps = entry["training"]["steps"], peer["training"]["steps"]
+    acc = _num((peer.get("quality") or {}).get("accuracy"))
+    reached = f" reaches {100 * acc:.2f}%" if acc is not None else " is not at chance"
+    loss, peer_loss = (entry.get("training") or {}).get("loss"), (peer.get("training") or {}).get("loss")
+    differs = (f"; what differs is the loss: `{loss}` here, `{peer_loss}` there" if loss and loss != peer_loss
+               else "")
+    return (f"{peer.get('label') or peer_role} trained for {peer_steps} optimizer steps (this model: {steps}) and"
+            f"{reached}, so too few steps is not the cause{differs}. A distillation term weighted far above the "
+            "label term can drive a short run away: lower its weight or the learning rate, or warm it up for longer")
+
+
 def add_quality_flags(models: dict, dataset: dict, run_dir: Optional[Path]) -> None:
-    """Set `quality_flags` on every model entry whose result cannot be right (in place; others are left alone)."""
-    for entry in models.values():
-        flags = quality_flags(entry, dataset, read_history(run_dir, entry))
-        if flags:
-            entry["quality_flags"] = flags
+    """Set `quality_flags` on every model entry whose result cannot be right (in place; others are left alone).
+    A step-count cause is checked against the rest of the run: when a model of the same run with no more steps
+    learned, the cause named is the difference between the two (the loss), not the step count."""
+    found = {role: quality_flags(entry, dataset, read_history(run_dir, entry)) for role, entry in models.items()}
+    flagged = {role for role, flags in found.items() if flags}
+    for role in flagged:
+        peer = _healthy_peer(role, models, flagged)
+        for flag in found[role]:
+            if peer is not None:
+                flag["causes"] = [_loss_cause(models[role], *peer) if STEPS_CAUSE.match(c)
+                                  else c for c in flag["causes"]]
+        models[role]["quality_flags"] = found[role]
