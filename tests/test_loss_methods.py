@@ -69,6 +69,16 @@ def test_dkd_warmup_ramps_linearly_and_defaults_to_the_papers_share():
     assert at(DKD(), 1, 24) == pytest.approx(full / 2, rel=1e-6)
     assert at(DKD(warmup_epochs=4), None, None) == pytest.approx(full, rel=1e-6)  # outside training: full weight
 
+    # the ramp advances every step: a 10-epoch run's warm-up is 10/12 of an epoch, so epoch 1 does not start at full
+    # weight (it did when the ramp read whole epochs, and beta 8 collapsed a 10-epoch CIFAR-10 student to chance)
+    def stepped(loss, progress, epochs=10):
+        return loss(LossInputs(student=s, targets=y, teacher=t, epoch=1, epochs=epochs, progress=progress)).item()
+
+    assert stepped(DKD(), 0.1) == pytest.approx(full * 0.1 / (10 / 12), rel=1e-6)
+    assert stepped(DKD(), 0.5) == pytest.approx(full * 0.6, rel=1e-6)
+    assert stepped(DKD(), 1.0) == pytest.approx(full, rel=1e-6)
+    assert stepped(DKD(warmup_epochs=4), 2.5) == pytest.approx(full * 2.5 / 4, rel=1e-6)
+
 
 def test_dkd_stays_finite_for_a_confident_teacher_and_labels_missing():
     s = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]], requires_grad=True)
@@ -123,7 +133,7 @@ def test_standardize_by_hand_and_its_invariance():
 
 def test_transform_is_a_switch_for_kd_dkd_and_the_alpha_mix():
     d = DistillConfig(loss=[{"kind": "dkd", "beta": 2}, {"kind": "ce"}], transform="standardize")
-    assert build_loss(d).describe() == "dkd(a=1,b=2,T=4,warmup=paper,ls) + ce"
+    assert build_loss(d).describe() == "dkd(a=1,b=2,T=4,warmup=paper,ramp=step,ls) + ce"
     assert build_loss(DistillConfig(transform="standardize")).describe() == "0.9*kd(T=4,ls) + 0.1*ce"
     own = DistillConfig(loss=[{"kind": "kd", "transform": "raw"}, {"kind": "dist", "transform": "standardize"}],
                         transform="standardize")
@@ -231,7 +241,7 @@ def test_python_api_composes_the_new_losses():
     value = loss(LossInputs(student=s, targets=torch.randint(0, 4, (8,)), teacher=t, epoch=1, epochs=12))
     value.backward()
     assert loss.needs_teacher and s.grad is not None
-    assert loss.describe() == "dkd(a=1,b=2,T=4,warmup=paper) + 0.5*dist(b=1,g=1,T=4) + ce"
+    assert loss.describe() == "dkd(a=1,b=2,T=4,warmup=paper,ramp=step) + 0.5*dist(b=1,g=1,T=4) + ce"
 
 
 def test_dkd_with_standardized_logits_runs_end_to_end(tmp_path):
@@ -251,7 +261,7 @@ def test_dkd_with_standardized_logits_runs_end_to_end(tmp_path):
                           "transform": "standardize"}}
     result = leankd.run(recipe, quiet=True)
     stage = json.loads((result.run_dir / "student" / "stage.json").read_text())
-    assert result.report["models"]["student"]["training"]["loss"] == "dkd(a=1,b=2,T=4,warmup=2,ls) + ce"
+    assert result.report["models"]["student"]["training"]["loss"] == "dkd(a=1,b=2,T=4,warmup=2,ramp=step,ls) + ce"
     rows = [json.loads(line) for line in (result.run_dir / "student" / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in rows if "train_loss" in r]) == 2 and all(math.isfinite(r["train_loss"]) for r in rows
                                                                    if "train_loss" in r)

@@ -179,3 +179,24 @@ def test_resumed_optimizer_state_keeps_the_parameter_layout(tmp_path):
     assert conv_w.stride() != conv_w.contiguous().stride()  # really channels_last
     assert opt2.state[conv_w]["exp_avg"].stride() == conv_w.stride()
     assert torch.equal(opt2.state[conv_w]["exp_avg"], opt.state[model[0].weight]["exp_avg"])
+
+
+def test_the_loop_hands_losses_their_progress_step_by_step():
+    """A loss's warm-up reads `LossInputs.progress`: fractional epochs done after each step (320 examples at batch
+    32: 10 steps an epoch, so 0.1, 0.2, ... 4.0), with `epoch` counted from 1 — a warm-up under one epoch ramps."""
+    from leankd.kd.losses import CE
+
+    class Recording(CE):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def compute(self, inputs):
+            self.seen.append((inputs.epoch, inputs.epochs, inputs.progress))
+            return super().compute(inputs)
+
+    loss = Recording()
+    fit(mlp(), make_task(), CFG, loss=loss)
+    assert len(loss.seen) == 40
+    assert [e for e, _, _ in loss.seen] == [1 + i // 10 for i in range(40)] and {n for _, n, _ in loss.seen} == {4}
+    assert [p for _, _, p in loss.seen] == pytest.approx([(i + 1) / 10 for i in range(40)])

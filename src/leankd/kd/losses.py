@@ -31,6 +31,9 @@ class LossInputs:
     teacher_features: dict = field(default_factory=dict)
     epoch: Optional[int] = None  # the training epoch in progress, counted from 1 (None outside training): warm-ups
     epochs: Optional[int] = None  # the run's number of epochs (a warm-up given as a share of training reads it)
+    # epochs done once this step's update is made, fractional (0.25: a quarter of the first epoch): a warm-up shorter
+    # than an epoch still ramps step by step instead of starting at full weight (None outside training)
+    progress: Optional[float] = None
 
 
 class Loss(nn.Module):

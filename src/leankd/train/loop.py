@@ -149,7 +149,8 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 with autocast_context(device, cfg.precision):
                     logits = task.forward(plan.model, inputs)
                 score = task.score_batch(logits.detach(), batch.targets)  # read before anything replays
-                value = loss(loss_inputs(logits, batch, loss, teacher, student_taps, epoch + 1, cfg.epochs))
+                value = loss(loss_inputs(logits, batch, loss, teacher, student_taps, epoch + 1, cfg.epochs,
+                                         epoch + (step + 1) / max(steps_per_epoch, 1)))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(value).backward()
                 if cfg.grad_clip:
@@ -227,11 +228,13 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
 
 
 def loss_inputs(logits, batch, loss: Loss, teacher, student_taps: Optional[FeatureTaps],
-                epoch: Optional[int] = None, epochs: Optional[int] = None) -> LossInputs:
+                epoch: Optional[int] = None, epochs: Optional[int] = None,
+                progress: Optional[float] = None) -> LossInputs:
     """What the loss sees for one step: the student's logits, the targets, and — only when the loss needs them —
     the teacher's logits and (layer distillation) both models' tapped features of this very forward. `epoch`
-    (from 1) and `epochs` let a loss warm up (DKD); outside a training run they are None."""
-    inputs = LossInputs(student=logits, targets=batch.targets, epoch=epoch, epochs=epochs)
+    (from 1), `epochs` and `progress` (fractional epochs done) let a loss warm up (DKD); outside a training run
+    they are None."""
+    inputs = LossInputs(student=logits, targets=batch.targets, epoch=epoch, epochs=epochs, progress=progress)
     if student_taps is not None:
         inputs.teacher, inputs.teacher_features = teacher.outputs(batch)
         inputs.student_features = student_taps.take()
