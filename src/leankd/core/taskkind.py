@@ -24,6 +24,10 @@ def _nothing(_: Any) -> None:
     return None
 
 
+def _no_notes(_: dict) -> list[str]:
+    return []
+
+
 def _no_defaults(_: Any) -> dict:
     return {}
 
@@ -63,7 +67,7 @@ class TaskKind:
     summary: str = ""
     student_stages: Optional[Callable[[Any], dict[str, str]]] = None
     replaces_student: bool = False
-    report_notes: Callable[[dict], list[str]] = lambda models: []
+    report_notes: Callable[[dict], list[str]] = _no_notes
 
     def __post_init__(self) -> None:
         """Refuse, when the kind is declared rather than when a recipe is read: a bare section name (the old
