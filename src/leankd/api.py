@@ -72,13 +72,17 @@ def run(recipe: Union[str, Path, dict, Recipe], *, run_dir: Optional[Union[str, 
     targets and add them to its report (timed beside the fp32 student), keeping every earlier model and artifact;
     the recipe's `compress.targets` should list them too (it is what recipe.yaml records). `require_finished`: a
     stage that would have to be trained is an error (compress/export with --remeasure)."""
+    from .core import dist
+
     recipe = _as_recipe(recipe)
     if seeds is not None:
         recipe = with_seeds(recipe, seeds)
     run_dir = Path(run_dir) if run_dir else Path(recipe.output_dir) / recipe.name
+    dist.init(recipe.device)  # under torchrun: join the other ranks (a no-op in one process)
     pipeline = Pipeline(recipe, run_dir, force=force, resume=resume, quiet=quiet, console=console,
                         stop_after_epoch=stop_after_epoch, add_targets=add_targets, require_finished=require_finished)
-    return RunResult(Report(pipeline.run()), run_dir)
+    report = pipeline.run()
+    return RunResult(Report(report), run_dir) if report is not None else None
 
 
 def layers(recipe: Union[str, Path, dict, Recipe], *, run_dir: Optional[Union[str, Path]] = None,

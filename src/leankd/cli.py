@@ -28,13 +28,59 @@ def friendly_errors(fn):
             return fn(*args, **kwargs)
         except LeanKDError as e:
             # the message is text: `pip install 'leankd[text]'` must not lose `[text]` to rich markup
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            if not _echo_of_rank0(e):  # under torchrun, rank 0's own error is printed once, by rank 0
+                err_console.print(f"[bold red]error:[/] {_rank_prefix()}{escape(str(e))}", highlight=False,
+                                  soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted: the last finished epoch is checkpointed; rerun with --resume to continue")
             raise typer.Exit(130) from None
+        except Exception as e:
+            if not _lost_peer(e):
+                raise
+            err_console.print(f"[bold red]error:[/] {_rank_prefix()}lost contact with the other processes of this run "
+                              "(one of them stopped: its own output, or torchrun's summary, says which and why); the "
+                              "last finished epoch is checkpointed: rerun with --resume and the same number of "
+                              f"processes to continue. ({escape(type(e).__name__)}: {escape(str(e).splitlines()[0])})",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        finally:
+            _leave_process_group()
 
     return wrapper
+
+
+def _rank_prefix() -> str:
+    import os
+
+    return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
+def _echo_of_rank0(e: Exception) -> bool:
+    from .core.dist import PeerError
+
+    return isinstance(e, PeerError)
+
+
+def _lost_peer(e: Exception) -> bool:
+    """A collective failed because another rank went away (gloo: connection closed or reset; any backend: timeout)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    names = {c.__name__ for c in type(e).__mro__}
+    text = str(e).lower()
+    return "DistError" in names or "DistBackendError" in names or any(
+        w in text for w in ("connection closed", "connection reset", "timed out", "broken pipe", "gloo"))
+
+
+def _leave_process_group() -> None:
+    import sys as _sys
+
+    if "torch.distributed" in _sys.modules:  # only when a run joined one: importing torch costs seconds
+        from .core.dist import shutdown
+
+        shutdown()
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -58,14 +104,47 @@ def run(
     overrides: List[str] = typer.Option([], "--set", help="override a recipe value: --set train.epochs=5"),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="train the students once per seed on one split and "
                                         "report mean ± sd and paired KD-vs-baseline differences: --seeds 0,1,2"),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="train data-parallel on this many processes of "
+                                        "this machine (starts torchrun; GPUs: one per process)"),
 ):
     """Run a recipe: teacher -> baseline student -> distilled student -> measure -> report."""
     from .api import run as run_recipe
     from .recipe import load_recipe
 
-    result = run_recipe(load_recipe(recipe, overrides), run_dir=run_dir, force=force, resume=resume, quiet=quiet,
-                        console=console, seeds=_parse_seeds(seeds) if seeds is not None else None)
-    _print_result(result)
+    seed_list = _parse_seeds(seeds) if seeds is not None else None
+    loaded = load_recipe(recipe, overrides)
+    if nproc is not None:
+        from .pipeline import check_global_batches
+
+        check_global_batches(loaded, nproc)  # a recipe that cannot split fails here, before any process starts
+        raise typer.Exit(_torchrun(nproc))
+    result = run_recipe(loaded, run_dir=run_dir, force=force, resume=resume, quiet=quiet, console=console,
+                        seeds=seed_list)
+    if result is not None:  # under torchrun only rank 0 has the report
+        _print_result(result)
+
+
+def _torchrun(nproc: int) -> int:
+    """`leankd run ... --nproc N`: this same command under `torchrun --standalone --nproc-per-node N` (one machine;
+    for several machines call torchrun yourself, see the README). Returns torchrun's exit code."""
+    import os
+    import subprocess
+
+    from .errors import RecipeError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RecipeError("--nproc starts torchrun, but this process already runs under torchrun: drop --nproc")
+    argv, skip = [], False
+    for arg in sys.argv[1:]:  # the command line without --nproc
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "leankd",
+           *argv]
+    return subprocess.call(cmd)
 
 
 @app.command()

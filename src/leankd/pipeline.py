@@ -14,6 +14,7 @@ composes the report; the pieces it uses live by job:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 from pathlib import Path
@@ -24,6 +25,7 @@ from rich.console import Console
 from torch import nn
 
 from .compress.run import CompressPhase
+from .core import dist
 from .core.fingerprint import fingerprint  # noqa: F401  (an old import path: leankd.pipeline.fingerprint)
 from .core.taskkind import TASK_KINDS
 from .kd.build import build_loss, feature_terms, guide_temperature, supervised_loss
@@ -84,8 +86,13 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         from .runlock import run_lock
 
         try:
-            with run_lock(self.run_dir, "compress" if self.add_targets is not None else "run", log=self.log):
-                recover(self.run_dir)  # a kill in the middle of the last commit
+            with contextlib.ExitStack() as held:
+                def lock() -> None:  # the lock belongs to the job: rank 0 holds it for every rank
+                    held.enter_context(run_lock(self.run_dir, "compress" if self.add_targets is not None else "run",
+                                                log=self.log))
+                    recover(self.run_dir)  # a kill in the middle of the last commit
+
+                dist.on_main(lock)
                 return self._run()
         except OSError as e:
             if e.errno in WRITE_ERRNOS:
@@ -111,18 +118,26 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         self.preflight(task, teacher_model, student_init)
         # everything the recipe alone decides is checked: only now is the run directory written. A finished run's
         # report, recipe.yaml and artifacts stay until the new report replaces them (rundir.commit).
-        if self.force:  # --force redoes everything of this run, its own teacher cache too (a shared cache_dir stays)
-            shutil.rmtree(self.run_dir / "teacher_cache", ignore_errors=True)
-        if not (self.run_dir / "report.json").exists():  # nothing finished to disagree with: record the recipe now
-            write_text_atomic(self.run_dir / "recipe.yaml", dump_recipe(r))
-        task.save(self.run_dir)
+        dist.on_main(lambda: self.prepare_run_dir(task))
+
 
         teacher = self.teacher_stage(task, teacher_model, teacher_data_fp)
         stages = {"teacher": teacher}
         self.student_stages(task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)
         several = r.seeds and len(r.seeds) > 1 and self.add_targets is None  # compress/export keep the seeds block
         seed_values = self.other_seeds(task, teacher, student_model_cfg) if several else None
-        return self.report(task, stages, seed_values)
+        if not dist.is_main():
+            return None  # every stage has trained: rank 0 measures, compresses and reports on its own
+        with dist.alone():
+            return self.report(task, stages, seed_values)
+
+    def prepare_run_dir(self, task: Task) -> None:
+        """Rank 0, once the recipe, data and models have passed every check: the run directory's first writes."""
+        if self.force:  # --force redoes everything of this run, its own teacher cache too (a shared cache_dir stays)
+            shutil.rmtree(self.run_dir / "teacher_cache", ignore_errors=True)
+        if not (self.run_dir / "report.json").exists():  # nothing finished to disagree with: record the recipe now
+            write_text_atomic(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
+        task.save(self.run_dir)
 
     def teacher_stage(self, task: Task, teacher_model: nn.Module, teacher_data_fp: dict) -> StageResult:
         """The teacher: trained (or loaded from its checkpoint) on the training split or its `limit_train` subset."""
@@ -191,7 +206,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
                                        make_teacher=make_teacher)
         if kd_task is not task:
             stages["student"].training_extra["transfer_set"] = kd_task.transfer_set
-        if self.feature_pairs:
+        if self.feature_pairs and dist.is_main():  # a timing: taken once, by rank 0
             self.log("measuring what each feature loss costs per step ...")
             stages["student"].training_extra["feature_costs"] = feature_costs(
                 student_init, build_loss(r.distill, student_cfg.label_smoothing, task=task),
@@ -276,9 +291,18 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
             raise RecipeError(f"distill.augment makes new texts, but data.task is {task.kind}: remove distill.augment "
                               "(images and audio augment through data.augment)")
         build_loss(r.distill, r.stage_train("student").label_smoothing, task=task)  # the loss fits the task
+        self.check_world_size(task)
         with torch.random.fork_rng(devices=[]):  # building them here must not shift any later initialization
             for i, cfg in enumerate(r.distill.assistants, start=1):
                 build_model(cfg, task.num_classes, f"assistant{i}", task.model_defaults())
+
+    def check_world_size(self, task: Task) -> None:
+        """Every stage's global batch splits over this run's processes, and the data has a row for each."""
+        world = dist.world_size()
+        check_global_batches(self.recipe, world)
+        if world > 1 and task.split_size("train") < world:
+            raise RecipeError(f"the training split has {task.split_size('train')} examples, fewer than the {world} "
+                              "processes that would share each batch: start fewer processes")
 
     def assistants(self, task: Task, teacher: StageResult, stages: dict, kd_fp: dict, channels_last: bool):
         """Teacher-assistant stages (Mirzadeh et al. 2020), each an ordinary cached stage distilled with the
@@ -385,7 +409,8 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
             analysis = self._analyze_layers(task, student, teacher, term.top_k, term.candidates.student,
                                             term.candidates.teacher)
             pairs = auto_pairs(analysis)
-            write_json_atomic(self.run_dir / f"layers-{i}.json", analysis.as_dict())
+            if dist.is_main():
+                write_json_atomic(self.run_dir / f"layers-{i}.json", analysis.as_dict())
             self.log(f"distill.features[{i}] ({term.kind}): pairs chosen by CKA: "
                      + ", ".join(f"{s}->{t}" for s, t in pairs) + f" (analysis: layers-{i}.json)")
             resolved.append(pairs)
@@ -433,3 +458,18 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.run_dir / "layers.json", {**analysis.as_dict(), "notes": notes})
         return analysis, notes
+
+
+def check_global_batches(recipe: Recipe, world: int) -> None:
+    """`batch_size` is the global batch: on `world` processes each stage's must split into equal shares, each at least
+    `train.accumulate` examples (one per micro-batch). `leankd run --nproc` asks before it starts any process."""
+    cfgs = {"train": recipe.stage_train("student"), "teacher.train": recipe.stage_train("teacher")}
+    cfgs.update({f"distill.assistants[{i}].train": c.train.apply(recipe.stage_train("student"))
+                 for i, c in enumerate(recipe.distill.assistants)})
+    for where, cfg in cfgs.items():
+        if cfg.batch_size % world or cfg.batch_size // world < cfg.accumulate:
+            split = f" and {cfg.accumulate} micro-batches each" if cfg.accumulate > 1 else ""
+            raise RecipeError(
+                f"{where}.batch_size = {cfg.batch_size} is the global batch, cut into equal shares for {world} "
+                f"process(es){split}: make it a multiple of {world * cfg.accumulate}"
+                + (" (or start fewer processes)" if world > 1 else " (or lower train.accumulate)"))

@@ -35,6 +35,10 @@ class TrainConfig(Strict):
         "square root (sqrt, for adaptive optimizers); pair with warmup_epochs")
     lr_base_batch_size: int = Field(128, ge=1, description="the batch size `lr` was tuned for (lr_scaling)")
     deterministic: bool = Field(False, description="deterministic CUDA kernels (slower): resume == uninterrupted on GPU too")
+    sync_bn: bool = Field(False, description="several processes (torchrun): BatchNorm normalizes over the whole global "
+                          "batch, as one process would, instead of each rank's share")
+    accumulate: int = Field(1, ge=1, description="split each process's batch into this many micro-batches whose "
+                            "gradients add up (the same step, less memory; BatchNorm then sees the micro-batches)")
 
     @property
     def effective_lr(self) -> float:

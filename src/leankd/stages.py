@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from .core import dist
 from .core.fingerprint import fingerprint
 from .data.readers import file_identity
 from .errors import LeanKDError, ModelError
@@ -41,17 +42,21 @@ from .train.progress import RichProgress
 
 # ---------------------------------------------------------------------------------------------- fingerprint parts
 def resolve_device(name: str) -> torch.device:
+    """The recipe's device; under torchrun a CUDA device is this process's own GPU (its local rank)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LeanKDError(f"device {name!r} was requested but CUDA is not available here: use device: auto or cpu")
+    if device.type == "cuda" and dist.is_distributed():
+        return torch.device("cuda", dist.local_rank())
     return device
 
 
 # settings added after runs already existed: left out of a fingerprint while at their default, so an upgrade does
 # not retrain (or refuse to resume) every existing run directory
-ADDED_TRAIN_DEFAULTS = {"cuda_graphs": False, "lr_scaling": "none", "lr_base_batch_size": 128}
+ADDED_TRAIN_DEFAULTS = {"cuda_graphs": False, "lr_scaling": "none", "lr_base_batch_size": 128, "sync_bn": False,
+                        "accumulate": 1}
 
 
 def _stable(settings: dict, added_defaults: dict) -> dict:
@@ -143,6 +148,8 @@ class StageRunner:
         """Print a log line: brackets in it are text (a path, `leankd[text]`), only leankd's own style tags style."""
         from .markup import safe
 
+        if not dist.is_main():  # rank 0 speaks for the run
+            return
         self.console.print(safe(msg), highlight=False, soft_wrap=True)
 
     def live_teacher(self, model: nn.Module, task: Task, channels_last: bool) -> LiveTeacher:
@@ -200,40 +207,14 @@ class StageRunner:
             fp = fingerprint({"stage": name, "model": model_fp, "loss": loss.describe(), "seed": self.recipe.seed,
                               "train": _stable(cfg.model_dump(), ADDED_TRAIN_DEFAULTS), **extra_fp})
         stage_json, weights, ckpt = sdir / "stage.json", sdir / "model.safetensors", sdir / "checkpoint.safetensors"
-        if self.require_finished and not (model_cfg.checkpoint and name == "teacher"):
-            self._check_finished(name, stage_json, weights, fp)
-        if self.force and sdir.exists():
-            shutil.rmtree(sdir)
-        if stage_json.exists():
-            info = json.loads(stage_json.read_text())
-            if info["fingerprint"] == fp and weights.exists():
-                load_weights(model, weights)
-                self.log(f"{name}: reusing {weights} (same fingerprint {fp}; --force retrains)")
-                return StageResult(model, info["origin"], info.get("training"), reused=True)
-            self.log(f"{name}: the recipe changed since {stage_json} was written: redoing this stage")
-            shutil.rmtree(sdir)
-
-        if model_cfg.checkpoint and name == "teacher":
-            origin = f"checkpoint: {model_cfg.checkpoint}"
-            self.log(f"{name}: loaded {model_cfg.model} weights from {model_cfg.checkpoint} (not trained here)")
-            training = None
+        # rank 0 decides (and tidies the stage directory); under torchrun every rank then follows the same decision
+        decision, info = dist.on_main(lambda: self._prepare_stage(name, sdir, fp, model_cfg, cfg, loss))
+        if decision == "reuse":
+            load_weights(model, weights)
+            return StageResult(model, info["origin"], info.get("training"), reused=True)
+        if decision == "checkpoint":
+            origin, training = f"checkpoint: {model_cfg.checkpoint}", None
         else:
-            if ckpt.exists() and not self.resume:
-                epoch = _checkpoint_epoch(ckpt)
-                raise LeanKDError(
-                    f"stage '{name}' in {self.run_dir} was interrupted after epoch {epoch}/{cfg.epochs}: rerun with "
-                    "--resume to continue it, or --force to start the run over"
-                )
-            if ckpt.exists() and _checkpoint_fp(ckpt) != fp:
-                self.log(f"{name}: the interrupted checkpoint {ckpt} was made with other settings: starting this "
-                         "stage over")
-                ckpt.unlink()
-            sdir.mkdir(parents=True, exist_ok=True)
-            for leftover in sdir.glob(".*.tmp"):  # temp files of a write that a kill interrupted
-                leftover.unlink()
-            verb = "resuming" if ckpt.exists() else "training"
-            self.log(f"{name}: {verb} {model_cfg.model} for {cfg.epochs} epochs, loss {loss.describe()}, "
-                     f"{cfg.precision}, batch {cfg.batch_size}")
             if make_teacher is not None:
                 teacher = make_teacher()
             hook = self.epoch_hook
@@ -246,12 +227,53 @@ class StageRunner:
             training = training_entry(result, loss, cfg, task.device)
             if getattr(teacher, "cache_info", None):
                 training["teacher_cache"] = teacher.cache_info
-        save_weights(weights, model)
-        write_json_atomic(stage_json, {"fingerprint": fp, "stage": name, "architecture": model_cfg.model,
-                                       "origin": origin, "training": training})
-        if ckpt.exists():
-            ckpt.unlink()  # the stage is complete: its final weights are in model.safetensors
+        if dist.is_main():
+            save_weights(weights, model)
+            write_json_atomic(stage_json, {"fingerprint": fp, "stage": name, "architecture": model_cfg.model,
+                                           "origin": origin, "training": training})
+            if ckpt.exists():
+                ckpt.unlink()  # the stage is complete: its final weights are in model.safetensors
+        dist.barrier()  # the next stage's fingerprint reads this one's record, on every rank
         return StageResult(model, origin, training, reused=False)
+
+    def _prepare_stage(self, name: str, sdir: Path, fp: str, model_cfg: ModelConfig, cfg: TrainConfig, loss: Loss
+                       ) -> tuple[str, Optional[dict]]:
+        """What `stage` does with this stage, from its directory: ("reuse", its record), ("checkpoint", None) for a
+        teacher loaded from the recipe's checkpoint, or ("train", None) with the directory ready (a stale or forced
+        stage removed, an interrupted one checked for --resume)."""
+        stage_json, weights, ckpt = sdir / "stage.json", sdir / "model.safetensors", sdir / "checkpoint.safetensors"
+        if self.require_finished and not (model_cfg.checkpoint and name == "teacher"):
+            self._check_finished(name, stage_json, weights, fp)
+        if self.force and sdir.exists():
+            shutil.rmtree(sdir)
+        if stage_json.exists():
+            info = json.loads(stage_json.read_text())
+            if info["fingerprint"] == fp and weights.exists():
+                self.log(f"{name}: reusing {weights} (same fingerprint {fp}; --force retrains)")
+                return "reuse", info
+            self.log(f"{name}: the recipe changed since {stage_json} was written: redoing this stage")
+            shutil.rmtree(sdir)
+        if model_cfg.checkpoint and name == "teacher":
+            self.log(f"{name}: loaded {model_cfg.model} weights from {model_cfg.checkpoint} (not trained here)")
+            return "checkpoint", None
+        if ckpt.exists() and not self.resume:
+            epoch = _checkpoint_epoch(ckpt)
+            raise LeanKDError(
+                f"stage '{name}' in {self.run_dir} was interrupted after epoch {epoch}/{cfg.epochs}: rerun with "
+                "--resume to continue it, or --force to start the run over"
+            )
+        if ckpt.exists() and _checkpoint_fp(ckpt) != fp:
+            self.log(f"{name}: the interrupted checkpoint {ckpt} was made with other settings: starting this "
+                     "stage over")
+            ckpt.unlink()
+        sdir.mkdir(parents=True, exist_ok=True)
+        for leftover in sdir.glob(".*.tmp"):  # temp files of a write that a kill interrupted
+            leftover.unlink()
+        verb = "resuming" if ckpt.exists() else "training"
+        spread = f", on {dist.world_size()} processes" if dist.world_size() > 1 else ""
+        self.log(f"{name}: {verb} {model_cfg.model} for {cfg.epochs} epochs, loss {loss.describe()}, "
+                 f"{cfg.precision}, batch {cfg.batch_size}{spread}")
+        return "train", None
 
     def _check_finished(self, name: str, stage_json: Path, weights: Path, fp: str) -> None:
         """`leankd compress`/`export` add artifacts to a finished run: a stage they would have to train (missing,

@@ -33,6 +33,10 @@ class Batch:
         return self.count if self.count is not None else int(self.targets.shape[0])
 
 
+def _rows(inputs: Any, rows: slice) -> Any:
+    return {k: _rows(v, rows) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[rows]
+
+
 class Task:
     """Base class: subclasses fill the data and may override `forward` / `metrics`."""
 
@@ -71,6 +75,21 @@ class Task:
     def cache_rows(self, index: Tensor) -> Tensor:
         """The cache rows of training examples `index`, in the order `forward` returns their logits."""
         return index
+
+    def shard_batch(self, batch: Batch, part: int, parts: int) -> Batch:
+        """Part `part` of `parts` contiguous shares of `batch`: one rank's share of a global batch under torchrun, or
+        one micro-batch of `train.accumulate`. Rows of the inputs (a tensor or a dict of tensors), targets and index
+        are cut together; a task whose targets are not one row per example (seq2seq: one per target token) cuts by
+        example and overrides this. Losses are means over target rows, so the loop weighs each share by its
+        number of target rows."""
+        from .dist import shard_bounds
+
+        if parts == 1:
+            return batch
+        start, end = shard_bounds(int(batch.targets.shape[0]), part, parts)
+        rows = slice(start, end)
+        return Batch(_rows(batch.inputs, rows), batch.targets[rows],
+                     None if batch.index is None else batch.index[rows])
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full batches only (fixed shapes, no tiny noisy last step); one step when the split is smaller."""

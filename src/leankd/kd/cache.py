@@ -15,6 +15,7 @@ incomplete and rebuilt.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import time
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core import dist
 from ..core.task import Batch, Task
 from ..errors import RecipeError
 from ..io import atomic_path, write_json_atomic
@@ -131,22 +133,51 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
                   prune: bool = True, top_k: Optional[int] = None) -> tuple[CachedTeacher, CacheInfo]:
     """The cache for `fingerprint` in `directory`: reused when complete, else built with `teacher` (a live
     teacher) over every view. With `prune` (a run directory's own cache), caches of other fingerprints there are
-    stale: reported and removed; a shared directory (`prune=False`) keeps one cache per fingerprint."""
+    stale: reported and removed; a shared directory (`prune=False`) keeps one cache per fingerprint.
+
+    Under torchrun every rank labels its share of each view's batches and rank 0 writes the file, which holds the
+    same bytes as one process's cache (each row comes from the same batch either way; the shares are added to
+    zeros, which is exact). Rank 0 alone decides reuse, prunes and holds the directory's lock."""
     if not task.supports_views:
         raise RecipeError("teacher.cache needs the training data in memory (augmentation views are replayed from "
                           "it): set data.in_memory: true, or turn teacher.cache off")
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as lock:  # processes sharing a cache_dir build each cache once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return _build_or_load(directory, fingerprint, teacher, task, views, seed, batch_size, log, describe,
-                                  prune, top_k)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _build_or_load(directory, fingerprint, teacher, task, views, seed, batch_size, log, describe, prune, top_k):
+    n, c = task.cache_size(), task.num_classes
+    if top_k is not None and not 1 <= top_k < c:
+        raise RecipeError(f"teacher.cache_top_k = {top_k} must be between 1 and {c - 1} (the task has {c} classes); "
+                          "leave it unset to store every logit")
     logits_path, meta_path = directory / f"{fingerprint}.logits.npy", directory / f"{fingerprint}.json"
+    with contextlib.ExitStack() as held:
+        def prepare() -> bool:  # rank 0: take the lock (processes sharing a cache_dir build each cache once), tidy up
+            directory.mkdir(parents=True, exist_ok=True)
+            lock = held.enter_context(open(directory / ".lock", "w"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            held.callback(fcntl.flock, lock, fcntl.LOCK_UN)
+            return _reusable(directory, logits_path, meta_path, views, n, c, top_k, task.VIEW_CHUNK, prune, log)
+
+        if dist.on_main(prepare):
+            log(f"teacher cache: reusing {logits_path} ({views} views x {n} teacher outputs)")
+            build_s = None
+        else:
+            log(f"teacher cache: running the teacher on {views} augmentation views x {n} teacher outputs"
+                + (f" on {dist.world_size()} processes" if dist.world_size() > 1 else "") + " ...")
+            start = time.perf_counter()
+            dtype = np.float16 if top_k is None else np.float32
+            _build(logits_path, teacher, task, views, seed, batch_size, top_k, n, c if top_k is None else 2 * top_k + 1,
+                   dtype)
+            build_s = time.perf_counter() - start
+            if dist.is_main():
+                write_json_atomic(meta_path, {"format": CACHE_FORMAT, "fingerprint": fingerprint, "shape": [views, n, c],
+                                              "top_k": top_k, "view_chunk": task.VIEW_CHUNK,
+                                              "dtype": np.dtype(dtype).name, "build_s": round(build_s, 3),
+                                              "made_from": describe or {}})
+            log(f"teacher cache: built in {build_s:.1f}s -> {logits_path}")
+        dist.barrier()  # the file is complete before any rank maps it
+    return (CachedTeacher(logits_path, views, seed, task.device, c, top_k, task.cache_rows),
+            _info(logits_path, views, n, c, top_k, build_s, build_s is None))
+
+
+def _reusable(directory, logits_path, meta_path, views, n, c, top_k, view_chunk, prune, log) -> bool:
+    """Whether a complete cache of this fingerprint is there; stale and half-written files are removed on the way."""
     for old in directory.glob("*.json") if prune else []:
         if old != meta_path and (directory / f"{old.stem}.logits.npy").exists():  # a logits cache, not another kind
             log(f"teacher cache {old.with_suffix('')} was made for another teacher, data or view setting: removing it")
@@ -156,50 +187,51 @@ def _build_or_load(directory, fingerprint, teacher, task, views, seed, batch_siz
         logits_path.unlink()
     for leftover in directory.glob(f".{logits_path.name}.*.tmp"):  # a build killed before its rename
         leftover.unlink()
-    n, c = task.cache_size(), task.num_classes
-    if top_k is not None and not 1 <= top_k < c:
-        raise RecipeError(f"teacher.cache_top_k = {top_k} must be between 1 and {c - 1} (the task has {c} classes); "
-                          "leave it unset to store every logit")
-    width, dtype = (c, np.float16) if top_k is None else (2 * top_k + 1, np.float32)
+    if not meta_path.exists():
+        return False
+    meta = json.loads(meta_path.read_text())
+    if (meta.get("format") == CACHE_FORMAT and meta.get("shape") == [views, n, c] and meta.get("top_k") == top_k
+            and meta.get("view_chunk") == view_chunk):  # another chunking is another augmentation
+        return True
+    log(f"teacher cache {meta_path} does not match this run: rebuilding it")
+    meta_path.unlink()
+    logits_path.unlink(missing_ok=True)
+    return False
 
-    def cached(build_s):
-        return (CachedTeacher(logits_path, views, seed, task.device, c, top_k, task.cache_rows),
-                _info(logits_path, views, n, c, top_k, build_s, build_s is None))
 
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if (meta.get("format") == CACHE_FORMAT and meta.get("shape") == [views, n, c] and meta.get("top_k") == top_k
-                and meta.get("view_chunk") == task.VIEW_CHUNK):  # another chunking is another augmentation
-            log(f"teacher cache: reusing {logits_path} ({views} views x {n} teacher outputs)")
-            return cached(None)
-        log(f"teacher cache {meta_path} does not match this run: rebuilding it")
-        meta_path.unlink()
-        logits_path.unlink(missing_ok=True)
-
-    log(f"teacher cache: running the teacher on {views} augmentation views x {n} teacher outputs ...")
-    start = time.perf_counter()
-    with atomic_path(logits_path) as tmp:  # a .npy header, then the array filled in place, view by view
-        array = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=dtype, shape=(views, n, width))
+def _build(logits_path: Path, teacher, task: Task, views: int, seed: int, batch_size: int, top_k: Optional[int],
+           n: int, width: int, dtype) -> None:
+    """Label every view and write the array (rank 0). In one process rows go straight into the memory-mapped file;
+    on several ranks each labels every world-th batch into a zero array that is summed onto rank 0."""
+    world, rank = dist.world_size(), dist.rank()
+    with (atomic_path(logits_path) if dist.is_main() else contextlib.nullcontext()) as tmp:
+        # a .npy header, then the array filled in place, view by view
+        array = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=dtype, shape=(views, n, width)) if tmp else None
         for v in range(views):
-            filled = np.zeros(n, dtype=bool)
-            for batch in task.view_batches(v, seed, batch_size):
+            filled = torch.zeros(n, dtype=torch.int32)
+            share = torch.zeros(n, width, dtype=torch.float32) if world > 1 else None
+            for i, batch in enumerate(task.view_batches(v, seed, batch_size)):
+                if i % world != rank:
+                    continue
                 logits = teacher(batch).float()
-                rows = logits if top_k is None else compress_top_k(logits, top_k)
-                where = task.cache_rows(batch.index).cpu().numpy()
-                array[v, where] = rows.cpu().numpy().astype(dtype)
-                filled[where] = True
-            if not filled.all():  # a view_batches that skipped samples would leave zero logits to distill from
-                raise RuntimeError(f"teacher cache: {type(task).__name__}.view_batches left {int((~filled).sum())} "
-                                   f"of {n} training rows unlabelled in view {v}")
-        array.flush()
-        del array
-    build_s = time.perf_counter() - start
-    write_json_atomic(meta_path, {"format": CACHE_FORMAT, "fingerprint": fingerprint, "shape": [views, n, c],
-                                  "top_k": top_k, "view_chunk": task.VIEW_CHUNK, "dtype": np.dtype(dtype).name,
-                                  "build_s": round(build_s, 3),
-                                  "made_from": describe or {}})
-    log(f"teacher cache: built in {build_s:.1f}s -> {logits_path}")
-    return cached(build_s)
+                rows = (logits if top_k is None else compress_top_k(logits, top_k)).cpu()
+                where = task.cache_rows(batch.index).cpu()
+                if share is None:
+                    array[v, where.numpy()] = rows.numpy().astype(dtype)
+                else:
+                    share[where] = rows
+                filled[where] = 1
+            if share is not None:
+                dist.reduce_sum(share)
+                dist.reduce_sum(filled)
+                if array is not None:
+                    array[v] = share.numpy().astype(dtype)
+            if dist.is_main() and not bool(filled.bool().all()):  # skipped samples would leave zero logits to learn from
+                raise RuntimeError(f"teacher cache: {type(task).__name__}.view_batches left "
+                                   f"{int((filled == 0).sum())} of {n} training rows unlabelled in view {v}")
+        if array is not None:
+            array.flush()
+            del array
 
 
 def _info(path: Path, views: int, n: int, c: int, top_k: Optional[int], build_s: Optional[float],

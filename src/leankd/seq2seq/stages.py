@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..kd.build import logit_loss, supervised_loss
+from ..core import dist
 from ..core.fingerprint import fingerprint
 from ..stages import StageRunner, StudentStages
 from .distill import build_or_load_outputs, training_pairs
@@ -111,8 +112,9 @@ def _decode_once(pipe: StageRunner, task, teacher_model, fp: str, n_best: int, s
     directory = Path(r.teacher.cache_dir) if r.teacher.cache_dir else pipe.run_dir / "teacher_cache"
     model = copy.deepcopy(teacher_model).to(task.device).eval()
     try:
-        return build_or_load_outputs(directory, fp, task, model, r.distill.seq.beam, n_best, log=pipe.log,
-                                     sources=sources)
+        # under torchrun rank 0 decodes and writes; the others then read its file
+        return dist.main_first(lambda: build_or_load_outputs(directory, fp, task, model, r.distill.seq.beam, n_best,
+                                                             log=pipe.log, sources=sources))
     finally:
         del model
         if task.device.type == "cuda":

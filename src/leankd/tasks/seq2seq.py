@@ -134,6 +134,16 @@ class Seq2SeqTask(Task):
         for chunk in order.split(batch_size):
             yield train.batch(chunk)
 
+    def shard_batch(self, batch: Batch, part: int, parts: int) -> Batch:
+        """A share of the batch's sequences (its targets are their tokens, flattened): rebuilt from its pairs, so
+        inputs and token targets stay aligned."""
+        from ..core.dist import shard_bounds
+
+        if parts == 1:
+            return batch
+        start, end = shard_bounds(len(batch.index), part, parts)
+        return self.splits["train"].batch(batch.index[start:end])
+
     def cache_size(self) -> int:
         return int(self.splits["train"].tgt_len.sum())
 

@@ -157,6 +157,8 @@ class TextTask(Task):
 
     def encoding_key(self, model: nn.Module) -> str:
         """Which tokenization `model` reads: its `input_encoding` (a tokenizer folder or "words"), else the data's."""
+        if isinstance(model, nn.parallel.DistributedDataParallel):  # the student while training on several ranks
+            model = model.module
         wanted = getattr(model, "input_encoding", None)
         if wanted is None:
             return self.primary

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..core.task import Task, evaluate, predict  # noqa: F401  (evaluate, predict re-exported: leankd.train.loop)
+from ..core import dist
 from ..core.teacher import Teacher
 from ..errors import RecipeError
 from ..kd.losses import CE, Loss, LossInputs
@@ -31,6 +32,7 @@ from ..measure.memory import PeakMemory
 from ..recipe import TrainConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler, param_groups
+from . import sync_bn
 from .speed import describe_optimizer, mark_step_begin, plan_step
 
 
@@ -89,8 +91,13 @@ def fit(
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    if dist.world_size() > 1 and cfg.batch_size % dist.world_size():
+        raise RecipeError(f"train.batch_size = {cfg.batch_size} is the global batch, cut into equal shares for "
+                          f"{dist.world_size()} processes: make it a multiple of {dist.world_size()}")
     student_taps = _setup_feature_loss(loss, model, task, teacher)
-    with _closing(student_taps, teacher):  # hooks come off even if anything below fails
+    # train.sync_bn: BatchNorm over the global batch while training; plain BatchNorm again afterwards
+    restore_bn = sync_bn.convert(model, device) if cfg.sync_bn and dist.world_size() > 1 else _nothing
+    with _closing(student_taps, teacher), _finally(restore_bn):  # hooks come off even if anything below fails
         return _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, metrics_path, resume,
                     progress, stop_after_epoch, fingerprint)
 
@@ -113,16 +120,37 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
     prior_peak = None
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, extra_modules)
+        if state.get("world_size", 1) != dist.world_size():
+            raise RecipeError(
+                f"{checkpoint_path} was trained by {state.get('world_size', 1)} process(es) and this run has "
+                f"{dist.world_size()}: resume with the same number (torchrun --nproc-per-node/--nnodes), or --force "
+                "to start the stage over")
         start_epoch = state["epoch"]
         history = state["history"]
         prior_wall, prior_train, prior_samples = state["wall_time_s"], state["train_time_s"], state["samples"]
         prior_peak = state.get("peak_memory_mb")
-        if metrics_path is not None:  # drop rows of epochs after the checkpoint (killed between the two writes)
+        if metrics_path is not None and dist.is_main():  # drop rows of epochs after the checkpoint (killed between)
             _write_history(metrics_path, history)
 
-    plan = plan_step(model, cfg, device, reads_features=student_taps is not None)
+    world = dist.world_size()
+    if world > 1 and cfg.cuda_graphs:
+        cfg = cfg.model_copy(update={"cuda_graphs": False})  # DDP's gradient hooks do not replay in a CUDA graph
+        graph_note = ["cuda_graphs: not applied under torchrun (DDP's gradient all-reduce does not replay in a graph)"]
+    else:
+        graph_note = []
+    step_model = _ddp(model, device) if world > 1 else model
+    plan = plan_step(step_model, cfg, device, reads_features=student_taps is not None)
+    plan.skipped += graph_note
     plan.applied.append(describe_optimizer(optimizer))
     plan.applied += getattr(teacher, "speedups", [])
+    if world > 1:
+        plan.applied.append(f"DistributedDataParallel over {dist.describe()}, {cfg.batch_size // world} examples per "
+                            "process and step" + (", BatchNorm over the global batch (sync_bn)" if cfg.sync_bn else ""))
+    if cfg.accumulate > 1:
+        plan.applied.append(f"gradient accumulation: {cfg.accumulate} micro-batches per step")
+    adapter_params = [p for p in loss.parameters() if p.requires_grad] if world > 1 else []
+    if not dist.is_main():
+        progress = None  # rank 0 shows the progress; the others train quietly
     # 10 ms sampling: fine enough for epoch-long peaks, cheap enough not to slow a 2-core machine
     with PeakMemory(device, interval_s=0.01) as peak, EnergyMeter(device) as energy:
         wall_start = time.perf_counter()
@@ -143,33 +171,42 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
             batches = (task.train_batches(epoch, cfg.batch_size, seed) if view is None
                        else task.train_batches(epoch, cfg.batch_size, seed, view=view))
             for step, batch in enumerate(batches):
-                inputs = _channels_last(batch.inputs, cfg.channels_last)
                 if plan.mark_steps:
                     mark_step_begin()  # CUDA graphs: this step's replay may overwrite the last step's outputs
-                with autocast_context(device, cfg.precision):
-                    logits = task.forward(plan.model, inputs)
-                score = task.score_batch(logits.detach(), batch.targets)  # read before anything replays
-                value = loss(loss_inputs(logits, batch, loss, teacher, student_taps, epoch + 1, cfg.epochs,
-                                         epoch + (step + 1) / max(steps_per_epoch, 1)))
+                # every rank draws the same global batch and trains on its share; `accumulate` cuts the share again
+                share = task.shard_batch(batch, dist.rank(), world)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(value).backward()
+                for m in range(cfg.accumulate):
+                    micro = task.shard_batch(share, m, cfg.accumulate)
+                    # no `no_sync()` between micro-batches: DDP's static graph does not allow it, so every
+                    # micro-batch all-reduces (accumulation under DDP saves memory, not communication)
+                    value, score = _forward_backward(plan.model, task, micro, loss, teacher, student_taps, cfg, scaler,
+                                                     device, epoch, epoch + (step + 1) / max(steps_per_epoch, 1),
+                                                     _weight(micro, batch, world, cfg.accumulate))
+                    loss_sum += value * micro.size
+                    if score is not None:
+                        scored = True
+                        correct += score[0]
+                        labeled += score[1]
+                    seen += micro.size
+                _average(adapter_params, world)
                 if cfg.grad_clip:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                loss_sum += value.detach() * batch.size
-                if score is not None:
-                    scored = True
-                    correct += score[0]
-                    labeled += score[1]
-                seen += batch.size
                 if progress and (device.type == "cpu" or step % 20 == 0 or step == steps_per_epoch - 1):
                     elapsed = time.perf_counter() - t0
                     accuracy = float(correct) / max(int(labeled), 1) if scored else None
-                    progress.update(step + 1, loss=float(loss_sum) / seen, accuracy=accuracy,
-                                    samples_per_s=seen / max(elapsed, 1e-9))
+                    progress.update(step + 1, loss=float(loss_sum) / max(seen, 1), accuracy=accuracy,
+                                    samples_per_s=seen * world / max(elapsed, 1e-9))
+            if world > 1:  # the epoch's figures over every rank's share: what one process would have logged
+                totals = dist.all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), labeled.double(),
+                                                          torch.tensor(float(seen), dtype=torch.float64, device=device),
+                                                          torch.tensor(float(scored), dtype=torch.float64, device=device)]))
+                loss_sum, correct, labeled = totals[0], totals[1].long(), totals[2].long()
+                seen, scored = int(totals[3]), bool(totals[4] > 0)
             _sync(device)
             epoch_time = time.perf_counter() - t0
             train_time += epoch_time
@@ -183,12 +220,12 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 "epoch_time_s": epoch_time,
                 "samples_per_s": seen / max(epoch_time, 1e-9),
             }
-            if task.has_split("val"):
+            if task.has_split("val") and dist.is_main():  # rank 0 scores; the others go on to the next epoch
                 val = evaluate(model, task, "val", max(256, cfg.batch_size))
                 row.update(val_loss=val.get("loss"), val_accuracy=val.get("accuracy"), val_macro_f1=val.get("macro_f1"))
                 row.update({f"val_{name}": val.get(name) for name in task.history_metrics()})
             history.append(row)
-            if checkpoint_path is not None:
+            if checkpoint_path is not None and dist.is_main():
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, extra_modules=extra_modules, state={
                     "epoch": epoch + 1,
                     "fingerprint": fingerprint,
@@ -197,8 +234,9 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                     "train_time_s": prior_train + train_time,
                     "samples": prior_samples + samples,
                     "peak_memory_mb": _max(prior_peak, peak.current_peak_mb()),
+                    **({"world_size": world} if world > 1 else {}),
                 })
-            if metrics_path is not None:
+            if metrics_path is not None and dist.is_main():
                 _write_history(metrics_path, history)
             if progress:  # after the checkpoint: a hook that stops the run (a search's pruner) loses nothing
                 progress.end_epoch(row)
@@ -227,19 +265,86 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
     )
 
 
+def _forward_backward(step_model, task: Task, batch, loss: Loss, teacher, student_taps, cfg: TrainConfig, scaler,
+                      device: torch.device, epoch: int, progress: float, weight: float):
+    """One forward and backward pass of a (micro-)batch: the loss's value (detached, unweighted) and the task's
+    score of it. The frozen teacher runs first: its activations are freed before the student's, which backward
+    keeps, are allocated (on a CPU, running it after the student's forward made the allocator hand memory back and
+    forth every step). `weight` scales the gradient of a share of a global batch (1 in one process)."""
+    inputs = _channels_last(batch.inputs, cfg.channels_last)
+    teacher_out = _teacher_outputs(batch, loss, teacher, student_taps)
+    with autocast_context(device, cfg.precision):
+        logits = task.forward(step_model, inputs)
+    score = task.score_batch(logits.detach(), batch.targets)  # read before anything replays
+    value = loss(loss_inputs(logits, batch, loss, teacher, student_taps, epoch + 1, cfg.epochs, progress,
+                             teacher_out=teacher_out))
+    scaler.scale(value if weight == 1.0 else value * weight).backward()
+    return value.detach(), score
+
+
+def _teacher_outputs(batch, loss: Loss, teacher, student_taps):
+    """The teacher's side of a step, before the student runs: (logits, features) with feature taps, else logits
+    when the loss needs a teacher, else None."""
+    if student_taps is not None:
+        return teacher.outputs(batch)
+    return teacher(batch) if loss.needs_teacher else None
+
+
+def _weight(micro, batch, world: int, micro_batches: int) -> float:
+    """How much a share's mean loss counts so that the ranks' averaged gradients (DDP divides by the world size) and
+    the micro-batches' summed ones equal the gradient of the mean over the whole global batch: its share of the
+    batch's target rows, times the world size. Exactly 1 in one process without accumulation."""
+    if world == 1 and micro_batches == 1:
+        return 1.0
+    return int(micro.targets.shape[0]) * world / max(int(batch.targets.shape[0]), 1)
+
+
+def _average(params: list, world: int) -> None:
+    """Average the gradients of trainable loss parts (FitNets adapters) over the ranks: DDP syncs the student's
+    only."""
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce_sum(p.grad)
+            p.grad.div_(world)
+
+
+def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """The student wrapped for data-parallel training. `static_graph`: the parameters a step uses are the same every
+    step, which lets DDP cope with parameters the loss never reaches (a text model's unused pooler) without a graph
+    search per step."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, static_graph=True)
+
+
+def _nothing() -> None:
+    return None
+
+
+@contextlib.contextmanager
+def _finally(fn):
+    try:
+        yield
+    finally:
+        fn()
+
+
 def loss_inputs(logits, batch, loss: Loss, teacher, student_taps: Optional[FeatureTaps],
                 epoch: Optional[int] = None, epochs: Optional[int] = None,
-                progress: Optional[float] = None) -> LossInputs:
+                progress: Optional[float] = None, teacher_out=None) -> LossInputs:
     """What the loss sees for one step: the student's logits, the targets, and — only when the loss needs them —
     the teacher's logits and (layer distillation) both models' tapped features of this very forward. `epoch`
     (from 1), `epochs` and `progress` (fractional epochs done) let a loss warm up (DKD); outside a training run
     they are None."""
     inputs = LossInputs(student=logits, targets=batch.targets, epoch=epoch, epochs=epochs, progress=progress)
+    if teacher_out is None:  # callers outside the loop: the teacher runs now
+        teacher_out = _teacher_outputs(batch, loss, teacher, student_taps)
     if student_taps is not None:
-        inputs.teacher, inputs.teacher_features = teacher.outputs(batch)
+        inputs.teacher, inputs.teacher_features = teacher_out
         inputs.student_features = student_taps.take()
     elif loss.needs_teacher:
-        inputs.teacher = teacher(batch)
+        inputs.teacher = teacher_out
     return inputs
 
 

@@ -1,0 +1,157 @@
+"""Data-parallel training on 2 CPU processes (gloo), against one process on the same global batch.
+
+One spawned 2-rank job runs every scenario (processes cost seconds to start on a 2-core machine) and saves what rank 0
+ends with; the tests compare it with the same training in this process, one thread each, so the arithmetic differs
+only by how the ranks' gradients are summed."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from leankd.core import dist
+from leankd.errors import RecipeError
+from leankd.kd.cache import build_or_load
+from leankd.kd.losses import KD
+from leankd.kd.teacher import LiveTeacher
+from leankd.recipe import TrainConfig
+from leankd.tasks.base import TensorTask
+from leankd.train.loop import fit
+
+CFG = TrainConfig(epochs=2, batch_size=16, lr=0.05, schedule="cosine", weight_decay=5e-4)
+
+
+def _data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(9))[y] + torch.randn(n, 1, 6, 6, generator=g)
+    return x, y
+
+
+def _task():
+    x, y = _data()
+    xv, yv = _data(32, seed=1)
+    # noise as augmentation: the generator (seeded from seed and epoch) matters, as it does for crops and flips
+    return TensorTask({"train": (x, y), "val": (xv, yv)}, num_classes=3,
+                      transform=lambda b, g, train: b + (0.1 * torch.randn(b.shape, generator=g) if train else 0))
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 24), nn.ReLU(), nn.Linear(24, 3))
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+
+
+def _teacher_model():
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+
+
+def scenarios(out: Path) -> None:
+    """Every training this file checks, run the same way in one process and on each of 2 ranks; rank 0 (or the
+    single process) saves the final weights and losses under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(name, model, result=None):
+        if dist.is_main():
+            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out / f"{name}.pt")
+            if result is not None:
+                (out / f"{name}.json").write_text(json.dumps([r["train_loss"] for r in result.history]))
+
+    m = _mlp()
+    save("mlp", m, fit(m, _task(), CFG))
+    m = _mlp()
+    save("mlp_accumulate", m, fit(m, _task(), CFG.model_copy(update={"accumulate": 2})))
+    m = _cnn()
+    save("cnn_sync_bn", m, fit(m, _task(), CFG.model_copy(update={"sync_bn": True})))
+    m = _cnn()
+    save("cnn", m, fit(m, _task(), CFG))
+    task = _task()
+    teacher = LiveTeacher(_teacher_model(), task)
+    m = _mlp()
+    save("kd", m, fit(m, task, CFG, loss=KD(temperature=4.0), teacher=teacher))
+    cached, _ = build_or_load(out / "cache", "fp", teacher, task, views=2, seed=0, batch_size=16, log=lambda s: None)
+    m = _mlp()
+    save("kd_cached", m, fit(m, task, CFG, loss=KD(temperature=4.0), teacher=cached))
+    m = _mlp()
+    try:
+        fit(m, _task(), CFG, checkpoint_path=out / "ckpt.safetensors", stop_after_epoch=1)
+    except InterruptedError:
+        pass
+
+
+def _worker(rank: int, world: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        scenarios(Path(out))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(one process, two processes): the directories their scenarios wrote."""
+    root = tmp_path_factory.mktemp("ddp")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        scenarios(root / "one")
+    finally:
+        torch.set_num_threads(threads)
+    mp.spawn(_worker, args=(2, str(root / "store"), str(root / "two")), nprocs=2, join=True)
+    return root / "one", root / "two"
+
+
+def _close(a: dict, b: dict, atol=1e-5) -> bool:
+    return all(torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=1e-4) for k in a)
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlp_accumulate", "cnn_sync_bn", "kd", "kd_cached"])
+def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(runs, name):
+    one, two = runs
+    assert _close(torch.load(one / f"{name}.pt"), torch.load(two / f"{name}.pt"))
+    assert json.loads((one / f"{name}.json").read_text()) == pytest.approx(
+        json.loads((two / f"{name}.json").read_text()), rel=1e-5)
+
+
+def test_without_sync_bn_each_rank_normalizes_its_own_share(runs):
+    """The control that shows the sync_bn comparison can fail: plain BatchNorm on 8-example shares is not BatchNorm
+    on the 16-example batch."""
+    one, two = runs
+    assert _close(torch.load(one / "cnn_sync_bn.pt"), torch.load(one / "cnn.pt"))  # one process: the same model
+    assert not _close(torch.load(one / "cnn.pt"), torch.load(two / "cnn.pt"))
+
+
+def test_accumulation_gives_the_step_of_the_whole_batch(runs):
+    one, _ = runs
+    assert _close(torch.load(one / "mlp.pt"), torch.load(one / "mlp_accumulate.pt"))
+
+
+def test_a_cache_built_by_two_ranks_is_byte_identical_to_one_process(runs):
+    one, two = runs
+    (a,), (b,) = list((one / "cache").glob("*.npy")), list((two / "cache").glob("*.npy"))
+    assert a.read_bytes() == b.read_bytes()
+    assert np.load(a).any()
+
+
+def test_resuming_with_another_number_of_processes_is_refused(runs):
+    _, two = runs
+    with pytest.raises(RecipeError, match="trained by 2 process"):
+        fit(_mlp(), _task(), CFG, checkpoint_path=two / "ckpt.safetensors", resume=True)
+
+
+def test_one_process_has_no_distributed_state():
+    assert (dist.world_size(), dist.rank(), dist.is_main(), dist.describe()) == (1, 0, True, None)
+    assert dist.on_main(lambda: 7) == 7 and dist.main_first(lambda: 8) == 8
+    assert [dist.shard_bounds(10, p, 3) for p in range(3)] == [(0, 3), (3, 6), (6, 10)]
+    os.environ.pop("WORLD_SIZE", None)
+    assert dist.init("cpu") is False

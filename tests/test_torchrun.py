@@ -1,0 +1,133 @@
+"""`leankd run` under torchrun on 2 CPU processes (gloo), end to end through the command line: the same results as one
+process, a rank killed with SIGKILL and `--resume` ending bit-identical to an uninterrupted 2-process run, two
+"nodes" on localhost, and recipe errors before any process starts."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from test_pipeline import make_image_folder, write_recipe
+
+STAGES = ("teacher", "baseline", "student")
+
+
+def leankd(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "leankd", *args], capture_output=True, text=True, timeout=timeout,
+                          **kw)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("torchrun")
+    data = make_image_folder(root / "images")
+    # BatchNorm models with sync_bn: two processes normalize over the global batch, as one process does
+    return write_recipe(root, data, train={"epochs": 2, "batch_size": 16, "lr": 0.05, "sync_bn": True},
+                        teacher={"model": "resnet14", "train": {"epochs": 4}})
+
+
+@pytest.fixture(scope="module")
+def two(recipe):
+    run_dir = recipe.parent / "two"
+    out = leankd("run", str(recipe), "--run-dir", str(run_dir), "--nproc", "2", "-q")
+    assert out.returncode == 0, out.stdout + out.stderr
+    return run_dir
+
+
+def losses(run_dir: Path, stage: str) -> list[float]:
+    return [json.loads(line)["train_loss"] for line in (run_dir / stage / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_train_what_one_process_trains(recipe, two):
+    one = recipe.parent / "one"
+    out = leankd("run", str(recipe), "--run-dir", str(one), "-q")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for stage in STAGES:
+        assert losses(two, stage) == pytest.approx(losses(one, stage), rel=2e-3), stage
+    report = json.loads((two / "report.json").read_text())
+    assert set(report["models"]) >= set(STAGES)
+    training = json.loads((two / "student" / "stage.json").read_text())["training"]
+    assert any("DistributedDataParallel over 2 processes (gloo)" in s for s in training["speedups"]), training
+    # only rank 0 wrote: one report, one set of stage files, no leftovers of a second writer
+    assert not list(two.rglob(".*.tmp"))
+
+
+def _workers(run_dir: Path) -> list[int]:
+    """pids of the leankd worker processes (not torchrun, nor the command that started it) running in `run_dir`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if (str(run_dir).encode() in cmd and b"leankd" in cmd and b"torch.distributed.run" not in cmd
+                and b"--nproc" not in cmd):  # not the `leankd run --nproc` that started torchrun
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the worker processes through /proc")
+def test_a_rank_killed_mid_run_resumes_to_the_uninterrupted_result(recipe, two):
+    run_dir = recipe.parent / "killed"
+    cmd = [sys.executable, "-m", "leankd", "run", str(recipe), "--run-dir", str(run_dir), "--nproc", "2", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt = run_dir / "teacher" / "checkpoint.safetensors"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), "the teacher never checkpointed an epoch"
+    workers = _workers(run_dir)
+    assert len(workers) == 2, workers
+    os.kill(max(workers), signal.SIGKILL)  # one rank dies; torchrun ends the other
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0, output
+    assert not (run_dir / "report.json").exists()
+    refused = leankd("run", str(recipe), "--run-dir", str(run_dir), "--nproc", "2", "-q")
+    assert refused.returncode != 0 and "--resume" in refused.stdout + refused.stderr
+    out = leankd("run", str(recipe), "--run-dir", str(run_dir), "--nproc", "2", "-q", "--resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for stage in STAGES:
+        a, b = load_file(run_dir / stage / "model.safetensors"), load_file(two / stage / "model.safetensors")
+        assert all((a[k] == b[k]).all() for k in a), stage
+        assert losses(run_dir, stage) == losses(two, stage)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_localhost_complete_a_run(recipe):
+    run_dir = recipe.parent / "nodes"
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                               "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "leankd-test",
+                               "-m", "leankd", "run", str(recipe), "--run-dir", str(run_dir), "-q",
+                               "--set", "teacher.train.epochs=1", "--set", "train.epochs=1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for node in (0, 1)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert (run_dir / "report.md").exists()
+    training = json.loads((run_dir / "teacher" / "stage.json").read_text())["training"]
+    assert any("over 2 processes" in s for s in training["speedups"])
+
+
+def test_a_batch_that_does_not_split_is_refused_before_any_process_starts(recipe):
+    out = leankd("run", str(recipe), "--run-dir", str(recipe.parent / "bad"), "--nproc", "3")
+    assert out.returncode == 2
+    assert "batch_size = 16 is the global batch" in out.stderr and "multiple of 3" in out.stderr
+    assert not (recipe.parent / "bad").exists()
+
+
+def test_python_dash_m_leankd_is_the_command():
+    out = leankd("--help")
+    assert out.returncode == 0 and "run" in out.stdout
