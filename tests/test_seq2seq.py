@@ -391,3 +391,22 @@ def test_end_to_end_tiny_g2p_run_on_cmudict_words(tmp_path):
     assert again["models"]["student_seq_extra"]["training"]["seq_kd_data"]["extra_outputs"]["reused"] is True
     assert cache[0].stat().st_mtime_ns == mtime  # the teacher's outputs were read, not decoded again
     assert {role: (tmp_path / role / "model.safetensors").stat().st_mtime_ns for role in weights} == weights
+
+
+def test_micro_batches_of_token_targets_give_the_step_of_the_whole_batch():
+    """`train.accumulate` (and a rank's share under torchrun) cuts a seq2seq batch by sequences, whose token counts
+    differ: weighted by their tokens, the micro-batches' gradients add up to the whole batch's per-token mean."""
+    from leankd.recipe import TrainConfig
+    from leankd.train.loop import fit
+
+    task = _task(160)
+    batch = next(task.train_batches(0, 64, 0))
+    parts = [task.shard_batch(batch, i, 3) for i in range(3)]
+    assert torch.equal(torch.cat([p.targets for p in parts]), batch.targets)
+    assert len({len(p.targets) for p in parts}) > 1  # unequal token counts: the weighting matters
+    cfg = TrainConfig(epochs=2, batch_size=64, optimizer="adamw", lr=0.01, weight_decay=0.0)
+    whole, micro = _model(task, dropout=0.0), _model(task, dropout=0.0)
+    fit(whole, task, cfg)
+    fit(micro, task, cfg.model_copy(update={"accumulate": 3}))
+    a, b = whole.state_dict(), micro.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

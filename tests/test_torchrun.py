@@ -58,9 +58,9 @@ def test_two_processes_train_what_one_process_trains(recipe, two):
     assert not list(two.rglob(".*.tmp"))
 
 
-def _workers(run_dir: Path) -> list[int]:
-    """pids of the leankd worker processes (not torchrun, nor the command that started it) running in `run_dir`."""
-    pids = []
+def _workers(run_dir: Path) -> dict[int, int]:
+    """{rank: pid} of the leankd worker processes (not torchrun, nor the command that started it) in `run_dir`."""
+    pids = {}
     for proc in Path("/proc").iterdir():
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
@@ -68,7 +68,8 @@ def _workers(run_dir: Path) -> list[int]:
             continue
         if (str(run_dir).encode() in cmd and b"leankd" in cmd and b"torch.distributed.run" not in cmd
                 and b"--nproc" not in cmd):  # not the `leankd run --nproc` that started torchrun
-            pids.append(int(proc.name))
+            env = dict(v.split(b"=", 1) for v in (proc / "environ").read_bytes().split(b"\0") if b"=" in v)
+            pids[int(env[b"RANK"])] = int(proc.name)
     return pids
 
 
@@ -83,10 +84,11 @@ def test_a_rank_killed_mid_run_resumes_to_the_uninterrupted_result(recipe, two):
         time.sleep(0.05)
     assert ckpt.exists(), "the teacher never checkpointed an epoch"
     workers = _workers(run_dir)
-    assert len(workers) == 2, workers
-    os.kill(max(workers), signal.SIGKILL)  # one rank dies; torchrun ends the other
+    assert sorted(workers) == [0, 1], workers
+    os.kill(workers[1], signal.SIGKILL)  # one rank dies; torchrun ends the other
     output = proc.communicate(timeout=120)[0]
-    assert proc.returncode != 0, output
+    assert proc.returncode == 1, output
+    assert "rank 1 of 2 was killed by SIGKILL" in output and "--resume --nproc 2" in output, output
     assert not (run_dir / "report.json").exists()
     refused = leankd("run", str(recipe), "--run-dir", str(run_dir), "--nproc", "2", "-q")
     assert refused.returncode != 0 and "--resume" in refused.stdout + refused.stderr

@@ -18,6 +18,7 @@ overestimate against the peers, never an underestimate).
         [--cache-views 8] [--precision bf16 --channels-last --cuda-graphs] --out leankd.json
     python benchmarks/peers/leankd_run.py --data cifar10.pt --train-teacher 30 --save-teacher teacher.pt --out t.json
     python benchmarks/peers/leankd_run.py --data cifar10.pt --alone --epochs 30 --out alone.json
+    torchrun --standalone --nproc-per-node 2 benchmarks/peers/leankd_run.py ...   # data-parallel (ddp_scaling.py)
 """
 
 from __future__ import annotations
@@ -112,7 +113,12 @@ def main(argv=None) -> dict:
     if modes != 1:
         p.error("give exactly one of --train-teacher, --alone and --teacher-weights")
 
+    from leankd.core import dist
+
+    dist.init(args.device or "auto")  # under torchrun (benchmarks/ddp_scaling.py): data-parallel, rank 0 reports
     device = pc.pick_device(args.device)
+    if device.type == "cuda" and dist.is_distributed():
+        device = torch.device("cuda", dist.local_rank())
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     task = load_task(args.data, device, args.channels_last)
@@ -168,7 +174,11 @@ def main(argv=None) -> dict:
     payload["peak_gpu_memory_mb"] = result.peak_memory.get("peak_mb") if device.type == "cuda" else None
     if "cache_build_s" in extra and payload["time_to_target_s"] is not None:
         payload["time_to_target_s"] += extra["cache_build_s"]  # the teacher's pass over the views is part of the cost
-    pc.write_json(args.out, payload)
+    if dist.is_main():
+        payload["processes"] = dist.world_size()
+        payload["threads_per_process"] = torch.get_num_threads()
+        pc.write_json(args.out, payload)
+    dist.shutdown()
     return payload
 
 

@@ -126,9 +126,13 @@ def run(
 
 def _torchrun(nproc: int) -> int:
     """`leankd run ... --nproc N`: this same command under `torchrun --standalone --nproc-per-node N` (one machine;
-    for several machines call torchrun yourself, see the README). Returns torchrun's exit code."""
+    for several machines call torchrun yourself, see the README), launched in this process so that a failure comes
+    back as which rank stopped and how, not as the launcher's traceback. Returns the exit code: 0, 2 when the ranks
+    stopped on a user error (rank 0 printed it), 1 when a rank died."""
     import os
-    import subprocess
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run as launch
 
     from .errors import RecipeError
 
@@ -142,9 +146,19 @@ def _torchrun(nproc: int) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             argv.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "leankd",
-           *argv]
-    return subprocess.call(cmd)
+    try:
+        launch(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "leankd", *argv]))
+    except ChildFailedError as e:
+        if all(f.exitcode == 2 for f in e.failures.values()):
+            return 2
+        rank, failure = e.get_first_failure()
+        how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
+               else f"exited with code {failure.exitcode}")
+        err_console.print(f"[bold red]error:[/] rank {rank} of {nproc} {how} (pid {failure.pid}); the other "
+                          f"processes were stopped. Each stage's last finished epoch is checkpointed: rerun with "
+                          f"--resume --nproc {nproc} to continue.", highlight=False, soft_wrap=True)
+        return 1
+    return 0
 
 
 @app.command()
@@ -168,6 +182,13 @@ def search(
 ):
     """Search KD settings and student sizes with Optuna: the Pareto front of quality vs cost, a leaderboard and an
     experiment report (teacher trained once; candidates confirmed over seeds beside same-budget baselines)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from .errors import RecipeError
+
+        raise RecipeError("leankd search runs its trials side by side with --workers N (one process each, sharing "
+                          "the study); it does not run under torchrun: start it without torchrun")
     from .api import search as run_search
 
     summary = run_search(recipe, overrides=overrides, run_dir=run_dir, resume=resume, force=force, storage=storage,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.classification import (binary_f1_score, multiclass_accuracy, multiclass_f1_score,
-                                                    multiclass_matthews_corrcoef)
 
 from ..errors import DataError
 
@@ -42,6 +40,10 @@ def classification_metrics(logits: Tensor, targets: Tensor, class_names: list[st
         raise ValueError(f"targets must lie in 0..{num_classes - 1}, got {int(targets.min())}..{int(targets.max())}")
 
     preds = logits.argmax(dim=1)
+    # imported here, not at the top: torchmetrics pulls in transformers, matplotlib and torchvision.models, seconds
+    # that every `import leankd` (and each torchrun worker) would pay before any work
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
     per_class = multiclass_accuracy(preds, targets, num_classes=num_classes, average=None)
     macro_f1 = multiclass_f1_score(preds, targets, num_classes=num_classes, average="macro")
     return {
@@ -62,6 +64,8 @@ def text_metrics(logits: Tensor, targets: Tensor, class_names: list[str] | None 
     out = classification_metrics(logits, targets, class_names)
     preds = logits.detach().float().cpu().argmax(dim=1)
     targets = targets.detach().cpu().long()
+    from torchmetrics.functional.classification import binary_f1_score, multiclass_matthews_corrcoef
+
     out["mcc"] = float(multiclass_matthews_corrcoef(preds, targets, num_classes=logits.shape[1]))
     if logits.shape[1] == 2:
         out["f1_positive"] = float(binary_f1_score(preds, targets))

@@ -32,7 +32,7 @@ from ..measure.memory import PeakMemory
 from ..recipe import TrainConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler, param_groups
-from . import sync_bn
+from . import allocator, sync_bn
 from .speed import describe_optimizer, mark_step_begin, plan_step
 
 
@@ -143,6 +143,8 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
     plan.skipped += graph_note
     plan.applied.append(describe_optimizer(optimizer))
     plan.applied += getattr(teacher, "speedups", [])
+    if device.type == "cpu" and allocator.tune():
+        plan.applied.append(allocator.DESCRIPTION)
     if world > 1:
         plan.applied.append(f"DistributedDataParallel over {dist.describe()}, {cfg.batch_size // world} examples per "
                             "process and step" + (", BatchNorm over the global batch (sync_bn)" if cfg.sync_bn else ""))
