@@ -153,7 +153,9 @@ def summarize(args, runs: dict[str, list[dict]]) -> dict:
                "load": [f"{res['load_before']} -> {res['load_after']}" for res in results]}
         base = base or row
         row["speedup"] = row["images_per_s"] / base["images_per_s"]
-        row["scaling_efficiency"] = row["speedup"] / (row["processes"] / base["processes"])
+        # GPUs add devices, so speed-up / processes is the efficiency; CPU mode splits the same cores, so it is not
+        row["scaling_efficiency"] = (row["speedup"] / (row["processes"] / base["processes"])
+                                     if args.device == "cuda" else None)
         rows.append(row)
     return {"mode": args.mode, "machine": kd_speed.machine(), "device": args.device, "epochs": args.epochs,
             "rounds": args.rounds, "batch_size": args.batch_size,
@@ -171,7 +173,7 @@ def markdown(s: dict) -> str:
     for r in s["rows"]:
         lines.append(f"| {r['contestant']} | {r['processes']} x {r['threads_per_process']} | {r['epoch_s']:.2f} | "
                      f"{', '.join(f'{x:.2f}' for x in r['epoch_s_per_round'])} | {r['images_per_s']:.0f} | "
-                     f"{r['speedup']:.2f}x | {r['scaling_efficiency']:.0%} | "
+                     f"{r['speedup']:.2f}x | {kd_speed.fmt(r['scaling_efficiency'], '.0%')} | "
                      f"{kd_speed.fmt(r['final_accuracy'], '.2%')} | {'; '.join(r['load'])} |")
     return "\n".join(lines) + "\n"
 

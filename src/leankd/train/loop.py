@@ -222,10 +222,12 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 "epoch_time_s": epoch_time,
                 "samples_per_s": seen / max(epoch_time, 1e-9),
             }
-            if task.has_split("val") and dist.is_main():  # rank 0 scores; the others go on to the next epoch
+            if task.has_split("val") and dist.is_main():  # rank 0 scores and tells the others: one history
                 val = evaluate(model, task, "val", max(256, cfg.batch_size))
                 row.update(val_loss=val.get("loss"), val_accuracy=val.get("accuracy"), val_macro_f1=val.get("macro_f1"))
                 row.update({f"val_{name}": val.get(name) for name in task.history_metrics()})
+            if world > 1:
+                row = {**dist.broadcast(row), "epoch_time_s": epoch_time}  # every rank keeps its own timing
             history.append(row)
             if checkpoint_path is not None and dist.is_main():
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, extra_modules=extra_modules, state={
