@@ -261,3 +261,24 @@ def test_steps_per_epoch_is_for_streams_only(data, models):
     teacher, student = models
     with pytest.raises(DataError, match="steps_per_epoch applies to a stream"):
         leankd.distill(teacher, student, (x, y), steps_per_epoch=3, epochs=1)
+
+
+def test_teacher_cache_on_streamed_map_style_data_fails_before_training(data, models, tmp_path):
+    (x, y), _ = data
+    teacher, student = models
+    with pytest.raises(DataError, match=r"teacher_cache_views needs the training data in memory.*materialize=True"):
+        leankd.distill(teacher, student, Pairs(x, y), num_classes=4, materialize=False, teacher_cache_views=2,
+                       run_dir=tmp_path / "run", **{k: v for k, v in KW.items() if k != "measure"})
+    assert not (tmp_path / "run" / "baseline").exists()  # raised before the baseline trained
+
+
+def test_dataloaders_without_batching_and_over_streams(data):
+    (x, y), _ = data
+    from leankd.tasks.userdata import build_task
+
+    unbatched = DataLoader(Pairs(x, y), batch_size=None)  # its collate_fn converts one example: not used
+    task = build_task({"train": unbatched}, None, torch.device("cpu"))
+    assert isinstance(task, TensorTask) and torch.equal(task.splits["train"][0], x)
+    streamed = build_task({"train": DataLoader(Stream(x, y), batch_size=8)}, 4, torch.device("cpu"))
+    assert isinstance(streamed, IterableTask) and streamed.split_size("train") == 96
+    assert [b.targets.tolist() for b in streamed.train_batches(0, 48, seed=0)] == [y[:48].tolist(), y[48:].tolist()]

@@ -178,6 +178,10 @@ def _as_recipe(recipe: Union[str, Path, dict, Recipe]) -> Recipe:
     return recipe
 
 
+_NO_CACHE = ("teacher_cache_views needs the training data in memory (tensors, a TensorTask, or a Dataset read into "
+             "memory: distill(materialize=True)): augmentation views are replayed from it")
+
+
 def _cached_teacher(live: LiveTeacher, task: Task, views: int, seed: int, run_dir: Optional[Path], quiet: bool,
                     console: Optional[Console]):
     """A CachedTeacher for distill(): keyed by the teacher's weights, the training data and the views."""
@@ -188,8 +192,7 @@ def _cached_teacher(live: LiveTeacher, task: Task, views: int, seed: int, run_di
 
     train = task.train_tensors() if task.supports_views else None  # the cache's key: no recipe to fingerprint
     if train is None:
-        raise DataError("teacher_cache_views needs in-memory data (tensors, a TensorTask, or a Dataset read into "
-                        "memory: distill(materialize=True)): augmentation views are replayed from it")
+        raise DataError(_NO_CACHE)
     h = hashlib.sha256(f"views={views} seed={seed} precision={live.dtype}".encode())
     for tensor in list(live.model.state_dict().values()) + train:
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -281,6 +284,8 @@ def distill(
                 "teacher cache needs a stable sample index; the student distilled from the live teacher")
         task.notes = [*task.notes, note]
         _log.warning(note)
+    if teacher_cache_views is not None and not (task.supports_views and task.train_tensors() is not None):
+        raise DataError(_NO_CACHE)  # now, not after the baseline has trained
     check_num_classes(teacher, task.num_classes, "teacher")
     check_num_classes(student, task.num_classes, "student")
     for model in (teacher, student):

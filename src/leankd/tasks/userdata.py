@@ -33,7 +33,9 @@ MATERIALIZE_MAX_BYTES = 256 * 2**20
 
 def _source(data: Any, what: str) -> Source:
     if isinstance(data, torch.utils.data.DataLoader):
-        return Source(data.dataset, data.collate_fn, data.num_workers, data.batch_size)
+        # batch_size=None turns batching off and its collate_fn is then a per-example converter: leankd batches
+        collate = data.collate_fn if data.batch_size is not None else None
+        return Source(data.dataset, collate, data.num_workers, data.batch_size)
     if isinstance(data, torch.utils.data.Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")
                                                       and not isinstance(data, (tuple, list, str, dict, Tensor))):
         return Source(data)
