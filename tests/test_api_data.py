@@ -282,3 +282,28 @@ def test_dataloaders_without_batching_and_over_streams(data):
     streamed = build_task({"train": DataLoader(Stream(x, y), batch_size=8)}, 4, torch.device("cpu"))
     assert isinstance(streamed, IterableTask) and streamed.split_size("train") == 96
     assert [b.targets.tolist() for b in streamed.train_batches(0, 48, seed=0)] == [y[:48].tolist(), y[48:].tolist()]
+
+
+def test_materialized_dataset_reuses_the_tensors_teacher_cache(data, tmp_path):
+    (x, y), (xv, yv) = data
+    kw = dict(KW, baseline=False, teacher_cache_views=1, run_dir=tmp_path / "run", seed=1)
+    torch.manual_seed(0)
+    teacher = mlp(32)
+    first = leankd.distill(teacher, mlp(4), (x, y), (xv, yv), **kw)
+    again = leankd.distill(teacher, mlp(4), Pairs(x, y), Dicts(xv, yv), **kw)
+    built, reused = (r.report["models"]["student"]["training"]["teacher_cache"] for r in (first, again))
+    assert built["reused"] is False and reused["reused"] is True  # the same key: the same cache
+
+
+def test_examples_of_different_shapes_ask_for_one_shape(models):
+    class Ragged(Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.zeros(8 if i % 2 else 6), i % 4
+
+    teacher, student = models
+    shapes = r"train_data: examples of different shapes \(\(6,\), \(8,\)\).*collate_fn pads"
+    with pytest.raises(DataError, match=shapes):
+        leankd.distill(teacher, student, Ragged(), epochs=1)

@@ -73,7 +73,17 @@ class PairCollate:
         self.what = what
 
     def __call__(self, items: list) -> tuple[Tensor, Tensor]:
-        x, y = as_pair(self.collate_fn(items), self.what)
+        try:
+            batch = self.collate_fn(items)
+        except RuntimeError as e:
+            if self.collate_fn is not torch.utils.data.default_collate:
+                raise  # the user's own collate_fn: its own error
+            inputs = [as_pair(item, self.what)[0] for item in items]
+            shapes = sorted({tuple(x.shape) for x in inputs if isinstance(x, Tensor)})
+            raise DataError(f"{self.what}: examples of different shapes ({', '.join(map(str, shapes[:4]))}) cannot be "
+                            "stacked into a batch: add a transform that gives every example one shape (resize, crop, "
+                            "pad), or pass a DataLoader whose collate_fn pads them") from e
+        x, y = as_pair(batch, self.what)
         if not isinstance(x, Tensor):
             raise DataError(f"{self.what}: a collated batch's inputs are a {type(x).__name__}; expected one tensor")
         return x, torch.as_tensor(y).long()
