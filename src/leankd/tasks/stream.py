@@ -13,7 +13,9 @@ WebDataset shuffle buffer). What that costs:
   would have seen (for a deterministic stream); with `steps_per_epoch` it is not (the uninterrupted run would have
   continued the stream);
 - under torchrun every rank reads the whole stream and the loop cuts each global batch (`Task.shard_batch`), so the
-  stream must yield the same examples in the same order on every rank (do not shard it by rank yourself).
+  stream must yield the same examples in the same order on every rank (do not shard it by rank yourself);
+- DataLoader workers (a DataLoader's `num_workers`) each run the stream: split it between them with
+  `torch.utils.data.get_worker_info()`, or each worker yields all of it (PyTorch's rule for iterable datasets).
 Evaluation splits may be streams (finite) or map-style datasets; they are read in order.
 """
 from __future__ import annotations
