@@ -307,3 +307,21 @@ def test_examples_of_different_shapes_ask_for_one_shape(models):
     shapes = r"train_data: examples of different shapes \(\(6,\), \(8,\)\).*collate_fn pads"
     with pytest.raises(DataError, match=shapes):
         leankd.distill(teacher, student, Ragged(), epochs=1)
+
+
+def test_a_dataloader_collate_fn_may_take_examples_that_are_not_tensors(data):
+    (x, y), _ = data
+    from leankd.tasks.userdata import build_task
+
+    class Lists(Pairs):  # examples as plain lists: only the user's collate_fn makes tensors of them
+        def __getitem__(self, i):
+            return {"values": self.x[i].tolist(), "cls": int(self.y[i])}
+
+    def collate(items):
+        return torch.tensor([i["values"] for i in items]), torch.tensor([i["cls"] for i in items])
+
+    task = build_task({"train": DataLoader(Lists(x, y), collate_fn=collate)}, None, torch.device("cpu"))
+    assert isinstance(task, TensorTask) and torch.equal(task.splits["train"][0], x)
+    assert torch.equal(task.splits["train"][1], y) and task.num_classes == 4
+    with pytest.raises(DataError, match="a dict example needs exactly one input key"):
+        build_task({"train": Lists(x, y)}, None, torch.device("cpu"))  # without it: the keys are not known

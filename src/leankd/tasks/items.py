@@ -116,7 +116,15 @@ class Source:
             if len(self.dataset) == 0:
                 raise DataError(f"{what}: the dataset is empty")
             item = self.dataset[0]
-        return check_example(item, what)
+        return self.checked(item, what)
+
+    def checked(self, item: Any, what: str) -> tuple[Tensor, Tensor]:
+        """One example as training reads it: checked, or through the user's collate_fn (which may take examples that
+        are not tensors yet, e.g. texts it tokenizes)."""
+        if self.collate_fn is None:
+            return check_example(item, what)
+        x, y = PairCollate(self.collate_fn, what)([item])
+        return x[0], y[0]
 
 
 def _count(items: list) -> int:

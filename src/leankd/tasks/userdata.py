@@ -21,7 +21,7 @@ from torch import Tensor
 from ..core.task import Task
 from ..errors import DataError
 from .base import LoaderTask, TensorTask
-from .items import PairCollate, Source, check_example
+from .items import PairCollate, Source
 from .stream import IterableTask
 
 # 256 MiB of inputs over all splits: the on-device path holds the splits, plus one augmented copy of the training
@@ -59,7 +59,7 @@ def _nbytes(source: Source, first: Tensor) -> int:
 def _augments(source: Source) -> bool:
     """Whether example 0 differs between two reads: a random transform in `__getitem__`."""
     a, b = source.dataset[0], source.dataset[0]
-    return not torch.equal(check_example(a, "data")[0], check_example(b, "data")[0])
+    return not torch.equal(source.checked(a, "train_data")[0], source.checked(b, "train_data")[0])
 
 
 def _materialize(source: Source, what: str) -> tuple[Tensor, Tensor]:
