@@ -325,3 +325,14 @@ def test_a_dataloader_collate_fn_may_take_examples_that_are_not_tensors(data):
     assert torch.equal(task.splits["train"][1], y) and task.num_classes == 4
     with pytest.raises(DataError, match="a dict example needs exactly one input key"):
         build_task({"train": Lists(x, y)}, None, torch.device("cpu"))  # without it: the keys are not known
+
+
+def test_a_finite_stream_can_be_read_into_memory(data):
+    (x, y), (xv, yv) = data
+    from leankd.tasks.userdata import build_task
+
+    task = build_task({"train": Stream(x, y), "val": Stream(xv, yv)}, None, torch.device("cpu"), materialize=True)
+    assert isinstance(task, TensorTask) and task.num_classes == 4
+    assert torch.equal(task.splits["train"][0], x) and torch.equal(task.splits["val"][1], yv)
+    with pytest.raises(DataError, match="steps_per_epoch and materialize=True"):
+        build_task({"train": Stream(x, y)}, 4, torch.device("cpu"), steps_per_epoch=2, materialize=True)

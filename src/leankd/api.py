@@ -264,7 +264,8 @@ def distill(
       draws its own seeded order) and its `batch_size` is only the default of `batch_size` here.
     - an `IterableDataset` (a stream: `IterableTask`): batches in the stream's own order; an epoch is one pass, or
       `steps_per_epoch` batches (required for an endless stream). No teacher cache (it needs a stable sample index):
-      `teacher_cache_views` falls back to the live teacher, with a note in the report.
+      `teacher_cache_views` falls back to the live teacher, with a note in the report. `materialize=True` reads a
+      finite stream into memory instead (then as tensors).
     `num_classes` is inferred from tensors and materialized data; streamed data need it given.
     `batch_size` defaults to a DataLoader's batch size, else 128.
 

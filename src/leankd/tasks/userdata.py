@@ -7,7 +7,8 @@
   where the teacher cache works. Larger ones stream through `LoaderTask` (seeded order: reproducible, resumable).
   A dataset whose `__getitem__` augments at random (two reads of example 0 differ) is streamed too, so each epoch
   draws new augmentations; materializing it would freeze one draw.
-- an `IterableDataset` (or a `DataLoader` over one): an `IterableTask` (`tasks/stream.py`).
+- an `IterableDataset` (or a `DataLoader` over one): an `IterableTask` (`tasks/stream.py`); with `materialize=True`
+  a finite stream is read into tensors instead (a `TensorTask`, the teacher cache works).
 A `DataLoader` lends its dataset, `collate_fn` and `num_workers`; its sampler/shuffle are not used (leankd's seeded
 order is what makes runs reproducible) and its `batch_size` is only the default of `distill(batch_size=)`.
 """
@@ -22,6 +23,7 @@ from ..core.task import Task
 from ..errors import DataError
 from .base import LoaderTask, TensorTask
 from .items import PairCollate, Source
+from . import stream
 from .stream import IterableTask
 
 # 256 MiB of inputs over all splits: the on-device path holds the splits, plus one augmented copy of the training
@@ -63,10 +65,14 @@ def _augments(source: Source) -> bool:
 
 
 def _materialize(source: Source, what: str) -> tuple[Tensor, Tensor]:
-    xs, ys = [], []
+    xs, ys, rows = [], [], 0
     for x, y in source.loader(256, what):
         xs.append(x)
         ys.append(y)
+        rows += len(y)
+        if source.streams and rows > stream.STREAM_COUNT_LIMIT:
+            raise DataError(f"{what}: materialize=True, but the stream gave more than {stream.STREAM_COUNT_LIMIT:,} "
+                            "examples without ending: leave materialize unset to stream it")
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -85,6 +91,12 @@ def build_task(data: dict[str, Any], num_classes: Optional[int], device: torch.d
                                                                                               f"{name}_data")
                for name, t in tensors.items()}
     firsts = {name: s.first_example(f"{name}_data") for name, s in sources.items()}  # bad examples fail here
+    if sources["train"].streams and materialize:  # a finite stream the user knows fits in memory
+        if steps_per_epoch is not None:
+            raise DataError("steps_per_epoch and materialize=True: a stream read into memory trains one pass per "
+                            "epoch; drop one of them")
+        return _tensor_task({name: tensors[name] or _materialize(s, f"{name}_data") for name, s in sources.items()},
+                            num_classes, device, [])
     if sources["train"].streams:
         if num_classes is None:
             raise DataError("num_classes: a stream (IterableDataset) cannot be scanned for its labels: pass "
@@ -96,8 +108,8 @@ def build_task(data: dict[str, Any], num_classes: Optional[int], device: torch.d
     streamed = [name for name, s in sources.items() if s.streams]
     if streamed:
         raise DataError(f"{streamed[0]}_data is an IterableDataset but train_data is map-style: pass the "
-                        f"{streamed[0]} data as a map-style Dataset or tensors (a finite stream: list(it) of its "
-                        "examples in a Dataset), or train_data as a stream too")
+                        f"{streamed[0]} data as a map-style Dataset or tensors (a finite stream fits in a list: wrap "
+                        "list(stream) in a Dataset), or train_data as a stream too")
     notes = []
     if materialize is None:
         size = sum(_nbytes(s, firsts[name][0]) for name, s in sources.items())
@@ -107,15 +119,13 @@ def build_task(data: dict[str, Any], num_classes: Optional[int], device: torch.d
             notes.append("train_data augments at random in __getitem__ (two reads of example 0 differ): it is "
                          "streamed so each epoch draws new augmentations (materialize=True would freeze one draw)")
     if materialize:
-        splits = {name: tensors[name] or _materialize(s, f"{name}_data") for name, s in sources.items()}
-        task = TensorTask(splits, num_classes=num_classes if num_classes is not None else _infer(splits),
-                          device=device)
-        task.notes += notes
-        return task
+        return _tensor_task({name: tensors[name] or _materialize(s, f"{name}_data") for name, s in sources.items()},
+                            num_classes, device, notes)
     if num_classes is None:
-        raise DataError("num_classes: a dataset too large to read into memory is not scanned for its labels: pass "
-                        f"num_classes= (or materialize=True if its inputs fit in memory; the limit is "
-                        f"{MATERIALIZE_MAX_BYTES // 2**20} MiB)")
+        raise DataError("num_classes: a streamed dataset (inputs over "
+                        f"{MATERIALIZE_MAX_BYTES // 2**20} MiB, random augmentation in __getitem__, or "
+                        "materialize=False) is not scanned for its labels: pass num_classes= (or materialize=True if "
+                        "its inputs fit in memory)")
     task = LoaderTask({name: s.dataset for name, s in sources.items()}, num_classes,
                       [str(i) for i in range(num_classes)], lambda x, g, train: x, device=device,
                       num_workers=sources["train"].num_workers, info={"streamed": True},
@@ -127,6 +137,13 @@ def build_task(data: dict[str, Any], num_classes: Optional[int], device: torch.d
 
 def _infer(splits: dict[str, tuple[Tensor, Tensor]]) -> int:
     return int(max(int(y.max()) for _, y in splits.values())) + 1
+
+
+def _tensor_task(splits: dict[str, tuple[Tensor, Tensor]], num_classes: Optional[int], device: torch.device,
+                 notes: list[str]) -> TensorTask:
+    task = TensorTask(splits, num_classes=num_classes if num_classes is not None else _infer(splits), device=device)
+    task.notes += notes
+    return task
 
 
 def batch_size_hint(data: Any) -> Optional[int]:
