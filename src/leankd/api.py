@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 from rich.console import Console
-from torch import Tensor, nn
+from torch import nn
 
 from .kd.losses import CE, KD, Loss
 from .kd.teacher import LiveTeacher
@@ -29,10 +30,13 @@ from pydantic import ValidationError
 
 from .recipe import MeasureConfig, Recipe, TrainConfig, format_validation_error, load_recipe, parse_recipe
 from .report import render_markdown
-from .tasks.base import Task, TensorTask
+from .tasks.base import Task
 from .train.checkpoint import save_weights
 from .train.loop import fit
 from .train.progress import RichProgress
+
+
+_log = logging.getLogger("leankd")
 
 
 class Report(dict):
@@ -174,6 +178,10 @@ def _as_recipe(recipe: Union[str, Path, dict, Recipe]) -> Recipe:
     return recipe
 
 
+_NO_CACHE = ("teacher_cache_views needs the training data in memory (tensors, a TensorTask, or a Dataset read into "
+             "memory: distill(materialize=True)): augmentation views are replayed from it")
+
+
 def _cached_teacher(live: LiveTeacher, task: Task, views: int, seed: int, run_dir: Optional[Path], quiet: bool,
                     console: Optional[Console]):
     """A CachedTeacher for distill(): keyed by the teacher's weights, the training data and the views."""
@@ -184,8 +192,7 @@ def _cached_teacher(live: LiveTeacher, task: Task, views: int, seed: int, run_di
 
     train = task.train_tensors() if task.supports_views else None  # the cache's key: no recipe to fingerprint
     if train is None:
-        raise DataError("teacher_cache_views needs in-memory data (tensors or a TensorTask): augmentation views are "
-                        "replayed from it")
+        raise DataError(_NO_CACHE)
     h = hashlib.sha256(f"views={views} seed={seed} precision={live.dtype}".encode())
     for tensor in list(live.model.state_dict().values()) + train:
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -197,32 +204,18 @@ def _cached_teacher(live: LiveTeacher, task: Task, views: int, seed: int, run_di
 
 
 # ---------------------------------------------------------------------------------------------------- distill
-DataLike = Union[Task, tuple, torch.utils.data.TensorDataset]
-
-
-def _as_tensors(data: Any, what: str) -> tuple[Tensor, Tensor]:
-    if isinstance(data, torch.utils.data.TensorDataset):
-        data = data.tensors
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        return data[0], data[1]
-    raise DataError(
-        f"{what}: expected (inputs, targets) tensors or a TensorDataset, got {type(data).__name__}; "
-        "for other data build a leankd.tasks.Task (see tasks/base.py)"
-    )
+DataLike = Union[Task, tuple, torch.utils.data.Dataset, torch.utils.data.DataLoader]
 
 
 def _as_task(train_data: DataLike, val_data: Optional[DataLike], test_data: Optional[DataLike],
-             num_classes: Optional[int], device: torch.device) -> Task:
+             num_classes: Optional[int], device: torch.device, steps_per_epoch: Optional[int] = None,
+             materialize: Optional[bool] = None, batch_size: int = 128) -> Task:
+    from .tasks.userdata import build_task
+
     if isinstance(train_data, Task):
         return train_data
-    splits = {"train": _as_tensors(train_data, "train_data")}
-    if val_data is not None:
-        splits["val"] = _as_tensors(val_data, "val_data")
-    if test_data is not None:
-        splits["test"] = _as_tensors(test_data, "test_data")
-    if num_classes is None:
-        num_classes = int(max(int(y.max()) for _, y in splits.values())) + 1
-    return TensorTask(splits, num_classes=num_classes, device=device)
+    data = {name: d for name, d in (("train", train_data), ("val", val_data), ("test", test_data)) if d is not None}
+    return build_task(data, num_classes, device, steps_per_epoch, materialize, batch_size)
 
 
 def distill(
@@ -236,7 +229,7 @@ def distill(
     precision: str = "fp32",
     teacher_precision: str = "fp32",
     epochs: int = 10,
-    batch_size: int = 128,
+    batch_size: Optional[int] = None,
     optimizer: str = "sgd",
     lr: Optional[float] = None,
     schedule: str = "cosine",
@@ -251,18 +244,49 @@ def distill(
     quiet: bool = True,
     console: Optional[Console] = None,
     teacher_cache_views: Optional[int] = None,
+    steps_per_epoch: Optional[int] = None,
+    materialize: Optional[bool] = None,
 ) -> DistillResult:
     """Distill a (trained) `teacher` into `student` and report quality and cost side by side.
 
     The baseline is a copy of the student's *initial* weights trained alone with the same budget, so the KD
-    gain is measured, not assumed. Data are `(inputs, targets)` tensors (or a `Task`); the report is measured
-    on `test_data`, else `val_data`. The default loss is 0.9·KD(T=4) + 0.1·CE. `train` takes any other
-    training setting of the recipe's `train:` section (warmup_epochs, milestones, label_smoothing, grad_clip,
-    channels_last, compile, ...) as a dict or a `TrainConfig`, overriding the keyword arguments.
+    gain is measured, not assumed. The report is measured on `test_data`, else `val_data`.
+
+    Data (each split; see `leankd.tasks.userdata`):
+    - `(inputs, targets)` tensors or a `TensorDataset`: held on the device (`TensorTask`), the fastest path.
+    - a map-style `Dataset` whose examples are `(input, target)` tuples or dicts with one input key of
+      `tasks.items.INPUT_KEYS` ("input", "inputs", "x", "image") and one target key of `TARGET_KEYS` ("target",
+      "label", "labels", "y"); inputs must be tensors (add e.g. `ToTensor()` to a torchvision dataset). Up to
+      256 MiB of inputs (all splits) it is read into tensors once and trains like tensors; larger, or when its
+      `__getitem__` augments at random, it streams through a DataLoader in a seeded order (`LoaderTask`).
+      `materialize=True/False` forces either.
+    - a `DataLoader`: its dataset, `collate_fn` and `num_workers` are used; its sampler/shuffle are not (leankd
+      draws its own seeded order) and its `batch_size` is only the default of `batch_size` here.
+    - an `IterableDataset` (a stream: `IterableTask`): batches in the stream's own order; an epoch is one pass, or
+      `steps_per_epoch` batches (required for an endless stream). No teacher cache (it needs a stable sample index):
+      `teacher_cache_views` falls back to the live teacher, with a note in the report. `materialize=True` reads a
+      finite stream into memory instead (then as tensors).
+    `num_classes` is inferred from tensors and materialized data; streamed data need it given.
+    `batch_size` defaults to a DataLoader's batch size, else 128.
+
+    The default loss is 0.9·KD(T=4) + 0.1·CE. `train` takes any other training setting of the recipe's `train:`
+    section (warmup_epochs, milestones, label_smoothing, grad_clip, channels_last, compile, ...) as a dict or a
+    `TrainConfig`, overriding the keyword arguments.
     `teacher_cache_views=K`: offline KD — the teacher labels K fixed augmentation views once (fp16 logits in
     `<run_dir>/teacher_cache`, or a temporary folder) and the student replays one view per epoch."""
+    from .tasks.userdata import batch_size_hint
+
     dev = resolve_device(device)
-    task = _as_task(train_data, val_data, test_data, num_classes, dev)
+    batch_size = batch_size or batch_size_hint(train_data) or 128
+    task = _as_task(train_data, val_data, test_data, num_classes, dev, steps_per_epoch, materialize, batch_size)
+    if teacher_cache_views is not None and getattr(task, "streams", False):
+        teacher_cache_views = None
+        note = ("teacher_cache_views was not applied: the training data is a stream (IterableDataset), and the "
+                "teacher cache needs a stable sample index; the student distilled from the live teacher")
+        task.notes = [*task.notes, note]
+        _log.warning(note)
+    if teacher_cache_views is not None and not (task.supports_views and task.train_tensors() is not None):
+        raise DataError(_NO_CACHE)  # now, not after the baseline has trained
     check_num_classes(teacher, task.num_classes, "teacher")
     check_num_classes(student, task.num_classes, "student")
     for model in (teacher, student):

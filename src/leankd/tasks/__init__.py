@@ -12,6 +12,7 @@ from ..core.taskkind import TASK_KINDS, TaskKind, register_kind
 from ..errors import RecipeError
 from ..recipe import DataConfig
 from .base import Batch, LoaderTask, Task, TensorTask
+from .stream import IterableTask
 
 TaskBuilder = Callable[[DataConfig, torch.device, int, bool], Task]
 TASKS = TASK_KINDS  # name -> TaskKind (the registry; `TASKS.remove(name)` unregisters)
@@ -42,5 +43,5 @@ def build_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: 
     return TASKS.get(cfg.task).build(cfg, device, seed, channels_last)
 
 
-__all__ = ["Batch", "LoaderTask", "Task", "TensorTask", "TASKS", "TaskKind", "build_task", "register_task",
+__all__ = ["Batch", "IterableTask", "LoaderTask", "Task", "TensorTask", "TASKS", "TaskKind", "build_task", "register_task",
            "check_task_name", "placeholder_model_defaults", "RegistryError"]

@@ -151,8 +151,9 @@ class LoaderTask(Task):
 
     def __init__(self, datasets: dict[str, torch.utils.data.Dataset], num_classes: int, class_names: list[str],
                  transform: Callable, device: str | torch.device = "cpu", num_workers: int = 2,
-                 info: Optional[dict] = None):
+                 info: Optional[dict] = None, collate_fn: Optional[Callable | dict[str, Callable]] = None):
         self.datasets = datasets
+        self.collate_fn = collate_fn  # returns (inputs, targets); one per split in a dict; None: PyTorch's default
         self.num_classes = int(num_classes)
         self.class_names = class_names
         self.transform = transform
@@ -168,8 +169,12 @@ class LoaderTask(Task):
     def _loader(self, split: str, batch_size: int, order: Optional[list[int]] = None, drop_last: bool = False):
         return torch.utils.data.DataLoader(
             self.datasets[split], batch_size=batch_size, sampler=order, shuffle=False, drop_last=drop_last,
-            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda", collate_fn=self._collate(split),
         )
+
+    def _collate(self, split: str) -> Callable:
+        collate = self.collate_fn.get(split) if isinstance(self.collate_fn, dict) else self.collate_fn
+        return collate or torch.utils.data.default_collate
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
         if view is not None:
@@ -193,5 +198,5 @@ class LoaderTask(Task):
 
     def example_inputs(self, batch_size: int) -> Any:
         ds = self.datasets[self.eval_split]
-        raw = torch.stack([ds[i % len(ds)][0] for i in range(batch_size)]).to(self.device)
+        raw = self._collate(self.eval_split)([ds[i % len(ds)] for i in range(batch_size)])[0].to(self.device)
         return self.transform(raw, None, False)
