@@ -155,3 +155,12 @@ def test_one_process_has_no_distributed_state():
     assert [dist.shard_bounds(10, p, 3) for p in range(3)] == [(0, 3), (3, 6), (6, 10)]
     os.environ.pop("WORLD_SIZE", None)
     assert dist.init("cpu") is False
+
+
+def test_distill_refuses_to_run_once_per_process_under_torchrun(monkeypatch):
+    import leankd
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    x, y = _data(32)
+    with pytest.raises(RecipeError, match="leankd.distill\\(\\) trains in one process.*--nproc N"):
+        leankd.distill(_teacher_model(), _mlp(), (x, y), epochs=1)

@@ -276,6 +276,12 @@ def distill(
     `<run_dir>/teacher_cache`, or a temporary folder) and the student replays one view per epoch."""
     from .tasks.userdata import batch_size_hint
 
+    from .core import dist
+
+    if dist.launched_world_size() > 1:
+        raise RecipeError("leankd.distill() trains in one process; under torchrun every process would train and write "
+                          "the same run. For data-parallel training run a recipe: leankd.run(recipe) or "
+                          "`leankd run recipe.yaml --nproc N`")
     dev = resolve_device(device)
     batch_size = batch_size or batch_size_hint(train_data) or 128
     task = _as_task(train_data, val_data, test_data, num_classes, dev, steps_per_epoch, materialize, batch_size)
