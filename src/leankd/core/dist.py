@@ -28,9 +28,11 @@ from ..errors import LeanKDError
 
 T = TypeVar("T")
 
-# long enough for rank 0 to build a large teacher cache or write a checkpoint while the others wait at a barrier,
-# short enough that a rank that died without its launcher noticing does not hang the others for hours
-DEFAULT_TIMEOUT_S = 1800
+# how long a rank waits at a collective: long enough for rank 0 alone to decode a large seq-KD training set (minutes
+# to tens of minutes) while the others wait, short enough that a hung rank does not hold the job for a day. A rank
+# that dies is noticed at once anyway (torchrun stops the others; gloo sees the closed connection).
+# LEANKD_DIST_TIMEOUT_S overrides it.
+DEFAULT_TIMEOUT_S = 7200
 
 
 def launched_world_size() -> int:
@@ -68,7 +70,7 @@ def backend() -> Optional[str]:
     return dist.get_backend() if is_distributed() else None
 
 
-def init(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+def init(device: str = "auto", timeout_s: Optional[float] = None) -> bool:
     """Join the process group torchrun set up (env:// rendezvous: MASTER_ADDR/PORT, RANK, WORLD_SIZE), once. Returns
     whether this is a distributed run. GPUs: NCCL, one GPU per local rank; CPU: gloo. A recipe asking for CUDA on a
     machine without enough GPUs is an error here, before anything is built."""
@@ -86,6 +88,8 @@ def init(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
             raise LeanKDError(f"local rank {local} has no GPU: this machine has {torch.cuda.device_count()}; start at "
                               f"most that many processes per node (--nproc-per-node {torch.cuda.device_count()})")
         torch.cuda.set_device(local)
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("LEANKD_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
     dist.init_process_group("nccl" if want_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return True
 
