@@ -133,3 +133,11 @@ def test_a_batch_that_does_not_split_is_refused_before_any_process_starts(recipe
 def test_python_dash_m_leankd_is_the_command():
     out = leankd("--help")
     assert out.returncode == 0 and "run" in out.stdout
+
+
+def test_commands_that_train_nothing_refuse_to_run_once_per_process(tmp_path):
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0"}
+    out = leankd("report", str(tmp_path), env=env)
+    assert out.returncode == 2 and "leankd report runs in one process" in out.stderr
+    out = leankd("search", str(tmp_path / "r.yaml"), env=env)
+    assert out.returncode == 2 and "does not run under torchrun" in out.stderr

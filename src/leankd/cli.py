@@ -83,6 +83,19 @@ def _leave_process_group() -> None:
         shutdown()
 
 
+@app.callback()
+def _one_process_commands(ctx: typer.Context) -> None:
+    """Under torchrun only `run` (and `search`, which refuses with its own message) may start: the other commands
+    train nothing, and N copies of them would write the same files."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and ctx.invoked_subcommand not in ("run", "search"):
+        if os.environ.get("RANK", "0") == "0":
+            err_console.print(f"[bold red]error:[/] leankd {ctx.invoked_subcommand} runs in one process: start it "
+                              "without torchrun (only `leankd run` trains data-parallel)", highlight=False)
+        raise typer.Exit(2)
+
+
 def _parse_seeds(text: str) -> list[int]:
     """`--seeds 0,1,2` -> [0, 1, 2]; anything else is a clear error before any work."""
     from .errors import RecipeError
