@@ -191,7 +191,7 @@ def test_distill_refuses_a_teacher_cache_for_data_not_held_as_tensors():
 
     task = _task(n_train=40)
     assert task.supports_views and task.train_tensors() is None
-    with pytest.raises(DataError, match="teacher_cache_views needs in-memory data"):
+    with pytest.raises(DataError, match="teacher_cache_views needs the training data in memory"):
         leankd.distill(_model(task), _model(task, hidden=8), task, baseline=False, epochs=1, device="cpu",
                        teacher_cache_views=1)
 

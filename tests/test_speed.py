@@ -8,6 +8,7 @@ from leankd.kd.cache import CachedTeacher, build_or_load
 from leankd.kd.teacher import LiveTeacher
 from leankd.models import create_model
 from leankd.recipe import TrainConfig
+from leankd.train import allocator
 from leankd.report.markdown import render_markdown
 from leankd.report.schema import build_report
 from leankd.train import loop, speed
@@ -34,7 +35,7 @@ def test_cuda_graphs_on_cpu_are_reported_not_applied_and_change_nothing():
     plain = fit(mlp(), make_task(), cfg, seed=1)
     asked = fit(mlp(), make_task(), cfg.model_copy(update=dict(cuda_graphs=True)), seed=1)
     assert [r["train_loss"] for r in asked.history] == [r["train_loss"] for r in plain.history]  # eager, no compile
-    assert asked.speedups == ["foreach SGD"]
+    assert asked.speedups == ["foreach SGD"] + ([allocator.DESCRIPTION] if allocator.tune() else [])
     assert asked.speedup_notes == ["cuda_graphs: not applied, the run is on cpu (CUDA graphs need a CUDA device)"]
 
 
@@ -166,3 +167,18 @@ def test_report_lists_speedups_and_unapplied_switches():
            "cuda_graphs: not applied" in section
     assert "- Baseline student: foreach SGD" in section
     assert "Teacher" not in section  # no training block, no line
+
+
+def test_cpu_training_keeps_freed_memory_in_glibc_and_says_so(monkeypatch):
+    """mallopt's thresholds are in effect on glibc (what FIELD-NOTES measured), listed among the stage's speed-ups, and
+    LEANKD_MALLOC_TUNING=0 keeps a process on glibc's defaults."""
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert allocator.tune() is True
+    result = fit(mlp(), make_task(), TrainConfig(epochs=1, batch_size=32, lr=0.05))
+    assert allocator.DESCRIPTION in result.speedups
+    monkeypatch.setattr(allocator, "_applied", None)
+    monkeypatch.setenv("LEANKD_MALLOC_TUNING", "0")
+    assert allocator.tune() is False
