@@ -338,3 +338,19 @@ def test_no_gradient_mode_computes_the_same_value():
     with torch.no_grad():
         without = _value(SkewKL(chunk_rows=2), s, t, y)
     assert without.item() == pytest.approx(with_grad.item(), rel=1e-7)
+
+
+def test_python_api_mixes_a_divergence_with_cross_entropy():
+    """The LM objective α·divergence + (1−α)·CE from `leankd.losses`, on rows of a small vocabulary."""
+    import leankd.losses as L
+
+    torch.manual_seed(11)
+    s, t = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10)
+    y = torch.tensor([1, 2, 3, 4, 5, 6])
+    loss = 0.7 * L.GeneralizedJSD(beta=0.2) + 0.3 * L.CE()
+    value = _value(loss, s, t, y)
+    expected = 0.7 * _value(GeneralizedJSD(beta=0.2), s, t, y) + 0.3 * F.cross_entropy(s, y)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss.describe() == "0.7*jsd(b=0.2,T=1) + 0.3*ce"
+    value.backward()
+    assert torch.isfinite(s.grad).all()
