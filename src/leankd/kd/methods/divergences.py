@@ -40,7 +40,9 @@ from ..losses import UNLABELED, Loss, LossInputs, _fmt
 from ..registry import (RAW, TRANSFORMS, BuildContext, DistributionTerm, LogitTransform, LossKind, register_loss,
                         temperature_of)
 
-DEFAULT_CHUNK_ROWS = 1024  # x V=50k x 4 bytes x a few live tensors: a few hundred MB per chunk at most
+# 1024 rows x V 50k x 4 bytes = 0.2 GB per fp32 chunk tensor, 4-8 of them alive at once (benchmarks/lm_divergences.py);
+# small vocabularies pay a few Python-level chunk iterations per step
+DEFAULT_CHUNK_ROWS = 1024
 
 
 def token_mean(rows, student: Tensor, teacher: Tensor, targets: Tensor, chunk_rows: int) -> Tensor:
