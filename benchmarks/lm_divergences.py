@@ -84,8 +84,9 @@ def main() -> None:
                    "--min-run-time", str(args.min_run_time)]
             rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
             r = rows[-1]
-            print(f"{loss:12s} chunk_rows {str(r['chunk_rows'] or 'plain'):>6s}  peak +{r['peak_mb_above_inputs']:8.1f} MB"
-                  f"  {r['s_per_step'] * 1000:8.1f} ms/step  value {r['value']:.6f}", flush=True)
+            chunk = str(r["chunk_rows"] or "plain")
+            print(f"{loss:12s} chunk_rows {chunk:>6s}  peak +{r['peak_mb_above_inputs']:8.1f} MB  "
+                  f"{r['s_per_step'] * 1000:8.1f} ms/step  value {r['value']:.6f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

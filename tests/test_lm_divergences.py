@@ -40,7 +40,8 @@ def _value(loss, student, teacher, targets):
 # At T = 2 the teacher logits [0, 2 ln 3] give the same p_t, so the value is the T = 1 one times T² = 4 (TVD: x 1).
 FWD_A = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
 FWD_B = 0.5 * math.log(4 / 3)
-JSD_HALF = 0.5 * (0.25 * math.log(2 / 3) + 0.75 * math.log(6 / 5)) + 0.5 * (0.5 * math.log(4 / 3) + 0.5 * math.log(4 / 5))
+JSD_HALF = (0.5 * (0.25 * math.log(2 / 3) + 0.75 * math.log(6 / 5))
+            + 0.5 * (0.5 * math.log(4 / 3) + 0.5 * math.log(4 / 5)))
 SKEW_A = 0.25 * math.log(10 / 19) + 0.75 * math.log(10 / 7)
 SKEW_B = 0.5 * math.log(20 / 11) + 0.5 * math.log(20 / 29)
 BY_HAND = {
@@ -171,7 +172,8 @@ def test_sequence_shaped_logits_are_rows_of_tokens():
     torch.manual_seed(4)
     s, t = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
     y = torch.tensor([[1, 2, IGNORE], [IGNORE, IGNORE, 4]])  # 2 tokens in the first sequence, 1 in the second
-    rows = [_value(ForwardKL(), s[i, j:j + 1], t[i, j:j + 1], y[i, j:j + 1]).item() for i, j in ((0, 0), (0, 1), (1, 2))]
+    rows = [_value(ForwardKL(), s[i, j:j + 1], t[i, j:j + 1], y[i, j:j + 1]).item()
+            for i, j in ((0, 0), (0, 1), (1, 2))]
     assert _value(ForwardKL(), s, t, y).item() == pytest.approx(sum(rows) / 3, rel=1e-6)
     with pytest.raises(ValueError, match="5 targets for 6 rows"):
         _value(ForwardKL(), s, t, y.reshape(-1)[:5])
@@ -308,7 +310,8 @@ def test_descriptions_leave_chunk_rows_out_of_the_fingerprint():
 
 @pytest.mark.parametrize("beta", [0, 1])
 def test_jsd_beta_at_an_end_is_a_recipe_error_naming_the_kl_to_use(beta):
-    with pytest.raises(RecipeError, match=f"beta must be strictly between 0 and 1.*{'forward_kl' if beta == 0 else 'reverse_kl'}"):
+    use = "forward_kl" if beta == 0 else "reverse_kl"
+    with pytest.raises(RecipeError, match=f"beta must be strictly between 0 and 1.*{use}"):
         parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "jsd", "beta": beta}]}})
     with pytest.raises(RecipeError, match="strictly between 0 and 1"):
         GeneralizedJSD(beta=beta)

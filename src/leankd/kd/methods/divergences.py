@@ -12,8 +12,8 @@ with options (`kd` keeps its batch mean over every row, so runs made with it kee
   only the teacher teaches; these losses skip it, `kd` does not.
 - chunked: the fp32 softmaxes of a [N, V] batch with a 50k vocabulary are gigabytes, so rows are processed
   `chunk_rows` at a time and the gradient of each chunk is taken right away (the chunked-loss trick of Liger
-  Kernel): no fp32 [N, V] tensor ever exists, only the gradient in the logits' own dtype. `chunk_rows` changes
-  memory, not the value, so it is not part of `describe()` (the stage fingerprint).
+  Kernel): no fp32 [N, V] intermediate ever exists; the one [N, V] tensor made is the gradient, in the logits' own
+  dtype. `chunk_rows` changes memory, not the value, so it is not part of `describe()` (the stage fingerprint).
 - fp32 whatever the autocast dtype: each chunk is upcast and computed with autocast off, from log_softmax on both
   sides; mixtures are formed in log space (logaddexp), never as log of a sum of probabilities.
 
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ...errors import RecipeError
 from ..losses import UNLABELED, Loss, LossInputs, _fmt
@@ -97,6 +98,7 @@ class _ChunkedSum(torch.autograd.Function):
         return total
 
     @staticmethod
+    @once_differentiable  # the gradient is precomputed: a second derivative is a clear error, not a silent zero
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
         return grad * grad_out, None, None, None, None
