@@ -1063,3 +1063,19 @@ def test_validate_says_what_it_could_not_check(tmp_path):
     result = cli("validate", write_yaml(tmp_path / "r.yaml", recipe))
     assert result.code == 0, result.text[-3000:]
     assert "not checked: data.source" in result.text and "elsewhere" in result.text and "valid" in result.text
+
+
+# ============================================================================== losses (LM divergences helper)
+def test_jsd_beta_at_an_end_names_the_kl_to_use(tmp_path):
+    """TRL's GKD takes beta 0 / 1 as the plain KLs; here JSD(0) would be 0 (no teacher signal), so it is refused
+    before anything runs, pointing to forward_kl / reverse_kl."""
+    recipe = tiny_recipe(tmp_path, distill={"loss": [{"kind": "jsd", "beta": 0}, {"kind": "ce"}]})
+    path = write_yaml(tmp_path / "r.yaml", recipe)
+    assert_clean_error(cli("run", path, "--quiet"), "beta", "strictly between 0 and 1", "forward_kl")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_divergence_chunk_rows_zero(tmp_path):
+    recipe = tiny_recipe(tmp_path, distill={"loss": [{"kind": "forward_kl", "chunk_rows": 0}]})
+    path = write_yaml(tmp_path / "r.yaml", recipe)
+    assert_clean_error(cli("validate", path), "chunk_rows", "greater than or equal to 1")
