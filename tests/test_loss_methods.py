@@ -267,3 +267,27 @@ def test_dkd_with_standardized_logits_runs_end_to_end(tmp_path):
                                                                    if "train_loss" in r)
     again = leankd.run(recipe, quiet=True)
     assert json.loads((again.run_dir / "student" / "stage.json").read_text())["fingerprint"] == stage["fingerprint"]
+
+
+def test_a_logit_transform_hands_every_step_field_to_the_loss_it_wraps():
+    """Transformed (e.g. logit standardization under DKD) once rebuilt LossInputs without `progress`, so DKD's warm-up
+    ramped per epoch instead of per step under `transform: standardize`."""
+    import torch
+
+    from leankd.kd.losses import Loss, LossInputs
+    from leankd.kd.registry import TRANSFORMS, Transformed
+
+    seen = {}
+
+    class Spy(Loss):
+        needs_teacher = True
+
+        def compute(self, inputs):
+            seen.update(progress=inputs.progress, epoch=inputs.epoch, epochs=inputs.epochs)
+            return inputs.student.sum() * 0
+
+    name = next(iter(TRANSFORMS.names()))
+    s, t = torch.randn(4, 3), torch.randn(4, 3)
+    Transformed(Spy(), TRANSFORMS.get(name))(LossInputs(student=s, targets=torch.zeros(4, dtype=torch.long),
+                                                        teacher=t, epoch=2, epochs=5, progress=1.25))
+    assert seen == {"progress": 1.25, "epoch": 2, "epochs": 5}

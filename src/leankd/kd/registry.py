@@ -12,6 +12,7 @@ what this kind takes, and defaults are written once, in the plug-in.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional
 
@@ -221,10 +222,10 @@ class Transformed(Loss):
         self.needs_teacher = inner.needs_teacher
 
     def compute(self, inputs: LossInputs) -> Any:
-        changed = LossInputs(student=self.transform.apply(inputs.student.float()), targets=inputs.targets,
-                             teacher=None if inputs.teacher is None else self.transform.apply(inputs.teacher.float()),
-                             student_features=inputs.student_features, teacher_features=inputs.teacher_features,
-                             epoch=inputs.epoch, epochs=inputs.epochs)
+        # replace, not a new LossInputs: every other field (epoch, progress, features, ...) reaches the inner loss
+        changed = dataclasses.replace(
+            inputs, student=self.transform.apply(inputs.student.float()),
+            teacher=None if inputs.teacher is None else self.transform.apply(inputs.teacher.float()))
         return self.inner.compute(changed)
 
     def describe(self) -> str:
