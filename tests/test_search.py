@@ -516,3 +516,18 @@ def test_space_size_counts_finite_spaces_only():
     # a stepped value computed twice may differ in its last bit: still the same setting
     assert setting_key({"distill.alpha": 0.1 * 3}) == setting_key({"distill.alpha": 0.3})  # 0.30000000000000004
     assert setting_key({"distill.alpha": 0.5}) != setting_key({"distill.alpha": 0.7})
+
+
+def test_trial_keys_of_existing_searches_survive_settings_added_later():
+    """train.sync_bn / train.accumulate joined the recipe after searches existed: at their defaults they must not move
+    a trial's run directory (the key is the hash of the trial recipe as it was before)."""
+    import hashlib
+    import json
+
+    from leankd.search.runs import trial_key
+
+    before = {"name": "t", "train": {"epochs": 3, "lr": 0.1}, "student": {"model": "resnet8"}}
+    old_key = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    now = {**before, "train": {**before["train"], "sync_bn": False, "accumulate": 1}}
+    assert trial_key(now) == old_key
+    assert trial_key({**before, "train": {**before["train"], "accumulate": 2}}) != old_key

@@ -165,8 +165,8 @@ def test_seq2seq_students_and_the_token_cache_train_on_two_processes(tmp_path):
     for run_dir, extra in ((one, []), (two, ["--nproc", "2"])):
         out = leankd("run", str(path), "--run-dir", str(run_dir), "-q", *extra)
         assert out.returncode == 0, out.stdout + out.stderr
-    for stage in ("teacher", "baseline", "student_word"):
-        assert losses(two, stage) == pytest.approx(losses(one, stage), rel=2e-3), stage
+    for stage in ("teacher", "baseline", "student_word"):  # logged per-token losses: the whole batch's, summed
+        assert losses(two, stage) == pytest.approx(losses(one, stage), rel=1e-4), stage
     for stage in ("student_word", "student"):
         training = json.loads((two / stage / "stage.json").read_text())["training"]
         assert any("over 2 processes" in s for s in training["speedups"]), (stage, training["speedups"])

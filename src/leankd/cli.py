@@ -69,9 +69,11 @@ def _lost_peer(e: Exception) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     names = {c.__name__ for c in type(e).__mro__}
-    text = str(e).lower()
-    return "DistError" in names or "DistBackendError" in names or any(
-        w in text for w in ("connection closed", "connection reset", "timed out", "broken pipe", "gloo"))
+    if names & {"DistError", "DistBackendError", "DistNetworkError", "DistStoreError"}:
+        return True
+    text = str(e).lower()  # gloo's collectives raise plain RuntimeErrors naming the closed connection
+    return "gloo" in text and any(w in text for w in ("connection closed", "connection reset", "broken pipe",
+                                                      "timed out"))
 
 
 def _leave_process_group() -> None:

@@ -300,9 +300,13 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         """Every stage's global batch splits over this run's processes, and the data has a row for each."""
         world = dist.world_size()
         check_global_batches(self.recipe, world)
-        if world > 1 and task.split_size("train") < world:
-            raise RecipeError(f"the training split has {task.split_size('train')} examples, fewer than the {world} "
-                              "processes that would share each batch: start fewer processes")
+        r = self.recipe
+        parts = world * max([r.stage_train(s).accumulate for s in ("teacher", "student")]
+                            + [c.train.apply(r.stage_train("student")).accumulate for c in r.distill.assistants])
+        if parts > 1 and task.split_size("train") < parts:
+            raise RecipeError(f"the training split has {task.split_size('train')} examples, fewer than the {parts} "
+                              "shares each batch is cut into (processes x train.accumulate): start fewer processes "
+                              "or lower train.accumulate")
 
     def assistants(self, task: Task, teacher: StageResult, stages: dict, kd_fp: dict, channels_last: bool):
         """Teacher-assistant stages (Mirzadeh et al. 2020), each an ordinary cached stage distilled with the
@@ -406,8 +410,10 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
             if not trained:
                 self.log(f"distill.features[{i}]: no trained baseline (baseline: false), so the CKA analysis uses "
                          "the student's initial weights")
-            analysis = self._analyze_layers(task, student, teacher, term.top_k, term.candidates.student,
-                                            term.candidates.teacher)
+            # rank 0 analyses and every rank takes its choice: a near-tie decided differently on two ranks would give
+            # them different losses (and hang DDP)
+            analysis = dist.on_main(lambda: self._analyze_layers(task, student, teacher, term.top_k,
+                                                                 term.candidates.student, term.candidates.teacher))
             pairs = auto_pairs(analysis)
             if dist.is_main():
                 write_json_atomic(self.run_dir / f"layers-{i}.json", analysis.as_dict())

@@ -67,7 +67,11 @@ def local_rank() -> int:
 
 
 def backend() -> Optional[str]:
-    return dist.get_backend() if is_distributed() else None
+    """"nccl" (GPUs; gloo carries CPU tensors beside it) or "gloo"; None in one process."""
+    if not is_distributed():
+        return None
+    name = str(dist.get_backend())
+    return "nccl" if "nccl" in name else name
 
 
 def init(device: str = "auto", timeout_s: Optional[float] = None) -> bool:
@@ -90,7 +94,8 @@ def init(device: str = "auto", timeout_s: Optional[float] = None) -> bool:
         torch.cuda.set_device(local)
     if timeout_s is None:
         timeout_s = float(os.environ.get("LEANKD_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
-    dist.init_process_group("nccl" if want_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    # with GPUs, CPU tensors (the teacher cache's shares, small flags) still need a backend: gloo next to NCCL
+    dist.init_process_group("cpu:gloo,cuda:nccl" if want_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return True
 
 

@@ -226,9 +226,11 @@ def _build(logits_path: Path, teacher, task: Task, views: int, seed: int, batch_
                 dist.reduce_sum(filled)
                 if array is not None:
                     array[v] = share.numpy().astype(dtype)
-            if dist.is_main() and not bool(filled.bool().all()):  # skipped samples would leave zero logits to learn from
-                raise RuntimeError(f"teacher cache: {type(task).__name__}.view_batches left "
-                                   f"{int((filled == 0).sum())} of {n} training rows unlabelled in view {v}")
+            # skipped samples would leave zero logits to learn from; every rank learns it (rank 0 holds the sums)
+            missing = dist.broadcast(int((filled == 0).sum()) if dist.is_main() else None)
+            if missing:
+                raise RuntimeError(f"teacher cache: {type(task).__name__}.view_batches left {missing} of {n} training "
+                                   f"rows unlabelled in view {v}")
         if array is not None:
             array.flush()
             del array

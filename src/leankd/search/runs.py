@@ -21,8 +21,17 @@ from .config import SearchConfig
 from .space import apply_params
 
 
+# train settings added after searches existed: left out of the key at their defaults, so an upgrade finds every
+# finished trial where it was (the keys added before these were already part of every existing key)
+TRAIN_KEYS_ADDED_LATER = {"sync_bn": False, "accumulate": 1}
+
+
 def trial_key(raw: dict) -> str:
     """A trial recipe's run directory name: the same settings, the same directory (and its checkpoints)."""
+    train = raw.get("train")
+    if isinstance(train, dict):
+        raw = {**raw, "train": {k: v for k, v in train.items()
+                                if not (k in TRAIN_KEYS_ADDED_LATER and v == TRAIN_KEYS_ADDED_LATER[k])}}
     return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -94,9 +94,14 @@ def fit(
     if dist.world_size() > 1 and cfg.batch_size % dist.world_size():
         raise RecipeError(f"train.batch_size = {cfg.batch_size} is the global batch, cut into equal shares for "
                           f"{dist.world_size()} processes: make it a multiple of {dist.world_size()}")
-    student_taps = _setup_feature_loss(loss, model, task, teacher)
-    # train.sync_bn: BatchNorm over the global batch while training; plain BatchNorm again afterwards
+    # train.sync_bn: BatchNorm over the global batch while training, plain BatchNorm again afterwards; swapped before
+    # the feature taps are hooked, so a tap on a BatchNorm hooks the module that runs
     restore_bn = sync_bn.convert(model, device) if cfg.sync_bn and dist.world_size() > 1 else _nothing
+    try:
+        student_taps = _setup_feature_loss(loss, model, task, teacher)
+    except BaseException:
+        restore_bn()
+        raise
     with _closing(student_taps, teacher), _finally(restore_bn):  # hooks come off even if anything below fails
         return _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, metrics_path, resume,
                     progress, stop_after_epoch, fingerprint)
@@ -158,7 +163,8 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
         wall_start = time.perf_counter()
         train_time, samples = 0.0, 0
         for epoch in range(start_epoch, cfg.epochs):
-            torch.manual_seed(seed * 1_000_003 + epoch)  # dropout & co: an epoch is reproducible on its own
+            # dropout & co: an epoch is reproducible on its own; each rank draws its own masks for its share
+            torch.manual_seed(seed * 1_000_003 + epoch + (7_919 * dist.rank() if world > 1 else 0))
             model.train()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
@@ -182,10 +188,12 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                     micro = task.shard_batch(share, m, cfg.accumulate)
                     # no `no_sync()` between micro-batches: DDP's static graph does not allow it, so every
                     # micro-batch all-reduces (accumulation under DDP saves memory, not communication)
+                    weight = _weight(micro, batch, world, cfg.accumulate)
                     value, score = _forward_backward(plan.model, task, micro, loss, teacher, student_taps, cfg, scaler,
                                                      device, epoch, epoch + (step + 1) / max(steps_per_epoch, 1),
-                                                     _weight(micro, batch, world, cfg.accumulate))
-                    loss_sum += value * micro.size
+                                                     weight)
+                    # summed over shares and ranks: the whole batch's loss times its size, as one process logs it
+                    loss_sum += value * micro.size if weight == 1.0 else value * (weight * batch.size / world)
                     if score is not None:
                         scored = True
                         correct += score[0]

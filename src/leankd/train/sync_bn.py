@@ -35,13 +35,18 @@ class GlobalBatchNorm(_BatchNorm):
             return super().forward(input)
         dims = [0] + list(range(2, input.dim()))
         x = input.float()
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
-        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])
-        stats = all_reduce(stats, op=dist.ReduceOp.SUM)  # differentiable: its backward adds the gradients up too
         c = x.shape[1]
+        # sums of x - shift, not of x: E[d²] - E[d]² cancels badly when |mean| >> std; the running mean (the same on
+        # every rank) is close to the batch mean, so the differences are small
+        shift = self.running_mean.detach().float().view([1, c] + [1] * (input.dim() - 2))
+        d = x - shift
+        count = torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device)
+        stats = torch.cat([d.sum(dims), (d * d).sum(dims), count])
+        stats = all_reduce(stats, op=dist.ReduceOp.SUM)  # differentiable: its backward adds the gradients up too
         n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        mean_d = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean_d * mean_d).clamp_min(0)
+        mean = mean_d + shift.view(c)
         with torch.no_grad():  # running statistics as nn.BatchNorm keeps them: unbiased variance, momentum
             self.num_batches_tracked.add_(1)
             momentum = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
