@@ -282,13 +282,20 @@ def test_recipe_unknown_optimizer_lists_the_choices(tmp_path):
 
 def test_recipe_unknown_loss_kind_lists_the_kinds(tmp_path):
     result = _validate(tmp_path, distill={"loss": [{"kind": "kl"}]})
-    assert_clean_error(result, "distill.loss.0.kind = 'kl'", "unknown loss kind 'kl'", "known: ce, dist, dkd, kd, mse, soft_ce")
+    from leankd.kd.registry import LOGIT_LOSSES  # the message lists the registry: every loss registered, sorted
+
+    assert_clean_error(result, "distill.loss.0.kind = 'kl'", "unknown loss kind 'kl'",
+                       "known: " + ", ".join(sorted(LOGIT_LOSSES.names())))
 
 
 def test_recipe_loss_of_cross_entropy_only_never_uses_the_teacher(tmp_path):
     result = _validate(tmp_path, distill={"loss": [{"kind": "ce"}]})
+    from leankd.kd.registry import LOGIT_LOSSES
+
+    teaching = sorted(n for n in LOGIT_LOSSES.names() if LOGIT_LOSSES.get(n).uses_teacher)
+    assert {"kd", "dkd", "dist", "mse", "soft_ce"} <= set(teaching) and "ce" not in teaching
     assert_clean_error(result, "no loss term learns from the teacher (ce only), so the teacher is never used",
-                       "add one of dist, dkd, kd, mse, soft_ce")
+                       "add one of " + ", ".join(teaching))
 
 
 def test_recipe_temperature_on_a_cross_entropy_term(tmp_path):

@@ -42,7 +42,12 @@ def test_missing_student_is_named():
 def test_nested_loss_terms_are_checked():
     with pytest.raises(RecipeError, match=r"distill.loss.0.kind"):
         parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "kl"}]}})
-    with pytest.raises(RecipeError, match="ce takes weight, label_smoothing, not 'temperature'; 'temperature' is a parameter of dist, dkd, kd, soft_ce"):
+    from leankd.kd.registry import LOGIT_LOSSES
+
+    with_temperature = sorted(n for n in LOGIT_LOSSES.names() if LOGIT_LOSSES.get(n).takes("temperature"))
+    assert {"kd", "dkd", "dist", "soft_ce"} <= set(with_temperature) and "ce" not in with_temperature
+    with pytest.raises(RecipeError, match="ce takes weight, label_smoothing, not 'temperature'; 'temperature' is a "
+                       "parameter of " + ", ".join(with_temperature)):
         parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "ce", "temperature": 2}]}})
     with pytest.raises(RecipeError, match="teacher is never used"):
         parse_recipe({**MINIMAL, "distill": {"loss": [{"kind": "ce"}]}})
