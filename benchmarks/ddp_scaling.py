@@ -96,7 +96,7 @@ def loadavg() -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(args)
+    data = kd_speed.prepare_data(args, MODES[args.mode])
     teacher, _ = kd_speed.train_teacher(args, data) if args.teacher is None else (Path(args.teacher), None)
     runs: dict[str, list[dict]] = {}
     for r in range(args.rounds):  # interleaved: machine drift hits both alike
@@ -118,23 +118,6 @@ def main(argv=None) -> dict:
     (args.out / "ddp_scaling.md").write_text(markdown(summary))
     print(markdown(summary))
     return summary
-
-
-def prepare_data(args) -> Path:
-    """The CIFAR-10 subset of this mode as the peers' prepared .pt (uint8 tensors), made once."""
-    if args.data:
-        return Path(args.data)
-    mode = MODES[args.mode]
-    name = "cifar10.pt" if mode["limit_train"] is None else f"cifar10-{mode['limit_train']}-{mode['limit_test']}.pt"
-    path = args.out / name
-    if not path.exists():
-        cmd = [sys.executable, str(HERE / "peers" / "prepare_data.py"), args.tarball, "--out", str(path), "--seed",
-               str(args.seed)]
-        if mode["limit_train"] is not None:
-            cmd += ["--limit-train", str(mode["limit_train"]), "--limit-test", str(mode["limit_test"])]
-        if subprocess.call(cmd) != 0:
-            raise SystemExit("preparing the data failed")
-    return path
 
 
 def summarize(args, runs: dict[str, list[dict]]) -> dict:

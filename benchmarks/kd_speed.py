@@ -107,10 +107,11 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
-def prepare_data(args) -> Path:
+def prepare_data(args, mode: dict | None = None) -> Path:
+    """The prepared .pt of `mode`'s subset (default: this script's `--mode`), made once in `args.out`."""
     if args.data:
         return Path(args.data)
-    mode = MODES[args.mode]
+    mode = mode or MODES[args.mode]
     if not Path(args.tarball).exists():
         raise SystemExit(f"{args.tarball} not found: give --tarball (CIFAR-10 JPEGs) or --data (a prepared .pt)")
     path = args.out / ("cifar10.pt" if mode["limit_train"] is None else

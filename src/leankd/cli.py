@@ -50,10 +50,17 @@ def friendly_errors(fn):
     return wrapper
 
 
+def _under_torchrun() -> bool:
+    """Whether torchrun started this process as one of several (its environment; `core.dist` would import torch)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def _rank_prefix() -> str:
     import os
 
-    return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    return f"rank {os.environ['RANK']}: " if _under_torchrun() else ""
 
 
 def _echo_of_rank0(e: Exception) -> bool:
@@ -64,9 +71,7 @@ def _echo_of_rank0(e: Exception) -> bool:
 
 def _lost_peer(e: Exception) -> bool:
     """A collective failed because another rank went away (gloo: connection closed or reset; any backend: timeout)."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not _under_torchrun():
         return False
     names = {c.__name__ for c in type(e).__mro__}
     if names & {"DistError", "DistBackendError", "DistNetworkError", "DistStoreError"}:
@@ -91,7 +96,7 @@ def _one_process_commands(ctx: typer.Context) -> None:
     train nothing, and N copies of them would write the same files."""
     import os
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and ctx.invoked_subcommand not in ("run", "search"):
+    if _under_torchrun() and ctx.invoked_subcommand not in ("run", "search"):
         if os.environ.get("RANK", "0") == "0":
             err_console.print(f"[bold red]error:[/] leankd {ctx.invoked_subcommand} runs in one process: start it "
                               "without torchrun (only `leankd run` trains data-parallel)", highlight=False)
@@ -144,14 +149,12 @@ def _torchrun(nproc: int) -> int:
     for several machines call torchrun yourself, see the README), launched in this process so that a failure comes
     back as which rank stopped and how, not as the launcher's traceback. Returns the exit code: 0, 2 when the ranks
     stopped on a user error (rank 0 printed it), 1 when a rank died."""
-    import os
-
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run as launch
 
     from .errors import RecipeError
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if _under_torchrun():
         raise RecipeError("--nproc starts torchrun, but this process already runs under torchrun: drop --nproc")
     argv, skip = [], False
     for arg in sys.argv[1:]:  # the command line without --nproc
@@ -197,9 +200,7 @@ def search(
 ):
     """Search KD settings and student sizes with Optuna: the Pareto front of quality vs cost, a leaderboard and an
     experiment report (teacher trained once; candidates confirmed over seeds beside same-budget baselines)."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if _under_torchrun():
         from .errors import RecipeError
 
         raise RecipeError("leankd search runs its trials side by side with --workers N (one process each, sharing "

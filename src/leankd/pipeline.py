@@ -300,9 +300,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         """Every stage's global batch splits over this run's processes, and the data has a row for each."""
         world = dist.world_size()
         check_global_batches(self.recipe, world)
-        r = self.recipe
-        parts = world * max([r.stage_train(s).accumulate for s in ("teacher", "student")]
-                            + [c.train.apply(r.stage_train("student")).accumulate for c in r.distill.assistants])
+        parts = world * max(cfg.accumulate for cfg in stage_trains(self.recipe).values())
         if parts > 1 and task.split_size("train") < parts:
             raise RecipeError(f"the training split has {task.split_size('train')} examples, fewer than the {parts} "
                               "shares each batch is cut into (processes x train.accumulate): start fewer processes "
@@ -469,13 +467,18 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
 def check_global_batches(recipe: Recipe, world: int) -> None:
     """`batch_size` is the global batch: on `world` processes each stage's must split into equal shares, each at least
     `train.accumulate` examples (one per micro-batch). `leankd run --nproc` asks before it starts any process."""
-    cfgs = {"train": recipe.stage_train("student"), "teacher.train": recipe.stage_train("teacher")}
-    cfgs.update({f"distill.assistants[{i}].train": c.train.apply(recipe.stage_train("student"))
-                 for i, c in enumerate(recipe.distill.assistants)})
-    for where, cfg in cfgs.items():
+    for where, cfg in stage_trains(recipe).items():
         if cfg.batch_size % world or cfg.batch_size // world < cfg.accumulate:
             split = f" and {cfg.accumulate} micro-batches each" if cfg.accumulate > 1 else ""
             raise RecipeError(
                 f"{where}.batch_size = {cfg.batch_size} is the global batch, cut into equal shares for {world} "
                 f"process(es){split}: make it a multiple of {world * cfg.accumulate}"
                 + (" (or start fewer processes)" if world > 1 else " (or lower train.accumulate)"))
+
+
+def stage_trains(recipe: Recipe) -> dict:
+    """{recipe path: resolved TrainConfig} of every stage that trains: the students, the teacher, each assistant."""
+    cfgs = {"train": recipe.stage_train("student"), "teacher.train": recipe.stage_train("teacher")}
+    cfgs.update({f"distill.assistants[{i}].train": c.train.apply(recipe.stage_train("student"))
+                 for i, c in enumerate(recipe.distill.assistants)})
+    return cfgs

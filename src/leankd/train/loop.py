@@ -94,15 +94,12 @@ def fit(
     if dist.world_size() > 1 and cfg.batch_size % dist.world_size():
         raise RecipeError(f"train.batch_size = {cfg.batch_size} is the global batch, cut into equal shares for "
                           f"{dist.world_size()} processes: make it a multiple of {dist.world_size()}")
-    # train.sync_bn: BatchNorm over the global batch while training, plain BatchNorm again afterwards; swapped before
-    # the feature taps are hooked, so a tap on a BatchNorm hooks the module that runs
-    restore_bn = sync_bn.convert(model, device) if cfg.sync_bn and dist.world_size() > 1 else _nothing
-    try:
-        student_taps = _setup_feature_loss(loss, model, task, teacher)
-    except BaseException:
-        restore_bn()
-        raise
-    with _closing(student_taps, teacher), _finally(restore_bn):  # hooks come off even if anything below fails
+    with contextlib.ExitStack() as undo:  # hooks come off and BatchNorm comes back even if anything below fails
+        # train.sync_bn: BatchNorm over the global batch while training, plain BatchNorm again afterwards; swapped
+        # before the feature taps are hooked, so a tap on a BatchNorm hooks the module that runs
+        if cfg.sync_bn and dist.world_size() > 1:
+            undo.callback(sync_bn.convert(model, device))
+        student_taps = undo.enter_context(_closing(_setup_feature_loss(loss, model, task, teacher), teacher))
         return _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, metrics_path, resume,
                     progress, stop_after_epoch, fingerprint)
 
@@ -328,18 +325,6 @@ def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, static_graph=True)
-
-
-def _nothing() -> None:
-    return None
-
-
-@contextlib.contextmanager
-def _finally(fn):
-    try:
-        yield
-    finally:
-        fn()
 
 
 def loss_inputs(logits, batch, loss: Loss, teacher, student_taps: Optional[FeatureTaps],
