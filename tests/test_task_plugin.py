@@ -196,7 +196,7 @@ def test_a_kind_brings_its_own_data_section(tmp_path, span_kind):
     bad = {**given, "data": {**given["data"], "span": {"train_examples": 4}}}
     with pytest.raises(RecipeError, match=r"data\.span\.train_examples = 4: Input should be greater than or equal"):
         parse_recipe(bad)
-    with pytest.raises(RecipeError, match=r"data\.spam: unknown key \(typo\?\); allowed here: .*seq, span"):
+    with pytest.raises(RecipeError, match=r"data\.spam: unknown key \(typo\?\); allowed here: .*seq, lm, span"):
         parse_recipe({**given, "data": {**given["data"], "spam": {}}})
 
     image = {**recipe(tmp_path), "data": {"source": "demo"}, "teacher": {"model": "resnet8"},

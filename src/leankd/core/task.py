@@ -180,6 +180,12 @@ class Task:
     def forward(self, model: nn.Module, inputs: Any) -> Tensor:
         return model(inputs)
 
+    def running_metrics(self, split: str) -> Optional[Any]:
+        """An accumulator (`add(logits, targets)`, `result() -> metrics`) that `evaluate` feeds batch by batch, for a
+        task whose whole-split logits are too large to hold (a causal LM: tokens x vocabulary); None (the default):
+        `evaluate` concatenates the logits and calls `metrics` once."""
+        return None
+
     def dynamic_dims(self) -> dict[int, str]:
         """Input dimensions that vary between batches (ONNX export declares them dynamic)."""
         return {0: "batch"}
@@ -218,6 +224,10 @@ class CpuView:
     def metrics(self, logits, targets):
         return self.task.metrics(logits, targets)
 
+    def running_metrics(self, split: str):
+        running = getattr(self.task, "running_metrics", None)
+        return running(split) if running is not None else None
+
 
 @torch.no_grad()
 def predict(model: nn.Module, task: Task, split: str, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,9 +245,22 @@ def predict(model: nn.Module, task: Task, split: str, batch_size: int = 256) -> 
 
 
 def evaluate(model: nn.Module, task: Task, split: str, batch_size: int = 256) -> dict:
-    """The task's metrics of `model`'s logits on `split`."""
-    logits, targets = predict(model, task, split, batch_size)
-    return task.metrics(logits, targets)
+    """The task's metrics of `model`'s logits on `split`: from the whole split's logits, or batch by batch when the
+    task accumulates its metrics (`running_metrics`: a causal LM's [tokens, vocabulary] logits would not fit)."""
+    running = getattr(task, "running_metrics", None)  # duck-typed tasks (wrappers, tests) may not have it
+    running = running(split) if running is not None else None
+    if running is None:
+        logits, targets = predict(model, task, split, batch_size)
+        return task.metrics(logits, targets)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in task.eval_batches(split, batch_size):
+                running.add(task.forward(model, batch.inputs), batch.targets)
+    finally:
+        model.train(was_training)
+    return running.result()
 
 
 __all__ = ["Batch", "Task", "CpuView", "predict", "evaluate"]

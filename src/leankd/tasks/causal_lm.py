@@ -1,0 +1,268 @@
+"""Causal language modelling (`data.task: causal_lm`): predict every next token of running text.
+
+How it fits the one training loop: the tokenized training part is cut into fixed blocks of `context + 1` tokens that
+overlap by one (block i starts at token i·context); a batch's inputs are [B, context] token ids and its targets the
+next token of every position, flattened to [B·context]. `forward` returns the logits of those positions as
+[B·context, V]. So cross-entropy is the per-token mean, every logit loss (`kd`, `forward_kl`, `reverse_kl`, `jsd`,
+`skew_kl`, ...) compares teacher and student token by token, and the live teacher, the teacher cache (one row per
+training token), precision, accumulation, torchrun and `--resume` work unchanged. A batch's size is its number of
+tokens, so the loop's samples/s is tokens/s.
+
+Blocks are fixed (no random offsets per epoch): a cached teacher's logits at a position depend on the tokens before it
+in its block, so the student must see the very blocks the teacher labelled; the order of blocks is reshuffled every
+epoch.
+
+Quality (`quality`, also the per-epoch validation): loss in nats per token, perplexity, next-token accuracy and bits
+per character (nats per token x tokens per character / ln 2: comparable across tokenizers; for characters it is the
+loss in bits). Accumulated batch by batch (`running_metrics`): a split's [tokens, V] logits are never held at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..core.task import Batch, Task
+from ..errors import DataError, ModelError
+
+SPLITS = ("train", "val", "test")
+
+
+class TokenBlocks:
+    """One part's token ids on the device, read as blocks of `context + 1` tokens (`kept`: the block numbers in use,
+    all of them unless data.limit_* chose a subset)."""
+
+    def __init__(self, ids: Tensor, context: int, chars: int, kept: Optional[Tensor] = None):
+        self.ids, self.context, self.chars = ids, context, chars
+        total = max(0, (len(ids) - 1) // context)
+        self.kept = torch.arange(total, device=ids.device) if kept is None else kept.to(ids.device)
+        self.offsets = torch.arange(context + 1, device=ids.device)
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+    def batch(self, idx: Tensor) -> Batch:
+        """Blocks `idx` (positions in `kept`): inputs [b, context], targets [b·context], index = idx."""
+        window = self.ids[(self.kept[idx] * self.context)[:, None] + self.offsets]
+        return Batch(window[:, :-1], window[:, 1:].reshape(-1), idx)
+
+
+class RunningLM:
+    """Token-weighted sums of one split's evaluation, so no [tokens, V] tensor is ever kept (see module doc)."""
+
+    def __init__(self, chars_per_token: float):
+        self.nats, self.correct, self.tokens = 0.0, 0, 0
+        self.chars_per_token = chars_per_token
+
+    def add(self, logits: Tensor, targets: Tensor) -> None:
+        logits, targets = logits.float(), targets.to(logits.device)
+        self.nats += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+        self.correct += int((logits.argmax(-1) == targets).sum())
+        self.tokens += int(targets.numel())
+
+    def result(self) -> dict:
+        if not self.tokens:
+            return {"loss": None, "accuracy": None, "perplexity": None, "bpc": None, "num_samples": 0}
+        loss = self.nats / self.tokens
+        return {"loss": loss, "accuracy": self.correct / self.tokens, "perplexity": math.exp(min(loss, 700.0)),
+                "bpc": loss / self.chars_per_token / math.log(2), "num_samples": self.tokens}
+
+
+class CausalLMTask(Task):
+    kind = "causal_lm"
+    supports_views = True  # text is not augmented: a teacher cache holds one view, a row per training token
+    max_views = 1
+
+    def __init__(self, parts: dict[str, TokenBlocks], tokenizer, device: torch.device, info: Optional[dict] = None,
+                 notes: Optional[list[str]] = None):
+        if not len(parts.get("train", ())):
+            raise DataError("a causal_lm task needs training text")
+        self.device = torch.device(device)
+        self.tokenizer = tokenizer
+        self.context = parts["train"].context
+        self.num_classes = tokenizer.size
+        self.class_names = []  # token ids are not classes the report lists
+        self.splits = {name: blocks for name, blocks in parts.items() if len(blocks)}
+        self.eval_split = next(s for s in ("test", "val", "train") if s in self.splits)
+        self.info = dict(info or {})
+        self.notes = list(notes or [])
+        if self.eval_split == "train":
+            self.notes.append("no validation or test text: quality is measured on the TRAINING text")
+
+    # data ----------------------------------------------------------------------------------------------------
+    def split_size(self, split: str) -> int:
+        return len(self.splits[split]) if split in self.splits else 0
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
+        train = self.splits["train"]
+        g = torch.Generator(device=self.device)
+        g.manual_seed(seed * 1_000_003 + epoch)
+        steps = self.steps_per_epoch(batch_size)
+        order = torch.randperm(len(train), device=self.device, generator=g)
+        if len(order) < batch_size:  # a split smaller than one batch: repeat it
+            order = order.repeat(-(-batch_size // len(order)))
+        for i in range(steps):
+            yield train.batch(order[i * batch_size:(i + 1) * batch_size])
+
+    def view_batches(self, view: int, seed: int, batch_size: int) -> Iterator[Batch]:
+        """What a teacher cache labels: every training block once, in order."""
+        train = self.splits["train"]
+        for chunk in torch.arange(len(train), device=self.device).split(batch_size):
+            yield train.batch(chunk)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        data = self.splits[split]
+        for chunk in torch.arange(len(data), device=self.device).split(batch_size):
+            yield data.batch(chunk)
+
+    def shard_batch(self, batch: Batch, part: int, parts: int) -> Batch:
+        """A share of the batch's blocks, with their tokens' targets (context per block)."""
+        from ..core.dist import shard_bounds
+
+        if parts == 1:
+            return batch
+        start, end = shard_bounds(int(batch.inputs.shape[0]), part, parts)
+        per = int(batch.inputs.shape[1])
+        return Batch(batch.inputs[start:end], batch.targets[start * per:end * per],
+                     None if batch.index is None else batch.index[start:end])
+
+    def cache_size(self) -> int:
+        return len(self.splits["train"]) * self.context
+
+    def cache_rows(self, index: Tensor) -> Tensor:
+        """Rows of blocks `index`: block b's tokens are rows b·context .. b·context + context - 1."""
+        return ((index * self.context)[:, None] + torch.arange(self.context, device=index.device)).reshape(-1)
+
+    def example_inputs(self, batch_size: int) -> Any:
+        data = self.splits[self.eval_split]
+        idx = torch.arange(batch_size, device=self.device) % len(data)
+        return data.batch(idx).inputs
+
+    def describe(self) -> dict:
+        return {"num_classes": None, "classes": [], "train_size": self.split_size("train"),
+                "val_size": self.split_size("val"), "eval_split": self.eval_split,
+                "eval_size": self.split_size(self.eval_split), "primary_metric": self.primary_metric(),
+                "vocab_size": self.num_classes, "context": self.context, **self.info}
+
+    def primary_metric(self) -> dict:
+        return {"name": "loss", "higher_is_better": False, "label": "loss (nats/token)",
+                "also": ["perplexity", "bpc"]}
+
+    @property
+    def probe_classes(self) -> bool:
+        return False  # next tokens are not classes a linear probe ranks teacher layers by
+
+    # model ---------------------------------------------------------------------------------------------------
+    def model_defaults(self) -> dict:
+        return {"context": self.context}
+
+    def prepare_model(self, model: nn.Module) -> None:
+        """Refuse, before anything trains, a model that is not a causal LM of this vocabulary and context."""
+        context = getattr(model, "context", None)
+        if isinstance(context, int) and context < self.context:
+            raise ModelError(f"{type(model).__name__} reads at most {context} positions, but data.lm.context is "
+                             f"{self.context}: lower data.lm.context or build the model with context: {self.context}")
+        probe = torch.zeros(1, min(self.context, 8), dtype=torch.long)  # token 0: valid for any vocabulary size
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                model.eval()
+                device = next(iter(model.parameters()), torch.empty(0)).device
+                out = model(probe.to(device))
+        except Exception as e:  # noqa: BLE001 - any failure here means the model does not take token ids
+            raise ModelError(f"{type(model).__name__} does not run on token ids [batch, positions] ({e}): a causal_lm "
+                             "task needs a causal language model (e.g. gpt, lm_small, or hf:FOLDER of a "
+                             "...ForCausalLM checkpoint)") from None
+        finally:
+            model.train(was_training)
+        out = getattr(out, "logits", out)
+        want = (1, probe.shape[1], self.num_classes)
+        if not isinstance(out, Tensor) or tuple(out.shape) != want:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            vocab = (f"; its vocabulary has {got[-1]} tokens, the data's tokenizer ({self.tokenizer.describe()}) "
+                     f"{self.num_classes}: teacher and student must share the data's tokenizer"
+                     if isinstance(out, Tensor) and out.dim() == 3 else "")
+            raise ModelError(f"{type(model).__name__} is not a causal language model of this data: on token ids of "
+                             f"shape {tuple(probe.shape)} it returns {got}, not logits of shape {want}{vocab}")
+
+    def forward(self, model: nn.Module, inputs: Any) -> Tensor:
+        logits = model(inputs)
+        logits = getattr(logits, "logits", logits)
+        return logits.reshape(-1, logits.shape[-1])
+
+    def dynamic_dims(self) -> dict[int, str]:
+        return {0: "batch", 1: "length"}
+
+    def save(self, run_dir) -> None:
+        self.tokenizer.save(Path(run_dir) / "lm_tokenizer.json")
+
+    # quality -------------------------------------------------------------------------------------------------
+    def chars_per_token(self, split: str) -> float:
+        data = self.splits.get(split)
+        return data.chars / max(data.tokens, 1) if data is not None else 1.0
+
+    def running_metrics(self, split: str) -> RunningLM:
+        return RunningLM(self.chars_per_token(split))
+
+    def metrics(self, logits: Tensor, targets: Tensor) -> dict:
+        """Loss, perplexity and accuracy of a batch's token logits (bits per character of the evaluation part)."""
+        running = RunningLM(self.chars_per_token(self.eval_split))
+        running.add(logits, targets)
+        return running.result()
+
+
+def build_lm_task(cfg, device: torch.device, seed: int, channels_last: bool = False) -> CausalLMTask:
+    """`data.source`: a .txt / .jsonl file or a folder of them; parts cut in order train | val | test
+    (data.val_fraction, data.lm.test_fraction), tokenized by data.lm.tokenizer, packed into blocks of data.lm.context."""
+    from ..data.lm import build_tokenizer, read_corpus, split_text
+
+    lm = cfg.lm
+    if str(cfg.source) == "demo":
+        raise DataError("data.source demo is an image set; a causal_lm task reads text: give a .txt or .jsonl file or "
+                        "a folder of them (e.g. ../shared/datasets/text/tinyshakespeare/input.txt)")
+    text, files = read_corpus(str(cfg.source), lm.format, lm.text_column, lm.encoding)
+    parts = split_text(text, cfg.val_fraction, lm.test_fraction)
+    tokenizer = build_tokenizer(lm.tokenizer, lm.vocab_size, parts)
+    notes: list[str] = []
+    blocks = {}
+    for name in SPLITS:
+        ids = torch.tensor(tokenizer.encode(parts[name]), dtype=torch.long)
+        wanted = {"train": True, "val": cfg.val_fraction > 0, "test": lm.test_fraction > 0}[name]
+        if wanted and len(ids) < lm.context + 1:
+            setting = {"train": "lower data.val_fraction / data.lm.test_fraction",
+                       "val": "raise data.val_fraction", "test": "raise data.lm.test_fraction"}[name]
+            raise DataError(f"data.lm.context is {lm.context} tokens, but the {name} part of {cfg.source} has only "
+                            f"{len(ids)} tokens ({len(parts[name])} characters), less than one block of "
+                            f"{lm.context + 1}: lower data.lm.context, {setting}, or give more text")
+        blocks[name] = TokenBlocks(ids.to(device), lm.context, len(parts[name]))
+    if getattr(tokenizer, "kind", "") == "chars" and tokenizer.symbols[-1] == "\ufffd":
+        notes.append("some validation/test characters never occur in the training part: they read as one unknown "
+                     "symbol")
+    if cfg.limit_train is not None and cfg.limit_train < len(blocks["train"]):
+        g = torch.Generator().manual_seed(seed + 1)
+        keep = torch.randperm(len(blocks["train"]), generator=g)[:cfg.limit_train].sort().values
+        blocks["train"] = TokenBlocks(blocks["train"].ids, lm.context, blocks["train"].chars, keep)
+        notes.append(f"data.limit_train: {cfg.limit_train} training blocks of {lm.context} tokens, a random subset")
+    if cfg.limit_test is not None and cfg.limit_test < len(blocks["test"]):
+        blocks["test"] = TokenBlocks(blocks["test"].ids, lm.context, blocks["test"].chars,
+                                     torch.arange(cfg.limit_test))
+        notes.append(f"data.limit_test: quality on the first {cfg.limit_test} test blocks")
+    digest = hashlib.sha256(text.encode())
+    digest.update(tokenizer.identity().encode())
+    info = {"source": str(cfg.source), "files": len(files), "fingerprint": digest.hexdigest()[:16],
+            "tokenizer": tokenizer.describe(), "tokenizer_id": tokenizer.identity(),
+            "tokens": {name: b.tokens for name, b in blocks.items()},
+            "characters": {name: len(parts[name]) for name in SPLITS},
+            "split_method": {"method": "contiguous", "unit": "characters",
+                             "detail": "train, then val, then test: consecutive parts of the text, cut before "
+                                       "tokenizing (the tokenizer is fitted on the training part only)",
+                             "examples": {name: len(b) for name, b in blocks.items()}}}
+    return CausalLMTask(blocks, tokenizer, device, info=info, notes=notes)

@@ -1,0 +1,48 @@
+"""causal_lm: running text (data.lm) -> next-token prediction; token-level KD with any logit loss (forward_kl,
+reverse_kl, jsd, skew_kl, ...), perplexity and bits per character."""
+from __future__ import annotations
+
+from ...core.taskkind import TaskKind, register_kind
+from .lm_config import LMConfig
+
+
+def build(cfg, device, seed: int, channels_last: bool):
+    from ..causal_lm import build_lm_task
+
+    return build_lm_task(cfg, device, seed, channels_last=channels_last)
+
+
+def model_defaults(cfg) -> dict:
+    """What `leankd validate` builds models with before any text is read."""
+    return {"context": cfg.lm.context if cfg.lm is not None else LMConfig().context}
+
+
+def check(recipe) -> None:
+    if recipe.distill.assistants:
+        raise ValueError("distill.assistants (progressive distillation) is not supported for causal_lm yet: remove it")
+    if recipe.teacher.limit_train is not None:
+        raise ValueError("teacher.limit_train is not supported for causal_lm: use data.limit_train (every stage) or "
+                         "remove it")
+    if recipe.distill.features:
+        raise ValueError("distill.features (layer losses) are not supported for causal_lm yet: remove them (token-level "
+                         "KD is distill.loss, e.g. [{kind: forward_kl}, {kind: ce}])")
+
+
+def check_source(cfg) -> list[str]:
+    """The source must exist and hold text (a missing optional package is reported, not an error)."""
+    from ...validate import missing_source
+
+    if str(cfg.source) == "demo":
+        from ...errors import DataError
+
+        raise DataError("data.source demo is an image set; a causal_lm task reads text: give a .txt or .jsonl file or "
+                        "a folder of them")
+    return missing_source(str(cfg.source))
+
+
+KIND = register_kind(TaskKind(
+    "causal_lm", build, model_defaults=model_defaults, check=check, check_source=check_source,
+    data_sections={"lm": LMConfig},
+    refusals={"augment": "a causal_lm task trains on its text as it is", "text": "causal_lm text settings are data.lm",
+              "seq": "causal_lm text settings are data.lm"},
+    summary="running text (data.lm) -> next token; loss in nats/token, perplexity, bits per character"))

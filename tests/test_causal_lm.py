@@ -1,0 +1,173 @@
+"""The causal_lm task kind: reading and splitting a corpus, the three tokenizers, packing into blocks (targets are the
+next tokens, cache rows are token positions), evaluation batch by batch, and the errors a user meets first."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from leankd.core.task import evaluate
+from leankd.data.lm import CharTokenizer, HFTokenizer, read_corpus, split_text
+from leankd.errors import DataError, ModelError, RecipeError
+from leankd.recipe import parse_recipe
+from leankd.tasks.causal_lm import build_lm_task
+
+TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog {i % 7}\n" for i in range(300))
+
+
+class Bigram(nn.Module):
+    """A causal LM by construction: each position's logits depend on its own token only."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, vocab)
+
+    def forward(self, ids):
+        return self.emb(ids)
+
+
+def _data(tmp_path, text=TEXT, name="corpus.txt", **lm):
+    path = tmp_path / name
+    path.write_text(text)
+    recipe = parse_recipe({"data": {"task": "causal_lm", "source": str(path), "val_fraction": 0.1,
+                                    "lm": {"context": 16, **lm}},
+                           "teacher": {"model": "resnet8"},
+                           "student": {"model": "resnet8"}})
+    return recipe.data
+
+
+def test_splits_are_contiguous_in_order_and_cover_the_text():
+    parts = split_text(TEXT, 0.1, 0.05)
+    assert parts["train"] + parts["val"] + parts["test"] == TEXT
+    assert len(parts["val"]) == pytest.approx(0.1 * len(TEXT), abs=1)
+    assert TEXT.endswith(parts["test"]) and TEXT.startswith(parts["train"])
+
+
+def test_read_corpus_txt_jsonl_and_folder(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"body": "beta"}) + "\n\n" + json.dumps({"body": "gamma"}) + "\n")
+    assert read_corpus(str(tmp_path / "a.txt"))[0] == "alpha\n"
+    assert read_corpus(str(tmp_path / "b.jsonl"), column="body")[0] == "beta\n\ngamma"
+    text, files = read_corpus(str(tmp_path), column="body")
+    assert text == "alpha\n\n\nbeta\n\ngamma" and [f.rsplit("/", 1)[1] for f in files] == ["a.txt", "b.jsonl"]
+
+
+def test_corpus_errors_name_the_file_and_the_fix(tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(DataError, match="empty"):
+        read_corpus(str(tmp_path / "empty.txt"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{not json\n')
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2: not valid JSON.*format: txt"):
+        read_corpus(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "col.jsonl").write_text('{"body": "x"}\n')
+    with pytest.raises(DataError, match=r"no 'text' key \(found \['body'\]\); set data.lm.text_column"):
+        read_corpus(str(tmp_path / "col.jsonl"))
+    with pytest.raises(DataError, match="no such file"):
+        read_corpus(str(tmp_path / "missing.txt"))
+
+
+def test_char_tokenizer_round_trip_and_unknown_symbol_only_when_needed():
+    tok = CharTokenizer.fit("abca", ["ab"])
+    assert tok.symbols == ["a", "b", "c"] and tok.decode(tok.encode("cab")) == "cab"
+    with_unknown = CharTokenizer.fit("abc", ["abz"])
+    assert with_unknown.size == 4 and with_unknown.decode(with_unknown.encode("zb")) == "\ufffdb"
+
+
+def test_bpe_is_fitted_on_the_training_part_and_a_saved_folder_reads_back(tmp_path):
+    tok = HFTokenizer.train_bpe(TEXT, 300)
+    assert tok.size == 300
+    assert tok.decode(tok.encode("the lazy dog\n")) == "the lazy dog\n"
+    assert len(tok.encode("the quick brown fox")) < len("the quick brown fox")  # merges were learned
+    other = HFTokenizer.train_bpe(TEXT.replace("fox", "cat"), 300)
+    assert other.identity() != tok.identity()
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    tok.save(folder / "tokenizer.json")
+    data = _data(tmp_path, tokenizer=str(folder))
+    task = build_lm_task(data, torch.device("cpu"), 0)
+    assert task.num_classes == 300 and task.info["tokenizer_id"] == tok.identity()
+
+
+def test_blocks_targets_are_next_tokens_and_cache_rows_are_their_positions(tmp_path):
+    task = build_lm_task(_data(tmp_path), torch.device("cpu"), 0)
+    train = task.splits["train"]
+    assert len(train) == (train.tokens - 1) // 16 and task.cache_size() == len(train) * 16
+    batch = next(task.train_batches(0, 4, seed=0))
+    assert batch.inputs.shape == (4, 16) and batch.targets.shape == (64,) and batch.size == 64
+    targets = batch.targets.view(4, 16)
+    assert torch.equal(targets[:, :-1], batch.inputs[:, 1:])  # shifted by one
+    rows = task.cache_rows(batch.index)
+    assert torch.equal(train.ids[rows + 1], batch.targets) and torch.equal(train.ids[rows], batch.inputs.reshape(-1))
+    # every block once, in order, in the view the cache labels
+    seen = torch.cat([b.index for b in task.view_batches(0, 0, 5)])
+    assert torch.equal(seen, torch.arange(len(train)))
+    # a torchrun share / micro-batch keeps each block with its own targets
+    halves = [task.shard_batch(batch, p, 2) for p in range(2)]
+    assert torch.equal(torch.cat([h.targets for h in halves]), batch.targets)
+    assert all(torch.equal(h.targets.view(-1, 16)[:, :-1], h.inputs[:, 1:]) for h in halves)
+
+
+def test_epochs_reshuffle_blocks_but_a_seed_replays(tmp_path):
+    task = build_lm_task(_data(tmp_path), torch.device("cpu"), 0)
+    first = [b.index for b in task.train_batches(0, 4, seed=3)]
+    assert all(torch.equal(a, b.index) for a, b in zip(first, task.train_batches(0, 4, seed=3)))
+    assert not all(torch.equal(a, b.index) for a, b in zip(first, task.train_batches(1, 4, seed=3)))
+
+
+def test_evaluation_batch_by_batch_equals_the_whole_split_at_once(tmp_path):
+    task = build_lm_task(_data(tmp_path), torch.device("cpu"), 0)
+    torch.manual_seed(0)
+    model = Bigram(task.num_classes)
+    got = evaluate(model, task, "val", batch_size=3)
+    logits = torch.cat([model(b.inputs).reshape(-1, task.num_classes) for b in task.eval_batches("val", 100)])
+    targets = torch.cat([b.targets for b in task.eval_batches("val", 100)])
+    loss = float(nn.functional.cross_entropy(logits, targets).detach())
+    assert got["loss"] == pytest.approx(loss, rel=1e-5)
+    assert got["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+    assert got["bpc"] == pytest.approx(loss / math.log(2), rel=1e-5)  # characters: one token per character
+    assert got["num_samples"] == len(targets)
+    assert got["accuracy"] == pytest.approx(float((logits.argmax(-1) == targets).float().mean()))
+
+
+def test_bits_per_character_count_characters_not_tokens(tmp_path):
+    task = build_lm_task(_data(tmp_path, tokenizer="bpe", vocab_size=300), torch.device("cpu"), 0)
+    model = Bigram(task.num_classes)
+    got = evaluate(model, task, "val")
+    val = task.splits["val"]
+    assert got["bpc"] == pytest.approx(got["loss"] * val.tokens / val.chars / math.log(2), rel=1e-6)
+    assert val.tokens < val.chars
+
+
+def test_a_context_longer_than_a_part_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match=r"data.lm.context is 2000 tokens, but the val part .* raise "
+                                        r"data.val_fraction"):
+        build_lm_task(_data(tmp_path, context=2000), torch.device("cpu"), 0)
+
+
+def test_models_that_are_not_causal_lms_of_this_vocabulary_are_refused(tmp_path):
+    task = build_lm_task(_data(tmp_path), torch.device("cpu"), 0)
+    task.prepare_model(Bigram(task.num_classes))  # fine
+
+    class Classifier(nn.Module):
+        def forward(self, ids):
+            return torch.zeros(ids.shape[0], 3)
+
+    with pytest.raises(ModelError, match="not a causal language model"):
+        task.prepare_model(Classifier())
+    with pytest.raises(ModelError, match=rf"vocabulary has 7 tokens, .* {task.num_classes}: teacher and student "
+                                         "must share the data's tokenizer"):
+        task.prepare_model(Bigram(7))
+
+
+def test_recipe_rules(tmp_path):
+    with pytest.raises(RecipeError, match="data.lm is for data.task: causal_lm"):
+        parse_recipe({"data": {"source": "demo", "lm": {"context": 8}}, "teacher": {"model": "resnet8"},
+                      "student": {"model": "resnet8"}})
+    with pytest.raises(RecipeError, match="neither chars, bpe nor a Hugging Face tokenizer folder"):
+        _data(tmp_path, tokenizer=str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="demo is an image set"):
+        build_lm_task(parse_recipe({"data": {"task": "causal_lm"}, "teacher": {"model": "resnet8"},
+                                    "student": {"model": "resnet8"}}).data, torch.device("cpu"), 0)
