@@ -105,8 +105,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         task = self.build_task()
         data_fp, teacher_data_fp = data_fingerprints(r, task)
         self.log(f"[bold]leankd[/] run '{r.name}' on {self.device} -> {self.run_dir}")
-        self.log(f"data: {r.data.source}: {task.split_size('train')} train / {task.split_size('val')} val / "
-                 f"{task.split_size(task.eval_split)} {task.eval_split}, {task.num_classes} classes")
+        self.log(f"data: {r.data.source}: {task.summary()}")
 
         # build every model first: class mismatches and bad names fail before any training
         teacher_model = build_model(r.teacher, task.num_classes, "teacher", task.model_defaults())

@@ -124,6 +124,11 @@ class Task:
             **getattr(self, "info", {}),
         }
 
+    def summary(self) -> str:
+        """The run log's line about the data (after its source)."""
+        return (f"{self.split_size('train')} train / {self.split_size('val')} val / "
+                f"{self.split_size(self.eval_split)} {self.eval_split}, {self.num_classes} classes")
+
     def primary_metric(self) -> dict:
         """The quality figure this task is judged by (`{name, higher_is_better, label}`, `name` a key of the report's
         quality block): the KD verdict and the primary ratios read it from the report, so the report never has to

@@ -75,6 +75,7 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     splits = {_g(e, "quality", "split") for _, e in entries} - {None}
     split = f" ({splits.pop()})" if len(splits) == 1 else ""
     row("architecture", lambda e: e.get("architecture") or DASH)
+    own_rows = [tuple(r) for r in _g(report, "run", "dataset", "quality_rows") or []]
     if _regression(report):
         row(f"Pearson r (x100){split}", lambda e: fmt_pct(_g(e, "quality", "pearson")))
         row("Spearman (x100)", lambda e: fmt_pct(_g(e, "quality", "spearman")))
@@ -93,6 +94,9 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
                                                    f"{fmt_fixed(_g(e, 'quality', 'bleu_beam'), 2)}")
             row(f"chrF, greedy / beam {beam}", lambda e: f"{fmt_fixed(_g(e, 'quality', 'chrf'), 2)} / "
                                                    f"{fmt_fixed(_g(e, 'quality', 'chrf_beam'), 2)}")
+    elif own_rows:  # a task that names its quality rows (causal_lm: loss, perplexity, bits per character)
+        for i, (key, label, digits) in enumerate(own_rows):
+            row(label + (split if i == 0 else ""), lambda e, k=key, d=digits: fmt_fixed(_g(e, "quality", k), d))
     else:
         row(f"accuracy (%){split}", lambda e: fmt_pct(_g(e, "quality", "accuracy")))
         row("macro-F1 (%)", lambda e: fmt_pct(_g(e, "quality", "macro_f1")))
@@ -100,7 +104,8 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         row("Matthews corr. (x100)", lambda e: fmt_pct(_g(e, "quality", "mcc")))
     if any(_g(e, "quality", "f1_positive") is not None for _, e in entries):
         row("F1 of class 1 (%)", lambda e: fmt_pct(_g(e, "quality", "f1_positive")))
-    row("eval loss", lambda e: fmt_fixed(_g(e, "quality", "loss"), 4))
+    if "loss" not in [key for key, _, _ in own_rows]:
+        row("eval loss", lambda e: fmt_fixed(_g(e, "quality", "loss"), 4))
     if any(_g(e, "quality", "fa_fr_auc") is not None for _, e in entries):  # binary keyword spotting
         row("FA/FR AUC (lower is better)", lambda e: fmt_fixed(_g(e, "quality", "fa_fr_auc"), 4))
         far = next((_g(e, "quality", "far_target") for _, e in entries if _g(e, "quality", "far_target")), None)
@@ -144,7 +149,8 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
                                              e.get("decoding")))
     row("train wall time (s, incl. validation)", lambda e: fmt_auto(_g(e, "training", "wall_time_s")))
     row("epochs", lambda e: fmt_int(_g(e, "training", "epochs")))
-    row("samples/s", lambda e: fmt_auto(_g(e, "training", "samples_per_s")))
+    unit = _g(report, "run", "dataset", "sample_unit") or "samples"  # causal_lm: a batch's size counts tokens
+    row(f"{unit}/s", lambda e: fmt_auto(_g(e, "training", "samples_per_s")))
     row("train peak memory (MB)", lambda e: fmt_auto(_g(e, "training", "peak_memory_mb")))
     row("energy (J)", _energy)
     row("loss used", lambda e: _g(e, "training", "loss") or DASH)

@@ -150,10 +150,21 @@ class CausalLMTask(Task):
         return {"num_classes": None, "classes": [], "train_size": self.split_size("train"),
                 "val_size": self.split_size("val"), "eval_split": self.eval_split,
                 "eval_size": self.split_size(self.eval_split), "primary_metric": self.primary_metric(),
-                "vocab_size": self.num_classes, "context": self.context, **self.info}
+                "vocab_size": self.num_classes, "context": self.context, "sample_unit": "tokens",
+                # the rows the report's main table shows for this task: (quality key, label, decimals)
+                "quality_rows": [["loss", "loss (nats/token)", 4], ["perplexity", "perplexity", 3],
+                                 ["bpc", "bits per character", 4], ["accuracy", "next-token accuracy", 4]],
+                **self.info}
+
+    def summary(self) -> str:
+        tokens = " / ".join(f"{self.splits[s].tokens:,} {s}" for s in SPLITS if s in self.splits)
+        return (f"{tokens} tokens in blocks of {self.context} ({self.split_size('train'):,} training blocks), "
+                f"{self.tokenizer.describe()}")
 
     def primary_metric(self) -> dict:
-        return {"name": "loss", "higher_is_better": False, "label": "loss (nats/token)",
+        """The loss in nats per token, lower is better. The report states gains in points (x 100), so one point is
+        0.01 nats: the label says so."""
+        return {"name": "loss", "higher_is_better": False, "label": "loss (nats/token; 1 point = 0.01 nats)",
                 "also": ["perplexity", "bpc"]}
 
     @property

@@ -18,6 +18,12 @@ def model_defaults(cfg) -> dict:
 
 
 def check(recipe) -> None:
+    """Refuse what this kind cannot run; a distillation temperature left unset is 1, the language-model convention
+    (TRL, DistiLLM, MiniLLM distil at T = 1; the classification default 4 flattens a 50k-token distribution into
+    noise). Written into the resolved recipe, so leaving it out and writing 1 are the same run."""
+    if "temperature" not in recipe.distill.model_fields_set:
+        object.__setattr__(recipe.distill, "temperature", 1.0)  # not `=`: validate_assignment would recurse
+        recipe.distill.model_fields_set.add("temperature")
     if recipe.distill.assistants:
         raise ValueError("distill.assistants (progressive distillation) is not supported for causal_lm yet: remove it")
     if recipe.teacher.limit_train is not None:
