@@ -250,6 +250,31 @@ class Decoding(TimingNoise):
     latency: list[DecodeLatency] = Field(default_factory=list)
 
 
+class TokenLatency(_Strict):
+    batch_size: int
+    new_tokens: int
+    median_ms: float  # the whole call: the prompt's pass plus `new_tokens` steps (robust figure of the shared timer)
+    ms_per_token: float
+    spread: Optional[float] = None
+    round_spread: Optional[float] = None
+
+
+class Generation(TimingNoise):
+    """causal_lm: CPU latency per generated token with the KV cache (greedy, interleaved across models) and one
+    sampled continuation of a fixed prompt, so a reader sees what a perplexity means."""
+
+    prompt_tokens: Optional[int] = None
+    search: Optional[str] = None
+    runs: Optional[int] = None
+    kv_cache: Optional[bool] = None
+    interleaved: Optional[bool] = None
+    latency: list[TokenLatency] = Field(default_factory=list)
+    prompt: Optional[str] = None
+    sample: Optional[str] = None
+    sample_seed: Optional[int] = None
+    sample_temperature: Optional[float] = None
+
+
 class ModelProbe(_Strict):
     """What one forward of a probe batch shows about a model (measure.probe): how far it downsamples its input."""
 
@@ -281,6 +306,7 @@ class ModelEntry(_Strict):
     artifact: Optional[Artifact] = None  # set for compressed/exported models
     streaming: Optional[Streaming] = None
     decoding: Optional[Decoding] = None
+    generation: Optional[Generation] = None
     probe: Optional[ModelProbe] = None
     quality_flags: Optional[list[QualityFlag]] = None
 

@@ -194,6 +194,10 @@ def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optiona
     lines.append(" ".join(kd))
     lines[-1] = sanity_kd_paragraph(report) or lines[-1]  # models at chance, or a primary metric other than accuracy
 
+    samples = _sample_lines(report)
+    if samples:
+        lines += ["", "## Samples", ""] + samples
+
     seed_lines = seeds_tables(report)
     if seed_lines:
         lines += ["", "## Seeds", ""] + seed_lines
@@ -231,6 +235,20 @@ def render_markdown(report: dict, run_dir: Optional[Path] = None, plots: Optiona
     return "\n".join(lines) + "\n"
 
 
+def _sample_lines(report: dict) -> list[str]:
+    """Each model's continuation of the same prompt (causal_lm's `generation` block), as text blocks."""
+    entries = [(role, e) for role, e in report["models"].items() if _g(e, "generation", "sample") is not None]
+    if not entries:
+        return []
+    g = entries[0][1]["generation"]
+    lines = [f"The same prompt continued by each model ({g.get('prompt_tokens')} prompt tokens, "
+             f"sampled at temperature {g.get('sample_temperature')}, seed {g.get('sample_seed')}). Prompt:", "",
+             "```", str(g.get("prompt") or ""), "```"]
+    for role, e in entries:
+        lines += ["", f"{model_label(role, e)}:", "", "```", e["generation"]["sample"], "```"]
+    return lines
+
+
 def write_markdown(run_dir: str | Path, report: dict, plots: Optional[list] = None) -> Path:
     """Atomically write `<run_dir>/report.md`; returns its path."""
     path = Path(run_dir) / "report.md"
@@ -242,7 +260,8 @@ def write_markdown(run_dir: str | Path, report: dict, plots: Optional[list] = No
 def _timing_tables(entry: dict) -> list[tuple[str, Any]]:
     """(what, block) of every timing table of a model entry that carries the noise verdict."""
     out = [(f"{d.upper()} latency", _g(entry, "latency", d)) for d in ("cpu", "cuda")]
-    out += [("streaming", entry.get("streaming")), ("decoding", entry.get("decoding"))]
+    out += [("streaming", entry.get("streaming")), ("decoding", entry.get("decoding")),
+            ("generation", entry.get("generation"))]
     return [(what, b) for what, b in out if isinstance(b, dict)]
 
 

@@ -147,6 +147,15 @@ def main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             lambda e, s_=search, b_=b: _mark(fmt_fixed(next((r["ms_per_sequence"] for r in _g(e, "decoding", "latency") or []
                                                              if r["search"] == s_ and r["batch_size"] == b_), None), 3),
                                              e.get("decoding")))
+    generated = [b for _, e in entries for b in [r["batch_size"] for r in (_g(e, "generation", "latency") or [])]]
+    for b in dict.fromkeys(generated):  # causal_lm: one generated token of every sequence, KV cache
+        row(f"generation b{b}: CPU ms per token (KV cache, median)",
+            lambda e, b_=b: _mark(fmt_fixed(next((r["ms_per_token"] for r in _g(e, "generation", "latency") or []
+                                                  if r["batch_size"] == b_), None), 3), e.get("generation")))
+    context = _g(report, "run", "dataset", "context")
+    if isinstance(context, int) and context > 0:  # a model's MACs are for one block of `context` tokens
+        row("MACs per token (M)", lambda e: fmt_millions(_g(e, "cost", "macs") / context
+                                                         if _is_num(_g(e, "cost", "macs")) else None))
     row("train wall time (s, incl. validation)", lambda e: fmt_auto(_g(e, "training", "wall_time_s")))
     row("epochs", lambda e: fmt_int(_g(e, "training", "epochs")))
     unit = _g(report, "run", "dataset", "sample_unit") or "samples"  # causal_lm: a batch's size counts tokens

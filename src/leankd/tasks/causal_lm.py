@@ -30,6 +30,8 @@ from ..core.task import Batch, Task
 from ..errors import DataError, ModelError
 
 SPLITS = ("train", "val", "test")
+# the report's generation figures: a fixed prompt from the evaluation text, a fixed seed (measured, never trained on)
+PROMPT_TOKENS, GENERATED_TOKENS, SAMPLE_TOKENS, SAMPLE_TEMPERATURE, SAMPLE_SEED = 16, 32, 200, 0.8, 0
 
 
 class TokenBlocks:
@@ -208,6 +210,29 @@ class CausalLMTask(Task):
         logits = model(inputs)
         logits = getattr(logits, "logits", logits)
         return logits.reshape(-1, logits.shape[-1])
+
+    def prompt_ids(self, tokens: int = PROMPT_TOKENS) -> Tensor:
+        """The fixed prompt of the samples and the generation timing: the start of the evaluation text, 8 rows (the
+        timing's batch of 8 reads one each)."""
+        data = self.splits[self.eval_split]
+        width = min(tokens, data.context)
+        rows = [data.batch(torch.tensor([i % len(data)], device=self.device)).inputs[0, :width] for i in range(8)]
+        return torch.stack(rows).cpu()
+
+    def joint_measurements(self, models: dict) -> dict[str, dict]:
+        """Per generated token CPU latency with the KV cache (batch 1 and 8, greedy, every model interleaved) and one
+        sampled continuation of the same prompt per model, joined as each model's `generation` block."""
+        from ..lm.generate import generate, token_latency
+
+        prompt = self.prompt_ids()
+        timed = token_latency(models, prompt, batch_sizes=(1, 8), new_tokens=GENERATED_TOKENS)
+        out = {}
+        for role, model in models.items():
+            ids = generate(model, prompt[:1], SAMPLE_TOKENS, temperature=SAMPLE_TEMPERATURE, seed=SAMPLE_SEED)
+            out[role] = {"generation": {**timed[role], "prompt": self.tokenizer.decode(prompt[0].tolist()),
+                                        "sample": self.tokenizer.decode(ids[0, prompt.shape[1]:].tolist()),
+                                        "sample_seed": SAMPLE_SEED, "sample_temperature": SAMPLE_TEMPERATURE}}
+        return out
 
     def dynamic_dims(self) -> dict[int, str]:
         return {0: "batch", 1: "length"}
