@@ -171,3 +171,53 @@ def test_recipe_rules(tmp_path):
     with pytest.raises(DataError, match="demo is an image set"):
         build_lm_task(parse_recipe({"data": {"task": "causal_lm"}, "teacher": {"model": "resnet8"},
                                     "student": {"model": "resnet8"}}).data, torch.device("cpu"), 0)
+
+
+# sequence-level and on-policy KD: the data steps -------------------------------------------------------------------
+def test_extra_blocks_join_the_training_blocks_for_the_same_steps(tmp_path):
+    from leankd.tasks.causal_lm import CausalLMTask
+
+    task = build_lm_task(_data(tmp_path), torch.device("cpu"), 0)
+    n = len(task.splits["train"])
+    windows = torch.randint(0, task.num_classes, (5, 17))
+    mixed = task.with_extra_blocks(windows)
+    assert isinstance(mixed, CausalLMTask) and len(mixed.splits["train"]) == n + 5
+    assert mixed.steps_per_epoch(4) == task.steps_per_epoch(4)
+    extra = mixed.splits["train"].batch(torch.arange(n, n + 5))
+    assert torch.equal(extra.inputs, windows[:, :-1]) and torch.equal(extra.targets, windows[:, 1:].reshape(-1))
+    assert len(task.splits["train"]) == n  # the original task is unchanged
+
+
+def test_on_policy_batches_keep_the_prompt_and_mask_it_and_replay_for_a_seed(tmp_path):
+    from leankd.lm.onpolicy import Policy
+
+    task = build_lm_task(_data(tmp_path), torch.device("cpu"), 0)
+    torch.manual_seed(0)
+    model = Bigram(task.num_classes)
+    policy = Policy(model, fraction=1.0, prompt_tokens=4)
+    batch = next(task.train_batches(0, 3, seed=0))
+    out = policy(batch, epoch=0, step=0, seed=0)
+    assert out.inputs.shape == batch.inputs.shape and torch.equal(out.inputs[:, :4], batch.inputs[:, :4])
+    assert not torch.equal(out.inputs, batch.inputs)  # the rest was sampled
+    targets = out.targets.view(3, 16)
+    assert (targets[:, :3] == -100).all() and torch.equal(targets[:, 3:-1], out.inputs[:, 4:])
+    again = Policy(model, fraction=1.0, prompt_tokens=4)(batch, epoch=0, step=0, seed=0)
+    assert torch.equal(again.inputs, out.inputs)
+    half = Policy(model, fraction=0.5, prompt_tokens=4)
+    task.with_policy(half)
+    rewritten = sum(not torch.equal(b.inputs, o.inputs) for b, o in
+                    zip(task.train_batches(0, 2, 0), task.with_policy(half).train_batches(0, 2, 0)))
+    assert half.rewritten == rewritten and 0 < half.rewritten < half.batches
+    assert half.stats()["on_policy_batches"] == half.rewritten
+
+
+def test_lm_student_settings_are_checked_when_the_recipe_is_read(tmp_path):
+    base = {"data": {"task": "causal_lm", "source": str(tmp_path), "lm": {"context": 32}},
+            "teacher": {"model": "gpt"}, "student": {"model": "gpt"}}
+    with pytest.raises(RecipeError, match="prompt_tokens = 32 leaves nothing to generate"):
+        parse_recipe({**base, "distill": {"lm": {"students": ["seq"], "prompt_tokens": 32}}})
+    with pytest.raises(RecipeError, match="on_policy needs a divergence"):
+        parse_recipe({**base, "distill": {"loss": [{"kind": "mse"}, {"kind": "ce"}], "lm": {"students": ["on_policy"]}}})
+    with pytest.raises(RecipeError, match="distill.lm is for data.task: causal_lm"):
+        parse_recipe({"data": {"source": "demo"}, "teacher": {"model": "resnet8"}, "student": {"model": "resnet8"},
+                      "distill": {"lm": {"students": ["seq"]}}})

@@ -80,3 +80,30 @@ def test_a_top_k_as_large_as_the_vocabulary_is_refused_before_training(tmp_path)
     result = runner.invoke(app, ["run", str(path), "--quiet"])
     assert result.exit_code == 2 and "teacher.cache_top_k = 500 must be between 1 and" in result.output
     assert not (tmp_path / "runs" / "lm" / "teacher" / "model.safetensors").exists()
+
+
+def test_sequence_level_and_on_policy_students_train_as_stages_of_their_own(tmp_path):
+    r = recipe(tmp_path, lm={"students": ["seq", "on_policy"], "prompt_tokens": 4, "seq_prompts": 40,
+                             "on_policy_fraction": 0.5})
+    r["teacher"].update(cache=False, cache_top_k=None)
+    r["compress"] = {"targets": []}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(r))
+    result = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "lm"
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert list(rep["models"]) == ["teacher", "baseline", "student", "student_seq", "student_on_policy"]
+    seq = rep["models"]["student_seq"]["training"]
+    assert seq["seq_kd_data"]["sequences"] == 40 and seq["seq_kd_data"]["tokens_per_sequence"] == 17
+    assert seq["loss"] == "ce" and seq["steps"] == rep["models"]["baseline"]["training"]["steps"]
+    on = rep["models"]["student_on_policy"]["training"]
+    assert on["loss"] == "0.5*forward_kl(T=1)" and on["steps"] == rep["models"]["baseline"]["training"]["steps"]
+    assert 0 < on["on_policy"]["on_policy_batches"] < on["on_policy"]["batches"] == on["steps"]
+    notes = " ".join(rep.get("notes") or [])
+    assert "seq-KD student: test loss" in notes and "continued by the student itself" in notes
+    again = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert again.exit_code == 0 and again.output.count("reusing") == 5
+    assert "teacher continues" not in again.output  # the continuations were read back, not generated again
+    assert json.loads((run_dir / "report.json").read_text())["models"]["student_on_policy"]["training"]["on_policy"] \
+        == on["on_policy"]

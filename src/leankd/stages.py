@@ -224,7 +224,7 @@ class StageRunner:
                          metrics_path=sdir / "metrics.jsonl", resume=self.resume, progress=progress,
                          stop_after_epoch=self.stop_after_epoch, fingerprint=fp)
             origin = "trained here"
-            training = training_entry(result, loss, cfg, task.device)
+            training = training_entry(result, loss, cfg, task.device, task.samples_per_example)
             if getattr(teacher, "cache_info", None):
                 training["teacher_cache"] = teacher.cache_info
         if dist.is_main():

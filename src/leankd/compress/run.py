@@ -80,7 +80,8 @@ class CompressPhase:
                     "left_in_float": art.left_in_float, "notes": list(art.notes),
                     "max_abs_diff": round(max_abs_diff(student, art.runnable, task, task.forward), 6)}
             if art.training is not None:
-                info["training"] = training_entry(art.training, finetune.loss, finetune.cfg, task.device)
+                info["training"] = training_entry(art.training, finetune.loss, finetune.cfg, task.device,
+                                                  getattr(task, "samples_per_example", 1))
             if art.metrics_path:
                 info["history"] = final_path(self.run_dir, art.metrics_path)
             built["student_" + target.replace("-", "_")] = (art, info)

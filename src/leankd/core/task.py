@@ -124,6 +124,9 @@ class Task:
             **getattr(self, "info", {}),
         }
 
+    # what a batch's `size` counts per example of `batch_size` (a causal LM's blocks: their tokens)
+    samples_per_example: int = 1
+
     def summary(self) -> str:
         """The run log's line about the data (after its source)."""
         return (f"{self.split_size('train')} train / {self.split_size('val')} val / "

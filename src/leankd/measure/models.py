@@ -121,7 +121,10 @@ def model_entry(role: str, architecture: str, origin: str, measured: dict, train
             **measured, "training": training, "history": history}
 
 
-def training_entry(result: FitResult, loss: Loss, cfg: TrainConfig, device: torch.device) -> dict:
+def training_entry(result: FitResult, loss: Loss, cfg: TrainConfig, device: torch.device,
+                   samples_per_example: int = 1) -> dict:
+    """The report's training block of one stage. `samples_per_example`: what a batch's size counts per example it
+    holds (`Task.samples_per_example`: a causal LM's batch of blocks counts tokens), so steps are counted right."""
     return {
         "epochs": result.epochs,
         "wall_time_s": round(result.wall_time_s, 3),
@@ -136,7 +139,7 @@ def training_entry(result: FitResult, loss: Loss, cfg: TrainConfig, device: torc
         "speedups": result.speedups,
         "speedup_notes": result.speedup_notes or None,
         "batch_size": cfg.batch_size,
-        "steps": _steps_taken(result.history, cfg.batch_size),
+        "steps": _steps_taken(result.history, cfg.batch_size * samples_per_example),
     }
 
 

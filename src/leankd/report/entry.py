@@ -190,6 +190,7 @@ class Training(_Strict):
     teacher_cache: Optional[TeacherCache] = None  # offline KD: the cached teacher logits this stage trained from
     transfer_set: Optional[TransferSet] = None  # text: augmented, unlabeled texts the KD student also trained on
     seq_kd_data: Optional[dict] = None  # seq2seq: the teacher-decoded training pairs a sequence-level student used
+    on_policy: Optional[dict] = None  # causal_lm: how many batches the student continued itself, what sampling cost
     speedups: Optional[list[str]] = None  # throughput switches the stage trained with (train/speed.py)
     speedup_notes: Optional[list[str]] = None  # requested switches that did not apply, and why
     batch_size: Optional[int] = None

@@ -18,6 +18,7 @@ loss in bits). Accumulated batch by batch (`running_metrics`): a split's [tokens
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from pathlib import Path
@@ -35,25 +36,39 @@ PROMPT_TOKENS, GENERATED_TOKENS, SAMPLE_TOKENS, SAMPLE_TEMPERATURE, SAMPLE_SEED 
 
 
 class TokenBlocks:
-    """One part's token ids on the device, read as blocks of `context + 1` tokens (`kept`: the block numbers in use,
-    all of them unless data.limit_* chose a subset)."""
+    """One part's token ids on the device, read as blocks of `context + 1` tokens starting at `starts` (by default
+    every `context` tokens: consecutive blocks share one token; data.limit_* keeps a subset, sequence-level KD adds
+    the teacher's continuations as blocks of their own after the text)."""
 
-    def __init__(self, ids: Tensor, context: int, chars: int, kept: Optional[Tensor] = None):
+    def __init__(self, ids: Tensor, context: int, chars: int, starts: Optional[Tensor] = None):
         self.ids, self.context, self.chars = ids, context, chars
         total = max(0, (len(ids) - 1) // context)
-        self.kept = torch.arange(total, device=ids.device) if kept is None else kept.to(ids.device)
+        self.starts = (torch.arange(total, device=ids.device) * context if starts is None
+                       else starts.to(ids.device))
         self.offsets = torch.arange(context + 1, device=ids.device)
 
     def __len__(self) -> int:
-        return len(self.kept)
+        return len(self.starts)
 
     @property
     def tokens(self) -> int:
         return len(self.ids)
 
+    def subset(self, keep: Tensor) -> "TokenBlocks":
+        return TokenBlocks(self.ids, self.context, self.chars, self.starts[keep.to(self.starts.device)])
+
+    def with_windows(self, windows: Tensor) -> "TokenBlocks":
+        """These blocks plus `windows` [N, context + 1] (token ids) as blocks of their own."""
+        n, width = windows.shape
+        if width != self.context + 1:
+            raise ValueError(f"extra blocks have {width} tokens, not context + 1 = {self.context + 1}")
+        ids = torch.cat([self.ids, windows.to(self.ids.device, torch.long).reshape(-1)])
+        starts = torch.cat([self.starts, len(self.ids) + torch.arange(n, device=self.ids.device) * width])
+        return TokenBlocks(ids, self.context, self.chars, starts)
+
     def batch(self, idx: Tensor) -> Batch:
-        """Blocks `idx` (positions in `kept`): inputs [b, context], targets [b·context], index = idx."""
-        window = self.ids[(self.kept[idx] * self.context)[:, None] + self.offsets]
+        """Blocks `idx` (positions in `starts`): inputs [b, context], targets [b·context], index = idx."""
+        window = self.ids[self.starts[idx][:, None] + self.offsets]
         return Batch(window[:, :-1], window[:, 1:].reshape(-1), idx)
 
 
@@ -98,12 +113,17 @@ class CausalLMTask(Task):
         self.notes = list(notes or [])
         if self.eval_split == "train":
             self.notes.append("no validation or test text: quality is measured on the TRAINING text")
+        self.samples_per_example = self.context  # a batch of blocks counts its tokens (tokens/s in the report)
+        self.budget_blocks: Optional[int] = None  # steps per epoch counted on this many blocks (seq-KD's mix)
+        self.policy = None  # on-policy KD: a leankd.lm.onpolicy.Policy that rewrites a share of the batches
 
     # data ----------------------------------------------------------------------------------------------------
     def split_size(self, split: str) -> int:
         return len(self.splits[split]) if split in self.splits else 0
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
+        """Shuffled blocks, a fresh seeded order every epoch (the same one on --resume); with a `policy` (on-policy
+        KD) a share of the batches continued by the student being trained."""
         train = self.splits["train"]
         g = torch.Generator(device=self.device)
         g.manual_seed(seed * 1_000_003 + epoch)
@@ -112,7 +132,28 @@ class CausalLMTask(Task):
         if len(order) < batch_size:  # a split smaller than one batch: repeat it
             order = order.repeat(-(-batch_size // len(order)))
         for i in range(steps):
-            yield train.batch(order[i * batch_size:(i + 1) * batch_size])
+            batch = train.batch(order[i * batch_size:(i + 1) * batch_size])
+            yield batch if self.policy is None else self.policy(batch, epoch, i, seed)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """As every task, on the real training blocks: sequence-level KD's extra blocks change what an epoch
+        holds, not how many steps it takes (the same budget as the baseline)."""
+        n = self.budget_blocks if self.budget_blocks is not None else self.split_size("train")
+        return max(1, n // batch_size) if n >= batch_size else 1
+
+    def with_extra_blocks(self, windows: Tensor) -> "CausalLMTask":
+        """A copy whose training blocks are the text's plus `windows` [N, context + 1] (the teacher's continuations:
+        sequence-level KD), for the text's number of steps per epoch; validation and test stay."""
+        task = copy.copy(self)
+        task.splits = {**self.splits, "train": self.splits["train"].with_windows(windows)}
+        task.budget_blocks = len(self.splits["train"])
+        return task
+
+    def with_policy(self, policy) -> "CausalLMTask":
+        """A copy whose training batches go through `policy` (on-policy KD); everything else stays."""
+        task = copy.copy(self)
+        task.policy = policy
+        return task
 
     def view_batches(self, view: int, seed: int, batch_size: int) -> Iterator[Batch]:
         """What a teacher cache labels: every training block once, in order."""
@@ -285,11 +326,10 @@ def build_lm_task(cfg, device: torch.device, seed: int, channels_last: bool = Fa
     if cfg.limit_train is not None and cfg.limit_train < len(blocks["train"]):
         g = torch.Generator().manual_seed(seed + 1)
         keep = torch.randperm(len(blocks["train"]), generator=g)[:cfg.limit_train].sort().values
-        blocks["train"] = TokenBlocks(blocks["train"].ids, lm.context, blocks["train"].chars, keep)
+        blocks["train"] = blocks["train"].subset(keep)
         notes.append(f"data.limit_train: {cfg.limit_train} training blocks of {lm.context} tokens, a random subset")
     if cfg.limit_test is not None and cfg.limit_test < len(blocks["test"]):
-        blocks["test"] = TokenBlocks(blocks["test"].ids, lm.context, blocks["test"].chars,
-                                     torch.arange(cfg.limit_test))
+        blocks["test"] = blocks["test"].subset(torch.arange(cfg.limit_test))
         notes.append(f"data.limit_test: quality on the first {cfg.limit_test} test blocks")
     digest = hashlib.sha256(text.encode())
     digest.update(tokenizer.identity().encode())

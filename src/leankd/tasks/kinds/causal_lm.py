@@ -3,7 +3,7 @@ reverse_kl, jsd, skew_kl, ...), perplexity and bits per character."""
 from __future__ import annotations
 
 from ...core.taskkind import TaskKind, register_kind
-from .lm_config import LMConfig
+from .lm_config import LMConfig, LMDistillConfig
 
 
 def build(cfg, device, seed: int, channels_last: bool):
@@ -24,6 +24,16 @@ def check(recipe) -> None:
     if "temperature" not in recipe.distill.model_fields_set:
         object.__setattr__(recipe.distill, "temperature", 1.0)  # not `=`: validate_assignment would recurse
         recipe.distill.model_fields_set.add("temperature")
+    lm = recipe.distill.section("lm")
+    if lm is not None and lm.students:
+        context = recipe.data.lm.context
+        if lm.prompt_tokens >= context:
+            raise ValueError(f"distill.lm.prompt_tokens = {lm.prompt_tokens} leaves nothing to generate in a block of "
+                             f"data.lm.context = {context} tokens: lower it (e.g. {max(1, context // 4)})")
+        if "on_policy" in lm.students:
+            from ...lm.stages import divergence_loss
+
+            divergence_loss(recipe.distill, 0.0)  # no divergence term: an error now, not after the teacher trained
     if recipe.distill.assistants:
         raise ValueError("distill.assistants (progressive distillation) is not supported for causal_lm yet: remove it")
     if recipe.teacher.limit_train is not None:
@@ -46,9 +56,23 @@ def check_source(cfg) -> list[str]:
     return missing_source(str(cfg.source))
 
 
+def student_stages(ctx) -> dict[str, str]:
+    """Sequence-level and on-policy KD students (`distill.lm.students`), after the token-level KD student."""
+    from ...lm.stages import train_students
+
+    return train_students(ctx)
+
+
+def report_notes(models: dict) -> list[str]:
+    from ...lm.stages import lm_notes
+
+    return lm_notes(models)
+
+
 KIND = register_kind(TaskKind(
     "causal_lm", build, model_defaults=model_defaults, check=check, check_source=check_source,
-    data_sections={"lm": LMConfig},
+    data_sections={"lm": LMConfig}, distill_sections={"lm": LMDistillConfig},
+    student_stages=student_stages, report_notes=report_notes,
     refusals={"augment": "a causal_lm task trains on its text as it is", "text": "causal_lm text settings are data.lm",
               "seq": "causal_lm text settings are data.lm"},
     summary="running text (data.lm) -> next token; loss in nats/token, perplexity, bits per character"))

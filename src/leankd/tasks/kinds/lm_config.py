@@ -2,7 +2,7 @@
 Kept in a module of its own (imports only leankd.core) so the recipe can read it without the kind's builders."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
@@ -49,3 +49,36 @@ class LMConfig(Strict):
                              "found there): give chars, bpe, or the folder a model was saved to with "
                              "save_pretrained")
         return str(folder)
+
+
+LMStudent = Literal["seq", "on_policy"]
+
+
+class LMDistillConfig(Strict):
+    """`distill.lm`: causal-LM students besides the token-level KD student (`distill.loss`), each its own stage with
+    the same initialization and budget, in the report beside the baseline.
+
+    - `seq` (sequence-level KD, Kim & Rush 2016): the teacher continues the first `prompt_tokens` tokens of training
+      blocks once (cached, fingerprinted); the student learns by cross-entropy on those continuations mixed with the
+      real text, for the baseline's number of steps.
+    - `on_policy` (GKD, Agarwal et al. 2024): in a share `on_policy_fraction` (λ) of the batches, each block's
+      continuation after `prompt_tokens` is sampled from the student being trained, and the teacher scores it; the
+      loss is the divergence terms of `distill.loss` alone (no cross-entropy: the student's own samples are no
+      labels), on the generated positions of those batches and every position of the others."""
+
+    students: list[LMStudent] = Field(default_factory=list, description="extra students: seq and/or on_policy")
+    prompt_tokens: int = Field(16, ge=1, description="tokens of a training block kept as the prompt of a generated "
+                                                     "continuation (must be less than data.lm.context)")
+    seq_prompts: Optional[int] = Field(None, ge=1, description="seq: how many training blocks the teacher continues "
+                                                               "(evenly spread; default every block)")
+    seq_temperature: float = Field(1.0, ge=0, description="seq: the teacher samples at this temperature (0: greedy)")
+    on_policy_fraction: float = Field(0.5, gt=0, le=1, description="on_policy: the share λ of batches whose "
+                                                                    "continuations the student samples")
+    sample_temperature: float = Field(1.0, gt=0, description="on_policy: the student samples at this temperature")
+
+    @field_validator("students")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"{v}: name each student once")
+        return v
