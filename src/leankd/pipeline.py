@@ -38,7 +38,8 @@ from .recipe import ModelConfig, Recipe, dump_recipe
 from .report.metric import apply_named_metric, task_primary
 from .report.notes import LOGIT_KD_ROLE
 from .report.schema import primary_value
-from .stages import StageResult, StageRunner, StudentStages, build_model, data_fingerprints, resolve_device
+from .stages import (StageResult, StageRunner, StudentStages, build_model, copy_teacher_layers, data_fingerprints,
+                     resolve_device)
 from .tasks.base import Task
 from .train.step_cost import feature_costs
 
@@ -157,6 +158,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
                        data_fp: dict, teacher_data_fp: dict, stages: dict) -> None:
         """This seed's baseline, KD student and the task kind's own students, added to `stages` (trained or reused)."""
         r = self.recipe
+        student_init, data_fp = self.init_from_teacher(student_init, teacher.model, data_fp)
         student_cfg = r.stage_train("student")
         if r.baseline:
             stages["baseline"] = self.stage("baseline", copy.deepcopy(student_init), task, student_cfg,
@@ -168,6 +170,18 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         if kind.student_stages is not None:
             self.role_labels.update(kind.student_stages(StudentStages(
                 self, task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)))
+
+    def init_from_teacher(self, student: nn.Module, teacher: nn.Module, data_fp: dict) -> tuple[nn.Module, dict]:
+        """`student.init_from_teacher`: every student starts from the trained teacher's embeddings, head and chosen
+        layers (DistilBERT's initialization), the baseline too, so the KD gain still compares losses at one start.
+        Their stages then depend on the teacher's weights (in their fingerprint); unset, nothing changes."""
+        layers = getattr(self.recipe.student, "init_from_teacher", None)
+        if layers is None:
+            return student, data_fp
+        student = copy.deepcopy(student)
+        kept = copy_teacher_layers(student, teacher, layers)
+        self.log(f"students start from the teacher's layers {kept} (student.init_from_teacher)")
+        return student, {**data_fp, "init_from_teacher": {"teacher": self.stage_fp("teacher"), "layers": kept}}
 
     def kd_student(self, task: Task, teacher: StageResult, student_init: nn.Module, student_model_cfg: ModelConfig,
                    data_fp: dict, teacher_data_fp: dict, stages: dict) -> None:
@@ -282,6 +296,8 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
             for s_name, t_name in term.pairs:
                 resolve_module(student, s_name, f"distill.features[{i}].pairs: the student ({r.student.model})")
                 resolve_module(teacher, t_name, f"distill.features[{i}].pairs: the teacher ({r.teacher.model})")
+        if getattr(r.student, "init_from_teacher", None) is not None:  # widths and layer counts, on copies
+            copy_teacher_layers(copy.deepcopy(student), copy.deepcopy(teacher), r.student.init_from_teacher)
         k = r.teacher.cache_top_k
         if r.teacher.cache and k is not None and not 1 <= k < task.num_classes:
             raise RecipeError(f"teacher.cache_top_k = {k} must be between 1 and {task.num_classes - 1} (the task has "

@@ -22,10 +22,11 @@ from .errors import RecipeError
 from .recipe_distill import DistillConfig, FeatureTerm, LayerCandidates
 from .recipe_errors import format_validation_error as _format_validation_error
 from .recipe_sections import WithSections
-from .recipe_train import ModelConfig, Precision, TeacherConfig, TrainConfig, TrainOverride
+from .recipe_train import ModelConfig, Precision, StudentConfig, TeacherConfig, TrainConfig, TrainOverride
 from .search.config import SearchConfig
 
-__all__ = ["AugmentConfig", "DataConfig", "TrainConfig", "TrainOverride", "ModelConfig", "TeacherConfig", "Precision",
+__all__ = ["AugmentConfig", "DataConfig", "TrainConfig", "TrainOverride", "ModelConfig", "StudentConfig",
+           "TeacherConfig", "Precision",
            "LayerCandidates", "FeatureTerm", "DistillConfig", "MeasureConfig", "CompressTarget", "QATConfig",
            "CompressConfig", "Recipe", "load_recipe", "apply_overrides", "parse_recipe", "format_validation_error",
            "dump_recipe"]  # and the task kinds' section models, read on use (`__getattr__` below)
@@ -163,7 +164,7 @@ class Recipe(Strict):
     output_dir: str = Field("runs", description="run directories go under this folder")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
-    student: ModelConfig
+    student: StudentConfig
     train: TrainConfig = TrainConfig()
     distill: DistillConfig = DistillConfig()
     baseline: bool = Field(True, description="train the student alone with the same budget for comparison")

@@ -74,6 +74,20 @@ class ModelConfig(Strict):
     train: TrainOverride = TrainOverride()
 
 
+class StudentConfig(ModelConfig):
+    init_from_teacher: Optional[Literal["every_other"] | list[int]] = Field(
+        None, description="start the student (baseline and KD students alike) from the trained teacher's embeddings, "
+                          "head and these layers: every_other (DistilBERT / DistilGPT-2) or a list of teacher layer "
+                          "indices, one per student layer; widths must match (causal LMs: gpt, lm_small, lm_tiny, hf:)")
+
+    @field_validator("init_from_teacher")
+    @classmethod
+    def _layers(cls, v):
+        if isinstance(v, list) and (not v or any(i < 0 for i in v) or len(set(v)) != len(v)):
+            raise ValueError(f"{v}: give distinct teacher layer indices >= 0, one per student layer")
+        return v
+
+
 class TeacherConfig(ModelConfig):
     precision: Precision = Field("fp32", description="dtype the frozen teacher runs in while distilling")
     device: Literal["same", "cpu"] = Field("same", description="cpu: keep the teacher off the GPU while the student "

@@ -109,6 +109,17 @@ def build_model(cfg: ModelConfig, num_classes: int, role: str, defaults: Optiona
     return model
 
 
+def copy_teacher_layers(student: nn.Module, teacher: nn.Module, layers) -> list[int]:
+    """Copy the teacher's embeddings, head and `layers` ("every_other" or indices) into `student`; returns the
+    teacher layers kept. The model family does it (`init_from_teacher(teacher, layers)` on the student model), so
+    this runner names no family; one that cannot is a clear error."""
+    init = getattr(student, "init_from_teacher", None)
+    if not callable(init):
+        raise ModelError(f"student.init_from_teacher: a {type(student).__name__} cannot start from a teacher's layers "
+                         "(leankd's causal LMs can: gpt, lm_small, lm_tiny, hf:); remove the setting")
+    return init(teacher, layers)
+
+
 def check_num_classes(model: nn.Module, num_classes: int, who: str) -> None:
     found = infer_num_classes(model)
     if found is not None and found != num_classes:
@@ -197,8 +208,9 @@ class StageRunner:
         # student's fingerprint), and a checkpoint file by its size and mtime, not just its path
         model_fp = model_cfg.model_dump(exclude={"train", "precision", "device", "cache", "cache_views", "cache_dir",
                                                   "cache_top_k"})
-        if model_fp.get("limit_train", 0) is None:
-            del model_fp["limit_train"]  # added later: unset, it leaves older teacher stages valid
+        for added_later in ("limit_train", "init_from_teacher"):  # unset, they leave older stages valid
+            if model_fp.get(added_later, 0) is None:
+                del model_fp[added_later]
         if model_cfg.checkpoint:
             model_fp["checkpoint_file"] = file_identity(Path(model_cfg.checkpoint))
         if model_cfg.checkpoint and name == "teacher":  # loaded, not trained: training settings and seed do not
