@@ -18,6 +18,8 @@ back in fp32, so expanded logits keep their magnitude (losses that read raw logi
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -30,13 +32,15 @@ def compress_top_k(logits: Tensor, k: int) -> Tensor:
     """[B, C] logits -> [B, 2k + 1] rows: the k largest logits (in descending order), their class indices (exact as
     fp32 below 2**24), and one "tail" logit that gives every other class an equal share of the remaining probability
     mass (T = 1), so `expand_top_k` keeps the top-k logits exactly and the softmax total right. Many-class tasks
-    store ~2k+1 numbers per sample instead of C."""
+    store ~2k+1 numbers per sample instead of C. The tail is the log-mean-exp of the other logits, not
+    log(1 - top-k mass): a confident language model's top-k mass rounds to 1 in fp32, and that difference with it."""
     logits = logits.float()
     c = logits.shape[1]
     values, indices = logits.topk(k, dim=1)
-    lse = logits.logsumexp(dim=1, keepdim=True)
-    rest = (1 - (values - lse).exp().sum(dim=1, keepdim=True)).clamp_min(1e-12)
-    tail = (rest / max(c - k, 1)).log() + lse if c > k else values[:, -1:] - 30.0
+    if c <= k:
+        return torch.cat([values, indices.float(), values[:, -1:] - 30.0], dim=1)
+    others = logits.scatter(1, indices, float("-inf"))
+    tail = others.logsumexp(dim=1, keepdim=True) - math.log(c - k)
     return torch.cat([values, indices.float(), tail], dim=1)
 
 
