@@ -13,7 +13,9 @@ same rows are packed by `pack_top_k` into one numpy record per row, 4k + 4 bytes
 Why relative to the largest logit: a language model's logits sit far from 0 (often 20-40), where fp16 steps are
 0.016-0.03; a logit minus the row's maximum is exact at the maximum and finest where the probability is largest.
 On V = 1000, k = 20 the KL from the fp32 rows' distribution is ~2e-7 nats on large-offset logits against ~2e-5 for
-fp16 of the raw values (and the fp32 top value costs the same 4 bytes an fp32 tail would). Unpacking adds `top`
+fp16 of the raw values (and the fp32 top value costs the same 4 bytes an fp32 tail would). The tail can be fp16 for
+the same reason: relative to `top` it is coarse (0.03 at 32..64 below) only where its mass is e^-32 of the top
+class's, and fine where the tail carries weight. Unpacking adds `top`
 back in fp32, so expanded logits keep their magnitude (losses that read raw logits see the values they would).
 """
 from __future__ import annotations
