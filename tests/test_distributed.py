@@ -78,6 +78,8 @@ def scenarios(out: Path) -> None:
     m = _mlp()
     save("kd", m, fit(m, task, CFG, loss=KD(temperature=4.0), teacher=teacher))
     cached, _ = build_or_load(out / "cache", "fp", teacher, task, views=2, seed=0, batch_size=16, log=lambda s: None)
+    build_or_load(out / "cache_top_k", "fp", teacher, task, views=2, seed=0, batch_size=16, log=lambda s: None,
+                  top_k=2)  # packed records (kd.topk) from the ranks' summed fp32 rows
     m = _mlp()
     save("kd_cached", m, fit(m, task, CFG, loss=KD(temperature=4.0), teacher=cached))
     m = _mlp()
@@ -139,6 +141,9 @@ def test_a_cache_built_by_two_ranks_is_byte_identical_to_one_process(runs):
     (a,), (b,) = list((one / "cache").glob("*.npy")), list((two / "cache").glob("*.npy"))
     assert a.read_bytes() == b.read_bytes()
     assert np.load(a).any()
+    (a,), (b,) = list((one / "cache_top_k").glob("*.npy")), list((two / "cache_top_k").glob("*.npy"))
+    assert a.read_bytes() == b.read_bytes()
+    assert np.load(a)["top"].all() and np.load(a).shape == (2, 96)  # every row labelled
 
 
 def test_resuming_with_another_number_of_processes_is_refused(runs):

@@ -286,7 +286,7 @@ def test_onnx_encoder_and_decoder_step_match_pytorch(tmp_path):
 def test_cached_word_level_kd_returns_the_teacher_token_distributions(tmp_path):
     """Offline word-level KD: a cache row per target token, read back in the order of a training batch's targets
     (length-bucketed, shuffled) — the live teacher's logits at those positions, to fp16 storage; top-k keeps the
-    k largest exactly."""
+    k largest (the largest exactly, the others to fp16 below it)."""
     from leankd.kd.cache import build_or_load
     from leankd.kd.teacher import LiveTeacher
 
@@ -304,7 +304,9 @@ def test_cached_word_level_kd_returns_the_teacher_token_distributions(tmp_path):
         assert cached(batch).shape == expected.shape == (len(batch.targets), task.num_classes)
         torch.testing.assert_close(cached(batch), expected, atol=2e-2, rtol=1e-2)
         k_best = expected.topk(3, dim=1)
-        torch.testing.assert_close(top(batch).gather(1, k_best.indices), k_best.values)
+        got = top(batch).gather(1, k_best.indices)  # the largest exactly (fp32), the next two to fp16 below it
+        torch.testing.assert_close(got[:, 0], k_best.values[:, 0])
+        torch.testing.assert_close(got, k_best.values, atol=4e-3, rtol=0)
 
 
 def test_length_bucketing_keeps_every_pair_once_and_cuts_padding():

@@ -144,7 +144,8 @@ def test_resident_top_k_view_and_the_size_threshold(tmp_path):
     live = LiveTeacher(create_model("resnet8", num_classes=3), task)
     a, _ = build_or_load(tmp_path, "k", live, task, views=1, seed=0, top_k=2)
     b, _ = build_or_load(tmp_path, "k", live, task, views=1, seed=0, top_k=2)
-    stored = a.logits[0].nbytes  # float32 rows: held as they are
+    stored = 80 * (2 * 2 + 1) * 4  # held unpacked: the fp32 rows of compress_top_k (4 + 12 bytes per row on disk)
+    assert a.resident_nbytes == stored and a.logits[0].nbytes == 80 * 12
     a.RESIDENT_BYTES, b.RESIDENT_BYTES = stored, stored - 1
     batch = next(task.train_batches(0, 16, seed=0, view=0))
     assert torch.equal(a(batch), b(batch)) and a(batch).shape == (16, 3)

@@ -6,7 +6,7 @@ trains on exactly the inputs the teacher saw for that view (FKD's idea of storin
 so it still sees augmentation ("a good teacher is patient and consistent": one fixed view would overfit).
 
 Files, in one directory: `<fingerprint>.logits.npy` ([K, N, C] float16, a plain .npy so numpy memory-maps it;
-with `top_k`, [K, N, 2k + 1] float32 rows of `compress_top_k`) and
+with `top_k`, [K, N] records of `kd.topk.record_dtype`: 4k + 4 bytes per row, the layout of `TOP_K_FORMAT`) and
 `<fingerprint>.json` (what it was made from, K, build time). The fingerprint covers the data and its augmentation
 settings, the seed, the teacher's weights and precision, and K: a cache made for anything else is another file,
 and a run directory keeps only the cache of its current fingerprint (an old one is reported and deleted, never
@@ -31,8 +31,14 @@ from ..core import dist
 from ..core.task import Batch, Task
 from ..errors import RecipeError
 from ..io import atomic_path, write_json_atomic
+from .topk import compress_top_k, expand_top_k, pack_top_k, record_dtype, unpack_top_k
 
-CACHE_FORMAT = 1
+__all__ = ["CacheInfo", "CachedTeacher", "build_or_load", "compress_top_k", "expand_top_k", "view_of_epoch"]
+
+CACHE_FORMAT = 1  # dense caches: [K, N, C] float16 (unchanged, so existing run directories keep theirs)
+# top-k caches: packed records (kd.topk). Format 1 top-k caches held fp32 rows of 8k + 4 bytes; one found is rebuilt
+# in this layout under the same file fingerprint (the students' stage fingerprints never included the layout)
+TOP_K_FORMAT = 2
 
 
 @dataclass
@@ -43,10 +49,11 @@ class CacheInfo:
     views: int
     samples: int
     classes: int
-    top_k: Optional[int]  # None: every logit stored (fp16); k: top-k logits + indices + a tail logit (fp32)
+    top_k: Optional[int]  # None: every logit stored (fp16); k: top-k logits + indices + a tail logit (kd.topk)
     disk_mb: float
     build_s: Optional[float]  # None when an existing cache was reused
     reused: bool
+    bytes_per_row: Optional[int] = None  # one sample's (a causal LM: one token's) stored outputs in one view
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -73,6 +80,8 @@ class CachedTeacher:
         self.rows_of = rows_of  # a batch's sample indices -> its cache rows (Task.cache_rows)
         self.views, self.seed, self.device = views, seed, device
         self.num_classes, self.top_k = num_classes, top_k
+        # what the current view takes on the device: fp32 logits, or the fp32 rows of `compress_top_k`
+        self.resident_nbytes = self.logits.shape[1] * 4 * (num_classes if top_k is None else 2 * top_k + 1)
         self.view = 0
         self._resident: Optional[tuple[int, Tensor]] = None  # (view, its rows on the device)
 
@@ -89,11 +98,17 @@ class CachedTeacher:
         if self._resident is not None and self._resident[0] == self.view:
             return self._resident[1]
         self._resident = None  # drop the previous view first
-        if self.logits[self.view].nbytes * (2 if self.logits.dtype == np.float16 else 1) > self.RESIDENT_BYTES:
+        if self.resident_nbytes > self.RESIDENT_BYTES:
             return None
-        rows = torch.from_numpy(np.array(self.logits[self.view], dtype=np.float32)).to(self.device)
+        rows = self._decode(self.logits[self.view]).to(self.device)
         self._resident = (self.view, rows)
         return rows
+
+    def _decode(self, stored: np.ndarray) -> Tensor:
+        """Stored rows -> fp32: the logits, or (top-k) the rows `expand_top_k` reads."""
+        if self.top_k is None:
+            return torch.from_numpy(np.asarray(stored, dtype=np.float32))
+        return unpack_top_k(stored, self.top_k)
 
     def __call__(self, batch: Batch) -> Tensor:
         if batch.index is None:
@@ -103,29 +118,8 @@ class CachedTeacher:
         if resident is not None:
             rows = resident[where.to(self.device)]
         else:
-            rows = self.logits[self.view, where.cpu().numpy()]
-            rows = torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(self.device)
+            rows = self._decode(self.logits[self.view, where.cpu().numpy()]).to(self.device)
         return rows if self.top_k is None else expand_top_k(rows, self.top_k, self.num_classes)
-
-
-def compress_top_k(logits: Tensor, k: int) -> Tensor:
-    """[B, C] logits -> [B, 2k + 1] rows: the k largest logits, their class indices (exact as fp32 below 2**24),
-    and one "tail" logit that gives every other class an equal share of the remaining probability mass (T = 1),
-    so `expand_top_k` keeps the top-k logits exactly and the softmax total right. Many-class tasks store ~2k+1
-    numbers per sample instead of C."""
-    logits = logits.float()
-    c = logits.shape[1]
-    values, indices = logits.topk(k, dim=1)
-    lse = logits.logsumexp(dim=1, keepdim=True)
-    rest = (1 - (values - lse).exp().sum(dim=1, keepdim=True)).clamp_min(1e-12)
-    tail = (rest / max(c - k, 1)).log() + lse if c > k else values[:, -1:] - 30.0
-    return torch.cat([values, indices.float(), tail], dim=1)
-
-
-def expand_top_k(rows: Tensor, k: int, num_classes: int) -> Tensor:
-    """Inverse of `compress_top_k`: full [B, C] logits, the tail logit everywhere but the stored top-k classes."""
-    logits = rows[:, 2 * k:2 * k + 1].expand(-1, num_classes).clone()
-    return logits.scatter_(1, rows[:, k:2 * k].long(), rows[:, :k])
 
 
 def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], Tensor], task: Task, views: int,
@@ -146,13 +140,17 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
         raise RecipeError(f"teacher.cache_top_k = {top_k} must be between 1 and {c - 1} (the task has {c} classes); "
                           "leave it unset to store every logit")
     logits_path, meta_path = directory / f"{fingerprint}.logits.npy", directory / f"{fingerprint}.json"
+    # dense: [K, N, C] float16; top-k: [K, N] packed records (kd.topk)
+    dtype = np.dtype(np.float16) if top_k is None else record_dtype(top_k, c)
+    layout = (CACHE_FORMAT, "float16") if top_k is None else (TOP_K_FORMAT, str(dtype.descr))
     with contextlib.ExitStack() as held:
         def prepare() -> bool:  # rank 0: take the lock (processes sharing a cache_dir build each cache once), tidy up
             directory.mkdir(parents=True, exist_ok=True)
             lock = held.enter_context(open(directory / ".lock", "w"))
             fcntl.flock(lock, fcntl.LOCK_EX)
             held.callback(fcntl.flock, lock, fcntl.LOCK_UN)
-            return _reusable(directory, logits_path, meta_path, views, n, c, top_k, task.VIEW_CHUNK, prune, log)
+            return _reusable(directory, logits_path, meta_path, views, n, c, top_k, task.VIEW_CHUNK, layout, prune,
+                             log)
 
         if dist.on_main(prepare):
             log(f"teacher cache: reusing {logits_path} ({views} views x {n} teacher outputs)")
@@ -161,22 +159,19 @@ def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], 
             log(f"teacher cache: running the teacher on {views} augmentation views x {n} teacher outputs"
                 + (f" on {dist.world_size()} processes" if dist.world_size() > 1 else "") + " ...")
             start = time.perf_counter()
-            dtype = np.float16 if top_k is None else np.float32
-            _build(logits_path, teacher, task, views, seed, batch_size, top_k, n, c if top_k is None else 2 * top_k + 1,
-                   dtype)
+            _build(logits_path, teacher, task, views, seed, batch_size, top_k, n, c, dtype)
             build_s = time.perf_counter() - start
             if dist.is_main():
-                write_json_atomic(meta_path, {"format": CACHE_FORMAT, "fingerprint": fingerprint, "shape": [views, n, c],
-                                              "top_k": top_k, "view_chunk": task.VIEW_CHUNK,
-                                              "dtype": np.dtype(dtype).name, "build_s": round(build_s, 3),
-                                              "made_from": describe or {}})
+                write_json_atomic(meta_path, {"format": layout[0], "fingerprint": fingerprint, "shape": [views, n, c],
+                                              "top_k": top_k, "view_chunk": task.VIEW_CHUNK, "dtype": layout[1],
+                                              "build_s": round(build_s, 3), "made_from": describe or {}})
             log(f"teacher cache: built in {build_s:.1f}s -> {logits_path}")
         dist.barrier()  # the file is complete before any rank maps it
     return (CachedTeacher(logits_path, views, seed, task.device, c, top_k, task.cache_rows),
-            _info(logits_path, views, n, c, top_k, build_s, build_s is None))
+            _info(logits_path, views, n, c, top_k, build_s, build_s is None, dtype))
 
 
-def _reusable(directory, logits_path, meta_path, views, n, c, top_k, view_chunk, prune, log) -> bool:
+def _reusable(directory, logits_path, meta_path, views, n, c, top_k, view_chunk, layout, prune, log) -> bool:
     """Whether a complete cache of this fingerprint is there; stale and half-written files are removed on the way."""
     for old in directory.glob("*.json") if prune else []:
         if old != meta_path and (directory / f"{old.stem}.logits.npy").exists():  # a logits cache, not another kind
@@ -190,23 +185,34 @@ def _reusable(directory, logits_path, meta_path, views, n, c, top_k, view_chunk,
     if not meta_path.exists():
         return False
     meta = json.loads(meta_path.read_text())
-    if (meta.get("format") == CACHE_FORMAT and meta.get("shape") == [views, n, c] and meta.get("top_k") == top_k
-            and meta.get("view_chunk") == view_chunk):  # another chunking is another augmentation
+    if (meta.get("format") == layout[0] and meta.get("shape") == [views, n, c] and meta.get("top_k") == top_k
+            and meta.get("view_chunk") == view_chunk  # another chunking is another augmentation
+            and (top_k is None or meta.get("dtype") == layout[1])):  # dense: format 1 has one dtype
         return True
-    log(f"teacher cache {meta_path} does not match this run: rebuilding it")
+    if top_k is not None and meta.get("format") == CACHE_FORMAT:
+        log(f"teacher cache {meta_path} holds top-k logits in the older fp32 layout: rebuilding it in the compact one")
+    else:
+        log(f"teacher cache {meta_path} does not match this run: rebuilding it")
     meta_path.unlink()
     logits_path.unlink(missing_ok=True)
     return False
 
 
 def _build(logits_path: Path, teacher, task: Task, views: int, seed: int, batch_size: int, top_k: Optional[int],
-           n: int, width: int, dtype) -> None:
+           n: int, c: int, dtype: np.dtype) -> None:
     """Label every view and write the array (rank 0). In one process rows go straight into the memory-mapped file;
-    on several ranks each labels every world-th batch into a zero array that is summed onto rank 0."""
+    on several ranks each labels every world-th batch into a zero array (fp32 logits or `compress_top_k` rows) that
+    is summed onto rank 0, which stores it the way one process stores each batch (`store`)."""
     world, rank = dist.world_size(), dist.rank()
+    width = c if top_k is None else 2 * top_k + 1  # of the fp32 rows
+    shape = (views, n, c) if top_k is None else (views, n)
+
+    def store(rows: Tensor) -> np.ndarray:
+        return rows.numpy().astype(dtype) if top_k is None else pack_top_k(rows, top_k, dtype)
+
     with (atomic_path(logits_path) if dist.is_main() else contextlib.nullcontext()) as tmp:
         # a .npy header, then the array filled in place, view by view
-        array = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=dtype, shape=(views, n, width)) if tmp else None
+        array = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=dtype, shape=shape) if tmp else None
         for v in range(views):
             filled = torch.zeros(n, dtype=torch.int32)
             share = torch.zeros(n, width, dtype=torch.float32) if world > 1 else None
@@ -217,7 +223,7 @@ def _build(logits_path: Path, teacher, task: Task, views: int, seed: int, batch_
                 rows = (logits if top_k is None else compress_top_k(logits, top_k)).cpu()
                 where = task.cache_rows(batch.index).cpu()
                 if share is None:
-                    array[v, where.numpy()] = rows.numpy().astype(dtype)
+                    array[v, where.numpy()] = store(rows)
                 else:
                     share[where] = rows
                 filled[where] = 1
@@ -225,7 +231,7 @@ def _build(logits_path: Path, teacher, task: Task, views: int, seed: int, batch_
                 dist.reduce_sum(share)
                 dist.reduce_sum(filled)
                 if array is not None:
-                    array[v] = share.numpy().astype(dtype)
+                    array[v] = store(share)
             # skipped samples would leave zero logits to learn from; every rank learns it (rank 0 holds the sums)
             missing = dist.broadcast(int((filled == 0).sum()) if dist.is_main() else None)
             if missing:
@@ -237,7 +243,8 @@ def _build(logits_path: Path, teacher, task: Task, views: int, seed: int, batch_
 
 
 def _info(path: Path, views: int, n: int, c: int, top_k: Optional[int], build_s: Optional[float],
-          reused: bool) -> CacheInfo:
+          reused: bool, dtype: np.dtype) -> CacheInfo:
     return CacheInfo(path=str(path), views=views, samples=n, classes=c, top_k=top_k,
                      disk_mb=round(path.stat().st_size / 1e6, 3),
-                     build_s=None if build_s is None else round(build_s, 3), reused=reused)
+                     build_s=None if build_s is None else round(build_s, 3), reused=reused,
+                     bytes_per_row=dtype.itemsize * (c if top_k is None else 1))

@@ -164,6 +164,7 @@ class TeacherCache(_Strict):
     build_s: Optional[float] = None  # None: an existing cache was reused (built by an earlier stage or run)
     reused: bool = False
     augmented: Optional[bool] = None  # False: the task does not augment (text), so one view is all there is
+    bytes_per_row: Optional[int] = None  # one sample's (causal LM: one token's) outputs in one view; older: None
 
 
 class TransferSet(_Strict):

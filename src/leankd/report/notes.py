@@ -58,13 +58,16 @@ def cache_notes(models: dict) -> list[str]:
         return []
     built = (f"built in {cache['build_s']:.1f} s" if cache.get("build_s") is not None
              else "reused from an earlier stage or run")
+    stored = "fp16" if not cache.get("top_k") else f"top-{cache['top_k']} logits + a tail"
+    if cache.get("bytes_per_row"):
+        stored += f", {cache['bytes_per_row']} bytes per row"
     if cache.get("augmented") is False:
         return [f"The KD student learned from cached teacher logits of its {cache['samples']} training examples "
-                f"(one fixed input each), {cache['disk_mb']:.2f} MB on disk (fp16), {built}; the teacher was not run while it "
-                "trained."]
+                f"(one fixed input each), {cache['disk_mb']:.2f} MB on disk ({stored}), {built}; the teacher was not "
+                "run while it trained."]
     return [f"The KD student learned from cached teacher logits: {cache['views']} fixed augmentation views x "
-            f"{cache['samples']} samples, {cache['disk_mb']:.2f} MB on disk (fp16), {built}; each epoch replays one "
-            "view, so the student saw those views only, while the baseline saw a fresh augmentation every epoch."]
+            f"{cache['samples']} samples, {cache['disk_mb']:.2f} MB on disk ({stored}), {built}; each epoch replays "
+            "one view, so the student saw those views only, while the baseline saw a fresh augmentation every epoch."]
 
 
 def transfer_notes(models: dict) -> list[str]:
