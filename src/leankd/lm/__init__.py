@@ -1,0 +1,1 @@
+"""Causal language models at inference: sampling and greedy generation, and CPU latency per generated token."""
