@@ -17,13 +17,15 @@ model is put in eval mode (no dropout while sampling) and given back in the mode
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ModelError
 from ..models.causal import CausalLM
+
+Runnable = Union[nn.Module, Callable[[Tensor], Tensor]]  # token ids [B, T] -> logits [B, T, V]
 
 
 def _check(prompt_ids: Tensor, new_tokens: int, temperature: float, top_k: Optional[int]) -> None:
@@ -62,14 +64,14 @@ def _picker(greedy: bool, temperature: float, top_k: Optional[int], seed: int) -
     return pick
 
 
-def _window_logits(model: nn.Module, tokens: Tensor) -> Tensor:
+def _window_logits(model: Runnable, tokens: Tensor) -> Tensor:
     """Next-token logits from the whole sequence, cropped to the model's context."""
     context = getattr(model, "context", None)
     window = tokens if context is None else tokens[:, -int(context):]
     return model(window)[:, -1]
 
 
-def _run(model: nn.Module, prompt: Tensor, new_tokens: int, pick: Callable[[Tensor], Tensor],
+def _run(model: Runnable, prompt: Tensor, new_tokens: int, pick: Callable[[Tensor], Tensor],
          use_cache: bool) -> Tensor:
     tokens = prompt
     if new_tokens == 0:
@@ -95,7 +97,7 @@ def _run(model: nn.Module, prompt: Tensor, new_tokens: int, pick: Callable[[Tens
     return tokens
 
 
-def generate(model: nn.Module | Callable[[Tensor], Tensor], prompt_ids: Tensor, new_tokens: int, temperature: float = 1.0,
+def generate(model: Runnable, prompt_ids: Tensor, new_tokens: int, temperature: float = 1.0,
              top_k: Optional[int] = None, seed: int = 0, greedy: bool = False, use_cache: bool = True) -> Tensor:
     """`prompt_ids` [B, P] followed by exactly `new_tokens` generated tokens: [B, P + new_tokens]. Greedy (argmax) or
     sampled at `temperature` from the `top_k` most likely tokens, reproducibly for a `seed`. A `CausalLM` uses its KV
@@ -115,7 +117,7 @@ def generate(model: nn.Module | Callable[[Tensor], Tensor], prompt_ids: Tensor, 
             model.train(was_training)
 
 
-def token_latency(models: dict[str, nn.Module | Callable[[Tensor], Tensor]], prompt_ids: Tensor, batch_sizes: Sequence[int] = (1, 8),
+def token_latency(models: dict[str, Runnable], prompt_ids: Tensor, batch_sizes: Sequence[int] = (1, 8),
                   new_tokens: int = 32, runs: int = 6, warmup: int = 1, rounds: int = 3,
                   round_s: float = 0.05) -> dict:
     """CPU wall time of greedy generation with the KV cache, for every model in `models` (role -> model), by the
