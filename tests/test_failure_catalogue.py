@@ -1086,3 +1086,14 @@ def test_divergence_chunk_rows_zero(tmp_path):
     recipe = tiny_recipe(tmp_path, distill={"loss": [{"kind": "forward_kl", "chunk_rows": 0}]})
     path = write_yaml(tmp_path / "r.yaml", recipe)
     assert_clean_error(cli("validate", path), "chunk_rows", "greater than or equal to 1")
+
+
+# ============================================================================== models (causal-LM models helper)
+def test_lm_model_bad_width_refused_before_training(tmp_path):
+    """A causal-LM keyword that cannot build (hidden not a multiple of heads) stops the run before the teacher
+    trains, naming both values and a valid hidden size."""
+    path = write_yaml(tmp_path / "r.yaml", tiny_recipe(tmp_path, student={"model": "gpt",
+                                                                          "kwargs": {"hidden": 30, "heads": 4}}))
+    result = cli("run", path, "--quiet")
+    assert_clean_error(result, "gpt: hidden=30 is not divisible by heads=4", "e.g. hidden=32")
+    assert not list((tmp_path / "runs").rglob("*.safetensors"))  # nothing was trained

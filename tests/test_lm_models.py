@@ -173,6 +173,18 @@ def test_greedy_kv_cache_equals_window_recompute(positions: str) -> None:
     assert torch.equal(cached, recomputed)
 
 
+def test_kv_cache_loop_matches_hf_generate() -> None:
+    """The own cache loop makes Hugging Face generate's greedy choices (its reference implementation)."""
+    from transformers import GenerationConfig
+
+    model = tiny("rotary")
+    prompt = torch.randint(0, 11, (2, 3))
+    config = GenerationConfig(do_sample=False, max_new_tokens=7, min_new_tokens=7, pad_token_id=0)
+    with torch.no_grad():
+        reference = model.hf.generate(prompt, generation_config=config)
+    assert torch.equal(generate(model, prompt, 7, greedy=True), reference)
+
+
 class Bigram(nn.Module):
     """A module obeying the causal-LM contract without being a CausalLM (no cache): logits = table[token]."""
 
@@ -190,6 +202,20 @@ def test_generate_any_contract_module_greedy_by_hand() -> None:
         table[a, b] = 5.0
     out = generate(Bigram(table), torch.tensor([[0], [3]]), 5, greedy=True)
     assert out.tolist() == [[0, 2, 3, 1, 0, 2], [3, 1, 0, 2, 3, 1]]
+    seen = []
+
+    def runnable(ids: torch.Tensor) -> torch.Tensor:  # not a module (an ONNX Runtime session, say): no context
+        seen.append(ids.shape[1])
+        return table[ids]
+
+    assert torch.equal(generate(runnable, torch.tensor([[0], [3]]), 5, greedy=True), out)
+    assert seen == [1, 2, 3, 4, 5]  # the whole sequence every step
+    window = Bigram(table)
+    window.context = 2
+    calls = []
+    window.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[1]))
+    assert torch.equal(generate(window, torch.tensor([[0], [3]]), 5, greedy=True), out)
+    assert calls == [1, 2, 2, 2, 2]  # cropped to the context
 
 
 def test_sampling_deterministic_per_seed_and_top_k() -> None:

@@ -17,13 +17,15 @@ model is put in eval mode (no dropout while sampling) and given back in the mode
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ModelError
 from ..models.causal import CausalLM
+
+Runnable = Union[nn.Module, Callable[[Tensor], Tensor]]  # token ids [B, T] -> logits [B, T, V]
 
 
 def _check(prompt_ids: Tensor, new_tokens: int, temperature: float, top_k: Optional[int]) -> None:
@@ -62,14 +64,14 @@ def _picker(greedy: bool, temperature: float, top_k: Optional[int], seed: int) -
     return pick
 
 
-def _window_logits(model: nn.Module, tokens: Tensor) -> Tensor:
+def _window_logits(model: Runnable, tokens: Tensor) -> Tensor:
     """Next-token logits from the whole sequence, cropped to the model's context."""
     context = getattr(model, "context", None)
     window = tokens if context is None else tokens[:, -int(context):]
     return model(window)[:, -1]
 
 
-def _run(model: nn.Module, prompt: Tensor, new_tokens: int, pick: Callable[[Tensor], Tensor],
+def _run(model: Runnable, prompt: Tensor, new_tokens: int, pick: Callable[[Tensor], Tensor],
          use_cache: bool) -> Tensor:
     tokens = prompt
     if new_tokens == 0:
@@ -95,24 +97,27 @@ def _run(model: nn.Module, prompt: Tensor, new_tokens: int, pick: Callable[[Tens
     return tokens
 
 
-def generate(model: nn.Module, prompt_ids: Tensor, new_tokens: int, temperature: float = 1.0,
+def generate(model: Runnable, prompt_ids: Tensor, new_tokens: int, temperature: float = 1.0,
              top_k: Optional[int] = None, seed: int = 0, greedy: bool = False, use_cache: bool = True) -> Tensor:
     """`prompt_ids` [B, P] followed by exactly `new_tokens` generated tokens: [B, P + new_tokens]. Greedy (argmax) or
     sampled at `temperature` from the `top_k` most likely tokens, reproducibly for a `seed`. A `CausalLM` uses its KV
     cache unless `use_cache=False` (the window recompute every other module gets)."""
     _check(prompt_ids, new_tokens, temperature, top_k)
-    device = next((p.device for p in model.parameters()), prompt_ids.device)
-    was_training = model.training
-    model.eval()
+    module = isinstance(model, nn.Module)  # else a runnable (e.g. an ONNX Runtime session) taking CPU token ids
+    device = next((p.device for p in model.parameters()), prompt_ids.device) if module else torch.device("cpu")
+    was_training = module and model.training
+    if module:
+        model.eval()
     try:
         with torch.no_grad():
             return _run(model, prompt_ids.long().to(device), new_tokens, _picker(greedy, temperature, top_k, seed),
                         use_cache)
     finally:
-        model.train(was_training)
+        if module:
+            model.train(was_training)
 
 
-def token_latency(models: dict[str, nn.Module], prompt_ids: Tensor, batch_sizes: Sequence[int] = (1, 8),
+def token_latency(models: dict[str, Runnable], prompt_ids: Tensor, batch_sizes: Sequence[int] = (1, 8),
                   new_tokens: int = 32, runs: int = 6, warmup: int = 1, rounds: int = 3,
                   round_s: float = 0.05) -> dict:
     """CPU wall time of greedy generation with the KV cache, for every model in `models` (role -> model), by the
@@ -130,9 +135,11 @@ def token_latency(models: dict[str, nn.Module], prompt_ids: Tensor, batch_sizes:
         raise ModelError("token_latency: new_tokens must be >= 1 (it times generated tokens)")
     prepared = {}
     for role, model in models.items():
-        if any(p.device.type != "cpu" for p in model.parameters()):
-            model = cpu_fp32_copy(model)
-        prepared[role] = model.eval()
+        if isinstance(model, nn.Module):
+            if any(p.device.type != "cpu" for p in model.parameters()):
+                model = cpu_fp32_copy(model)
+            model.eval()
+        prepared[role] = model
     roles = list(prepared)
     prompt_ids = prompt_ids.cpu()
     rows: dict[str, list[dict]] = {role: [] for role in roles}
