@@ -107,3 +107,33 @@ def test_sequence_level_and_on_policy_students_train_as_stages_of_their_own(tmp_
     assert "teacher continues" not in again.output  # the continuations were read back, not generated again
     assert json.loads((run_dir / "report.json").read_text())["models"]["student_on_policy"]["training"]["on_policy"] \
         == on["on_policy"]
+
+
+def test_students_can_start_from_every_other_teacher_layer(tmp_path):
+    r = recipe(tmp_path)
+    r["teacher"].update(kwargs={"layers": 4, "hidden": 16, "heads": 2}, cache=False, cache_top_k=None)
+    r["student"] = {"model": "gpt", "kwargs": {"layers": 2, "hidden": 16, "heads": 2}, "init_from_teacher": "every_other"}
+    r["compress"] = {"targets": []}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(r))
+    result = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "start from the teacher's layers [0, 2]" in result.output
+
+    # a student of another width is refused before the teacher trains
+    r["student"]["kwargs"]["hidden"] = 32
+    r["name"] = "wide"
+    path.write_text(yaml.safe_dump(r))
+    wide = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert wide.exit_code == 2 and "hidden" in wide.output
+    assert not (tmp_path / "runs" / "wide" / "teacher").exists()
+
+
+def test_a_student_that_cannot_copy_teacher_layers_is_a_clear_error(tmp_path):
+    r = {"data": {"source": "demo", "limit_train": 32, "cache_dir": str(tmp_path / "c")}, "name": "img",
+         "output_dir": str(tmp_path / "runs"), "teacher": {"model": "resnet8"},
+         "student": {"model": "resnet8", "init_from_teacher": "every_other"}, "train": {"epochs": 1, "batch_size": 16}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(r))
+    result = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert result.exit_code == 2 and "cannot start from a teacher's layers" in result.output

@@ -51,6 +51,10 @@ class CausalLM(nn.Module):
     def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.classifier(hidden)
 
+    def init_from_teacher(self, teacher: nn.Module, layers: Union[str, Sequence[int]] = "every_other") -> list[int]:
+        """`student.init_from_teacher` (the run's hook, named by no family): `copy_layers` from `teacher`."""
+        return copy_layers(self, teacher, layers)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         self._check_length(input_ids)
         # no KV cache in a full-sequence pass: training and scoring would only build one and throw it away
