@@ -31,7 +31,8 @@ Results: <out>/lm_peers.json (quick: lm_peers_quick.json, probe: lm_peers_probe.
 
     bash benchmarks/peers/setup_trl_env.sh                                   # once: TRL's venv
     .venv/bin/python benchmarks/lm_peers.py --quick                          # smoke test: tiny models, seconds
-    .venv/bin/python benchmarks/lm_peers.py --mode probe                     # full-size models, 6 steps: estimate
+    .venv/bin/python benchmarks/lm_peers.py --mode probe                     # full-size models, 6 steps: it
+                                                                             # prints what --mode cpu would take
     .venv/bin/python benchmarks/lm_peers.py --mode cpu                       # the comparison (quiet machine)
 
 The driver runs under leankd's venv (contestants plain, leankd and leankd_cached use sys.executable); TRL runs under
@@ -88,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="blocks per step (default: the mode's)")
     p.add_argument("--rounds", type=int, default=None, help="round-robin repetitions (default: the mode's)")
     p.add_argument("--only", default=",".join(CONTESTANTS), help=f"comma list out of {CONTESTANTS}")
+    p.add_argument("--teacher-weights", default=None,
+                   help="a trained gpt teacher of the mode's sizes and context instead of training one here, e.g. "
+                        "runs/tinyshakespeare_lm/teacher/model.safetensors (recipes/tinyshakespeare_lm.yaml's teacher)")
     p.add_argument("--trl-python", default=str(TRL_PYTHON))
     p.add_argument("--device", default="cpu", help="cpu or cuda (every contestant)")
     p.add_argument("--seed", type=int, default=0)
@@ -103,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = set(args.only.split(",")) - set(CONTESTANTS)
     if unknown:
         p.error(f"--only: unknown contestant(s) {sorted(unknown)}; choose from {CONTESTANTS}")
+    if args.teacher_weights and not Path(args.teacher_weights).is_file():
+        p.error(f"--teacher-weights {args.teacher_weights}: no such file; give the model.safetensors of a leankd gpt "
+                "teacher stage (e.g. of `leankd run recipes/tinyshakespeare_lm.yaml`), or leave it out to train one")
     if not Path(args.source).is_file():
         p.error(f"--source {args.source}: no such file; give Tiny Shakespeare's input.txt "
                 "(../shared/datasets/text/tinyshakespeare/input.txt)")
@@ -128,15 +135,22 @@ def settings_key(args) -> str:
     """What the shared files depend on; a change makes them again (the teacher too)."""
     keyed = {"data": leankd_data(args), "teacher": model_kwargs(args, "teacher"), "seed": args.seed,
              "student": model_kwargs(args, "student"), "teacher_epochs": args.spec["teacher_epochs"],
-             "teacher_batch": args.batch_size}
+             "teacher_batch": args.batch_size, "format": 2,
+             "corpus": [os.path.getsize(args.source), os.path.getmtime(args.source)],
+             "teacher_weights": _identity(args.teacher_weights) if args.teacher_weights else None}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _identity(path: str) -> list:
+    return [str(Path(path).resolve()), os.path.getsize(path), os.path.getmtime(path)]
 
 
 def windows(blocks):
     """[n, context + 1] token ids of a leankd TokenBlocks: exactly what its batches read."""
     import torch
 
-    return blocks.ids[(blocks.kept * blocks.context)[:, None] + torch.arange(blocks.context + 1)].cpu()
+    offsets = torch.arange(blocks.context + 1, device=blocks.ids.device)
+    return blocks.ids[(blocks.kept * blocks.context)[:, None] + offsets].cpu()
 
 
 def build_leankd_task(args):
@@ -146,12 +160,12 @@ def build_leankd_task(args):
     from leankd.tasks import build_task
 
     recipe = parse_recipe({"data": leankd_data(args), "teacher": {"model": "gpt"}, "student": {"model": "gpt"}})
-    return build_task(recipe.data, torch.device("cpu"), seed=args.seed)
+    return build_task(recipe.data, torch.device(args.device), seed=args.seed)  # the teacher trains there
 
 
-def train_teacher(args, task, folder: Path) -> float:
+def train_teacher(args, task, folder: Path) -> dict:
     """A `gpt` teacher trained here with leankd (cross-entropy, the recipe's optimizer settings); saved both ways.
-    Returns its val loss."""
+    Returns its val loss and training time (for estimating a run's duration)."""
     import torch
 
     from leankd.models import create_model
@@ -165,10 +179,37 @@ def train_teacher(args, task, folder: Path) -> float:
     cfg = TrainConfig(epochs=args.spec["teacher_epochs"], batch_size=args.batch_size, optimizer="adamw", lr=3e-3,
                       weight_decay=0.01, warmup_epochs=0.1, schedule="cosine", grad_clip=1.0)
     print(f"training the teacher ({args.spec['teacher_epochs']} epochs) ...", flush=True)
-    fit(teacher, task, cfg, seed=args.seed)
+    result = fit(teacher, task, cfg, seed=args.seed)
     teacher.hf.save_pretrained(folder / "teacher")
     save_weights(folder / "teacher.safetensors", teacher)
-    return evaluate(teacher, task, "val", 256)["loss"]
+    steps = cfg.epochs * task.steps_per_epoch(args.batch_size)
+    return {"teacher_val_loss": evaluate(teacher, task, "val", 256)["loss"], "teacher_train_s": result.train_time_s,
+            "teacher_s_per_step": result.train_time_s / steps}
+
+
+def load_teacher(args, task, folder: Path) -> dict:
+    """A trained `gpt` teacher of this data's context (--teacher-weights) moved into the context + 1 model every
+    contestant uses, saved both ways. The position table gets one row of zeros for position `context`: only the last
+    token of TRL's blocks reads it, and the causal shift drops that position's logits (no kept prediction attends
+    to it), so every contestant's teacher predicts exactly what the given one does."""
+    import torch
+
+    from leankd.models import create_model, load_weights
+    from leankd.train.checkpoint import save_weights
+    from leankd.train.loop import evaluate
+
+    given = create_model("gpt", num_classes=task.num_classes, **{**model_kwargs(args, "teacher"),
+                                                                  "context": task.context})
+    load_weights(given, args.teacher_weights)
+    teacher = create_model("gpt", num_classes=task.num_classes, **model_kwargs(args, "teacher"))
+    state = {k: torch.cat([v, v.new_zeros(1, v.shape[1])]) if k.endswith("wpe.weight") else v
+             for k, v in given.state_dict().items()}
+    teacher.load_state_dict(state, strict=True)
+    task.prepare_model(teacher)
+    teacher.hf.save_pretrained(folder / "teacher")
+    save_weights(folder / "teacher.safetensors", teacher)
+    return {"teacher_val_loss": evaluate(teacher, task, "val", 256)["loss"], "teacher_train_s": None,
+            "teacher_s_per_step": None, "teacher_from": str(args.teacher_weights)}
 
 
 def save_student_init(args, task, folder: Path) -> None:
@@ -223,16 +264,19 @@ def prepare(args) -> dict:
     torch.save(blocks, data_path)
     save_tokenizer(task, args.work / "tokenizer")
     save_student_init(args, task, models)
-    teacher_val = train_teacher(args, task, models)
+    teacher = load_teacher(args, task, models) if args.teacher_weights else train_teacher(args, task, models)
     facts = {"key": key, "data": str(data_path), "teacher": str(models / "teacher"),
              "student_init": str(models / "student_init"), "tokenizer": str(args.work / "tokenizer"),
-             "teacher_val_loss": teacher_val, "vocab_size": task.num_classes, "context": task.context,
+             **teacher, "vocab_size": task.num_classes, "context": task.context,
              "train_blocks": len(blocks["train"]), "val_blocks": len(blocks["val"]),
+             "train_blocks_unlimited": (task.splits["train"].tokens - 1) // task.context,
              "teacher_kwargs": model_kwargs(args, "teacher"), "student_kwargs": model_kwargs(args, "student"),
              "params": {role: _params(models / role) for role in ("teacher", "student_init")}}
     write_atomic(stamp, json.dumps(facts, indent=2) + "\n")
+    how = (f"loaded from {args.teacher_weights}" if args.teacher_weights else
+           f"after {teacher['teacher_train_s']:.1f}s of training")
     print(f"prepared {args.work}: {facts['train_blocks']} train / {facts['val_blocks']} val blocks of "
-          f"{task.context} tokens, teacher val loss {teacher_val:.4f}", flush=True)
+          f"{task.context} tokens, teacher val loss {teacher['teacher_val_loss']:.4f} {how}", flush=True)
     return facts
 
 
@@ -314,6 +358,26 @@ def summarize(name: str, runs: list[dict], reference: list[dict] | None) -> dict
     return row
 
 
+def full_run_estimate(s: dict) -> dict:
+    """From a probe (the full run's models, context and batch, a few steps): the seconds `--mode cpu` would take.
+    Per contestant: its s/step x the full run's steps, plus what its process spends outside its epochs (start-up,
+    loading, validation, leankd's measurements and report: process wall time minus its timed epochs), x rounds;
+    plus the teacher's training (its s/step x its steps). Machine load during the probe moves it as much as the
+    timings themselves."""
+    f = s["prepared"]
+    steps = max(1, f["train_blocks_unlimited"] // s["batch_size"])
+    per = {}
+    for row in s["rows"]:
+        if row.get("failed"):
+            continue
+        run = s["results"][row["contestant"]][0]
+        outside = run["process_wall_s"] - sum(run["seconds_per_epoch"])
+        per[row["contestant"]] = row["s_per_step"] * FULL["epochs"] * steps + outside
+    teacher = (f["teacher_s_per_step"] or 0.0) * FULL["teacher_epochs"] * steps  # none when it was loaded
+    return {"steps_per_epoch": steps, "teacher_s": teacher, "per_contestant_round_s": per,
+            "total_s": teacher + FULL["rounds"] * sum(per.values())}
+
+
 def fmt(v, spec: str = ".2f", suffix: str = "") -> str:
     return "—" if v is None else f"{v:{spec}}{suffix}"
 
@@ -360,7 +424,14 @@ def markdown(s: dict) -> str:
              f"({f['params']['student_init']:,} parameters); same student init everywhere: {s['same_student_init']}"),
             ""]
     rows = [table_row(r) for r in s["rows"]]
-    return "\n".join(head + TABLE_HEAD + rows + ["", TABLE_NOTE, ""] + [f"- {n}" for n in NOTES]) + "\n"
+    tail_lines = []
+    if s.get("full_run_estimate"):
+        e = s["full_run_estimate"]
+        parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in e["per_contestant_round_s"].items())
+        tail_lines = ["", (f"Estimated `--mode cpu` duration from this probe: {e['total_s'] / 60:.0f} min (teacher "
+                           f"{e['teacher_s'] / 60:.1f} min; per round, minutes: {parts}; {FULL['rounds']} rounds of "
+                           f"{FULL['epochs']} x {e['steps_per_epoch']} steps).")]
+    return "\n".join(head + TABLE_HEAD + rows + ["", TABLE_NOTE, ""] + [f"- {n}" for n in NOTES] + tail_lines) + "\n"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -394,6 +465,8 @@ def main(argv=None) -> dict:
         "steps_per_epoch": max(1, facts["train_blocks"] // args.batch_size), "prepared": facts,
         "same_student_init": len(shas) == 1 if rounds else None, "rows": rows, "results": rounds,
     }
+    if args.mode == "probe" and rows:
+        summary["full_run_estimate"] = full_run_estimate(summary)
     name = "lm_peers" if args.mode == "cpu" else f"lm_peers_{args.mode}"
     write_atomic(args.out / f"{name}.json", json.dumps(summary, indent=2) + "\n")
     text = markdown(summary)

@@ -139,3 +139,35 @@ def test_quick_run_of_the_plain_loop_end_to_end(corpus, tmp_path):
     assert 0 < result["val_loss"] < 20
     table = (tmp_path / "results" / "lm_peers_quick.md").read_text()
     assert "| plain PyTorch loop |" in table and f"{row['val_loss']:.4f}" in table
+
+
+def test_probe_estimates_the_full_run_from_its_step_times_and_overheads():
+    probe = {"prepared": {"train_blocks_unlimited": 100, "teacher_s_per_step": 0.5}, "batch_size": 10,
+             "rows": [{"contestant": "plain", "s_per_step": 2.0}, {"contestant": "trl", "failed": "exit 1"}],
+             "results": {"plain": [{"process_wall_s": 30.0, "seconds_per_epoch": [4.0, 6.0]}]}}
+    estimate = bench.full_run_estimate(probe)
+    assert bench.FULL["epochs"] == 3 and bench.FULL["teacher_epochs"] == 3 and bench.FULL["rounds"] == 2
+    # 10 steps an epoch; plain: 2 s x 30 steps + 20 s outside its epochs; teacher: 0.5 s x 30 steps
+    assert estimate == {"steps_per_epoch": 10, "teacher_s": 15.0, "per_contestant_round_s": {"plain": 80.0},
+                        "total_s": 15.0 + 2 * 80.0}
+
+
+def test_a_given_teacher_of_the_data_context_predicts_the_same_in_the_longer_model(corpus, tmp_path):
+    from leankd.models import create_model
+    from leankd.train.checkpoint import save_weights
+
+    given_path = tmp_path / "given.safetensors"
+    task = bench.build_leankd_task(quick_args(corpus, tmp_path))
+    torch.manual_seed(3)
+    given = create_model("gpt", num_classes=task.num_classes, hidden=32, layers=2, heads=2, context=32).eval()
+    save_weights(given_path, given)
+    args = quick_args(corpus, tmp_path, "--teacher-weights", str(given_path))
+    facts = bench.load_teacher(args, task, tmp_path)
+    assert facts["teacher_from"] == str(given_path) and facts["teacher_val_loss"] > 0
+    hf = lc.load_causal_lm(str(tmp_path / "teacher")).eval()
+    assert hf.config.n_positions == 33
+    block = bench.windows(task.splits["train"])[:4]  # 33 tokens: what TRL feeds
+    with torch.no_grad():
+        want = given(block[:, :-1])
+        assert torch.allclose(hf(input_ids=block[:, :-1]).logits, want, atol=1e-5)
+        assert torch.allclose(hf(input_ids=block).logits[:, :-1], want, atol=1e-5)

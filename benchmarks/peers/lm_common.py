@@ -13,7 +13,7 @@ teacher and student weights and measures the same thing the same way:
   not step times. Contestants that can time single steps also give `seconds_per_step` (for the spread);
 - `val_loss`: mean next-token cross-entropy in nats over every val token (all val blocks), after the last epoch;
 - `student_init_sha`: a hash of the student's weights before training: equal across contestants = same init;
-- `peak_rss_mb`: the process's peak resident set (getrusage), model loading included.
+- `peak_rss_mb`: the process's peak resident set (VmHWM), model loading included.
 """
 
 from __future__ import annotations
@@ -130,6 +130,16 @@ class Stopwatch:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident set in MiB: VmHWM of /proc/self/status where there is one. Not getrusage's
+    ru_maxrss: on Linux that survives fork + exec, so a contestant started by a driver that holds 1.7 GB (it trained
+    the teacher) would report at least the driver's 1.7 GB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 

@@ -16,7 +16,7 @@ val loss after the last epoch (`val_loss`: leankd's per-token mean over every va
 formula as lm_common.val_loss). With the cache, `student/stage.json`'s `training.teacher_cache.build_s` is the one
 pass of the teacher over the training blocks, reported apart (not in the epochs). `leankd run` also measures and
 reports afterwards (latency with the KV cache, samples, report.md): that is outside every timed figure; the
-process wall time and peak RSS (the child's, getrusage) include it.
+process wall time and peak RSS (the child's) include it.
 
     python benchmarks/peers/lm_leankd_run.py --data blocks.pt --teacher teacher/ --student-init student_init/ \
         --epochs 3 [--cached] --out leankd.json
@@ -100,7 +100,8 @@ def main(argv=None) -> dict:
     payload = lc.result(name, args, data, [row["epoch_time_s"] for row in history], history[-1]["val_loss"],
                         student_init_sha=student_init_sha(data, spec["student"]["checkpoint"]), warmup_steps=warmup,
                         speedups=training.get("speedups"), recipe=spec, **extra)
-    payload["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the `leankd run` child
+    # the `leankd run` child's peak (getrusage; it inherits at most this small process's peak through fork + exec)
+    payload["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     lc.write_json(args.out, payload)
     return payload
 
