@@ -146,11 +146,13 @@ def _identity(path: str) -> list:
 
 
 def windows(blocks):
-    """[n, context + 1] token ids of a leankd TokenBlocks: exactly what its batches read."""
+    """[n, context + 1] token ids of a leankd TokenBlocks: exactly what its batches read (through its public
+    `batch`: inputs, then the last target of each block)."""
     import torch
 
-    offsets = torch.arange(blocks.context + 1, device=blocks.ids.device)
-    return blocks.ids[(blocks.kept * blocks.context)[:, None] + offsets].cpu()
+    batch = blocks.batch(torch.arange(len(blocks), device=blocks.ids.device))
+    n, context = batch.inputs.shape
+    return torch.cat([batch.inputs, batch.targets.reshape(n, context)[:, -1:]], dim=1).cpu()
 
 
 def build_leankd_task(args):
