@@ -126,11 +126,23 @@ def _primary_label(primary: dict) -> str:
     return f"{label} ({'higher' if primary.get('higher_is_better') else 'lower'} is better)"
 
 
+# figures that are not fractions, shown as they are with these decimals (causal_lm's primary metric is the loss):
+# never as a percent. Their gains stay in points (x 100), which the task's label says (1 point = 0.01 nats)
+RAW_METRICS = {"loss": 4, "perplexity": 3, "bpc": 4}
+
+
+def fmt_value(name: str, value: Any) -> str:
+    """A primary-metric value in a table cell: a raw figure as it is, any other x 100 (percent / x100)."""
+    return fmt_fixed(value, RAW_METRICS[name]) if name in RAW_METRICS else fmt_pct(value)
+
+
 def _fmt_metric(name: str, value: Any) -> str:
     """Fractions as percent; correlations (MCC, Pearson, Spearman) x100; FA/FR AUC (an area in 0..1, 0 best) with 4
-    decimals."""
+    decimals; raw figures (a loss, perplexity, bits per character) as they are."""
     if name == "fa_fr_auc":
         return fmt_fixed(value, 4)
+    if name in RAW_METRICS:
+        return fmt_fixed(value, RAW_METRICS[name])
     if name in CORRELATIONS:
         return f"{fmt_pct(value)} (x100)" if _is_num(value) else DASH
     return f"{fmt_pct(value)} %" if _is_num(value) else DASH

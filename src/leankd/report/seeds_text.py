@@ -11,6 +11,7 @@ from leankd.report.format import (
     ACCURACY_LIKE,
     CORRELATIONS,
     DASH,
+    RAW_METRICS,
     _fmt_metric,
     _fmt_p,
     _g,
@@ -20,6 +21,7 @@ from leankd.report.format import (
     fmt_fixed,
     fmt_pct,
     fmt_points,
+    fmt_value,
     model_label,
 )
 
@@ -93,8 +95,9 @@ def seeds_tables(report: dict) -> list[str]:
     metric = _seeds_heading(primary)
     header = ["model", f"{metric} mean ± sd"] + [f"seed {s}" + (" (main)" if s == seeds["main_seed"] else "")
                                                   for s in seeds["seeds"]]
-    rows = [[label(role), f"{fmt_pct(st.get('mean'))} ± {fmt_pct(st.get('sd'))}"] + [fmt_pct(v) for v in st["values"]]
-            for role, st in seeds["roles"].items()]
+    name = primary["name"]
+    rows = [[label(role), f"{fmt_value(name, st.get('mean'))} ± {fmt_value(name, st.get('sd'))}"]
+            + [fmt_value(name, v) for v in st["values"]] for role, st in seeds["roles"].items()]
     for role, p in seeds.get("paired", {}).items():
         if p["n"] == len(seeds["seeds"]):  # one difference per seed: a row under the values it came from
             # + = KD better: KD minus baseline, or baseline minus KD where lower is better (an error rate)
@@ -129,6 +132,6 @@ def _seeds_heading(primary: dict) -> str:
         return "accuracy (%)"
     if name == "pearson" and primary.get("label") in (None, "Pearson r"):
         return "Pearson r (x100)"
-    unit = "x100" if name in CORRELATIONS else "%"
-    return f"{primary.get('label') or name} ({unit}, {'higher' if primary['higher_is_better'] else 'lower'} is better)"
+    unit = "x100, " if name in CORRELATIONS else "" if name in RAW_METRICS else "%, "
+    return f"{primary.get('label') or name} ({unit}{'higher' if primary['higher_is_better'] else 'lower'} is better)"
 

@@ -215,8 +215,12 @@ def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[s
         return None
     vs = _g(report, "ratios", "vs_base") or {}
     sizes = [b for b in _batch_sizes(report, "cpu")]
-    header = ["model", "format", _headline_name(report), "Δ (points)" if _regression(report) else "Δ accuracy (points)",
-              "size (MB)", f"{TIMES} smaller"]
+    # a task that names its quality rows (causal_lm) is compared on its first two (loss, perplexity) and the change
+    # of the first, as they are; every other task on its headline and its change in points
+    own = [tuple(r) for r in _g(report, "run", "dataset", "quality_rows") or []][:2]
+    quality_header = ([label for _, label, _ in own] + [f"Δ {own[0][1]}"] if own else
+                      [_headline_name(report), "Δ (points)" if _regression(report) else "Δ accuracy (points)"])
+    header = ["model", "format", *quality_header, "size (MB)", f"{TIMES} smaller"]
     header += [f"CPU b{b} median (ms)" for b in sizes] + [f"{TIMES} faster b{b}" for b in sizes]
     header += ["max |Δ logit|", "left in float"]
     trained = any(_g(e, "training", "wall_time_s") is not None for _, e in arts)  # qat / qat-control fine-tune
@@ -228,9 +232,18 @@ def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[s
         base = e["artifact"]["base_role"]
         if base in models and base not in bases:
             bases.append(base)
+    def quality(e: dict, base: Optional[dict]) -> list[str]:
+        if not own:
+            return [fmt_pct(_headline(e)), DASH if base is None else
+                    fmt_points((vs.get(e["role"]) or {}).get("accuracy_delta_points"))]
+        cells = [fmt_fixed(_g(e, "quality", key), digits) for key, _, digits in own]
+        key, _, digits = own[0]
+        a, b = _g(e, "quality", key), _g(base, "quality", key) if base is not None else None
+        return cells + [f"{a - b:+.{digits}f}" if _is_num(a) and _is_num(b) else DASH]
+
     for base in bases:
         e = models[base]
-        rows.append([f"{model_label(base, e)} (fp32)", "torch", fmt_pct(_headline(e)), DASH,
+        rows.append([f"{model_label(base, e)} (fp32)", "torch", *quality(e, None),
                      fmt_fixed(_g(e, "cost", "size_mb"), 2), DASH]
                     + [_mark(fmt_fixed(_g(e, "latency", "cpu", f"batch_{b}", "median_ms")), _g(e, "latency", "cpu"))
                        for b in sizes]
@@ -242,8 +255,8 @@ def deployment_table_rows(report: dict) -> Optional[tuple[list[str], list[list[s
         drop = a.get("accuracy_drop_points")
         status = (f"FLAGGED: drops {fmt_fixed(drop)} > {fmt_fixed(a.get('max_drop_points'))} points"
                   if a.get("flagged") else "ok")
-        rows.append([a["target"], a["format"], fmt_pct(_headline(e)),
-                     fmt_points(r.get("accuracy_delta_points")), fmt_fixed(_g(e, "cost", "size_mb"), 2),
+        rows.append([a["target"], a["format"], *quality({**e, "role": role}, models.get(a["base_role"])),
+                     fmt_fixed(_g(e, "cost", "size_mb"), 2),
                      fmt_times(r.get("size_x_smaller"))]
                     + [_mark(fmt_fixed(_g(e, "latency", "cpu", f"batch_{b}", "median_ms")), _g(e, "latency", "cpu"))
                        for b in sizes]

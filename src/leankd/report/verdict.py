@@ -27,7 +27,8 @@ from leankd.report.format import (
 from leankd.report.seeds_text import _paired_seeds, _paired_stats, seeds_kd_sentence
 
 KD_TIE_POINTS = 0.1  # |gain| below this is reported as "within 0.1 points of"
-SECONDARY_LABELS = {"fa_fr_auc": "FA/FR AUC (lower is better)", "ter": "token error rate (lower is better)"}
+SECONDARY_LABELS = {"fa_fr_auc": "FA/FR AUC (lower is better)", "ter": "token error rate (lower is better)",
+                    "bpc": "bits per character"}
 
 
 # ------------------------------------------------------------------------------------------------- KD gain
