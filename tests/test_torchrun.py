@@ -171,3 +171,39 @@ def test_seq2seq_students_and_the_token_cache_train_on_two_processes(tmp_path):
         training = json.loads((two / stage / "stage.json").read_text())["training"]
         assert any("over 2 processes" in s for s in training["speedups"]), (stage, training["speedups"])
     assert json.loads((two / "report.json").read_text())["models"]["student_word"]["training"]["teacher_cache"]
+
+
+def test_causal_lm_stages_train_on_two_processes(tmp_path):
+    """The causal_lm kind under torchrun: token blocks cut by block on each rank, the top-k teacher cache built by
+    both ranks, and the kind's own students (seq-KD's continuations decoded by rank 0, on-policy batches sampled by
+    every rank's identical replica): the same per-epoch losses as one process for teacher, baseline and the cached KD
+    student."""
+    import yaml
+
+    from test_causal_lm_run import corpus
+
+    (tmp_path / "corpus.txt").write_text(corpus(300))
+    recipe = {
+        "name": "lm_ddp", "device": "cpu",
+        "data": {"task": "causal_lm", "source": str(tmp_path / "corpus.txt"), "val_fraction": 0.1,
+                 "lm": {"context": 16, "test_fraction": 0.05}},
+        "teacher": {"model": "gpt", "kwargs": {"layers": 2, "hidden": 32, "heads": 2}, "cache": True, "cache_top_k": 4},
+        "student": {"model": "gpt", "kwargs": {"layers": 1, "hidden": 16, "heads": 2}},
+        "train": {"epochs": 2, "batch_size": 16, "optimizer": "adamw", "lr": 0.01},
+        "distill": {"loss": [{"kind": "forward_kl", "weight": 0.5}, {"kind": "ce", "weight": 0.5}],
+                    "lm": {"students": ["seq", "on_policy"], "prompt_tokens": 4, "seq_prompts": 16}},
+        "measure": {"latency_runs": 30, "latency_warmup": 1, "latency_batch_sizes": [1]}}
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run_dir, extra in ((one, []), (two, ["--nproc", "2"])):
+        out = leankd("run", str(path), "--run-dir", str(run_dir), "-q", *extra)
+        assert out.returncode == 0, out.stdout + out.stderr
+    for stage in ("teacher", "baseline", "student"):
+        assert losses(two, stage) == pytest.approx(losses(one, stage), rel=1e-4), stage
+    for stage in ("student", "student_seq", "student_on_policy"):
+        training = json.loads((two / stage / "stage.json").read_text())["training"]
+        assert any("over 2 processes" in s for s in training["speedups"]), (stage, training["speedups"])
+    report = json.loads((two / "report.json").read_text())
+    assert report["models"]["student"]["training"]["teacher_cache"]["bytes_per_row"] == 4 * 4 + 4
+    assert report["models"]["student_on_policy"]["training"]["on_policy"]["on_policy_batches"] > 0

@@ -11,6 +11,7 @@ import copy
 import json
 from pathlib import Path
 
+from ..core import dist
 from ..core.fingerprint import fingerprint
 from ..errors import RecipeError
 from ..io import write_json_atomic
@@ -66,8 +67,9 @@ def train_students(ctx: StudentStages) -> dict[str, str]:
                                                              "temperature": cfg.sample_temperature}})
             del live
             stats_path = pipe.run_dir / role / "on_policy.json"
-            if policy.batches:  # trained now: keep what sampling cost for the reports of later reruns
+            if policy.batches and dist.is_main():  # trained now: what sampling cost, for the reports of later reruns
                 write_json_atomic(stats_path, policy.stats())
+            dist.barrier()
             if stats_path.is_file():
                 stage.training_extra["on_policy"] = json.loads(stats_path.read_text())
         labels[role] = LABELS[method]
