@@ -221,3 +221,30 @@ def test_lm_student_settings_are_checked_when_the_recipe_is_read(tmp_path):
     with pytest.raises(RecipeError, match="distill.lm is for data.task: causal_lm"):
         parse_recipe({"data": {"source": "demo"}, "teacher": {"model": "resnet8"}, "student": {"model": "resnet8"},
                       "distill": {"lm": {"students": ["seq"]}}})
+
+
+def test_on_policy_loss_scores_generated_rows_only_whatever_its_terms(tmp_path):
+    """With the alpha-mix (`kd`, which averages over every row) the prompt rows of an on-policy batch must still not
+    count: the on-policy loss drops them before any term sees them."""
+    from leankd.kd.losses import LossInputs
+    from leankd.lm.stages import divergence_loss
+
+    r = parse_recipe({"data": {"task": "causal_lm", "source": str(tmp_path), "lm": {"context": 32}},
+                      "teacher": {"model": "gpt"}, "student": {"model": "gpt"}, "distill": {"alpha": 0.5}})
+    loss = divergence_loss(r.distill, 0.0)
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 5), torch.randn(6, 5)
+    targets = torch.tensor([-100, -100, 1, 2, 3, 4])
+    whole = loss(LossInputs(s, targets, t))
+    generated = loss(LossInputs(s[2:], targets[2:], t[2:]))
+    assert float(whole) == pytest.approx(float(generated)) and loss.describe() == "0.5*kd(T=1)"
+    assert float(whole) != pytest.approx(float(loss.inner(LossInputs(s, targets, t))))  # kd alone would count them
+
+
+def test_large_vocabularies_get_smaller_evaluation_batches(tmp_path, monkeypatch):
+    import leankd.tasks.causal_lm as lm
+
+    task = build_lm_task(_data(tmp_path), torch.device("cpu"), 0)
+    assert task._blocks_per_batch(256) == 256
+    monkeypatch.setattr(lm, "LOGIT_BUDGET", 16 * task.num_classes * 3)  # room for 3 blocks of logits
+    assert [len(b.index) for b in task.eval_batches("val", 256)][:2] == [3, 3]

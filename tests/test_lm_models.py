@@ -278,3 +278,18 @@ def test_token_latency_keys() -> None:
             assert {"batch_size", "new_tokens", "median_ms", "ms_per_token", "spread", "round_spread"} <= set(row)
             assert row["new_tokens"] == 4 and row["median_ms"] > 0
             assert row["ms_per_token"] == pytest.approx(row["median_ms"] / 4, abs=1e-3)
+
+
+def test_a_half_precision_causal_checkpoint_loads_with_fp32_weights(tmp_path):
+    """transformers loads a checkpoint in the dtype it was saved in (most LMs ship bf16); leankd trains fp32 weights
+    and leaves reduced precision to autocast, so a bf16 checkpoint comes back as fp32."""
+    import torch
+
+    from leankd.models import create_model
+
+    model = create_model("gpt", 40, context=16, layers=2, hidden=16, heads=2)
+    model.hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    loaded = create_model(f"hf:{tmp_path / 'bf16'}", 40)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    half = create_model(f"hf:{tmp_path / 'bf16'}", 40, layers=1)
+    assert {p.dtype for p in half.parameters()} == {torch.float32}

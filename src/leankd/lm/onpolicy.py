@@ -34,9 +34,11 @@ class Policy:
         self.prompt_tokens, self.temperature = prompt_tokens, temperature
         self.batches = self.rewritten = 0
         self.seconds = 0.0
+        self.epochs: set[int] = set()  # a resumed run counts only the epochs this process trained
 
     def __call__(self, batch: Batch, epoch: int, step: int, seed: int) -> Batch:
         self.batches += 1
+        self.epochs.add(epoch)
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 100_003 + step + 7_717)
         if float(torch.rand((), generator=g)) >= self.fraction:
             return batch
@@ -54,6 +56,6 @@ class Policy:
 
     def stats(self) -> dict:
         return {"fraction": self.fraction, "prompt_tokens": self.prompt_tokens, "temperature": self.temperature,
-                "batches": self.batches, "on_policy_batches": self.rewritten,
+                "batches": self.batches, "on_policy_batches": self.rewritten, "epochs_counted": len(self.epochs),
                 "generation_s": round(self.seconds, 3),
                 "generation_s_per_on_policy_batch": round(self.seconds / self.rewritten, 4) if self.rewritten else None}

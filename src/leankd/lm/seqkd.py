@@ -1,7 +1,6 @@
 """Sequence-level KD for causal LMs (Kim & Rush 2016's idea on running text): the teacher continues the first
 `prompt_tokens` tokens of training blocks once; the continuations are stored (a run's teacher_cache/, fingerprinted
-by the data, the teacher's weights and the settings, written atomically) and reused by every rerun and seed of the run
-that shares them. The student then learns by cross-entropy on those blocks mixed with the real text."""
+by the data, the teacher's weights, the settings and the seed, written atomically) and reused by every rerun. The student then learns by cross-entropy on those blocks mixed with the real text."""
 from __future__ import annotations
 
 import json

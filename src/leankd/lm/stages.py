@@ -8,6 +8,7 @@ ordinary stage (fingerprint, checkpoints, `--resume`, torchrun) with the baselin
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from ..core.fingerprint import fingerprint
 from ..errors import RecipeError
 from ..io import write_json_atomic
 from ..kd.build import supervised_loss
+from ..kd.losses import Loss, LossInputs
 from ..kd.registry import LOGIT_LOSSES, BuildContext, build_logit_loss, default_terms
 from ..stages import StudentStages
-from .onpolicy import Policy
+from .onpolicy import UNLABELED, Policy
 from .seqkd import build_continuations, continuations
 
 LABELS = {"seq": "seq-KD student", "on_policy": "on-policy KD student"}
@@ -57,15 +59,14 @@ def train_students(ctx: StudentStages) -> dict[str, str]:
             model = copy.deepcopy(ctx.student_init)
             policy = Policy(model, cfg.on_policy_fraction, cfg.prompt_tokens, cfg.sample_temperature)
             kd_task = task.with_policy(policy)
-            live = pipe.live_teacher(teacher.model, kd_task, channels_last=False)
             stage = ctx.stages[role] = pipe.stage(
                 role, model, kd_task, student_cfg, divergence_loss(r.distill, student_cfg.label_smoothing),
-                teacher=live, model_cfg=ctx.model_cfg,
+                make_teacher=lambda t=kd_task: pipe.live_teacher(teacher.model, t, channels_last=False),
+                model_cfg=ctx.model_cfg,
                 extra_fp={**ctx.data_fp, "teacher": teacher_fp, "teacher_precision": r.teacher.precision,
                           "lm_method": method, "on_policy": {"fraction": cfg.on_policy_fraction,
                                                              "prompt_tokens": cfg.prompt_tokens,
                                                              "temperature": cfg.sample_temperature}})
-            del live
             stats_path = pipe.run_dir / role / "on_policy.json"
             if policy.batches and dist.is_main():  # trained now: what sampling cost, for the reports of later reruns
                 write_json_atomic(stats_path, policy.stats())
@@ -85,7 +86,35 @@ def divergence_loss(cfg, label_smoothing: float):
                           "reverse_kl or jsd) to score the student's samples with")
     ctx = BuildContext(temperature=cfg.temperature, label_smoothing=label_smoothing, transform=cfg.transform,
                        regression=False)
-    return build_logit_loss(terms, ctx)
+    return GeneratedRows(build_logit_loss(terms, ctx))
+
+
+class GeneratedRows(Loss):
+    """A loss over the rows whose target is not -100 only: an on-policy batch's generated positions (and every
+    position of the text's batches). The LM divergences mask such rows themselves; `kd` or `soft_ce` (the alpha-mix)
+    would average over the prompt rows too, so the rows are dropped before any term sees them. Named as the loss it
+    wraps (the stage fingerprint reads the name)."""
+
+    def __init__(self, inner: Loss):
+        super().__init__()
+        self.inner = inner
+        self.needs_teacher = inner.needs_teacher
+
+    def _kept(self, inputs: LossInputs) -> LossInputs:
+        keep = inputs.targets.reshape(-1) != UNLABELED
+        if bool(keep.all()):
+            return inputs
+        return dataclasses.replace(inputs, student=inputs.student[keep], targets=inputs.targets.reshape(-1)[keep],
+                                   teacher=None if inputs.teacher is None else inputs.teacher[keep])
+
+    def compute(self, inputs: LossInputs):
+        return self.inner.compute(self._kept(inputs))
+
+    def terms(self, inputs: LossInputs) -> dict:
+        return self.inner.terms(self._kept(inputs))
+
+    def describe(self) -> str:
+        return self.inner.describe()
 
 
 def lm_notes(models: dict) -> list[str]:
@@ -115,6 +144,9 @@ def lm_notes(models: dict) -> list[str]:
             text += (f"; {on['on_policy_batches']} of {steps} batches were continued by the student itself "
                      f"(λ = {on['fraction']}), sampling took {on['generation_s']:.1f} s"
                      + (f" ({on['generation_s'] / steps:.3f} s per step on average)" if steps else ""))
+            epochs = (training.get("epochs") or 0)
+            if on.get("epochs_counted") and epochs and on["epochs_counted"] < epochs:
+                text += f" (counted over the last {on['epochs_counted']} of {epochs} epochs: the run was resumed)"
             if base_t and own_t:
                 text += f"; its training took {own_t / base_t:.2f}x the baseline's time"
         notes.append(text + ".")

@@ -24,7 +24,9 @@ class CausalLM(nn.Module):
 
     def __init__(self, hf: nn.Module, source: str = ""):
         super().__init__()
-        self.hf = hf
+        # fp32 weights always: transformers loads a checkpoint in the dtype it was saved in (most LMs ship bf16), and
+        # AdamW on bf16 weights rounds small updates away; reduced precision is the loop's autocast, not the weights
+        self.hf = hf.float()
         self.source = source
         self.num_classes = int(hf.config.vocab_size)
         self.context = int(hf.config.max_position_embeddings)

@@ -33,6 +33,7 @@ from ..errors import DataError, ModelError
 SPLITS = ("train", "val", "test")
 # the report's generation figures: a fixed prompt from the evaluation text, a fixed seed (measured, never trained on)
 PROMPT_TOKENS, GENERATED_TOKENS, SAMPLE_TOKENS, SAMPLE_TEMPERATURE, SAMPLE_SEED = 16, 32, 200, 0.8, 0
+LOGIT_BUDGET = 1 << 26  # logits (floats) of one evaluation or cache batch: 256 MB in fp32
 
 
 class TokenBlocks:
@@ -155,15 +156,21 @@ class CausalLMTask(Task):
         task.policy = policy
         return task
 
+    def _blocks_per_batch(self, batch_size: int) -> int:
+        """Evaluation and cache batches are sized in blocks by their callers (256 and more); a batch's logits are
+        blocks x context x vocabulary floats, so they are capped at LOGIT_BUDGET (a GPT-2 vocabulary at context
+        1,024: one block a batch, not 256 = 53 GB)."""
+        return max(1, min(batch_size, LOGIT_BUDGET // (self.context * self.num_classes)))
+
     def view_batches(self, view: int, seed: int, batch_size: int) -> Iterator[Batch]:
         """What a teacher cache labels: every training block once, in order."""
         train = self.splits["train"]
-        for chunk in torch.arange(len(train), device=self.device).split(batch_size):
+        for chunk in torch.arange(len(train), device=self.device).split(self._blocks_per_batch(batch_size)):
             yield train.batch(chunk)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         data = self.splits[split]
-        for chunk in torch.arange(len(data), device=self.device).split(batch_size):
+        for chunk in torch.arange(len(data), device=self.device).split(self._blocks_per_batch(batch_size)):
             yield data.batch(chunk)
 
     def shard_batch(self, batch: Batch, part: int, parts: int) -> Batch:
