@@ -23,7 +23,9 @@ from int8 at random init (V=65, 2 x 20 tokens): lm_tiny 0.011 (rotary 0.013), lm
 """
 from __future__ import annotations
 
-from leankd.errors import ModelError
+import importlib.util
+
+from leankd.errors import MissingPackageError, ModelError
 from leankd.models.causal import CausalLM, copy_layers, every_other, from_config
 from leankd.models.registry import register_model
 
@@ -61,6 +63,9 @@ def build_config(num_classes: int, context: int, layers: int, hidden: int, heads
     inner = intermediate or 4 * hidden
     # no special tokens: a character or BPE vocabulary of the task has none, and an EOS id would stop generation
     special = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    if importlib.util.find_spec("transformers") is None:
+        raise MissingPackageError("gpt (and lm_small, lm_tiny) are built from Hugging Face transformers configs: pip "
+                                  "install 'leankd[text]' (or pip install transformers)")
     if positions == "learned":
         from transformers import GPTBigCodeConfig
 
