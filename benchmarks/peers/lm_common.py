@@ -19,15 +19,18 @@ teacher and student weights and measures the same thing the same way:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import resource
-import tempfile
-import time
+import sys
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peer_common import sync, write_json  # noqa: E402,F401  (the image and text peers' device sync and atomic JSON)
+# `start()` / `stop()` around each timed span (an epoch or a step; `seconds` lists them): the text peers' timer
+from text_common import EpochTimer as Stopwatch  # noqa: E402,F401
 
 IGNORE = -100
 
@@ -109,26 +112,6 @@ def load_causal_lm(folder: str):
                                                 dtype=torch.float32)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Stopwatch:
-    """`start()` / `stop()` around each timed span (an epoch or a step); `seconds` lists them."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.seconds, self._t0 = device, [], None
-
-    def start(self) -> None:
-        sync(self.device)
-        self._t0 = time.perf_counter()
-
-    def stop(self) -> None:
-        sync(self.device)
-        self.seconds.append(time.perf_counter() - self._t0)
-
-
 def peak_rss_mb() -> float:
     """This process's peak resident set in MiB: VmHWM of /proc/self/status where there is one. Not getrusage's
     ru_maxrss: on Linux that survives fork + exec, so a contestant started by a driver that holds 1.7 GB (it trained
@@ -165,20 +148,6 @@ def result(tool: str, args, data: dict, seconds_per_epoch: list[float], final_va
         "torch_threads": torch.get_num_threads(),
         **extra,
     }
-
-
-def write_json(path: str | None, payload: dict) -> None:
-    """Print the result and, with a path, write it atomically (temp file + os.replace)."""
-    text = json.dumps(payload, indent=2)
-    print(text)
-    if not path:
-        return
-    out_dir = os.path.dirname(os.path.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".lm-peer.", suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
 
 
 def add_common_args(p) -> None:
