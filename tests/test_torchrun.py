@@ -40,6 +40,15 @@ def two(recipe):
     return run_dir
 
 
+def one_and_two_processes(recipe: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Run `recipe` in one process and with `--nproc 2`; the two run directories."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run_dir, extra in ((one, []), (two, ["--nproc", "2"])):
+        out = leankd("run", str(recipe), "--run-dir", str(run_dir), "-q", *extra)
+        assert out.returncode == 0, out.stdout + out.stderr
+    return one, two
+
+
 def losses(run_dir: Path, stage: str) -> list[float]:
     return [json.loads(line)["train_loss"] for line in (run_dir / stage / "metrics.jsonl").read_text().splitlines()]
 
@@ -161,10 +170,7 @@ def test_seq2seq_students_and_the_token_cache_train_on_two_processes(tmp_path):
         "measure": {"latency_runs": 30, "latency_warmup": 1}}
     path = tmp_path / "g2p.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    one, two = tmp_path / "one", tmp_path / "two"
-    for run_dir, extra in ((one, []), (two, ["--nproc", "2"])):
-        out = leankd("run", str(path), "--run-dir", str(run_dir), "-q", *extra)
-        assert out.returncode == 0, out.stdout + out.stderr
+    one, two = one_and_two_processes(path, tmp_path)
     for stage in ("teacher", "baseline", "student_word"):  # logged per-token losses: the whole batch's, summed
         assert losses(two, stage) == pytest.approx(losses(one, stage), rel=1e-4), stage
     for stage in ("student_word", "student"):
@@ -195,10 +201,7 @@ def test_causal_lm_stages_train_on_two_processes(tmp_path):
         "measure": {"latency_runs": 30, "latency_warmup": 1, "latency_batch_sizes": [1]}}
     path = tmp_path / "lm.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    one, two = tmp_path / "one", tmp_path / "two"
-    for run_dir, extra in ((one, []), (two, ["--nproc", "2"])):
-        out = leankd("run", str(path), "--run-dir", str(run_dir), "-q", *extra)
-        assert out.returncode == 0, out.stdout + out.stderr
+    one, two = one_and_two_processes(path, tmp_path)
     for stage in ("teacher", "baseline", "student"):
         assert losses(two, stage) == pytest.approx(losses(one, stage), rel=1e-4), stage
     for stage in ("student", "student_seq", "student_on_policy"):
