@@ -24,9 +24,17 @@ TEXT_SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".json")
 UNKNOWN_CHAR = "\ufffd"  # characters of val/test the training part never had
 
 
+def refuse_demo(source: str) -> None:
+    """`data.source` is left at its default, the image demo set: say what a causal LM reads instead."""
+    if str(source) == "demo":
+        raise DataError("data.source demo is an image set; a causal_lm task reads text: give a .txt or .jsonl file or "
+                        "a folder of them (e.g. ../shared/datasets/text/tinyshakespeare/input.txt)")
+
+
 def read_corpus(source: str, fmt: str = "auto", column: str = "text", encoding: str = "utf-8") -> tuple[str, list[str]]:
     """(the whole text, the files it came from). A folder's files are read in sorted order and joined with a blank
     line; JSON lines give one text per line (`column`), joined the same way."""
+    refuse_demo(source)
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
@@ -215,4 +223,4 @@ def load_tokenizer(path: Path) -> Optional[object]:
     return HFTokenizer(_tokenizers().Tokenizer.from_str(Path(path).read_text()), str(path))
 
 
-__all__ = ["read_corpus", "split_text", "CharTokenizer", "HFTokenizer", "build_tokenizer", "load_tokenizer"]
+__all__ = ["refuse_demo", "read_corpus", "split_text", "CharTokenizer", "HFTokenizer", "build_tokenizer", "load_tokenizer"]

@@ -16,9 +16,9 @@ from ..core import dist
 from ..core.fingerprint import fingerprint
 from ..errors import RecipeError
 from ..io import write_json_atomic
-from ..kd.build import supervised_loss
+from ..kd.build import logit_loss, supervised_loss
 from ..kd.losses import Loss, LossInputs
-from ..kd.registry import LOGIT_LOSSES, BuildContext, build_logit_loss, default_terms
+from ..kd.registry import LOGIT_LOSSES, default_terms
 from ..stages import StudentStages
 from .onpolicy import UNLABELED, Policy
 from .seqkd import build_continuations, continuations
@@ -42,10 +42,10 @@ def train_students(ctx: StudentStages) -> dict[str, str]:
                               "prompt_tokens": cfg.prompt_tokens, "prompts": cfg.seq_prompts,
                               "temperature": cfg.seq_temperature, "seed": r.seed})
             directory = Path(r.teacher.cache_dir) if r.teacher.cache_dir else pipe.run_dir / "teacher_cache"
-            model = teacher.model.to(task.device)
+            # the teacher comes to the device only when the continuations are not stored yet
             windows, info = continuations(
-                directory, fp, lambda: build_continuations(task, model, cfg.prompt_tokens, cfg.seq_prompts,
-                                                           cfg.seq_temperature, r.seed), log=pipe.log)
+                directory, fp, lambda: build_continuations(task, teacher.model.to(task.device), cfg.prompt_tokens,
+                                                           cfg.seq_prompts, cfg.seq_temperature, r.seed), log=pipe.log)
             teacher.model.to("cpu")
             kd_task = task.with_extra_blocks(windows)
             pipe.log(f"{role} ({LABELS[method]}): {len(windows)} teacher continuations of {cfg.prompt_tokens}-token "
@@ -84,9 +84,7 @@ def divergence_loss(cfg, label_smoothing: float):
     if not terms:
         raise RecipeError("distill.lm.students: on_policy needs a divergence in distill.loss (e.g. forward_kl, "
                           "reverse_kl or jsd) to score the student's samples with")
-    ctx = BuildContext(temperature=cfg.temperature, label_smoothing=label_smoothing, transform=cfg.transform,
-                       regression=False)
-    return GeneratedRows(build_logit_loss(terms, ctx))
+    return GeneratedRows(logit_loss(cfg.model_copy(update={"loss": terms}), label_smoothing))
 
 
 class GeneratedRows(Loss):

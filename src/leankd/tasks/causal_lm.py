@@ -164,9 +164,7 @@ class CausalLMTask(Task):
 
     def view_batches(self, view: int, seed: int, batch_size: int) -> Iterator[Batch]:
         """What a teacher cache labels: every training block once, in order."""
-        train = self.splits["train"]
-        for chunk in torch.arange(len(train), device=self.device).split(self._blocks_per_batch(batch_size)):
-            yield train.batch(chunk)
+        return self.eval_batches("train", batch_size)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         data = self.splits[split]
@@ -263,9 +261,7 @@ class CausalLMTask(Task):
         """The fixed prompt of the samples and the generation timing: the start of the evaluation text, 8 rows (the
         timing's batch of 8 reads one each)."""
         data = self.splits[self.eval_split]
-        width = min(tokens, data.context)
-        rows = [data.batch(torch.tensor([i % len(data)], device=self.device)).inputs[0, :width] for i in range(8)]
-        return torch.stack(rows).cpu()
+        return data.batch(torch.arange(8, device=self.device) % len(data)).inputs[:, :tokens].cpu()
 
     def joint_measurements(self, models: dict) -> dict[str, dict]:
         """Per generated token CPU latency with the KV cache (batch 1 and 8, greedy, every model interleaved) and one
@@ -309,9 +305,6 @@ def build_lm_task(cfg, device: torch.device, seed: int, channels_last: bool = Fa
     from ..data.lm import build_tokenizer, read_corpus, split_text
 
     lm = cfg.lm
-    if str(cfg.source) == "demo":
-        raise DataError("data.source demo is an image set; a causal_lm task reads text: give a .txt or .jsonl file or "
-                        "a folder of them (e.g. ../shared/datasets/text/tinyshakespeare/input.txt)")
     text, files = read_corpus(str(cfg.source), lm.format, lm.text_column, lm.encoding)
     parts = split_text(text, cfg.val_fraction, lm.test_fraction)
     tokenizer = build_tokenizer(lm.tokenizer, lm.vocab_size, parts)

@@ -46,13 +46,10 @@ def check(recipe) -> None:
 
 def check_source(cfg) -> list[str]:
     """The source must exist and hold text (a missing optional package is reported, not an error)."""
+    from ...data.lm import refuse_demo
     from ...validate import missing_source
 
-    if str(cfg.source) == "demo":
-        from ...errors import DataError
-
-        raise DataError("data.source demo is an image set; a causal_lm task reads text: give a .txt or .jsonl file or "
-                        "a folder of them")
+    refuse_demo(cfg.source)
     return missing_source(str(cfg.source))
 
 
