@@ -160,6 +160,19 @@ def test_models_that_are_not_causal_lms_of_this_vocabulary_are_refused(tmp_path)
     with pytest.raises(ModelError, match=rf"vocabulary has 7 tokens, .* {task.num_classes}: teacher and student "
                                          "must share the data's tokenizer"):
         task.prepare_model(Bigram(7))
+    with pytest.raises(ModelError, match=r"a larger, padded vocabulary is accepted from a causal-LM checkpoint"):
+        task.prepare_model(Bigram(task.num_classes + 3))  # not a CausalLM: nothing says its extra rows are padding
+
+
+def test_a_causal_lm_padded_past_the_tokenizer_is_trimmed_to_it(tmp_path):
+    from leankd.models import create_model
+
+    task = build_lm_task(_data(tmp_path), torch.device("cpu"), 0)
+    model = create_model("gpt", task.num_classes + 5, context=16, layers=1, hidden=16, heads=2)
+    task.prepare_model(model)
+    assert model.vocab_used == task.num_classes
+    x = torch.zeros(2, 16, dtype=torch.long)
+    assert task.forward(model, x).shape == (32, task.num_classes)
 
 
 def test_recipe_rules(tmp_path):
@@ -248,3 +261,35 @@ def test_large_vocabularies_get_smaller_evaluation_batches(tmp_path, monkeypatch
     assert task._blocks_per_batch(256) == 256
     monkeypatch.setattr(lm, "LOGIT_BUDGET", 16 * task.num_classes * 3)  # room for 3 blocks of logits
     assert [len(b.index) for b in task.eval_batches("val", 256)][:2] == [3, 3]
+
+
+def test_seq_continuations_are_reused_and_stale_ones_pruned_only_after_the_new_set_is_complete(tmp_path):
+    """`lm/seqkd.continuations`: a fingerprint's windows are built once and read back; when the fingerprint changes
+    (another teacher) the old set is removed — but only after the new one is written, and never in a shared
+    cache_dir (prune=False)."""
+    from leankd.lm.seqkd import continuations
+
+    built = []
+
+    def build(value):
+        def make():
+            built.append(value)
+            if value == "boom":
+                raise RuntimeError("generation failed")
+            return torch.full((3, 5), value, dtype=torch.int32)
+        return make
+
+    w, info = continuations(tmp_path, "aaaa", build(1), log=lambda m: None)
+    assert torch.equal(w, torch.ones(3, 5, dtype=torch.long)) and not info["reused"] and info["sequences"] == 3
+    w, info = continuations(tmp_path, "aaaa", build(9), log=lambda m: None)
+    assert info["reused"] and built == [1] and int(w.max()) == 1
+    with pytest.raises(RuntimeError):  # a failed build of a new teacher's set leaves the old set in place
+        continuations(tmp_path, "bbbb", build("boom"), log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm-seq-aaaa.json", "lm-seq-aaaa.safetensors"]
+    logs = []
+    continuations(tmp_path, "bbbb", build(2), log=logs.append, prune=False)  # shared cache_dir: both kept
+    assert len(list(tmp_path.glob("lm-seq-*"))) == 4
+    w, _ = continuations(tmp_path, "cccc", build(3), log=logs.append)
+    assert int(w.max()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm-seq-cccc.json", "lm-seq-cccc.safetensors"]
+    assert any("removed stale" in m and "lm-seq-aaaa" in m for m in logs)

@@ -113,6 +113,32 @@ def test_hf_causal_vocab_mismatch(tmp_path) -> None:
     assert "vocabulary of 11 tokens" in msg and "has 65" in msg and "tokenizer" in msg
 
 
+@pytest.mark.parametrize("layers", [None, [0]])
+def test_hf_causal_padded_vocabulary_keeps_the_tokenizers_logits(tmp_path, layers) -> None:
+    """A checkpoint whose embedding table is padded past its tokenizer (Pythia: 50,304 rows for 50,277 tokens)
+    loads for the tokenizer's 11 tokens: the logits are the first 11 of the full model's, and the padding rows —
+    made the most likely tokens here — are never generated."""
+    torch.manual_seed(0)
+    create_model("gpt", 16, context=12, layers=2, hidden=16, heads=2).hf.save_pretrained(tmp_path / "ckpt")
+    loaded = create_model(f"hf:{tmp_path / 'ckpt'}", 11, **({} if layers is None else {"layers": layers})).eval()
+    assert loaded.num_classes == 16 and loaded.vocab_used == 11
+    x = torch.randint(0, 11, (2, 7))
+    with torch.no_grad():
+        full = loaded.hf(input_ids=x, use_cache=False).logits
+        assert full.shape[-1] == 16 and torch.equal(loaded(x), full[..., :11])
+        # every hidden state becomes all ones, so a token's logit is its head row's sum: -1 for the tokenizer's
+        # tokens, +1 for the padding rows, which an untrimmed argmax would pick at every step
+        loaded.hf.base_model.ln_f.weight.zero_()
+        loaded.hf.base_model.ln_f.bias.fill_(1.0)
+        head = loaded.hf.get_output_embeddings().weight
+        head[:11] = -1.0 / head.shape[1]
+        head[11:] = 1.0 / head.shape[1]
+        assert int(loaded.hf(input_ids=x, use_cache=False).logits.argmax(-1).min()) >= 11
+    for use_cache in (True, False):
+        out = generate(loaded, x[:, :3], 5, greedy=True, use_cache=use_cache)
+        assert int(out[:, 3:].max()) < 11
+
+
 def test_hf_causal_layers_copies_kept_blocks(tmp_path) -> None:
     teacher = tiny(layers=4)
     teacher.hf.save_pretrained(tmp_path / "ckpt")

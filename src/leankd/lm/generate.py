@@ -80,7 +80,7 @@ def _run(model: Runnable, prompt: Tensor, new_tokens: int, pick: Callable[[Tenso
     past = None
     if cached:
         out = model.hf(input_ids=prompt[:, -model.context:], use_cache=True, logits_to_keep=1)
-        logits, past = out.logits[:, -1], out.cache
+        logits, past = model.trim_logits(out.logits[:, -1]), out.cache
     else:
         logits = _window_logits(model, tokens)
     for step in range(new_tokens):
@@ -90,7 +90,7 @@ def _run(model: Runnable, prompt: Tensor, new_tokens: int, pick: Callable[[Tenso
             break
         if past is not None and tokens.shape[1] <= model.context:
             out = model.hf(input_ids=nxt, cache=past, use_cache=True)
-            logits, past = out.logits[:, -1], out.cache
+            logits, past = model.trim_logits(out.logits[:, -1]), out.cache
         else:  # no cache, or the context is full: the window slides, so every position moves
             past = None
             logits = _window_logits(model, tokens)

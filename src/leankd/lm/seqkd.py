@@ -41,25 +41,35 @@ def build_continuations(task, teacher: nn.Module, prompt_tokens: int, prompts: i
     return torch.cat(out)
 
 
-def continuations(directory: Path, fp: str, build: Callable[[], Tensor], log: Callable[[str], None] = print
-                  ) -> tuple[Tensor, dict]:
+def continuations(directory: Path, fp: str, build: Callable[[], Tensor], log: Callable[[str], None] = print,
+                  prune: bool = True) -> tuple[Tensor, dict]:
     """The windows of fingerprint `fp` from `directory` (built by `build` and saved when missing; under torchrun
-    rank 0 builds and the others read its file). Returns (windows, info for the report)."""
+    rank 0 builds and the others read its file). Returns (windows, info for the report). With `prune` (the run
+    directory's own cache, as for the teacher's logits) continuations of other fingerprints — another teacher, other
+    prompts — are stale: removed once this fingerprint's files are complete, never before."""
     path, meta = directory / f"lm-seq-{fp}.safetensors", directory / f"lm-seq-{fp}.json"
 
     def make() -> None:
-        if meta.is_file() and path.is_file():
-            return
-        log("sequence-level KD: the teacher continues the training prompts (once; cached) ...")
-        start = time.perf_counter()
-        windows = build()
-        seconds = time.perf_counter() - start
-        with atomic_path(path) as tmp:
-            save_file({"windows": windows.contiguous()}, str(tmp))
-        write_json_atomic(meta, {"fingerprint": fp, "sequences": int(windows.shape[0]),
-                                 "tokens_per_sequence": int(windows.shape[1]), "build_s": round(seconds, 3)})
+        if not (meta.is_file() and path.is_file()):
+            _build(path, meta, fp, build, log)
+        for old in sorted(directory.glob("lm-seq-*")) if prune else []:
+            if old.name not in (path.name, meta.name):
+                old.unlink(missing_ok=True)
+                log(f"removed stale sequence-level KD continuations {old.name}")
 
     reused = meta.is_file() and path.is_file()
     dist.main_first(make)
     info = json.loads(meta.read_text())
     return load_file(str(path))["windows"].long(), {**info, "reused": reused}
+
+
+def _build(path: Path, meta: Path, fp: str, build: Callable[[], Tensor], log: Callable[[str], None]) -> None:
+    """Generate the windows and write them, then their JSON record: the record is the mark of a complete set."""
+    log("sequence-level KD: the teacher continues the training prompts (once; cached) ...")
+    start = time.perf_counter()
+    windows = build()
+    seconds = time.perf_counter() - start
+    with atomic_path(path) as tmp:
+        save_file({"windows": windows.contiguous()}, str(tmp))
+    write_json_atomic(meta, {"fingerprint": fp, "sequences": int(windows.shape[0]),
+                             "tokens_per_sequence": int(windows.shape[1]), "build_s": round(seconds, 3)})

@@ -45,7 +45,8 @@ def train_students(ctx: StudentStages) -> dict[str, str]:
             # the teacher comes to the device only when the continuations are not stored yet
             windows, info = continuations(
                 directory, fp, lambda: build_continuations(task, teacher.model.to(task.device), cfg.prompt_tokens,
-                                                           cfg.seq_prompts, cfg.seq_temperature, r.seed), log=pipe.log)
+                                                           cfg.seq_prompts, cfg.seq_temperature, r.seed), log=pipe.log,
+                prune=not r.teacher.cache_dir)  # a shared cache_dir keeps one set per fingerprint, as the logits do
             teacher.model.to("cpu")
             kd_task = task.with_extra_blocks(windows)
             pipe.log(f"{role} ({LABELS[method]}): {len(windows)} teacher continuations of {cfg.prompt_tokens}-token "

@@ -6,7 +6,7 @@ DistilBERT/DistilGPT-2 student initialization (every other teacher layer). The r
 from __future__ import annotations
 
 import re
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -30,6 +30,22 @@ class CausalLM(nn.Module):
         self.source = source
         self.num_classes = int(hf.config.vocab_size)
         self.context = int(hf.config.max_position_embeddings)
+        self.vocab_used: Optional[int] = None  # limit_vocab: logits past the tokenizer's last id are dropped
+
+    def limit_vocab(self, size: int) -> None:
+        """Return logits for the first `size` token ids only. Checkpoints pad their embedding table past their
+        tokenizer for faster matmuls (Pythia: 50,304 rows for 50,277 tokens; Qwen2.5 likewise): the padding rows are
+        never a real next token, and teacher and student distributions must range over the same tokens for logit KD.
+        The task calls this with its tokenizer's size; it is not saved with the weights, because every model a run
+        builds or loads goes through the task first."""
+        if not 0 < size <= self.num_classes:
+            raise ModelError(f"limit_vocab({size}): the model has {self.num_classes} output tokens; the tokenizer "
+                             "may use at most that many")
+        self.vocab_used = None if size == self.num_classes else int(size)
+
+    def trim_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` [..., num_classes] -> [..., vocab_used] (a view; unchanged without limit_vocab)."""
+        return logits if self.vocab_used is None else logits[..., :self.vocab_used]
 
     @property
     def config(self):
@@ -51,7 +67,7 @@ class CausalLM(nn.Module):
         return self.hf.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
 
     def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.classifier(hidden)
+        return self.trim_logits(self.classifier(hidden))
 
     def init_from_teacher(self, teacher: nn.Module, layers: Union[str, Sequence[int]] = "every_other") -> list[int]:
         """`student.init_from_teacher` (the run's hook, named by no family): `copy_layers` from `teacher`."""
@@ -60,7 +76,7 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         self._check_length(input_ids)
         # no KV cache in a full-sequence pass: training and scoring would only build one and throw it away
-        return self.hf(input_ids=input_ids, use_cache=False).logits
+        return self.trim_logits(self.hf(input_ids=input_ids, use_cache=False).logits)
 
 
 def from_config(config, source: str = "") -> CausalLM:

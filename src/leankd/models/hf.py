@@ -171,13 +171,14 @@ def is_causal_lm(config) -> bool:
 
 def _causal_lm(name: str, path: Path, config, num_classes: int, kwargs: Mapping[str, object], attn: str):
     """`hf:PATH` of a causal LM: `AutoModelForCausalLM` in a `CausalLM` (token ids -> logits [B, T, V]). Its vocabulary
-    is the task's classes, so the two must agree; `layers` keeps teacher layers by copying them into a shallower
+    is the task's classes, so it must have at least as many rows (a table padded past the tokenizer, as Pythia's and
+    Qwen2.5's are, keeps its first `num_classes` logits: `CausalLM.limit_vocab`); `layers` keeps teacher layers by copying them into a shallower
     model of the same config (`lm.copy_layers`), which also renumbers the blocks' KV-cache slots."""
     from transformers import AutoModelForCausalLM
 
     from .causal import CausalLM, copy_layers, from_config
 
-    if config.vocab_size != num_classes:
+    if config.vocab_size < num_classes:
         raise ModelError(f"hf:{name} has a vocabulary of {config.vocab_size} tokens but the data's tokenizer has "
                          f"{num_classes}: tokenize the data with this checkpoint's tokenizer (the same vocabulary), "
                          "or use another checkpoint")
@@ -188,6 +189,7 @@ def _causal_lm(name: str, path: Path, config, num_classes: int, kwargs: Mapping[
         else:
             hf = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
     model = CausalLM(hf, source=str(path))
+    model.limit_vocab(num_classes)
     layers = kwargs.get("layers")
     if layers is None:
         return model
@@ -197,6 +199,7 @@ def _causal_lm(name: str, path: Path, config, num_classes: int, kwargs: Mapping[
     with _quiet_transformers():
         student = from_config(small, source=str(path))
     copy_layers(student, model, kept)
+    student.limit_vocab(num_classes)
     return student
 
 

@@ -224,7 +224,8 @@ class CausalLMTask(Task):
         return {"context": self.context}
 
     def prepare_model(self, model: nn.Module) -> None:
-        """Refuse, before anything trains, a model that is not a causal LM of this vocabulary and context."""
+        """Refuse, before anything trains, a model that is not a causal LM of this vocabulary and context; a causal-LM
+        checkpoint whose vocabulary is padded past the tokenizer is trimmed to it (`CausalLM.limit_vocab`)."""
         context = getattr(model, "context", None)
         if isinstance(context, int) and context < self.context:
             raise ModelError(f"{type(model).__name__} reads at most {context} positions, but data.lm.context is "
@@ -244,10 +245,17 @@ class CausalLMTask(Task):
             model.train(was_training)
         out = getattr(out, "logits", out)
         want = (1, probe.shape[1], self.num_classes)
+        padded = isinstance(out, Tensor) and out.dim() == 3 and out.shape[-1] > self.num_classes
+        if padded and callable(getattr(model, "limit_vocab", None)):
+            # an embedding table padded past the tokenizer (Pythia, Qwen2.5): its extra rows are never a next token
+            model.limit_vocab(self.num_classes)
+            return
         if not isinstance(out, Tensor) or tuple(out.shape) != want:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             vocab = (f"; its vocabulary has {got[-1]} tokens, the data's tokenizer ({self.tokenizer.describe()}) "
                      f"{self.num_classes}: teacher and student must share the data's tokenizer"
+                     + (" (a larger, padded vocabulary is accepted from a causal-LM checkpoint, hf:FOLDER, or a "
+                        "registered LM, whose extra logits are dropped)" if padded else "")
                      if isinstance(out, Tensor) and out.dim() == 3 else "")
             raise ModelError(f"{type(model).__name__} is not a causal language model of this data: on token ids of "
                              f"shape {tuple(probe.shape)} it returns {got}, not logits of shape {want}{vocab}")
