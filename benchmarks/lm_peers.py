@@ -66,9 +66,9 @@ REFERENCE = "trl"
 
 # recipes/tinyshakespeare_lm.yaml's models and split; `context` is the data's (the models get context + 1)
 FULL = {"context": 128, "val_fraction": 0.1, "test_fraction": 0.05, "limit_train": None,
-        "teacher": {"layers": 6, "hidden": 192, "heads": 6, "dropout": 0.1},
-        "student": {"layers": 2, "hidden": 64, "heads": 4},
-        "teacher_epochs": 3, "epochs": 3, "batch_size": 32, "rounds": 2}
+        "teacher": {"layers": 4, "hidden": 128, "heads": 4},
+        "student": {"layers": 2, "hidden": 48, "heads": 4},
+        "teacher_epochs": 3, "epochs": 3, "batch_size": 16, "rounds": 2}
 MODES = {
     "quick": {"context": 32, "val_fraction": 0.02, "test_fraction": 0.01, "limit_train": 64,
               "teacher": {"layers": 2, "hidden": 32, "heads": 2}, "student": {"layers": 1, "hidden": 16, "heads": 2},
@@ -88,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="KD epochs (default: the mode's)")
     p.add_argument("--batch-size", type=int, default=None, help="blocks per step (default: the mode's)")
     p.add_argument("--rounds", type=int, default=None, help="round-robin repetitions (default: the mode's)")
+    p.add_argument("--limit-train", type=int, default=None,
+                   help="train on the first N blocks of the training part (default: the mode's; cpu: all of them)")
     p.add_argument("--only", default=",".join(CONTESTANTS), help=f"comma list out of {CONTESTANTS}")
     p.add_argument("--teacher-weights", default=None,
                    help="a trained gpt teacher of the mode's sizes and context instead of training one here, e.g. "
@@ -102,6 +104,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key in ("epochs", "batch_size", "rounds"):
         if getattr(args, key) is None:
             setattr(args, key, args.spec[key])
+    if args.limit_train is not None:
+        if args.limit_train < 1:
+            p.error(f"--limit-train {args.limit_train}: give a positive number of blocks")
+        args.spec["limit_train"] = args.limit_train
     args.out = Path(args.out)
     args.work = args.out / f"lm_peers_{args.mode}"
     unknown = set(args.only.split(",")) - set(CONTESTANTS)

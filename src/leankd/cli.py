@@ -13,8 +13,11 @@ from rich.markup import escape
 
 from .errors import LeanKDError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# add_completion: typer's `--install-completion` / `--show-completion` for bash, zsh, fish and PowerShell
+app = typer.Typer(add_completion=True, no_args_is_help=True,
                   help="leankd: distill a teacher into a small student and report what the compression bought.")
+recipes_app = typer.Typer(no_args_is_help=True, help="The example recipes shipped with leankd: list, show, copy.")
+app.add_typer(recipes_app, name="recipes")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -90,8 +93,17 @@ def _leave_process_group() -> None:
         shutdown()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .core.version import __version__
+
+        console.print(f"leankd {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _one_process_commands(ctx: typer.Context) -> None:
+def _one_process_commands(ctx: typer.Context, version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print leankd's version and exit")) -> None:
     """Under torchrun only `run` (and `search`, which refuses with its own message) may start: the other commands
     train nothing, and N copies of them would write the same files."""
     import os
@@ -116,7 +128,7 @@ def _parse_seeds(text: str) -> list[int]:
 @app.command()
 @friendly_errors
 def run(
-    recipe: Path = typer.Argument(..., help="recipe YAML"),
+    recipe: Path = typer.Argument(..., help="recipe YAML, or the name of a shipped one (`leankd recipes list`)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="default: <output_dir>/<name> from the recipe"),
     force: bool = typer.Option(False, "--force", help="redo every stage even if its artifacts exist"),
     resume: bool = typer.Option(False, "--resume", help="continue a stage that was interrupted"),
@@ -419,6 +431,56 @@ def models():
     from .models import list_models
 
     console.print(" ".join(list_models()), highlight=False, markup=False)
+
+
+@recipes_app.command("list")
+def recipes_list():
+    """The shipped recipes, each with its first sentence and where its data comes from."""
+    from . import recipe_catalogue as cat
+
+    for name in cat.names():
+        data = "data: in the package" if name not in cat.DATA else "data: fetch it first (`leankd recipes show`)"
+        console.print(f"{name}  —  {cat.summary(cat.find(name))}  [{data}]", highlight=False, markup=False,
+                      soft_wrap=True)
+
+
+@recipes_app.command("show")
+@friendly_errors
+def recipes_show(name: str = typer.Argument(..., help="a shipped recipe's name")):
+    """Print a shipped recipe (YAML, with its comments) and where to get its data."""
+    from . import recipe_catalogue as cat
+
+    path = _shipped(name)
+    console.print(path.read_text(encoding="utf-8"), highlight=False, markup=False, end="")
+    if path.stem in cat.DATA:
+        console.print(f"# data: {cat.DATA[path.stem]}", highlight=False, markup=False, soft_wrap=True)
+
+
+@recipes_app.command("copy")
+@friendly_errors
+def recipes_copy(name: str = typer.Argument(..., help="a shipped recipe's name"),
+                 dest: Path = typer.Argument(Path("."), help="a folder or a .yaml path (default: this folder)"),
+                 force: bool = typer.Option(False, "--force", help="replace an existing file")):
+    """Copy a shipped recipe here, to edit it (e.g. its data.source)."""
+    from .errors import RecipeError
+    from .io import write_text_atomic
+
+    path = _shipped(name)
+    target = dest / path.name if dest.is_dir() else dest
+    if target.exists() and not force:
+        raise RecipeError(f"{target} exists: choose another destination, or --force to replace it")
+    write_text_atomic(target, path.read_text(encoding="utf-8"))
+    console.print(f"wrote {target}", highlight=False, markup=False)
+
+
+def _shipped(name: str) -> Path:
+    from . import recipe_catalogue as cat
+    from .errors import RecipeError
+
+    path = cat.find(name)
+    if path is None:
+        raise RecipeError(f"no shipped recipe is called {name!r}: choose one of {', '.join(cat.names())}")
+    return path
 
 
 def main() -> None:  # pragma: no cover

@@ -63,6 +63,7 @@ def atomic_path(path: str | os.PathLike, size_hint: Optional[int] = None) -> Ite
         raise write_error(e, path, size_hint) from None
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the mode open() would
         yield Path(tmp)
         with open(tmp, "rb+") as f:  # make sure the bytes are on disk before the rename makes them visible
             os.fsync(f.fileno())
@@ -74,6 +75,23 @@ def atomic_path(path: str | os.PathLike, size_hint: Optional[int] = None) -> Ite
         if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
             raise write_error(e, path, size_hint) from None
         raise
+
+
+_UMASK: Optional[int] = None
+
+
+def _umask() -> int:
+    """The process's umask, read once. Linux shows it in /proc/self/status; elsewhere os.umask must set it to read
+    it, so it is set straight back (once, at the first write, before any worker threads write files)."""
+    global _UMASK
+    if _UMASK is None:
+        try:
+            line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("Umask:"))
+            _UMASK = int(line.split()[1], 8)
+        except (OSError, StopIteration, ValueError, IndexError):
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+    return _UMASK
 
 
 def _fsync_dir(directory: Path) -> None:

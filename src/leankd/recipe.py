@@ -271,10 +271,20 @@ class Recipe(Strict):
 
 # --------------------------------------------------------------------------------------------------------
 def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> Recipe:
-    """Read a YAML recipe; `overrides` are `dotted.key=value` strings (value parsed as YAML) applied on top."""
+    """Read a YAML recipe; `overrides` are `dotted.key=value` strings (value parsed as YAML) applied on top. A bare
+    name that is no file here (`demo`, `tinyshakespeare_lm`) reads the recipe shipped with leankd of that name."""
+    from .recipe_catalogue import find, missing_data, names
+
     path = Path(path)
+    shipped = None
     if not path.exists():
-        raise RecipeError(f"recipe file not found: {path}")
+        shipped = find(str(path))
+        if shipped is None:
+            known = names()
+            raise RecipeError(f"recipe file not found: {path}" + (
+                f" (and no shipped recipe has that name: {', '.join(known)}; `leankd recipes list` describes them)"
+                if known and "/" not in str(path) else ""))
+        path = shipped
     if path.is_dir():
         found = sorted(p.name for p in path.glob("*.y*ml"))[:8]
         raise RecipeError(f"{path} is a folder, not a recipe file: give the path of a .yaml file"
@@ -296,7 +306,11 @@ def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> Reci
         raise RecipeError(f"{path} is not valid YAML: {e}") from None
     if overrides and isinstance(raw, dict):
         apply_overrides(raw, overrides)
-    return parse_recipe(raw, origin=str(path))
+    recipe = parse_recipe(raw, origin=str(path))
+    missing = shipped and missing_data(shipped.stem, str(recipe.data.source))
+    if missing:
+        raise RecipeError(missing)
+    return recipe
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
