@@ -5,15 +5,19 @@ deployment artifacts as they were. So a run builds its artifacts into a staging 
 `commit` swaps everything in at the end, in this order: artifacts, then `report.json`, `report.md` and plots (each
 written atomically; a plot the new report does not make is removed then, see `report.plots.write_plots`), then
 `recipe.yaml` (the recipe that report describes), then what the new report no longer uses. A kill between two of
-these steps leaves a report beside artifacts of the same name (the only window, and a short one).
+these steps leaves a report beside artifacts of the same name (the only window, and a short one). A report of
+another recipe is first copied to `previous/<time>/` (`keep_previous_report`): a run name re-used with new settings
+never loses its earlier results without a trace.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
-from typing import Iterable
-from .io import write_text_atomic
+from typing import Iterable, Optional
+
+from .io import write_bytes_atomic, write_text_atomic
 
 COMPRESSED = "compressed"
 STAGING = ".compressed.partial"  # artifacts of the run in progress
@@ -44,14 +48,45 @@ def final_path(run_dir: Path, staged_file: Path) -> str:
     return str(Path(COMPRESSED) / Path(staged_file).relative_to(Path(run_dir) / STAGING))
 
 
-def commit(run_dir: Path, report: dict, recipe_text: str, *, artifacts: str, remove: Iterable[str] = ()) -> None:
+PREVIOUS = "previous"  # earlier reports of this run directory whose recipe was different
+KEPT = ("report.json", "report.md", "recipe.yaml")
+
+
+def keep_previous_report(run_dir: Path, recipe_text: str) -> Optional[Path]:
+    """Copy the finished report (report.json/.md, its recipe.yaml and plots) to `previous/<UTC time>/` when the new
+    report describes another recipe, so re-using a run name never loses earlier results without a trace. Returns
+    the folder, or None (no earlier report, or the same recipe: then the new report is an update of the same
+    results, e.g. after `--force` or a re-measurement). Copies, atomically per file: the originals stay until the
+    new report replaces them."""
+    run_dir = Path(run_dir)
+    old_recipe = run_dir / "recipe.yaml"
+    if not (run_dir / "report.json").is_file() or not old_recipe.is_file():
+        return None
+    if old_recipe.read_text(encoding="utf-8") == recipe_text:
+        return None
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
+    folder = run_dir / PREVIOUS / stamp
+    n = 1
+    while folder.exists():  # two commits within one second
+        n += 1
+        folder = run_dir / PREVIOUS / f"{stamp}-{n}"
+    for path in [*(run_dir / name for name in KEPT), *sorted(run_dir.glob("*.png"))]:
+        if path.is_file():
+            write_bytes_atomic(folder / path.name, path.read_bytes())
+    return folder
+
+
+def commit(run_dir: Path, report: dict, recipe_text: str, *, artifacts: str, remove: Iterable[str] = ()
+           ) -> Optional[Path]:
     """Put the finished run's results in place. `artifacts`: "replace" (compressed/ becomes exactly what this run
     staged: a full run), "merge" (staged files are added to compressed/, replacing files of the same name; earlier
     artifacts stay: `leankd compress`/`export` adding targets). `remove`: files (relative to the run dir) the new
-    report no longer uses, deleted once it is written."""
+    report no longer uses, deleted once it is written. Returns where an earlier report of another recipe was kept
+    (`keep_previous_report`; only for a full run: adding artifacts extends the same results)."""
     from .report import write_markdown, write_plots, write_report
 
     run_dir = Path(run_dir)
+    kept = keep_previous_report(run_dir, recipe_text) if artifacts == "replace" else None
     staged, current, retired = run_dir / STAGING, run_dir / COMPRESSED, run_dir / RETIRED
     has_staged = staged.is_dir() and any(staged.iterdir())
     if artifacts == "merge" and has_staged:
@@ -75,6 +110,7 @@ def commit(run_dir: Path, report: dict, recipe_text: str, *, artifacts: str, rem
         shutil.rmtree(current, ignore_errors=True)  # the new report has no artifacts: the old ones are stale now
     shutil.rmtree(retired, ignore_errors=True)
     shutil.rmtree(staged, ignore_errors=True)
+    return kept
 
 
 def discard_staging(run_dir: Path) -> None:

@@ -59,8 +59,11 @@ class MeasurePhase:
                 report = self.added_artifacts_report(task, stages, previous)
             else:
                 report = self.full_report(task, stages, seed_values)
-            commit(self.run_dir, report, dump_recipe(self.recipe),
-                   artifacts="merge" if previous is not None else "replace", remove=self.replaced_files)
+            kept = commit(self.run_dir, report, dump_recipe(self.recipe),
+                          artifacts="merge" if previous is not None else "replace", remove=self.replaced_files)
+            if kept is not None:
+                self.log(f"the earlier report of this run directory (another recipe) is kept in "
+                         f"{kept.relative_to(self.run_dir)}/; stages whose settings changed were trained again")
         except BaseException:
             discard_staging(self.run_dir)
             raise
