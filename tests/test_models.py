@@ -132,6 +132,10 @@ def test_timm_offline() -> None:
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     with pytest.raises(ModelError, match="resnet18"):
         create_model("timm:resnet18x", 10)
+    # the refusal names the recipe key that exists (`checkpoint:`), not one that does not
+    with pytest.raises(ModelError, match=r"never downloads.*`teacher.checkpoint: path/to/weights`") as err:
+        create_model("timm:resnet18", 10, pretrained=True)
+    assert "weights:" not in str(err.value).replace("path/to/weights", "")
 
 
 @pytest.fixture

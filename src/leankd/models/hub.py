@@ -57,7 +57,9 @@ def _refuse_downloads(source: str, name: str, kwargs: Mapping[str, object]) -> N
         if key in kwargs:
             raise ModelError(
                 f"{source}:{name}: keyword {key!r} is not allowed; leankd never downloads weights. "
-                f"Build without it and load a local file with load_weights (recipe: weights: path)."
+                f"Build without it and load a local file: in a recipe `teacher.checkpoint: path/to/weights` (or "
+                f"`student.checkpoint:`; .safetensors, or a .pt/.pth state dict), in Python "
+                f"`leankd.models.load_weights(model, path)`."
             )
 
 
