@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -59,10 +60,12 @@ def run_one(variant: str, weights: str, work: Path, limit_train: int, epochs: in
     path = work / f"{run_dir.name}.yaml"
     path.write_text(yaml.safe_dump(recipe(variant, weights, run_dir, limit_train, epochs)))
     start = time.perf_counter()
+    faults = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-m", "leankd.cli", "run", str(path), "--run-dir", str(run_dir), "--force",
                            "--quiet"], capture_output=True, text=True, env={**os.environ})
     if proc.returncode != 0:
         raise SystemExit(f"{variant}: leankd run failed\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     report = json.loads((run_dir / "report.json").read_text())
     alone, kd = epochs_after_first(run_dir / "baseline" / "metrics.jsonl"), epochs_after_first(
         run_dir / "student" / "metrics.jsonl")
@@ -75,7 +78,10 @@ def run_one(variant: str, weights: str, work: Path, limit_train: int, epochs: in
             "kd_val_loss": history[-1]["val_loss"], "kd_test_loss": student["quality"]["loss"],
             "baseline_test_loss": report["models"]["baseline"]["quality"]["loss"],
             "cache_bytes_per_row": cache.get("bytes_per_row"), "cache_build_s": cache.get("build_s"),
-            "load_avg": list(os.getloadavg())}
+            "load_avg": list(os.getloadavg()),
+            # the whole process's page faults (both stages, measurement too): a slow epoch mode that comes with
+            # many more minor faults points at the allocator handing memory back and forth
+            "minor_faults": after.ru_minflt - faults.ru_minflt, "major_faults": after.ru_majflt - faults.ru_majflt}
 
 
 def main(argv=None) -> None:
@@ -85,10 +91,14 @@ def main(argv=None) -> None:
     p.add_argument("--limit-train", type=int, default=3000, help="training blocks (of 7,406)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lm_step_cost"))
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list out of {list(VARIANTS)}")
     args = p.parse_args(argv)
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        p.error(f"--variants: unknown {sorted(unknown)}; choose from {list(VARIANTS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(VARIANTS)
+    names = args.variants.split(",")
     rows = []
     with tempfile.TemporaryDirectory(prefix="lm-step-cost-") as tmp:
         for r in range(args.rounds):
@@ -97,8 +107,9 @@ def main(argv=None) -> None:
                               args.epochs)
                 row["round"] = r
                 rows.append(row)
-                print(f"round {r} {variant}: KD/alone {row['ratio']:.3f}, KD test loss {row['kd_test_loss']:.4f}",
-                      flush=True)
+                print(f"round {r} {variant}: KD/alone {row['ratio']:.3f}, KD test loss {row['kd_test_loss']:.4f}, "
+                      f"epochs alone {row['alone_epoch_s']} KD {row['kd_epoch_s']}, minor faults "
+                      f"{row['minor_faults']:,}", flush=True)
     summary = {}
     for variant in names:
         mine = [row for row in rows if row["variant"] == variant]

@@ -105,3 +105,67 @@ def test_batches_without_labels_are_a_clear_error(tmp_path):
     batch = {k: v for k, v in _batch(tokenizer).items() if k != "labels"}
     with pytest.raises(ValueError, match="needs 'labels'"):
         trainer.compute_loss(student, batch)
+
+
+# ----------------------------------------------------------------------------------- tokenizer / vocabulary check
+def _other_tokenizer_teacher(tmp_path, extra=("zebra", "quartz", "noodle")):
+    """A teacher whose WordPiece vocabulary puts other words first: the same text gets other token ids."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+    from transformers import BertTokenizerFast
+
+    from test_text import FILL, NEG, POS
+
+    folder = tmp_path / "other"
+    folder.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *extra, *reversed(FILL), *NEG, *POS, "what", "who", "?"]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, initializer_range=0.5)  # logits that vary with the words
+    torch.manual_seed(2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return tokenizer, AutoModelForSequenceClassification.from_pretrained(folder).eval()
+
+
+def test_a_teacher_of_another_vocabulary_is_refused_without_its_tokenizer(tmp_path):
+    tokenizer, _, student = _models(tmp_path)
+    _, other = _other_tokenizer_teacher(tmp_path)
+    with pytest.raises(ValueError, match=r"the teacher embeds \d+ tokens and the student \d+: they read different "
+                                         r"tokenizers.*teacher_tokenizer="):
+        _trainer(tmp_path, tokenizer, other, student)
+    with pytest.raises(ValueError, match="pass it as processing_class="):
+        _trainer(tmp_path, tokenizer, other, student, teacher_tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("extra", [("zebra", "quartz", "noodle"), ()])  # other size / same size, other order
+def test_with_both_tokenizers_the_teacher_reads_its_own_tokenization_of_the_text(tmp_path, extra):
+    tokenizer, _, student = _models(tmp_path)
+    t_tok, other = _other_tokenizer_teacher(tmp_path, extra)
+    trainer = _trainer(tmp_path, tokenizer, other, student, teacher_tokenizer=t_tok, processing_class=tokenizer)
+    batch = _batch(tokenizer)
+    texts = [tokenizer.decode(row, skip_special_tokens=True) for row in batch["input_ids"]]
+    with torch.no_grad():
+        expected = other(**t_tok(texts, padding=True, return_tensors="pt")).logits
+        naive = other(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    got = trainer.teacher_logits({k: v for k, v in batch.items() if k != "labels"})
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, naive, atol=1e-3)  # the student's ids would have meant other words
+    assert trainer.train().training_loss > 0
+
+
+def test_sentence_pairs_keep_their_two_segments_for_the_teacher(tmp_path):
+    tokenizer, _, student = _models(tmp_path)
+    t_tok, other = _other_tokenizer_teacher(tmp_path)
+    trainer = _trainer(tmp_path, tokenizer, other, student, teacher_tokenizer=t_tok, processing_class=tokenizer)
+    pair = tokenizer(["the movie was good", "a dull plot"], ["it is great", "what ?"], padding=True,
+                     return_tensors="pt")
+    with torch.no_grad():
+        expected = other(**t_tok(["the movie was good", "a dull plot"], ["it is great", "what ?"], padding=True,
+                                 return_tensors="pt")).logits
+    torch.testing.assert_close(trainer.teacher_logits(dict(pair)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_same_tokenizer_twice_passes_the_ids_through(tmp_path):
+    tokenizer, teacher, student = _models(tmp_path)
+    trainer = _trainer(tmp_path, tokenizer, teacher, student, teacher_tokenizer=tokenizer, processing_class=tokenizer)
+    assert trainer.teacher_tokenizer is None

@@ -18,8 +18,19 @@ app = typer.Typer(add_completion=True, no_args_is_help=True,
                   help="leankd: distill a teacher into a small student and report what the compression bought.")
 recipes_app = typer.Typer(no_args_is_help=True, help="The example recipes shipped with leankd: list, show, copy.")
 app.add_typer(recipes_app, name="recipes")
-console = Console()
-err_console = Console(stderr=True)
+# Not a terminal (a pipe, a file, CI logs): rich would squeeze tables into 80 columns and cut cells with "…", and
+# wrap long lines inside markdown rows. There the width is unbounded: every line is printed whole, and a table only
+# as wide as its cells make it.
+PIPED_WIDTH = 100_000
+
+
+def _full_width_when_piped(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=PIPED_WIDTH)
+
+
+console = _full_width_when_piped()
+err_console = _full_width_when_piped(stderr=True)
 
 
 def friendly_errors(fn):
@@ -420,7 +431,7 @@ def compare(run_dirs: List[Path] = typer.Argument(..., help="run directories"),
     from .report import compare_runs
 
     table = compare_runs(list(run_dirs))
-    console.print(table, markup=False, highlight=False)
+    console.print(table, markup=False, highlight=False, soft_wrap=True)
     if output:
         write_text_atomic(output, table)
 

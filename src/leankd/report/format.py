@@ -56,6 +56,16 @@ def fmt_millions(x: Any) -> str:
     return fmt_auto(x / 1e6) if _is_num(x) else DASH
 
 
+def fmt_si(x: Any, unit: str = "") -> str:
+    """A count with an SI prefix, as people read MACs and parameters: 864,400 -> "864.4 K", 12.5e6 -> "12.5 M"."""
+    if not _is_num(x):
+        return DASH
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= factor:
+            return f"{x / factor:.1f} {prefix}{unit}"
+    return f"{x:g} {unit}".rstrip()
+
+
 def fmt_times(x: Any) -> str:
     if not _is_num(x):
         return DASH

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ..errors import LeanKDError
+from ..report.format import DASH, fmt_auto, fmt_pct, fmt_si
 from ..report.schema import load_report
 from .metrics import candidate_metrics, latency_noise
 from .pareto import pareto_front
@@ -27,7 +28,7 @@ def collect(dirs: list[Path]) -> list[dict]:
                     continue
                 label = f"{t['rung']} {t['trial']}" + (f" seed {t['seed']}" if t["rung"] != "explore" else "")
                 rows.append({"source": str(d), "kind": "search trial", "label": label,
-                             "settings": ", ".join(f"{k}={v}" for k, v in t["params"].items()),
+                             "settings": settings_text(t["params"]),
                              **{c: t["metrics"].get(c) for c in COLUMNS},
                              "latency_flag": "est. from MACs" if t.get("latency_note") else None,
                              "note": t.get("latency_note")})
@@ -53,18 +54,28 @@ def collect(dirs: list[Path]) -> list[dict]:
     return rows
 
 
-def to_markdown(rows: list[dict]) -> str:
-    def fmt(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
+def _accuracy(v) -> str:
+    """A fraction as percent (the reports' way); another primary metric (a loss) as it is."""
+    return f"{fmt_pct(v)} %" if isinstance(v, float) and 0.0 <= v <= 1.0 else fmt_auto(v)
 
+
+# how each column is written: people read MACs as 864.4 K, not 8.644e+05
+FORMATS = {"accuracy": _accuracy, "macs": fmt_si, "params": fmt_si,
+           "size_mb": lambda v: f"{fmt_auto(v)} MB" if v is not None else DASH,
+           "latency_ms": lambda v: f"{fmt_auto(v)} ms" if v is not None else DASH,
+           "train_time_s": lambda v: f"{fmt_auto(v)} s" if v is not None else DASH}
+
+
+def settings_text(params: dict) -> str:
+    """`temperature=3.99, alpha=0.5`: a search samples floats to 16 digits, a table shows 3 significant ones."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def to_markdown(rows: list[dict]) -> str:
     head = ["source", "model / trial", "settings", *COLUMNS, "front", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = {c: fmt(r[c]) for c in COLUMNS}
+        cells = {c: FORMATS[c](r[c]) for c in COLUMNS}
         if r.get("latency_flag") and r["latency_ms"] is not None:
             cells["latency_ms"] += f" ({r['latency_flag']})"
         lines.append("| " + " | ".join([r["source"], r["label"], r["settings"], *cells.values(),
