@@ -239,6 +239,18 @@ def test_search_end_to_end_report_numbers_come_from_the_trials(tmp_path, data):
     assert c["full_trial"] == best and c["params"] == means[best][3]
     assert c["search_time_accuracy"] == pytest.approx(means[best][2])
     assert c["gain_points"] == pytest.approx(100 * (c["student_mean"] - c["baseline_mean"]))
+    # optuna-dashboard: objectives by name, one attribute per metric and per setting (full-budget trials too), and
+    # no Optuna INFO line in the search's own output
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(s / "study.journal")))
+    assert "objectives" not in recipe["search"]  # the defaults: accuracy (maximized) and MACs
+    for rung in ("explore", "full"):
+        study = optuna.load_study(study_name=f"tiny_search:{rung}", storage=storage)
+        assert study.metric_names == ["accuracy", "macs"]
+        for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+            assert t.user_attrs["metric.macs"] == t.user_attrs["metrics"]["macs"]
+            assert t.user_attrs["metric.val_accuracy"] == t.user_attrs["metrics"]["val_accuracy"]
+            assert {f"setting.{k}": v for k, v in t.user_attrs["params"].items()}.items() <= t.user_attrs.items()
+    assert "Trial 0 finished" not in result.output and "[I " not in result.output
     md = (s / "search_report.md").read_text()
     for section in ("## Idea", "## Plan", "## Results", "## Comparison with the baseline", "## Changes",
                     "## Conclusion"):

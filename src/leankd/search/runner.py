@@ -55,6 +55,9 @@ class Search(TrialRuns, Scoring, LaterRungs):
         if recipe.search is None:
             raise RecipeError("this recipe has no search: section; add one (search.space, search.objectives, "
                               "search.trials) - see docs/search.md")
+        # Optuna logs every finished trial at INFO ("[I ...] Trial 3 finished with values ..."): the search prints
+        # its own line per job, so Optuna's would only repeat it in another format
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.recipe, self.cfg = recipe, recipe.search
         self.dir = Path(search_dir)
         self.resume, self.force, self.quiet = resume, force, quiet
@@ -118,6 +121,8 @@ class Search(TrialRuns, Scoring, LaterRungs):
                 study_name=f"{name}:{rung}", storage=self.storage, directions=self.directions, load_if_exists=True,
                 sampler=sampler if rung == "explore" else optuna.samplers.RandomSampler(seed=self.cfg.seed),
                 pruner=pruner if rung == "explore" else optuna.pruners.NopPruner())
+            # optuna-dashboard and study.trials_dataframe() name the objectives ("accuracy", "macs"), not 0, 1
+            self.studies[rung].set_metric_names([o.metric for o in self.cfg.objectives])
         self.recover()
 
     def recover(self) -> None:

@@ -69,7 +69,8 @@ class Scoring:
         violations = self._violations(metrics)
         for key, value in {"run_dir": str(run_dir.relative_to(self.dir)), "metrics": metrics,
                            "violations": violations, "latency_note": latency_note,
-                           "duration_s": round(time.perf_counter() - started, 2)}.items():
+                           "duration_s": round(time.perf_counter() - started, 2),
+                           **dashboard_attrs(metrics, storage.get_trial(trial_id).user_attrs.get("params"))}.items():
             if value is not None:
                 storage.set_trial_user_attr(trial_id, key, value)
         if study is self.studies["explore"] and self.cfg.constraints:  # the sampler learns what is feasible
@@ -83,3 +84,13 @@ class Scoring:
             study.tell(number, state=TrialState.FAIL)
         else:
             study.tell(number, values)
+
+
+def dashboard_attrs(metrics: dict, params: Optional[dict]) -> dict:
+    """One user attribute per measured metric (`metric.accuracy`, `metric.macs`) and per setting
+    (`setting.distill.temperature`), beside the JSON `metrics`/`params` the search itself reads: optuna-dashboard and
+    `trials_dataframe()` show each as its own column, and trials of the full-budget and confirmation rungs (queued
+    with fixed settings, so Optuna holds no params for them) show what they ran."""
+    attrs = {f"metric.{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    attrs.update({f"setting.{k}": v for k, v in (params or {}).items()})
+    return attrs
