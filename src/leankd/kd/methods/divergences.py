@@ -14,6 +14,7 @@ with options (`kd` keeps its batch mean over every row, so runs made with it kee
   `chunk_rows` at a time and the gradient of each chunk is taken right away (the chunked-loss trick of Liger
   Kernel): no fp32 [N, V] intermediate ever exists; the one [N, V] tensor made is the gradient, in the logits' own
   dtype. `chunk_rows` changes memory, not the value, so it is not part of `describe()` (the stage fingerprint).
+  A batch that fits one chunk (by default about 33M logits: any character-level step) is plain autograd.
 - fp32 whatever the autocast dtype: each chunk is upcast and computed with autocast off, from log_softmax on both
   sides; mixtures are formed in log space (logaddexp), never as log of a sum of probabilities.
 
@@ -41,24 +42,34 @@ from ..losses import UNLABELED, Loss, LossInputs, _fmt
 from ..registry import (RAW, TRANSFORMS, BuildContext, DistributionTerm, LogitTransform, LossKind, register_loss,
                         temperature_of)
 
-# 1024 rows x V 50k x 4 bytes = 0.2 GB per fp32 chunk tensor, 4-8 of them alive at once (benchmarks/lm_divergences.py);
-# small vocabularies pay a few Python-level chunk iterations per step
-DEFAULT_CHUNK_ROWS = 1024
+# Chunks hold about this many logits: 2**25 x 4 bytes = 134 MB per fp32 chunk tensor, 4-8 of them alive at once
+# (benchmarks/lm_divergences.py): 1,024 rows of a 32k vocabulary, 667 of GPT-2's 50k. A character or small-BPE
+# vocabulary fits a whole step in one chunk, and a step in one chunk runs as plain autograd (no per-chunk gradient
+# pass: on a 66k-parameter character student that pass was ~7 % of the step).
+CHUNK_ELEMENTS = 2 ** 25
 
 
-def token_mean(rows, student: Tensor, teacher: Tensor, targets: Tensor, chunk_rows: int) -> Tensor:
+def rows_per_chunk(chunk_rows: Optional[int], vocab: int) -> int:
+    """`chunk_rows` when set (the recipe's), else as many rows as CHUNK_ELEMENTS logits of this vocabulary."""
+    return int(chunk_rows) if chunk_rows is not None else max(1, CHUNK_ELEMENTS // max(int(vocab), 1))
+
+
+def token_mean(rows, student: Tensor, teacher: Tensor, targets: Tensor, chunk_rows: Optional[int] = None) -> Tensor:
     """Σ rows(student_chunk, teacher_chunk) over the unmasked rows / their number (0 when none), in fp32.
 
     `rows(s, t)` maps [c, V] logits (any dtype) to [c] fp32 values. `targets` has one entry per row (any shape
-    whose size is N); entries equal to -100 mask their row."""
+    whose size is N); entries equal to -100 mask their row. `chunk_rows`: rows per chunk (None: `rows_per_chunk`)."""
     vocab = student.shape[-1]
+    chunk_rows = rows_per_chunk(chunk_rows, vocab)
     s, t = student.reshape(-1, vocab), teacher.detach().reshape(-1, vocab)
     keep = targets.reshape(-1) != UNLABELED
     if keep.numel() != s.shape[0]:
         raise ValueError(f"token divergence: {keep.numel()} targets for {s.shape[0]} rows of logits "
                          f"{tuple(student.shape)}; give one target per position (-100 masks it)")
     count = keep.sum().clamp(min=1).to(torch.float32)  # a tensor op: no host sync
-    if torch.is_grad_enabled() and s.requires_grad:
+    if torch.is_grad_enabled() and s.requires_grad and s.shape[0] <= chunk_rows:  # one chunk: plain autograd
+        total = _masked_sum(rows, s, t, keep)
+    elif torch.is_grad_enabled() and s.requires_grad:
         total = _ChunkedSum.apply(s, t, keep, rows, int(chunk_rows))
     else:
         total = s.new_zeros((), dtype=torch.float32)
@@ -124,14 +135,15 @@ class TokenDivergence(Loss):
     name = "?"
     t_squared = True
 
-    def __init__(self, temperature: float = 1.0, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    def __init__(self, temperature: float = 1.0, chunk_rows: Optional[int] = None,
                  transform: Optional[LogitTransform] = None):
         super().__init__()
         if temperature <= 0:
             raise RecipeError(f"{self.name} temperature must be > 0, got {temperature}")
-        if int(chunk_rows) < 1:
+        if chunk_rows is not None and int(chunk_rows) < 1:
             raise RecipeError(f"{self.name} chunk_rows must be >= 1, got {chunk_rows}")
-        self.temperature, self.chunk_rows, self.transform = float(temperature), int(chunk_rows), transform
+        self.temperature, self.transform = float(temperature), transform
+        self.chunk_rows = None if chunk_rows is None else int(chunk_rows)
 
     def rows_from(self, log_ps: Tensor, log_pt: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -247,8 +259,8 @@ _JSD_ENDS = "at beta 0 and 1 the mixture equals one side and JSD is 0; for TRL's
 
 # recipe names -----------------------------------------------------------------------------------------------------
 class _TokenTerm(DistributionTerm):
-    chunk_rows: int = Field(DEFAULT_CHUNK_ROWS, ge=1, description="rows (tokens) per fp32 chunk: memory, not the "
-                                                                 "value")
+    chunk_rows: Optional[int] = Field(None, ge=1, description="rows (tokens) per fp32 chunk: memory, not the value "
+                                      "(default: about 33M logits a chunk, e.g. 1,024 rows of a 32k vocabulary)")
 
 
 class ForwardKLTerm(_TokenTerm):
