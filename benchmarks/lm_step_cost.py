@@ -36,11 +36,13 @@ VARIANTS = {  # teacher settings of each contestant
 }
 
 
-def recipe(variant: str, weights: str, run_dir: Path, limit_train: int, epochs: int) -> dict:
+def recipe(variant: str, weights: str, run_dir: Path, limit_train: int, epochs: int, seed: int = 0) -> dict:
     r = yaml.safe_load(RECIPE.read_text())
     r["data"]["source"] = str((ROOT / r["data"]["source"]).resolve())
     r["data"]["limit_train"] = limit_train
     r["seeds"] = None
+    r["seed"] = seed  # the students' initialization and batch order; the split stays the recipe's (split_seed 0)
+    r["data"]["split_seed"] = 0
     r["teacher"] = {**r["teacher"], **VARIANTS[variant], "checkpoint": weights}
     r["train"]["epochs"] = epochs
     r["compress"] = {"targets": []}
@@ -55,10 +57,10 @@ def epochs_after_first(path: Path) -> list[float]:
     return [r["epoch_time_s"] for r in rows[1:]]
 
 
-def run_one(variant: str, weights: str, work: Path, limit_train: int, epochs: int) -> dict:
+def run_one(variant: str, weights: str, work: Path, limit_train: int, epochs: int, seed: int = 0) -> dict:
     run_dir = work / variant.replace(" ", "_").replace("-", "")
     path = work / f"{run_dir.name}.yaml"
-    path.write_text(yaml.safe_dump(recipe(variant, weights, run_dir, limit_train, epochs)))
+    path.write_text(yaml.safe_dump(recipe(variant, weights, run_dir, limit_train, epochs, seed)))
     start = time.perf_counter()
     faults = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-m", "leankd.cli", "run", str(path), "--run-dir", str(run_dir), "--force",
@@ -92,7 +94,10 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lm_step_cost"))
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list out of {list(VARIANTS)}")
+    p.add_argument("--seeds", default="0", help="students' seeds, one per round in turn (e.g. 0,1 with --rounds 2: "
+                   "quality over two seeds, timing over both rounds)")
     args = p.parse_args(argv)
+    seeds = [int(x) for x in args.seeds.split(",")]
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         p.error(f"--variants: unknown {sorted(unknown)}; choose from {list(VARIANTS)}")
@@ -102,10 +107,11 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="lm-step-cost-") as tmp:
         for r in range(args.rounds):
+            seed = seeds[r % len(seeds)]
             for variant in names[r % len(names):] + names[:r % len(names)]:
                 row = run_one(variant, str(Path(args.teacher_weights).resolve()), Path(tmp), args.limit_train,
-                              args.epochs)
-                row["round"] = r
+                              args.epochs, seed)
+                row["round"], row["seed"] = r, seed
                 rows.append(row)
                 print(f"round {r} {variant}: KD/alone {row['ratio']:.3f}, KD test loss {row['kd_test_loss']:.4f}, "
                       f"epochs alone {row['alone_epoch_s']} KD {row['kd_epoch_s']}, minor faults "
