@@ -30,7 +30,10 @@ def test_piped_compare_is_valid_markdown_and_long_lines_stay_whole(tmp_path):
     run_dir = next((tmp_path / "runs").iterdir())
     compared = cli("compare", run_dir, run_dir, env={"COLUMNS": ""})
     assert compared.code == 0, compared.text[-3000:]
-    rows = [line for line in compared.out.splitlines() if line.strip()]
-    assert rows and all(line.startswith("|") and line.endswith("|") for line in rows), compared.out
+    rows = [line for line in compared.out.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + 6 and all(line.endswith("|") for line in rows), compared.out  # header, rule, 2 x 3 models
     assert len({line.count(" | ") for line in rows}) == 1  # one cell count: no row wrapped onto a second line
+    others = [line for line in compared.out.splitlines() if line.strip() and not line.startswith("|")]
+    assert all(" | " not in line for line in others)  # no fragment of a wrapped row below the table
+    assert any(line.startswith("Best KD student") for line in others)  # the sentence is one whole line
     assert "…" not in compared.out

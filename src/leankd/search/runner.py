@@ -26,6 +26,7 @@ import os
 import signal
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -122,7 +123,9 @@ class Search(TrialRuns, Scoring, LaterRungs):
                 sampler=sampler if rung == "explore" else optuna.samplers.RandomSampler(seed=self.cfg.seed),
                 pruner=pruner if rung == "explore" else optuna.pruners.NopPruner())
             # optuna-dashboard and study.trials_dataframe() name the objectives ("accuracy", "macs"), not 0, 1
-            self.studies[rung].set_metric_names([o.metric for o in self.cfg.objectives])
+            with warnings.catch_warnings():  # "experimental since 3.2": stable in use, still flagged in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.studies[rung].set_metric_names([o.metric for o in self.cfg.objectives])
         self.recover()
 
     def recover(self) -> None:
