@@ -266,6 +266,13 @@ def test_stream_section_needs_a_stream_source(tmp_path):
         parse_recipe(recipe(tmp_path, "demo", {"test": "x"}))
 
 
+def test_other_task_kinds_refuse_a_streamed_source(tmp_path):
+    raw = recipe(tmp_path, "webdataset:s-{0..1}.tar", {"test": "t.tar"}, task="keyword_spotting")
+    with pytest.raises(RecipeError, match=r"is a stream, which data.task 'keyword_spotting' does not read "
+                                          r"\(streamed sources are read by image_classification\)"):
+        parse_recipe(raw)
+
+
 def test_fingerprint_of_a_recipe_without_stream_is_unchanged(tmp_path):
     """`data.stream` unset is left out of the data fingerprint, so existing run directories stay valid."""
     r = parse_recipe(recipe(tmp_path, "demo"))
@@ -290,3 +297,28 @@ def test_validate_reads_only_the_first_sample(tmp_path, data):
         add(tf, "a.png", png(0, 0))
     with pytest.raises(DataError, match=r"sample 'a' has no label"):
         check_recipe(parse_recipe(recipe(tmp_path, f"webdataset:{bad}", {"test": data["test"]})))
+
+
+def test_three_shards_on_two_processes_train_what_one_process_trains(tmp_path, data):
+    """torchrun with 2 processes on 3 shards (not divisible by the world size): every rank reads every shard in the
+    same order and trains on its share of each global batch, so the step counts match (no hang) and the losses are
+    one process's (BatchNorm over the global batch: train.sync_bn)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    r = recipe(tmp_path, "webdataset:" + data["train"], {"test": data["test"], "shuffle": 100})
+    r["train"]["sync_bn"], r["baseline"] = True, False  # two stages are enough to show it
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(r))
+    runs = {}
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        runs[name] = tmp_path / name
+        out = subprocess.run([sys.executable, "-m", "leankd", "run", str(path), "--run-dir", str(runs[name]), "-q",
+                              *extra], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+    for stage in ("teacher", "student"):
+        one, two = ([json.loads(x)["train_loss"] for x in (runs[n] / stage / "metrics.jsonl").read_text().splitlines()]
+                    for n in ("one", "two"))
+        assert two == pytest.approx(one, rel=2e-3), stage

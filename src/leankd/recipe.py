@@ -88,6 +88,11 @@ class DataConfig(WithSections):
                 raise ValueError(f"data.{section} is for data.task: {' or '.join(owners(section))}, not "
                                  f"{self.task!r}: remove it")
         kind.check_data(self)
+        if stream_kind(self.source) is not None and not kind.stream_sources:
+            readers = [name for name, k in TASK_KINDS.items() if k.stream_sources]
+            raise ValueError(f"data.source {self.source!r} is a stream, which data.task {self.task!r} does not read "
+                             f"(streamed sources are read by {', '.join(readers) or 'no task kind'}): give its data as "
+                             "files or a folder")
         if stream_kind(self.source) is None and self.stream is not None:
             raise ValueError(f"data.stream applies to a streamed source (webdataset:SHARDS or hf-stream:PATH), not "
                              f"{self.source!r}: remove data.stream")

@@ -62,6 +62,6 @@ def check_source(cfg):
 
 
 KIND = register_kind(TaskKind(
-    "image_classification", build, check=check, check_source=check_source,
+    "image_classification", build, check=check, check_source=check_source, stream_sources=True,
     refusals={"augment": "images and audio augment through data.augment"},
     summary="images in class folders or streamed (tar shards, hf-stream); accuracy, per-class recall"))
