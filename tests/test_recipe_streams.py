@@ -188,6 +188,20 @@ def test_recipe_on_shards_trains_teacher_baseline_and_kd(tmp_path, data):
     assert report["models"]["teacher"]["quality"]["accuracy"] > 0.5  # the dominant channel: learnable at once
 
 
+def test_an_epoch_is_the_same_whether_or_not_the_one_before_ran(tmp_path, data):
+    """What makes `--resume` exact on a one-pass stream: epoch 1's batches (shuffle, augmentation) come from (seed,
+    epoch) alone, so a task that starts at epoch 1 draws what one that ran epoch 0 first draws."""
+    r = parse_recipe(recipe(tmp_path, "webdataset:" + data["train"], {"test": data["test"], "shuffle": 20},
+                            augment={"crop_padding": 2, "hflip": True}))
+    ran, fresh = build_task(r.data, CPU, 0), build_task(r.data, CPU, 0)
+    epoch0 = list(ran.train_batches(0, 16, seed=5))
+    after, alone = list(ran.train_batches(1, 16, seed=5)), list(fresh.train_batches(1, 16, seed=5))
+    assert len(after) == len(alone) == 6
+    for a, b in zip(after, alone):
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+    assert not torch.equal(epoch0[0].targets, after[0].targets)  # a new epoch reshuffles
+
+
 def test_steps_per_epoch_skips_the_label_pass(tmp_path, data, monkeypatch):
     calls = []
     monkeypatch.setattr(shards, "scan_shards", lambda paths, what: calls.append(what) or _real_scan(paths, what))
