@@ -130,7 +130,8 @@ def test_label_and_image_refusals_name_the_shard_and_the_key(tmp_path):
 
 def test_missing_shards_are_named(tmp_path, data):
     pattern = data["train"].replace("000002", "000004")  # shards 3 and 4 do not exist
-    with pytest.raises(DataError, match=r"2 of the 5 shards .* not found \(.*train-000003.tar, .*train-000004.tar\): fix the pattern"):
+    with pytest.raises(DataError, match=r"2 of the 5 shards .* not found "
+                                        r"\(.*train-000003.tar, .*train-000004.tar\): fix the pattern"):
         shards.shard_paths(pattern, "train shards")
 
 
@@ -145,6 +146,22 @@ def test_shuffle_is_seeded_per_epoch_and_workers_split_the_shards(data):
     assert sorted(first) == sorted(other) == sorted(y for _, _, y in data["train_items"])  # each sample once
     loader = torch.utils.data.DataLoader(shards.ShardStream(paths, None, None), batch_size=None, num_workers=2)
     assert sorted(int(y) for _, y in loader) == sorted(y for _, _, y in data["train_items"])
+
+
+def test_a_rank_decodes_only_its_rows_of_each_batch(data):
+    """Under torchrun (rank 1 of 2, batches of 4) rows 2-3 of every batch are decoded, rows 0-1 are zeros the loop
+    never trains this rank on; labels are all there. With two DataLoader workers the rows count per worker."""
+    paths = shards.shard_paths(data["train"], "train shards")
+    full = list(shards.ShardStream(paths, None, None))
+    stream = shards.ShardStream(paths, None, None)
+    stream.set_share(shards.RankShare(4, rank=1, world=2, shape=(3, 8, 8)))
+    mine = list(stream)
+    assert [y for _, y in mine] == [y for _, y in full]
+    for i, ((x, _), (ref, _)) in enumerate(zip(mine, full)):
+        assert torch.equal(x, ref) if i % 4 in (2, 3) else not x.any()
+    loader = torch.utils.data.DataLoader(stream, batch_size=4, num_workers=2, drop_last=True)
+    for x, _ in loader:
+        assert not x[:2].any() and x[2:].flatten(1).any(1).all()
 
 
 # ------------------------------------------------------------------------------------ the same as a folder
@@ -256,7 +273,8 @@ def test_hf_stream_jsonl_with_image_paths_decodes_like_the_folder(tmp_path, data
 
 # ------------------------------------------------------------------------------------------------ refusals
 @pytest.mark.parametrize("change, needles", [
-    ({"teacher": {"model": "resnet8", "cache": True}}, ["teacher.cache", "stable sample index", "turn teacher.cache off"]),
+    ({"teacher": {"model": "resnet8", "cache": True}},
+     ["teacher.cache", "stable sample index", "turn teacher.cache off"]),
     ({"teacher": {"model": "resnet8", "limit_train": 10}}, ["teacher.limit_train", "remove it"]),
     ({"data": {"in_memory": True}}, ["data.in_memory", "remove data.in_memory"]),
     ({"data": {"val_fraction": 0.2}}, ["data.val_fraction", "data.stream.val"]),
@@ -326,13 +344,19 @@ def test_three_shards_on_two_processes_train_what_one_process_trains(tmp_path, d
     r["train"]["sync_bn"], r["baseline"] = True, False  # two stages are enough to show it
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(r))
-    runs = {}
-    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
-        runs[name] = tmp_path / name
-        out = subprocess.run([sys.executable, "-m", "leankd", "run", str(path), "--run-dir", str(runs[name]), "-q",
-                              *extra], capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stdout + out.stderr
+    runs = {"one": tmp_path / "one", "two": tmp_path / "two"}
+    leankd.run(r, run_dir=runs["one"], quiet=True)
+    out = subprocess.run([sys.executable, "-m", "leankd", "run", str(path), "--run-dir", str(runs["two"]), "-q",
+                          "--nproc", "2"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
     for stage in ("teacher", "student"):
         one, two = ([json.loads(x)["train_loss"] for x in (runs[n] / stage / "metrics.jsonl").read_text().splitlines()]
                     for n in ("one", "two"))
         assert two == pytest.approx(one, rel=2e-3), stage
+
+
+def test_a_file_that_is_not_a_tar_is_named(tmp_path):
+    bad = tmp_path / "broken-0.tar"
+    bad.write_bytes(b"this is not a tar archive" * 40)
+    with pytest.raises(DataError, match=r"cannot read shard .*broken-0.tar .*re-create it"):
+        shards.scan_shards([bad], "train data")

@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 import re
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -96,9 +97,10 @@ def samples(path: Path) -> Iterator[tuple[str, dict[str, bytearray]]]:
                 members = {}
             key = k
             members[ext] = data
-    except (OSError, EOFError, ValueError) as e:
-        raise DataError(f"cannot read shard {path} ({e.__class__.__name__}: {e}); check that it is a complete tar "
-                        "(re-copy or re-create it)") from None
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        reason = (str(e).splitlines() or [""])[0].rstrip(":")
+        raise DataError(f"cannot read shard {path} ({e.__class__.__name__}: {reason}); check that it is a complete "
+                        "tar (re-copy or re-create it)") from None
     if members:
         yield key, members
 
@@ -203,6 +205,24 @@ def quotas(counts: list[int], limit: Optional[int]) -> Optional[list[int]]:
     return out
 
 
+class RankShare:
+    """Which examples of a pass this process decodes under torchrun. Every rank reads the whole stream (the same
+    global batches as one process), but the loop trains each rank on rows `shard_bounds(B, rank, world)` of every
+    batch of B: the other rows are read, never decoded, and stand in as zeros that nothing reads. Example j of a
+    DataLoader worker's sequence is row j % B of that worker's batch (full batches: `drop_last`)."""
+
+    def __init__(self, batch_size: int = 1, rank: int = 0, world: int = 1, shape: tuple = ()):
+        self.batch_size, self.shape = batch_size, tuple(shape)
+        self.start, self.end = batch_size * rank // world, batch_size * (rank + 1) // world
+        self.everything = world == 1 or not self.shape
+
+    def decodes(self, position: int) -> bool:
+        return self.everything or self.start <= position % self.batch_size < self.end
+
+    def stand_in(self) -> torch.Tensor:
+        return torch.zeros(self.shape, dtype=torch.uint8)
+
+
 def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
     """A shuffle buffer of `size` items (WebDataset's): each item leaves at a random time within the window."""
     buffer: list = []
@@ -232,11 +252,15 @@ class ShardStream(IterableDataset):
         self.paths, self.labels, self.image_size = list(paths), labels, image_size
         self.num_classes = num_classes
         self.shuffle, self.seed, self.quota, self.length, self.what = shuffle, seed, quota, length, what
-        self.epoch = 0
+        self.epoch, self.share = 0, RankShare()
 
     def set_epoch(self, epoch: int) -> None:
         """Which pass this is (the task sets it before each pass): the shuffle is drawn from (seed, epoch)."""
         self.epoch = int(epoch)
+
+    def set_share(self, share: RankShare) -> None:
+        """Under torchrun: decode only this rank's rows of each batch (`RankShare`); the task sets it per pass."""
+        self.share = share
 
     def __len__(self) -> int:
         if self.length is None:
@@ -254,7 +278,10 @@ class ShardStream(IterableDataset):
         if self.shuffle:
             records = shuffled(records, self.shuffle, rng)
         decoder = Decoder(self.image_size)
-        for name, blob, label in records:
+        for position, (name, blob, label) in enumerate(records):
+            if not self.share.decodes(position):
+                yield self.share.stand_in(), label
+                continue
             data = torch.frombuffer(blob, dtype=torch.uint8) if blob else torch.empty(0, dtype=torch.uint8)
             yield decoder.decode([name], [data])[0], label
 

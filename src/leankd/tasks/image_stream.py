@@ -14,7 +14,8 @@ What a stream changes, feature by feature (the recipe refuses, before anything t
 - no teacher cache, `teacher.limit_train` or `in_memory` (they need a stable sample index or the data in memory);
 - under torchrun every rank reads the whole stream in the same order and the loop trains each on its share of
   every global batch (`IterableTask`): the same batches as one process, equal step counts on every rank whatever
-  the number of shards; each rank decodes every example.
+  the number of shards. Each rank decodes only its own rows of each batch (`shards.RankShare`; the rest are read,
+  not decoded), so decoding is split between the ranks; reading is not.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from .image import _augment, _info  # the in-memory path's augmentation and repo
 from .items import Source
 from .stream import IterableTask
 
-STATS_SAMPLE = 2000  # training examples the mean/std are computed from (as for a streamed ImageFolder)
+STATS_SAMPLE = 2000  # training examples the mean/std are computed from (as for a streamed ImageFolder); with
+# data.mean/std given, 64 only (the image size and the report's grayscale check read them)
 
 
 def build_stream_image_task(cfg: DataConfig, device: torch.device, seed: int, channels_last: bool) -> IterableTask:
@@ -46,7 +48,7 @@ def build_stream_image_task(cfg: DataConfig, device: torch.device, seed: int, ch
     if num_classes < 2:
         raise DataError(f"data.source {cfg.source}: the labels name {num_classes} class; image classification needs "
                         "at least two")
-    sample = _first(datasets["train"], STATS_SAMPLE)
+    sample = _first(datasets["train"], STATS_SAMPLE if cfg.mean is None else 64)
     augment = _augment(cfg, sample, channels_last)
     sizes = {name: len(ds) for name, ds in datasets.items() if _sized(ds)}
     split = {"method": "given splits (streamed)", "unit": "images", "examples": sizes or None,
@@ -57,6 +59,7 @@ def build_stream_image_task(cfg: DataConfig, device: torch.device, seed: int, ch
                          for name, ds in datasets.items()}, num_classes, device,
                         steps_per_epoch=stream.steps_per_epoch, transform=augment, class_names=classes, info=info)
     task.kind = "image_classification"
+    task.share_shape = tuple(sample.shape[1:])  # under torchrun a rank decodes only its rows of each batch
     task.eval_split = _eval_split(cfg.eval_split, datasets, notes)
     if "val" not in datasets:
         notes.append("no per-epoch validation: a stream has no index to hold examples out by (data.val_fraction does "

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from ..core import dist
 from ..core.task import Batch, Task
 from ..errors import DataError
 from .items import Source, count_stream, length
@@ -70,6 +71,7 @@ class IterableTask(Task):
         if self.eval_split == "train":
             self.notes.append("no validation or test data was given: quality is measured on the TRAINING data")
         self._stream, self._next_epoch = None, None
+        self.share_shape: Optional[tuple] = None  # set for a stream with `set_share` (see `_batches`)
 
     def split_size(self, split: str) -> int:
         return (self._sizes.get(split) or 0) if split in self.sources else 0
@@ -84,6 +86,11 @@ class IterableTask(Task):
             dataset.set_epoch(pass_id)
         n = self._sizes["train"]
         drop_last = n is None or n >= batch_size
+        if self.share_shape is not None:  # leankd's own streams: decode only this rank's rows (data.shards.RankShare)
+            from ..data.shards import RankShare
+
+            world = dist.world_size() if drop_last else 1  # a pass shorter than one batch: every row
+            dataset.set_share(RankShare(batch_size, dist.rank(), world, self.share_shape))
         return iter(self.sources["train"].loader(batch_size, "train_data", drop_last=drop_last))
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
