@@ -331,10 +331,11 @@ def test_validate_reads_only_the_first_sample(tmp_path, data):
         check_recipe(parse_recipe(recipe(tmp_path, f"webdataset:{bad}", {"test": data["test"]})))
 
 
+@pytest.mark.slow  # two interpreters under torchrun plus a one-process run: about a minute on 2 busy cores
 def test_three_shards_on_two_processes_train_what_one_process_trains(tmp_path, data):
     """torchrun with 2 processes on 3 shards (not divisible by the world size): every rank reads every shard in the
-    same order and trains on its share of each global batch, so the step counts match (no hang) and the losses are
-    one process's (BatchNorm over the global batch: train.sync_bn)."""
+    same order and trains on its share of each global batch, decoding only that share, so the step counts match (no
+    hang) and the losses are one process's (BatchNorm over the global batch: train.sync_bn)."""
     import subprocess
     import sys
 
