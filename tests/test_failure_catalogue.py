@@ -1097,3 +1097,90 @@ def test_lm_model_bad_width_refused_before_training(tmp_path):
     result = cli("run", path, "--quiet")
     assert_clean_error(result, "gpt: hidden=30 is not divisible by heads=4", "e.g. hidden=32")
     assert not list((tmp_path / "runs").rglob("*.safetensors"))  # nothing was trained
+
+
+# ============================================================================================ streams (streams helper)
+def _shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
+    """A tar shard of WebDataset samples: (key, {extension: bytes})."""
+    import io
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tf:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _png(value: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (value, 0, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _stream_recipe(tmp_path: Path, source: str, stream: dict, **changes) -> dict:
+    recipe = tiny_recipe(tmp_path)
+    recipe["data"] = {"source": source, "num_workers": 0, "stream": stream}
+    for key, value in changes.items():
+        recipe[key] = {**recipe.get(key, {}), **value}
+    return recipe
+
+
+def _labelled(n: int, start: int = 0) -> list:
+    return [(f"s{k:03d}", {"png": _png(10 * k), "cls": str(k % 2).encode()}) for k in range(start, start + n)]
+
+
+def test_stream_missing_shard_names_it_before_training(tmp_path):
+    _shard(tmp_path / "sh" / "train-0.tar", _labelled(8))
+    _shard(tmp_path / "sh" / "test-0.tar", _labelled(4, 100))
+    recipe = _stream_recipe(tmp_path, f"webdataset:{tmp_path}/sh/train-{{0..1}}.tar",
+                            {"test": str(tmp_path / "sh" / "test-0.tar")})
+    result = cli("run", write_yaml(tmp_path / "r.yaml", recipe), "--quiet")
+    assert_clean_error(result, "1 of the 2 shards", "train-1.tar", "fix the pattern")
+    assert not list((tmp_path / "runs").rglob("*.safetensors"))
+
+
+def test_stream_sample_without_label_names_shard_and_key(tmp_path):
+    samples = _labelled(6) + [("orphan", {"png": _png(99)})]
+    _shard(tmp_path / "sh" / "train-0.tar", samples)
+    _shard(tmp_path / "sh" / "test-0.tar", _labelled(4, 100))
+    recipe = _stream_recipe(tmp_path, f"webdataset:{tmp_path}/sh/train-0.tar",
+                            {"test": str(tmp_path / "sh" / "test-0.tar")})
+    result = cli("run", write_yaml(tmp_path / "r.yaml", recipe), "--quiet")
+    assert_clean_error(result, "train-0.tar", "sample 'orphan' has no label", "add orphan.cls")
+    assert not list((tmp_path / "runs").rglob("*.safetensors"))
+
+
+def test_stream_with_teacher_cache_is_refused_when_read(tmp_path):
+    recipe = _stream_recipe(tmp_path, "webdataset:sh/train-{0..3}.tar", {"test": "sh/test-0.tar"},
+                            teacher={"cache": True})
+    assert_clean_error(cli("validate", write_yaml(tmp_path / "r.yaml", recipe)), "teacher.cache",
+                       "stable sample index", "turn teacher.cache off")
+
+
+def test_stream_without_a_test_split_is_refused(tmp_path):
+    recipe = _stream_recipe(tmp_path, "webdataset:sh/train-{0..3}.tar", {"shuffle": 0})
+    assert_clean_error(cli("validate", write_yaml(tmp_path / "r.yaml", recipe)), "data.stream.test",
+                       "data it did not train on")
+
+
+def test_hf_stream_without_datasets_names_the_extra(tmp_path):
+    """`datasets` not importable (a stand-in package that raises ImportError first on the path): exit 2, naming the
+    extra to install, before anything trains."""
+    blocker = tmp_path / "blocker" / "datasets"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('datasets is not installed (simulated)')\n")
+    (tmp_path / "data.parquet").write_bytes(b"PAR1")
+    recipe = _stream_recipe(tmp_path, f"hf-stream:{tmp_path / 'data.parquet'}", {"val": "train"})
+    path = write_yaml(tmp_path / "r.yaml", recipe)
+    env = {"PYTHONPATH": os.pathsep.join([str(blocker.parent), str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = cli("run", path, "--quiet", env=env)
+    assert_clean_error(result, "hf-stream", "pip install 'leankd[stream]'")
+    assert not list((tmp_path / "runs").rglob("*.safetensors"))

@@ -22,6 +22,7 @@ from .errors import RecipeError
 from .recipe_distill import DistillConfig, FeatureTerm, LayerCandidates
 from .recipe_errors import format_validation_error as _format_validation_error
 from .recipe_sections import WithSections
+from .recipe_stream import StreamConfig, stream_kind
 from .recipe_train import ModelConfig, Precision, StudentConfig, TeacherConfig, TrainConfig, TrainOverride
 from .search.config import SearchConfig
 
@@ -42,7 +43,8 @@ class DataConfig(WithSections):
     """What data, how it is split and held; a task kind's own settings are its section (`TaskKind.data_sections`,
     e.g. data.audio for keyword_spotting), validated with the model the kind declares."""
 
-    source: str = Field("demo", description="'demo', an ImageFolder dir, a .tar/.tar.gz of one, or torchvision:NAME:ROOT")
+    source: str = Field("demo", description="'demo', an ImageFolder dir, a .tar/.tar.gz of one, torchvision:NAME:ROOT, "
+                        "or a stream: webdataset:SHARDS (e.g. train-{000..003}.tar) or hf-stream:PATH (data.stream)")
     task: str = Field("image_classification", description="a registered task kind (leankd.tasks.TASKS)")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of train for per-epoch validation")
     eval_split: Literal["test", "val"] = Field("test", description="split the final report is measured on")
@@ -60,6 +62,8 @@ class DataConfig(WithSections):
                                                                "images, a random subset of audio clips")
     limit_test: Optional[int] = Field(None, gt=0, description="report on a stratified subset of N test images (quick "
                                                               "CPU runs; in-memory image data; the report says so)")
+    stream: Optional[StreamConfig] = Field(None, description="settings of a streamed source (webdataset:, "
+                                           "hf-stream:); see leankd/recipe_stream.py")
     # the built-in kinds' sections: fields in their old places so dumped recipes keep them (recipe_sections)
     audio: Optional[Any] = Field(None, description="keyword spotting settings, defaults when unset "
                                                    "(leankd/tasks/kinds/audio_config.py)")
@@ -84,6 +88,14 @@ class DataConfig(WithSections):
                 raise ValueError(f"data.{section} is for data.task: {' or '.join(owners(section))}, not "
                                  f"{self.task!r}: remove it")
         kind.check_data(self)
+        if stream_kind(self.source) is not None and not kind.stream_sources:
+            readers = [name for name, k in TASK_KINDS.items() if k.stream_sources]
+            raise ValueError(f"data.source {self.source!r} is a stream, which data.task {self.task!r} does not read "
+                             f"(streamed sources are read by {', '.join(readers) or 'no task kind'}): give its data as "
+                             "files or a folder")
+        if stream_kind(self.source) is None and self.stream is not None:
+            raise ValueError(f"data.stream applies to a streamed source (webdataset:SHARDS or hf-stream:PATH), not "
+                             f"{self.source!r}: remove data.stream")
 
 
 class MeasureConfig(Strict):

@@ -63,6 +63,7 @@ def _stable(settings: dict, added_defaults: dict) -> dict:
     return {k: v for k, v in settings.items() if not (k in added_defaults and v == added_defaults[k])}
 
 
+ADDED_DATA_DEFAULTS = {"text": None, "stream": None}
 ADDED_TEXT_DEFAULTS = {"word_min_freq": 1, "word_max_size": None, "encoding": "utf-8"}
 ADDED_SEQ_DEFAULTS = {"header": True, "encoding": "utf-8"}
 ADDED_AUDIO_DEFAULTS = {"speaker_pattern": None}
@@ -72,7 +73,7 @@ WORD_SETTINGS = {"word_min_freq": True, "word_max_size": True}  # read by word-l
 def _data_settings(data: dict, seed: int) -> dict:
     """The data settings a stage depends on, without settings added later at their defaults (old runs stay valid);
     a split_seed equal to the run's seed is the default split, so it is left out too."""
-    data = _stable(data, {"text": None})
+    data = _stable(data, ADDED_DATA_DEFAULTS)
     if data.get("split_seed") in (None, seed):
         data.pop("split_seed", None)
     if data.get("text") is not None:

@@ -52,7 +52,9 @@ class TaskKind:
     pipeline calls it for every kind that has one, so it never names a kind. `replaces_student`: those stages include
     the run's main `student` (seq2seq: its main `distill.seq` method), so the pipeline trains no logit/feature KD
     student of its own; otherwise they come after it. `report_notes(models) -> [sentence]`: notes the kind adds under
-    the report's tables, from the measured model entries (seq2seq: how its students' decoding compares)."""
+    the report's tables, from the measured model entries (seq2seq: how its students' decoding compares).
+    `stream_sources`: the kind reads a streamed `data.source` (webdataset:, hf-stream:; `data.stream`); a recipe of
+    any other kind naming one is refused when it is read."""
 
     name: str
     build: Callable[..., Any]
@@ -68,6 +70,7 @@ class TaskKind:
     student_stages: Optional[Callable[[Any], dict[str, str]]] = None
     replaces_student: bool = False
     report_notes: Callable[[dict], list[str]] = _no_notes
+    stream_sources: bool = False
 
     def __post_init__(self) -> None:
         """Refuse, when the kind is declared rather than when a recipe is read: a bare section name (the old

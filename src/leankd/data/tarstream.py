@@ -28,6 +28,22 @@ def read_tar(path: Path, want: Callable[[str], bool]) -> list[Member]:
         return list(_slow(path, want))
 
 
+def iter_tar(path: Path, want: Callable[[str], bool]) -> Iterator[Member]:
+    """Members in archive order, one at a time (a shard is streamed, not held). When the fast parser meets something
+    only `tarfile` handles, `tarfile` takes over from the same member: nothing is yielded twice."""
+    done = 0
+    try:
+        for member in _fast(path, want):
+            yield member
+            done += 1
+        return
+    except _Unsupported:
+        pass
+    for i, member in enumerate(_slow(path, want)):
+        if i >= done:
+            yield member
+
+
 def _open(path: Path) -> BinaryIO:
     with open(path, "rb") as f:
         magic = f.read(6)

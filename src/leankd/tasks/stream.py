@@ -17,13 +17,19 @@ WebDataset shuffle buffer). What that costs:
 - DataLoader workers (a DataLoader's `num_workers`) each run the stream: split it between them with
   `torch.utils.data.get_worker_info()`, or each worker yields all of it (PyTorch's rule for iterable datasets).
 Evaluation splits may be streams (finite) or map-style datasets; they are read in order.
+
+A stream with a `set_epoch(n)` method (a Hugging Face `datasets.IterableDataset`, leankd's `ShardStream`) is told
+which pass begins, `n` drawn from (seed, epoch) as `TensorTask`'s order is, so its shuffle buffer reshuffles each
+epoch and a stage's epoch is reproducible. `transform(x, generator, train)` (a recipe's on-device augmentation and
+normalization, as in `TensorTask`) runs on each batch on the device, the generator seeded from (seed, epoch).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from ..core import dist
 from ..core.task import Batch, Task
 from ..errors import DataError
 from .items import Source, count_stream, length
@@ -39,11 +45,14 @@ class IterableTask(Task):
     streams = True  # no stable sample index: `leankd.distill` uses a live teacher instead of a cache
 
     def __init__(self, splits: dict[str, Source], num_classes: int, device: str | torch.device = "cpu",
-                 steps_per_epoch: Optional[int] = None, batch_size: Optional[int] = None):
+                 steps_per_epoch: Optional[int] = None, batch_size: Optional[int] = None,
+                 transform: Optional[Callable] = None, class_names: Optional[list[str]] = None,
+                 info: Optional[dict] = None):
         self.sources = splits
         self.num_classes = int(num_classes)
-        self.class_names = [str(i) for i in range(self.num_classes)]
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
         self.device = torch.device(device)
+        self.transform = transform or (lambda x, g, train: x)
         self.fixed_steps = steps_per_epoch
         self._sizes: dict[str, Optional[int]] = {}
         for name, source in splits.items():
@@ -56,12 +65,13 @@ class IterableTask(Task):
         if steps_per_epoch is not None and self._sizes["train"] is None:
             self._sizes["train"] = steps_per_epoch * batch_size if batch_size else None
         self.eval_split = next(s for s in ("test", "val", "train") if s in splits)
-        self.info = {"stream": True, "steps_per_epoch": steps_per_epoch}
+        self.info = {**(info or {}), "stream": True, "steps_per_epoch": steps_per_epoch}
         self.notes = ["the training data is a stream (IterableDataset): batches come in the stream's own order "
                       "(no shuffling by leankd)"]
         if self.eval_split == "train":
             self.notes.append("no validation or test data was given: quality is measured on the TRAINING data")
         self._stream, self._next_epoch = None, None
+        self.share_shape: Optional[tuple] = None  # set for a stream with `set_share` (see `_batches`)
 
     def split_size(self, split: str) -> int:
         return (self._sizes.get(split) or 0) if split in self.sources else 0
@@ -69,10 +79,18 @@ class IterableTask(Task):
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.fixed_steps if self.fixed_steps is not None else super().steps_per_epoch(batch_size)
 
-    def _batches(self, batch_size: int) -> Iterator:
+    def _batches(self, batch_size: int, pass_id: int) -> Iterator:
         """One pass of the training stream in full batches (one smaller batch when the pass is shorter than one)."""
+        dataset = self.sources["train"].dataset
+        if callable(getattr(dataset, "set_epoch", None)):
+            dataset.set_epoch(pass_id)
         n = self._sizes["train"]
         drop_last = n is None or n >= batch_size
+        if self.share_shape is not None:  # leankd's own streams: decode only this rank's rows (data.shards.RankShare)
+            from ..data.shards import RankShare
+
+            world = dist.world_size() if drop_last else 1  # a pass shorter than one batch: every row
+            dataset.set_share(RankShare(batch_size, dist.rank(), world, self.share_shape))
         return iter(self.sources["train"].loader(batch_size, "train_data", drop_last=drop_last))
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, view: Optional[int] = None) -> Iterator[Batch]:
@@ -80,9 +98,12 @@ class IterableTask(Task):
             raise DataError("augmentation views (the teacher cache) need a stable sample index, which a stream "
                             "(IterableDataset) has not: use a live teacher, or a map-style Dataset")
         steps = self.steps_per_epoch(batch_size)
+        pass_id = seed * 1_000_003 + epoch  # TensorTask's order and augmentation are drawn from the same number
         if self.fixed_steps is None or self._stream is None or epoch != self._next_epoch:
-            self._stream = self._batches(batch_size)  # a new pass (a new stage, or a resumed one)
+            self._stream = self._batches(batch_size, pass_id)  # a new pass (a new stage, or a resumed one)
         self._next_epoch = epoch + 1
+        g = torch.Generator(device=self.device)
+        g.manual_seed(pass_id)
         taken, restarted = 0, False
         while taken < steps:
             try:
@@ -93,11 +114,12 @@ class IterableTask(Task):
                 if restarted:
                     raise DataError(f"train_data: the stream gave no full batch of {batch_size} examples: give more "
                                     "examples or a smaller batch_size") from None
-                self._stream, restarted = self._batches(batch_size), True
+                self._stream, restarted = self._batches(batch_size, pass_id + 7_919), True
                 continue
             restarted = False
             taken += 1
-            yield Batch(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), None)
+            x = self.transform(x.to(self.device, non_blocking=True), g, True)
+            yield Batch(x, y.to(self.device, non_blocking=True), None)
         if self.fixed_steps is None:
             self._stream = None
 
@@ -106,7 +128,7 @@ class IterableTask(Task):
         for x, y in self.sources[split].loader(batch_size, f"{split}_data"):
             idx = torch.arange(start, start + len(y), device=self.device)
             start += len(y)
-            yield Batch(x.to(self.device), y.to(self.device), idx)
+            yield Batch(self.transform(x.to(self.device), None, False), y.to(self.device), idx)
 
     def example_inputs(self, batch_size: int) -> Any:
         chunks, rows = [], 0
