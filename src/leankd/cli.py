@@ -11,12 +11,12 @@ from rich.console import Console
 from typer.core import TyperCommand
 from rich.markup import escape
 
+from .cli_recipes import recipes_app
 from .errors import LeanKDError
 
 # add_completion: typer's `--install-completion` / `--show-completion` for bash, zsh, fish and PowerShell
 app = typer.Typer(add_completion=True, no_args_is_help=True,
                   help="leankd: distill a teacher into a small student and report what the compression bought.")
-recipes_app = typer.Typer(no_args_is_help=True, help="The example recipes shipped with leankd: list, show, copy.")
 app.add_typer(recipes_app, name="recipes")
 # Not a terminal (a pipe, a file, CI logs): rich would squeeze tables into 80 columns and cut cells with "…", and
 # wrap long lines inside markdown rows. There the width is unbounded: every line is printed whole, and a table only
@@ -442,56 +442,6 @@ def models():
     from .models import list_models
 
     console.print(" ".join(list_models()), highlight=False, markup=False)
-
-
-@recipes_app.command("list")
-def recipes_list():
-    """The shipped recipes, each with its first sentence and where its data comes from."""
-    from . import recipe_catalogue as cat
-
-    for name in cat.names():
-        data = "data: in the package" if name not in cat.DATA else "data: fetch it first (`leankd recipes show`)"
-        console.print(f"{name}  —  {cat.summary(cat.find(name))}  [{data}]", highlight=False, markup=False,
-                      soft_wrap=True)
-
-
-@recipes_app.command("show")
-@friendly_errors
-def recipes_show(name: str = typer.Argument(..., help="a shipped recipe's name")):
-    """Print a shipped recipe (YAML, with its comments) and where to get its data."""
-    from . import recipe_catalogue as cat
-
-    path = _shipped(name)
-    console.print(path.read_text(encoding="utf-8"), highlight=False, markup=False, end="")
-    if path.stem in cat.DATA:
-        console.print(f"# data: {cat.DATA[path.stem]}", highlight=False, markup=False, soft_wrap=True)
-
-
-@recipes_app.command("copy")
-@friendly_errors
-def recipes_copy(name: str = typer.Argument(..., help="a shipped recipe's name"),
-                 dest: Path = typer.Argument(Path("."), help="a folder or a .yaml path (default: this folder)"),
-                 force: bool = typer.Option(False, "--force", help="replace an existing file")):
-    """Copy a shipped recipe here, to edit it (e.g. its data.source)."""
-    from .errors import RecipeError
-    from .io import write_text_atomic
-
-    path = _shipped(name)
-    target = dest / path.name if dest.is_dir() else dest
-    if target.exists() and not force:
-        raise RecipeError(f"{target} exists: choose another destination, or --force to replace it")
-    write_text_atomic(target, path.read_text(encoding="utf-8"))
-    console.print(f"wrote {target}", highlight=False, markup=False)
-
-
-def _shipped(name: str) -> Path:
-    from . import recipe_catalogue as cat
-    from .errors import RecipeError
-
-    path = cat.find(name)
-    if path is None:
-        raise RecipeError(f"no shipped recipe is called {name!r}: choose one of {', '.join(cat.names())}")
-    return path
 
 
 def main() -> None:  # pragma: no cover
