@@ -117,6 +117,14 @@ def unshard(model: nn.Module) -> None:
         state = fully_shard.state(m)
         state._pre_forward_hook_handle.remove()
         state._post_forward_hook_handle.remove()
+        for group in state._fsdp_param_groups:  # the hooks FSDP put on the modules that own its parameters
+            for handles in (group._module_to_pre_save_state_dict_hook_handle,
+                            group._module_to_pre_load_state_dict_hook_handle):
+                for handle in handles.values():
+                    handle.remove()
+                handles.clear()
+            for param in group.fsdp_params:
+                param._post_load_hook_handle.remove()
         m.__class__ = type(m).__mro__[FSDPModule._orig_cls_mro_index]
         for key in (contract.STATE_KEY, contract.REGISTRY_KEY):
             m.__dict__.pop(key, None)
