@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from leankd.core import dist
+from leankd.kd.features import HiddenStateMSE
 from leankd.kd.losses import KD
 from leankd.kd.teacher import LiveTeacher
 from leankd.recipe import TrainConfig
@@ -49,6 +50,10 @@ class LastToken(nn.Module):
 
     def forward(self, x):
         return self.lm(x)[:, -1]
+
+
+def _kd():
+    return KD(temperature=2.0)
 
 
 def _split(n: int, seed: int):
@@ -98,7 +103,7 @@ def scenarios(out: Path) -> None:
         teacher = LiveTeacher(teacher_model, task)
         probe = TeacherProbe(teacher)
         m = LastToken(2, 16, seed=0)
-        result = fit(m, task, cfg, loss=KD(temperature=2.0), teacher=teacher, progress=probe,
+        result = fit(m, task, cfg, loss=_kd(), teacher=teacher, progress=probe,
                      checkpoint_path=out / f"{name}_ckpt.safetensors")
         after = teacher.model.state_dict()
         save(name, m, result, teacher_seen=probe.seen, teacher_plain=_plain(teacher.model),
@@ -107,15 +112,24 @@ def scenarios(out: Path) -> None:
             with dist.alone():
                 m.load_state_dict(m.state_dict())  # no FSDP hook left on the modules either
                 (out / f"{name}_alone.json").write_text(json.dumps(m(task.splits["val"][0][:4]).tolist()))
+    # a feature loss with trained adapters (plain parameters, averaged by hand beside the sharded student) and a
+    # clipping threshold low enough to clip every step: one norm over both kinds of parameters
+    loss = _kd() + HiddenStateMSE([("lm.hf.transformer.h.1", "lm.hf.transformer.h.1")])
+    m = LastToken(2, 16, seed=0)
+    result = fit(m, task, CFG.model_copy(update={"fsdp": True, "grad_clip": 0.05}), loss=loss,
+                 teacher=LiveTeacher(LastToken(2, 24, 5), task))
+    if dist.is_main():
+        torch.save({k: v.detach().clone() for k, v in loss.state_dict().items()}, out / "adapters_loss.pt")
+    save("adapters", m, result)
     # killed after epoch 1 (every rank alike), then resumed from the checkpoint under FSDP
     cfg = CFG.model_copy(update={"fsdp": True})
     try:
-        fit(LastToken(2, 16, seed=0), task, cfg, loss=KD(temperature=2.0), teacher=LiveTeacher(LastToken(2, 24, 5), task),
+        fit(LastToken(2, 16, seed=0), task, cfg, loss=_kd(), teacher=LiveTeacher(LastToken(2, 24, 5), task),
             checkpoint_path=out / "resumed_ckpt.safetensors", stop_after_epoch=1)
     except InterruptedError:
         pass
     m = LastToken(2, 16, seed=0)
-    result = fit(m, task, cfg, loss=KD(temperature=2.0), teacher=LiveTeacher(LastToken(2, 24, 5), task),
+    result = fit(m, task, cfg, loss=_kd(), teacher=LiveTeacher(LastToken(2, 24, 5), task),
                  checkpoint_path=out / "resumed_ckpt.safetensors", resume=True)
     save("resumed", m, result, resumed_from=result.resumed_from_epoch)
 
@@ -176,7 +190,7 @@ def test_a_sum_instead_of_an_average_would_be_caught(runs, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        fit(m, task, CFG, loss=KD(temperature=2.0), teacher=LiveTeacher(LastToken(2, 24, 5), task))
+        fit(m, task, CFG, loss=_kd(), teacher=LiveTeacher(LastToken(2, 24, 5), task))
     finally:
         torch.set_num_threads(threads)
     assert not _close(m.state_dict(), one_w)
@@ -197,6 +211,14 @@ def test_the_teacher_and_the_student_are_sharded_while_training_and_whole_afterw
     # rank 0 alone runs the gathered model (as the pipeline measures it afterwards): DDP's weights, same outputs
     alone = [torch.tensor(json.loads((two / f"{name}_alone.json").read_text())) for name in ("fsdp", "ddp")]
     assert alone[0].shape == (4, VOCAB) and torch.allclose(alone[0], alone[1], atol=1e-4)
+
+
+def test_trained_loss_parts_are_averaged_beside_the_sharded_student_and_clipped_with_it(runs):
+    one, two = runs
+    assert _close(_read(two, "adapters")[0], _read(one, "adapters")[0])
+    a, b = torch.load(two / "adapters_loss.pt"), torch.load(one / "adapters_loss.pt")
+    assert a and _close(a, b)
+    assert not _close(_read(one, "adapters")[0], _read(one, "fsdp")[0])  # the feature loss and the clip did act
 
 
 def test_one_process_with_fsdp_trains_plainly_with_a_note(runs):

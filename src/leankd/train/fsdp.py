@@ -212,3 +212,27 @@ def unshard_after_training(model: nn.Module, teacher) -> None:
     unshard(model)
     if teacher is not None and hasattr(teacher, "unshard"):
         teacher.unshard()
+
+
+def clip_grad_norm_(params: list, max_norm: float) -> None:
+    """`nn.utils.clip_grad_norm_` over the student's sharded parameters and plain ones beside them (a feature
+    loss's adapters), which torch's own refuses to mix: the global norm of each kind (a DTensor's norm covers every
+    rank's shard), combined, and one clipping factor for all, as one process clips."""
+    from torch.distributed.tensor import DTensor
+
+    sharded = [p for p in params if isinstance(p, DTensor)]
+    plain = [p for p in params if not isinstance(p, DTensor)]
+    if not sharded or not plain:
+        nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    norms = []
+    for group in (sharded, plain):
+        grads = [p.grad for p in group if p.grad is not None]
+        norm = nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        norms.append((norm.full_tensor() if isinstance(norm, DTensor) else norm).float().cpu())
+    total = float(torch.linalg.vector_norm(torch.stack(norms)))
+    coef = min(1.0, max_norm / (total + 1e-6))  # torch's own factor, clamped at 1
+    if coef < 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(coef)

@@ -216,7 +216,10 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 _average(adapter_params, world)
                 if cfg.grad_clip:
                     scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
+                    if sharded:
+                        fsdp.clip_grad_norm_(trained_params, cfg.grad_clip)
+                    else:
+                        nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
