@@ -81,7 +81,8 @@ class TeacherProbe(ProgressHook):
 def _plain(model: nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
-    return not any(isinstance(p, DTensor) for p in model.parameters()) and "FSDP" not in type(model).__name__
+    return not any(isinstance(p, DTensor) for p in model.parameters()) and not any(
+        "FSDP" in type(m).__name__ for m in model.modules())
 
 
 def scenarios(out: Path) -> None:

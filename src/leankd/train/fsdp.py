@@ -1,7 +1,8 @@
 """FSDP2 (`torch.distributed.fsdp.fully_shard`) for `train.fsdp: true` under torchrun: the student's parameters,
 gradients and optimizer state, and the frozen live teacher's parameters, are cut into one share per process instead
 of being held whole by every rank (DDP). Each transformer block is its own unit (gathered just before it runs,
-freed just after), then the root holds what is left (embeddings, final norm, head).
+freed just after), then the root holds what is left (embeddings, final norm, head): the model, or the one module
+inside it that owns all of its parameters (`root`).
 
 Why in-place and undone afterwards: the pipeline hands the loop a model and, once training ends, measures,
 compresses and reports that same object on rank 0 alone (`dist.alone`). So `unshard` gathers every parameter back
@@ -64,6 +65,19 @@ def units(model: nn.Module) -> list[nn.Module]:
     return [m for m in outer if any(True for _ in m.parameters())]
 
 
+def root(model: nn.Module) -> nn.Module:
+    """The module sharded last, holding what the blocks leave: `model`, or the module inside it that owns every
+    parameter when `model` only wraps it (leankd's CausalLM around its `.hf` model). Why not the wrapper: code that
+    calls the inner module directly (KV-cache generation calls `model.hf`, e.g. on-policy sampling while the student
+    trains) must still pass through FSDP's hooks, which gather the embeddings and the head before they are used."""
+    while not any(True for _ in model.parameters(recurse=False)):
+        owners = [c for c in model.children() if any(True for _ in c.parameters())]
+        if len(owners) != 1:
+            break
+        model = owners[0]
+    return model
+
+
 def _mesh(device: torch.device):
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -81,13 +95,13 @@ def shard(model: nn.Module, device: torch.device, *, frozen: bool = False) -> in
         fully_shard(block, mesh=mesh, reshard_after_forward=True)
     # the student's root keeps its weights gathered between forward and backward (FSDP's default for the root):
     # the head and embeddings are needed again at once; a frozen teacher has no backward, so it gives them back
-    fully_shard(model, mesh=mesh, reshard_after_forward=True if frozen else None)
+    fully_shard(root(model), mesh=mesh, reshard_after_forward=True if frozen else None)
     return len(blocks) + 1
 
 
 def is_sharded(model: nn.Module) -> bool:
     FSDPModule, _ = _api()
-    return isinstance(model, FSDPModule)
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def unshard(model: nn.Module) -> None:
