@@ -113,6 +113,10 @@ def scenarios(out: Path) -> None:
             with dist.alone():
                 m.load_state_dict(m.state_dict())  # no FSDP hook left on the modules either
                 (out / f"{name}_alone.json").write_text(json.dumps(m(task.splits["val"][0][:4]).tolist()))
+    # two micro-batches per process: FSDP adds the reduce-scattered gradients of both into the shards
+    m = LastToken(2, 16, seed=0)
+    save("accumulate", m, fit(m, task, CFG.model_copy(update={"fsdp": True, "accumulate": 2}), loss=_kd(),
+                              teacher=LiveTeacher(LastToken(2, 24, 5), task)))
     # a feature loss with trained adapters (plain parameters, averaged by hand beside the sharded student) and a
     # clipping threshold low enough to clip every step: one norm over both kinds of parameters
     loss = _kd() + HiddenStateMSE([("lm.hf.transformer.h.1", "lm.hf.transformer.h.1")])
@@ -176,6 +180,7 @@ def test_fsdp_trains_what_ddp_and_one_process_train(runs):
         assert fsdp_r["train"] == pytest.approx(other["train"], rel=1e-5)
         assert fsdp_r["val"] == pytest.approx(other["val"], rel=1e-5)
     assert fsdp_r["train"][-1] < fsdp_r["train"][0]  # it learned something: the comparison is not of two no-ops
+    assert _close(_read(two, "accumulate")[0], one_w)  # and with gradient accumulation on each process
 
 
 def test_a_sum_instead_of_an_average_would_be_caught(runs, monkeypatch):

@@ -107,12 +107,19 @@ def is_sharded(model: nn.Module) -> bool:
 def unshard(model: nn.Module) -> None:
     """Every parameter of a `shard`ed model back as a plain full tensor, on every rank (collectives: all ranks call
     this together), and FSDP's hooks, class and bookkeeping removed, so the model runs alone in one process again.
-    Tied parameters stay tied (one gathered tensor per sharded parameter)."""
-    FSDPModule, fully_shard = _api()
+    Tied parameters stay tied (one gathered tensor per sharded parameter).
+
+    FSDP2 has no public inverse of `fully_shard`, so this takes off what it put on by its internals (torch 2.14:
+    the forward hooks, the state-dict hooks of the modules owning parameters, the class swap, the state registry);
+    tests/test_fsdp.py runs the gathered model alone and loads a state dict into it, so a torch that moved them fails
+    there, not in a user's run."""
     import importlib
+
     from torch.distributed._composable_state import _module_state_mapping
-    contract = importlib.import_module("torch.distributed._composable.contract")  # the module, not its function
     from torch.distributed.tensor import DTensor
+
+    FSDPModule, fully_shard = _api()
+    contract = importlib.import_module("torch.distributed._composable.contract")  # the module, not its function
 
     sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
     if not sharded:
