@@ -1184,3 +1184,19 @@ def test_hf_stream_without_datasets_names_the_extra(tmp_path):
     result = cli("run", path, "--quiet", env=env)
     assert_clean_error(result, "hf-stream", "pip install 'leankd[stream]'")
     assert not list((tmp_path / "runs").rglob("*.safetensors"))
+# ============================================================================================== fsdp (FSDP helper)
+def test_fsdp_with_cuda_graphs_is_refused_before_anything_runs(tmp_path):
+    """FSDP's gathers run between the kernels a CUDA graph would capture: the pair is refused while the recipe is
+    read, naming both settings and the fix; nothing is created."""
+    path = write_yaml(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"fsdp": True, "cuda_graphs": True}))
+    result = cli("run", path, "--quiet")
+    assert_clean_error(result, "fsdp: true with cuda_graphs: true", "set cuda_graphs: false")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_fsdp_in_a_stage_override_with_cuda_graphs_names_the_stage(tmp_path):
+    """The same pair made by one stage's override (teacher.train.fsdp) is caught by validate, at its place."""
+    path = write_yaml(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"cuda_graphs": True},
+                                                       teacher={"train": {"epochs": 1, "fsdp": True}}))
+    assert_clean_error(cli("validate", path), "teacher.train", "fsdp: true with cuda_graphs: true",
+                       "set cuda_graphs: false")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field, create_model, field_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from .core.params import Strict
 
@@ -39,12 +39,24 @@ class TrainConfig(Strict):
                           "batch, as one process would, instead of each rank's share")
     accumulate: int = Field(1, ge=1, description="split each process's batch into this many micro-batches whose "
                             "gradients add up (the same step, less memory; BatchNorm then sees the micro-batches)")
+    fsdp: bool = Field(False, description="several processes (torchrun): shard the student (and a live teacher) "
+                       "with FSDP2 fully_shard instead of replicating it with DDP, for models too large for one "
+                       "device; one process trains plainly (with a note)")
 
     @property
     def effective_lr(self) -> float:
         """`lr` after large-batch scaling: what the optimizer actually starts from."""
         ratio = self.batch_size / self.lr_base_batch_size
         return self.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[self.lr_scaling]
+
+    @model_validator(mode="after")
+    def _fsdp_combinations(self) -> "TrainConfig":
+        """What FSDP cannot be combined with, refused while the recipe is read (before any process starts)."""
+        if self.fsdp and self.cuda_graphs:
+            raise ValueError("fsdp: true with cuda_graphs: true: FSDP's all-gathers and reduce-scatters run between "
+                             "the graph's kernels and cannot be captured in a CUDA graph; set cuda_graphs: false (or "
+                             "fsdp: false to train with DDP, where cuda_graphs is skipped with a note)")
+        return self
 
     @field_validator("milestones")
     @classmethod

@@ -59,6 +59,14 @@ ADDED_TRAIN_DEFAULTS = {"cuda_graphs": False, "lr_scaling": "none", "lr_base_bat
                         "accumulate": 1}
 
 
+# settings that change how a stage is spread over processes, never what it computes: left out of the fingerprint at
+# every value, like the number of processes (a run trained under torchrun is reused by one process and the other way
+# round; a checkpoint records its world size and `--resume` checks that instead). train.fsdp shards what DDP
+# replicates: the same global batch, the same gradient averaged over the same ranks (equal to DDP's and one
+# process's within float rounding; tests/test_fsdp.py), and the checkpoints hold the same full state dicts.
+HOW_NOT_WHAT = {"fsdp"}
+
+
 def _stable(settings: dict, added_defaults: dict) -> dict:
     return {k: v for k, v in settings.items() if not (k in added_defaults and v == added_defaults[k])}
 
@@ -218,7 +226,8 @@ class StageRunner:
             fp = fingerprint({"stage": name, "model": model_fp, **extra_fp})  # change it (nor its cache)
         else:
             fp = fingerprint({"stage": name, "model": model_fp, "loss": loss.describe(), "seed": self.recipe.seed,
-                              "train": _stable(cfg.model_dump(), ADDED_TRAIN_DEFAULTS), **extra_fp})
+                              "train": _stable(cfg.model_dump(exclude=HOW_NOT_WHAT), ADDED_TRAIN_DEFAULTS),
+                              **extra_fp})
         stage_json, weights, ckpt = sdir / "stage.json", sdir / "model.safetensors", sdir / "checkpoint.safetensors"
         # rank 0 decides (and tidies the stage directory); under torchrun every rank then follows the same decision
         decision, info = dist.on_main(lambda: self._prepare_stage(name, sdir, fp, model_cfg, cfg, loss))

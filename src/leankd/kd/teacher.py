@@ -61,6 +61,30 @@ class LiveTeacher:
         self.model.eval()  # guard against anyone having flipped it back to train mode
         return self.task.forward(self.model, self._cast(batch.inputs)).float().to(self.task.device)
 
+    def shard(self) -> None:
+        """FSDP (`train.fsdp` under torchrun): cut the frozen model into one share per process, each transformer block
+        gathered just before it runs and freed right after (`reshard_after_forward=True`; no backward needs it), so
+        no rank holds the whole teacher while the student trains. Every rank then calls the teacher on its own share
+        of each batch, the same number of times (the gathers are collectives). `unshard` gives the full weights back
+        (the pipeline measures the teacher on rank 0 alone afterwards). A no-op in one process."""
+        from ..core import dist
+        from ..train import fsdp
+
+        if dist.world_size() > 1 and not fsdp.is_sharded(self.model):
+            fsdp.shard(self.model, self.device, frozen=True)
+
+    def unshard(self) -> None:
+        """The full weights back in every rank's `model` (a collective when sharded), FSDP taken off."""
+        from ..train import fsdp
+
+        fsdp.unshard(self.model)
+
+    @property
+    def sharded(self) -> bool:
+        from ..train import fsdp
+
+        return fsdp.is_sharded(self.model)
+
     def tap(self, names: list[str]) -> None:
         """Hook these teacher modules so `outputs` also returns their (detached) outputs (layer distillation)."""
         if self.taps is not None:
@@ -91,6 +115,18 @@ class GuideEnsemble:
     @property
     def speedups(self) -> list[str]:
         return self.guides[0].speedups
+
+    def shard(self) -> None:
+        for g in self.guides:
+            g.shard()
+
+    def unshard(self) -> None:
+        for g in self.guides:
+            g.unshard()
+
+    @property
+    def sharded(self) -> bool:
+        return all(g.sharded for g in self.guides)
 
     @property
     def model(self) -> nn.Module:  # what the pipeline moves off the device afterwards

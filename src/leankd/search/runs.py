@@ -23,7 +23,7 @@ from .space import apply_params
 
 # train settings added after searches existed: left out of the key at their defaults, so an upgrade finds every
 # finished trial where it was (the keys added before these were already part of every existing key)
-TRAIN_KEYS_ADDED_LATER = {"sync_bn": False, "accumulate": 1}
+TRAIN_KEYS_ADDED_LATER = {"sync_bn": False, "accumulate": 1, "fsdp": False}
 
 
 def trial_key(raw: dict) -> str:

@@ -55,8 +55,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model) if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _split_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = optimizer.state_dict()
+def _split_optimizer_state(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     plain_state: dict[str, dict[str, Any]] = {}
     for pid, pstate in sd["state"].items():
@@ -111,12 +111,21 @@ def save_checkpoint(
     scaler: Optional[torch.amp.GradScaler],
     state: dict[str, Any],
     extra_modules: Optional[dict[str, nn.Module]] = None,
+    full: Optional[tuple[dict, dict]] = None,
 ) -> None:
-    """`state` is any JSON-serializable training state (epoch, history, elapsed time...)."""
-    tensors = _cpu_tensors(unwrap(model).state_dict(), "model.")
-    for name, module in (extra_modules or {}).items():
-        tensors.update(_cpu_tensors(module.state_dict(), f"extra.{name}."))
-    opt_tensors, opt_meta = _split_optimizer_state(optimizer)
+    """`state` is any JSON-serializable training state (epoch, history, elapsed time...). `full`: the (model,
+    optimizer) state dicts already gathered from a sharded model (`fsdp.full_state`, which every rank calls); they are
+    written in the same format as a plain model's, and the extra modules' tensors are read from the model one."""
+    if full is None:
+        tensors = _cpu_tensors(unwrap(model).state_dict(), "model.")
+        for name, module in (extra_modules or {}).items():
+            tensors.update(_cpu_tensors(module.state_dict(), f"extra.{name}."))
+        opt_tensors, opt_meta = _split_optimizer_state(optimizer)
+    else:
+        tensors = _cpu_tensors(full[0], "model.")
+        for name, module in (extra_modules or {}).items():  # trainable loss parts are never sharded
+            tensors.update(_cpu_tensors(module.state_dict(), f"extra.{name}."))
+        opt_tensors, opt_meta = _split_optimizer_state(full[1])
     tensors.update(opt_tensors)
     meta = {
         "state": state,
@@ -135,8 +144,10 @@ def load_checkpoint(
     scheduler: Any,
     scaler: Optional[torch.amp.GradScaler],
     extra_modules: Optional[dict[str, nn.Module]] = None,
+    sharded: bool = False,
 ) -> dict[str, Any]:
-    """Restore everything in place; return the JSON `state` that was saved."""
+    """Restore everything in place; return the JSON `state` that was saved. `sharded`: `model` is FSDP-sharded;
+    every rank reads the full state dicts from the file and keeps its own share (`fsdp.load_full_state`)."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -145,12 +156,19 @@ def load_checkpoint(
     except (OSError, SafetensorError, KeyError, json.JSONDecodeError) as e:
         raise LeanKDError(f"checkpoint {path} cannot be read ({e}); delete it or rerun with --force") from None
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    unwrap(model).load_state_dict(model_sd)
+    if not sharded:
+        unwrap(model).load_state_dict(model_sd)
     for name, module in (extra_modules or {}).items():
         prefix = f"extra.{name}."
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    optimizer.load_state_dict(_join_optimizer_state(meta["optimizer"], tensors))
-    _match_param_layouts(optimizer)
+    if sharded:
+        from . import fsdp
+
+        fsdp.load_full_state(model, optimizer, model_sd, _join_optimizer_state(meta["optimizer"], tensors),
+                             extra_modules)
+    else:
+        optimizer.load_state_dict(_join_optimizer_state(meta["optimizer"], tensors))
+        _match_param_layouts(optimizer)
     if scheduler is not None and meta["scheduler"] is not None:
         scheduler.load_state_dict(meta["scheduler"])
     if scaler is not None and meta["scaler"] is not None:

@@ -32,7 +32,7 @@ from ..measure.memory import PeakMemory
 from ..recipe import TrainConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler, param_groups
-from . import allocator, sync_bn
+from . import allocator, fsdp, sync_bn
 from .speed import describe_optimizer, mark_step_begin, plan_step
 
 
@@ -100,14 +100,26 @@ def fit(
         if cfg.sync_bn and dist.world_size() > 1:
             undo.callback(sync_bn.convert(model, device))
         student_taps = undo.enter_context(_closing(_setup_feature_loss(loss, model, task, teacher), teacher))
-        return _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, metrics_path, resume,
-                    progress, stop_after_epoch, fingerprint)
+        sharded = cfg.fsdp and dist.world_size() > 1
+        try:
+            result = _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, metrics_path, resume,
+                          progress, stop_after_epoch, fingerprint, sharded)
+        except InterruptedError:  # stopped after an epoch on every rank alike: the model is whole again
+            if sharded:
+                fsdp.unshard_after_training(model, teacher)
+            raise
+        if sharded:  # before the BatchNorm swap and the hooks come off (the exit stack)
+            fsdp.unshard_after_training(model, teacher)
+        return result
 
 
 def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, metrics_path, resume, progress,
-         stop_after_epoch, fingerprint) -> FitResult:
-    """The body of `fit`, once the feature hooks (if any) are in place; `fit` removes them whatever happens here."""
+         stop_after_epoch, fingerprint, sharded=False) -> FitResult:
+    """The body of `fit`, once the feature hooks (if any) are in place; `fit` removes them whatever happens here.
+    `sharded` (train.fsdp under torchrun): the student, and a live teacher, are sharded here, before the optimizer
+    is built on the student's shards; `fit` gathers them back afterwards."""
     device = task.device
+    fsdp_line = fsdp.shard_for_training(model, teacher, device) if sharded else None
     steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
     has_adapters = any(True for _ in loss.parameters())
     extra_modules = {"loss": loss} if has_adapters else None
@@ -121,7 +133,7 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
     start_epoch, prior_wall, prior_train, prior_samples = 0, 0.0, 0.0, 0
     prior_peak = None
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, extra_modules)
+        state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, extra_modules, sharded=sharded)
         if state.get("world_size", 1) != dist.world_size():
             raise RecipeError(
                 f"{checkpoint_path} was trained by {state.get('world_size', 1)} process(es) and this run has "
@@ -140,14 +152,19 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
         graph_note = ["cuda_graphs: not applied under torchrun (DDP's gradient all-reduce does not replay in a graph)"]
     else:
         graph_note = []
-    step_model = _ddp(model, device) if world > 1 else model
+    step_model = _ddp(model, device) if world > 1 and not sharded else model  # FSDP: the sharded root itself
     plan = plan_step(step_model, cfg, device, reads_features=student_taps is not None)
     plan.skipped += graph_note
     plan.applied.append(describe_optimizer(optimizer))
     plan.applied += getattr(teacher, "speedups", [])
     if device.type == "cpu" and allocator.tune():
         plan.applied.append(allocator.DESCRIPTION)
-    if world > 1:
+    if cfg.fsdp and world == 1:
+        plan.skipped.append("fsdp: one process, nothing to shard: trained as a plain one-process run")
+    if sharded:
+        plan.applied.append(f"{fsdp_line}, {cfg.batch_size // world} examples per process and step"
+                            + (", BatchNorm over the global batch (sync_bn)" if cfg.sync_bn else ""))
+    elif world > 1:
         plan.applied.append(f"DistributedDataParallel over {dist.describe()}, {cfg.batch_size // world} examples per "
                             "process and step" + (", BatchNorm over the global batch (sync_bn)" if cfg.sync_bn else ""))
     if cfg.accumulate > 1:
@@ -199,7 +216,10 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 _average(adapter_params, world)
                 if cfg.grad_clip:
                     scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
+                    if sharded:
+                        fsdp.clip_grad_norm_(trained_params, cfg.grad_clip)
+                    else:
+                        nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -227,15 +247,20 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
                 "epoch_time_s": epoch_time,
                 "samples_per_s": seen / max(epoch_time, 1e-9),
             }
-            if task.has_split("val") and dist.is_main():  # rank 0 scores and tells the others: one history
+            # rank 0 scores and tells the others: one history; a sharded model is scored by every rank together
+            # (each forward gathers the blocks from all of them), rank 0's figures kept
+            if task.has_split("val") and (dist.is_main() or sharded):
                 val = evaluate(model, task, "val", max(256, cfg.batch_size))
                 row.update(val_loss=val.get("loss"), val_accuracy=val.get("accuracy"), val_macro_f1=val.get("macro_f1"))
                 row.update({f"val_{name}": val.get(name) for name in task.history_metrics()})
             if world > 1:
                 row = {**dist.broadcast(row), "epoch_time_s": epoch_time}  # every rank keeps its own timing
             history.append(row)
+            # FSDP: every rank takes part in gathering the full state dicts, rank 0 writes them
+            full = fsdp.full_state(model, optimizer, extra_modules) if sharded and checkpoint_path is not None else None
             if checkpoint_path is not None and dist.is_main():
-                save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, extra_modules=extra_modules, state={
+                save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, extra_modules=extra_modules,
+                                full=full, state={
                     "epoch": epoch + 1,
                     "fingerprint": fingerprint,
                     "history": history,
