@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from leankd.compress.targets import BuildContext, Finetune
+from leankd.compress.qat_guard import DivergenceWatch, QATDiverged, StartPoint
 from leankd.compress.targets.qat_finetune import qat_finetune
 from leankd.core import dist
 from leankd.errors import RecipeError
@@ -116,6 +117,15 @@ def scenarios(out: Path) -> None:
     dist.barrier()  # rank 0 wrote the checkpoint: every rank reads it
     m = _mlp_dropout()
     save("dropout_resumed", m, fit(m, _task(), CFG, checkpoint_path=out / "dropout_ckpt.safetensors", resume=True))
+    # QAT's divergence watch: rank 0's share looks fine, rank 1's rose; the ranks must stop together (or not at all)
+    watch = DivergenceWatch(StartPoint(0.5, None, "val", 0), None, None, loss_factor=2.0, margin_points=2.0)
+    watch.start_epoch(1, 1, 10)
+    try:
+        watch.update(10, loss=0.4 if dist.rank() == 0 else 1.8)
+        stopped = None
+    except QATDiverged as e:
+        stopped = e.reason
+    (out / f"watch_{dist.rank()}.json").write_text(json.dumps(stopped))
     # QAT's fine-tuning (the qat target's training part) with a live KD teacher; "qat_local_observers" leaves each
     # rank's activation observers on its own share (the all-reduce disabled): the control that shows the
     # comparison can fail
@@ -227,6 +237,16 @@ def test_qat_observers_see_the_global_batch_and_training_matches_one_process(run
     assert len(ranges) == 4 and all(ref[k].item() > 0 for k in ranges if k.endswith("max_val"))  # two layers' inputs
     assert _close({k: ref[k] for k in ranges}, {k: got[k] for k in ranges})
     assert not _close({k: ref[k] for k in ranges}, {k: torch.load(two / "qat_local_observers.pt")[k] for k in ranges})
+
+
+def test_the_divergence_watch_stops_every_rank_on_the_global_running_loss(runs):
+    """Rank 0's share has loss 0.4, rank 1's 1.8: the global running loss (1.1) is above 2 x the start (0.5), so both
+    ranks stop, with the same reason (one rank stopping alone would leave the other waiting at its next all-reduce).
+    One process, seeing only the 0.4, goes on."""
+    one, two = runs
+    reasons = [json.loads((two / f"watch_{rank}.json").read_text()) for rank in (0, 1)]
+    assert reasons[0] == reasons[1] and "rose to 1.1 " in reasons[0]
+    assert json.loads((one / "watch_0.json").read_text()) is None
 
 
 def test_a_model_with_dropout_trains_reproducibly_and_resumes_to_the_uninterrupted_result(runs):

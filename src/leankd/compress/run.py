@@ -73,7 +73,7 @@ class CompressPhase:
 
         targets = [t for t in self.recipe.compress.targets
                    if t in TRAINING_TARGETS and TARGETS.get(t).finetune is not None]
-        if dist.world_size() == 1 or self.add_targets is not None or not targets:
+        if dist.world_size() == 1 or self.add_targets is not None or not targets or "student" not in stages:
             return
         saved = self._saved(stages, ["student", "teacher"])
         out_dir = dist.on_main(lambda: staging_dir(self.run_dir))  # `compress` builds into the same folder

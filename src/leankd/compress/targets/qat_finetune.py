@@ -1,7 +1,11 @@
 """qat / qat-control: the targets that train. Quantization-aware distillation (compress/qat.py) fine-tunes the
 student with int8 fake quantization while the teacher keeps distilling, then goes through the same ONNX Runtime
 static int8 path as int8-static; qat-control is its same-budget control (the same fine-tuning in fp32, then
-int8-static). Both take the teacher, loss and schedule from `ctx.finetune` (the recipe's student stage)."""
+int8-static). Both take the teacher, loss and schedule from `ctx.finetune` (the recipe's student stage).
+
+Each registers its fine-tuning alone as well (`qat_finetune`, `qat_control_finetune`): under torchrun every rank runs
+it data-parallel before rank 0 builds the artifact from its outcome (`ctx.trained`; compress/run.py), so the export
+and ONNX Runtime's int8 conversion happen once while the training used every process."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,9 +25,8 @@ if TYPE_CHECKING:
 def _finetune(model: nn.Module, ctx: BuildContext, name: str, cfg: Optional[TrainConfig] = None,
               watch: Optional[Callable[[Any], Any]] = None) -> tuple[FitResult, Path]:
     """`fit` with the finetune's loss and teacher; `watch(display_hook) -> hook` may wrap the progress display."""
-    from ...train.loop import fit
-
     from ...core import dist
+    from ...train.loop import fit
 
     ft = ctx.finetune
     metrics = ctx.out_dir / f"{name}-metrics.jsonl"
