@@ -93,18 +93,13 @@ def _leave_process_group() -> None:
 @app.callback()
 def _one_process_commands(ctx: typer.Context) -> None:
     """Under torchrun only `run` (and `search`, which refuses with its own message) may start: the other commands
-    train nothing data-parallel (`compress --to qat` fine-tunes, but as an addition to a finished run, in one
-    process), and N copies of them would write the same files at once. Every rank refuses before anything is read
-    (exit code 2, rank 0 says why); running them on rank 0 alone was the other choice, but a user who asked for N
-    processes would get one without noticing."""
+    train nothing, and N copies of them would write the same files."""
     import os
 
     if _under_torchrun() and ctx.invoked_subcommand not in ("run", "search"):
         if os.environ.get("RANK", "0") == "0":
-            cmd = ctx.invoked_subcommand
-            err_console.print(f"[bold red]error:[/] leankd {cmd} runs in one process: start it without torchrun "
-                              f"(`leankd {cmd} ...`); only `leankd run` trains data-parallel (with qat in "
-                              "compress.targets, QAT's fine-tuning too)", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] leankd {ctx.invoked_subcommand} runs in one process: start it "
+                              "without torchrun (only `leankd run` trains data-parallel)", highlight=False)
         raise typer.Exit(2)
 
 
