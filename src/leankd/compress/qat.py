@@ -51,9 +51,10 @@ class ActivationFakeQuant(nn.Module):
     """u8 per-tensor fake quantization of a module's input with a moving-average min/max observer.
 
     The range is updated only in training mode (never from evaluation data); `quantize=False` makes it an observer
-    only. Under torchrun the min/max are the global batch's, all-reduced over the ranks (every rank must observe in
-    lockstep: training under DDP, or calibrating on the same batches). While `calibrating`, the range is the running min/max over all batches (what ORT's MinMax calibration
-    computes); during training, each batch moves it by `averaging`."""
+    only. While `calibrating`, the range is the running min/max over all batches (what ORT's MinMax calibration
+    computes); during training, each batch moves it by `averaging`. Under torchrun the min/max are the global
+    batch's, all-reduced over the ranks (every rank must observe in lockstep: training under DDP, or calibrating on
+    the same batches)."""
 
     def __init__(self, averaging: float = 0.01):
         super().__init__()
