@@ -3,8 +3,10 @@
 One spawned 2-rank job runs every scenario (processes cost seconds to start on a 2-core machine) and saves what rank 0
 ends with; the tests compare it with the same training in this process, one thread each, so the arithmetic differs
 only by how the ranks' gradients are summed."""
+import contextlib
 import json
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -12,10 +14,14 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from leankd.compress.targets import BuildContext, Finetune
+from leankd.compress.qat_guard import DivergenceWatch, QATDiverged, StartPoint
+from leankd.compress.targets.qat_finetune import qat_finetune
 from leankd.core import dist
 from leankd.errors import RecipeError
 from leankd.kd.cache import build_or_load
-from leankd.kd.losses import KD
+from leankd.kd.features import Hint
+from leankd.kd.losses import KD, WeightedSum
 from leankd.kd.teacher import LiveTeacher
 from leankd.recipe import TrainConfig
 from leankd.tasks.base import TensorTask
@@ -47,6 +53,11 @@ def _mlp():
 def _cnn():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+
+
+def _mlp_dropout():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 24), nn.ReLU(), nn.Dropout(0.3), nn.Linear(24, 3))
 
 
 def _teacher_model():
@@ -87,6 +98,44 @@ def scenarios(out: Path) -> None:
         fit(m, _task(), CFG, checkpoint_path=out / "ckpt.safetensors", stop_after_epoch=1)
     except InterruptedError:
         pass
+    # FitNets hints: the Linear adapter (student "2" -> teacher "0") is a trainable part of the loss that DDP does not
+    # wrap; the loop averages its gradients by hand (`_average`)
+    m = _mlp()
+    hint = WeightedSum([(0.5, KD(temperature=4.0)), (1.0, Hint([("2", "0")]))])
+    save("hint", m, fit(m, task, CFG, loss=hint, teacher=LiveTeacher(_teacher_model(), task)))
+    torch.save({k: v.detach().clone() for k, v in hint.state_dict().items()}, out / f"hint_adapter_{dist.rank()}.pt")
+    # dropout: each rank draws its own masks (seeded by seed, epoch and rank), so no match with one process is
+    # promised; a run is reproducible, and a resumed run ends where an uninterrupted one does
+    for name in ("dropout", "dropout_again"):
+        m = _mlp_dropout()
+        save(name, m, fit(m, _task(), CFG))
+    m = _mlp_dropout()
+    try:
+        fit(m, _task(), CFG, checkpoint_path=out / "dropout_ckpt.safetensors", stop_after_epoch=1)
+    except InterruptedError:
+        pass
+    dist.barrier()  # rank 0 wrote the checkpoint: every rank reads it
+    m = _mlp_dropout()
+    save("dropout_resumed", m, fit(m, _task(), CFG, checkpoint_path=out / "dropout_ckpt.safetensors", resume=True))
+    # QAT's divergence watch: rank 0's share looks fine, rank 1's rose; the ranks must stop together (or not at all)
+    watch = DivergenceWatch(StartPoint(0.5, None, "val", 0), None, None, loss_factor=2.0, margin_points=2.0)
+    watch.start_epoch(1, 1, 10)
+    try:
+        watch.update(10, loss=0.4 if dist.rank() == 0 else 1.8)
+        stopped = None
+    except QATDiverged as e:
+        stopped = e.reason
+    (out / f"watch_{dist.rank()}.json").write_text(json.dumps(stopped))
+    # QAT's fine-tuning (the qat target's training part) with a live KD teacher; "qat_local_observers" leaves each
+    # rank's activation observers on its own share (the all-reduce disabled): the control that shows the
+    # comparison can fail
+    for name in ("qat", "qat_local_observers"):
+        ft = Finetune(CFG, KD(temperature=4.0), LiveTeacher(_teacher_model(), task), seed=0, retries=0)
+        with contextlib.ExitStack() as stack:
+            if name == "qat_local_observers":
+                stack.enter_context(mock.patch.object(dist, "all_reduce_max", lambda t: t))
+            trained = qat_finetune(_mlp(), BuildContext(task, out / name, 2, ft))
+        save(name, trained.prepared.model, trained.result)
 
 
 def _worker(rank: int, world: int, store: str, out: str) -> None:
@@ -116,7 +165,7 @@ def _close(a: dict, b: dict, atol=1e-5) -> bool:
     return all(torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=1e-4) for k in a)
 
 
-@pytest.mark.parametrize("name", ["mlp", "mlp_accumulate", "cnn_sync_bn", "kd", "kd_cached"])
+@pytest.mark.parametrize("name", ["mlp", "mlp_accumulate", "cnn_sync_bn", "kd", "kd_cached", "hint", "qat"])
 def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(runs, name):
     one, two = runs
     assert _close(torch.load(one / f"{name}.pt"), torch.load(two / f"{name}.pt"))
@@ -167,3 +216,44 @@ def test_distill_refuses_to_run_once_per_process_under_torchrun(monkeypatch):
     x, y = _data(32)
     with pytest.raises(RecipeError, match="leankd.distill\\(\\) trains in one process.*--nproc N"):
         leankd.distill(_teacher_model(), _mlp(), (x, y), epochs=1)
+
+
+def test_fitnets_adapters_are_averaged_over_the_ranks(runs):
+    """The hint adapter trains outside DDP (its gradients averaged by `_average`): both ranks end with the adapter one
+    process trains, so the ranks' losses stay the same loss."""
+    one, two = runs
+    adapter = torch.load(one / "hint_adapter_0.pt")
+    assert adapter and _close(adapter, torch.load(two / "hint_adapter_0.pt"))
+    assert _close(torch.load(two / "hint_adapter_0.pt"), torch.load(two / "hint_adapter_1.pt"), atol=0)
+
+
+def test_qat_observers_see_the_global_batch_and_training_matches_one_process(runs):
+    """Each fake-quant observer's min/max under DDP is all-reduced over the ranks (qat.py), so it moves as one
+    process's does; the tolerance is the float tolerance of the other comparisons (gradients summed in another
+    order). Without the all-reduce (the control) the ranges, and so the weights, differ."""
+    one, two = runs
+    ref, got = torch.load(one / "qat.pt"), torch.load(two / "qat.pt")
+    ranges = [k for k in ref if k.endswith(("min_val", "max_val"))]
+    assert len(ranges) == 4 and all(ref[k].item() > 0 for k in ranges if k.endswith("max_val"))  # two layers' inputs
+    assert _close({k: ref[k] for k in ranges}, {k: got[k] for k in ranges})
+    assert not _close({k: ref[k] for k in ranges}, {k: torch.load(two / "qat_local_observers.pt")[k] for k in ranges})
+
+
+def test_the_divergence_watch_stops_every_rank_on_the_global_running_loss(runs):
+    """Rank 0's share has loss 0.4, rank 1's 1.8: the global running loss (1.1) is above 2 x the start (0.5), so both
+    ranks stop, with the same reason (one rank stopping alone would leave the other waiting at its next all-reduce).
+    One process, seeing only the 0.4, goes on."""
+    one, two = runs
+    reasons = [json.loads((two / f"watch_{rank}.json").read_text()) for rank in (0, 1)]
+    assert reasons[0] == reasons[1] and "rose to 1.1 " in reasons[0]
+    assert json.loads((one / "watch_0.json").read_text()) is None
+
+
+def test_a_model_with_dropout_trains_reproducibly_and_resumes_to_the_uninterrupted_result(runs):
+    """Dropout masks are drawn per rank (seeded by seed, epoch and rank): two 2-process runs give the same weights,
+    and a run stopped after its first epoch and resumed ends bit-identical to the uninterrupted one."""
+    _, two = runs
+    first = torch.load(two / "dropout.pt")
+    assert all(torch.equal(first[k], v) for k, v in torch.load(two / "dropout_again.pt").items())
+    assert all(torch.equal(first[k], v) for k, v in torch.load(two / "dropout_resumed.pt").items())
+    assert json.loads((two / "dropout_resumed.json").read_text()) == json.loads((two / "dropout.json").read_text())

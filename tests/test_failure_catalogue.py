@@ -1200,3 +1200,23 @@ def test_fsdp_in_a_stage_override_with_cuda_graphs_names_the_stage(tmp_path):
                                                        teacher={"train": {"epochs": 1, "fsdp": True}}))
     assert_clean_error(cli("validate", path), "teacher.train", "fsdp: true with cuda_graphs: true",
                        "set cuda_graphs: false")
+# ============================================================================== torchrun (scale-out helper)
+@pytest.mark.parametrize("command", [["compress", "--to", "qat"], ["export", "--format", "onnx"]])
+def test_compress_and_export_under_torchrun_refuse_on_every_rank(tmp_path, command):
+    """N copies of `leankd compress`/`export` would build and commit the same artifacts into one run directory at
+    once: under torchrun every rank refuses before reading anything (exit 2), rank 0 says to run it as one
+    process, and the run directory is untouched."""
+    run_dir = tmp_path / "runs" / "tiny"
+    (run_dir / "compressed").mkdir(parents=True)
+    (run_dir / "report.json").write_text('{"models": {}}')
+    (run_dir / "compressed" / "int8-static.onnx").write_bytes(b"onnx bytes")
+    before = snapshot(run_dir)
+    for rank in ("0", "1"):
+        result = cli(command[0], run_dir, *command[1:], env={"WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank})
+        assert result.code == 2, result.text
+        assert "Traceback" not in result.text
+        if rank == "0":
+            assert_clean_error(result, f"leankd {command[0]} runs in one process", "start it without torchrun")
+        else:  # rank 0 speaks for the job: one message, not N
+            assert result.text.strip() == ""
+    assert_unchanged(before, run_dir, allow_new=False)

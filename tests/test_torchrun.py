@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from test_pipeline import make_image_folder, write_recipe
@@ -115,21 +116,57 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_on_localhost_complete_a_run(recipe):
-    run_dir = recipe.parent / "nodes"
+@pytest.fixture(scope="module")
+def chain(recipe) -> tuple[Path, Path]:
+    """(recipe, run dir): a teacher-assistant chain with the qat target (BatchNorm with sync_bn), run by two "nodes"
+    on localhost (`--nnodes 2`, node ranks 0 and 1, a c10d endpoint on 127.0.0.1) with one process each."""
+    root = recipe.parent / "chain"
+    root.mkdir()
+    path = write_recipe(root, recipe.parent / "images", baseline=False,
+                        train={"epochs": 1, "batch_size": 16, "lr": 0.05, "sync_bn": True},
+                        teacher={"model": "resnet14", "train": {"epochs": 1}},
+                        distill={"assistants": ["resnet8"]},
+                        compress={"targets": ["qat"], "qat": {"epochs": 2}}, measure={"latency_batch_sizes": [1]})
+    run_dir = root / "nodes"
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
                                "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                                "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "leankd-test",
-                               "-m", "leankd", "run", str(recipe), "--run-dir", str(run_dir), "-q",
-                               "--set", "teacher.train.epochs=1", "--set", "train.epochs=1"],
+                               "-m", "leankd", "run", str(path), "--run-dir", str(run_dir), "-q"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for node in (0, 1)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
+    return path, run_dir
+
+
+def test_two_nodes_on_localhost_complete_a_run(chain):
+    _, run_dir = chain
     assert (run_dir / "report.md").exists()
     training = json.loads((run_dir / "teacher" / "stage.json").read_text())["training"]
     assert any("over 2 processes" in s for s in training["speedups"])
+
+
+def test_assistants_and_qat_fine_tuning_train_on_two_processes(chain, tmp_path):
+    """A teacher-assistant chain and the qat target's fine-tuning under torchrun (the two "nodes" above): the
+    assistant's weights and QAT's per-epoch losses match one process (BatchNorm with sync_bn; QAT folds it away and
+    all-reduces its observers' ranges), QAT trained data-parallel, and rank 0 alone built the int8 artifacts."""
+    path, two = chain
+    one = tmp_path / "one"
+    out = leankd("run", str(path), "--run-dir", str(one), "-q")
+    assert out.returncode == 0, out.stdout + out.stderr
+    a, b = load_file(one / "assistant1" / "model.safetensors"), load_file(two / "assistant1" / "model.safetensors")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-3) for k in a)
+    assert losses(two, "assistant1") == pytest.approx(losses(one, "assistant1"), rel=2e-3)
+    qat = [json.loads((run / "report.json").read_text())["models"]["student_qat"] for run in (one, two)]
+    assert [m["artifact"]["format"] for m in qat] == ["onnx", "onnx"]
+    assert not any("FELL BACK" in n for m in qat for n in m["artifact"]["notes"])
+    assert any("DistributedDataParallel over 2 processes (gloo)" in s for s in qat[1]["training"]["speedups"])
+    assert not any("DistributedDataParallel" in s for s in qat[0]["training"]["speedups"])
+    qat_losses = [[json.loads(line)["train_loss"] for line in (run / qat_run["history"]).read_text().splitlines()]
+                  for run, qat_run in zip((one, two), qat)]
+    assert len(qat_losses[0]) == 2 and qat_losses[1] == pytest.approx(qat_losses[0], rel=2e-3)
+    assert not list(two.rglob(".*.tmp")) and not (two / ".compressed.partial").exists()
 
 
 def test_a_batch_that_does_not_split_is_refused_before_any_process_starts(recipe):

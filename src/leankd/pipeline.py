@@ -70,6 +70,9 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         # compress/export (with or without --remeasure) only measure and build: a stage they would train is an error
         self.require_finished = require_finished or add_targets is not None
         self.replaced_files: list[str] = []  # artifact files (relative) a rebuilt target no longer uses
+        # under torchrun: the training targets' fine-tuning, done by every rank before rank 0 builds (compress/run.py)
+        self.finetuned, self.finetune_errors, self.finetuned_files = {}, {}, {}
+        self.staged_dir, self.shared_finetune = None, None
 
     # ---------------------------------------------------------------------------------------------------
     def build_task(self) -> Task:
@@ -126,8 +129,9 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         self.student_stages(task, teacher, student_init, student_model_cfg, data_fp, teacher_data_fp, stages)
         several = r.seeds and len(r.seeds) > 1 and self.add_targets is None  # compress/export keep the seeds block
         seed_values = self.other_seeds(task, teacher, student_model_cfg) if several else None
+        self.finetune_targets(task, stages)  # under torchrun: QAT's fine-tuning, data-parallel on every rank
         if not dist.is_main():
-            return None  # every stage has trained: rank 0 measures, compresses and reports on its own
+            return None  # everything has trained: rank 0 measures, builds the artifacts and reports on its own
         with dist.alone():
             return self.report(task, stages, seed_values)
 

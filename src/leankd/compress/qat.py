@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..core import dist
+
 __all__ = ["ActivationFakeQuant", "QATModel", "WeightFakeQuant", "fold_batchnorm", "prepare_qat"]
 
 WEIGHT_QMIN, WEIGHT_QMAX = -64, 64  # ORT int8 weights with reduce_range=True (7-bit, symmetric, zero point 0)
@@ -50,7 +52,9 @@ class ActivationFakeQuant(nn.Module):
 
     The range is updated only in training mode (never from evaluation data); `quantize=False` makes it an observer
     only. While `calibrating`, the range is the running min/max over all batches (what ORT's MinMax calibration
-    computes); during training, each batch moves it by `averaging`."""
+    computes); during training, each batch moves it by `averaging`. Under torchrun the min/max are the global
+    batch's, all-reduced over the ranks (every rank must observe in lockstep: training under DDP, or calibrating on
+    the same batches)."""
 
     def __init__(self, averaging: float = 0.01):
         super().__init__()
@@ -64,6 +68,12 @@ class ActivationFakeQuant(nn.Module):
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
         lo, hi = x.min().float(), x.max().float()
+        if dist.is_distributed():
+            # under torchrun each rank sees its share of the global batch: the range is the whole batch's (one
+            # all-reduce of (-min, max)), so every rank's observer moves exactly as one process's does. Left alone,
+            # DDP would broadcast rank 0's buffers at each forward: a range that saw only rank 0's share
+            both = dist.all_reduce_max(torch.stack([-lo, hi]))
+            lo, hi = -both[0], both[1]
         if self.calibrating:
             first = ~self.initialized
             self.min_val.copy_(torch.where(first, lo, torch.minimum(self.min_val, lo)))

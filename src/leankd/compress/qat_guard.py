@@ -15,6 +15,7 @@ measured on it), on up to `TRAIN_CHECK_BATCHES` un-augmented training batches: n
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from itertools import islice
@@ -23,6 +24,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..core import dist
 from ..tasks.base import Task
 from ..train.loop import ProgressHook, autocast_context, loss_inputs
 
@@ -127,10 +129,21 @@ class DivergenceWatch(ProgressHook):
         if self.inner is not None:
             self.inner.start_epoch(epoch, epochs, steps)
 
+    def on_other_ranks(self) -> "DivergenceWatch":
+        """Under torchrun every rank watches (without a display): the ranks must stop the same attempt at the same
+        step, or the ones still training would wait for the others at the next all-reduce."""
+        quiet = copy.copy(self)
+        quiet.inner = None
+        return quiet
+
     def update(self, step: int, **m: float) -> None:
         if self.inner is not None:
             self.inner.update(step, **m)
         loss = m.get("loss")
+        if loss is not None and dist.is_distributed():  # one decision for every rank: the running loss of the
+            # global batches so far (each rank's running mean is over its equal share; their mean is the whole
+            # batches'); non-finite anywhere is non-finite everywhere
+            loss = float(dist.all_reduce_sum(torch.tensor([float(loss)], dtype=torch.float64))[0]) / dist.world_size()
         if loss is None:
             return
         reason = None
@@ -153,9 +166,9 @@ class DivergenceWatch(ProgressHook):
             raise QATDiverged(f"the training loss of epoch {row['epoch']} is {loss}")
         if self.start.accuracy is None:
             return
-        accuracy = row.get("val_accuracy") if self.start.split == "val" else None
-        if accuracy is None:
-            accuracy, _ = check_accuracy(self.model, self.task, self.start.split)
+        accuracy = row.get("val_accuracy") if self.start.split == "val" else None  # rank 0's, on every rank
+        if accuracy is None:  # the ranks hold the same weights: rank 0 checks, every rank takes its figure
+            accuracy = dist.on_main(lambda: check_accuracy(self.model, self.task, self.start.split)[0])
         if accuracy is None:
             return
         drop = 100 * (self.start.accuracy - accuracy)

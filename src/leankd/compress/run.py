@@ -7,11 +7,13 @@ constructor.
 """
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 from rich.console import Console
 from torch import nn
 
+from ..core import dist
 from ..errors import LeanKDError
 from ..kd.build import build_loss
 from ..measure.models import training_entry
@@ -21,12 +23,19 @@ from ..train.progress import RichProgress
 
 
 class CompressPhase:
-    """Builds compression targets. Needs `live_teacher` and `log` (stages.py) beside it."""
+    """Builds compression targets. Needs `live_teacher`, `log` (stages.py) and `_saved` (measure/run.py) beside it."""
 
     recipe: Recipe
     console: Console
     quiet: bool
     failed_targets: dict[str, str]  # target -> why it failed (a note in the report)
+    # under torchrun, set by `finetune_targets` on rank 0 for `compress`: each training target's fine-tuning outcome
+    # (or its refusal), the files it wrote, the staging folder they are in, and the fine-tuning's teacher and loss
+    finetuned: dict[str, Any]
+    finetune_errors: dict[str, LeanKDError]
+    finetuned_files: dict[str, set]
+    staged_dir: Optional[Path]
+    shared_finetune: Optional[Any]
 
     def finetune_setup(self, task: Task, teacher: nn.Module):
         """Teacher, loss and schedule for the compression targets that train (QAT): the student stage's distillation
@@ -49,25 +58,65 @@ class CompressPhase:
                         progress=lambda name: RichProgress(name, self.console, quiet=self.quiet), log=self.log,
                         retries=qat.retries, divergence_margin=qat.divergence_margin, loss_factor=qat.loss_factor)
 
+    def finetune_targets(self, task: Task, stages: dict) -> None:
+        """Under torchrun, before rank 0 measures and builds on its own: the fine-tuning of the recipe's training
+        targets (QAT, qat-control), data-parallel on every rank like the stages (the ranks run this in lockstep).
+        Rank 0 keeps the outcomes; `compress` then builds those artifacts from them (export, int8 conversion: once).
+        In one process (or for `leankd compress`, which runs in one) nothing happens here: `compress` fine-tunes.
+
+        A target refused with a LeanKDError (on every rank alike: the recipe and model decide it) becomes that
+        target's failure in the report, as in one process; any other error in the middle of data-parallel training
+        ends the job (a rank that went on alone would wait at the next collective): the stages are saved, and
+        `--resume` redoes the compress phase."""
+        from .targets import TRAINING_TARGETS, TARGETS, finetune_target
+        from ..rundir import staging_dir
+
+        targets = [t for t in self.recipe.compress.targets
+                   if t in TRAINING_TARGETS and TARGETS.get(t).finetune is not None]
+        if dist.world_size() == 1 or self.add_targets is not None or not targets or "student" not in stages:
+            return
+        saved = self._saved(stages, ["student", "teacher"])
+        out_dir = dist.on_main(lambda: staging_dir(self.run_dir))  # `compress` builds into the same folder
+        finetune = self.finetune_setup(task, saved["teacher"])
+        for target in targets:
+            self.log(f"compress: fine-tuning {target} on {dist.describe()} ...")
+            before = {p for p in out_dir.rglob("*") if p.is_file()} if dist.is_main() else set()
+            try:
+                trained = finetune_target(target, saved["student"], task, out_dir,
+                                          self.recipe.compress.calibration_batches, finetune)
+            except LeanKDError as e:
+                self.finetune_errors[target] = e
+                continue
+            if dist.is_main():
+                self.finetuned[target] = trained
+                self.finetuned_files[target] = {p for p in out_dir.rglob("*") if p.is_file()} - before
+        self.staged_dir, self.shared_finetune = out_dir, finetune
+
     def compress(self, task: Task, student: nn.Module, teacher: Optional[nn.Module] = None,
                  targets: Optional[list[str]] = None) -> dict[str, tuple]:
         """Build `targets` (default: every `compress.targets` artifact) from the saved student, into a staging
         folder that replaces compressed/ only with the new report (rundir.commit). A target that fails is
-        reported, never fatal: the run keeps its other results."""
+        reported, never fatal: the run keeps its other results. Targets `finetune_targets` fine-tuned (under
+        torchrun) are built from that outcome, into the staging folder it began."""
         from .targets import TRAINING_TARGETS, build_artifact, max_abs_diff
         from ..rundir import final_path, staging_dir
 
-        out_dir = staging_dir(self.run_dir)
+        out_dir = self.staged_dir if self.staged_dir is not None else staging_dir(self.run_dir)
         targets = self.recipe.compress.targets if targets is None else targets
-        finetune = (self.finetune_setup(task, teacher)
-                    if teacher is not None and TRAINING_TARGETS.intersection(targets) else None)
+        finetune = self.shared_finetune
+        if finetune is None and teacher is not None and TRAINING_TARGETS.intersection(targets):
+            finetune = self.finetune_setup(task, teacher)
         built = {}
         for target in targets:
             self.log(f"compress: building {target} ...")
-            staged_before = {p for p in out_dir.rglob("*") if p.is_file()}
+            # the files its fine-tuning wrote count as this target's: removed with it if it fails
+            staged_before = {p for p in out_dir.rglob("*") if p.is_file()} - self.finetuned_files.get(target, set())
             try:
+                if target in self.finetune_errors:
+                    raise self.finetune_errors[target]
                 art = build_artifact(target, student, task, out_dir, self.recipe.compress.calibration_batches,
-                                     finetune=finetune if target in TRAINING_TARGETS else None)
+                                     finetune=finetune if target in TRAINING_TARGETS else None,
+                                     trained=self.finetuned.get(target))
             except Exception as e:  # noqa: BLE001 - a failing artifact (even a torch/ORT error) never loses the run
                 for partial in {p for p in out_dir.rglob("*") if p.is_file()} - staged_before:
                     partial.unlink()  # never merged over the good artifact an earlier call built

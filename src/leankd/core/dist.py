@@ -4,8 +4,9 @@ How a distributed run works (`torchrun --nproc-per-node N -m leankd run recipe.y
 pipeline in lockstep — the same recipe, the same stage decisions (read from the shared run directory), the same
 global batches — and each trains on its share of every batch with DistributedDataParallel (train/loop.py). Rank 0
 alone writes (checkpoints, metrics, stage records, the teacher cache, the report); the other ranks wait at barriers
-where they must read what it wrote, and leave once the last stage has trained: measuring, compressing and reporting
-run once, on rank 0, on a quiet machine.
+where they must read what it wrote, and leave once the last stage and the compression targets' fine-tuning (QAT,
+compress/run.py) have trained: measuring, building the artifacts and reporting run once, on rank 0, on a quiet
+machine.
 
 In one process (no torchrun, or `--nproc-per-node 1`) nothing is initialized: `world_size()` is 1, every helper
 here is a no-op, and a run is exactly what it was before distributed training existed.
@@ -102,8 +103,8 @@ def init(device: str = "auto", timeout_s: Optional[float] = None) -> bool:
 @contextlib.contextmanager
 def alone() -> Iterator[None]:
     """Rank 0 on its own: inside, this process acts as a one-process run (no collectives, world size 1). The run's
-    measuring, compression (QAT fine-tuning included) and report happen here, once, after the other ranks have
-    finished training and left."""
+    measuring, the building of its artifacts and its report happen here, once, after the other ranks have finished
+    training (QAT's fine-tuning included) and left."""
     global _alone
     before, _alone = _alone, True
     try:
@@ -162,6 +163,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum `tensor` over the ranks, in place (a no-op in one process)."""
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of `tensor` over the ranks, in place (a no-op in one process)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 

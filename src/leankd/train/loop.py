@@ -170,8 +170,8 @@ def _fit(model, task, cfg, loss, teacher, student_taps, seed, checkpoint_path, m
     if cfg.accumulate > 1:
         plan.applied.append(f"gradient accumulation: {cfg.accumulate} micro-batches per step")
     adapter_params = [p for p in loss.parameters() if p.requires_grad] if world > 1 else []
-    if not dist.is_main():
-        progress = None  # rank 0 shows the progress; the others train quietly
+    if not dist.is_main():  # rank 0 shows the progress; the others train quietly, but a hook that decides for
+        progress = getattr(progress, "on_other_ranks", lambda: None)()  # every rank (QAT's divergence watch) stays
     # 10 ms sampling: fine enough for epoch-long peaks, cheap enough not to slow a 2-core machine
     with PeakMemory(device, interval_s=0.01) as peak, EnergyMeter(device) as energy:
         wall_start = time.perf_counter()
@@ -452,3 +452,8 @@ class ProgressHook:
     def update(self, step: int, **metrics: float) -> None: ...
 
     def end_epoch(self, row: dict) -> None: ...
+
+    def on_other_ranks(self) -> Optional["ProgressHook"]:
+        """What ranks other than 0 run under torchrun: nothing (rank 0 shows the progress), unless the hook takes a
+        decision every rank must take with it (stopping the training)."""
+        return None

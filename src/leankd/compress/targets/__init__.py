@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # the recipe, losses, tasks and training loop are imported wh
     from ...train.loop import FitResult
 
 __all__ = ["TARGETS", "TRAINING_TARGETS", "BuildContext", "BuiltArtifact", "Finetune", "Target", "Unsupported",
-           "build_artifact", "calibration", "cpu_inputs", "max_abs_diff", "register_target", "size_note"]
+           "build_artifact", "calibration", "cpu_inputs", "finetune_target", "max_abs_diff", "register_target",
+           "size_note"]
 
 
 @dataclass
@@ -71,6 +72,7 @@ class BuildContext:
     out_dir: Path
     calibration_batches: int = 8
     finetune: Optional[Finetune] = None
+    trained: Any = None  # what the target's `finetune` returned, when it ran before `build` (under torchrun)
 
 
 class Unsupported(LeanKDError):
@@ -86,8 +88,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_artifact(target: str, model: nn.Module, task: Task, out_dir: Path, calibration_batches: int = 8,
-                   finetune: Optional[Finetune] = None) -> BuiltArtifact:
+def _entry(target: str, finetune: Optional[Finetune]) -> Target:
     try:
         entry = TARGETS.get(target)
     except RegistryError as e:
@@ -96,12 +97,36 @@ def build_artifact(target: str, model: nn.Module, task: Task, out_dir: Path, cal
         raise Unsupported(f"compression target {target} fine-tunes the student with its teacher: it runs from a "
                           f"recipe (`leankd run` / `leankd compress RUN_DIR --to {target}`), which supplies the "
                           "teacher and loss")
+    return entry
+
+
+def _fresh_copy(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
+
+
+def build_artifact(target: str, model: nn.Module, task: Task, out_dir: Path, calibration_batches: int = 8,
+                   finetune: Optional[Finetune] = None, trained: Any = None) -> BuiltArtifact:
+    """Build `target` from a copy of `model`; `trained`: what `finetune_target` returned for it (its fine-tuning
+    already done), else a training target fine-tunes here."""
+    entry = _entry(target, finetune)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
-    art = entry.build(model, BuildContext(task, out_dir, calibration_batches, finetune))
+    model = _fresh_copy(model)
+    art = entry.build(model, BuildContext(task, out_dir, calibration_batches, finetune, trained))
     if hasattr(model, "input_encoding"):  # which of a text task's tokenizations the artifact reads
         art.runnable.input_encoding = model.input_encoding
     return art
+
+
+def finetune_target(target: str, model: nn.Module, task: Task, out_dir: Path, calibration_batches: int = 8,
+                    finetune: Optional[Finetune] = None) -> Any:
+    """The fine-tuning part alone of a training target that has one (`Target.finetune`), on a copy of `model`:
+    under torchrun every rank runs it, data-parallel; pass its result to `build_artifact(..., trained=)`. None for a
+    target without a separate fine-tuning."""
+    entry = _entry(target, finetune)
+    if entry.finetune is None:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return entry.finetune(_fresh_copy(model), BuildContext(task, out_dir, calibration_batches, finetune))
 
 
 # helpers for the targets' modules ------------------------------------------------------------------------------
