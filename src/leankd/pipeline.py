@@ -52,9 +52,8 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
                  add_targets: Optional[list[str]] = None, require_finished: bool = False):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
-        self.force, self.resume, self.quiet = force, resume, quiet
+        self.force, self.resume, self.quiet, self.stop_after_epoch = force, resume, quiet, stop_after_epoch
         self.console = console or Console(quiet=False)
-        self.stop_after_epoch = stop_after_epoch
         self.device = resolve_device(recipe.device)
         self.failed_targets: dict[str, str] = {}
         self.feature_pairs: Optional[list] = None
@@ -70,9 +69,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         # compress/export (with or without --remeasure) only measure and build: a stage they would train is an error
         self.require_finished = require_finished or add_targets is not None
         self.replaced_files: list[str] = []  # artifact files (relative) a rebuilt target no longer uses
-        # under torchrun: the training targets' fine-tuning, done by every rank before rank 0 builds (compress/run.py)
-        self.finetuned, self.finetune_errors, self.finetuned_files = {}, {}, {}
-        self.staged_dir, self.shared_finetune = None, None
+        self.reset_finetune()  # under torchrun: QAT's fine-tuning, done by every rank before rank 0 builds
 
     # ---------------------------------------------------------------------------------------------------
     def build_task(self) -> Task:

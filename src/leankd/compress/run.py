@@ -37,6 +37,11 @@ class CompressPhase:
     staged_dir: Optional[Path]
     shared_finetune: Optional[Any]
 
+    def reset_finetune(self) -> None:
+        """No training target fine-tuned yet (`finetune_targets` fills these under torchrun)."""
+        self.finetuned, self.finetune_errors, self.finetuned_files = {}, {}, {}
+        self.staged_dir, self.shared_finetune = None, None
+
     def finetune_setup(self, task: Task, teacher: nn.Module):
         """Teacher, loss and schedule for the compression targets that train (QAT): the student stage's distillation
         continued for `compress.qat.epochs` at a small learning rate, in fp32 (fake quantization is fp32 math)."""
