@@ -17,10 +17,11 @@ ONNX = ("onnx", "onnxscript", "onnxruntime")  # the `deploy` extras
 def export(model: nn.Module, ctx: BuildContext, name: str = "fp32.onnx") -> Path:
     """`model` as one ONNX graph at `ctx.out_dir / name`, its batch (and the task's dynamic) axes left free."""
     from ..onnx import export_onnx
+    from ..onnx_metadata import onnx_metadata
 
     path = ctx.out_dir / name
     export_onnx(model, cpu_inputs(ctx.task, 2, model), path, forward=ctx.task.forward,
-                dynamic_dims=ctx.task.dynamic_dims())
+                dynamic_dims=ctx.task.dynamic_dims(), metadata=onnx_metadata(ctx.task, model))
     return path
 
 
@@ -56,6 +57,7 @@ def ort_int8(src: Path, dst: Path, ctx: BuildContext, mode: str, model: nn.Modul
     """The ONNX file `src` quantized by ONNX Runtime into `dst` (`mode` "static": calibrated on `model`'s training
     batches; "dynamic": weights only), as an artifact that runs `dst`."""
     from ..onnx import OnnxModel, quantize_onnx_dynamic, quantize_onnx_static
+    from ..onnx_metadata import copy_metadata
 
     if mode == "static":
         # QOperator: same accuracy and speed as QDQ on this x86 CPU (measured on resnet20) with an ~18 % smaller
@@ -64,6 +66,7 @@ def ort_int8(src: Path, dst: Path, ctx: BuildContext, mode: str, model: nn.Modul
                                     quant_format="QOperator")
     else:
         info = quantize_onnx_dynamic(src, dst)
+    copy_metadata(src, dst)  # the int8 file is fed exactly like the fp32 one
     quantized = [f"{op} x {n}" for op, n in (info.get("quantized_ops") or {}).items()]
     left = {op: f"{n} node(s) kept in float by ONNX Runtime" for op, n in (info.get("float_ops") or {}).items()}
     note = _float_lookup_note(dst)
