@@ -194,3 +194,39 @@ def test_quality_vs_macs_labels_do_not_overlap(exported):
     (ax,) = fig.axes
     assert sum(isinstance(c, ErrorbarContainer) for c in ax.containers) == len(report["models"])
     _boxes_disjoint(fig)
+
+
+# ------------------------------------------------------------------------------------- metadata of other tasks
+def test_text_metadata_names_each_models_tokenizer(tmp_path):
+    import torch
+
+    from leankd.models import create_model
+    from leankd.tasks import build_task
+    from test_text_students import _recipe
+
+    r = _recipe(tmp_path)
+    task = build_task(r.data, torch.device("cpu"), seed=0)
+    teacher = create_model(r.teacher.model, num_classes=2)
+    student = create_model("text_bilstm", num_classes=2, **task.model_defaults())
+    for model in (teacher, student):
+        task.prepare_model(model)
+    words, hf = task.deploy_metadata(student), task.deploy_metadata(teacher)
+    assert words["class_names"] == hf["class_names"] == list(task.class_names)
+    assert words["task_kind"] == "text_classification" and words["max_length"] == 128
+    assert words["tokenizer"].startswith("words: the run's word_vocab.txt")
+    assert hf["tokenizer"] == "Hugging Face tokenizer folder bert"  # the teacher's own checkpoint folder
+
+
+def test_lm_metadata_gives_tokenizer_vocabulary_and_context(tmp_path):
+    import torch
+
+    from leankd.compress.onnx_metadata import onnx_metadata
+    from leankd.tasks.causal_lm import build_lm_task
+    from test_causal_lm import _data
+
+    task = build_lm_task(_data(tmp_path), torch.device("cpu"), 0)
+    meta = onnx_metadata(task, torch.nn.Identity())
+    assert meta["task_kind"] == "causal_lm" and "class_names" not in meta  # token ids are not classes
+    assert json.loads(meta["context"]) == 16 and json.loads(meta["vocab_size"]) == task.num_classes
+    assert meta["tokenizer"] == f"characters ({task.num_classes} symbols) (lm_tokenizer.json)"
+    assert all(isinstance(v, str) for v in meta.values())  # ONNX metadata_props are string pairs

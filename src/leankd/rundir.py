@@ -4,10 +4,10 @@ A re-run that fails (bad input, a crash, Ctrl-C, kill -9) must leave the finishe
 deployment artifacts as they were. So a run builds its artifacts into a staging folder beside `compressed/`, and
 `commit` swaps everything in at the end, in this order: artifacts, then `report.json`, `report.md` and plots (each
 written atomically; a plot the new report does not make is removed then, see `report.plots.write_plots`), then
-`recipe.yaml` (the recipe that report describes; `leankd compress`/`export` leave it as it is), then what the new report no longer uses. A kill between two of
-these steps leaves a report beside artifacts of the same name (the only window, and a short one). A report of
-another recipe is first copied to `previous/<time>/` (`keep_previous_report`): a run name re-used with new settings
-never loses its earlier results without a trace.
+`recipe.yaml` (the recipe that report describes; `leankd compress`/`export` leave it as it is), then what the new
+report no longer uses. A kill between two of these steps leaves a report beside artifacts of the same name (the
+only window, and a short one). A report of another recipe is first copied to `previous/<time>/`
+(`keep_previous_report`): a run name re-used with new settings never loses its earlier results without a trace.
 """
 from __future__ import annotations
 
