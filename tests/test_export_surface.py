@@ -125,7 +125,8 @@ def test_curves_integer_epochs_percent_and_separate_loss_axes(exported, tmp_path
     fig = curves_figure(report, tmp_path)
     axes = {ax.get_title(): ax for ax in fig.axes}
     assert set(axes) == {"cross-entropy", "distillation objective (train)", "val accuracy"}
-    for ax in axes.values():
+    one_epoch = curves_figure(_report(run_dir), run_dir)  # the run's own histories: a single epoch
+    for ax in [*axes.values(), *one_epoch.axes]:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
     acc = axes["val accuracy"]
