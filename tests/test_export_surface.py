@@ -231,3 +231,28 @@ def test_lm_metadata_gives_tokenizer_vocabulary_and_context(tmp_path):
     assert json.loads(meta["context"]) == 16 and json.loads(meta["vocab_size"]) == task.num_classes
     assert meta["tokenizer"] == f"characters ({task.num_classes} symbols) (lm_tokenizer.json)"
     assert all(isinstance(v, str) for v in meta.values())  # ONNX metadata_props are string pairs
+
+
+def test_int8_files_get_the_fp32_files_metadata(tmp_path):
+    """ORT quantization writes a new file: `copy_metadata` gives it the fp32 file's keys (replacing a key of the same
+    name, keeping the others)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from leankd.compress.onnx_metadata import copy_metadata, read_metadata
+
+    def model(path: Path, **meta: str) -> Path:
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        proto = helper.make_model(graph)
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        onnx.save(proto, str(path))
+        return path
+
+    src = model(tmp_path / "fp32.onnx", mean="[0.5]", class_names='["a", "b"]')
+    dst = model(tmp_path / "int8.onnx", mean="stale", quantized="yes")
+    copy_metadata(src, dst)
+    assert read_metadata(dst) == {"quantized": "yes", "mean": "[0.5]", "class_names": '["a", "b"]'}
+    assert read_metadata(src) == {"mean": "[0.5]", "class_names": '["a", "b"]'}

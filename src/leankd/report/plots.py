@@ -1,5 +1,11 @@
 """Plots for the report: training curves and scatters of the task's primary metric against a cost.
 
+Curves keep apart what is not one quantity: cross-entropy (plain-CE training and every validation loss) and a KD
+student's training objective (its KD term carries the T² factor) get their own axes, accuracy is in % as in the
+report, epochs are whole numbers. Scatters draw every point as an errorbar (latency: the spread of the timing rounds;
+seeds: ± 1 sd) and place labels so that they do not overlap when `compress`/`export` add points next to the student.
+`curves_figure`/`scatter_figure` return the Figure (tests inspect it); the `plot_*` functions save it.
+
 Uses matplotlib's object-oriented API (`matplotlib.figure.Figure`, rendered by Agg) and never pyplot, so no
 display, no global backend switch and no figure leaks. Every file is written atomically. A plot whose data is
 missing is skipped (and a stale copy from an earlier run removed, so `report.md` never links outdated pictures).
@@ -19,7 +25,6 @@ from leankd.report.schema import validate_report
 
 log = logging.getLogger(__name__)
 
-CURVE_METRICS = [("train_loss", "train loss"), ("val_loss", "val loss"), ("val_accuracy", "val accuracy")]
 _DPI = 110
 
 
