@@ -256,3 +256,21 @@ def test_int8_files_get_the_fp32_files_metadata(tmp_path):
     copy_metadata(src, dst)
     assert read_metadata(dst) == {"quantized": "yes", "mean": "[0.5]", "class_names": '["a", "b"]'}
     assert read_metadata(src) == {"mean": "[0.5]", "class_names": '["a", "b"]'}
+
+
+def test_seq2seq_onnx_graphs_carry_both_vocabularies(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from leankd.compress.onnx_metadata import read_metadata
+    from leankd.compress.targets import BuildContext
+    from leankd.compress.targets.onnx_runtime import onnx_fp32
+    from test_seq2seq import _model, _task
+
+    task = _task(60)
+    art = onnx_fp32(_model(task), BuildContext(task, tmp_path))
+    encoder, step = (read_metadata(f) for f in art.files)
+    assert (encoder["graph"], step["graph"]) == ("encoder", "decoder step")
+    for meta in (encoder, step):
+        assert json.loads(meta["source_symbols"]) == task.src_vocab.symbols  # input ids, in order
+        assert json.loads(meta["class_names"]) == task.tgt_vocab.symbols  # output ids, in order
+        assert meta["task_kind"] == "seq2seq" and json.loads(meta["max_decode_length"]) == task.max_len

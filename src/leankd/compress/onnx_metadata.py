@@ -43,13 +43,17 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-def copy_metadata(src: Path, dst: Path) -> None:
-    """Give `dst` (e.g. the int8 file quantized from `src`) the metadata of `src`, rewriting `dst` atomically."""
+def write_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+    """Add `metadata` to the ONNX file `path` (keys already there are replaced), rewriting it atomically."""
     onnx = _require("onnx")
-    metadata = read_metadata(src)
     if not metadata:
         return
-    proto = onnx.load(str(dst), load_external_data=False)
+    proto = onnx.load(str(path), load_external_data=False)
     set_metadata(proto, metadata)
-    with atomic_path(Path(dst)) as tmp:
+    with atomic_path(Path(path)) as tmp:
         onnx.save(proto, str(tmp))
+
+
+def copy_metadata(src: Path, dst: Path) -> None:
+    """Give `dst` (e.g. the int8 file quantized from `src`) the metadata of `src`."""
+    write_metadata(dst, read_metadata(src))

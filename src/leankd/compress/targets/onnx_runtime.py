@@ -41,6 +41,10 @@ def _seq2seq_onnx(model: nn.Module, ctx: BuildContext, int8: bool) -> BuiltArtif
         notes += [n for n in map(_float_lookup_note, files) if n]
         if getattr(model, "cell", None) == "gru":
             left = {"GRU": "ONNX Runtime dynamic quantization covers LSTM, MatMul and Gemm, not GRU"}
+    from ..onnx_metadata import onnx_metadata, write_metadata
+
+    for f in files:  # both graphs say how their inputs are made (the source and target symbols)
+        write_metadata(f, {**onnx_metadata(ctx.task, model), "graph": "encoder" if f == files[0] else "decoder step"})
     runnable = OnnxSeq2Seq(*files)
     check = cpu_inputs(ctx.task, 3, model)  # another batch size and source length: fails here, not when measured
     state = runnable.encode(torch.nn.functional.pad(check["src"], (0, 3)), check["src_len"])
