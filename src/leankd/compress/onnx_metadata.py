@@ -20,10 +20,13 @@ from .onnx_common import _require
 
 
 def onnx_metadata(task, model: nn.Module) -> dict[str, str]:
-    """The metadata of an ONNX export of `model` for `task` (`Task.deploy_metadata`), as ONNX string pairs."""
+    """The metadata of an ONNX export of `model` for `task` (`Task.deploy_metadata`), as ONNX string pairs. An
+    object that only acts as a task (no `deploy_metadata`: a test's or a user's stand-in) gives the version only."""
     from ..core.version import __version__
 
-    meta: dict[str, Any] = {"producer": "leankd", "leankd_version": __version__, **task.deploy_metadata(model)}
+    described = getattr(task, "deploy_metadata", None)
+    meta: dict[str, Any] = {"producer": "leankd", "leankd_version": __version__,
+                            **(described(model) if described is not None else {})}
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
