@@ -489,7 +489,7 @@ def test_quality_plots_follow_the_primary_metric(tmp_path, monkeypatch):
     ax = figures["quality_vs_macs.png"].axes[0]
     assert ax.get_ylabel() == "sequence error rate (greedy) (%, lower is better)"
     assert ax.get_title() == "seq: sequence error rate (greedy) vs MACs"
-    ys = sorted(float(c.get_offsets()[0][1]) for c in ax.collections)
+    ys = sorted(float(c.lines[0].get_ydata()[0]) for c in ax.containers)  # every point is an errorbar
     assert ys == pytest.approx([20.0, 25.0, 35.0])  # teacher, KD student, baseline: their error rates
 
     figures.clear()

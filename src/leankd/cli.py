@@ -275,6 +275,20 @@ def _print_result(result) -> None:
                   markup=False)
 
 
+def _reported_targets(run_dir: Path) -> list[str]:
+    """The compression targets a finished run's report holds (earlier `leankd compress`/`export` calls included);
+    none when there is no readable report (the run is then measured in full anyway)."""
+    from .report import load_report
+
+    if not (run_dir / "report.json").is_file():
+        return []
+    try:
+        models = load_report(run_dir)["models"]
+    except LeanKDError:
+        return []
+    return [m["artifact"]["target"] for m in models.values() if m.get("artifact")]
+
+
 def _rerun_with_targets(run_dir: Path, targets: list[str], quiet: bool, overrides: Optional[list[str]] = None,
                         remeasure: bool = False):
     """Re-open a finished run to add compression targets: every training stage is reused (same fingerprint).
@@ -288,7 +302,8 @@ def _rerun_with_targets(run_dir: Path, targets: list[str], quiet: bool, override
     if not recipe_path.exists():
         raise LeanKDError(f"{run_dir} is not a run directory (no recipe.yaml): pass the directory `leankd run` made")
     base = load_recipe(recipe_path)
-    everything = list(dict.fromkeys([*base.compress.targets, *targets]))
+    # the run's recipe.yaml is never rewritten by compress/export: the targets added earlier are in its report
+    everything = list(dict.fromkeys([*base.compress.targets, *_reported_targets(run_dir), *targets]))
     r = load_recipe(recipe_path, [f"compress.targets=[{', '.join(everything)}]", *(overrides or [])])
     remeasure = remeasure or any(o.startswith("measure.") for o in overrides or [])
     added = None

@@ -4,10 +4,10 @@ A re-run that fails (bad input, a crash, Ctrl-C, kill -9) must leave the finishe
 deployment artifacts as they were. So a run builds its artifacts into a staging folder beside `compressed/`, and
 `commit` swaps everything in at the end, in this order: artifacts, then `report.json`, `report.md` and plots (each
 written atomically; a plot the new report does not make is removed then, see `report.plots.write_plots`), then
-`recipe.yaml` (the recipe that report describes), then what the new report no longer uses. A kill between two of
-these steps leaves a report beside artifacts of the same name (the only window, and a short one). A report of
-another recipe is first copied to `previous/<time>/` (`keep_previous_report`): a run name re-used with new settings
-never loses its earlier results without a trace.
+`recipe.yaml` (the recipe that report describes; `leankd compress`/`export` leave it as it is), then what the new
+report no longer uses. A kill between two of these steps leaves a report beside artifacts of the same name (the
+only window, and a short one). A report of another recipe is first copied to `previous/<time>/`
+(`keep_previous_report`): a run name re-used with new settings never loses its earlier results without a trace.
 """
 from __future__ import annotations
 
@@ -76,17 +76,19 @@ def keep_previous_report(run_dir: Path, recipe_text: str) -> Optional[Path]:
     return folder
 
 
-def commit(run_dir: Path, report: dict, recipe_text: str, *, artifacts: str, remove: Iterable[str] = ()
+def commit(run_dir: Path, report: dict, recipe_text: Optional[str], *, artifacts: str, remove: Iterable[str] = ()
            ) -> Optional[Path]:
     """Put the finished run's results in place. `artifacts`: "replace" (compressed/ becomes exactly what this run
     staged: a full run), "merge" (staged files are added to compressed/, replacing files of the same name; earlier
     artifacts stay: `leankd compress`/`export` adding targets). `remove`: files (relative to the run dir) the new
     report no longer uses, deleted once it is written. Returns where an earlier report of another recipe was kept
-    (`keep_previous_report`; only for a full run: adding artifacts extends the same results)."""
+    (`keep_previous_report`; only for a full run: adding artifacts extends the same results). `recipe_text` None:
+    recipe.yaml stays as it is (`leankd compress`/`export` extend the run's results, not its recipe: the report's
+    artifacts say what was added, and recipe.yaml remains the recipe the stages were trained from)."""
     from .report import write_markdown, write_plots, write_report
 
     run_dir = Path(run_dir)
-    kept = keep_previous_report(run_dir, recipe_text) if artifacts == "replace" else None
+    kept = keep_previous_report(run_dir, recipe_text) if artifacts == "replace" and recipe_text is not None else None
     staged, current, retired = run_dir / STAGING, run_dir / COMPRESSED, run_dir / RETIRED
     has_staged = staged.is_dir() and any(staged.iterdir())
     if artifacts == "merge" and has_staged:
@@ -101,7 +103,8 @@ def commit(run_dir: Path, report: dict, recipe_text: str, *, artifacts: str, rem
         os.replace(staged, current)
     write_report(run_dir, report)
     write_markdown(run_dir, report, plots=write_plots(report, run_dir))
-    write_text_atomic(run_dir / "recipe.yaml", recipe_text)
+    if recipe_text is not None:
+        write_text_atomic(run_dir / "recipe.yaml", recipe_text)
     for rel in remove:
         stale = (run_dir / rel).resolve()
         if stale.is_relative_to((run_dir / COMPRESSED).resolve()) and stale.is_file():

@@ -83,6 +83,7 @@ def export_onnx(
     model: nn.Module, example_inputs: Any, path: str | os.PathLike, *, input_names: list[str] | None = None,
     dynamic_batch: bool = True, opset: int | None = None, dynamo: bool = True,
     forward: Optional[Callable[[nn.Module, Any], Any]] = None, dynamic_dims: Optional[dict[int, str]] = None,
+    metadata: Optional[Mapping[str, str]] = None,
 ) -> dict:
     """Export `model` to the single ONNX file `path` (fp32, eval mode, CPU) and return
     `{"path", "opset", "size_bytes", "exporter", "input_names", "output_names", "dynamic_batch"}`.
@@ -100,7 +101,8 @@ def export_onnx(
 
     `forward(model, inputs)` says how the model takes a dict of inputs (the task's `forward`; default `model(d)`).
     `dynamic_dims` names the dynamic dimensions shared by every input (default `{0: "batch"}`; text adds
-    `{1: "sequence"}` so one file serves every sentence length).
+    `{1: "sequence"}` so one file serves every sentence length). `metadata`: string pairs stored in the file's
+    `metadata_props` (what a user needs to feed the model: `onnx_metadata.onnx_metadata`), part of the same write.
     """
     keys, tensors = _normalize_inputs(example_inputs)
     names = list(input_names) if input_names is not None else keys
@@ -138,10 +140,12 @@ def export_onnx(
             # is saved under its final name (not atomic); `<path>.data` holds the weights.
             path.parent.mkdir(parents=True, exist_ok=True)
             program.save(path, external_data=True)
+            _stamp(path, metadata)
             info = _check_exported(path, dynamic_batch)
         else:
             with atomic_path(path) as tmp:
                 program.save(tmp, external_data=False)
+                _stamp(tmp, metadata)
                 info = _check_exported(tmp, dynamic_batch)
     else:
         dynamic_axes = {n: {d: name for d, name in dims.items() if d < t.dim()} for n, t in zip(names, tensors)
@@ -155,6 +159,7 @@ def export_onnx(
                     )
             except Exception as e:
                 raise ExportError(describe_export_failure(e, model, legacy=True)) from e
+            _stamp(tmp, metadata)
             info = _check_exported(tmp, dynamic_batch)
     return {
         "path": str(path),
@@ -165,6 +170,18 @@ def export_onnx(
         "output_names": info["output_names"],
         "dynamic_batch": dynamic_batch,
     }
+
+
+def _stamp(path: Path, metadata: Optional[Mapping[str, str]]) -> None:
+    """Write `metadata` into the just-saved file's `metadata_props` (the weights, inside or beside it, stay)."""
+    if not metadata:
+        return
+    from .onnx_metadata import set_metadata
+
+    onnx = _require("onnx")
+    proto = onnx.load(str(path), load_external_data=False)
+    set_metadata(proto, metadata)
+    onnx.save(proto, str(path))
 
 
 def _check_exported(path: Path, dynamic_batch: bool) -> dict:

@@ -124,6 +124,18 @@ class Task:
             **getattr(self, "info", {}),
         }
 
+    deploy_info: dict = {}  # set by a task's builder: what an exported model's user needs beyond the classes
+
+    def deploy_metadata(self, model: nn.Module) -> dict[str, Any]:
+        """What a user of an exported `model` needs to feed it and read its output, stored in the ONNX file
+        (compress/onnx_metadata.py): the task kind, the class names in output order, and what the task's builder
+        knows (`deploy_info`: an image task's normalization, size and layout). Tasks whose models differ in their
+        inputs (text: each model's tokenizer) override it."""
+        meta: dict[str, Any] = {"task_kind": self.kind}
+        if self.class_names:
+            meta["class_names"] = list(self.class_names)
+        return {**meta, **self.deploy_info}
+
     # what a batch's `size` counts per example of `batch_size` (a causal LM's blocks: their tokens)
     samples_per_example: int = 1
 

@@ -42,12 +42,19 @@ class MeasurePhase:
     teacher_examples: Optional[int]
     role_labels: dict[str, str]
     role_models: dict[str, str]
+    require_finished: bool  # compress/export: the run's recipe.yaml stays as it is (they add to its results)
+    recorded_targets: Optional[set[str]] = None  # compress/export: the targets the run's recipe.yaml lists
 
     def report(self, task: Task, stages: dict[str, StageResult],
                seed_values: Optional[dict[int, dict[str, Optional[float]]]] = None) -> dict:
         """Measure, build the report and put it in place (with its artifacts) in one commit at the end."""
         from ..rundir import commit, discard_staging
 
+        # compress/export extend the run's results, not its recipe: recipe.yaml stays byte for byte (a later
+        # `leankd run` of it reuses every stage), and the artifacts its compress.targets does not list are marked
+        # `added_after_run` in the report
+        keep_recipe = self.require_finished and (self.run_dir / "recipe.yaml").is_file()
+        self.recorded_targets = self._recorded_targets() if keep_recipe else None
         previous = self._previous_report() if self.add_targets is not None else None
         if self.add_targets is not None and previous is None:
             self.log("no finished report to add to: building every target and measuring every model")
@@ -59,7 +66,7 @@ class MeasurePhase:
                 report = self.added_artifacts_report(task, stages, previous)
             else:
                 report = self.full_report(task, stages, seed_values)
-            kept = commit(self.run_dir, report, dump_recipe(self.recipe),
+            kept = commit(self.run_dir, report, None if keep_recipe else dump_recipe(self.recipe),
                           artifacts="merge" if previous is not None else "replace", remove=self.replaced_files)
             if kept is not None:
                 self.log(f"the earlier report of this run directory (another recipe) is kept in "
@@ -68,6 +75,11 @@ class MeasurePhase:
             discard_staging(self.run_dir)
             raise
         return report
+
+    def _recorded_targets(self) -> set[str]:
+        from ..recipe import load_recipe
+
+        return set(load_recipe(self.run_dir / "recipe.yaml").compress.targets)
 
     def _previous_report(self) -> Optional[dict]:
         from ..report import load_report
@@ -92,6 +104,8 @@ class MeasurePhase:
             drop = 100 * (headline(measured["student"]) - headline(measured[role]))  # accuracy (regression: r)
             info.update(accuracy_drop_points=round(drop, 4), max_drop_points=r.compress.max_accuracy_drop,
                         flagged=drop > r.compress.max_accuracy_drop)
+            if self.recorded_targets is not None and info["target"] not in self.recorded_targets:
+                info["added_after_run"] = True  # by `leankd compress`/`export`: not in the run's recipe.yaml
             if info["flagged"]:
                 self.log(f"[bold yellow]warning:[/] {info['target']} loses {drop:.2f} points "
                          f"({'Pearson r x100' if task.regression else 'accuracy'}) against the fp32 "

@@ -215,6 +215,9 @@ class Artifact(_Strict):
     # added to a finished run (`leankd compress`/`export` without --remeasure): the base model's latency re-timed
     # interleaved with this artifact; its x-faster ratios against the base use it instead of the base's own row
     reference_latency: Optional[Latency] = None
+    # built by `leankd compress`/`export` after the run: the run's recipe.yaml (kept as the stages were trained from
+    # it) does not list this target in compress.targets
+    added_after_run: Optional[bool] = None
 
 
 class Streaming(TimingNoise):

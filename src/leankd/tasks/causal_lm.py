@@ -289,6 +289,12 @@ class CausalLMTask(Task):
     def dynamic_dims(self) -> dict[int, str]:
         return {0: "batch", 1: "length"}
 
+    def deploy_metadata(self, model: nn.Module) -> dict[str, Any]:
+        """The tokenizer (saved in the run as lm_tokenizer.json), its vocabulary and the context the model was
+        trained on: the inputs are token ids, the outputs next-token logits over that vocabulary."""
+        return {**super().deploy_metadata(model), "tokenizer": f"{self.tokenizer.describe()} (lm_tokenizer.json)",
+                "vocab_size": self.num_classes, "context": self.context}
+
     def save(self, run_dir) -> None:
         self.tokenizer.save(Path(run_dir) / "lm_tokenizer.json")
 

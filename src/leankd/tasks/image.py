@@ -72,6 +72,15 @@ def _info(cfg: DataConfig, augment: ImageAugment, image_shape, fingerprint: Opti
             "preprocessing": _preprocessing(cfg, train_images), **({"split_method": split} if split else {})}
 
 
+def _deploy_info(augment: ImageAugment, image_shape) -> dict:
+    """What a user of an exported image model must do to a picture first (Task.deploy_metadata): the models read
+    float NCHW RGB tensors normalized as in `data.augment.normalize`."""
+    return {"input_layout": "NCHW (batch, channel, height, width), RGB",
+            "input_size": list(image_shape[-2:]),
+            "normalization": "x = (pixel / 255 - mean) / std per channel",
+            "mean": list(augment.mean), "std": list(augment.std)}
+
+
 def _preprocessing(cfg: DataConfig, train_images: Optional[torch.Tensor]) -> list[dict]:
     """What the images went through before a model saw them (report.schema.PreprocessingStep). `by_default` says the
     recipe did not ask for it, so a default that does not suit the data (hflip on digits) is called out."""
@@ -124,6 +133,7 @@ def _build_memory_task(cfg: DataConfig, device: torch.device, seed: int, channel
                       device=device, info=_info(cfg, augment, images.shape, source.fingerprint, streamed=False,
                                                 train_images=splits["train"][0], split=split))
     task.kind, task.eval_split = "image_classification", eval_split
+    task.deploy_info = _deploy_info(augment, images.shape)
     task.notes += notes
     return task
 
@@ -163,5 +173,6 @@ def _build_stream_task(cfg: DataConfig, device: torch.device, seed: int, channel
                                  split=example_split_statement({k: len(v) for k, v in datasets.items()},
                                                                "test" in datasets, "images")))
     task.kind, task.eval_split = "image_classification", eval_split
+    task.deploy_info = _deploy_info(augment, sample.shape)
     task.notes += notes + ["images were streamed from disk with a DataLoader (data.in_memory)"]
     return task

@@ -103,6 +103,13 @@ class Seq2SeqTask(Task):
         if self.eval_split == "train":
             self.notes.append("no validation or test data: quality is measured on the TRAINING data")
 
+    def deploy_metadata(self, model: nn.Module) -> dict[str, Any]:
+        """The source symbols in id order (the encoder's input ids; 0 pad, 1 begin, 2 end, 3 unknown), the target
+        symbols (`class_names`: the decoder's output ids), how sources are split into symbols and the longest
+        decoding."""
+        return {**super().deploy_metadata(model), "source_symbols": list(self.src_vocab.symbols),
+                "source_tokenization": self.tokenization, "max_decode_length": self.max_len}
+
     # data ----------------------------------------------------------------------------------------------------
     def split_size(self, split: str) -> int:
         return len(self.splits[split]) if split in self.splits else 0

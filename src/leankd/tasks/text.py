@@ -213,6 +213,16 @@ class TextTask(Task):
         specials = torch.tensor(tokenizer.all_special_ids, dtype=torch.long)
         return torch.unique(torch.cat([enc.ids[valid].long().cpu(), specials])), int(tokenizer.unk_token_id)
 
+    def deploy_metadata(self, model: nn.Module) -> dict[str, Any]:
+        """The classes plus how `model` tokenizes (its own tokenizer folder, or the run's word vocabulary file) and
+        the longest text it was trained on (data.text.max_length): what a user must reproduce before the ONNX file."""
+        key = self.encoding_key(model)
+        folder = self.folders.get(key)
+        tokenizer = ("words: the run's word_vocab.txt (lower-cased words, one id per line)" if key == WORDS
+                     else f"Hugging Face tokenizer folder {Path(folder).name}" if folder else str(key))
+        return {**super().deploy_metadata(model), "tokenizer": tokenizer, "max_length": self.max_length,
+                "text_pairs": any(sp.pairs is not None for sp in self.splits.values())}
+
     def save(self, run_dir: Path) -> None:
         """The word vocabulary, when a model reads words: a deployed word-level student needs it."""
         if WORDS in self.encodings:

@@ -17,10 +17,11 @@ ONNX = ("onnx", "onnxscript", "onnxruntime")  # the `deploy` extras
 def export(model: nn.Module, ctx: BuildContext, name: str = "fp32.onnx") -> Path:
     """`model` as one ONNX graph at `ctx.out_dir / name`, its batch (and the task's dynamic) axes left free."""
     from ..onnx import export_onnx
+    from ..onnx_metadata import onnx_metadata
 
     path = ctx.out_dir / name
     export_onnx(model, cpu_inputs(ctx.task, 2, model), path, forward=ctx.task.forward,
-                dynamic_dims=ctx.task.dynamic_dims())
+                dynamic_dims=ctx.task.dynamic_dims(), metadata=onnx_metadata(ctx.task, model))
     return path
 
 
@@ -40,6 +41,10 @@ def _seq2seq_onnx(model: nn.Module, ctx: BuildContext, int8: bool) -> BuiltArtif
         notes += [n for n in map(_float_lookup_note, files) if n]
         if getattr(model, "cell", None) == "gru":
             left = {"GRU": "ONNX Runtime dynamic quantization covers LSTM, MatMul and Gemm, not GRU"}
+    from ..onnx_metadata import onnx_metadata, write_metadata
+
+    for f in files:  # both graphs say how their inputs are made (the source and target symbols)
+        write_metadata(f, {**onnx_metadata(ctx.task, model), "graph": "encoder" if f == files[0] else "decoder step"})
     runnable = OnnxSeq2Seq(*files)
     check = cpu_inputs(ctx.task, 3, model)  # another batch size and source length: fails here, not when measured
     state = runnable.encode(torch.nn.functional.pad(check["src"], (0, 3)), check["src_len"])
@@ -56,6 +61,7 @@ def ort_int8(src: Path, dst: Path, ctx: BuildContext, mode: str, model: nn.Modul
     """The ONNX file `src` quantized by ONNX Runtime into `dst` (`mode` "static": calibrated on `model`'s training
     batches; "dynamic": weights only), as an artifact that runs `dst`."""
     from ..onnx import OnnxModel, quantize_onnx_dynamic, quantize_onnx_static
+    from ..onnx_metadata import copy_metadata
 
     if mode == "static":
         # QOperator: same accuracy and speed as QDQ on this x86 CPU (measured on resnet20) with an ~18 % smaller
@@ -64,6 +70,7 @@ def ort_int8(src: Path, dst: Path, ctx: BuildContext, mode: str, model: nn.Modul
                                     quant_format="QOperator")
     else:
         info = quantize_onnx_dynamic(src, dst)
+    copy_metadata(src, dst)  # the int8 file is fed exactly like the fp32 one
     quantized = [f"{op} x {n}" for op, n in (info.get("quantized_ops") or {}).items()]
     left = {op: f"{n} node(s) kept in float by ONNX Runtime" for op, n in (info.get("float_ops") or {}).items()}
     note = _float_lookup_note(dst)
