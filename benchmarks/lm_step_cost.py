@@ -36,13 +36,16 @@ VARIANTS = {  # teacher settings of each contestant
 }
 
 
-def recipe(variant: str, weights: str, run_dir: Path, limit_train: int, epochs: int, seed: int = 0) -> dict:
+def recipe(variant: str, weights: str, run_dir: Path, limit_train: int, epochs: int, seed: int = 0,
+           bpe: int = 0) -> dict:
     r = yaml.safe_load(RECIPE.read_text())
     r["data"]["source"] = str((ROOT / r["data"]["source"]).resolve())
     r["data"]["limit_train"] = limit_train
     r["seeds"] = None
     r["seed"] = seed  # the students' initialization and batch order; the split stays the recipe's (split_seed 0)
     r["data"]["split_seed"] = 0
+    if bpe:  # a byte-level BPE of this many tokens instead of characters (the teacher must have been trained on it)
+        r["data"]["lm"] = {**r["data"]["lm"], "tokenizer": "bpe", "vocab_size": bpe}
     r["teacher"] = {**r["teacher"], **VARIANTS[variant], "checkpoint": weights}
     r["train"]["epochs"] = epochs
     r["compress"] = {"targets": []}
@@ -57,10 +60,11 @@ def epochs_after_first(path: Path) -> list[float]:
     return [r["epoch_time_s"] for r in rows[1:]]
 
 
-def run_one(variant: str, weights: str, work: Path, limit_train: int, epochs: int, seed: int = 0) -> dict:
+def run_one(variant: str, weights: str, work: Path, limit_train: int, epochs: int, seed: int = 0,
+            bpe: int = 0) -> dict:
     run_dir = work / variant.replace(" ", "_").replace("-", "")
     path = work / f"{run_dir.name}.yaml"
-    path.write_text(yaml.safe_dump(recipe(variant, weights, run_dir, limit_train, epochs, seed)))
+    path.write_text(yaml.safe_dump(recipe(variant, weights, run_dir, limit_train, epochs, seed, bpe)))
     start = time.perf_counter()
     faults = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-m", "leankd.cli", "run", str(path), "--run-dir", str(run_dir), "--force",
@@ -94,6 +98,9 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lm_step_cost"))
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list out of {list(VARIANTS)}")
+    p.add_argument("--bpe", type=int, default=0, help="tokenize with a byte-level BPE of this many tokens (the "
+                   "teacher weights must be of that recipe variant, e.g. --set data.lm.tokenizer=bpe "
+                   "--set data.lm.vocab_size=512)")
     p.add_argument("--seeds", default="0", help="students' seeds, one per round in turn (e.g. 0,1 with --rounds 2: "
                    "quality over two seeds, timing over both rounds)")
     args = p.parse_args(argv)
@@ -110,7 +117,7 @@ def main(argv=None) -> None:
             seed = seeds[r % len(seeds)]
             for variant in names[r % len(names):] + names[:r % len(names)]:
                 row = run_one(variant, str(Path(args.teacher_weights).resolve()), Path(tmp), args.limit_train,
-                              args.epochs, seed)
+                              args.epochs, seed, args.bpe)
                 row["round"], row["seed"] = r, seed
                 rows.append(row)
                 print(f"round {r} {variant}: KD/alone {row['ratio']:.3f}, KD test loss {row['kd_test_loss']:.4f}, "

@@ -357,3 +357,56 @@ def test_python_api_mixes_a_divergence_with_cross_entropy():
     assert loss.describe() == "0.7*jsd(b=0.2,T=1) + 0.3*ce"
     value.backward()
     assert torch.isfinite(s.grad).all()
+
+
+# top-k teacher: the tail is one bucket ------------------------------------------------------------------------------
+def test_a_top_k_teacher_tail_is_one_bucket_in_value_and_gradient():
+    """With a top-k cache's stored classes, forward KL equals by hand the KL over k + 1 outcomes (the stored classes
+    and one tail bucket), value and gradient, whatever the chunking; without them the even tail is compared class by
+    class (the old behaviour, which taught a flat tail)."""
+    from leankd.kd.topk import compress_top_k, expand_top_k
+
+    torch.manual_seed(0)
+    n, v, k = 6, 12, 3
+    s = torch.randn(n, v, dtype=torch.float64).float().requires_grad_()
+    t_full = torch.randn(n, v) * 2
+    rows = compress_top_k(t_full, k)
+    teacher = expand_top_k(rows, k, v)
+    classes = rows[:, k:2 * k].long()
+    y = torch.zeros(n, dtype=torch.long)
+    # by hand: p over the k stored classes + the bucket
+    log_pt = torch.log_softmax(teacher, -1)
+    log_ps = torch.log_softmax(s, -1)
+    stored = torch.zeros(n, v, dtype=torch.bool).scatter_(1, classes, True)
+    pt_k, ps_k = log_pt.exp().gather(1, classes), log_ps.exp().gather(1, classes)
+    pt_tail, ps_tail = 1 - pt_k.sum(1), log_ps.exp().masked_fill(stored, 0).sum(1)
+    by_hand = ((pt_k * (pt_k.log() - ps_k.log())).sum(1) + pt_tail * (pt_tail.log() - ps_tail.log())).mean()
+    (grad_hand,) = torch.autograd.grad(by_hand, s)
+    for chunk in (None, 2, 4):
+        got = ForwardKL(chunk_rows=chunk)(LossInputs(student=s, targets=y, teacher=teacher, teacher_classes=classes))
+        (grad,) = torch.autograd.grad(got, s)
+        assert got.item() == pytest.approx(by_hand.item(), rel=1e-5)
+        torch.testing.assert_close(grad, grad_hand, rtol=1e-4, atol=1e-6)
+    even = ForwardKL()(LossInputs(student=s, targets=y, teacher=teacher))  # no classes: the even tail, per class
+    assert abs(even.item() - by_hand.item()) > 1e-3
+    # all classes stored: nothing to reshape
+    all_rows = compress_top_k(t_full, v)
+    full = ForwardKL()(LossInputs(student=s, targets=y, teacher=expand_top_k(all_rows, v, v),
+                                  teacher_classes=all_rows[:, v:2 * v].long()))
+    assert full.item() == pytest.approx(ForwardKL()(LossInputs(student=s, targets=y, teacher=t_full)).item(), rel=1e-5)
+
+
+def test_the_cached_top_k_teacher_hands_its_classes_to_the_loss(tmp_path):
+    """CachedTeacher marks its top-k logits with the stored classes; the loop's loss_inputs carries them."""
+    from types import SimpleNamespace
+
+    from leankd.train.loop import loss_inputs
+
+    teacher_logits = torch.randn(4, 10)
+    teacher_logits.stored_classes = torch.tensor([[1, 2]] * 4)
+    loss = ForwardKL()
+    batch = SimpleNamespace(targets=torch.zeros(4, dtype=torch.long))
+    inputs = loss_inputs(torch.randn(4, 10), batch, loss, None, None, teacher_out=teacher_logits)
+    assert torch.equal(inputs.teacher_classes, teacher_logits.stored_classes)
+    plain = loss_inputs(torch.randn(4, 10), batch, loss, None, None, teacher_out=torch.randn(4, 10))
+    assert plain.teacher_classes is None

@@ -119,7 +119,13 @@ class CachedTeacher:
             rows = resident[where.to(self.device)]
         else:
             rows = self._decode(self.logits[self.view, where.cpu().numpy()]).to(self.device)
-        return rows if self.top_k is None else expand_top_k(rows, self.top_k, self.num_classes)
+        if self.top_k is None:
+            return rows
+        logits = expand_top_k(rows, self.top_k, self.num_classes)
+        # which classes were stored: the rest is one tail bucket, whose inner shape the cache does not know (losses
+        # that use this, the token divergences, give the bucket the student's own shape; see LossInputs)
+        logits.stored_classes = rows[:, self.top_k:2 * self.top_k].long()
+        return logits
 
 
 def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], Tensor], task: Task, views: int,

@@ -27,6 +27,9 @@ class LossInputs:
     student: Tensor
     targets: Tensor
     teacher: Optional[Tensor] = None
+    # a top-k teacher cache's stored classes per row [N, k] (None: every logit is the teacher's own): the other
+    # classes' logits are one tail bucket spread evenly, a stand-in for a shape the cache did not keep
+    teacher_classes: Optional[Tensor] = None
     student_features: dict = field(default_factory=dict)
     teacher_features: dict = field(default_factory=dict)
     epoch: Optional[int] = None  # the training epoch in progress, counted from 1 (None outside training): warm-ups

@@ -367,6 +367,8 @@ def loss_inputs(logits, batch, loss: Loss, teacher, student_taps: Optional[Featu
         inputs.student_features = student_taps.take()
     elif loss.needs_teacher:
         inputs.teacher = teacher_out
+    if inputs.teacher is not None:
+        inputs.teacher_classes = getattr(inputs.teacher, "stored_classes", None)
     return inputs
 
 

@@ -54,11 +54,13 @@ def rows_per_chunk(chunk_rows: Optional[int], vocab: int) -> int:
     return int(chunk_rows) if chunk_rows is not None else max(1, CHUNK_ELEMENTS // max(int(vocab), 1))
 
 
-def token_mean(rows, student: Tensor, teacher: Tensor, targets: Tensor, chunk_rows: Optional[int] = None) -> Tensor:
+def token_mean(rows, student: Tensor, teacher: Tensor, targets: Tensor, chunk_rows: Optional[int] = None,
+               classes: Optional[Tensor] = None) -> Tensor:
     """Σ rows(student_chunk, teacher_chunk) over the unmasked rows / their number (0 when none), in fp32.
 
     `rows(s, t)` maps [c, V] logits (any dtype) to [c] fp32 values. `targets` has one entry per row (any shape
-    whose size is N); entries equal to -100 mask their row. `chunk_rows`: rows per chunk (None: `rows_per_chunk`)."""
+    whose size is N); entries equal to -100 mask their row. `chunk_rows`: rows per chunk (None: `rows_per_chunk`).
+    `classes` [N, k]: a top-k teacher's stored classes, passed on to `rows(s, t, classes)` chunk by chunk."""
     vocab = student.shape[-1]
     chunk_rows = rows_per_chunk(chunk_rows, vocab)
     s, t = student.reshape(-1, vocab), teacher.detach().reshape(-1, vocab)
@@ -67,14 +69,15 @@ def token_mean(rows, student: Tensor, teacher: Tensor, targets: Tensor, chunk_ro
         raise ValueError(f"token divergence: {keep.numel()} targets for {s.shape[0]} rows of logits "
                          f"{tuple(student.shape)}; give one target per position (-100 masks it)")
     count = keep.sum().clamp(min=1).to(torch.float32)  # a tensor op: no host sync
+    rows = _by_chunk(rows, None if classes is None else classes.reshape(s.shape[0], -1))
     if torch.is_grad_enabled() and s.requires_grad and s.shape[0] <= chunk_rows:  # one chunk: plain autograd
-        total = _masked_sum(rows, s, t, keep)
+        total = _masked_sum(rows, s, t, keep, slice(None))
     elif torch.is_grad_enabled() and s.requires_grad:
         total = _ChunkedSum.apply(s, t, keep, rows, int(chunk_rows))
     else:
         total = s.new_zeros((), dtype=torch.float32)
         for sl in _chunks(s.shape[0], chunk_rows):
-            total = total + _masked_sum(rows, s[sl], t[sl], keep[sl])
+            total = total + _masked_sum(rows, s[sl], t[sl], keep[sl], sl)
     return total / count
 
 
@@ -82,13 +85,21 @@ def _chunks(n: int, size: int):
     return (slice(i, i + size) for i in range(0, n, size))
 
 
-def _masked_sum(rows, s: Tensor, t: Tensor, keep: Tensor) -> Tensor:
+def _by_chunk(rows, classes: Optional[Tensor]):
+    """`rows(s, t)` as `f(s, t, sl)` of chunk `sl` (rows `sl` of the batch), with that chunk's stored top-k classes
+    when the teacher has them."""
+    if classes is None:
+        return lambda s, t, sl: rows(s, t)
+    return lambda s, t, sl: rows(s, t, classes[sl])
+
+
+def _masked_sum(rows, s: Tensor, t: Tensor, keep: Tensor, sl: slice) -> Tensor:
     # masked rows are zeroed before the softmax, not only left out of the sum: padding logits may be NaN (a fully
     # masked attention row), and 0 x NaN in the backward pass would still reach the gradient
     drop = ~keep[:, None]
     s, t = s.masked_fill(drop, 0), t.masked_fill(drop, 0)
     with torch.autocast(s.device.type, enabled=False):
-        return (rows(s, t) * keep).sum()
+        return (rows(s, t, sl) * keep).sum()
 
 
 class _ChunkedSum(torch.autograd.Function):
@@ -102,7 +113,7 @@ class _ChunkedSum(torch.autograd.Function):
         for sl in _chunks(student.shape[0], chunk_rows):
             with torch.enable_grad():
                 x = student[sl].detach().requires_grad_()
-                value = _masked_sum(rows, x, teacher[sl], keep[sl])
+                value = _masked_sum(rows, x, teacher[sl], keep[sl], sl)
                 (grad[sl],) = torch.autograd.grad(value, x)
             total += value.detach()
         ctx.save_for_backward(grad)
@@ -113,6 +124,24 @@ class _ChunkedSum(torch.autograd.Function):
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
         return grad * grad_out, None, None, None, None
+
+
+def tail_as_bucket(log_pt: Tensor, log_ps: Tensor, classes: Tensor) -> Tensor:
+    """A top-k teacher's log-probabilities with its tail given the student's own shape: the stored classes keep the
+    teacher's values, and the tail's total mass P_t (exact: the cache's tail logit is the tail's log-mean-exp) is
+    spread over the other classes as the (detached) student spreads its own tail mass P_s:
+    log p_t[j] = log P_t + log p_s[j] - log P_s.
+
+    Why: an even spread teaches the student a flat tail it never had — at a 512-token vocabulary a top-16 cache
+    with an even tail lost all of dense KD's gain (benchmarks/lm_step_cost.py --bpe 512). With the student's shape
+    the forward KL over the V classes equals, in value and gradient, the KL over k + 1 outcomes: the k stored classes
+    and one tail bucket (DistillKit/the issue's "tail bucket"); the other divergences compare the same k + 1
+    outcomes in value."""
+    stored = torch.zeros_like(log_pt, dtype=torch.bool).scatter_(1, classes, True)
+    log_ps = log_ps.detach()
+    tail_t = log_pt.masked_fill(stored, float("-inf")).logsumexp(dim=-1, keepdim=True)
+    tail_s = log_ps.masked_fill(stored, float("-inf")).logsumexp(dim=-1, keepdim=True)
+    return torch.where(stored, log_pt, tail_t + log_ps - tail_s)
 
 
 def _log_mix(log_a: Tensor, weight: float, log_b: Tensor) -> Tensor:
@@ -148,12 +177,15 @@ class TokenDivergence(Loss):
     def rows_from(self, log_ps: Tensor, log_pt: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _rows(self, s: Tensor, t: Tensor) -> Tensor:
+    def _rows(self, s: Tensor, t: Tensor, classes: Optional[Tensor] = None) -> Tensor:
         s, t = s.float(), t.float()
         if self.transform is not None:  # a logit transform works row by row, so per chunk is exact
             s, t = self.transform.apply(s), self.transform.apply(t)
         temp = self.temperature
-        return self.rows_from(F.log_softmax(s / temp, dim=-1), F.log_softmax(t / temp, dim=-1))
+        log_ps, log_pt = F.log_softmax(s / temp, dim=-1), F.log_softmax(t / temp, dim=-1)
+        if classes is not None and classes.shape[-1] < s.shape[-1]:
+            log_pt = tail_as_bucket(log_pt, log_ps, classes)
+        return self.rows_from(log_ps, log_pt)
 
     def compute(self, inputs: LossInputs) -> Tensor:
         if inputs.teacher is None:
@@ -162,7 +194,8 @@ class TokenDivergence(Loss):
             raise ValueError(f"{self.name}: teacher logits {tuple(inputs.teacher.shape)} and student logits "
                              f"{tuple(inputs.student.shape)} differ in shape; teacher and student must share the "
                              "vocabulary")
-        value = token_mean(self._rows, inputs.student, inputs.teacher, inputs.targets, self.chunk_rows)
+        value = token_mean(self._rows, inputs.student, inputs.teacher, inputs.targets, self.chunk_rows,
+                           inputs.teacher_classes)
         return value * (self.temperature ** 2) if self.t_squared else value
 
     def params(self) -> str:
