@@ -27,6 +27,7 @@ from torch import nn
 from .compress.run import CompressPhase
 from .core import dist
 from .core.fingerprint import fingerprint  # noqa: F401  (an old import path: leankd.pipeline.fingerprint)
+from .callbacks import CallbackList
 from .core.taskkind import TASK_KINDS
 from .kd.build import build_loss, feature_terms, guide_temperature, supervised_loss
 from .errors import RecipeError
@@ -49,7 +50,8 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, force: bool = False, resume: bool = False,
                  quiet: bool = False, console: Optional[Console] = None, stop_after_epoch: Optional[int] = None,
-                 add_targets: Optional[list[str]] = None, require_finished: bool = False):
+                 add_targets: Optional[list[str]] = None, require_finished: bool = False,
+                 callbacks: Optional[list] = None, report_to: Optional[list[str]] = None):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.force, self.resume, self.quiet = force, resume, quiet
@@ -70,6 +72,10 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         # compress/export (with or without --remeasure) only measure and build: a stage they would train is an error
         self.require_finished = require_finished or add_targets is not None
         self.replaced_files: list[str] = []  # artifact files (relative) a rebuilt target no longer uses
+        self.user_callbacks = list(callbacks or [])
+        self.report_to = list(report_to or [])  # loggers besides the recipe's `logging:` (the Python API's report_to)
+        self.events = CallbackList()  # set up by `run` (progress, loggers, the user's callbacks)
+        self.stage_prefix = ""
 
     # ---------------------------------------------------------------------------------------------------
     def build_task(self) -> Task:
@@ -86,6 +92,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         from .rundir import recover
         from .runlock import run_lock
 
+        self.events = self.make_events()  # an unknown logger or a missing package: an error before anything
         try:
             with contextlib.ExitStack() as held:
                 def lock() -> None:  # the lock belongs to the job: rank 0 holds it for every rank
@@ -99,6 +106,42 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
             if e.errno in WRITE_ERRNOS:
                 raise write_error(e, self.run_dir) from None
             raise
+        finally:
+            self.events.close()
+
+    def make_events(self) -> CallbackList:
+        """The run's callbacks: the progress display, the loggers of `logging:` and `report_to` (rank 0 only, and none
+        for compress/export, which train nothing), then the user's callbacks."""
+        from .callbacks.loggers import build_loggers
+        from .callbacks.progress import RunProgress
+
+        names = [*self.recipe.logging, *self.report_to] if self.add_targets is None else []
+        loggers = build_loggers(names, self.run_dir, self.recipe.name)
+        return CallbackList([RunProgress(self.console, quiet=self.quiet), *(loggers if dist.is_main() else []),
+                             *self.user_callbacks])
+
+    def stage_plan(self) -> dict[str, int]:
+        """{stage: epochs} of the stages this run trains or reuses, known before the first one starts (the overall
+        progress and its ETA). A task kind's own student stages are not known here: they join when they start."""
+        r = self.recipe
+        student = r.stage_train("student").epochs
+        per_seed: dict[str, int] = {}
+        if r.baseline:
+            per_seed["baseline"] = student
+        if not TASK_KINDS.get(r.data.task).replaces_student:
+            if r.distill.features and r.distill.feature_control:
+                per_seed[LOGIT_KD_ROLE] = student
+            for i, cfg in enumerate(r.distill.assistants, start=1):
+                per_seed[f"assistant{i}"] = cfg.train.apply(r.stage_train("student")).epochs
+            per_seed["student"] = student
+        teacher = {} if r.teacher.checkpoint else {"teacher": r.stage_train("teacher").epochs}
+        plan = {**teacher, **per_seed}
+        if r.seeds and len(r.seeds) > 1 and self.add_targets is None:
+            for seed in (s for s in r.seeds if s != r.seed):
+                if r.seeds_teacher == "per_seed":
+                    plan.update({f"seed{seed}/{k}": v for k, v in teacher.items()})
+                plan.update({f"seed{seed}/{k}": v for k, v in per_seed.items()})
+        return plan
 
     def _run(self) -> dict:
         r = self.recipe
@@ -119,7 +162,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         # everything the recipe alone decides is checked: only now is the run directory written. A finished run's
         # report, recipe.yaml and artifacts stay until the new report replaces them (rundir.commit).
         dist.on_main(lambda: self.prepare_run_dir(task))
-
+        self.events.on_run_start(self.run_dir, self.stage_plan())
 
         teacher = self.teacher_stage(task, teacher_model, teacher_data_fp)
         stages = {"teacher": teacher}
@@ -129,7 +172,12 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         if not dist.is_main():
             return None  # every stage has trained: rank 0 measures, compresses and reports on its own
         with dist.alone():
-            return self.report(task, stages, seed_values)
+            report = self.report(task, stages, seed_values)
+        for name in ("report.json", "report.md"):
+            if (self.run_dir / name).exists():
+                self.events.on_artifact(self.run_dir / name, "report")
+        self.events.on_run_end(report)
+        return report
 
     def prepare_run_dir(self, task: Task) -> None:
         """Rank 0, once the recipe, data and models have passed every check: the run directory's first writes."""
@@ -245,6 +293,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         child = Pipeline(recipe, self.run_dir / f"seed{seed}", force=self.force, resume=self.resume, quiet=self.quiet,
                          console=self.console, stop_after_epoch=self.stop_after_epoch)
         child.epoch_hook = self.epoch_hook
+        child.events, child.stage_prefix = self.events, f"{self.stage_prefix}seed{seed}/"
         child.require_finished = self.require_finished
         if r.seeds_teacher == "once":
             child.stage_dirs["teacher"] = self.run_dir / "teacher"
