@@ -260,3 +260,59 @@ def test_distill_report_to_tensorboard(tmp_path):
         [r["train_loss"] for r in rows(run_dir / "student" / "metrics.jsonl")], rel=1e-6)
     with pytest.raises(LeanKDError, match="run_dir"):  # file loggers need a place for their files
         _distill(tmp_path, quiet=True, report_to=["tensorboard"])
+
+
+def test_step_events_are_thinned_per_callback():
+    """`every_n_steps` counts steps, whichever steps the loop reports (every one on a CPU, every 20th on a GPU)."""
+    from leankd.callbacks import CallbackList
+
+    class Steps(Callback):
+        every_n_steps = 3
+
+        def __init__(self):
+            self.seen = []
+
+        def on_step_end(self, stage, step, metrics):
+            self.seen.append((stage, step))
+
+    thin, every = Steps(), Steps()
+    every.every_n_steps = 1
+    events = CallbackList([thin, every])
+    for step in range(1, 11):
+        events.on_step_end("student", step, {})
+    for step in (1, 21, 41):  # a GPU run's reports
+        events.on_step_end("teacher", step, {})
+    assert thin.seen == [("student", s) for s in (1, 4, 7, 10)] + [("teacher", s) for s in (1, 21, 41)]
+    assert len(every.seen) == 13
+
+
+def test_a_callback_that_is_not_one_is_refused():
+    from leankd.callbacks import CallbackList
+
+    with pytest.raises(LeanKDError, match="not a leankd.callbacks.Callback"):
+        CallbackList([object()])
+
+
+def test_resumed_stage_continues_its_tensorboard_steps_and_mlflow_run(tmp_path):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(InterruptedError):
+        _distill(tmp_path, run_dir=run_dir, quiet=True, baseline=False, stop_after_epoch=1,
+                 report_to=["tensorboard", "mlflow"])
+    first = json.loads((run_dir / "logs" / "mlflow.json").read_text())["student"]["run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{(run_dir / 'logs' / 'mlflow.db').resolve()}")
+    assert client.get_run(first).info.status == "KILLED"
+    _distill(tmp_path, run_dir=run_dir, quiet=True, baseline=False, resume=True, report_to=["tensorboard", "mlflow"])
+    ids = json.loads((run_dir / "logs" / "mlflow.json").read_text())
+    assert ids["student"]["run_id"] == first and client.get_run(first).info.status == "FINISHED"
+    losses = [r["train_loss"] for r in rows(run_dir / "student" / "metrics.jsonl")]
+    history = client.get_metric_history(first, "train_loss")
+    assert [(p.step, p.value) for p in history] == [(1, pytest.approx(losses[0])), (2, pytest.approx(losses[1]))]
+    acc = EventAccumulator(str(run_dir / "logs" / "tensorboard" / "student"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train_loss")] == [
+        (1, pytest.approx(losses[0], rel=1e-6)), (2, pytest.approx(losses[1], rel=1e-6))]

@@ -61,7 +61,7 @@ class CallbackList(Callback):
 
                 raise LeanKDError(f"callbacks: {cb!r} is not a leankd.callbacks.Callback (subclass it and override "
                                   "on_epoch_end, on_stage_start, ...)")
-        self._steps: dict[int, int] = {}
+        self._steps: dict[tuple[int, str], int] = {}  # (callback, stage) -> the last step it was told
 
     def add(self, cb: Callback) -> None:
         self.callbacks.append(cb)
@@ -84,11 +84,14 @@ class CallbackList(Callback):
         self._call("on_epoch_start", stage, epoch, epochs, steps)
 
     def on_step_end(self, stage, step, metrics) -> None:
+        """To each callback at most once per its `every_n_steps` (the loop may report every step or every 20th)."""
         if not dist.is_main():
             return
-        for cb in self.callbacks:
+        for i, cb in enumerate(self.callbacks):
             every = max(1, int(getattr(cb, "every_n_steps", 1) or 1))
-            if step % every == 0 and hasattr(cb, "on_step_end"):
+            last = self._steps.get((i, stage))
+            if hasattr(cb, "on_step_end") and (last is None or step - last >= every or step < last):
+                self._steps[(i, stage)] = step
                 cb.on_step_end(stage, step, metrics)
 
     def on_epoch_end(self, stage, row) -> None:
