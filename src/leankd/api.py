@@ -452,8 +452,6 @@ def _checkpoint_state(ckpt: Path, fp: str) -> dict:
 
 
 def _distill_events(run_dir: Optional[Path], quiet: bool, console: Console, callbacks, report_to) -> CallbackList:
-    from .callbacks.loggers import build_loggers
-    from .callbacks.progress import RunProgress
+    from .callbacks.plan import run_events
 
-    loggers = build_loggers(list(report_to or []), run_dir, run_dir.name if run_dir else "distill")
-    return CallbackList([RunProgress(console, quiet=quiet), *loggers, *(callbacks or [])])
+    return run_events(list(report_to or []), run_dir, run_dir.name if run_dir else "distill", console, quiet, callbacks)

@@ -28,6 +28,7 @@ from .compress.run import CompressPhase
 from .core import dist
 from .core.fingerprint import fingerprint  # noqa: F401  (an old import path: leankd.pipeline.fingerprint)
 from .callbacks import CallbackList
+from .callbacks.plan import stage_plan
 from .core.taskkind import TASK_KINDS
 from .kd.build import build_loss, feature_terms, guide_temperature, supervised_loss
 from .errors import RecipeError
@@ -110,38 +111,12 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
             self.events.close()
 
     def make_events(self) -> CallbackList:
-        """The run's callbacks: the progress display, the loggers of `logging:` and `report_to` (rank 0 only, and none
-        for compress/export, which train nothing), then the user's callbacks."""
-        from .callbacks.loggers import build_loggers
-        from .callbacks.progress import RunProgress
+        """Progress, the loggers of `logging:` and `report_to` (none for compress/export: they train nothing) and the
+        user's callbacks (callbacks/plan.py)."""
+        from .callbacks.plan import run_events
 
         names = [*self.recipe.logging, *self.report_to] if self.add_targets is None else []
-        loggers = build_loggers(names, self.run_dir, self.recipe.name)
-        return CallbackList([RunProgress(self.console, quiet=self.quiet), *(loggers if dist.is_main() else []),
-                             *self.user_callbacks])
-
-    def stage_plan(self) -> dict[str, int]:
-        """{stage: epochs} of the stages this run trains or reuses, known before the first one starts (the overall
-        progress and its ETA). A task kind's own student stages are not known here: they join when they start."""
-        r = self.recipe
-        student = r.stage_train("student").epochs
-        per_seed: dict[str, int] = {}
-        if r.baseline:
-            per_seed["baseline"] = student
-        if not TASK_KINDS.get(r.data.task).replaces_student:
-            if r.distill.features and r.distill.feature_control:
-                per_seed[LOGIT_KD_ROLE] = student
-            for i, cfg in enumerate(r.distill.assistants, start=1):
-                per_seed[f"assistant{i}"] = cfg.train.apply(r.stage_train("student")).epochs
-            per_seed["student"] = student
-        teacher = {} if r.teacher.checkpoint else {"teacher": r.stage_train("teacher").epochs}
-        plan = {**teacher, **per_seed}
-        if r.seeds and len(r.seeds) > 1 and self.add_targets is None:
-            for seed in (s for s in r.seeds if s != r.seed):
-                if r.seeds_teacher == "per_seed":
-                    plan.update({f"seed{seed}/{k}": v for k, v in teacher.items()})
-                plan.update({f"seed{seed}/{k}": v for k, v in per_seed.items()})
-        return plan
+        return run_events(names, self.run_dir, self.recipe.name, self.console, self.quiet, self.user_callbacks)
 
     def _run(self) -> dict:
         r = self.recipe
@@ -162,7 +137,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         # everything the recipe alone decides is checked: only now is the run directory written. A finished run's
         # report, recipe.yaml and artifacts stay until the new report replaces them (rundir.commit).
         dist.on_main(lambda: self.prepare_run_dir(task))
-        self.events.on_run_start(self.run_dir, self.stage_plan())
+        self.events.on_run_start(self.run_dir, stage_plan(r, with_seeds=self.add_targets is None))
 
         teacher = self.teacher_stage(task, teacher_model, teacher_data_fp)
         stages = {"teacher": teacher}
@@ -497,35 +472,10 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
 
     def layer_analysis(self, top_k: Optional[int] = None, student_patterns: Optional[list[str]] = None,
                        teacher_patterns: Optional[list[str]] = None):
-        """`leankd layers`: the CKA analysis on the run's trained teacher and baseline when they exist (else the
-        recipe's checkpoint or a fresh init, said in the returned notes); patterns default to the first
-        `pairs: auto` term's candidates. Writes `layers.json` into the run directory."""
-        r = self.recipe
-        task = self.build_task()
-        teacher = build_model(r.teacher, task.num_classes, "teacher", task.model_defaults())
-        torch.manual_seed(r.seed)
-        student = build_model(self.student_config(task), task.num_classes, "student", task.model_defaults())
-        for model in (teacher, student):
-            task.prepare_model(model)
-        notes = []
-        for role, model, stage in (("teacher", teacher, "teacher"), ("student", student, "baseline")):
-            weights = self.run_dir / stage / "model.safetensors"
-            if weights.exists():
-                load_weights(model, weights)
-                notes.append(f"{role}: trained weights from {weights}")
-            elif role == "teacher" and r.teacher.checkpoint:
-                notes.append(f"teacher: weights from {r.teacher.checkpoint}")
-            else:
-                notes.append(f"{role}: no trained weights in {self.run_dir / stage} - randomly initialized, so the "
-                             f"table describes architectures, not learned features (run the recipe first)")
-        auto = next((t for t in r.distill.features if t.pairs == "auto"), None)
-        student_patterns = student_patterns or (auto.candidates.student if auto else None)
-        teacher_patterns = teacher_patterns or (auto.candidates.teacher if auto else None)
-        top_k = top_k if top_k is not None else (auto.top_k if auto else None)  # what `pairs: auto` would pick
-        analysis = self._analyze_layers(task, student, teacher, top_k, student_patterns, teacher_patterns)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.run_dir / "layers.json", {**analysis.as_dict(), "notes": notes})
-        return analysis, notes
+        """`leankd layers` (kd/layer_run.py): the CKA analysis of the run's teacher and student."""
+        from .kd.layer_run import layer_analysis
+
+        return layer_analysis(self, top_k, student_patterns, teacher_patterns)
 
 
 def check_global_batches(recipe: Recipe, world: int) -> None:
