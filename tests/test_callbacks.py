@@ -316,3 +316,14 @@ def test_resumed_stage_continues_its_tensorboard_steps_and_mlflow_run(tmp_path):
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("train_loss")] == [
         (1, pytest.approx(losses[0], rel=1e-6)), (2, pytest.approx(losses[1], rel=1e-6))]
+
+
+def test_live_bars_on_a_terminal(tmp_path):
+    """On a terminal the overall bar (with its ETA) and the epoch bar are drawn live; the epoch lines stay, the plain
+    overall lines are not printed (the bar shows it)."""
+    out = io.StringIO()
+    _distill(tmp_path, console=Console(file=out, width=160, force_terminal=True, color_system=None))
+    text = out.getvalue()
+    assert "run epochs" in text and "ETA" in text and "baseline epoch 1/2" in text  # drawn by the live display
+    assert "student epoch   2/2" in text  # the summary line
+    assert "epochs (100%)" not in text
