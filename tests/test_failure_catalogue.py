@@ -1219,4 +1219,38 @@ def test_compress_and_export_under_torchrun_refuse_on_every_rank(tmp_path, comma
             assert_clean_error(result, f"leankd {command[0]} runs in one process", "start it without torchrun")
         else:  # rank 0 speaks for the job: one message, not N
             assert result.text.strip() == ""
+# ============================================================================== loggers (callbacks helper)
+def test_unknown_logger_is_refused_before_training(tmp_path):
+    """A typo in `logging:` is a recipe error naming the close name, before the run directory exists."""
+    path = write_yaml(tmp_path / "r.yaml", tiny_recipe(tmp_path, logging=["tensorbord"]))
+    result = cli("run", path, "--quiet")
+    assert_clean_error(result, "unknown logger 'tensorbord'", "did you mean 'tensorboard'", "logging")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_logger_without_its_package_names_the_extra(tmp_path):
+    """`logging: [wandb]` without wandb installed: exit 2 naming `leankd[wandb]`, before anything is written."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    path = write_yaml(tmp_path / "r.yaml", tiny_recipe(tmp_path, logging=["wandb"]))
+    result = cli("run", path, "--quiet")
+    assert_clean_error(result, "logger 'wandb' needs the wandb package", "pip install 'leankd[wandb]'")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_logger_added_to_a_finished_run_keeps_its_results(tmp_path):
+    """A missing logger package on a finished run: refused before the lock or any write; nothing changes."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    recipe = tiny_recipe(tmp_path)
+    run_dir = tmp_path / "runs" / "tiny"
+    run_dir.mkdir(parents=True)
+    (run_dir / "report.json").write_text("{}")
+    before = snapshot(run_dir)
+    result = cli("run", write_yaml(tmp_path / "r.yaml", {**recipe, "logging": ["wandb"]}), "--quiet")
+    assert_clean_error(result, "leankd[wandb]")
     assert_unchanged(before, run_dir, allow_new=False)

@@ -33,7 +33,9 @@ from .report import render_markdown
 from .tasks.base import Task
 from .train.checkpoint import save_weights
 from .train.loop import fit
-from .train.progress import RichProgress
+from .callbacks import CallbackList
+from .callbacks.events import StageEvents
+from .io import write_json_atomic
 
 
 _log = logging.getLogger("leankd")
@@ -68,14 +70,17 @@ class DistillResult:
 def run(recipe: Union[str, Path, dict, Recipe], *, run_dir: Optional[Union[str, Path]] = None, force: bool = False,
         resume: bool = False, quiet: bool = False, console: Optional[Console] = None,
         stop_after_epoch: Optional[int] = None, seeds: Optional[list[int]] = None,
-        add_targets: Optional[list[str]] = None, require_finished: bool = False) -> RunResult:
+        add_targets: Optional[list[str]] = None, require_finished: bool = False,
+        callbacks: Optional[list] = None, report_to: Optional[list[str]] = None) -> RunResult:
     """Run a recipe (path, dict or `Recipe`): teacher -> baseline -> KD student -> measure -> report.
 
     `seeds` replaces the recipe's `seeds:` (students trained once per seed on one split, reported as mean ± sd and
     paired differences). `add_targets` (`leankd compress`/`export`): on a finished run, build only these compression
     targets and add them to its report (timed beside the fp32 student), keeping every earlier model and artifact;
     the recipe's `compress.targets` should list them too (it is what recipe.yaml records). `require_finished`: a
-    stage that would have to be trained is an error (compress/export with --remeasure)."""
+    stage that would have to be trained is an error (compress/export with --remeasure). `callbacks`: your
+    `leankd.callbacks.Callback` objects; `report_to`: loggers besides the recipe's `logging:` ("tensorboard",
+    "mlflow", "csv", "wandb")."""
     from .core import dist
 
     recipe = _as_recipe(recipe)
@@ -84,7 +89,8 @@ def run(recipe: Union[str, Path, dict, Recipe], *, run_dir: Optional[Union[str, 
     run_dir = Path(run_dir) if run_dir else Path(recipe.output_dir) / recipe.name
     dist.init(recipe.device)  # under torchrun: join the other ranks (a no-op in one process)
     pipeline = Pipeline(recipe, run_dir, force=force, resume=resume, quiet=quiet, console=console,
-                        stop_after_epoch=stop_after_epoch, add_targets=add_targets, require_finished=require_finished)
+                        stop_after_epoch=stop_after_epoch, add_targets=add_targets, require_finished=require_finished,
+                        callbacks=callbacks, report_to=report_to)
     report = pipeline.run()
     return RunResult(Report(report), run_dir) if report is not None else None
 
@@ -241,11 +247,15 @@ def distill(
     seed: int = 0,
     run_dir: Optional[Union[str, Path]] = None,
     measure: Optional[dict] = None,
-    quiet: bool = True,
+    quiet: bool = False,
     console: Optional[Console] = None,
     teacher_cache_views: Optional[int] = None,
     steps_per_epoch: Optional[int] = None,
     materialize: Optional[bool] = None,
+    callbacks: Optional[list] = None,
+    report_to: Optional[list[str]] = None,
+    resume: bool = False,
+    stop_after_epoch: Optional[int] = None,
 ) -> DistillResult:
     """Distill a (trained) `teacher` into `student` and report quality and cost side by side.
 
@@ -273,7 +283,14 @@ def distill(
     section (warmup_epochs, milestones, label_smoothing, grad_clip, channels_last, compile, ...) as a dict or a
     `TrainConfig`, overriding the keyword arguments.
     `teacher_cache_views=K`: offline KD — the teacher labels K fixed augmentation views once (fp16 logits in
-    `<run_dir>/teacher_cache`, or a temporary folder) and the student replays one view per epoch."""
+    `<run_dir>/teacher_cache`, or a temporary folder) and the student replays one view per epoch.
+
+    Progress: an overall bar with ETA and the per-epoch bar (plain lines when not a terminal); `quiet=True` silences
+    it. `callbacks`: your `leankd.callbacks.Callback` objects; `report_to`: loggers ("tensorboard", "mlflow", "csv",
+    "wandb"), writing under `run_dir`. With `run_dir`, each stage keeps a checkpoint of its last finished epoch
+    (`<run_dir>/<role>/checkpoint.safetensors`) and `resume=True` continues an interrupted call: finished stages
+    with the same settings are loaded, an interrupted one continues from its checkpoint (as `leankd run --resume`).
+    `stop_after_epoch` stops a stage after that epoch as if killed (tests, debugging)."""
     from .tasks.userdata import batch_size_hint
 
     from .core import dist
@@ -282,6 +299,9 @@ def distill(
         raise RecipeError("leankd.distill() trains in one process; under torchrun every process would train and write "
                           "the same run. For data-parallel training run a recipe: leankd.run(recipe) or "
                           "`leankd run recipe.yaml --nproc N`")
+    if resume and run_dir is None:
+        raise RecipeError("distill(resume=True) continues the run kept in a run directory: pass run_dir= (the one "
+                          "the interrupted call used)")
     dev = resolve_device(device)
     batch_size = batch_size or batch_size_hint(train_data) or 128
     task = _as_task(train_data, val_data, test_data, num_classes, dev, steps_per_epoch, materialize, batch_size)
@@ -309,30 +329,67 @@ def distill(
         raise RecipeError(format_validation_error(e, "distill() settings")) from None
     console = console or Console()
     run_dir = Path(run_dir) if run_dir else None
-    torch.manual_seed(seed)
-    initial = copy.deepcopy(student).cpu()
+    fps = {role: _distill_fp(role, cfg, CE() if role == "baseline" else loss, seed, student)
+           for role in (["baseline"] if baseline else []) + ["student"]}
+    if run_dir is not None and not resume:
+        _refuse_interrupted(run_dir, fps)  # before any training
+    events = _distill_events(run_dir, quiet, console, callbacks, report_to)
+    try:
+        events.on_run_start(run_dir, {role: cfg.epochs for role in fps})
+        torch.manual_seed(seed)
+        initial = copy.deepcopy(student).cpu()
+        trained: dict[str, nn.Module] = {}
+
+        def train(role: str, model: nn.Module, stage_loss: Loss, live_teacher=None) -> dict:
+            sdir = run_dir / role if run_dir else None
+            reused = _reused_stage(sdir, fps[role], model) if resume and sdir else None
+            if reused is not None:
+                events.on_stage_start(role, {"reused": True, "epochs": cfg.epochs})
+                events.on_stage_end(role, {"reused": True, "origin": "trained here", "training": reused})
+                trained[role] = model
+                return reused
+            ckpt = sdir / "checkpoint.safetensors" if sdir else None
+            state = _checkpoint_state(ckpt, fps[role]) if resume and ckpt is not None else {}
+            events.on_stage_start(role, {"reused": False, "epochs": cfg.epochs, "start_epoch": state.get("epoch", 0),
+                                         "history": state.get("history", []),
+                                         "params": {"model": type(model).__name__, "loss": stage_loss.describe(),
+                                                    **{f"train.{k}": str(v) for k, v in
+                                                       cfg.model_dump(mode="json").items()}}})
+            result = fit(model, task, cfg, loss=stage_loss, teacher=live_teacher, seed=seed,
+                         metrics_path=sdir / "metrics.jsonl" if sdir else None, checkpoint_path=ckpt,
+                         resume=resume, progress=StageEvents(role, events), stop_after_epoch=stop_after_epoch,
+                         fingerprint=fps[role])
+            entry = training_entry(result, stage_loss, cfg, dev)
+            if sdir:
+                save_weights(sdir / "model.safetensors", model)
+                write_json_atomic(sdir / "stage.json", {"fingerprint": fps[role], "stage": role,
+                                                        "origin": "trained here", "training": entry})
+                ckpt.unlink(missing_ok=True)  # finished: its weights are in model.safetensors
+                events.on_artifact(sdir / "model.safetensors", "weights")
+            events.on_stage_end(role, {"reused": False, "origin": "trained here", "training": entry})
+            trained[role] = model
+            return entry
+
+        baseline_training = train("baseline", copy.deepcopy(initial), CE()) if baseline else None
+        kd_teacher = LiveTeacher(copy.deepcopy(teacher), task, teacher_precision)
+        cache_info = None
+        if teacher_cache_views is not None:
+            kd_teacher, cache_info = _cached_teacher(kd_teacher, task, teacher_cache_views, seed, run_dir, quiet,
+                                                     console)
+        student_training = train("student", student, loss, kd_teacher)
+        if cache_info is not None:
+            student_training["teacher_cache"] = cache_info
+        result = _distill_report(teacher, trained, baseline, student_training, baseline_training, task, measure_cfg,
+                                 run_dir, seed, dev)
+        events.on_run_end(result.report)
+        return result
+    finally:
+        events.close()
+
+
+def _distill_report(teacher, trained, baseline, student_training, baseline_training, task, measure_cfg, run_dir, seed,
+                    dev) -> DistillResult:
     models: dict[str, dict] = {}
-    trained: dict[str, nn.Module] = {}
-
-    def train(role: str, model: nn.Module, stage_loss: Loss, live_teacher=None) -> dict:
-        sdir = run_dir / role if run_dir else None
-        result = fit(model, task, cfg, loss=stage_loss, teacher=live_teacher, seed=seed,
-                     metrics_path=sdir / "metrics.jsonl" if sdir else None,
-                     progress=None if quiet else RichProgress(role, console))
-        if sdir:
-            save_weights(sdir / "model.safetensors", model)
-        trained[role] = model
-        return training_entry(result, stage_loss, cfg, dev)
-
-    baseline_training = train("baseline", copy.deepcopy(initial), CE()) if baseline else None
-    kd_teacher = LiveTeacher(copy.deepcopy(teacher), task, teacher_precision)
-    cache_info = None
-    if teacher_cache_views is not None:
-        kd_teacher, cache_info = _cached_teacher(kd_teacher, task, teacher_cache_views, seed, run_dir, quiet, console)
-    student_training = train("student", student, loss, kd_teacher)
-    if cache_info is not None:
-        student_training["teacher_cache"] = cache_info
-
     roles = {"teacher": (teacher, None), "student": (trained["student"], student_training)}
     if baseline:
         roles = {"teacher": roles["teacher"], "baseline": (trained["baseline"], baseline_training),
@@ -344,3 +401,57 @@ def distill(
                                    measured[role], training, history)
     report = Report(finish_report("distill", run_dir, seed, task, models, dev))
     return DistillResult(student=trained["student"], baseline=trained.get("baseline"), report=report, run_dir=run_dir)
+
+
+def _distill_fp(role: str, cfg: TrainConfig, loss: Loss, seed: int, student: nn.Module) -> str:
+    """What a distill() stage's weights depend on that leankd can see (the user's objects are not fingerprinted:
+    resuming with other data or models is the caller's responsibility, as with any checkpoint)."""
+    from .core.fingerprint import fingerprint
+
+    return fingerprint({"distill": role, "train": cfg.model_dump(mode="json"), "loss": loss.describe(), "seed": seed,
+                        "student": type(student).__name__,
+                        "parameters": sum(p.numel() for p in student.parameters())})
+
+
+def _refuse_interrupted(run_dir: Path, fps: dict) -> None:
+    for role in fps:
+        ckpt = run_dir / role / "checkpoint.safetensors"
+        if ckpt.exists():
+            raise LeanKDError(f"distill(): {ckpt} holds the {role} stage of an interrupted call: pass resume=True to "
+                              "continue it, or another run_dir to start over (the checkpoint is kept)")
+
+
+def _reused_stage(sdir: Path, fp: str, model: nn.Module) -> Optional[dict]:
+    """resume=True: a finished stage with the same settings is loaded, not trained again; returns its training."""
+    import json
+
+    from .models import load_weights
+
+    stage_json, weights = sdir / "stage.json", sdir / "model.safetensors"
+    if not (stage_json.exists() and weights.exists()):
+        return None
+    info = json.loads(stage_json.read_text())
+    if info.get("fingerprint") != fp:
+        return None
+    load_weights(model, weights)
+    return info.get("training")
+
+
+def _checkpoint_state(ckpt: Path, fp: str) -> dict:
+    """The interrupted stage's state, or {} (none); a checkpoint of other settings is removed: the stage starts over."""
+    from .train.checkpoint import read_state
+
+    if not ckpt.exists():
+        return {}
+    state = read_state(ckpt)
+    if state.get("fingerprint") != fp:
+        _log.warning("%s was made with other settings: starting that stage over", ckpt)
+        ckpt.unlink()
+        return {}
+    return state
+
+
+def _distill_events(run_dir: Optional[Path], quiet: bool, console: Console, callbacks, report_to) -> CallbackList:
+    from .callbacks.plan import run_events
+
+    return run_events(list(report_to or []), run_dir, run_dir.name if run_dir else "distill", console, quiet, callbacks)

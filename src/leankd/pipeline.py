@@ -27,6 +27,8 @@ from torch import nn
 from .compress.run import CompressPhase
 from .core import dist
 from .core.fingerprint import fingerprint  # noqa: F401  (an old import path: leankd.pipeline.fingerprint)
+from .callbacks import CallbackList
+from .callbacks.plan import stage_plan
 from .core.taskkind import TASK_KINDS
 from .kd.build import build_loss, feature_terms, guide_temperature, supervised_loss
 from .errors import RecipeError
@@ -49,7 +51,8 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, force: bool = False, resume: bool = False,
                  quiet: bool = False, console: Optional[Console] = None, stop_after_epoch: Optional[int] = None,
-                 add_targets: Optional[list[str]] = None, require_finished: bool = False):
+                 add_targets: Optional[list[str]] = None, require_finished: bool = False,
+                 callbacks: Optional[list] = None, report_to: Optional[list[str]] = None):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.force, self.resume, self.quiet, self.stop_after_epoch = force, resume, quiet, stop_after_epoch
@@ -70,6 +73,10 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         self.require_finished = require_finished or add_targets is not None
         self.replaced_files: list[str] = []  # artifact files (relative) a rebuilt target no longer uses
         self.reset_finetune()  # under torchrun: QAT's fine-tuning, done by every rank before rank 0 builds
+        self.user_callbacks = list(callbacks or [])
+        self.report_to = list(report_to or [])  # loggers besides the recipe's `logging:` (the Python API's report_to)
+        self.events = CallbackList()  # set up by `run` (progress, loggers, the user's callbacks)
+        self.stage_prefix = ""
 
     # ---------------------------------------------------------------------------------------------------
     def build_task(self) -> Task:
@@ -86,6 +93,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         from .rundir import recover
         from .runlock import run_lock
 
+        self.events = self.make_events()  # an unknown logger or a missing package: an error before anything
         try:
             with contextlib.ExitStack() as held:
                 def lock() -> None:  # the lock belongs to the job: rank 0 holds it for every rank
@@ -99,6 +107,16 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
             if e.errno in WRITE_ERRNOS:
                 raise write_error(e, self.run_dir) from None
             raise
+        finally:
+            self.events.close()
+
+    def make_events(self) -> CallbackList:
+        """Progress, the loggers of `logging:` and `report_to` (none for compress/export: they train nothing) and the
+        user's callbacks (callbacks/plan.py)."""
+        from .callbacks.plan import run_events
+
+        names = [*self.recipe.logging, *self.report_to] if self.add_targets is None else []
+        return run_events(names, self.run_dir, self.recipe.name, self.console, self.quiet, self.user_callbacks)
 
     def _run(self) -> dict:
         r = self.recipe
@@ -119,7 +137,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         # everything the recipe alone decides is checked: only now is the run directory written. A finished run's
         # report, recipe.yaml and artifacts stay until the new report replaces them (rundir.commit).
         dist.on_main(lambda: self.prepare_run_dir(task))
-
+        self.events.on_run_start(self.run_dir, stage_plan(r, with_seeds=self.add_targets is None))
 
         teacher = self.teacher_stage(task, teacher_model, teacher_data_fp)
         stages = {"teacher": teacher}
@@ -130,7 +148,12 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         if not dist.is_main():
             return None  # everything has trained: rank 0 measures, builds the artifacts and reports on its own
         with dist.alone():
-            return self.report(task, stages, seed_values)
+            report = self.report(task, stages, seed_values)
+        for name in ("report.json", "report.md"):
+            if (self.run_dir / name).exists():
+                self.events.on_artifact(self.run_dir / name, "report")
+        self.events.on_run_end(report)
+        return report
 
     def prepare_run_dir(self, task: Task) -> None:
         """Rank 0, once the recipe, data and models have passed every check: the run directory's first writes."""
@@ -246,6 +269,7 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
         child = Pipeline(recipe, self.run_dir / f"seed{seed}", force=self.force, resume=self.resume, quiet=self.quiet,
                          console=self.console, stop_after_epoch=self.stop_after_epoch)
         child.epoch_hook = self.epoch_hook
+        child.events, child.stage_prefix = self.events, f"{self.stage_prefix}seed{seed}/"
         child.require_finished = self.require_finished
         if r.seeds_teacher == "once":
             child.stage_dirs["teacher"] = self.run_dir / "teacher"
@@ -449,35 +473,10 @@ class Pipeline(StageRunner, MeasurePhase, CompressPhase):
 
     def layer_analysis(self, top_k: Optional[int] = None, student_patterns: Optional[list[str]] = None,
                        teacher_patterns: Optional[list[str]] = None):
-        """`leankd layers`: the CKA analysis on the run's trained teacher and baseline when they exist (else the
-        recipe's checkpoint or a fresh init, said in the returned notes); patterns default to the first
-        `pairs: auto` term's candidates. Writes `layers.json` into the run directory."""
-        r = self.recipe
-        task = self.build_task()
-        teacher = build_model(r.teacher, task.num_classes, "teacher", task.model_defaults())
-        torch.manual_seed(r.seed)
-        student = build_model(self.student_config(task), task.num_classes, "student", task.model_defaults())
-        for model in (teacher, student):
-            task.prepare_model(model)
-        notes = []
-        for role, model, stage in (("teacher", teacher, "teacher"), ("student", student, "baseline")):
-            weights = self.run_dir / stage / "model.safetensors"
-            if weights.exists():
-                load_weights(model, weights)
-                notes.append(f"{role}: trained weights from {weights}")
-            elif role == "teacher" and r.teacher.checkpoint:
-                notes.append(f"teacher: weights from {r.teacher.checkpoint}")
-            else:
-                notes.append(f"{role}: no trained weights in {self.run_dir / stage} - randomly initialized, so the "
-                             f"table describes architectures, not learned features (run the recipe first)")
-        auto = next((t for t in r.distill.features if t.pairs == "auto"), None)
-        student_patterns = student_patterns or (auto.candidates.student if auto else None)
-        teacher_patterns = teacher_patterns or (auto.candidates.teacher if auto else None)
-        top_k = top_k if top_k is not None else (auto.top_k if auto else None)  # what `pairs: auto` would pick
-        analysis = self._analyze_layers(task, student, teacher, top_k, student_patterns, teacher_patterns)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.run_dir / "layers.json", {**analysis.as_dict(), "notes": notes})
-        return analysis, notes
+        """`leankd layers` (kd/layer_run.py): the CKA analysis of the run's teacher and student."""
+        from .kd.layer_run import layer_analysis
+
+        return layer_analysis(self, top_k, student_patterns, teacher_patterns)
 
 
 def check_global_batches(recipe: Recipe, world: int) -> None:

@@ -191,6 +191,18 @@ class Recipe(Strict):
                                        "usual ones")
     seeds_teacher: Literal["once", "per_seed"] = Field("once", description="with seeds: train the teacher once (with "
                                                        "the main seed) or once per seed")
+    logging: list[str] = Field(default_factory=list, description="loggers besides each stage's metrics.jsonl: csv, "
+                               "tensorboard, mlflow, wandb (leankd.callbacks.loggers). Logging does not change "
+                               "results: it is in no stage fingerprint")
+
+    @field_validator("logging")
+    @classmethod
+    def _logging(cls, v: list[str]) -> list[str]:
+        from .callbacks.loggers import LOGGERS  # a registry: a logger file registers its name
+
+        for name in v:
+            LOGGERS.require(name)
+        return v
 
     @field_validator("device")
     @classmethod
@@ -360,7 +372,11 @@ def format_validation_error(e: ValidationError, origin: str) -> str:
 
 
 def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    """The recipe as YAML; `logging` only when set, so a run's recipe.yaml stays as older versions wrote it."""
+    raw = recipe.model_dump(mode="json")
+    if not raw.get("logging"):
+        raw.pop("logging", None)
+    return yaml.safe_dump(raw, sort_keys=False)
 
 
 # the task kinds' section models, defined with their plug-ins since issue 24: their old import path still names them

@@ -37,7 +37,8 @@ from .recipe import ModelConfig, Recipe, TrainConfig
 from .tasks.base import Task
 from .train.checkpoint import read_state, save_weights
 from .train.loop import fit
-from .train.progress import RichProgress
+from .callbacks import CallbackList
+from .callbacks.events import StageEvents
 
 
 # ---------------------------------------------------------------------------------------------- fingerprint parts
@@ -163,6 +164,8 @@ class StageRunner:
     epoch_hook: Optional[Callable[[str, dict], None]]  # (stage, epoch row): a search's pruner
     stage_dirs: dict[str, Path]  # stages living outside run_dir (a seed's shared teacher)
     role_labels: dict[str, str]  # report labels of assistants and of a task kind's own students
+    events: CallbackList  # progress display, loggers, the user's callbacks (callbacks/)
+    stage_prefix: str = ""  # "seed1/": a seed's stages in the run's events (their directory under the run)
 
     def log(self, msg: str) -> None:
         """Print a log line: brackets in it are text (a path, `leankd[text]`), only leankd's own style tags style."""
@@ -231,17 +234,25 @@ class StageRunner:
         stage_json, weights, ckpt = sdir / "stage.json", sdir / "model.safetensors", sdir / "checkpoint.safetensors"
         # rank 0 decides (and tidies the stage directory); under torchrun every rank then follows the same decision
         decision, info = dist.on_main(lambda: self._prepare_stage(name, sdir, fp, model_cfg, cfg, loss))
+        events: CallbackList = getattr(self, "events", None) or CallbackList()
+        key = self.stage_prefix + name  # the stage's name in events, logs and the overall progress
         if decision == "reuse":
             load_weights(model, weights)
+            events.on_stage_start(key, {"reused": True, "epochs": cfg.epochs})
+            events.on_stage_end(key, {"reused": True, "origin": info["origin"], "training": info.get("training")})
             return StageResult(model, info["origin"], info.get("training"), reused=True)
         if decision == "checkpoint":
             origin, training = f"checkpoint: {model_cfg.checkpoint}", None
+            events.on_stage_start(key, {"reused": True, "epochs": 0})
         else:
             if make_teacher is not None:
                 teacher = make_teacher()
             hook = self.epoch_hook
-            progress = RichProgress(name, self.console, quiet=self.quiet,
-                                    on_epoch=(lambda row: hook(name, row)) if hook else None)
+            state = read_state(ckpt) if self.resume and ckpt.exists() and dist.is_main() else {}
+            events.on_stage_start(key, {"reused": False, "epochs": cfg.epochs, "start_epoch": state.get("epoch", 0),
+                                        "history": state.get("history", []),
+                                        "params": stage_params(model_cfg, cfg, loss, fp)})
+            progress = StageEvents(key, events, on_epoch=(lambda row: hook(name, row)) if hook else None)
             result = fit(model, task, cfg, loss=loss, teacher=teacher, seed=self.recipe.seed, checkpoint_path=ckpt,
                          metrics_path=sdir / "metrics.jsonl", resume=self.resume, progress=progress,
                          stop_after_epoch=self.stop_after_epoch, fingerprint=fp)
@@ -255,6 +266,8 @@ class StageRunner:
                                            "origin": origin, "training": training})
             if ckpt.exists():
                 ckpt.unlink()  # the stage is complete: its final weights are in model.safetensors
+            events.on_artifact(weights, "weights")
+        events.on_stage_end(key, {"reused": decision == "checkpoint", "origin": origin, "training": training})
         dist.barrier()  # the next stage's fingerprint reads this one's record, on every rank
         return StageResult(model, origin, training, reused=False)
 
@@ -324,6 +337,13 @@ class StudentStages:
     data_fp: dict
     teacher_data_fp: dict
     stages: dict[str, StageResult]
+
+
+def stage_params(model_cfg: ModelConfig, cfg: TrainConfig, loss: Loss, fp: str) -> dict:
+    """A stage's settings as flat strings, for a tracker's params (MLflow, W&B): model, loss, fingerprint, train.*"""
+    params = {"model": model_cfg.model, "loss": loss.describe(), "fingerprint": fp}
+    params.update({f"train.{k}": str(v) for k, v in cfg.model_dump(mode="json").items()})
+    return params
 
 
 def _checkpoint_epoch(path: Path):

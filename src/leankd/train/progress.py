@@ -41,15 +41,16 @@ class RichProgress(ProgressHook):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        val = f"  val acc {100 * row['val_accuracy']:.2f}%" if row.get("val_accuracy") is not None else ""
-        if row.get("val_pearson") is not None:  # regression
-            val = f"  val pearson {row['val_pearson']:.4f}"
-        train = f"  train acc {100 * row['train_accuracy']:.2f}%" if row.get("train_accuracy") is not None else ""
-        self.console.print(
-            f"{self.stage:>9} epoch {row['epoch']:>3}/{self.epochs}  loss {row['train_loss']:.4f}"
-            f"{train}{val}  {row['samples_per_s']:.0f} samples/s  "
-            f"{row['epoch_time_s']:.1f}s",
-            highlight=False, soft_wrap=True,
-        )
+        self.console.print(epoch_line(self.stage, row, self.epochs), highlight=False, soft_wrap=True)
         if self.on_epoch is not None:
             self.on_epoch(row)
+
+
+def epoch_line(stage: str, row: dict, epochs: int) -> str:
+    """The one summary line of a finished epoch (the same with or without a terminal)."""
+    val = f"  val acc {100 * row['val_accuracy']:.2f}%" if row.get("val_accuracy") is not None else ""
+    if row.get("val_pearson") is not None:  # regression
+        val = f"  val pearson {row['val_pearson']:.4f}"
+    train = f"  train acc {100 * row['train_accuracy']:.2f}%" if row.get("train_accuracy") is not None else ""
+    return (f"{stage:>9} epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}"
+            f"{train}{val}  {row['samples_per_s']:.0f} samples/s  {row['epoch_time_s']:.1f}s")
