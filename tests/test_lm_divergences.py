@@ -387,6 +387,12 @@ def test_a_top_k_teacher_tail_is_one_bucket_in_value_and_gradient():
         (grad,) = torch.autograd.grad(got, s)
         assert got.item() == pytest.approx(by_hand.item(), rel=1e-5)
         torch.testing.assert_close(grad, grad_hand, rtol=1e-4, atol=1e-6)
+    # reverse KL over the same k + 1 outcomes, by hand
+    rkl_hand = ((ps_k * (ps_k.log() - pt_k.log())).sum(1) + ps_tail * (ps_tail.log() - pt_tail.log())).mean()
+    rkl = ReverseKL()(LossInputs(student=s, targets=y, teacher=teacher, teacher_classes=classes))
+    assert rkl.item() == pytest.approx(rkl_hand.item(), rel=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(rkl, s)[0], torch.autograd.grad(rkl_hand, s)[0], rtol=1e-4,
+                               atol=1e-6)
     even = ForwardKL()(LossInputs(student=s, targets=y, teacher=teacher))  # no classes: the even tail, per class
     assert abs(even.item() - by_hand.item()) > 1e-3
     # all classes stored: nothing to reshape

@@ -126,22 +126,19 @@ class _ChunkedSum(torch.autograd.Function):
         return grad * grad_out, None, None, None, None
 
 
-def tail_as_bucket(log_pt: Tensor, log_ps: Tensor, classes: Tensor) -> Tensor:
-    """A top-k teacher's log-probabilities with its tail given the student's own shape: the stored classes keep the
-    teacher's values, and the tail's total mass P_t (exact: the cache's tail logit is the tail's log-mean-exp) is
-    spread over the other classes as the (detached) student spreads its own tail mass P_s:
-    log p_t[j] = log P_t + log p_s[j] - log P_s.
+def tail_as_bucket(log_p: Tensor, classes: Tensor) -> Tensor:
+    """[N, V] log-probabilities -> [N, k + 1]: the k stored classes of a top-k teacher, then one bucket holding every
+    other class's mass (its log-sum-exp). Both sides go through this, and the divergence compares the k + 1
+    outcomes.
 
-    Why: an even spread teaches the student a flat tail it never had — at a 512-token vocabulary a top-16 cache
-    with an even tail lost all of dense KD's gain (benchmarks/lm_step_cost.py --bpe 512). With the student's shape
-    the forward KL over the V classes equals, in value and gradient, the KL over k + 1 outcomes: the k stored classes
-    and one tail bucket (DistillKit/the issue's "tail bucket"); the other divergences compare the same k + 1
-    outcomes in value."""
-    stored = torch.zeros_like(log_pt, dtype=torch.bool).scatter_(1, classes, True)
-    log_ps = log_ps.detach()
-    tail_t = log_pt.masked_fill(stored, float("-inf")).logsumexp(dim=-1, keepdim=True)
-    tail_s = log_ps.masked_fill(stored, float("-inf")).logsumexp(dim=-1, keepdim=True)
-    return torch.where(stored, log_pt, tail_t + log_ps - tail_s)
+    Why: the cache knows the teacher's tail mass (its tail logit is the tail's log-mean-exp), not its shape. Spread
+    evenly over the V - k classes and compared class by class, it taught the student a flat tail: at a 512-token BPE
+    vocabulary a top-16 cache then kept almost none of dense KD's gain (benchmarks/lm_step_cost.py --bpe 512). Over
+    the k + 1 outcomes the student's tail keeps its own shape (DistillKit's sparse KL, with the issue's tail bucket),
+    and the gradient is exact for every divergence."""
+    stored = torch.zeros_like(log_p, dtype=torch.bool).scatter_(1, classes, True)
+    tail = log_p.masked_fill(stored, float("-inf")).logsumexp(dim=-1, keepdim=True)
+    return torch.cat([log_p.gather(1, classes), tail], dim=1)
 
 
 def _log_mix(log_a: Tensor, weight: float, log_b: Tensor) -> Tensor:
@@ -184,7 +181,7 @@ class TokenDivergence(Loss):
         temp = self.temperature
         log_ps, log_pt = F.log_softmax(s / temp, dim=-1), F.log_softmax(t / temp, dim=-1)
         if classes is not None and classes.shape[-1] < s.shape[-1]:
-            log_pt = tail_as_bucket(log_pt, log_ps, classes)
+            log_ps, log_pt = tail_as_bucket(log_ps, classes), tail_as_bucket(log_pt, classes)
         return self.rows_from(log_ps, log_pt)
 
     def compute(self, inputs: LossInputs) -> Tensor:
