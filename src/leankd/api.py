@@ -77,7 +77,7 @@ def run(recipe: Union[str, Path, dict, Recipe], *, run_dir: Optional[Union[str, 
     `seeds` replaces the recipe's `seeds:` (students trained once per seed on one split, reported as mean ± sd and
     paired differences). `add_targets` (`leankd compress`/`export`): on a finished run, build only these compression
     targets and add them to its report (timed beside the fp32 student), keeping every earlier model and artifact;
-    the recipe's `compress.targets` should list them too (it is what recipe.yaml records). `require_finished`: a
+    the run's recipe.yaml is left as it was (the report marks such artifacts `added_after_run`). `require_finished`: a
     stage that would have to be trained is an error (compress/export with --remeasure). `callbacks`: your
     `leankd.callbacks.Callback` objects; `report_to`: loggers besides the recipe's `logging:` ("tensorboard",
     "mlflow", "csv", "wandb")."""
