@@ -180,7 +180,7 @@ def test_search_report_says_what_its_numbers_cannot_show(tmp_path, monkeypatch):
     (tmp_path / "run" / "report.json").write_text(json.dumps({"models": _base_report()["models"]}))
     monkeypatch.setattr("leankd.search.leaderboard.load_report", loader)
     table = to_markdown(collect([tmp_path, tmp_path / "run"]))
-    assert "0.45 (est. from MACs)" in table and "700 (unreliable)" in table
+    assert "0.45 ms (est. from MACs)" in table and "700 ms (unreliable)" in table
     assert "CPU latency unreliable: rounds disagree" in table
 
 
