@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import get_worker_info
 
 from leankd.data.decode import Decoder
-from leankd.data.shards import RankShare, shuffled
+from leankd.data.shards import PassStream, RankShare, shuffled
 from leankd.errors import DataError, MissingPackageError
 
 FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -139,7 +139,7 @@ def scan_labels(ds: Any, label_column: str, what: str) -> list:
     return labels
 
 
-class HFImageStream(IterableDataset):
+class HFImageStream(PassStream):
     """(uint8 [3, H, W] image, class index) examples of a `datasets` stream. `shuffle` > 0: a buffer of that many
     encoded rows, drawn from (seed, epoch) as for tar shards (`shards.shuffled`; not `datasets`' own shuffle, whose
     every pass ends in a 5 s sleep in datasets 5.2, `config.SLEEP_TIME_ON_THREADS_SHUTDOWN`); `limit`: the stream's
@@ -152,17 +152,6 @@ class HFImageStream(IterableDataset):
         self.image_size, self.index, self.num_classes = image_size, index, num_classes
         self.shuffle, self.seed, self.limit, self.length, self.what = shuffle, seed, limit, length, what
         self.epoch, self.share = 0, RankShare()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def set_share(self, share: RankShare) -> None:
-        self.share = share
-
-    def __len__(self) -> int:
-        if self.length is None:
-            raise TypeError("this stream's length is unknown (no label pass)")
-        return self.length
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         ds = self.ds.take(self.limit) if self.limit is not None else self.ds

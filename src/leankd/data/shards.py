@@ -237,7 +237,30 @@ def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
     yield from buffer
 
 
-class ShardStream(IterableDataset):
+class PassStream(IterableDataset):
+    """What the task sets on a streamed dataset before each pass, shared by the tar-shard and Hugging Face streams:
+    the epoch (their shuffle is drawn from (seed, epoch)) and this rank's share of every batch (`RankShare`), plus
+    the length the label pass counted. Subclasses set `epoch`, `share` and `length` in their constructor."""
+
+    epoch: int
+    share: RankShare
+    length: Optional[int]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Which pass this is (the task sets it before each pass): the shuffle is drawn from (seed, epoch)."""
+        self.epoch = int(epoch)
+
+    def set_share(self, share: RankShare) -> None:
+        """Under torchrun: decode only this rank's rows of each batch (`RankShare`); the task sets it per pass."""
+        self.share = share
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("this stream's length is unknown (no label pass)")
+        return self.length
+
+
+class ShardStream(PassStream):
     """The samples of tar shards as (uint8 [3, H, W] image, class index), decoded as an ImageFolder's would be.
 
     `shuffle` > 0: each pass reads the shards in an order drawn from (seed, epoch) through a buffer of that many
@@ -253,19 +276,6 @@ class ShardStream(IterableDataset):
         self.num_classes = num_classes
         self.shuffle, self.seed, self.quota, self.length, self.what = shuffle, seed, quota, length, what
         self.epoch, self.share = 0, RankShare()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Which pass this is (the task sets it before each pass): the shuffle is drawn from (seed, epoch)."""
-        self.epoch = int(epoch)
-
-    def set_share(self, share: RankShare) -> None:
-        """Under torchrun: decode only this rank's rows of each batch (`RankShare`); the task sets it per pass."""
-        self.share = share
-
-    def __len__(self) -> int:
-        if self.length is None:
-            raise TypeError("this stream's length is unknown (no label pass)")
-        return self.length
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         info = get_worker_info()
