@@ -361,58 +361,74 @@ def test_python_api_mixes_a_divergence_with_cross_entropy():
 
 # top-k teacher: the tail is one bucket ------------------------------------------------------------------------------
 def test_a_top_k_teacher_tail_is_one_bucket_in_value_and_gradient():
-    """With a top-k cache's stored classes, forward KL equals by hand the KL over k + 1 outcomes (the stored classes
-    and one tail bucket), value and gradient, whatever the chunking; without them the even tail is compared class by
-    class (the old behaviour, which taught a flat tail)."""
-    from leankd.kd.topk import compress_top_k, expand_top_k
+    """With a top-k cache's compact rows, forward KL equals by hand the KL over k + 1 outcomes (the stored classes and
+    one tail bucket), value and gradient, whatever the chunking and at T != 1, and equals the same divergence computed
+    from the dense expansion; from dense logits alone the even tail is compared class by class (which taught a flat
+    tail)."""
+    from leankd.kd.topk import TopKLogits, compress_top_k
 
     torch.manual_seed(0)
     n, v, k = 6, 12, 3
     s = torch.randn(n, v, dtype=torch.float64).float().requires_grad_()
     t_full = torch.randn(n, v) * 2
-    rows = compress_top_k(t_full, k)
-    teacher = expand_top_k(rows, k, v)
-    classes = rows[:, k:2 * k].long()
+    top = TopKLogits(compress_top_k(t_full, k), k, v)
+    teacher, classes = top.dense(), top.classes
     y = torch.zeros(n, dtype=torch.long)
-    # by hand: p over the k stored classes + the bucket
-    log_pt = torch.log_softmax(teacher, -1)
-    log_ps = torch.log_softmax(s, -1)
+    for temp in (1.0, 2.0):
+        # by hand, from dense softmaxes: p over the k stored classes + the bucket
+        log_pt, log_ps = torch.log_softmax(teacher / temp, -1), torch.log_softmax(s / temp, -1)
+        stored = torch.zeros(n, v, dtype=torch.bool).scatter_(1, classes, True)
+        pt_k, ps_k = log_pt.exp().gather(1, classes), log_ps.exp().gather(1, classes)
+        pt_tail, ps_tail = 1 - pt_k.sum(1), log_ps.exp().masked_fill(stored, 0).sum(1)
+        by_hand = ((pt_k * (pt_k.log() - ps_k.log())).sum(1)
+                   + pt_tail * (pt_tail.log() - ps_tail.log())).mean() * temp ** 2
+        (grad_hand,) = torch.autograd.grad(by_hand, s, retain_graph=True)
+        for chunk in (None, 2, 4):
+            got = ForwardKL(temperature=temp, chunk_rows=chunk)(LossInputs(student=s, targets=y, teacher_top_k=top))
+            (grad,) = torch.autograd.grad(got, s)
+            assert got.item() == pytest.approx(by_hand.item(), rel=1e-5)
+            torch.testing.assert_close(grad, grad_hand, rtol=1e-4, atol=1e-6)
+    # reverse KL over the same k + 1 outcomes, by hand (T = 1)
+    log_pt, log_ps = torch.log_softmax(teacher, -1), torch.log_softmax(s, -1)
     stored = torch.zeros(n, v, dtype=torch.bool).scatter_(1, classes, True)
     pt_k, ps_k = log_pt.exp().gather(1, classes), log_ps.exp().gather(1, classes)
     pt_tail, ps_tail = 1 - pt_k.sum(1), log_ps.exp().masked_fill(stored, 0).sum(1)
-    by_hand = ((pt_k * (pt_k.log() - ps_k.log())).sum(1) + pt_tail * (pt_tail.log() - ps_tail.log())).mean()
-    (grad_hand,) = torch.autograd.grad(by_hand, s, retain_graph=True)
-    for chunk in (None, 2, 4):
-        got = ForwardKL(chunk_rows=chunk)(LossInputs(student=s, targets=y, teacher=teacher, teacher_classes=classes))
-        (grad,) = torch.autograd.grad(got, s)
-        assert got.item() == pytest.approx(by_hand.item(), rel=1e-5)
-        torch.testing.assert_close(grad, grad_hand, rtol=1e-4, atol=1e-6)
-    # reverse KL over the same k + 1 outcomes, by hand
     rkl_hand = ((ps_k * (ps_k.log() - pt_k.log())).sum(1) + ps_tail * (ps_tail.log() - pt_tail.log())).mean()
-    rkl = ReverseKL()(LossInputs(student=s, targets=y, teacher=teacher, teacher_classes=classes))
+    rkl = ReverseKL()(LossInputs(student=s, targets=y, teacher_top_k=top))
     assert rkl.item() == pytest.approx(rkl_hand.item(), rel=1e-5)
     torch.testing.assert_close(torch.autograd.grad(rkl, s)[0], torch.autograd.grad(rkl_hand, s)[0], rtol=1e-4,
                                atol=1e-6)
-    even = ForwardKL()(LossInputs(student=s, targets=y, teacher=teacher))  # no classes: the even tail, per class
+    # the compact rows and their dense expansion (a loss beside it needed dense logits) give the same divergence
+    for loss in (ForwardKL(), ReverseKL(), GeneralizedJSD(beta=0.3), SkewKL(alpha=0.1)):
+        compact = loss(LossInputs(student=s, targets=y, teacher_top_k=top))
+        both = loss(LossInputs(student=s, targets=y, teacher=teacher, teacher_top_k=top))
+        assert compact.item() == pytest.approx(both.item(), rel=1e-5)
+    even = ForwardKL()(LossInputs(student=s, targets=y, teacher=teacher))  # no rows: the even tail, per class
     assert abs(even.item() - by_hand.item()) > 1e-3
-    # all classes stored: nothing to reshape
-    all_rows = compress_top_k(t_full, v)
-    full = ForwardKL()(LossInputs(student=s, targets=y, teacher=expand_top_k(all_rows, v, v),
-                                  teacher_classes=all_rows[:, v:2 * v].long()))
-    assert full.item() == pytest.approx(ForwardKL()(LossInputs(student=s, targets=y, teacher=t_full)).item(), rel=1e-5)
+    # masked rows count for nothing on the compact path too
+    masked = y.clone()
+    masked[:2] = -100
+    kept = ForwardKL()(LossInputs(student=s[2:], targets=y[2:], teacher_top_k=TopKLogits(top.rows[2:], k, v)))
+    assert ForwardKL()(LossInputs(student=s, targets=masked, teacher_top_k=top)).item() == pytest.approx(
+        kept.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="share the vocabulary"):
+        ForwardKL()(LossInputs(student=s[:, :10], targets=y, teacher_top_k=top))
 
 
-def test_the_cached_top_k_teacher_hands_its_classes_to_the_loss(tmp_path):
-    """CachedTeacher marks its top-k logits with the stored classes; the loop's loss_inputs carries them."""
+def test_the_cached_top_k_teacher_reaches_the_loss_compact_unless_a_loss_needs_dense_logits(tmp_path):
+    """loss_inputs hands a top-k teacher's rows to the loss as they are; it expands them to dense logits only for a
+    loss that reads those (the classic kd, or a divergence with a logit transform)."""
     from types import SimpleNamespace
 
+    from leankd.kd.losses import KD, CE
+    from leankd.kd.topk import TopKLogits, compress_top_k
     from leankd.train.loop import loss_inputs
 
-    teacher_logits = torch.randn(4, 10)
-    teacher_logits.stored_classes = torch.tensor([[1, 2]] * 4)
-    loss = ForwardKL()
+    top = TopKLogits(compress_top_k(torch.randn(4, 10), 2), 2, 10)
     batch = SimpleNamespace(targets=torch.zeros(4, dtype=torch.long))
-    inputs = loss_inputs(torch.randn(4, 10), batch, loss, None, None, teacher_out=teacher_logits)
-    assert torch.equal(inputs.teacher_classes, teacher_logits.stored_classes)
-    plain = loss_inputs(torch.randn(4, 10), batch, loss, None, None, teacher_out=torch.randn(4, 10))
-    assert plain.teacher_classes is None
+    compact = loss_inputs(torch.randn(4, 10), batch, ForwardKL() + CE(), None, None, teacher_out=top)
+    assert compact.teacher_top_k is top and compact.teacher is None
+    dense = loss_inputs(torch.randn(4, 10), batch, ForwardKL() + KD(temperature=2.0), None, None, teacher_out=top)
+    assert dense.teacher_top_k is top and torch.equal(dense.teacher, top.dense())
+    plain = loss_inputs(torch.randn(4, 10), batch, ForwardKL(), None, None, teacher_out=torch.randn(4, 10))
+    assert plain.teacher_top_k is None and plain.teacher is not None

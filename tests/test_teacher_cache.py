@@ -162,7 +162,7 @@ def test_top_k_storage_keeps_the_top_logits_and_the_probability_total(tmp_path):
     assert info.top_k == 2 and np.load(tmp_path / "k2.logits.npy").shape == (1, 80)  # one packed record per row
     assert info.bytes_per_row == 4 + 2 + 2 * 2 + 2  # fp32 top, fp16 second, 2 uint16 indices, fp16 tail
     batch = next(task.train_batches(0, 16, seed=0, view=0))
-    got, want = cached(batch), live(batch)
+    got, want = cached(batch).dense(), live(batch)
     assert torch.equal(got.topk(2, 1).indices, want.topk(2, 1).indices)
     assert torch.equal(got.max(1).values, want.max(1).values)  # the largest logit is stored in fp32
     assert torch.allclose(got.topk(2, 1).values, want.topk(2, 1).values, atol=2e-3)  # the second: fp16 below it

@@ -31,7 +31,7 @@ from ..core import dist
 from ..core.task import Batch, Task
 from ..errors import RecipeError
 from ..io import atomic_path, write_json_atomic
-from .topk import compress_top_k, expand_top_k, pack_top_k, record_dtype, unpack_top_k
+from .topk import TopKLogits, compress_top_k, expand_top_k, pack_top_k, record_dtype, unpack_top_k
 
 __all__ = ["CacheInfo", "CachedTeacher", "build_or_load", "compress_top_k", "expand_top_k", "view_of_epoch"]
 
@@ -121,11 +121,9 @@ class CachedTeacher:
             rows = self._decode(self.logits[self.view, where.cpu().numpy()]).to(self.device)
         if self.top_k is None:
             return rows
-        logits = expand_top_k(rows, self.top_k, self.num_classes)
-        # which classes were stored: the rest is one tail bucket, whose inner shape the cache does not know (losses
-        # that use this, the token divergences, give the bucket the student's own shape; see LossInputs)
-        logits.stored_classes = rows[:, self.top_k:2 * self.top_k].long()
-        return logits
+        # compact: the token divergences read the k logits and the tail bucket from the rows; the loop expands them
+        # to dense logits only for a loss that needs those (LossInputs.teacher_top_k)
+        return TopKLogits(rows, self.top_k, self.num_classes)
 
 
 def build_or_load(directory: Path, fingerprint: str, teacher: Callable[[Batch], Tensor], task: Task, views: int,

@@ -11,7 +11,7 @@ reports lost its score to exactly this. We upcast logits first and use `log_soft
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +27,10 @@ class LossInputs:
     student: Tensor
     targets: Tensor
     teacher: Optional[Tensor] = None
-    # a top-k teacher cache's stored classes per row [N, k] (None: every logit is the teacher's own): the other
-    # classes' logits are one tail bucket spread evenly, a stand-in for a shape the cache did not keep
-    teacher_classes: Optional[Tensor] = None
+    # a top-k teacher cache's compact rows (kd.topk.TopKLogits; None: every logit is the teacher's own). The token
+    # divergences read them directly; `teacher` then holds their dense expansion only when a loss needs it
+    # (`Loss.dense_teacher`), the stored k logits and a tail logit spread evenly over the other classes
+    teacher_top_k: Optional[Any] = None
     student_features: dict = field(default_factory=dict)
     teacher_features: dict = field(default_factory=dict)
     epoch: Optional[int] = None  # the training epoch in progress, counted from 1 (None outside training): warm-ups
@@ -56,6 +57,11 @@ class Loss(nn.Module):
 
     def teacher_taps(self) -> list[str]:
         return []
+
+    def dense_teacher(self) -> bool:
+        """True when the loss reads the teacher's dense logits; False when a top-k cache's compact rows
+        (`LossInputs.teacher_top_k`) are enough, so the loop never expands them to [N, C]."""
+        return self.needs_teacher
 
     def needs_attention_maps(self) -> bool:
         """True when the loss reads attention probabilities, which Hugging Face models only return with eager
@@ -120,6 +126,9 @@ class WeightedSum(Loss):
 
     def needs_attention_maps(self) -> bool:
         return any(loss.needs_attention_maps() for loss in self.losses)
+
+    def dense_teacher(self) -> bool:
+        return any(loss.dense_teacher() for loss in self.losses)
 
     def build(self, student_features: dict, teacher_features: dict) -> None:
         for loss in self.losses:

@@ -225,7 +225,8 @@ class Transformed(Loss):
         # replace, not a new LossInputs: every other field (epoch, progress, features, ...) reaches the inner loss
         changed = dataclasses.replace(
             inputs, student=self.transform.apply(inputs.student.float()),
-            teacher=None if inputs.teacher is None else self.transform.apply(inputs.teacher.float()))
+            teacher=None if inputs.teacher is None else self.transform.apply(inputs.teacher.float()),
+            teacher_top_k=None)  # compact rows are untransformed: the inner loss reads the transformed dense logits
         return self.inner.compute(changed)
 
     def describe(self) -> str:

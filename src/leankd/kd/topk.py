@@ -80,3 +80,55 @@ def unpack_top_k(records: np.ndarray, k: int) -> Tensor:
     indices = torch.from_numpy(np.ascontiguousarray(records["indices"], dtype=np.int64)).reshape(len(records), k)
     tail = torch.from_numpy(np.ascontiguousarray(records["tail"], dtype=np.float32)).unsqueeze(1)
     return torch.cat([top, top + rest, indices.float(), top + tail], dim=1)
+
+
+class TopKLogits:
+    """One batch of a top-k teacher cache, kept compact: the fp32 rows [N, 2k + 1] of `compress_top_k` for a task of
+    `num_classes` classes. What a cached top-k teacher returns instead of dense logits.
+
+    Why not dense: expanding to [N, V] fp32 (and then a softmax over it) costs the teacher's side as much memory and
+    time as the student's logits, only to rebuild k + 1 numbers per row. The token divergences read the k stored
+    logits and the tail bucket straight from these rows (`log_probs`); a loss that reads dense teacher logits (the
+    classic `kd`, MSE on logits) gets them from `dense()`, which the training loop calls only for such losses."""
+
+    __slots__ = ("rows", "k", "num_classes")
+
+    def __init__(self, rows: Tensor, k: int, num_classes: int):
+        if rows.dim() != 2 or rows.shape[1] != 2 * k + 1:
+            raise ValueError(f"top-k rows must be [N, 2k + 1] = [N, {2 * k + 1}], got {tuple(rows.shape)}")
+        self.rows, self.k, self.num_classes = rows, int(k), int(num_classes)
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the dense logits these rows stand for."""
+        return torch.Size((self.rows.shape[0], self.num_classes))
+
+    @property
+    def classes(self) -> Tensor:
+        """[N, k] the stored classes (int64)."""
+        return self.rows[:, self.k:2 * self.k].long()
+
+    def dense(self) -> Tensor:
+        """[N, C] fp32 logits: the stored k exactly, the tail logit everywhere else (`expand_top_k`)."""
+        return expand_top_k(self.rows, self.k, self.num_classes)
+
+
+def top_k_log_probs(rows: Tensor, num_classes: int, temperature: float = 1.0) -> Tensor:
+    """[N, 2k + 1] rows -> [N, k + 1] fp32 log-probabilities of softmax(z / T) over the k stored classes and one bucket
+    holding the other C - k classes. The bucket's logit is the tail logit (their log-mean-exp at T = 1) spread evenly,
+    so the values equal `tail_as_bucket(log_softmax(expand_top_k(rows) / T))` without building the [N, C] logits."""
+    k = (rows.shape[1] - 1) // 2
+    rows = rows.float()
+    others = num_classes - k
+    spread = math.log(others) if others > 0 else float("-inf")
+    z = torch.cat([rows[:, :k] / temperature, rows[:, 2 * k:] / temperature + spread], dim=1)
+    return torch.log_softmax(z, dim=1)
+
+
+def student_top_k_log_probs(z: Tensor, classes: Tensor) -> Tensor:
+    """[N, C] fp32 scaled student logits and [N, k] classes -> [N, k + 1] log-probabilities over the k classes and the
+    bucket of every other class (its log-sum-exp: the student's tail keeps its own shape). Exact, and differentiable
+    in `z`."""
+    lse = z.logsumexp(dim=1, keepdim=True)
+    tail = z.scatter(1, classes, float("-inf")).logsumexp(dim=1, keepdim=True)
+    return torch.cat([z.gather(1, classes), tail], dim=1) - lse

@@ -24,6 +24,7 @@ from ..core import dist
 from ..core.teacher import Teacher
 from ..errors import RecipeError
 from ..kd.losses import CE, Loss, LossInputs
+from ..kd.topk import TopKLogits
 from ..kd.taps import FeatureTaps, use_eager_attention
 from ..kd.teacher import DTYPES
 from ..io import write_text_atomic
@@ -367,8 +368,9 @@ def loss_inputs(logits, batch, loss: Loss, teacher, student_taps: Optional[Featu
         inputs.student_features = student_taps.take()
     elif loss.needs_teacher:
         inputs.teacher = teacher_out
-    if inputs.teacher is not None:
-        inputs.teacher_classes = getattr(inputs.teacher, "stored_classes", None)
+    if isinstance(inputs.teacher, TopKLogits):  # a top-k cache: expanded only for a loss that reads dense logits
+        inputs.teacher_top_k = inputs.teacher
+        inputs.teacher = inputs.teacher_top_k.dense() if loss.dense_teacher() else None
     return inputs
 
 

@@ -41,6 +41,7 @@ from ...errors import RecipeError
 from ..losses import UNLABELED, Loss, LossInputs, _fmt
 from ..registry import (RAW, TRANSFORMS, BuildContext, DistributionTerm, LogitTransform, LossKind, register_loss,
                         temperature_of)
+from ..topk import student_top_k_log_probs, top_k_log_probs
 
 # Chunks hold about this many logits: 2**25 x 4 bytes = 134 MB per fp32 chunk tensor, 4-8 of them alive at once
 # (benchmarks/lm_divergences.py): 1,024 rows of a 32k vocabulary, 667 of GPT-2's 50k. A character or small-BPE
@@ -58,12 +59,14 @@ def token_mean(rows, student: Tensor, teacher: Tensor, targets: Tensor, chunk_ro
                classes: Optional[Tensor] = None) -> Tensor:
     """Σ rows(student_chunk, teacher_chunk) over the unmasked rows / their number (0 when none), in fp32.
 
-    `rows(s, t)` maps [c, V] logits (any dtype) to [c] fp32 values. `targets` has one entry per row (any shape
-    whose size is N); entries equal to -100 mask their row. `chunk_rows`: rows per chunk (None: `rows_per_chunk`).
-    `classes` [N, k]: a top-k teacher's stored classes, passed on to `rows(s, t, classes)` chunk by chunk."""
+    `rows(s, t)` maps [c, V] student logits (any dtype) and the teacher's [c, W] rows (its logits, W = V, or a top-k
+    cache's compact rows) to [c] fp32 values. `targets` has one entry per row (any shape whose size is N); entries
+    equal to -100 mask their row. `chunk_rows`: rows per chunk (None: `rows_per_chunk`). `classes` [N, k]: a top-k
+    teacher's stored classes, passed on to `rows(s, t, classes)` chunk by chunk."""
     vocab = student.shape[-1]
     chunk_rows = rows_per_chunk(chunk_rows, vocab)
-    s, t = student.reshape(-1, vocab), teacher.detach().reshape(-1, vocab)
+    s = student.reshape(-1, vocab)
+    t = teacher.detach().reshape(s.shape[0], -1)
     keep = targets.reshape(-1) != UNLABELED
     if keep.numel() != s.shape[0]:
         raise ValueError(f"token divergence: {keep.numel()} targets for {s.shape[0]} rows of logits "
@@ -174,6 +177,14 @@ class TokenDivergence(Loss):
     def rows_from(self, log_ps: Tensor, log_pt: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _top_k_rows(self, s: Tensor, rows: Tensor) -> Tensor:
+        """The divergence per row against a top-k teacher's compact rows: over its k stored classes and one tail
+        bucket, with no [N, V] teacher tensor (see `tail_as_bucket` for why a bucket)."""
+        z = s.float() / self.temperature
+        k = (rows.shape[1] - 1) // 2
+        log_pt = top_k_log_probs(rows, z.shape[-1], self.temperature)
+        return self.rows_from(student_top_k_log_probs(z, rows[:, k:2 * k].long()), log_pt)
+
     def _rows(self, s: Tensor, t: Tensor, classes: Optional[Tensor] = None) -> Tensor:
         s, t = s.float(), t.float()
         if self.transform is not None:  # a logit transform works row by row, so per chunk is exact
@@ -184,15 +195,29 @@ class TokenDivergence(Loss):
             log_ps, log_pt = tail_as_bucket(log_ps, classes), tail_as_bucket(log_pt, classes)
         return self.rows_from(log_ps, log_pt)
 
+    def dense_teacher(self) -> bool:
+        """A logit transform (standardization) needs the teacher's every logit; otherwise the compact top-k rows do."""
+        return self.transform is not None
+
     def compute(self, inputs: LossInputs) -> Tensor:
+        top = inputs.teacher_top_k
+        if top is not None and not self.dense_teacher() and top.k < top.num_classes:
+            if top.shape != inputs.student.reshape(-1, inputs.student.shape[-1]).shape:
+                raise ValueError(f"{self.name}: the top-k teacher's rows stand for logits {tuple(top.shape)}, the "
+                                 f"student's logits are {tuple(inputs.student.shape)}; teacher and student must share "
+                                 "the vocabulary")
+            value = token_mean(self._top_k_rows, inputs.student, top.rows, inputs.targets, self.chunk_rows)
+            return value * (self.temperature ** 2) if self.t_squared else value
+        if inputs.teacher is None and top is not None:
+            inputs.teacher = top.dense()
         if inputs.teacher is None:
             raise ValueError(f"{self.name} needs teacher logits, but none were given (is the teacher configured?)")
         if inputs.teacher.shape != inputs.student.shape:
             raise ValueError(f"{self.name}: teacher logits {tuple(inputs.teacher.shape)} and student logits "
                              f"{tuple(inputs.student.shape)} differ in shape; teacher and student must share the "
                              "vocabulary")
-        value = token_mean(self._rows, inputs.student, inputs.teacher, inputs.targets, self.chunk_rows,
-                           inputs.teacher_classes)
+        classes = None if top is None else top.classes
+        value = token_mean(self._rows, inputs.student, inputs.teacher, inputs.targets, self.chunk_rows, classes)
         return value * (self.temperature ** 2) if self.t_squared else value
 
     def params(self) -> str:
