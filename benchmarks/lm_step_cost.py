@@ -32,6 +32,8 @@ VARIANTS = {  # teacher settings of each contestant
     "cached dense": {"cache": True},
     "cached top-8": {"cache": True, "cache_top_k": 8},
     "cached top-16": {"cache": True, "cache_top_k": 16},
+    "cached top-32": {"cache": True, "cache_top_k": 32},
+    "cached top-64": {"cache": True, "cache_top_k": 64},
     "online": {"cache": False},
 }
 

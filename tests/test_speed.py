@@ -183,3 +183,15 @@ def test_cpu_training_keeps_freed_memory_in_glibc_and_says_so(monkeypatch):
     monkeypatch.setattr(allocator, "_applied", None)
     monkeypatch.setenv("LEANKD_MALLOC_TUNING", "0")
     assert allocator.tune() is False
+
+
+def test_a_conv_student_without_channels_last_is_told_of_the_switch():
+    """The layout is left as the recipe says (it is part of the stage), but a conv model trained without it gets a
+    line among the unapplied switches; a model without 2-D convolutions, or one already in channels_last, does not."""
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.1)
+    conv = speed.plan_step(create_model("resnet8", num_classes=3), cfg, torch.device("cpu"))
+    assert any(s.startswith("channels_last: off") and "train.channels_last: true" in s for s in conv.skipped)
+    assert not any("channels_last" in s for s in speed.plan_step(mlp(), cfg, torch.device("cpu")).skipped)
+    on = speed.plan_step(create_model("resnet8", num_classes=3), cfg.model_copy(update=dict(channels_last=True)),
+                         torch.device("cpu"))
+    assert "channels_last" in on.applied and not any("channels_last" in s for s in on.skipped)
