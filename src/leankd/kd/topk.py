@@ -25,6 +25,7 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 UINT16_CLASSES = 2 ** 16  # class indices 0 .. 65,535 fit a uint16
 _FP16_LOWEST = float(np.finfo(np.float16).min)  # differences below it are stored as it: probability 0 either way
@@ -128,7 +129,33 @@ def top_k_log_probs(rows: Tensor, num_classes: int, temperature: float = 1.0) ->
 def student_top_k_log_probs(z: Tensor, classes: Tensor) -> Tensor:
     """[N, C] fp32 scaled student logits and [N, k] classes -> [N, k + 1] log-probabilities over the k classes and the
     bucket of every other class (its log-sum-exp: the student's tail keeps its own shape). Exact, and differentiable
-    in `z`."""
-    lse = z.logsumexp(dim=1, keepdim=True)
-    tail = z.scatter(1, classes, float("-inf")).logsumexp(dim=1, keepdim=True)
-    return torch.cat([z.gather(1, classes), tail], dim=1) - lse
+    in `z` (a hand-written backward: see `_StudentBuckets`)."""
+    return _StudentBuckets.apply(z, classes)
+
+
+class _StudentBuckets(torch.autograd.Function):
+    """log q over k classes + one bucket, with the gradient in one fused expression instead of autograd's three
+    [N, C] gradients (gather, the tail's log-sum-exp, the normalizer's) summed: on a 512-token vocabulary the loss's
+    backward took ~20 ms instead of 33-45 ms per 2,048-token step (the whole step ~110 ms).
+
+    With g = dL/d log q and G = Σ g per row, p = softmax(z), q_tail = Σ_{j ∉ K} p_j:
+      dL/dz_j = g_j - p_j·G                    (j one of the k classes)
+      dL/dz_j = g_tail·p_j / q_tail - p_j·G    (every other j; p_j / q_tail = exp(z_j - log-sum-exp of the tail))"""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, classes: Tensor) -> Tensor:
+        lse = z.logsumexp(dim=1, keepdim=True)
+        tail = z.scatter(1, classes, float("-inf")).logsumexp(dim=1, keepdim=True)
+        ctx.save_for_backward(z, classes, lse, tail)
+        return torch.cat([z.gather(1, classes), tail], dim=1) - lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        z, classes, lse, tail = ctx.saved_tensors
+        k = classes.shape[1]
+        total = g.sum(dim=1, keepdim=True)
+        p = (z - lse).exp_()
+        # exp(z - tail), not p·exp(lse - tail): the latter overflows when the tail's mass is below fp32's range
+        grad = (z - tail).exp_().mul_(g[:, k:]).sub_(p * total)
+        return grad.scatter_(1, classes, g[:, :k] - p.gather(1, classes) * total), None
