@@ -34,6 +34,7 @@ VARIANTS = {  # teacher settings of each contestant
     "cached top-16": {"cache": True, "cache_top_k": 16},
     "cached top-32": {"cache": True, "cache_top_k": 32},
     "cached top-64": {"cache": True, "cache_top_k": 64},
+    "cached top-128": {"cache": True, "cache_top_k": 128},
     "online": {"cache": False},
 }
 

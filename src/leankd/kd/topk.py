@@ -75,12 +75,17 @@ def pack_top_k(rows: Tensor, k: int, dtype: np.dtype) -> np.ndarray:
 
 
 def unpack_top_k(records: np.ndarray, k: int) -> Tensor:
-    """Records -> the fp32 [B, 2k + 1] rows `expand_top_k` reads (fp32 arithmetic: no fp16 sums)."""
-    top = torch.from_numpy(np.ascontiguousarray(records["top"], dtype=np.float32)).unsqueeze(1)
-    rest = torch.from_numpy(np.ascontiguousarray(records["rest"], dtype=np.float32)).reshape(len(records), k - 1)
-    indices = torch.from_numpy(np.ascontiguousarray(records["indices"], dtype=np.int64)).reshape(len(records), k)
-    tail = torch.from_numpy(np.ascontiguousarray(records["tail"], dtype=np.float32)).unsqueeze(1)
-    return torch.cat([top, top + rest, indices.float(), top + tail], dim=1)
+    """Records -> the fp32 [B, 2k + 1] rows `expand_top_k` reads (fp32 arithmetic: no fp16 sums).
+
+    numpy copies the float16 fields out as they are and torch widens them: numpy's own float16 -> float32 cast
+    runs in software, torch's is vectorized."""
+    n = len(records)
+    field = lambda name: torch.from_numpy(np.ascontiguousarray(records[name]))  # noqa: E731
+    top = field("top").float().reshape(n, 1)
+    rest = field("rest").float().reshape(n, k - 1)
+    indices = torch.from_numpy(np.asarray(records["indices"], dtype=np.float32)).reshape(n, k)  # exact below 2**24
+    tail = field("tail").float().reshape(n, 1)
+    return torch.cat([top, top + rest, indices, top + tail], dim=1)
 
 
 class TopKLogits:
