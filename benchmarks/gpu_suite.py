@@ -108,13 +108,15 @@ def run_parts(parts: list[Part], budget_s: float, log_path: Path, started: float
         else:
             print(f"== {part.name}: {rec['command']}  (estimate {part.estimate_s:.0f} s, {remaining:.0f} s left)",
                   flush=True)
-            part_log = log_path.parent / f".{part.name}.log"
-            with open(part_log, "w") as log:
+            with open(log_path, "ab") as log:  # streamed, so a suite killed from outside still leaves its log
+                log.write(f"\n===== {part.name}: {rec['command']}\n".encode())
+                log.flush()
+                start = log.tell()
                 code, wall = run_command(part.command, remaining, log, part.env)
-            text = part_log.read_text(errors="replace")
-            with open(log_path, "a") as out:
-                out.write(f"\n===== {part.name} (exit {code}, {wall:.1f} s): {rec['command']}\n{text}")
-            part_log.unlink()
+                log.write(f"===== {part.name}: exit {code}, {wall:.1f} s\n".encode())
+            with open(log_path, "rb") as log:
+                log.seek(start)
+                text = log.read().decode(errors="replace")
             rec["wall_s"] = round(wall, 2)
             if code is None:
                 rec["status"], rec["note"] = "killed at budget", f"still running after {wall:.0f} s: killed"
@@ -182,7 +184,8 @@ def fast_distill_figures(run_dir: Path, target: float) -> dict:
     acc = (student.get("quality") or {}).get("accuracy")
     wall = train.get("wall_time_s")
     epochs = [json.loads(line) for line in (run_dir / "student" / "metrics.jsonl").read_text().splitlines() if line]
-    return {"teacher_accuracy": (models["teacher"].get("quality") or {}).get("accuracy"),
+    return {"teacher_model": models["teacher"].get("architecture"), "student_model": student.get("architecture"),
+            "teacher_accuracy": (models["teacher"].get("quality") or {}).get("accuracy"),
             "student_accuracy": acc, "student_train_s": wall, "cache_build_s": cache.get("build_s"),
             "cache_views": cache.get("views"), "teacher_train_s": (models["teacher"].get("training") or {}).get(
                 "wall_time_s"), "student_epochs": train.get("epochs"), "student_speedups": train.get("speedups"),
@@ -230,10 +233,11 @@ def make_parts(args, env: dict, work: Path) -> list[Part]:
     # CPU latency at batch 1 and the report ~25 s
     run_dir = work / "fast_distill"
     sets = [f"data.source={tarball}", f"device={device}"]
-    if smoke:  # tiny data and epochs; no compile on the CPU (minutes of C++ builds); CUDA graphs are ignored there
+    if smoke:  # tiny data, epochs and models (the measuring stage times every model on the CPU); training in fp32
+        # (this CPU has no bf16 instructions), the frozen teacher still bf16; CUDA graphs are ignored on a CPU
         sets += [f"data.limit_train={SMOKE_LIMITS['train']}", f"data.limit_test={SMOKE_LIMITS['test']}",
                  "train.epochs=1", "train.batch_size=64", "teacher.cache_views=2", "train.precision=fp32",
-                 "teacher.precision=fp32"]
+                 "teacher.model=resnet14", "student.model=resnet8"]
     cmd = [PY, "-m", "leankd", "run", "benchmarks/gpu/cifar10_fast.yaml", "--run-dir", str(run_dir), "--quiet",
            "--force"] + [a for s in sets for a in ("--set", s)]
     parts.append(Part("fast_distill", "ResNet-56 -> ResNet-20 from cached logits: >= 92.5 % test accuracy in "
@@ -244,7 +248,8 @@ def make_parts(args, env: dict, work: Path) -> list[Part]:
     lm_dir = work / "lm"
     sets = [f"data.source={text}", f"device={device}", "seeds=[0]"]
     if smoke:
-        sets += ["data.limit_train=64", "data.limit_test=16", "train.epochs=1", "measure.latency_batch_sizes=[1]"]
+        sets += ["data.limit_train=64", "data.limit_test=16", "train.epochs=1", "measure.latency_batch_sizes=[1]",
+                 "teacher.kwargs={layers: 2, hidden: 64, heads: 4}", "student.kwargs={layers: 1, hidden: 32, heads: 4}"]
     cmd = [PY, "-m", "leankd", "run", "recipes/tinyshakespeare_lm.yaml", "--run-dir", str(lm_dir), "--quiet",
            "--force"] + [a for s in sets for a in ("--set", s)]
     parts.append(Part("lm", "causal-LM distillation recipe (Tiny Shakespeare) on the GPU, one seed", 130, cmd,
@@ -252,7 +257,8 @@ def make_parts(args, env: dict, work: Path) -> list[Part]:
 
     # ddp_scaling, ~150 s on N GPUs: 1 process vs N, 3 epochs each, 2 rounds (~3 s/epoch + start-up ~15 s a run)
     cmd = [PY, "benchmarks/ddp_scaling.py", "--mode", "smoke" if smoke else "gpu", "--out", str(work / "ddp"),
-           "--data", str(data), "--teacher", str(teacher), "--rounds", "1" if smoke else "2"]
+           "--data", str(data), "--teacher", str(teacher), "--rounds", "1" if smoke else "2", "--epochs",
+           "1" if smoke else "3"]
     note = None
     if not smoke and env.get("gpu_count", 0) < 2:
         cmd, note = None, f"{env.get('gpu_count', 0)} GPU(s): data-parallel scaling needs at least 2"
@@ -306,10 +312,10 @@ def markdown(s: dict) -> str:
                              f"{fmt(row.get('x_faster_than_torchdistill'), '.2f')} | {fmt(row['cache_build_s'])} | "
                              f"{fmt(row['peak_gpu_memory_mb'], '.0f')} | {fmt(row['final_accuracy'], '.2%')} |")
         elif p["name"] == "fast_distill":
-            lines.append(f"- teacher ResNet-56: {fmt(r['teacher_accuracy'], '.2%')} test accuracy, trained in "
+            lines.append(f"- teacher {r['teacher_model']}: {fmt(r['teacher_accuracy'], '.2%')} test accuracy, trained in "
                          f"{fmt(r['teacher_train_s'])} s; cache of {r['cache_views']} views built in "
                          f"{fmt(r['cache_build_s'])} s")
-            lines.append(f"- student ResNet-20: **{fmt(r['student_accuracy'], '.2%')}** test accuracy after "
+            lines.append(f"- student {r['student_model']}: **{fmt(r['student_accuracy'], '.2%')}** test accuracy after "
                          f"{r['student_epochs']} epochs, **{fmt(r['student_train_s'])} s** of training; target "
                          f">= {r['target_accuracy']:.1%} in < 120 s: **{'met' if r['target_met'] else 'not met'}**")
             lines.append(f"- student epochs (s): {', '.join(fmt(x, '.2f') for x in r['student_epoch_s'])}")
@@ -318,8 +324,8 @@ def markdown(s: dict) -> str:
         elif p["name"] == "lm":
             for role, m in r.items():
                 q = m["quality"] or {}
-                lines.append(f"- {role}: loss {fmt(q.get('loss'), '.3f')} nats/token, trained {fmt(m['train_s'])} s "
-                             f"on {m['device']}")
+                trained = f", trained {fmt(m['train_s'])} s on {m['device']}" if m["train_s"] is not None else ""
+                lines.append(f"- {role}: loss {fmt(q.get('loss'), '.3f')} nats/token{trained}")
         elif p["name"] == "ddp_scaling":
             for row in r["rows"]:
                 lines.append(f"- {row['contestant']}: {row['epoch_s']:.2f} s/epoch, {row['images_per_s']:.0f} images/s, "
