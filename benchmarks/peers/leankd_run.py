@@ -144,15 +144,18 @@ def main(argv=None) -> dict:
             torch.manual_seed(args.seed)
             t_model = create_model("resnet56", num_classes=task.num_classes)
             t_model.load_state_dict(torch.load(args.teacher_weights, map_location="cpu", weights_only=True))
+            # both from the fp32 weights, before LiveTeacher casts the model in place: a bf16/fp16-held teacher cannot
+            # read the fp32 eval batches, and numpy (the cache key's hash) has no bfloat16
+            key = cache_key(t_model, args) if args.cache_views else None
+            extra["teacher_accuracy"] = evaluate(t_model.to(device), task, "val")["accuracy"]
             teacher = LiveTeacher(t_model, task, args.teacher_precision, channels_last=args.channels_last)
-            extra["teacher_accuracy"] = evaluate(teacher.model, task, "val")["accuracy"]
             loss = args.alpha * KD(args.temperature) + (1 - args.alpha) * CE()
             name = args.name or "leankd (teacher online)"
             if args.cache_views:
                 cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="leankd-bench-cache-")
                 pc.sync(device)
                 t0 = time.perf_counter()
-                teacher, info = build_or_load(Path(cache_dir), cache_key(t_model, args), teacher, task,
+                teacher, info = build_or_load(Path(cache_dir), key, teacher, task,
                                               args.cache_views, args.seed, log=lambda m: print(m, file=sys.stderr))
                 pc.sync(device)
                 extra["cache_build_s"] = time.perf_counter() - t0

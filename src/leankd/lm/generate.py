@@ -71,16 +71,25 @@ def _window_logits(model: Runnable, tokens: Tensor) -> Tensor:
     return model(window)[:, -1]
 
 
+def _kv_cache(out) -> tuple[str, object]:
+    """(the keyword the model takes its KV cache back by, the cache) of a forward's output. transformers 5.25 calls it
+    `cache`; earlier 5.x releases (5.17, on the GPU machines we are lent) only `past_key_values`, and would silently
+    ignore a `cache=` keyword (it lands in **kwargs), restarting every step at position 0."""
+    cache = getattr(out, "cache", None)
+    return ("cache", cache) if cache is not None else ("past_key_values", out.past_key_values)
+
+
 def _run(model: Runnable, prompt: Tensor, new_tokens: int, pick: Callable[[Tensor], Tensor],
          use_cache: bool) -> Tensor:
     tokens = prompt
     if new_tokens == 0:
         return tokens
     cached = use_cache and isinstance(model, CausalLM)
-    past = None
+    past, name = None, "cache"
     if cached:
         out = model.hf(input_ids=prompt[:, -model.context:], use_cache=True, logits_to_keep=1)
-        logits, past = model.trim_logits(out.logits[:, -1]), out.cache
+        name, past = _kv_cache(out)
+        logits = model.trim_logits(out.logits[:, -1])
     else:
         logits = _window_logits(model, tokens)
     for step in range(new_tokens):
@@ -89,8 +98,8 @@ def _run(model: Runnable, prompt: Tensor, new_tokens: int, pick: Callable[[Tenso
         if step == new_tokens - 1:
             break
         if past is not None and tokens.shape[1] <= model.context:
-            out = model.hf(input_ids=nxt, cache=past, use_cache=True)
-            logits, past = model.trim_logits(out.logits[:, -1]), out.cache
+            out = model.hf(input_ids=nxt, use_cache=True, **{name: past})
+            logits, past = model.trim_logits(out.logits[:, -1]), _kv_cache(out)[1]
         else:  # no cache, or the context is full: the window slides, so every position moves
             past = None
             logits = _window_logits(model, tokens)
