@@ -160,7 +160,8 @@ class _StudentBuckets(torch.autograd.Function):
         z, classes, lse, tail = ctx.saved_tensors
         k = classes.shape[1]
         total = g.sum(dim=1, keepdim=True)
-        p = (z - lse).exp_()
+        p_total = (z - lse).exp_().mul_(total)  # p·G, in place: two [N, C] temporaries in all
+        at_k = g[:, :k] - p_total.gather(1, classes)
         # exp(z - tail), not p·exp(lse - tail): the latter overflows when the tail's mass is below fp32's range
-        grad = (z - tail).exp_().mul_(g[:, k:]).sub_(p * total)
-        return grad.scatter_(1, classes, g[:, :k] - p.gather(1, classes) * total), None
+        grad = (z - tail).exp_().mul_(g[:, k:]).sub_(p_total)
+        return grad.scatter_(1, classes, at_k), None

@@ -180,7 +180,7 @@ class TokenDivergence(Loss):
     def _top_k_rows(self, s: Tensor, rows: Tensor) -> Tensor:
         """The divergence per row against a top-k teacher's compact rows: over its k stored classes and one tail
         bucket, with no [N, V] teacher tensor (see `tail_as_bucket` for why a bucket)."""
-        z = s.float() / self.temperature
+        z = s.float() if self.temperature == 1.0 else s.float() / self.temperature
         k = (rows.shape[1] - 1) // 2
         log_pt = top_k_log_probs(rows, z.shape[-1], self.temperature)
         return self.rows_from(student_top_k_log_probs(z, rows[:, k:2 * k].long()), log_pt)
