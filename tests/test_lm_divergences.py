@@ -458,3 +458,25 @@ def test_the_student_bucket_log_probs_have_the_exact_gradient_even_with_a_vanish
     (grad,) = torch.autograd.grad(out, far, torch.ones(2, 2))
     assert torch.isfinite(out).all() and torch.isfinite(grad).all()
     torch.testing.assert_close(grad[:, 1:], torch.full((2, 5), 0.2))  # g_tail · p_j / q_tail, an even tail
+
+
+def test_generated_rows_drops_the_prompt_rows_of_a_top_k_teacher_too():
+    """On-policy's GeneratedRows keeps only the rows with a target: the top-k teacher's compact rows are cut with the
+    student's, so the divergence compares row i with row i (it used to keep every compact row: a shape error, or
+    another row's classes)."""
+    from leankd.kd.losses import KD
+    from leankd.kd.topk import TopKLogits, compress_top_k
+    from leankd.lm.stages import GeneratedRows
+
+    torch.manual_seed(1)
+    n, v, k = 8, 20, 4
+    s, t = torch.randn(n, v), torch.randn(n, v) * 2
+    top = TopKLogits(compress_top_k(t, k), k, v)
+    y = torch.randint(v, (n,))
+    y[:3] = -100  # prompt rows
+    keep = y != -100
+    inner = ForwardKL() * 0.5 + KD(temperature=2.0) * 0.5
+    got = GeneratedRows(inner)(LossInputs(student=s, targets=y, teacher=top.dense(), teacher_top_k=top))
+    want = inner(LossInputs(student=s[keep], targets=y[keep], teacher=top.dense()[keep],
+                            teacher_top_k=top.select(keep)))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)

@@ -114,6 +114,10 @@ class TopKLogits:
         """[N, k] the stored classes (int64)."""
         return self.rows[:, self.k:2 * self.k].long()
 
+    def select(self, rows: Tensor) -> "TopKLogits":
+        """The same teacher outputs for a subset of the rows (a boolean mask or indices)."""
+        return TopKLogits(self.rows[rows], self.k, self.num_classes)
+
     def dense(self) -> Tensor:
         """[N, C] fp32 logits: the stored k exactly, the tail logit everywhere else (`expand_top_k`)."""
         return expand_top_k(self.rows, self.k, self.num_classes)

@@ -103,8 +103,10 @@ class GeneratedRows(Loss):
         keep = inputs.targets.reshape(-1) != UNLABELED
         if bool(keep.all()):
             return inputs
+        top = inputs.teacher_top_k
         return dataclasses.replace(inputs, student=inputs.student[keep], targets=inputs.targets.reshape(-1)[keep],
-                                   teacher=None if inputs.teacher is None else inputs.teacher[keep])
+                                   teacher=None if inputs.teacher is None else inputs.teacher[keep],
+                                   teacher_top_k=None if top is None else top.select(keep))
 
     def compute(self, inputs: LossInputs):
         return self.inner.compute(self._kept(inputs))
