@@ -94,7 +94,7 @@ class TopKLogits:
 
     Why not dense: expanding to [N, V] fp32 (and then a softmax over it) costs the teacher's side as much memory and
     time as the student's logits, only to rebuild k + 1 numbers per row. The token divergences read the k stored
-    logits and the tail bucket straight from these rows (`log_probs`); a loss that reads dense teacher logits (the
+    logits and the tail bucket straight from these rows (`top_k_log_probs`); a loss that reads dense teacher logits (the
     classic `kd`, MSE on logits) gets them from `dense()`, which the training loop calls only for such losses."""
 
     __slots__ = ("rows", "k", "num_classes")
@@ -144,8 +144,8 @@ def student_top_k_log_probs(z: Tensor, classes: Tensor) -> Tensor:
 
 class _StudentBuckets(torch.autograd.Function):
     """log q over k classes + one bucket, with the gradient in one fused expression instead of autograd's three
-    [N, C] gradients (gather, the tail's log-sum-exp, the normalizer's) summed: on a 512-token vocabulary the loss's
-    backward took ~20 ms instead of 33-45 ms per 2,048-token step (the whole step ~110 ms).
+    [N, C] gradients (gather, the tail's log-sum-exp, the normalizer's) summed: fewer passes over the [N, C] logits,
+    which is where a small student's loss spends its time (benchmarks/lm_loss_step.py).
 
     With g = dL/d log q and G = Σ g per row, p = softmax(z), q_tail = Σ_{j ∉ K} p_j:
       dL/dz_j = g_j - p_j·G                    (j one of the k classes)
